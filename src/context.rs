@@ -1,0 +1,89 @@
+//! The state shared by every reconcile: API client, event recorder, metrics, settings and the
+//! per-object failure counts that drive the error back-off.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+use crate::metrics::Metrics;
+use crate::resources::BuildSettings;
+
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "orchestrator-operator";
+
+/// First retry delay after a failed reconcile; it doubles per consecutive failure.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
+/// Longest retry delay after failed reconciles.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Shared state of the controller.
+pub struct Context {
+    /// Kubernetes API client.
+    pub client: Client,
+    /// The one Event recorder of the process.
+    pub recorder: Recorder,
+    /// Operator metrics.
+    pub metrics: Arc<Metrics>,
+    /// Settings the builders need.
+    pub settings: BuildSettings,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context for `client`, reporting Events as `instance` of the operator.
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        settings: BuildSettings,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            settings,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Records a failure of `key` and returns how long to wait before retrying it.
+    pub fn next_backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(key.to_string()).or_insert(0);
+        *count = count.saturating_add(1);
+        backoff_for(*count)
+    }
+
+    /// Forgets the failures of `key` after a successful reconcile.
+    pub fn reset_backoff(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// Delay before the retry that follows `failures` consecutive failures.
+pub fn backoff_for(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    BACKOFF_BASE.saturating_mul(1 << exponent).min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let delays: Vec<_> = (1..=8).map(|n| backoff_for(n).as_secs()).collect();
+        assert_eq!(delays, vec![5, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff_for(u32::MAX), BACKOFF_MAX);
+    }
+}

@@ -1,0 +1,631 @@
+//! The `OrchestratorCluster` custom resource (`orchestrator.dev/v1alpha1`).
+//!
+//! Every field's doc comment becomes its description in the CRD, which is what
+//! `kubectl explain orchestratorcluster.spec...` prints. Validation that the API server can do
+//! (minimums, enums, patterns, cross-field CEL rules) lives here too, so a bad spec is refused at
+//! `kubectl apply` time with the message written next to the rule.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Environment variable names the operator sets itself; `spec.template.env` may not override them.
+pub const RESERVED_ENV_NAMES: [&str; 11] = [
+    "SERVER_ID",
+    "SERVER_VERSION",
+    "POD_NAMESPACE",
+    "DATABASE_HOST",
+    "DATABASE_PORT",
+    "DATABASE_NAME",
+    "DATABASE_SSLMODE",
+    "DATABASE_USER",
+    "DATABASE_PASSWORD",
+    "HTTP_PORT",
+    "METRICS_PORT",
+];
+
+/// Desired state of a highly available cluster of orchestration servers sharing one database.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "orchestrator.dev",
+    version = "v1alpha1",
+    kind = "OrchestratorCluster",
+    namespaced,
+    shortname = "orc",
+    category = "orchestrator",
+    status = "OrchestratorClusterStatus",
+    derive = "PartialEq",
+    cel,
+    doc = "A highly available cluster of process-orchestration servers that share one external database. The operator adds servers safely, runs rolling maintenance one server at a time with a friendly shutdown and reports the health of every server.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Servers wanted"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Servers joined: pod ready and active in the database"
+    ),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".spec.version",
+        description = "Server version wanted"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Summary of the cluster's state"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self.replicas <= self.capacity.maxReplicas").message("spec.replicas must not exceed spec.capacity.maxReplicas, the owner's ceiling for adding servers; raise capacity.maxReplicas first"))]
+#[serde(rename_all = "camelCase")]
+pub struct OrchestratorClusterSpec {
+    /// Number of servers wanted. Servers are added one at a time and only once the database
+    /// preflight passes; must not exceed `capacity.maxReplicas`.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+
+    /// Server version. Used as the image tag unless `image` is set, and compared with the
+    /// database schema before an upgrade.
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[0-9A-Za-z][0-9A-Za-z._+-]*$")
+    )]
+    pub version: String,
+
+    /// Full server image reference. Defaults to the operator's server image repository with
+    /// `version` as the tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+
+    /// The external process database every server shares.
+    pub database: DatabaseSpec,
+
+    /// Limits on adding servers.
+    #[serde(default)]
+    pub capacity: CapacitySpec,
+
+    /// How rolling maintenance (restarts, upgrades, replacements) is carried out.
+    #[serde(default)]
+    pub maintenance: MaintenanceSpec,
+
+    /// How upgrades that change the database schema are handled.
+    #[serde(default)]
+    pub upgrade: UpgradeSpec,
+
+    /// Pod settings for every server: resources, extra environment, scheduling, metadata.
+    #[serde(default)]
+    pub template: ServerTemplate,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+/// Connection settings of the shared process database.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// Host name or IP address of the PostgreSQL server.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$")
+    )]
+    pub host: String,
+
+    /// TCP port of the PostgreSQL server.
+    #[serde(default = "default_database_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// Name of the process database.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+
+    /// Secret in the same namespace holding the login. Its values are passed to servers only
+    /// as `secretKeyRef` environment variables and never copied anywhere else.
+    pub credentials_secret: CredentialsSecretRef,
+
+    /// TLS mode of the connection, as in libpq's `sslmode`.
+    #[serde(default)]
+    pub ssl_mode: SslMode,
+}
+
+fn default_database_port() -> i32 {
+    5432
+}
+
+/// Reference to the Secret holding the database login.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Key in the Secret whose value is the database user name.
+    #[serde(default = "default_username_key")]
+    #[schemars(length(min = 1))]
+    pub username_key: String,
+
+    /// Key in the Secret whose value is the database password.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1))]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".into()
+}
+
+fn default_password_key() -> String {
+    "password".into()
+}
+
+/// TLS mode of the database connection (libpq `sslmode`).
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP, no TLS.
+    Disable,
+    /// TLS when the server offers it.
+    #[default]
+    Prefer,
+    /// TLS required, certificate not verified.
+    Require,
+    /// TLS required, certificate verified against a CA.
+    VerifyCa,
+    /// TLS required, certificate and host name verified.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The value as libpq spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Limits on adding servers.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacitySpec {
+    /// The owner's permission ceiling: the operator never runs more servers than this.
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+}
+
+impl Default for CapacitySpec {
+    fn default() -> Self {
+        Self {
+            max_replicas: default_max_replicas(),
+        }
+    }
+}
+
+fn default_max_replicas() -> i32 {
+    10
+}
+
+/// How rolling maintenance is carried out: one server at a time, each shut down friendly.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.drainTimeout) >= duration('1s') && duration(self.drainTimeout) <= duration('24h')").message("maintenance.drainTimeout must be between 1s and 24h"))]
+#[x_kube(validation = Rule::new("duration(self.readyTimeout) >= duration('1s') && duration(self.readyTimeout) <= duration('24h')").message("maintenance.readyTimeout must be between 1s and 24h"))]
+pub struct MaintenanceSpec {
+    /// Stop starting new maintenance steps; a step already running finishes.
+    #[serde(default)]
+    pub paused: bool,
+
+    /// Longest time a server may take to finish its running jobs after a drain request
+    /// (Go duration, e.g. `10m`). Also sets the pods' termination grace period.
+    #[serde(default = "default_timeout")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub drain_timeout: String,
+
+    /// What to do when a server does not finish draining within `drainTimeout`.
+    #[serde(default)]
+    pub on_drain_timeout: DrainTimeoutPolicy,
+
+    /// Longest time a new or replaced server may take to join (pod ready and active in the
+    /// database) before maintenance halts (Go duration, e.g. `10m`).
+    #[serde(default = "default_timeout")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub ready_timeout: String,
+
+    /// Set to the current time to request a rolling restart of every server started before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_requested_at: Option<Time>,
+
+    /// Times when disruptive steps may run. Empty means any time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub windows: Vec<MaintenanceWindow>,
+}
+
+impl Default for MaintenanceSpec {
+    fn default() -> Self {
+        Self {
+            paused: false,
+            drain_timeout: default_timeout(),
+            on_drain_timeout: DrainTimeoutPolicy::default(),
+            ready_timeout: default_timeout(),
+            restart_requested_at: None,
+            windows: Vec::new(),
+        }
+    }
+}
+
+fn default_timeout() -> String {
+    "10m".into()
+}
+
+/// What happens when a server does not finish draining in time.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DrainTimeoutPolicy {
+    /// Keep the server running and block maintenance until a person decides.
+    #[default]
+    Halt,
+    /// Continue: the server is stopped and its unfinished jobs are handed back to the others.
+    Proceed,
+}
+
+/// A recurring time window, in UTC, in which disruptive maintenance steps may run.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.duration) >= duration('1m') && duration(self.duration) <= duration('168h')").message("a maintenance window's duration must be between 1m and 168h"))]
+pub struct MaintenanceWindow {
+    /// Days of the week the window opens on. Empty means every day.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 7))]
+    pub days: Vec<Weekday>,
+
+    /// Opening time of day in UTC, `HH:MM`.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub start: String,
+
+    /// How long the window stays open (Go duration, e.g. `2h`).
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub duration: String,
+}
+
+/// Day of the week.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// How upgrades that change the database schema are handled.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeSpec {
+    /// Policy when the new version needs a schema migration.
+    #[serde(default)]
+    pub schema_change: SchemaChangePolicy,
+}
+
+/// Policy for a version change that needs a database schema migration.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SchemaChangePolicy {
+    /// Do not upgrade; report `MaintenanceBlocked` with both schema versions.
+    #[default]
+    Refuse,
+    /// Drain and stop every server, migrate the schema, then start the new version.
+    Recreate,
+}
+
+/// Pod settings applied to every server.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.env.all(e, !(e.name in ['SERVER_ID', 'SERVER_VERSION', 'POD_NAMESPACE', 'DATABASE_HOST', 'DATABASE_PORT', 'DATABASE_NAME', 'DATABASE_SSLMODE', 'DATABASE_USER', 'DATABASE_PASSWORD', 'HTTP_PORT', 'METRICS_PORT']))").message("template.env may not set SERVER_ID, SERVER_VERSION, POD_NAMESPACE, HTTP_PORT, METRICS_PORT or DATABASE_*: the operator sets them from the spec"))]
+pub struct ServerTemplate {
+    /// CPU and memory requests and limits of the server container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Extra environment variables of the server container.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub env: Vec<EnvVar>,
+
+    /// Node labels a server pod must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the server pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Affinity rules of the server pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Extra annotations of the server pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// Extra labels of the server pods (the operator's own labels win on conflict).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Priority class of the server pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// Observed state of an `OrchestratorCluster`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OrchestratorClusterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// One-word summary of the cluster's state.
+    #[serde(default)]
+    pub phase: Phase,
+
+    /// Server pods that exist.
+    #[serde(default)]
+    pub replicas: i32,
+
+    /// Servers that have joined: pod ready (and, once the database is watched, active there).
+    #[serde(default)]
+    pub ready_replicas: i32,
+
+    /// Label selector of the server pods, for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
+    /// Version every server runs, once they all run the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<String>,
+
+    /// Version the cluster is moving to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
+
+    /// Health of the shared database as the operator sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseStatus>,
+
+    /// Every server, from both the pod and the database view.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerStatus>,
+
+    /// The maintenance step in progress, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceStatus>,
+
+    /// Standard conditions: Ready, Progressing, Degraded, DatabaseReady, MaintenanceBlocked,
+    /// CapacityBlocked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One-word summary of the cluster's state.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing has joined yet.
+    #[default]
+    Pending,
+    /// Every wanted server has joined.
+    Ready,
+    /// Servers are being added or removed.
+    Scaling,
+    /// A rolling maintenance is in progress.
+    Maintaining,
+    /// A change is wanted but a precondition stops it; see the conditions.
+    Blocked,
+    /// Fewer servers are healthy than wanted.
+    Degraded,
+}
+
+/// Health of the shared database.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseStatus {
+    /// The operator could connect and log in.
+    pub reachable: bool,
+    /// Schema version read from the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<i32>,
+    /// When the database was last checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<Time>,
+}
+
+/// One server, as seen by Kubernetes and by the database.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerStatus {
+    /// Server id: the pod name, which is also its row key in the database.
+    pub name: String,
+    /// The pod exists.
+    #[serde(default)]
+    pub pod_exists: bool,
+    /// The pod is ready.
+    #[serde(default)]
+    pub ready: bool,
+    /// StatefulSet revision of the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Container restarts of the pod.
+    #[serde(default)]
+    pub restarts: i32,
+    /// Version the server reports in the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// State in the database: joining, active, draining or stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Jobs the server is running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_jobs: Option<i32>,
+    /// Seconds since the last heartbeat, by the database clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_age_seconds: Option<i64>,
+    /// The server has joined: pod ready and row active with a fresh heartbeat.
+    #[serde(default)]
+    pub joined: bool,
+}
+
+/// The maintenance step in progress.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceStatus {
+    /// What started the maintenance: VersionChange, TemplateChange or RestartRequested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Progress as `n/m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Server being maintained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// Stage of the step: Draining, Evicting or WaitingReady.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// When the step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// Why maintenance waits, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_reason: Option<String>,
+}
+
+/// A spec value the CRD schema accepted but the operator cannot use.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// Path of the offending field.
+    pub field: &'static str,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+/// Parses a Go-style duration (`30s`, `10m`, `1h30m`, `250ms`).
+pub fn parse_duration(field: &'static str, text: &str) -> Result<Duration, SpecError> {
+    let invalid = || SpecError {
+        field,
+        message: format!("{text:?} is not a duration like 30s, 10m or 1h30m"),
+    };
+    if text.is_empty() {
+        return Err(invalid());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(invalid)?;
+        if digits == 0 {
+            return Err(invalid());
+        }
+        let value: u64 = rest[..digits].parse().map_err(|_| invalid())?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else {
+            return Err(invalid());
+        };
+        let part = unit
+            .checked_mul(u32::try_from(value).map_err(|_| invalid())?)
+            .ok_or_else(invalid)?;
+        total = total.checked_add(part).ok_or_else(invalid)?;
+        rest = &rest[len..];
+    }
+    Ok(total)
+}
+
+impl MaintenanceSpec {
+    /// `drainTimeout` as a duration.
+    pub fn drain_timeout(&self) -> Result<Duration, SpecError> {
+        parse_duration("spec.maintenance.drainTimeout", &self.drain_timeout)
+    }
+
+    /// `readyTimeout` as a duration.
+    pub fn ready_timeout(&self) -> Result<Duration, SpecError> {
+        parse_duration("spec.maintenance.readyTimeout", &self.ready_timeout)
+    }
+}
+
+/// The CRD as the YAML document checked in under `crds/`.
+pub fn crd_yaml() -> String {
+    let crd = <OrchestratorCluster as kube::CustomResourceExt>::crd();
+    let yaml = serde_yaml::to_string(&crd).expect("the CRD serializes");
+    format!("# Generated by `cargo run --bin crdgen`; do not edit.\n{yaml}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_durations() {
+        let parse = |s| parse_duration("f", s);
+        assert_eq!(parse("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "10", "m", "10x", "1.5h", "-1s", "10 m", "99999999999h"] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.message.contains("is not a duration"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn reserved_env_names_match_the_cel_rule() {
+        let schema =
+            serde_json::to_string(&<OrchestratorCluster as kube::CustomResourceExt>::crd())
+                .unwrap();
+        for name in RESERVED_ENV_NAMES {
+            assert!(
+                schema.contains(&format!("'{name}'")),
+                "{name} missing from the CEL rule"
+            );
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The operator's one error type, with a metric label per variant.
+
+use crate::crd::SpecError;
+
+/// Everything a reconcile can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API request failed.
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+
+    /// The spec passed the CRD schema but cannot be used.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(#[from] SpecError),
+
+    /// The object could not be read as an `OrchestratorCluster`.
+    #[error("object is not a valid OrchestratorCluster: {0}")]
+    Malformed(String),
+
+    /// An object the operator built could not be serialized.
+    #[error("could not serialize {kind}: {source}")]
+    Serialization {
+        /// Kind of the object.
+        kind: &'static str,
+        /// The serializer's error.
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// Short label for the `reason` of the errors metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube_api",
+            Error::InvalidSpec(_) => "invalid_spec",
+            Error::Malformed(_) => "malformed",
+            Error::Serialization { .. } => "serialization",
+        }
+    }
+}
+
+/// Result of the operator's fallible steps.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

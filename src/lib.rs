@@ -1,0 +1,14 @@
+//! orchestrator-operator: runs highly available clusters of process-orchestration servers that
+//! share one external database, declared as `OrchestratorCluster` resources.
+
+pub mod conditions;
+pub mod context;
+pub mod controller;
+pub mod crd;
+pub mod drift;
+pub mod error;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod resources;

@@ -1,0 +1,39 @@
+//! Act: server-side apply the planned writes with the operator's one field manager.
+
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::plan::{Child, Write};
+use crate::context::FIELD_MANAGER;
+use crate::error::Result;
+
+async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api = Api::<K>::namespaced(client.clone(), namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&object.name_any(), &params, &Patch::Apply(object))
+        .await?;
+    Ok(())
+}
+
+/// Applies every write in order (settings and Services before the StatefulSet that uses them).
+pub async fn apply_writes(client: &Client, namespace: &str, writes: &[Write]) -> Result<()> {
+    for write in writes {
+        match &write.child {
+            Child::ConfigMap(o) => apply(client, namespace, o).await?,
+            Child::Service(o) => apply(client, namespace, o).await?,
+            Child::PodDisruptionBudget(o) => apply(client, namespace, o).await?,
+            Child::StatefulSet(o) => apply(client, namespace, o).await?,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! The reconcile pipeline: `observe` → `plan` (pure) → `act` → `report`.
+
+pub mod act;
+pub mod observe;
+pub mod plan;
+pub mod report;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::DynamicObject;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+
+use crate::context::Context;
+use crate::crd::OrchestratorCluster;
+use crate::error::{Error, Result};
+use report::event_reasons;
+
+/// Re-check a settled cluster this often even without a watch event.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+fn object_key(obj: &DynamicObject) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// Reconciles one `OrchestratorCluster`. The controller watches it as a `DynamicObject` so that
+/// an object the operator cannot deserialize gets a warning Event instead of breaking the watch.
+pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&obj, &ctx).await;
+    ctx.metrics.record_duration(started.elapsed());
+    if result.is_ok() {
+        ctx.reset_backoff(&object_key(&obj));
+    }
+    result
+}
+
+async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
+    let ar = kube::core::ApiResource::erase::<OrchestratorCluster>(&());
+    let cr: OrchestratorCluster = match obj.clone().try_parse() {
+        Ok(cr) => cr,
+        Err(error) => {
+            let error = Error::Malformed(error.to_string());
+            tracing::warn!(object = %object_key(obj), %error, "cannot read object; waiting for a change");
+            ctx.metrics.record_failure(&error);
+            report::publish(
+                ctx,
+                &obj.object_ref(&ar),
+                EventType::Warning,
+                event_reasons::MALFORMED,
+                error.to_string(),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    };
+    if cr.meta().deletion_timestamp.is_some() {
+        // Owned objects carry owner references: garbage collection removes them.
+        return Ok(Action::await_change());
+    }
+    let reference = cr.object_ref(&());
+    let now = Time(Timestamp::now());
+    let observed = observe::observe(&ctx.client, &cr).await?;
+    let plan = match plan::plan(&cr, &observed, &ctx.settings, &now) {
+        Ok(plan) => plan,
+        Err(Error::InvalidSpec(spec_error)) => {
+            tracing::warn!(object = %object_key(obj), error = %spec_error, "invalid spec; waiting for a change");
+            ctx.metrics
+                .record_failure(&Error::InvalidSpec(spec_error.clone()));
+            report::update_status(
+                &ctx.client,
+                &cr,
+                &plan::invalid_spec_status(&cr, &spec_error, &now),
+            )
+            .await?;
+            report::publish(
+                ctx,
+                &reference,
+                EventType::Warning,
+                event_reasons::INVALID_SPEC,
+                spec_error.to_string(),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+        Err(other) => return Err(other),
+    };
+    if !plan.writes.is_empty() {
+        act::apply_writes(
+            &ctx.client,
+            &cr.namespace().unwrap_or_default(),
+            &plan.writes,
+        )
+        .await?;
+        let summary = plan
+            .writes
+            .iter()
+            .map(|w| {
+                format!(
+                    "{} {} {}",
+                    if w.creates { "created" } else { "corrected" },
+                    w.child.kind(),
+                    w.child.name()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::info!(object = %object_key(obj), %summary, "applied owned objects");
+        report::publish(
+            ctx,
+            &reference,
+            EventType::Normal,
+            event_reasons::APPLIED,
+            summary,
+        )
+        .await;
+    }
+    report::update_status(&ctx.client, &cr, &plan.status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Retry policy after a failed reconcile: exponential back-off per object.
+pub fn error_policy(obj: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.record_failure(error);
+    let delay = ctx.next_backoff(&object_key(&obj));
+    tracing::warn!(object = %object_key(&obj), %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}

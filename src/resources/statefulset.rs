@@ -1,0 +1,385 @@
+//! The StatefulSet of servers. `updateStrategy: OnDelete` gives the operator alone the choice
+//! of which server is replaced when; pod names are the servers' ids in the database.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    BuildSettings, CONFIG_HASH_ANNOTATION, GRACE_MARGIN_SECONDS, HTTP_PORT, METRICS_PORT, Names,
+    owned_meta, selector_labels, server_image,
+};
+use crate::crd::{OrchestratorCluster, SpecError};
+
+/// User id the server runs as (non-root, as Pod Security "restricted" requires).
+pub const SERVER_UID: i64 = 65532;
+/// Name of the server container.
+pub const CONTAINER_NAME: &str = "server";
+
+/// Builds the StatefulSet with `replicas` pods and the ConfigMap hash in its pod template.
+pub fn build(
+    cr: &OrchestratorCluster,
+    settings: &BuildSettings,
+    replicas: i32,
+    config_hash: &str,
+) -> Result<StatefulSet, SpecError> {
+    Ok(StatefulSet {
+        metadata: owned_meta(cr, Names::statefulset(cr)),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(Names::headless_service(cr)),
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                rolling_update: None,
+            }),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(cr)),
+                ..LabelSelector::default()
+            },
+            template: pod_template(cr, settings, config_hash)?,
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    })
+}
+
+fn pod_template(
+    cr: &OrchestratorCluster,
+    settings: &BuildSettings,
+    config_hash: &str,
+) -> Result<PodTemplateSpec, SpecError> {
+    let template = &cr.spec.template;
+    let drain_seconds =
+        i64::try_from(cr.spec.maintenance.drain_timeout()?.as_secs()).unwrap_or(i64::MAX / 2);
+    let mut labels = template.labels.clone();
+    labels.extend(selector_labels(cr));
+    let mut annotations = template.annotations.clone();
+    annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
+    Ok(PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![server_container(cr, settings)],
+            termination_grace_period_seconds: Some(drain_seconds + GRACE_MARGIN_SECONDS),
+            automount_service_account_token: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(SERVER_UID),
+                run_as_group: Some(SERVER_UID),
+                fs_group: Some(SERVER_UID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            volumes: Some(vec![Volume {
+                name: "tmp".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            }]),
+            node_selector: non_empty(template.node_selector.clone()),
+            tolerations: (!template.tolerations.is_empty()).then(|| template.tolerations.clone()),
+            affinity: template.affinity.clone(),
+            priority_class_name: template.priority_class_name.clone(),
+            ..PodSpec::default()
+        }),
+    })
+}
+
+fn non_empty(map: BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
+    (!map.is_empty()).then_some(map)
+}
+
+fn server_container(cr: &OrchestratorCluster, settings: &BuildSettings) -> Container {
+    let probe = |path: &str, period, failures, initial_delay| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        initial_delay_seconds: Some(initial_delay),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    };
+    Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(server_image(cr, settings)),
+        args: Some(vec!["serve".into()]),
+        ports: Some(vec![
+            container_port("http", HTTP_PORT),
+            container_port("metrics", METRICS_PORT),
+        ]),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: Names::configmap(cr),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        }]),
+        env: Some(server_env(cr)),
+        readiness_probe: Some(probe("/readyz", 2, 3, 1)),
+        liveness_probe: Some(probe("/livez", 10, 6, 10)),
+        resources: cr.spec.template.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+/// Environment of the server container: identity from the pod, credentials by reference to
+/// the Secret (never their values), then the user's extra variables.
+fn server_env(cr: &OrchestratorCluster) -> Vec<EnvVar> {
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                api_version: Some("v1".into()),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let secret = &cr.spec.database.credentials_secret;
+    let secret_key = |name: &str, key: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let mut env = vec![
+        field("SERVER_ID", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        EnvVar {
+            name: "SERVER_VERSION".into(),
+            value: Some(cr.spec.version.clone()),
+            ..EnvVar::default()
+        },
+        secret_key("DATABASE_USER", &secret.username_key),
+        secret_key("DATABASE_PASSWORD", &secret.password_key),
+    ];
+    env.extend(cr.spec.template.env.iter().cloned());
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{configmap, fixtures};
+
+    fn build_for(cr: &OrchestratorCluster) -> StatefulSet {
+        let hash = configmap::data_hash(&configmap::build(cr));
+        build(cr, &BuildSettings::default(), cr.spec.replicas, &hash).unwrap()
+    }
+
+    fn pod_spec(sts: &StatefulSet) -> PodSpec {
+        sts.spec.clone().unwrap().template.spec.unwrap()
+    }
+
+    #[test]
+    fn minimal_example_statefulset() {
+        let cr = fixtures::minimal();
+        let sts = build_for(&cr);
+        let spec = sts.spec.clone().unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.service_name.as_deref(), Some("minimal-servers"));
+        assert_eq!(
+            spec.update_strategy.unwrap().type_.as_deref(),
+            Some("OnDelete")
+        );
+        assert_eq!(
+            spec.selector.match_labels.as_ref(),
+            Some(&selector_labels(&cr))
+        );
+        let template_labels = spec.template.metadata.unwrap().labels.unwrap();
+        for (k, v) in selector_labels(&cr) {
+            assert_eq!(
+                template_labels[&k], v,
+                "template carries selector label {k}"
+            );
+        }
+        let owner = &sts.metadata.owner_references.unwrap()[0];
+        assert_eq!(owner.name, "minimal");
+        assert_eq!(owner.uid, cr.metadata.uid.clone().unwrap());
+        assert_eq!(owner.controller, Some(true));
+        let pod = pod_spec(&build_for(&cr));
+        assert_eq!(
+            pod.termination_grace_period_seconds,
+            Some(600 + GRACE_MARGIN_SECONDS)
+        );
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some("ghcr.io/orchestrator-dev/orchestrator-server:1.0.0")
+        );
+        let readiness = c.readiness_probe.clone().unwrap().http_get.unwrap();
+        assert_eq!(readiness.path.as_deref(), Some("/readyz"));
+        let liveness = c.liveness_probe.clone().unwrap().http_get.unwrap();
+        assert_eq!(liveness.path.as_deref(), Some("/livez"));
+        let ports: Vec<_> = c
+            .ports
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.container_port)
+            .collect();
+        assert_eq!(ports, vec![HTTP_PORT, METRICS_PORT]);
+    }
+
+    #[test]
+    fn credentials_only_by_secret_reference() {
+        let cr = fixtures::full();
+        let sts = build_for(&cr);
+        let c = &pod_spec(&sts).containers[0];
+        let env = c.env.clone().unwrap();
+        let by_name = |n: &str| env.iter().find(|e| e.name == n).unwrap().clone();
+        let user = by_name("DATABASE_USER")
+            .value_from
+            .unwrap()
+            .secret_key_ref
+            .unwrap();
+        assert_eq!(
+            (user.name.as_str(), user.key.as_str()),
+            ("prod-process-db", "user")
+        );
+        let password = by_name("DATABASE_PASSWORD");
+        assert_eq!(password.value, None);
+        let password = password.value_from.unwrap().secret_key_ref.unwrap();
+        assert_eq!(
+            (password.name.as_str(), password.key.as_str()),
+            ("prod-process-db", "pass")
+        );
+        let server_id = by_name("SERVER_ID").value_from.unwrap().field_ref.unwrap();
+        assert_eq!(server_id.field_path, "metadata.name");
+        assert_eq!(by_name("WORKERS").value.as_deref(), Some("8"));
+        let text = serde_json::to_string(&sts).unwrap();
+        assert!(!text.contains("change-me-too") && !text.contains("orchestrator_prod"));
+    }
+
+    #[test]
+    fn restricted_security_context() {
+        let pod = pod_spec(&build_for(&fixtures::minimal()));
+        let psc = pod.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let sc = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    }
+
+    #[test]
+    fn full_example_template_settings() {
+        let cr = fixtures::full();
+        let sts = build_for(&cr);
+        let template = sts.spec.clone().unwrap().template;
+        let meta = template.metadata.unwrap();
+        assert_eq!(meta.labels.unwrap()["example.com/tier"], "backend");
+        let annotations = meta.annotations.unwrap();
+        assert_eq!(annotations["example.com/team"], "automation");
+        assert_eq!(annotations[CONFIG_HASH_ANNOTATION].len(), 16);
+        let pod = template.spec.unwrap();
+        assert_eq!(
+            pod.termination_grace_period_seconds,
+            Some(300 + GRACE_MARGIN_SECONDS)
+        );
+        assert_eq!(pod.node_selector.unwrap()["kubernetes.io/os"], "linux");
+        assert_eq!(
+            pod.tolerations.unwrap()[0].key.as_deref(),
+            Some("dedicated")
+        );
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some("registry.example/orchestrator-server:1.0.0")
+        );
+        assert!(
+            c.resources
+                .clone()
+                .unwrap()
+                .requests
+                .unwrap()
+                .contains_key("cpu")
+        );
+    }
+
+    #[test]
+    fn template_changes_only_when_it_should() {
+        let cr = fixtures::minimal();
+        let template = |cr: &OrchestratorCluster| build_for(cr).spec.unwrap().template;
+        let base = template(&cr);
+        let mut same = cr.clone();
+        same.spec.replicas = 5;
+        same.spec.capacity.max_replicas = 9;
+        same.spec.maintenance.paused = true;
+        same.spec.maintenance.ready_timeout = "1m".into();
+        assert_eq!(
+            template(&same),
+            base,
+            "scaling or maintenance policy must not touch the pod template"
+        );
+        let mut new_version = cr.clone();
+        new_version.spec.version = "1.0.1".into();
+        assert_ne!(template(&new_version), base);
+        let mut new_db = cr.clone();
+        new_db.spec.database.name = "other".into();
+        let changed = template(&new_db);
+        let hash = |t: &PodTemplateSpec| {
+            t.metadata.clone().unwrap().annotations.unwrap()[CONFIG_HASH_ANNOTATION].clone()
+        };
+        assert_ne!(
+            hash(&changed),
+            hash(&base),
+            "database settings change the config hash"
+        );
+    }
+}
