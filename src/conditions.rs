@@ -98,7 +98,7 @@ mod tests {
         );
         assert_eq!(first.last_transition_time, at(10));
         let same = condition(
-            &[first.clone()],
+            std::slice::from_ref(&first),
             types::READY,
             false,
             reasons::SERVERS_NOT_READY,

@@ -30,6 +30,8 @@ pub const RESERVED_ENV_NAMES: [&str; 11] = [
 ];
 
 /// Desired state of a highly available cluster of orchestration servers sharing one database.
+// printcolumn(...) repeats `type_` per column, which clippy reads as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "orchestrator.dev",

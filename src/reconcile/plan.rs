@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 use crate::resources::{BuildSettings, configmap, pdb, selector_string, service, statefulset};
 
 /// An owned object to server-side apply.
+// At most five live per reconcile, so the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Child {
     /// Server settings.

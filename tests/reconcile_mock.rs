@@ -1,0 +1,355 @@
+//! The reconcile against a mock API server (the kube-rs tower-test pattern): each scenario
+//! serves a set of existing objects and records every request, then asserts on the method,
+//! path, field manager and body of each.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use k8s_openapi::api::apps::v1::StatefulSetStatus;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::DynamicObject;
+use kube::client::Body;
+use kube::{Client, Resource};
+use orchestrator_operator::context::Context;
+use orchestrator_operator::crd::OrchestratorCluster;
+use orchestrator_operator::metrics::Metrics;
+use orchestrator_operator::reconcile::observe::Observed;
+use orchestrator_operator::reconcile::plan::{Child, plan};
+use orchestrator_operator::reconcile::reconcile;
+use orchestrator_operator::resources::BuildSettings;
+use serde_json::{Value, json};
+
+const NS: &str = "automation";
+
+/// One request the operator sent.
+#[derive(Debug)]
+struct Recorded {
+    method: String,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+/// The scenarios: what exists before the reconcile.
+enum Scenario {
+    /// Nothing but the cluster resource.
+    Fresh,
+    /// Every owned object exists exactly as applied and the status is current.
+    InSync,
+    /// The cluster resource is being deleted.
+    Deleting,
+    /// The stored object cannot be read as an `OrchestratorCluster`.
+    Malformed,
+}
+
+fn cluster() -> OrchestratorCluster {
+    let mut cr: OrchestratorCluster = serde_json::from_value(json!({
+        "apiVersion": "orchestrator.dev/v1alpha1",
+        "kind": "OrchestratorCluster",
+        "metadata": {"name": "prod", "namespace": NS, "uid": "5f1c7a52-0000-4000-8000-000000000002", "generation": 2},
+        "spec": {"replicas": 3, "version": "1.0.0",
+                 "database": {"host": "db.internal", "name": "process", "credentialsSecret": {"name": "process-db"}}}
+    }))
+    .unwrap();
+    cr.meta_mut().resource_version = Some("100".into());
+    cr
+}
+
+fn child_path(child: &Child) -> String {
+    let name = child.name();
+    match child {
+        Child::ConfigMap(_) => format!("/api/v1/namespaces/{NS}/configmaps/{name}"),
+        Child::Service(_) => format!("/api/v1/namespaces/{NS}/services/{name}"),
+        Child::PodDisruptionBudget(_) => {
+            format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/{name}")
+        }
+        Child::StatefulSet(_) => format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{name}"),
+    }
+}
+
+/// The owned objects as the API server would hold them after the first reconcile, with all
+/// three servers ready; and the cluster with the status that state produces.
+fn in_sync_world(mut cr: OrchestratorCluster) -> (OrchestratorCluster, BTreeMap<String, Value>) {
+    let now = Time(Timestamp::from_second(1_800_000_000).unwrap());
+    let first = plan(&cr, &Observed::default(), &BuildSettings::default(), &now).unwrap();
+    let mut observed = Observed::default();
+    let mut objects = BTreeMap::new();
+    for write in first.writes {
+        let path = child_path(&write.child);
+        match write.child {
+            Child::ConfigMap(o) => {
+                objects.insert(path, serde_json::to_value(&o).unwrap());
+                observed.configmap = Some(o);
+            }
+            Child::Service(o) => {
+                objects.insert(path.clone(), serde_json::to_value(&o).unwrap());
+                if path.ends_with("-servers") {
+                    observed.headless_service = Some(o);
+                } else {
+                    observed.client_service = Some(o);
+                }
+            }
+            Child::PodDisruptionBudget(o) => {
+                objects.insert(path, serde_json::to_value(&o).unwrap());
+                observed.pdb = Some(o);
+            }
+            Child::StatefulSet(mut o) => {
+                o.metadata.generation = Some(1);
+                o.status = Some(StatefulSetStatus {
+                    observed_generation: Some(1),
+                    replicas: 3,
+                    ready_replicas: Some(3),
+                    updated_replicas: Some(3),
+                    ..StatefulSetStatus::default()
+                });
+                objects.insert(path, serde_json::to_value(&o).unwrap());
+                observed.statefulset = Some(o);
+            }
+        }
+    }
+    cr.status = Some(
+        plan(&cr, &observed, &BuildSettings::default(), &now)
+            .unwrap()
+            .status,
+    );
+    (cr, objects)
+}
+
+fn respond(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+fn not_found(path: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": format!("{path} not found"), "reason": "NotFound", "code": 404})
+}
+
+/// Runs one reconcile of `object` against a fake API server holding it and `objects`.
+async fn run(object: DynamicObject, mut objects: BTreeMap<String, Value>) -> Vec<Recorded> {
+    let cluster_path = format!(
+        "/apis/orchestrator.dev/v1alpha1/namespaces/{NS}/orchestratorclusters/{}",
+        object.metadata.name.clone().unwrap()
+    );
+    objects.insert(cluster_path, serde_json::to_value(&object).unwrap());
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let mut recorded = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            let (parts, body) = request.into_parts();
+            let bytes = body.collect_bytes().await.unwrap();
+            let path = parts.uri.path().to_string();
+            let method = parts.method.to_string();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let response = match (method.as_str(), objects.get(&path)) {
+                ("GET", Some(object)) => respond(StatusCode::OK, object),
+                ("GET", None) => respond(StatusCode::NOT_FOUND, &not_found(&path)),
+                ("POST", _) => respond(StatusCode::CREATED, &body),
+                _ => match path
+                    .strip_suffix("/status")
+                    .and_then(|main| objects.get(main))
+                {
+                    // A status apply answers with the whole resource and the new status.
+                    Some(resource) => {
+                        let mut answer = resource.clone();
+                        answer["status"] = body["status"].clone();
+                        respond(StatusCode::OK, &answer)
+                    }
+                    None => respond(StatusCode::OK, &body),
+                },
+            };
+            send.send_response(response);
+            recorded.push(Recorded {
+                method,
+                path,
+                query: parts.uri.query().unwrap_or_default().to_string(),
+                content_type: parts
+                    .headers
+                    .get("content-type")
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default(),
+                body,
+            });
+        }
+        recorded
+    });
+    let client = Client::new(service, NS);
+    let ctx = Arc::new(Context::new(
+        client,
+        Arc::new(Metrics::default()),
+        BuildSettings::default(),
+        Some("test".into()),
+    ));
+    tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(object), ctx))
+        .await
+        .expect("reconcile finishes")
+        .expect("reconcile succeeds");
+    server.await.unwrap()
+}
+
+fn dynamic(value: Value) -> DynamicObject {
+    serde_json::from_value(value).unwrap()
+}
+
+async fn scenario(scenario: Scenario) -> Vec<Recorded> {
+    match scenario {
+        Scenario::Fresh => {
+            run(
+                dynamic(serde_json::to_value(cluster()).unwrap()),
+                BTreeMap::new(),
+            )
+            .await
+        }
+        Scenario::InSync => {
+            let (cr, objects) = in_sync_world(cluster());
+            run(dynamic(serde_json::to_value(cr).unwrap()), objects).await
+        }
+        Scenario::Deleting => {
+            let mut cr = cluster();
+            cr.meta_mut().deletion_timestamp =
+                Some(Time(Timestamp::from_second(1_800_000_000).unwrap()));
+            run(dynamic(serde_json::to_value(cr).unwrap()), BTreeMap::new()).await
+        }
+        Scenario::Malformed => {
+            let mut value = serde_json::to_value(cluster()).unwrap();
+            value["spec"]["replicas"] = json!("three");
+            run(dynamic(value), BTreeMap::new()).await
+        }
+    }
+}
+
+fn writes(recorded: &[Recorded]) -> Vec<&Recorded> {
+    recorded.iter().filter(|r| r.method != "GET").collect()
+}
+
+#[tokio::test]
+async fn fresh_cluster_applies_every_owned_object_then_status() {
+    let recorded = scenario(Scenario::Fresh).await;
+    let gets = recorded.iter().filter(|r| r.method == "GET").count();
+    assert_eq!(gets, 5, "one read per owned object");
+    let writes = writes(&recorded);
+    let applies: Vec<_> = writes
+        .iter()
+        .filter(|r| r.method == "PATCH" && !r.path.ends_with("/status"))
+        .map(|r| (r.path.as_str(), r.body["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        applies,
+        vec![
+            (
+                "/api/v1/namespaces/automation/configmaps/prod-config",
+                "ConfigMap"
+            ),
+            (
+                "/api/v1/namespaces/automation/services/prod-servers",
+                "Service"
+            ),
+            ("/api/v1/namespaces/automation/services/prod", "Service"),
+            (
+                "/apis/policy/v1/namespaces/automation/poddisruptionbudgets/prod",
+                "PodDisruptionBudget"
+            ),
+            (
+                "/apis/apps/v1/namespaces/automation/statefulsets/prod",
+                "StatefulSet"
+            ),
+        ]
+    );
+    for write in writes.iter().filter(|r| r.method == "PATCH") {
+        assert_eq!(
+            write.content_type, "application/apply-patch+yaml",
+            "{}",
+            write.path
+        );
+        assert!(
+            write.query.contains("fieldManager=orchestrator-operator"),
+            "{}: {}",
+            write.path,
+            write.query
+        );
+        assert!(
+            write.query.contains("force=true"),
+            "{}: {}",
+            write.path,
+            write.query
+        );
+        if !write.path.ends_with("/status") {
+            let owner = &write.body["metadata"]["ownerReferences"][0];
+            assert_eq!(owner["kind"], "OrchestratorCluster");
+            assert_eq!(owner["controller"], true);
+        }
+    }
+    let sts = writes
+        .iter()
+        .find(|r| r.path.ends_with("statefulsets/prod"))
+        .unwrap();
+    assert_eq!(sts.body["spec"]["updateStrategy"]["type"], "OnDelete");
+    assert_eq!(sts.body["spec"]["replicas"], 3);
+    let event = writes
+        .iter()
+        .find(|r| r.method == "POST")
+        .expect("an Event");
+    assert_eq!(
+        event.path,
+        "/apis/events.k8s.io/v1/namespaces/automation/events"
+    );
+    assert_eq!(event.body["reason"], "Applied");
+    assert!(
+        event.body["note"]
+            .as_str()
+            .unwrap()
+            .contains("created StatefulSet prod")
+    );
+    let status = writes.last().unwrap();
+    assert_eq!(
+        status.path,
+        "/apis/orchestrator.dev/v1alpha1/namespaces/automation/orchestratorclusters/prod/status"
+    );
+    assert_eq!(status.body["status"]["observedGeneration"], 2);
+    assert_eq!(status.body["status"]["phase"], "Pending");
+    assert_eq!(status.body["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(
+        status.body["status"]["conditions"][0]["reason"],
+        "StatefulSetPending"
+    );
+}
+
+#[tokio::test]
+async fn unchanged_cluster_sends_no_write() {
+    let recorded = scenario(Scenario::InSync).await;
+    assert_eq!(recorded.len(), 5, "{recorded:#?}");
+    assert!(writes(&recorded).is_empty(), "{:#?}", writes(&recorded));
+}
+
+#[tokio::test]
+async fn deleted_cluster_is_left_to_garbage_collection() {
+    let recorded = scenario(Scenario::Deleting).await;
+    assert!(recorded.is_empty(), "{recorded:#?}");
+}
+
+#[tokio::test]
+async fn malformed_object_gets_a_warning_event_and_nothing_else() {
+    let recorded = scenario(Scenario::Malformed).await;
+    assert_eq!(recorded.len(), 1, "{recorded:#?}");
+    let event = &recorded[0];
+    assert_eq!(
+        (event.method.as_str(), event.body["type"].as_str()),
+        ("POST", Some("Warning"))
+    );
+    assert_eq!(event.body["reason"], "Malformed");
+    assert!(
+        event.body["note"]
+            .as_str()
+            .unwrap()
+            .contains("invalid type"),
+        "{}",
+        event.body["note"]
+    );
+}
