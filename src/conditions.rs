@@ -87,15 +87,7 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_when_status_changes() {
-        let first = condition(
-            &[],
-            types::READY,
-            false,
-            reasons::SCALING,
-            "",
-            Some(1),
-            &at(10),
-        );
+        let first = condition(&[], types::READY, false, reasons::SCALING, "", Some(1), &at(10));
         assert_eq!(first.last_transition_time, at(10));
         let same = condition(
             std::slice::from_ref(&first),

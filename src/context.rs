@@ -34,12 +34,7 @@ pub struct Context {
 
 impl Context {
     /// A context for `client`, reporting Events as `instance` of the operator.
-    pub fn new(
-        client: Client,
-        metrics: Arc<Metrics>,
-        settings: BuildSettings,
-        instance: Option<String>,
-    ) -> Self {
+    pub fn new(client: Client, metrics: Arc<Metrics>, settings: BuildSettings, instance: Option<String>) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance,
@@ -63,10 +58,7 @@ impl Context {
 
     /// Forgets the failures of `key` after a successful reconcile.
     pub fn reset_backoff(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 }
 

@@ -28,10 +28,7 @@ pub fn owned_selector() -> String {
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Debug,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -70,21 +67,12 @@ async fn run_one(
 }
 
 /// Runs the controllers until `shutdown` completes. An empty `namespaces` watches all.
-pub async fn run(
-    ctx: Arc<Context>,
-    namespaces: Vec<String>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+pub async fn run(ctx: Arc<Context>, namespaces: Vec<String>, shutdown: impl Future<Output = ()> + Send + 'static) {
     let shutdown = shutdown.boxed().shared();
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {
         namespaces.into_iter().map(Some).collect()
     };
-    futures::future::join_all(
-        scopes
-            .into_iter()
-            .map(|ns| run_one(ctx.clone(), ns, shutdown.clone())),
-    )
-    .await;
+    futures::future::join_all(scopes.into_iter().map(|ns| run_one(ctx.clone(), ns, shutdown.clone()))).await;
 }

@@ -73,11 +73,7 @@ pub const RESERVED_ENV_NAMES: [&str; 11] = [
         json_path = ".status.phase",
         description = "Summary of the cluster's state"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("self.replicas <= self.capacity.maxReplicas").message("spec.replicas must not exceed spec.capacity.maxReplicas, the owner's ceiling for adding servers; raise capacity.maxReplicas first"))]
 #[serde(rename_all = "camelCase")]
@@ -90,10 +86,7 @@ pub struct OrchestratorClusterSpec {
 
     /// Server version. Used as the image tag unless `image` is set, and compared with the
     /// database schema before an upgrade.
-    #[schemars(
-        length(min = 1, max = 128),
-        regex(pattern = r"^[0-9A-Za-z][0-9A-Za-z._+-]*$")
-    )]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[0-9A-Za-z][0-9A-Za-z._+-]*$"))]
     pub version: String,
 
     /// Full server image reference. Defaults to the operator's server image repository with
@@ -554,9 +547,7 @@ pub fn parse_duration(field: &'static str, text: &str) -> Result<Duration, SpecE
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(invalid)?;
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
         if digits == 0 {
             return Err(invalid());
         }
@@ -620,9 +611,7 @@ mod tests {
 
     #[test]
     fn reserved_env_names_match_the_cel_rule() {
-        let schema =
-            serde_json::to_string(&<OrchestratorCluster as kube::CustomResourceExt>::crd())
-                .unwrap();
+        let schema = serde_json::to_string(&<OrchestratorCluster as kube::CustomResourceExt>::crd()).unwrap();
         for name in RESERVED_ENV_NAMES {
             assert!(
                 schema.contains(&format!("'{name}'")),

@@ -11,12 +11,10 @@ use serde_json::Value;
 /// have extra keys in `live`; arrays must have the same length and match element by element.
 pub fn is_contained(desired: &Value, live: &Value) -> bool {
     match (desired, live) {
-        (Value::Object(want), Value::Object(have)) => {
-            want.iter().all(|(key, value)| match have.get(key) {
-                Some(live) => is_contained(value, live),
-                None => is_empty(value),
-            })
-        }
+        (Value::Object(want), Value::Object(have)) => want.iter().all(|(key, value)| match have.get(key) {
+            Some(live) => is_contained(value, live),
+            None => is_empty(value),
+        }),
         (Value::Array(want), Value::Array(have)) => {
             want.len() == have.len() && want.iter().zip(have).all(|(w, h)| is_contained(w, h))
         }
@@ -42,8 +40,7 @@ mod tests {
 
     #[test]
     fn server_defaults_are_not_drift() {
-        let desired =
-            json!({"spec": {"replicas": 3, "template": {"containers": [{"name": "server"}]}}});
+        let desired = json!({"spec": {"replicas": 3, "template": {"containers": [{"name": "server"}]}}});
         let live = json!({"spec": {"replicas": 3, "revisionHistoryLimit": 10,
             "template": {"containers": [{"name": "server", "imagePullPolicy": "IfNotPresent"}]}},
             "status": {"replicas": 3}});

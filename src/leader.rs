@@ -24,10 +24,7 @@ pub struct LeaderSettings {
 
 /// Campaigns for the Lease in the background. The returned channel is `true` while this
 /// replica holds it.
-pub async fn campaign(
-    client: Client,
-    settings: &LeaderSettings,
-) -> anyhow::Result<watch::Receiver<bool>> {
+pub async fn campaign(client: Client, settings: &LeaderSettings) -> anyhow::Result<watch::Receiver<bool>> {
     let grace = (settings.lease_seconds / 3).max(1);
     let manager = LeaseManagerBuilder::new(client, &settings.lease_name)
         .with_namespace(&settings.namespace)

@@ -50,11 +50,7 @@ struct Args {
     leader_election_namespace: Option<String>,
 
     /// Name of the leader Lease.
-    #[arg(
-        long,
-        env = "LEADER_ELECTION_LEASE",
-        default_value = "orchestrator-operator"
-    )]
+    #[arg(long, env = "LEADER_ELECTION_LEASE", default_value = "orchestrator-operator")]
     leader_election_lease: String,
 
     /// Seconds the leader keeps the Lease without renewing it.
@@ -75,8 +71,8 @@ struct Args {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,kube=warn,kube_lease_manager=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn,kube_lease_manager=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),
@@ -89,8 +85,8 @@ async fn termination_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -168,8 +164,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let stop = futures::future::select(terminate.clone(), lost.clone()).map(|_| ());
         controller::run(ctx, args.watch_namespaces.clone(), stop).await;
         metrics.leader.set(0);
-        lost_leadership =
-            lost.now_or_never().is_some() && terminate.clone().now_or_never().is_none();
+        lost_leadership = lost.now_or_never().is_some() && terminate.clone().now_or_never().is_none();
     } else {
         metrics.leader.set(1);
         controller::run(ctx, args.watch_namespaces.clone(), terminate.clone()).await;

@@ -40,21 +40,9 @@ impl Default for Metrics {
         let leader = Gauge::default();
         let mut registry = Registry::with_prefix("orchestrator_operator");
         registry.register("reconciles", "Reconciles started", reconciles.clone());
-        registry.register(
-            "reconcile_errors",
-            "Reconcile failures by reason",
-            failures.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Reconcile duration",
-            duration.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 while this replica is the active leader",
-            leader.clone(),
-        );
+        registry.register("reconcile_errors", "Reconcile failures by reason", failures.clone());
+        registry.register("reconcile_duration_seconds", "Reconcile duration", duration.clone());
+        registry.register("leader", "1 while this replica is the active leader", leader.clone());
         Self {
             reconciles,
             failures,
@@ -83,8 +71,7 @@ impl Metrics {
     /// The metrics in Prometheus text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
     }
 }
@@ -100,10 +87,7 @@ mod tests {
         metrics.record_failure(&Error::Malformed("x".into()));
         metrics.record_duration(Duration::from_millis(20));
         let text = metrics.encode();
-        assert!(
-            text.contains("orchestrator_operator_reconciles_total 1"),
-            "{text}"
-        );
+        assert!(text.contains("orchestrator_operator_reconciles_total 1"), "{text}");
         assert!(
             text.contains(r#"orchestrator_operator_reconcile_errors_total{reason="malformed"} 1"#),
             "{text}"

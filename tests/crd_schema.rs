@@ -28,20 +28,14 @@ fn schema_errors(object: &Value) -> Vec<(String, String)> {
     let validator = jsonschema::validator_for(&open_api_schema()).unwrap();
     validator
         .iter_errors(object)
-        .map(|e| {
-            (
-                e.kind().keyword().to_string(),
-                e.instance_path().as_str().to_string(),
-            )
-        })
+        .map(|e| (e.kind().keyword().to_string(), e.instance_path().as_str().to_string()))
         .collect()
 }
 
 /// CEL errors after defaulting the object the way the API server does (through the Rust
 /// type's serde defaults, which are the schema's defaults).
 fn cel_errors(object: &Value) -> Vec<String> {
-    let typed: OrchestratorCluster =
-        serde_json::from_value(object.clone()).expect("schema-valid object deserializes");
+    let typed: OrchestratorCluster = serde_json::from_value(object.clone()).expect("schema-valid object deserializes");
     let defaulted = serde_json::to_value(&typed).unwrap();
     match Validator::new().validate(&open_api_schema(), &defaulted, None) {
         Ok(()) => vec![],
@@ -51,10 +45,7 @@ fn cel_errors(object: &Value) -> Vec<String> {
 
 #[test]
 fn checked_in_crd_matches_the_code() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/orchestratorclusters.yaml"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/orchestratorclusters.yaml");
     let checked_in = std::fs::read_to_string(path).unwrap();
     assert!(
         checked_in == crd_yaml(),
@@ -97,9 +88,7 @@ fn every_invalid_spec_is_refused_by_its_check() {
 fn valid_base_and_examples_pass() {
     let mut objects = vec![valid_base()];
     for file in ["minimal.yaml", "full.yaml"] {
-        let text =
-            std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR")))
-                .unwrap();
+        let text = std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
         for doc in serde_yaml::Deserializer::from_str(&text) {
             let value: Value = serde::Deserialize::deserialize(doc).unwrap();
             if value["kind"] == "OrchestratorCluster" {
@@ -109,12 +98,7 @@ fn valid_base_and_examples_pass() {
     }
     assert_eq!(objects.len(), 3);
     for object in objects {
-        assert_eq!(
-            schema_errors(&object),
-            vec![],
-            "{}",
-            object["metadata"]["name"]
-        );
+        assert_eq!(schema_errors(&object), vec![], "{}", object["metadata"]["name"]);
         assert_eq!(
             cel_errors(&object),
             Vec::<String>::new(),

@@ -111,11 +111,7 @@ fn in_sync_world(mut cr: OrchestratorCluster) -> (OrchestratorCluster, BTreeMap<
             }
         }
     }
-    cr.status = Some(
-        plan(&cr, &observed, &BuildSettings::default(), &now)
-            .unwrap()
-            .status,
-    );
+    cr.status = Some(plan(&cr, &observed, &BuildSettings::default(), &now).unwrap().status);
     (cr, objects)
 }
 
@@ -152,10 +148,7 @@ async fn run(object: DynamicObject, mut objects: BTreeMap<String, Value>) -> Vec
                 ("GET", Some(object)) => respond(StatusCode::OK, object),
                 ("GET", None) => respond(StatusCode::NOT_FOUND, &not_found(&path)),
                 ("POST", _) => respond(StatusCode::CREATED, &body),
-                _ => match path
-                    .strip_suffix("/status")
-                    .and_then(|main| objects.get(main))
-                {
+                _ => match path.strip_suffix("/status").and_then(|main| objects.get(main)) {
                     // A status apply answers with the whole resource and the new status.
                     Some(resource) => {
                         let mut answer = resource.clone();
@@ -200,21 +193,14 @@ fn dynamic(value: Value) -> DynamicObject {
 
 async fn scenario(scenario: Scenario) -> Vec<Recorded> {
     match scenario {
-        Scenario::Fresh => {
-            run(
-                dynamic(serde_json::to_value(cluster()).unwrap()),
-                BTreeMap::new(),
-            )
-            .await
-        }
+        Scenario::Fresh => run(dynamic(serde_json::to_value(cluster()).unwrap()), BTreeMap::new()).await,
         Scenario::InSync => {
             let (cr, objects) = in_sync_world(cluster());
             run(dynamic(serde_json::to_value(cr).unwrap()), objects).await
         }
         Scenario::Deleting => {
             let mut cr = cluster();
-            cr.meta_mut().deletion_timestamp =
-                Some(Time(Timestamp::from_second(1_800_000_000).unwrap()));
+            cr.meta_mut().deletion_timestamp = Some(Time(Timestamp::from_second(1_800_000_000).unwrap()));
             run(dynamic(serde_json::to_value(cr).unwrap()), BTreeMap::new()).await
         }
         Scenario::Malformed => {
@@ -243,63 +229,36 @@ async fn fresh_cluster_applies_every_owned_object_then_status() {
     assert_eq!(
         applies,
         vec![
-            (
-                "/api/v1/namespaces/automation/configmaps/prod-config",
-                "ConfigMap"
-            ),
-            (
-                "/api/v1/namespaces/automation/services/prod-servers",
-                "Service"
-            ),
+            ("/api/v1/namespaces/automation/configmaps/prod-config", "ConfigMap"),
+            ("/api/v1/namespaces/automation/services/prod-servers", "Service"),
             ("/api/v1/namespaces/automation/services/prod", "Service"),
             (
                 "/apis/policy/v1/namespaces/automation/poddisruptionbudgets/prod",
                 "PodDisruptionBudget"
             ),
-            (
-                "/apis/apps/v1/namespaces/automation/statefulsets/prod",
-                "StatefulSet"
-            ),
+            ("/apis/apps/v1/namespaces/automation/statefulsets/prod", "StatefulSet"),
         ]
     );
     for write in writes.iter().filter(|r| r.method == "PATCH") {
-        assert_eq!(
-            write.content_type, "application/apply-patch+yaml",
-            "{}",
-            write.path
-        );
+        assert_eq!(write.content_type, "application/apply-patch+yaml", "{}", write.path);
         assert!(
             write.query.contains("fieldManager=orchestrator-operator"),
             "{}: {}",
             write.path,
             write.query
         );
-        assert!(
-            write.query.contains("force=true"),
-            "{}: {}",
-            write.path,
-            write.query
-        );
+        assert!(write.query.contains("force=true"), "{}: {}", write.path, write.query);
         if !write.path.ends_with("/status") {
             let owner = &write.body["metadata"]["ownerReferences"][0];
             assert_eq!(owner["kind"], "OrchestratorCluster");
             assert_eq!(owner["controller"], true);
         }
     }
-    let sts = writes
-        .iter()
-        .find(|r| r.path.ends_with("statefulsets/prod"))
-        .unwrap();
+    let sts = writes.iter().find(|r| r.path.ends_with("statefulsets/prod")).unwrap();
     assert_eq!(sts.body["spec"]["updateStrategy"]["type"], "OnDelete");
     assert_eq!(sts.body["spec"]["replicas"], 3);
-    let event = writes
-        .iter()
-        .find(|r| r.method == "POST")
-        .expect("an Event");
-    assert_eq!(
-        event.path,
-        "/apis/events.k8s.io/v1/namespaces/automation/events"
-    );
+    let event = writes.iter().find(|r| r.method == "POST").expect("an Event");
+    assert_eq!(event.path, "/apis/events.k8s.io/v1/namespaces/automation/events");
     assert_eq!(event.body["reason"], "Applied");
     assert!(
         event.body["note"]
@@ -315,10 +274,7 @@ async fn fresh_cluster_applies_every_owned_object_then_status() {
     assert_eq!(status.body["status"]["observedGeneration"], 2);
     assert_eq!(status.body["status"]["phase"], "Pending");
     assert_eq!(status.body["status"]["conditions"][0]["type"], "Ready");
-    assert_eq!(
-        status.body["status"]["conditions"][0]["reason"],
-        "StatefulSetPending"
-    );
+    assert_eq!(status.body["status"]["conditions"][0]["reason"], "StatefulSetPending");
 }
 
 #[tokio::test]
@@ -345,10 +301,7 @@ async fn malformed_object_gets_a_warning_event_and_nothing_else() {
     );
     assert_eq!(event.body["reason"], "Malformed");
     assert!(
-        event.body["note"]
-            .as_str()
-            .unwrap()
-            .contains("invalid type"),
+        event.body["note"].as_str().unwrap().contains("invalid type"),
         "{}",
         event.body["note"]
     );

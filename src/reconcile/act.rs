@@ -20,8 +20,7 @@ where
 {
     let api = Api::<K>::namespaced(client.clone(), namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&object.name_any(), &params, &Patch::Apply(object))
-        .await?;
+    api.patch(&object.name_any(), &params, &Patch::Apply(object)).await?;
     Ok(())
 }
 

@@ -70,14 +70,8 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
         Ok(plan) => plan,
         Err(Error::InvalidSpec(spec_error)) => {
             tracing::warn!(object = %object_key(obj), error = %spec_error, "invalid spec; waiting for a change");
-            ctx.metrics
-                .record_failure(&Error::InvalidSpec(spec_error.clone()));
-            report::update_status(
-                &ctx.client,
-                &cr,
-                &plan::invalid_spec_status(&cr, &spec_error, &now),
-            )
-            .await?;
+            ctx.metrics.record_failure(&Error::InvalidSpec(spec_error.clone()));
+            report::update_status(&ctx.client, &cr, &plan::invalid_spec_status(&cr, &spec_error, &now)).await?;
             report::publish(
                 ctx,
                 &reference,
@@ -91,12 +85,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
         Err(other) => return Err(other),
     };
     if !plan.writes.is_empty() {
-        act::apply_writes(
-            &ctx.client,
-            &cr.namespace().unwrap_or_default(),
-            &plan.writes,
-        )
-        .await?;
+        act::apply_writes(&ctx.client, &cr.namespace().unwrap_or_default(), &plan.writes).await?;
         let summary = plan
             .writes
             .iter()
@@ -111,14 +100,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
             .collect::<Vec<_>>()
             .join(", ");
         tracing::info!(object = %object_key(obj), %summary, "applied owned objects");
-        report::publish(
-            ctx,
-            &reference,
-            EventType::Normal,
-            event_reasons::APPLIED,
-            summary,
-        )
-        .await;
+        report::publish(ctx, &reference, EventType::Normal, event_reasons::APPLIED, summary).await;
     }
     report::update_status(&ctx.client, &cr, &plan.status).await?;
     Ok(Action::requeue(RESYNC))

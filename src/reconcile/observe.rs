@@ -28,14 +28,9 @@ pub struct Observed {
 
 async fn get<K>(client: &Client, namespace: &str, name: String) -> Result<Option<K>>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    Ok(Api::<K>::namespaced(client.clone(), namespace)
-        .get_opt(&name)
-        .await?)
+    Ok(Api::<K>::namespaced(client.clone(), namespace).get_opt(&name).await?)
 }
 
 /// Reads every owned object of `cr`.

@@ -85,12 +85,7 @@ pub struct Plan {
 }
 
 /// Plans the reconcile of `cr`. Fails only on a spec the operator cannot use.
-pub fn plan(
-    cr: &OrchestratorCluster,
-    observed: &Observed,
-    settings: &BuildSettings,
-    now: &Time,
-) -> Result<Plan> {
+pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSettings, now: &Time) -> Result<Plan> {
     let configmap = configmap::build(cr);
     let config_hash = configmap::data_hash(&configmap);
     let statefulset = statefulset::build(cr, settings, cr.spec.replicas, &config_hash)?;
@@ -104,14 +99,8 @@ pub fn plan(
             Child::Service(service::build_client(cr)),
             live(&observed.client_service)?,
         ),
-        (
-            Child::PodDisruptionBudget(pdb::build(cr)),
-            live(&observed.pdb)?,
-        ),
-        (
-            Child::StatefulSet(statefulset),
-            live(&observed.statefulset)?,
-        ),
+        (Child::PodDisruptionBudget(pdb::build(cr)), live(&observed.pdb)?),
+        (Child::StatefulSet(statefulset), live(&observed.statefulset)?),
     ];
     let mut writes = Vec::new();
     for (child, live) in desired {
@@ -133,18 +122,11 @@ pub fn plan(
 }
 
 fn live<T: Serialize>(object: &Option<T>) -> Result<Option<Value>> {
-    object
-        .as_ref()
-        .map(|o| value_of("live object", o))
-        .transpose()
+    object.as_ref().map(|o| value_of("live object", o)).transpose()
 }
 
 /// The status of a cluster whose StatefulSet is as observed.
-pub fn status(
-    cr: &OrchestratorCluster,
-    observed: &Observed,
-    now: &Time,
-) -> OrchestratorClusterStatus {
+pub fn status(cr: &OrchestratorCluster, observed: &Observed, now: &Time) -> OrchestratorClusterStatus {
     let previous = cr.status.clone().unwrap_or_default();
     let generation = cr.metadata.generation;
     let wanted = cr.spec.replicas;
@@ -174,10 +156,7 @@ pub fn status(
             "the StatefulSet of servers is being created".to_string(),
         )
     } else {
-        (
-            reasons::SERVERS_NOT_READY,
-            format!("{ready} of {wanted} servers ready"),
-        )
+        (reasons::SERVERS_NOT_READY, format!("{ready} of {wanted} servers ready"))
     };
     let (progress_reason, progress_message) = if settled {
         (reasons::STABLE, "nothing to change".to_string())
@@ -234,11 +213,7 @@ pub fn status(
 }
 
 /// The status of a cluster whose spec cannot be used: nothing is changed until the spec is.
-pub fn invalid_spec_status(
-    cr: &OrchestratorCluster,
-    error: &SpecError,
-    now: &Time,
-) -> OrchestratorClusterStatus {
+pub fn invalid_spec_status(cr: &OrchestratorCluster, error: &SpecError, now: &Time) -> OrchestratorClusterStatus {
     let previous = cr.status.clone().unwrap_or_default();
     let generation = cr.metadata.generation;
     let message = error.to_string();
@@ -297,9 +272,7 @@ mod tests {
         for write in &plan.writes {
             match write.child.clone() {
                 Child::ConfigMap(o) => observed.configmap = Some(o),
-                Child::Service(o) if o.name_any().ends_with("-servers") => {
-                    observed.headless_service = Some(o)
-                }
+                Child::Service(o) if o.name_any().ends_with("-servers") => observed.headless_service = Some(o),
                 Child::Service(o) => observed.client_service = Some(o),
                 Child::PodDisruptionBudget(o) => observed.pdb = Some(o),
                 Child::StatefulSet(mut o) => {
@@ -359,12 +332,7 @@ mod tests {
         assert_eq!(second.status.phase, Phase::Ready);
         assert_eq!(second.status.ready_replicas, 4);
         assert_eq!(second.status.current_version.as_deref(), Some("1.0.0"));
-        assert_eq!(
-            find(&second.status.conditions, types::READY)
-                .unwrap()
-                .status,
-            TRUE
-        );
+        assert_eq!(find(&second.status.conditions, types::READY).unwrap().status, TRUE);
     }
 
     #[test]
@@ -373,24 +341,10 @@ mod tests {
         let first = plan(&cr, &Observed::default(), &BuildSettings::default(), &now()).unwrap();
         let mut observed = applied(&first, 3);
         observed.pdb = None;
-        observed
-            .statefulset
-            .as_mut()
-            .unwrap()
-            .spec
-            .as_mut()
-            .unwrap()
-            .replicas = Some(9);
+        observed.statefulset.as_mut().unwrap().spec.as_mut().unwrap().replicas = Some(9);
         let second = plan(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
-        let writes: Vec<_> = second
-            .writes
-            .iter()
-            .map(|w| (w.child.kind(), w.creates))
-            .collect();
-        assert_eq!(
-            writes,
-            vec![("PodDisruptionBudget", true), ("StatefulSet", false)]
-        );
+        let writes: Vec<_> = second.writes.iter().map(|w| (w.child.kind(), w.creates)).collect();
+        assert_eq!(writes, vec![("PodDisruptionBudget", true), ("StatefulSet", false)]);
     }
 
     #[test]
@@ -402,9 +356,7 @@ mod tests {
         let ready = find(&second.status.conditions, types::READY).unwrap();
         assert_eq!(ready.message, "2 of 3 servers ready");
         assert_eq!(
-            find(&second.status.conditions, types::PROGRESSING)
-                .unwrap()
-                .status,
+            find(&second.status.conditions, types::PROGRESSING).unwrap().status,
             TRUE
         );
         assert_eq!(second.status.current_version, None);

@@ -28,8 +28,7 @@ pub async fn update_status(
     if cr.status.as_ref() == Some(status) {
         return Ok(());
     }
-    let api =
-        Api::<OrchestratorCluster>::namespaced(client.clone(), &cr.namespace().unwrap_or_default());
+    let api = Api::<OrchestratorCluster>::namespaced(client.clone(), &cr.namespace().unwrap_or_default());
     let patch = json!({
         "apiVersion": OrchestratorCluster::api_version(&()),
         "kind": OrchestratorCluster::kind(&()),

@@ -16,10 +16,7 @@ pub fn server_settings(cr: &OrchestratorCluster) -> BTreeMap<String, String> {
         ("DATABASE_HOST".to_string(), db.host.clone()),
         ("DATABASE_PORT".to_string(), db.port.to_string()),
         ("DATABASE_NAME".to_string(), db.name.clone()),
-        (
-            "DATABASE_SSLMODE".to_string(),
-            db.ssl_mode.as_str().to_string(),
-        ),
+        ("DATABASE_SSLMODE".to_string(), db.ssl_mode.as_str().to_string()),
         ("HTTP_PORT".to_string(), HTTP_PORT.to_string()),
         ("METRICS_PORT".to_string(), METRICS_PORT.to_string()),
     ])
@@ -43,10 +40,7 @@ pub fn data_hash(configmap: &ConfigMap) -> String {
         hasher.update(value.as_bytes());
         hasher.update([0]);
     }
-    hasher.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -119,17 +119,13 @@ pub(crate) mod fixtures {
 
     /// Parses an example file shipped under `examples/` (the cluster document only).
     pub fn example(file: &str) -> OrchestratorCluster {
-        let text =
-            std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR")))
-                .unwrap();
+        let text = std::fs::read_to_string(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
         let mut cr = serde_yaml::Deserializer::from_str(&text)
             .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
             .find(|v| v["kind"] == "OrchestratorCluster")
             .map(|v| serde_yaml::from_value::<OrchestratorCluster>(v).unwrap())
             .expect("example has an OrchestratorCluster");
-        cr.metadata
-            .namespace
-            .get_or_insert_with(|| "automation".into());
+        cr.metadata.namespace.get_or_insert_with(|| "automation".into());
         cr.metadata.uid = Some("5f1c7a52-0000-4000-8000-000000000001".into());
         cr
     }

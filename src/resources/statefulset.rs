@@ -5,17 +5,16 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    BuildSettings, CONFIG_HASH_ANNOTATION, GRACE_MARGIN_SECONDS, HTTP_PORT, METRICS_PORT, Names,
-    owned_meta, selector_labels, server_image,
+    BuildSettings, CONFIG_HASH_ANNOTATION, GRACE_MARGIN_SECONDS, HTTP_PORT, METRICS_PORT, Names, owned_meta,
+    selector_labels, server_image,
 };
 use crate::crd::{OrchestratorCluster, SpecError};
 
@@ -58,8 +57,7 @@ fn pod_template(
     config_hash: &str,
 ) -> Result<PodTemplateSpec, SpecError> {
     let template = &cr.spec.template;
-    let drain_seconds =
-        i64::try_from(cr.spec.maintenance.drain_timeout()?.as_secs()).unwrap_or(i64::MAX / 2);
+    let drain_seconds = i64::try_from(cr.spec.maintenance.drain_timeout()?.as_secs()).unwrap_or(i64::MAX / 2);
     let mut labels = template.labels.clone();
     labels.extend(selector_labels(cr));
     let mut annotations = template.annotations.clone();
@@ -231,30 +229,18 @@ mod tests {
         let spec = sts.spec.clone().unwrap();
         assert_eq!(spec.replicas, Some(3));
         assert_eq!(spec.service_name.as_deref(), Some("minimal-servers"));
-        assert_eq!(
-            spec.update_strategy.unwrap().type_.as_deref(),
-            Some("OnDelete")
-        );
-        assert_eq!(
-            spec.selector.match_labels.as_ref(),
-            Some(&selector_labels(&cr))
-        );
+        assert_eq!(spec.update_strategy.unwrap().type_.as_deref(), Some("OnDelete"));
+        assert_eq!(spec.selector.match_labels.as_ref(), Some(&selector_labels(&cr)));
         let template_labels = spec.template.metadata.unwrap().labels.unwrap();
         for (k, v) in selector_labels(&cr) {
-            assert_eq!(
-                template_labels[&k], v,
-                "template carries selector label {k}"
-            );
+            assert_eq!(template_labels[&k], v, "template carries selector label {k}");
         }
         let owner = &sts.metadata.owner_references.unwrap()[0];
         assert_eq!(owner.name, "minimal");
         assert_eq!(owner.uid, cr.metadata.uid.clone().unwrap());
         assert_eq!(owner.controller, Some(true));
         let pod = pod_spec(&build_for(&cr));
-        assert_eq!(
-            pod.termination_grace_period_seconds,
-            Some(600 + GRACE_MARGIN_SECONDS)
-        );
+        assert_eq!(pod.termination_grace_period_seconds, Some(600 + GRACE_MARGIN_SECONDS));
         let c = &pod.containers[0];
         assert_eq!(
             c.image.as_deref(),
@@ -264,13 +250,7 @@ mod tests {
         assert_eq!(readiness.path.as_deref(), Some("/readyz"));
         let liveness = c.liveness_probe.clone().unwrap().http_get.unwrap();
         assert_eq!(liveness.path.as_deref(), Some("/livez"));
-        let ports: Vec<_> = c
-            .ports
-            .clone()
-            .unwrap()
-            .into_iter()
-            .map(|p| p.container_port)
-            .collect();
+        let ports: Vec<_> = c.ports.clone().unwrap().into_iter().map(|p| p.container_port).collect();
         assert_eq!(ports, vec![HTTP_PORT, METRICS_PORT]);
     }
 
@@ -281,15 +261,8 @@ mod tests {
         let c = &pod_spec(&sts).containers[0];
         let env = c.env.clone().unwrap();
         let by_name = |n: &str| env.iter().find(|e| e.name == n).unwrap().clone();
-        let user = by_name("DATABASE_USER")
-            .value_from
-            .unwrap()
-            .secret_key_ref
-            .unwrap();
-        assert_eq!(
-            (user.name.as_str(), user.key.as_str()),
-            ("prod-process-db", "user")
-        );
+        let user = by_name("DATABASE_USER").value_from.unwrap().secret_key_ref.unwrap();
+        assert_eq!((user.name.as_str(), user.key.as_str()), ("prod-process-db", "user"));
         let password = by_name("DATABASE_PASSWORD");
         assert_eq!(password.value, None);
         let password = password.value_from.unwrap().secret_key_ref.unwrap();
@@ -328,28 +301,12 @@ mod tests {
         assert_eq!(annotations["example.com/team"], "automation");
         assert_eq!(annotations[CONFIG_HASH_ANNOTATION].len(), 16);
         let pod = template.spec.unwrap();
-        assert_eq!(
-            pod.termination_grace_period_seconds,
-            Some(300 + GRACE_MARGIN_SECONDS)
-        );
+        assert_eq!(pod.termination_grace_period_seconds, Some(300 + GRACE_MARGIN_SECONDS));
         assert_eq!(pod.node_selector.unwrap()["kubernetes.io/os"], "linux");
-        assert_eq!(
-            pod.tolerations.unwrap()[0].key.as_deref(),
-            Some("dedicated")
-        );
+        assert_eq!(pod.tolerations.unwrap()[0].key.as_deref(), Some("dedicated"));
         let c = &pod.containers[0];
-        assert_eq!(
-            c.image.as_deref(),
-            Some("registry.example/orchestrator-server:1.0.0")
-        );
-        assert!(
-            c.resources
-                .clone()
-                .unwrap()
-                .requests
-                .unwrap()
-                .contains_key("cpu")
-        );
+        assert_eq!(c.image.as_deref(), Some("registry.example/orchestrator-server:1.0.0"));
+        assert!(c.resources.clone().unwrap().requests.unwrap().contains_key("cpu"));
     }
 
     #[test]
@@ -373,13 +330,8 @@ mod tests {
         let mut new_db = cr.clone();
         new_db.spec.database.name = "other".into();
         let changed = template(&new_db);
-        let hash = |t: &PodTemplateSpec| {
-            t.metadata.clone().unwrap().annotations.unwrap()[CONFIG_HASH_ANNOTATION].clone()
-        };
-        assert_ne!(
-            hash(&changed),
-            hash(&base),
-            "database settings change the config hash"
-        );
+        let hash =
+            |t: &PodTemplateSpec| t.metadata.clone().unwrap().annotations.unwrap()[CONFIG_HASH_ANNOTATION].clone();
+        assert_ne!(hash(&changed), hash(&base), "database settings change the config hash");
     }
 }

@@ -7,10 +7,7 @@ use serde_json::{Value, json};
 #[derive(Clone, Copy, Debug)]
 pub enum Check {
     /// An OpenAPI schema keyword (`minimum`, `enum`, `pattern`, ...) at a JSON pointer.
-    Schema {
-        keyword: &'static str,
-        path: &'static str,
-    },
+    Schema { keyword: &'static str, path: &'static str },
     /// A CEL `x-kubernetes-validations` rule, identified by its message.
     Cel { message: &'static str },
 }
@@ -136,16 +133,12 @@ pub fn cases() -> Vec<InvalidSpec> {
         case(
             "drainTimeout zero",
             json!({"spec": {"maintenance": {"drainTimeout": "0s"}}}),
-            Check::Cel {
-                message: DRAIN_RANGE,
-            },
+            Check::Cel { message: DRAIN_RANGE },
         ),
         case(
             "readyTimeout of two days",
             json!({"spec": {"maintenance": {"readyTimeout": "48h"}}}),
-            Check::Cel {
-                message: READY_RANGE,
-            },
+            Check::Cel { message: READY_RANGE },
         ),
         case(
             "window opening at 25:00",
@@ -170,9 +163,7 @@ pub fn cases() -> Vec<InvalidSpec> {
         case(
             "template overriding the database password",
             json!({"spec": {"template": {"env": [{"name": "DATABASE_PASSWORD", "value": "x"}]}}}),
-            Check::Cel {
-                message: RESERVED_ENV,
-            },
+            Check::Cel { message: RESERVED_ENV },
         ),
     ]
 }

@@ -1,0 +1,18 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build of the project's images. Targets:
+#   operator  the orchestrator-operator controller (default)
+# Build: docker build --target operator -t orchestrator-operator:dev .
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin orchestrator-operator \
+    && install -D -m 0755 target/release/orchestrator-operator /out/orchestrator-operator
+
+FROM gcr.io/distroless/cc-debian12:nonroot AS operator
+COPY --from=build /out/orchestrator-operator /usr/local/bin/orchestrator-operator
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/orchestrator-operator"]

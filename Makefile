@@ -1,0 +1,34 @@
+# Entry points; each target is a script under hack/ so that CI and people run the same thing.
+.PHONY: test build crds tools cluster-up cluster-down lint
+
+## Run every check and test, setting up what is missing (toolchains, PostgreSQL, local cluster).
+test:
+	bash hack/test.sh
+
+## Build the operator and the project's binaries.
+build:
+	cargo build --workspace --locked
+
+## Regenerate the CRD from the Rust types (checked in under crds/ and the chart).
+crds:
+	cargo run --quiet --bin crdgen > crds/orchestratorclusters.yaml
+	cp crds/orchestratorclusters.yaml charts/orchestrator-operator/crds/orchestratorclusters.yaml
+
+## Build the local cluster's tools into the cache (seconds when warm).
+tools:
+	bash hack/build-tools.sh
+
+## Start the local cluster; prints the KUBECONFIG export line.
+cluster-up:
+	@bash hack/cluster-up.sh
+
+## Stop the local cluster.
+cluster-down:
+	bash hack/cluster-down.sh
+
+## Format check, clippy, hadolint, helm lint.
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+	hadolint Dockerfile
+	bash hack/helm-check.sh

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Stops the local cluster and removes its state.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+name="${ORC_CLUSTER_NAME:-orchestrator}"
+bin="$(bash "$root/hack/build-tools.sh" | tail -n 1)"
+KWOK_WORKDIR="$root/.local/kwok" "$bin/kwokctl" delete cluster --name "$name" --kubeconfig "$root/.local/kubeconfig"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Starts the local cluster: the real kube-apiserver, kube-controller-manager, kube-scheduler and
+# etcd (plus kwok's controller for fake nodes), all built by hack/build-tools.sh and bound to
+# 127.0.0.1, assembled by `kwokctl create cluster --runtime binary`. Idempotent: a running
+# cluster is reused. Writes the kubeconfig to .local/kubeconfig and prints the export line.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=hack/versions.env
+source "$root/hack/versions.env"
+name="${ORC_CLUSTER_NAME:-orchestrator}"
+bin="$(bash "$root/hack/build-tools.sh" | tail -n 1)"
+export PATH="$bin:$PATH"
+export KWOK_WORKDIR="$root/.local/kwok"
+kubeconfig="$root/.local/kubeconfig"
+mkdir -p "$KWOK_WORKDIR"
+
+if kwokctl get clusters 2>/dev/null | grep -qx "$name" \
+  && kubectl --kubeconfig "$kubeconfig" get --raw /readyz >/dev/null 2>&1; then
+  echo "[cluster-up] cluster $name already running" >&2
+else
+  kwokctl delete cluster --name "$name" >/dev/null 2>&1 || true
+  cat >"$KWOK_WORKDIR/kwokctl.yaml" <<YAML
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  runtime: binary
+  bindAddress: 127.0.0.1
+  kubeVersion: $KUBE_VERSION
+  kubeApiserverBinary: $bin/kube-apiserver
+  kubeControllerManagerBinary: $bin/kube-controller-manager
+  kubeSchedulerBinary: $bin/kube-scheduler
+  kubectlBinary: $bin/kubectl
+  etcdBinary: $bin/etcd
+  kwokControllerBinary: $bin/kwok
+  nodeLeaseDurationSeconds: 20
+  kubeControllerManagerNodeMonitorGracePeriodMilliseconds: 30000
+YAML
+  start=$(date +%s)
+  kwokctl create cluster --name "$name" --config "$KWOK_WORKDIR/kwokctl.yaml" \
+    --kubeconfig "$kubeconfig" --wait 120s >&2
+  echo "[cluster-up] cluster $name started in $(( $(date +%s) - start ))s" >&2
+fi
+echo "export KUBECONFIG=$kubeconfig"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# helm lint, and `helm template` against values.schema.json: good values render, bad values
+# are refused with a message naming the value.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+bin="$(bash "$root/hack/build-tools.sh" | tail -n 1)"
+helm="$bin/helm"
+chart="$root/charts/orchestrator-operator"
+
+"$helm" lint --strict "$chart"
+"$helm" template ok "$chart" >/dev/null
+"$helm" template ok "$chart" --set watchNamespaces='{team-a,team-b}' --set replicaCount=2 \
+  --set metrics.serviceMonitor.enabled=true >/dev/null
+
+refused() {
+  local expect="$1"; shift
+  local out
+  if out="$("$helm" template bad "$chart" "$@" 2>&1)"; then
+    echo "helm template accepted bad values: $*" >&2
+    exit 1
+  fi
+  if ! grep -q -- "$expect" <<<"$out"; then
+    echo "helm template refused $* without mentioning '$expect':" >&2
+    echo "$out" >&2
+    exit 1
+  fi
+  echo "refused as expected ($expect): $*"
+}
+refused "logFormat" --set logFormat=xml
+refused "replicaCount" --set replicaCount=-1
+refused "leaderElection/enabled" --set replicaCount=2 --set leaderElection.enabled=false
+refused "watchNamespaces" --set 'watchNamespaces={Not_A_Namespace}'
+refused "pullPolicy" --set image.pullPolicy=Sometimes
+refused "unknownKey" --set unknownKey=1
+echo "helm checks passed"
