@@ -34,10 +34,20 @@ options:
   kwokControllerBinary: $bin/kwok
   nodeLeaseDurationSeconds: 20
   kubeControllerManagerNodeMonitorGracePeriodMilliseconds: 30000
+componentsPatches:
+  # kwok's binary runtime manages every node by default; it must leave the node agent's
+  # Node and pods alone and only play fake nodes annotated for it (scale tests).
+  - name: kwok-controller
+    extraArgs:
+      - key: manage-all-nodes
+        value: "false"
+      - key: manage-nodes-with-annotation-selector
+        value: kwok.x-k8s.io/node=fake
 YAML
   start=$(date +%s)
   kwokctl create cluster --name "$name" --config "$KWOK_WORKDIR/kwokctl.yaml" \
     --kubeconfig "$kubeconfig" --wait 120s >&2
   echo "[cluster-up] cluster $name started in $(( $(date +%s) - start ))s" >&2
 fi
+KUBECONFIG="$kubeconfig" bash "$root/hack/agent-up.sh"
 echo "export KUBECONFIG=$kubeconfig"

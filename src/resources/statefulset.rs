@@ -196,6 +196,8 @@ fn server_env(cr: &OrchestratorCluster) -> Vec<EnvVar> {
     let mut env = vec![
         field("SERVER_ID", "metadata.name"),
         field("POD_NAMESPACE", "metadata.namespace"),
+        // The server binds its HTTP and metrics ports on the pod IP.
+        field("POD_IP", "status.podIP"),
         EnvVar {
             name: "SERVER_VERSION".into(),
             value: Some(cr.spec.version.clone()),

@@ -1,0 +1,161 @@
+//! `orc-node-agent`: a kubelet stand-in for the local cluster. It registers a Node, keeps its
+//! Lease and Ready condition fresh, and runs every pod bound to it as a local process.
+
+mod env;
+mod images;
+mod node;
+mod pod;
+mod probe;
+mod token;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Parser;
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, ResourceExt};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+/// Runs pods bound to its Node as local processes.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Name of the Node to register.
+    #[arg(long, env = "ORC_AGENT_NODE", default_value = "orc-agent-0")]
+    node_name: String,
+
+    /// Image-to-executable map entries, `IMAGE_NAME=PATH` (image name without registry and tag).
+    #[arg(long = "image", env = "ORC_AGENT_IMAGES", value_delimiter = ',')]
+    images: Vec<String>,
+
+    /// Folder of per-pod logs and credentials.
+    #[arg(long, env = "ORC_AGENT_STATE_DIR", default_value = ".local/agent")]
+    state_dir: PathBuf,
+
+    /// kubelet version reported by the Node.
+    #[arg(long, env = "ORC_AGENT_KUBE_VERSION", default_value = "v1.34.4")]
+    kube_version: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),
+        )
+        .init();
+    let args = Args::parse();
+    let kubeconfig = kube::config::Kubeconfig::read()?;
+    let client = Client::try_default().await?;
+    let state_dir = std::path::absolute(&args.state_dir)?;
+    std::fs::create_dir_all(state_dir.join("pods"))?;
+    let agent = Arc::new(pod::Agent {
+        client: client.clone(),
+        kubeconfig,
+        node_name: args.node_name.clone(),
+        images: images::ImageMap::parse(&args.images)?,
+        state_dir,
+        http: reqwest::Client::builder().no_proxy().build()?,
+        ips: Mutex::default(),
+        running: Mutex::new(BTreeSet::new()),
+    });
+    node::register(&client, &args.node_name, &args.kube_version).await?;
+    tracing::info!(node = %args.node_name, "node registered");
+
+    let heartbeat = {
+        let client = client.clone();
+        let (name, version) = (args.node_name.clone(), args.kube_version.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(node::HEARTBEAT).await;
+                if let Err(error) = node::heartbeat(&client, &name, &version).await {
+                    tracing::warn!(%error, "node heartbeat failed");
+                }
+            }
+        })
+    };
+
+    let result = tokio::select! {
+        result = watch_pods(agent.clone()) => result,
+        _ = shutdown_signal() => Ok(()),
+    };
+    heartbeat.abort();
+    stop_all(&agent).await;
+    result
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("stopping: terminating every container");
+}
+
+/// SIGTERM to every container, SIGKILL to those still running two seconds later.
+async fn stop_all(agent: &pod::Agent) {
+    let groups: Vec<i32> = agent.running.lock().unwrap().iter().copied().collect();
+    for pid in &groups {
+        let _ = killpg(Pid::from_raw(*pid), Signal::SIGTERM);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for pid in &groups {
+        let _ = killpg(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+}
+
+/// Watches the pods bound to the node and hands each to its worker.
+async fn watch_pods(agent: Arc<pod::Agent>) -> anyhow::Result<()> {
+    let pods = Api::<Pod>::all(agent.client.clone());
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", agent.node_name));
+    let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
+    let mut listed: BTreeSet<String> = BTreeSet::new();
+    let mut events = std::pin::pin!(watcher::watcher(pods, config).default_backoff());
+    while let Some(event) = events.try_next().await? {
+        workers.retain(|_, sender| !sender.is_closed());
+        match event {
+            Event::Init => listed.clear(),
+            Event::InitApply(pod) => {
+                listed.insert(pod.uid().unwrap_or_default());
+                dispatch(&agent, &mut workers, pod);
+            }
+            Event::InitDone => {
+                for (uid, sender) in workers.iter() {
+                    if !listed.contains(uid) {
+                        let _ = sender.send(None);
+                    }
+                }
+            }
+            Event::Apply(pod) => dispatch(&agent, &mut workers, pod),
+            Event::Delete(pod) => {
+                if let Some(sender) = workers.remove(&pod.uid().unwrap_or_default()) {
+                    let _ = sender.send(None);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn dispatch(agent: &Arc<pod::Agent>, workers: &mut HashMap<String, watch::Sender<Option<Pod>>>, pod: Pod) {
+    let uid = pod.uid().unwrap_or_default();
+    match workers.get(&uid) {
+        Some(sender) => {
+            let _ = sender.send(Some(pod));
+        }
+        None => {
+            let (sender, receiver) = watch::channel(Some(pod));
+            tokio::spawn(pod::run(agent.clone(), receiver));
+            workers.insert(uid, sender);
+        }
+    }
+}

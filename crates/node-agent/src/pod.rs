@@ -1,0 +1,599 @@
+//! One worker per pod bound to the agent's node: it prepares the container (image, env,
+//! credentials), runs it as a local process, probes it, restarts it per `restartPolicy`,
+//! reports the pod status, and on deletion sends SIGTERM, waits the grace period, sends
+//! SIGKILL and finally deletes the pod with grace 0, as the kubelet does.
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
+    Pod, PodCondition, PodIP,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::config::Kubeconfig;
+use kube::{Api, Client, ResourceExt};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::time::{Instant, interval_at};
+
+use crate::env::{ApiSources, container_env, expand};
+use crate::images::ImageMap;
+use crate::probe::{ProbeSpec, ProbeState};
+use crate::token;
+
+/// Everything the pod workers share.
+pub struct Agent {
+    /// API client with the agent's own credentials.
+    pub client: Client,
+    /// The agent's kubeconfig, the template of pods' service account kubeconfigs.
+    pub kubeconfig: Kubeconfig,
+    /// Name of the agent's Node.
+    pub node_name: String,
+    /// Which executable runs which image.
+    pub images: ImageMap,
+    /// Root of the per-pod folders (logs, credentials).
+    pub state_dir: PathBuf,
+    /// HTTP client of the probes.
+    pub http: reqwest::Client,
+    /// Pod IPs handed out, by pod uid.
+    pub ips: Mutex<IpPool>,
+    /// Process groups of running containers, killed when the agent stops.
+    pub running: Mutex<BTreeSet<i32>>,
+}
+
+/// Hands out unique pod IPs from 127.1.0.0/16.
+#[derive(Default)]
+pub struct IpPool {
+    next: u32,
+    by_pod: HashMap<String, String>,
+}
+
+impl IpPool {
+    /// The IP of pod `uid`, reusing `previous` (from the pod status) when it has one.
+    pub fn assign(&mut self, uid: &str, previous: Option<String>) -> String {
+        if let Some(ip) = self.by_pod.get(uid) {
+            return ip.clone();
+        }
+        let ip = previous
+            .filter(|ip| !self.by_pod.values().any(|used| used == ip))
+            .unwrap_or_else(|| {
+                loop {
+                    self.next = self.next % 65_000 + 1;
+                    let candidate = format!("127.1.{}.{}", (self.next + 1) / 250, (self.next + 1) % 250 + 2);
+                    if !self.by_pod.values().any(|used| *used == candidate) {
+                        break candidate;
+                    }
+                }
+            });
+        self.by_pod.insert(uid.to_string(), ip.clone());
+        ip
+    }
+
+    /// Frees the IP of pod `uid`.
+    pub fn release(&mut self, uid: &str) {
+        self.by_pod.remove(uid);
+    }
+}
+
+/// How a supervised container run ended.
+enum RunEnd {
+    /// The process exited by itself.
+    Exited(ExitStatus),
+    /// The liveness probe failed and the process was killed.
+    LivenessFailed(ExitStatus),
+    /// The pod is being deleted; the process was stopped gracefully.
+    Deleting(ExitStatus),
+    /// The pod is gone from the API; the process was killed.
+    Gone,
+}
+
+struct Worker {
+    agent: Arc<Agent>,
+    pod: Pod,
+    ip: String,
+    dir: PathBuf,
+    restarts: i32,
+    ready: bool,
+    ready_since: Time,
+    started: Time,
+    last_state: Option<ContainerState>,
+}
+
+/// Runs the pod whose latest version `updates` carries (`None` once it is gone).
+pub async fn run(agent: Arc<Agent>, mut updates: watch::Receiver<Option<Pod>>) {
+    let Some(pod) = updates.borrow_and_update().clone() else {
+        return;
+    };
+    let uid = pod.uid().unwrap_or_default();
+    let previous_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+    let ip = agent.ips.lock().unwrap().assign(&uid, previous_ip);
+    let dir = agent
+        .state_dir
+        .join("pods")
+        .join(format!("{}_{}", pod.namespace().unwrap_or_default(), pod.name_any()));
+    if let Err(error) = std::fs::create_dir_all(&dir) {
+        tracing::error!(pod = %pod.name_any(), %error, "cannot create the pod folder");
+    }
+    let now = Time(Timestamp::now());
+    let mut worker = Worker {
+        agent: agent.clone(),
+        pod,
+        ip,
+        dir,
+        restarts: 0,
+        ready: false,
+        ready_since: now.clone(),
+        started: now,
+        last_state: None,
+    };
+    worker.run(&mut updates).await;
+    agent.ips.lock().unwrap().release(&uid);
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+impl Worker {
+    fn name(&self) -> String {
+        format!("{}/{}", self.pod.namespace().unwrap_or_default(), self.pod.name_any())
+    }
+
+    fn deleting(&self) -> bool {
+        self.pod.metadata.deletion_timestamp.is_some()
+    }
+
+    fn container(&self) -> Container {
+        self.pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers[0].clone())
+            .unwrap_or_default()
+    }
+
+    fn restart_policy(&self) -> String {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into())
+    }
+
+    fn grace(&self) -> Duration {
+        let seconds = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(30);
+        Duration::from_secs(seconds.max(0) as u64)
+    }
+
+    /// Takes the next version of the pod; false once the pod is gone.
+    async fn next_update(&mut self, updates: &mut watch::Receiver<Option<Pod>>) -> bool {
+        if updates.changed().await.is_err() {
+            return false;
+        }
+        match updates.borrow_and_update().clone() {
+            Some(pod) => {
+                self.pod = pod;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Waits for a pod update or `delay`; false once the pod is gone.
+    async fn wait_update_or(&mut self, updates: &mut watch::Receiver<Option<Pod>>, delay: Duration) -> bool {
+        tokio::select! {
+            alive = self.next_update(updates) => alive,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    async fn run(&mut self, updates: &mut watch::Receiver<Option<Pod>>) {
+        let phase = self
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        if phase == "Succeeded" || phase == "Failed" {
+            return self.finish(updates).await;
+        }
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        if spec.containers.len() != 1 || spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
+            let message = "the node agent runs pods of exactly one container and no init containers";
+            self.publish("Failed", waiting("Unsupported", message)).await;
+            return self.finish(updates).await;
+        }
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if self.deleting() {
+                return self.delete_now().await;
+            }
+            let command = match self.prepare().await {
+                Ok(command) => command,
+                Err((reason, message)) => {
+                    tracing::warn!(pod = %self.name(), reason, %message, "container cannot start");
+                    self.publish("Pending", waiting(reason, &message)).await;
+                    if !self.wait_update_or(updates, Duration::from_secs(2)).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let end = match self.start(command).await {
+                Ok(child) => self.supervise(child, updates).await,
+                Err(message) => {
+                    self.publish("Pending", waiting("RunContainerError", &message)).await;
+                    if !self.wait_update_or(updates, Duration::from_secs(2)).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let status = match end {
+                RunEnd::Gone => return,
+                RunEnd::Deleting(status) => {
+                    self.publish("Running", terminated(status, &self.started)).await;
+                    return self.delete_now().await;
+                }
+                RunEnd::Exited(status) | RunEnd::LivenessFailed(status) => status,
+            };
+            let restart = match self.restart_policy().as_str() {
+                "Never" => false,
+                "OnFailure" => !status.success() || matches!(end, RunEnd::LivenessFailed(_)),
+                _ => true,
+            };
+            let state = terminated(status, &self.started);
+            if !restart {
+                let phase = if status.success() { "Succeeded" } else { "Failed" };
+                self.publish(phase, state).await;
+                return self.finish(updates).await;
+            }
+            self.last_state = Some(state);
+            self.restarts += 1;
+            let message = format!("back-off {}s restarting failed container", backoff.as_secs());
+            self.publish("Running", waiting("CrashLoopBackOff", &message)).await;
+            if !self.wait_update_or(updates, backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Resolves the executable, the environment and the credentials of the container.
+    async fn prepare(&self) -> Result<Command, (&'static str, String)> {
+        let container = self.container();
+        let image = container.image.clone().unwrap_or_default();
+        let binary = self.agent.images.resolve(&image).map_err(|m| ("ErrImagePull", m))?;
+        let mut pod = self.pod.clone();
+        let status = pod.status.get_or_insert_with(Default::default);
+        status.pod_ip = Some(self.ip.clone());
+        status.host_ip = Some("127.0.0.1".into());
+        let sources = ApiSources {
+            client: self.agent.client.clone(),
+            namespace: pod.namespace().unwrap_or_default(),
+        };
+        let env = container_env(&pod, &container, &sources)
+            .await
+            .map_err(|m| ("CreateContainerConfigError", m))?;
+        let mut base = vec![
+            ("PATH".to_string(), "/usr/local/bin:/usr/bin:/bin".to_string()),
+            ("HOME".to_string(), self.dir.display().to_string()),
+            ("HOSTNAME".to_string(), pod.name_any()),
+        ];
+        if token::wants_token(&pod) {
+            let token = token::request_token(&self.agent.client, &pod)
+                .await
+                .map_err(|m| ("CreateContainerConfigError", m))?;
+            let path = token::write_kubeconfig(
+                &self.agent.kubeconfig,
+                &self.dir,
+                &token,
+                &pod.namespace().unwrap_or_default(),
+            )
+            .map_err(|m| ("CreateContainerConfigError", m))?;
+            base.push(("KUBECONFIG".into(), path));
+        }
+        base.retain(|(name, _)| !env.iter().any(|(n, _)| n == name));
+        base.extend(env);
+        // `command` replaces the image's entrypoint: its first word names the image's binary.
+        let mut argv: Vec<String> = container
+            .command
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .skip(1)
+            .collect();
+        argv.extend(container.args.clone().unwrap_or_default());
+        let argv: Vec<String> = argv.iter().map(|a| expand(a, &base)).collect();
+        let mut command = Command::new(binary);
+        command
+            .args(argv)
+            .env_clear()
+            .envs(base)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null());
+        Ok(command)
+    }
+
+    async fn start(&mut self, mut command: Command) -> Result<Child, String> {
+        let log_path = self.dir.join(format!("{}.log", self.container().name));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("open {}: {e}", log_path.display()))?;
+        let log_err = log.try_clone().map_err(|e| e.to_string())?;
+        command.stdout(log).stderr(log_err).process_group(0).kill_on_drop(true);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to signal the child when
+        // the agent dies, so that no container outlives the agent.
+        unsafe {
+            command.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
+        }
+        let child = command.spawn().map_err(|e| format!("start container: {e}"))?;
+        let pid = child.id().unwrap_or_default() as i32;
+        self.agent.running.lock().unwrap().insert(pid);
+        self.started = now();
+        self.ready = false;
+        tracing::info!(pod = %self.name(), pid, ip = %self.ip, "container started");
+        let state = ContainerState {
+            running: Some(ContainerStateRunning {
+                started_at: Some(self.started.clone()),
+            }),
+            ..ContainerState::default()
+        };
+        self.publish("Running", state).await;
+        Ok(child)
+    }
+
+    async fn supervise(&mut self, mut child: Child, updates: &mut watch::Receiver<Option<Pod>>) -> RunEnd {
+        let container = self.container();
+        let pid = child.id().unwrap_or_default() as i32;
+        let readiness = container
+            .readiness_probe
+            .as_ref()
+            .map(|p| ProbeSpec::new(&container, p));
+        let liveness = container.liveness_probe.as_ref().map(|p| ProbeSpec::new(&container, p));
+        let far = Duration::from_secs(86_400 * 365);
+        let start = Instant::now();
+        let mut ready_tick = interval_at(
+            start + readiness.as_ref().map_or(far, |p| p.initial_delay),
+            readiness.as_ref().map_or(far, |p| p.period),
+        );
+        let mut live_tick = interval_at(
+            start + liveness.as_ref().map_or(far, |p| p.initial_delay),
+            liveness.as_ref().map_or(far, |p| p.period),
+        );
+        let (mut ready_state, mut live_state) = (ProbeState::default(), ProbeState::default());
+        if readiness.is_none() {
+            self.set_ready(true).await;
+        }
+        let end = loop {
+            tokio::select! {
+                status = child.wait() => {
+                    let status = status.unwrap_or_else(|_| ExitStatus::from_raw(255 << 8));
+                    tracing::info!(pod = %self.name(), ?status, "container exited");
+                    break RunEnd::Exited(status);
+                }
+                _ = ready_tick.tick(), if readiness.is_some() => {
+                    let probe = readiness.as_ref().unwrap();
+                    let result = probe.run(&self.agent.http, &self.ip).await;
+                    if let Some(passing) = ready_state.record(probe, result.is_ok()) {
+                        self.set_ready(passing).await;
+                    }
+                }
+                _ = live_tick.tick(), if liveness.is_some() => {
+                    let probe = liveness.as_ref().unwrap();
+                    let result = probe.run(&self.agent.http, &self.ip).await;
+                    if live_state.record(probe, result.is_ok()) == Some(false) {
+                        tracing::warn!(pod = %self.name(), error = ?result.err(), "liveness probe failed; restarting");
+                        break RunEnd::LivenessFailed(stop(&mut child, self.grace()).await);
+                    }
+                }
+                alive = self.next_update(updates) => {
+                    if !alive {
+                        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                        let _ = child.wait().await;
+                        break RunEnd::Gone;
+                    }
+                    if self.deleting() {
+                        tracing::info!(pod = %self.name(), grace = ?self.grace(), "pod deleted: stopping container");
+                        break RunEnd::Deleting(stop(&mut child, self.grace()).await);
+                    }
+                }
+            }
+        };
+        self.agent.running.lock().unwrap().remove(&pid);
+        self.ready = false;
+        end
+    }
+
+    async fn set_ready(&mut self, ready: bool) {
+        if ready != self.ready {
+            self.ready = ready;
+            self.ready_since = now();
+            tracing::info!(pod = %self.name(), ready, "readiness changed");
+            let state = ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: Some(self.started.clone()),
+                }),
+                ..ContainerState::default()
+            };
+            self.publish("Running", state).await;
+        }
+    }
+
+    /// Writes the pod status: phase, IPs, conditions and the container's status.
+    async fn publish(&self, phase: &str, state: ContainerState) {
+        let container = self.container();
+        let running = state.running.is_some();
+        let ready = self.ready && running;
+        let ready_text = if ready { "True" } else { "False" };
+        let condition = |type_: &str, status: &str, since: &Time| PodCondition {
+            type_: type_.into(),
+            status: status.into(),
+            last_transition_time: Some(since.clone()),
+            ..PodCondition::default()
+        };
+        let created = self.pod.metadata.creation_timestamp.clone().unwrap_or_else(now);
+        let status = json!({
+            "phase": phase,
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "podIP": self.ip,
+            "podIPs": [PodIP { ip: self.ip.clone() }],
+            "startTime": created,
+            "conditions": [
+                condition("PodScheduled", "True", &created),
+                condition("Initialized", "True", &created),
+                condition("PodReadyToStartContainers", "True", &created),
+                condition("ContainersReady", ready_text, &self.ready_since),
+                condition("Ready", ready_text, &self.ready_since),
+            ],
+            "containerStatuses": [ContainerStatus {
+                name: container.name.clone(),
+                image: container.image.clone().unwrap_or_default(),
+                image_id: String::new(),
+                ready,
+                started: Some(running),
+                restart_count: self.restarts,
+                state: Some(state),
+                last_state: self.last_state.clone(),
+                ..ContainerStatus::default()
+            }],
+        });
+        let pods = Api::<Pod>::namespaced(self.agent.client.clone(), &self.pod.namespace().unwrap_or_default());
+        if let Err(error) = pods
+            .patch_status(
+                &self.pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await
+        {
+            tracing::warn!(pod = %self.name(), %error, "cannot update pod status");
+        }
+    }
+
+    /// A pod that will not run again: wait for its deletion, then complete it.
+    async fn finish(&mut self, updates: &mut watch::Receiver<Option<Pod>>) {
+        while !self.deleting() {
+            if !self.next_update(updates).await {
+                return;
+            }
+        }
+        self.delete_now().await;
+    }
+
+    /// The final delete with grace 0, once the container has stopped.
+    async fn delete_now(&self) {
+        let pods = Api::<Pod>::namespaced(self.agent.client.clone(), &self.pod.namespace().unwrap_or_default());
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: self.pod.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(&self.pod.name_any(), &params).await {
+            Ok(_) => tracing::info!(pod = %self.name(), "pod deleted"),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(error) => tracing::warn!(pod = %self.name(), %error, "final pod delete failed"),
+        }
+    }
+}
+
+/// SIGTERM to the container's process group, SIGKILL after `grace`.
+async fn stop(child: &mut Child, grace: Duration) -> ExitStatus {
+    let pid = Pid::from_raw(child.id().unwrap_or_default() as i32);
+    let _ = killpg(pid, Signal::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(Ok(status)) => status,
+        _ => {
+            let _ = killpg(pid, Signal::SIGKILL);
+            child
+                .wait()
+                .await
+                .unwrap_or_else(|_| ExitStatus::from_raw(Signal::SIGKILL as i32))
+        }
+    }
+}
+
+fn waiting(reason: &str, message: &str) -> ContainerState {
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+        }),
+        ..ContainerState::default()
+    }
+}
+
+/// The terminated state of an exit status, with the kubelet's exit code convention
+/// (128 + signal for a process killed by a signal).
+fn terminated(status: ExitStatus, started: &Time) -> ContainerState {
+    let (exit_code, signal) = match (status.code(), status.signal()) {
+        (Some(code), _) => (code, None),
+        (None, Some(signal)) => (128 + signal, Some(signal)),
+        (None, None) => (255, None),
+    };
+    ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code,
+            signal,
+            reason: Some(if exit_code == 0 { "Completed" } else { "Error" }.into()),
+            started_at: Some(started.clone()),
+            finished_at: Some(now()),
+            ..ContainerStateTerminated::default()
+        }),
+        ..ContainerState::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ips_are_unique_and_reused_per_pod() {
+        let mut pool = IpPool::default();
+        let a = pool.assign("a", None);
+        let b = pool.assign("b", None);
+        assert_ne!(a, b);
+        assert!(a.starts_with("127.1."));
+        assert_eq!(pool.assign("a", None), a);
+        let c = pool.assign("c", Some(b.clone()));
+        assert_ne!(c, b, "an IP in use is not handed out twice");
+        pool.release("a");
+        assert_eq!(
+            pool.assign("d", Some(a.clone())),
+            a,
+            "a freed IP from the pod status is reused"
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_the_kubelet_convention() {
+        let started = now();
+        let killed = terminated(ExitStatus::from_raw(9), &started).terminated.unwrap();
+        assert_eq!((killed.exit_code, killed.signal), (137, Some(9)));
+        let clean = terminated(ExitStatus::from_raw(0), &started).terminated.unwrap();
+        assert_eq!((clean.exit_code, clean.reason.as_deref()), (0, Some("Completed")));
+        let failed = terminated(ExitStatus::from_raw(3 << 8), &started).terminated.unwrap();
+        assert_eq!((failed.exit_code, failed.reason.as_deref()), (3, Some("Error")));
+    }
+}
