@@ -1,5 +1,9 @@
 # Entry points; each target is a script under hack/ so that CI and people run the same thing.
-.PHONY: test build crds tools cluster-up cluster-down lint
+.PHONY: demo test build crds tools cluster-up cluster-down lint
+
+## Run the demo: local cluster, operator, a cluster of three servers (left running).
+demo:
+	bash hack/demo.sh
 
 ## Run every check and test, setting up what is missing (toolchains, PostgreSQL, local cluster).
 test:

@@ -12,6 +12,8 @@ use clap::Parser;
 /// Test server options.
 #[derive(Debug, Parser)]
 struct Args {
+    /// Ignored: lets a pod's `serve` argument through.
+    mode: Option<String>,
     /// Keep running on SIGTERM (only SIGKILL stops it).
     #[arg(long)]
     ignore_sigterm: bool,

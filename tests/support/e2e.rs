@@ -1,0 +1,231 @@
+//! End-to-end harness on the local cluster: a client from `KUBECONFIG` (the suite fails, never
+//! skips, when no cluster answers), a fresh namespace per test deleted at the end, the CRD
+//! installed once, the operator started as a host process per test, and waits on watches with
+//! deadlines that fail with the object's last state.
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{Condition, await_condition, conditions};
+use kube::{Api, Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::sync::OnceCell;
+
+/// The project's root folder.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A client of the local cluster. Panics with instructions when none is reachable.
+pub async fn client() -> Client {
+    let hint =
+        "the end-to-end suite needs the local cluster: run `make test` (or `eval $(make cluster-up)`); it never skips";
+    assert!(
+        std::env::var_os("KUBECONFIG").is_some(),
+        "KUBECONFIG is not set: {hint}"
+    );
+    let client = Client::try_default()
+        .await
+        .unwrap_or_else(|e| panic!("cannot build a client ({e}): {hint}"));
+    match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
+        Ok(Ok(_)) => client,
+        Ok(Err(e)) => panic!("the API server did not answer ({e}): {hint}"),
+        Err(_) => panic!("the API server did not answer within 10s: {hint}"),
+    }
+}
+
+/// A client that returns 429 and 503 answers instead of retrying them (kube's default client
+/// retries them, which would hide an eviction refused by a PodDisruptionBudget).
+pub async fn client_without_retry() -> Client {
+    let mut config = kube::Config::infer().await.expect("KUBECONFIG is readable");
+    config.default_retry = false;
+    Client::try_from(config).unwrap()
+}
+
+static CRD: OnceCell<()> = OnceCell::const_new();
+
+/// Installs `crds/orchestratorclusters.yaml` (once per test binary) and waits until it is served.
+pub async fn ensure_crd(client: &Client) {
+    CRD.get_or_init(|| async {
+        let text = std::fs::read_to_string(root().join("crds/orchestratorclusters.yaml")).unwrap();
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
+        let api = Api::<CustomResourceDefinition>::all(client.clone());
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&crd))
+            .await
+            .unwrap();
+        let established = tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(api, &name, conditions::is_crd_established()),
+        );
+        established.await.expect("CRD established within 30s").unwrap();
+    })
+    .await;
+}
+
+/// A namespace of one test, deleted when the value is dropped.
+pub struct TestNamespace {
+    /// Client of the cluster.
+    pub client: Client,
+    /// Name of the namespace.
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates `e2e-<prefix>-<random>`, with the CRD installed.
+    pub async fn new(prefix: &str) -> Self {
+        let client = client().await;
+        ensure_crd(&client).await;
+        let suffix: String = format!(
+            "{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        )
+        .chars()
+        .rev()
+        .take(6)
+        .collect();
+        let name = format!("e2e-{prefix}-{suffix}");
+        let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap();
+        Self { client, name }
+    }
+
+    /// An API of kind `K` in this namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Creates an object from JSON in this namespace.
+    pub async fn create<K>(&self, value: serde_json::Value) -> K
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
+    {
+        let object: K = serde_json::from_value(value).unwrap();
+        self.api::<K>().create(&PostParams::default(), &object).await.unwrap()
+    }
+
+    /// Creates the database credentials Secret the examples use.
+    pub async fn create_db_secret(&self, name: &str, username: &str, password: &str) -> Secret {
+        self.create(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                           "stringData": {"username": username, "password": password}}))
+            .await
+    }
+
+    /// The log file the node agent writes for `container` of `pod`.
+    pub fn pod_log(&self, pod: &str, container: &str) -> String {
+        let path = root().join(format!(".local/agent/pods/{}_{pod}/{container}.log", self.name));
+        std::fs::read_to_string(&path).unwrap_or_default()
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // The test's runtime is blocked in this drop, and its client's connections live on it:
+        // delete through a client of a runtime of its own.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(client) = Client::try_default().await {
+                    let _ = Api::<Namespace>::all(client)
+                        .delete(&name, &DeleteParams::background())
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Waits until `condition` holds for object `name`, or fails after `timeout` naming `what`
+/// and showing the object's last state.
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    condition: impl Condition<K>,
+) -> Option<K>
+where
+    K: Resource + Clone + DeserializeOwned + Serialize + Debug + Send + 'static,
+{
+    match tokio::time::timeout(timeout, await_condition(api.clone(), name, condition)).await {
+        Ok(Ok(object)) => object,
+        Ok(Err(e)) => panic!("watching {name} for {what} failed: {e}"),
+        Err(_) => {
+            let last = api.get_opt(name).await.ok().flatten();
+            let state = last
+                .map(|o| serde_json::to_string_pretty(&o).unwrap())
+                .unwrap_or_else(|| "<missing>".into());
+            panic!("timed out after {timeout:?} waiting for {what} of {name}; last state:\n{state}")
+        }
+    }
+}
+
+/// The operator binary running on the host for one namespace (no leader election).
+pub struct Operator {
+    child: Child,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts the operator watching `namespace`, with `image_repository` for servers.
+    pub async fn start(namespace: &str, image_repository: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = root().join(".local/e2e");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("{namespace}-operator.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_orchestrator-operator"))
+            .args(["--watch-namespaces", namespace, "--leader-election", "false"])
+            .args([
+                "--http-addr",
+                &format!("127.0.0.1:{port}"),
+                "--server-image-repository",
+                image_repository,
+            ])
+            .env("RUST_LOG", "info,orchestrator_operator=debug,kube=warn")
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the operator binary");
+        Self { child, log }
+    }
+
+    /// The operator's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().map(|s| s.is_none()).unwrap_or(false)
+    }
+}
