@@ -1,0 +1,415 @@
+//! The database contract between the operator and the orchestration servers.
+//!
+//! All state lives in one PostgreSQL database: `schema_info` (the schema version), `servers`
+//! (membership, heartbeats, drain requests) and `jobs` (work claimed with `FOR UPDATE SKIP
+//! LOCKED` and a lease). Every time is taken from the database clock (`now()`), never from a
+//! server's. The queries here are the whole contract: the reference server and the operator
+//! use them, and a user's own server implements the same behaviour.
+
+pub mod migrations;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_postgres::{Client, GenericClient};
+
+pub use migrations::{LATEST_SCHEMA, SchemaCheck, SchemaRange, schema_range_for_version};
+
+/// Errors of the contract's queries.
+#[derive(Debug, thiserror::Error)]
+pub enum ContractError {
+    /// The database answered with an error or the connection failed.
+    #[error("database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    /// A job payload that the contract refuses.
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+}
+
+/// Result of the contract's queries.
+pub type Result<T, E = ContractError> = std::result::Result<T, E>;
+
+/// States of a server row.
+pub mod server_state {
+    /// Registered, not yet taking work.
+    pub const JOINING: &str = "joining";
+    /// Taking work.
+    pub const ACTIVE: &str = "active";
+    /// Finishing its running jobs, taking no new ones.
+    pub const DRAINING: &str = "draining";
+    /// Gone after a friendly shutdown.
+    pub const STOPPED: &str = "stopped";
+}
+
+/// States of a job.
+pub mod job_state {
+    /// Waiting to be claimed.
+    pub const QUEUED: &str = "queued";
+    /// Claimed by a server holding its lease.
+    pub const RUNNING: &str = "running";
+    /// Finished successfully.
+    pub const SUCCEEDED: &str = "succeeded";
+    /// Finished with an error.
+    pub const FAILED: &str = "failed";
+}
+
+/// Reads the schema version; 0 when the contract's tables do not exist yet.
+pub async fn schema_version(db: &impl GenericClient) -> Result<i32> {
+    let exists: bool = db
+        .query_one("SELECT to_regclass('schema_info') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    let row = db.query_opt("SELECT version FROM schema_info", &[]).await?;
+    Ok(row.map(|r| r.get(0)).unwrap_or(0))
+}
+
+/// What a server registers about itself.
+#[derive(Clone, Debug)]
+pub struct Registration<'a> {
+    /// Server id (the pod name).
+    pub server_id: &'a str,
+    /// Server version.
+    pub version: &'a str,
+    /// Schema versions the server can run against.
+    pub schema: SchemaRange,
+}
+
+/// Registers (or re-registers) a server as active, clearing any old drain request.
+pub async fn register(db: &impl GenericClient, server: &Registration<'_>) -> Result<()> {
+    db.execute(
+        "INSERT INTO servers (server_id, version, schema_min, schema_max, state, heartbeat_at, drain_requested_at, running_jobs, started_at)
+         VALUES ($1, $2, $3, $4, 'active', now(), NULL, 0, now())
+         ON CONFLICT (server_id) DO UPDATE SET version = $2, schema_min = $3, schema_max = $4, state = 'active',
+             heartbeat_at = now(), drain_requested_at = NULL, running_jobs = 0, started_at = now()",
+        &[&server.server_id, &server.version, &server.schema.min, &server.schema.max],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Heartbeat: what the server learns back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeartbeatReply {
+    /// The row still exists.
+    pub registered: bool,
+    /// A drain was requested.
+    pub drain_requested: bool,
+}
+
+/// Records a heartbeat and the number of running jobs.
+pub async fn heartbeat(db: &impl GenericClient, server_id: &str, running_jobs: i32) -> Result<HeartbeatReply> {
+    let row = db
+        .query_opt(
+            "UPDATE servers SET heartbeat_at = now(), running_jobs = $2 WHERE server_id = $1
+             RETURNING drain_requested_at IS NOT NULL",
+            &[&server_id, &running_jobs],
+        )
+        .await?;
+    Ok(HeartbeatReply {
+        registered: row.is_some(),
+        drain_requested: row.map(|r| r.get(0)).unwrap_or(false),
+    })
+}
+
+/// Sets the state of a server's row.
+pub async fn set_state(db: &impl GenericClient, server_id: &str, state: &str) -> Result<()> {
+    db.execute(
+        "UPDATE servers SET state = $2, heartbeat_at = now() WHERE server_id = $1",
+        &[&server_id, &state],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Asks a server for a friendly shutdown (keeps the first request's time).
+pub async fn request_drain(db: &impl GenericClient, server_id: &str) -> Result<bool> {
+    let n = db
+        .execute(
+            "UPDATE servers SET drain_requested_at = coalesce(drain_requested_at, now()) WHERE server_id = $1",
+            &[&server_id],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// One server as the database sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Member {
+    /// Server id.
+    pub server_id: String,
+    /// Version it registered.
+    pub version: String,
+    /// joining, active, draining or stopped.
+    pub state: String,
+    /// Jobs it reported running at its last heartbeat.
+    pub running_jobs: i32,
+    /// Seconds since its last heartbeat, by the database clock.
+    pub heartbeat_age_seconds: f64,
+    /// A drain was requested.
+    pub drain_requested: bool,
+    /// Jobs it currently owns (running with its lease).
+    pub owned_jobs: i64,
+}
+
+/// Every registered server.
+pub async fn membership(db: &impl GenericClient) -> Result<Vec<Member>> {
+    let rows = db
+        .query(
+            "SELECT s.server_id, s.version, s.state, s.running_jobs,
+                    extract(epoch FROM now() - s.heartbeat_at)::float8,
+                    s.drain_requested_at IS NOT NULL,
+                    (SELECT count(*) FROM jobs j WHERE j.owner = s.server_id AND j.state = 'running')
+             FROM servers s ORDER BY s.server_id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Member {
+            server_id: r.get(0),
+            version: r.get(1),
+            state: r.get(2),
+            running_jobs: r.get(3),
+            heartbeat_age_seconds: r.get(4),
+            drain_requested: r.get(5),
+            owned_jobs: r.get(6),
+        })
+        .collect())
+}
+
+/// Removes the row of a server that is gone, only if it owns no running job. True if removed.
+pub async fn remove_server(db: &impl GenericClient, server_id: &str) -> Result<bool> {
+    let n = db
+        .execute(
+            "DELETE FROM servers WHERE server_id = $1
+             AND NOT EXISTS (SELECT 1 FROM jobs WHERE owner = $1 AND state = 'running')",
+            &[&server_id],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Kinds of job the reference server runs.
+pub mod job_kind {
+    /// Does nothing (throughput benchmarks).
+    pub const NOOP: &str = "noop";
+    /// Sleeps `ms` milliseconds (simulated work).
+    pub const SLEEP: &str = "sleep";
+    /// Fails with `message`.
+    pub const FAIL: &str = "fail";
+    /// All kinds.
+    pub const ALL: [&str; 3] = [NOOP, SLEEP, FAIL];
+}
+
+/// Validates a job before it is stored: a known kind and an object payload.
+pub fn validate_job(kind: &str, payload: &serde_json::Value) -> Result<()> {
+    if !job_kind::ALL.contains(&kind) {
+        return Err(ContractError::InvalidJob(format!(
+            "unknown kind {kind:?}; known kinds: {}",
+            job_kind::ALL.join(", ")
+        )));
+    }
+    if !payload.is_object() {
+        return Err(ContractError::InvalidJob("payload must be a JSON object".into()));
+    }
+    if kind == job_kind::SLEEP {
+        match payload.get("ms").and_then(|v| v.as_u64()) {
+            Some(ms) if ms <= 3_600_000 => {}
+            _ => {
+                return Err(ContractError::InvalidJob(
+                    "sleep needs \"ms\": an integer from 0 to 3600000".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stores a new job; returns its id.
+pub async fn submit_job(db: &impl GenericClient, kind: &str, payload: &serde_json::Value) -> Result<i64> {
+    validate_job(kind, payload)?;
+    let row = db
+        .query_one(
+            "INSERT INTO jobs (kind, payload) VALUES ($1, $2) RETURNING id",
+            &[&kind, payload],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// A claimed job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClaimedJob {
+    /// Job id.
+    pub id: i64,
+    /// Kind of work.
+    pub kind: String,
+    /// Parameters.
+    pub payload: serde_json::Value,
+    /// Attempt number (1 for the first).
+    pub attempt: i32,
+}
+
+/// Claims the oldest claimable job: queued, or running under an expired lease (its server
+/// died). Concurrent claimers skip each other's locked rows.
+pub async fn claim_job(db: &impl GenericClient, server_id: &str, lease: Duration) -> Result<Option<ClaimedJob>> {
+    let lease_seconds = lease.as_secs_f64();
+    let row = db
+        .query_opt(
+            "UPDATE jobs SET state = 'running', owner = $1, lease_until = now() + make_interval(secs => $2),
+                    attempts = attempts + 1, started_at = coalesce(started_at, now())
+             WHERE id = (SELECT id FROM jobs
+                         WHERE state = 'queued' OR (state = 'running' AND lease_until < now())
+                         ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
+             RETURNING id, kind, payload, attempts",
+            &[&server_id, &lease_seconds],
+        )
+        .await?;
+    Ok(row.map(|r| ClaimedJob {
+        id: r.get(0),
+        kind: r.get(1),
+        payload: r.get(2),
+        attempt: r.get(3),
+    }))
+}
+
+/// Extends the leases of the server's running jobs.
+pub async fn renew_leases(db: &impl GenericClient, server_id: &str, ids: &[i64], lease: Duration) -> Result<u64> {
+    Ok(db
+        .execute(
+            "UPDATE jobs SET lease_until = now() + make_interval(secs => $3)
+             WHERE id = ANY($2) AND owner = $1 AND state = 'running'",
+            &[&server_id, &ids, &lease.as_secs_f64()],
+        )
+        .await?)
+}
+
+/// Records that a server ran a job to its end (whatever the outcome), then finishes the job
+/// if the server still owns it. False when the lease was lost to another server.
+pub async fn complete_job(
+    db: &mut Client,
+    server_id: &str,
+    job: &ClaimedJob,
+    succeeded: bool,
+    result: &serde_json::Value,
+) -> Result<bool> {
+    let tx = db.transaction().await?;
+    tx.execute(
+        "INSERT INTO job_executions (job_id, server_id, attempt, finished_at) VALUES ($1, $2, $3, now())",
+        &[&job.id, &server_id, &job.attempt],
+    )
+    .await?;
+    let state = if succeeded {
+        job_state::SUCCEEDED
+    } else {
+        job_state::FAILED
+    };
+    let n = tx
+        .execute(
+            "UPDATE jobs SET state = $3, result = $4, finished_at = now(), owner = NULL, lease_until = NULL
+             WHERE id = $1 AND owner = $2 AND state = 'running'",
+            &[&job.id, &server_id, &state, result],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(n == 1)
+}
+
+/// Hands back every job the server still runs: owner and lease cleared, queued again.
+pub async fn hand_back_jobs(db: &impl GenericClient, server_id: &str) -> Result<u64> {
+    Ok(db
+        .execute(
+            "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL
+             WHERE owner = $1 AND state = 'running'",
+            &[&server_id],
+        )
+        .await?)
+}
+
+/// Jobs waiting to be claimed.
+pub async fn queue_depth(db: &impl GenericClient) -> Result<i64> {
+    Ok(db
+        .query_one("SELECT count(*) FROM jobs WHERE state = 'queued'", &[])
+        .await?
+        .get(0))
+}
+
+/// A job as `GET /jobs/{id}` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JobView {
+    /// Job id.
+    pub id: i64,
+    /// Kind of work.
+    pub kind: String,
+    /// queued, running, succeeded or failed.
+    pub state: String,
+    /// Server running or last running it.
+    pub owner: Option<String>,
+    /// Claims so far.
+    pub attempts: i32,
+    /// Outcome, once finished.
+    pub result: Option<serde_json::Value>,
+}
+
+/// Reads one job.
+pub async fn get_job(db: &impl GenericClient, id: i64) -> Result<Option<JobView>> {
+    let row = db
+        .query_opt(
+            "SELECT id, kind, state, owner, attempts, result FROM jobs WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(row.map(|r| JobView {
+        id: r.get(0),
+        kind: r.get(1),
+        state: r.get(2),
+        owner: r.get(3),
+        attempts: r.get(4),
+        result: r.get(5),
+    }))
+}
+
+/// Outcome counts of a set of jobs, for the load generator's report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// Jobs in the set.
+    pub submitted: i64,
+    /// Finished successfully.
+    pub completed: i64,
+    /// Finished with an error.
+    pub failed: i64,
+    /// Not finished (queued or running).
+    pub unfinished: i64,
+    /// Jobs that servers ran to the end more than once.
+    pub executed_more_than_once: i64,
+    /// Extra executions over all jobs (sum of executions beyond the first).
+    pub extra_executions: i64,
+}
+
+/// Counts the outcome of the jobs whose payload has `"batch": batch`.
+pub async fn batch_outcome(db: &impl GenericClient, batch: &str) -> Result<Outcome> {
+    let row = db
+        .query_one(
+            "WITH b AS (SELECT id, state FROM jobs WHERE payload->>'batch' = $1),
+                  e AS (SELECT job_id, count(*) AS n FROM job_executions WHERE job_id IN (SELECT id FROM b) GROUP BY job_id)
+             SELECT (SELECT count(*) FROM b),
+                    (SELECT count(*) FROM b WHERE state = 'succeeded'),
+                    (SELECT count(*) FROM b WHERE state = 'failed'),
+                    (SELECT count(*) FROM b WHERE state IN ('queued', 'running')),
+                    (SELECT count(*) FROM e WHERE n > 1),
+                    (SELECT coalesce(sum(n - 1), 0)::bigint FROM e)",
+            &[&batch],
+        )
+        .await?;
+    Ok(Outcome {
+        submitted: row.get(0),
+        completed: row.get(1),
+        failed: row.get(2),
+        unfinished: row.get(3),
+        executed_more_than_once: row.get(4),
+        extra_executions: row.get(5),
+    })
+}

@@ -1,0 +1,108 @@
+//! The web service (`/livez`, `/readyz`, `POST /jobs`, `GET /jobs/{id}`) and `/metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use orchestrator_contract as contract;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::serve::Shared;
+
+/// Body of `POST /jobs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewJob {
+    /// `noop`, `sleep` or `fail`.
+    pub kind: String,
+    /// Parameters of the kind (`{"ms": 50}` for sleep).
+    #[serde(default = "empty_object")]
+    pub payload: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    json!({})
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({"error": message.to_string()}))).into_response()
+}
+
+async fn livez() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.readiness().await {
+        Ok(()) => "ok".into_response(),
+        Err(reason) => error(StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+async fn submit(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<NewJob>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(job) = match body {
+        Ok(job) => job,
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    if let Err(e) = contract::validate_job(&job.kind, &job.payload) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let mut conn = shared.api_db.lock().await;
+    let db = match conn.get().await {
+        Ok(db) => db,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+    };
+    match contract::submit_job(&*db, &job.kind, &job.payload).await {
+        Ok(id) => (StatusCode::CREATED, Json(json!({"id": id}))).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn show(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<i64>() else {
+        return error(StatusCode::BAD_REQUEST, format!("job id {id:?} is not a number"));
+    };
+    let mut conn = shared.api_db.lock().await;
+    let db = match conn.get().await {
+        Ok(db) => db,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")),
+    };
+    match contract::get_job(&*db, id).await {
+        Ok(Some(job)) => Json(job).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Routes of the web service.
+pub fn api(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/jobs", post(submit))
+        .route("/jobs/{id}", get(show))
+        .with_state(shared)
+}
+
+/// Routes of the metrics port.
+pub fn metrics_router(shared: Arc<Shared>) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(shared)
+}

@@ -1,0 +1,135 @@
+//! `orchestrator-server loadgen`: submits jobs at a steady rate for a while, waits for them to
+//! settle, then reports from the database what became of them.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use orchestrator_contract::{self as contract, Outcome};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::config::DatabaseSettings;
+use crate::db::connect;
+
+/// Options of the load generator.
+#[derive(Debug, Args)]
+pub struct LoadgenArgs {
+    /// Servers to submit to (`http://IP:PORT`), used round-robin; a failed submission is retried
+    /// on the next one. Without any, jobs are inserted into the database directly.
+    #[arg(long = "url")]
+    pub urls: Vec<String>,
+    /// Jobs per second.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Seconds of submitting.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Job kind: noop, sleep or fail.
+    #[arg(long, default_value = "sleep")]
+    pub kind: String,
+    /// Milliseconds each sleep job works.
+    #[arg(long, default_value_t = 100)]
+    pub sleep_ms: u64,
+    /// Name of this batch (defaults to a fresh one).
+    #[arg(long)]
+    pub batch: Option<String>,
+    /// Seconds to wait for the submitted jobs to finish before counting the rest as lost.
+    #[arg(long, default_value_t = 120.0)]
+    pub settle_timeout: f64,
+    /// Exit 1 when a job was lost, ran twice or could not be submitted.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+/// What the load generator reports.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Batch name.
+    pub batch: String,
+    /// Submissions acknowledged with a job id.
+    pub acknowledged: u64,
+    /// Submissions that failed on every server tried.
+    pub submit_failed: u64,
+    /// Acknowledged jobs not finished after the settle timeout (or missing).
+    pub lost: i64,
+    /// Counts read from the database.
+    pub outcome: Outcome,
+}
+
+fn payload(args: &LoadgenArgs, batch: &str, seq: u64) -> serde_json::Value {
+    match args.kind.as_str() {
+        "sleep" => json!({"batch": batch, "seq": seq, "ms": args.sleep_ms}),
+        _ => json!({"batch": batch, "seq": seq}),
+    }
+}
+
+/// Runs the load generator.
+pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
+    contract::validate_job(&args.kind, &payload(&args, "check", 0))?;
+    anyhow::ensure!(args.rate > 0.0 && args.rate <= 10_000.0, "--rate must be in (0, 10000]");
+    let settings = DatabaseSettings::from_env()?;
+    let db = connect(&settings).await?;
+    let batch = args.batch.clone().unwrap_or_else(|| {
+        format!(
+            "load-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        )
+    });
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    let end = Instant::now() + Duration::from_secs_f64(args.duration);
+    let mut tick = tokio::time::interval(interval);
+    let (mut acknowledged, mut submit_failed, mut seq, mut next_url) = (0u64, 0u64, 0u64, 0usize);
+    while Instant::now() < end {
+        tick.tick().await;
+        seq += 1;
+        let body = payload(&args, &batch, seq);
+        let ok = if args.urls.is_empty() {
+            contract::submit_job(&db, &args.kind, &body).await.is_ok()
+        } else {
+            let mut ok = false;
+            for _ in 0..args.urls.len().max(3) {
+                let url = format!("{}/jobs", args.urls[next_url % args.urls.len()]);
+                next_url += 1;
+                let sent = http
+                    .post(&url)
+                    .json(&json!({"kind": args.kind, "payload": body}))
+                    .send()
+                    .await;
+                if matches!(sent, Ok(ref r) if r.status() == reqwest::StatusCode::CREATED) {
+                    ok = true;
+                    break;
+                }
+            }
+            ok
+        };
+        if ok {
+            acknowledged += 1;
+        } else {
+            submit_failed += 1;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(args.settle_timeout);
+    let mut outcome = contract::batch_outcome(&db, &batch)
+        .await
+        .context("cannot read the outcome")?;
+    while outcome.unfinished > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        outcome = contract::batch_outcome(&db, &batch).await?;
+    }
+    let missing = acknowledged as i64 - outcome.submitted;
+    Ok(Report {
+        batch,
+        acknowledged,
+        submit_failed,
+        lost: outcome.unfinished + missing.max(0),
+        outcome,
+    })
+}

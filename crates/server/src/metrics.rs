@@ -1,0 +1,74 @@
+//! The server's Prometheus metrics.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Metrics of one server.
+pub struct Metrics {
+    /// Jobs running now.
+    pub running: Gauge,
+    /// Jobs finished successfully.
+    pub completed: Counter,
+    /// Jobs finished with an error.
+    pub failed: Counter,
+    /// Jobs handed back unfinished at shutdown.
+    pub handed_back: Counter,
+    /// Jobs waiting in the queue (all servers), at the last heartbeat.
+    pub queue_depth: Gauge,
+    /// Seconds a claim query takes.
+    pub claim_latency: Histogram,
+    /// Seconds since the last successful heartbeat.
+    pub heartbeat_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while the server drains.
+    pub draining: Gauge,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Self {
+            running: Gauge::default(),
+            completed: Counter::default(),
+            failed: Counter::default(),
+            handed_back: Counter::default(),
+            queue_depth: Gauge::default(),
+            claim_latency: Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            heartbeat_age: Gauge::default(),
+            draining: Gauge::default(),
+            registry: Registry::with_prefix("orchestrator_server"),
+        };
+        let mut registry = Registry::with_prefix("orchestrator_server");
+        registry.register("jobs_running", "Jobs running now", m.running.clone());
+        registry.register("jobs_completed", "Jobs finished successfully", m.completed.clone());
+        registry.register("jobs_failed", "Jobs finished with an error", m.failed.clone());
+        registry.register(
+            "jobs_handed_back",
+            "Jobs handed back unfinished at shutdown",
+            m.handed_back.clone(),
+        );
+        registry.register("queue_depth", "Jobs waiting in the queue", m.queue_depth.clone());
+        registry.register(
+            "claim_latency_seconds",
+            "Duration of a claim query",
+            m.claim_latency.clone(),
+        );
+        registry.register(
+            "heartbeat_age_seconds",
+            "Seconds since the last heartbeat",
+            m.heartbeat_age.clone(),
+        );
+        registry.register("draining", "1 while the server drains", m.draining.clone());
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}

@@ -1,0 +1,167 @@
+//! The reference server against a real PostgreSQL: exactly-once completion, friendly shutdown
+//! on SIGTERM and on a database drain request, recovery after SIGKILL, hand-back at the drain
+//! timeout.
+
+mod support;
+
+use std::time::Duration;
+
+use orchestrator_contract as contract;
+use support::{Server, ServerOptions, migrated, owned_jobs, server_state, settle, submit};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_servers_complete_2000_jobs_exactly_once() {
+    let (pg, db) = migrated().await;
+    let options = ServerOptions::default();
+    let _servers = [
+        Server::start(&pg, "s-0", &options).await,
+        Server::start(&pg, "s-1", &options).await,
+        Server::start(&pg, "s-2", &options).await,
+    ];
+    submit(&db, "bulk", 2000, contract::job_kind::SLEEP, 1).await;
+    let outcome = settle(&db, "bulk", 2 * MINUTE).await;
+    assert_eq!(outcome.submitted, 2000);
+    assert_eq!(outcome.completed, 2000, "{outcome:?}");
+    assert_eq!(outcome.executed_more_than_once, 0, "{outcome:?}");
+    let workers: i64 = db
+        .query_one("SELECT count(DISTINCT server_id) FROM job_executions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(workers, 3, "every server took work");
+}
+
+/// Asserts the friendly shutdown of `server` after `trigger`: the jobs it ran at that time
+/// complete on it, it claims nothing new, exits 0 and its row says stopped.
+async fn assert_friendly_shutdown(trigger: impl AsyncFnOnce(&Server, &tokio_postgres::Client)) {
+    let (pg, db) = migrated().await;
+    let options = ServerOptions {
+        workers: 3,
+        ..ServerOptions::default()
+    };
+    let mut leaving = Server::start(&pg, "leaving", &options).await;
+    let staying = Server::start(&pg, "staying", &options).await;
+    submit(&db, "drain", 24, contract::job_kind::SLEEP, 1500).await;
+    let owned = owned_jobs(&db, "leaving", Duration::from_secs(10)).await;
+    let at: std::time::SystemTime = db.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    trigger(&leaving, &db).await;
+    let status = leaving.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "exit {status}:\n{}", leaving.log());
+    assert_eq!(server_state(&db, "leaving").await.as_deref(), Some("stopped"));
+    let late: Vec<i64> = db
+        .query(
+            "SELECT job_id FROM job_executions WHERE server_id = 'leaving' AND finished_at > $1 ORDER BY job_id",
+            &[&at],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        late, owned,
+        "after the trigger it only finished the jobs it was running"
+    );
+    let outcome = settle(&db, "drain", MINUTE).await;
+    assert_eq!(
+        (outcome.completed, outcome.executed_more_than_once),
+        (24, 0),
+        "{outcome:?}"
+    );
+    assert_eq!(server_state(&db, "staying").await.as_deref(), Some("active"));
+    assert!(
+        reqwest::get(staying.url("/readyz"))
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_running_jobs_and_exits_zero() {
+    assert_friendly_shutdown(async |server, _db| server.signal("TERM")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_requested_through_the_database_needs_no_signal() {
+    assert_friendly_shutdown(async |server, db| {
+        assert!(contract::request_drain(db, &server.id).await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_mid_job_leaves_its_jobs_to_the_others() {
+    let (pg, db) = migrated().await;
+    let options = ServerOptions {
+        workers: 3,
+        lease_ms: 1500,
+        ..ServerOptions::default()
+    };
+    let mut victim = Server::start(&pg, "victim", &options).await;
+    let _survivor = Server::start(&pg, "survivor", &options).await;
+    submit(&db, "kill", 30, contract::job_kind::SLEEP, 800).await;
+    let in_flight = owned_jobs(&db, "victim", Duration::from_secs(10)).await;
+    victim.signal("KILL");
+    victim.wait_exit(Duration::from_secs(5)).await;
+    let outcome = settle(&db, "kill", MINUTE).await;
+    assert_eq!(outcome.completed, 30, "none lost: {outcome:?}");
+    assert_eq!(outcome.executed_more_than_once, 0, "{outcome:?}");
+    let retried: Vec<i64> = db
+        .query(
+            "SELECT id FROM jobs WHERE payload->>'batch' = 'kill' AND attempts > 1 ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        retried.len() <= 3,
+        "re-claims bounded by the victim's workers: {retried:?}"
+    );
+    assert!(
+        in_flight.iter().all(|id| retried.contains(id)),
+        "its in-flight jobs were claimed again"
+    );
+    println!(
+        "sigkill: {} jobs in flight on the victim, {} re-claimed, 0 run twice",
+        in_flight.len(),
+        retried.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_timeout_hands_back_unfinished_jobs() {
+    let (pg, db) = migrated().await;
+    let slow = ServerOptions {
+        workers: 1,
+        drain_timeout_seconds: 1,
+        ..ServerOptions::default()
+    };
+    let mut leaving = Server::start(&pg, "slow", &slow).await;
+    let long = submit(&db, "long", 1, contract::job_kind::SLEEP, 4000).await;
+    owned_jobs(&db, "slow", Duration::from_secs(10)).await;
+    leaving.signal("TERM");
+    let status = leaving.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{}", leaving.log());
+    let state: String = db
+        .query_one("SELECT state FROM jobs WHERE id = $1", &[&long[0]])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "queued", "handed back with owner and lease cleared");
+    let owner: Option<String> = db
+        .query_one("SELECT owner FROM jobs WHERE id = $1", &[&long[0]])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, None);
+    let _other = Server::start(&pg, "other", &ServerOptions::default()).await;
+    let outcome = settle(&db, "long", MINUTE).await;
+    assert_eq!((outcome.completed, outcome.executed_more_than_once), (1, 0));
+}

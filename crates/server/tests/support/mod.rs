@@ -1,0 +1,236 @@
+//! Harness of the server tests: a real PostgreSQL, and `orchestrator-server` processes with
+//! their own loopback address.
+#![allow(dead_code)]
+
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use orchestrator_contract as contract;
+use testing_postgres::TestPostgres;
+use tokio::process::{Child, Command};
+use tokio_postgres::{Client, NoTls};
+
+static NEXT_IP: AtomicU32 = AtomicU32::new(2);
+
+/// A fresh loopback address for one server.
+pub fn next_ip() -> String {
+    let n = NEXT_IP.fetch_add(1, Ordering::SeqCst) + (std::process::id() % 200) * 256;
+    format!("127.3.{}.{}", n / 256 % 256, n % 256)
+}
+
+/// Connects as the application user.
+pub async fn connect(pg: &TestPostgres) -> Client {
+    let (client, connection) = tokio_postgres::connect(&pg.url(), NoTls)
+        .await
+        .expect("connect to the test database");
+    tokio::spawn(connection);
+    client
+}
+
+/// A database at the latest schema.
+pub async fn migrated() -> (TestPostgres, Client) {
+    let pg = TestPostgres::start();
+    let mut db = connect(&pg).await;
+    contract::migrations::migrate(&mut db, contract::LATEST_SCHEMA, false)
+        .await
+        .unwrap();
+    (pg, db)
+}
+
+/// The server binary with the database settings of `pg`.
+pub fn server_command(pg: &TestPostgres) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator-server"));
+    command
+        .envs(pg.env())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `orchestrator-server ARGS` to completion: exit status, stdout and stderr.
+pub async fn run_cli(pg: &TestPostgres, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+    let output = server_command(pg)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A running server process.
+pub struct Server {
+    /// Its id in the database.
+    pub id: String,
+    /// Its address.
+    pub ip: String,
+    /// The process.
+    pub child: Child,
+    log: std::path::PathBuf,
+}
+
+/// Options of a test server.
+pub struct ServerOptions {
+    /// Concurrent jobs.
+    pub workers: u32,
+    /// Friendly-shutdown limit.
+    pub drain_timeout_seconds: u32,
+    /// Job lease.
+    pub lease_ms: u32,
+    /// Version (selects the schema it needs).
+    pub version: &'static str,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            drain_timeout_seconds: 30,
+            lease_ms: 3000,
+            version: "2.0.0",
+        }
+    }
+}
+
+impl Server {
+    /// Starts server `id`; does not wait for it to be ready.
+    pub fn spawn(pg: &TestPostgres, id: &str, options: &ServerOptions) -> Self {
+        let ip = next_ip();
+        let log = pg.dir().join(format!("{id}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = server_command(pg)
+            .arg("serve")
+            .env("SERVER_ID", id)
+            .env("SERVER_VERSION", options.version)
+            .env("POD_IP", &ip)
+            .env("WORKERS", options.workers.to_string())
+            .env("DRAIN_TIMEOUT_SECONDS", options.drain_timeout_seconds.to_string())
+            .env("LEASE_MILLISECONDS", options.lease_ms.to_string())
+            .env("HEARTBEAT_MILLISECONDS", "300")
+            .env("IDLE_POLL_MILLISECONDS", "20")
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap();
+        Self {
+            id: id.to_string(),
+            ip,
+            child,
+            log,
+        }
+    }
+
+    /// Starts server `id` and waits until `/readyz` answers 200.
+    pub async fn start(pg: &TestPostgres, id: &str, options: &ServerOptions) -> Self {
+        let mut server = Self::spawn(pg, id, options);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = reqwest::get(server.url("/readyz")).await
+                && r.status().is_success()
+            {
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("server {id} exited with {status} before ready:\n{}", server.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {id} not ready within 20s:\n{}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// URL of `path` on its web service.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}:8080{path}", self.ip)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit within `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!("server {} did not exit within {timeout:?}:\n{}", self.id, self.log()),
+        }
+    }
+}
+
+/// Submits `count` jobs of `kind` in batch `batch` straight into the database.
+pub async fn submit(db: &Client, batch: &str, count: usize, kind: &str, ms: u64) -> Vec<i64> {
+    let mut ids = Vec::with_capacity(count);
+    for seq in 0..count {
+        let payload = serde_json::json!({"batch": batch, "seq": seq, "ms": ms});
+        ids.push(contract::submit_job(db, kind, &payload).await.unwrap());
+    }
+    ids
+}
+
+/// Waits until every job of `batch` finished; returns the outcome.
+pub async fn settle(db: &Client, batch: &str, timeout: Duration) -> contract::Outcome {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let outcome = contract::batch_outcome(db, batch).await.unwrap();
+        if outcome.unfinished == 0 {
+            return outcome;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "batch {batch} not settled within {timeout:?}: {outcome:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `server_id` runs at least one job; returns the ids it owns.
+pub async fn owned_jobs(db: &Client, server_id: &str, timeout: Duration) -> Vec<i64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows = db
+            .query(
+                "SELECT id FROM jobs WHERE owner = $1 AND state = 'running' ORDER BY id",
+                &[&server_id],
+            )
+            .await
+            .unwrap();
+        if !rows.is_empty() {
+            return rows.iter().map(|r| r.get(0)).collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{server_id} claimed nothing within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The state of a server's row.
+pub async fn server_state(db: &Client, server_id: &str) -> Option<String> {
+    db.query_opt("SELECT state FROM servers WHERE server_id = $1", &[&server_id])
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
