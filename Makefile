@@ -1,5 +1,5 @@
 # Entry points; each target is a script under hack/ so that CI and people run the same thing.
-.PHONY: demo test build crds tools cluster-up cluster-down lint
+.PHONY: demo test bench build crds tools cluster-up cluster-down lint
 
 ## Run the demo: local cluster, operator, a cluster of three servers (left running).
 demo:
@@ -8,6 +8,11 @@ demo:
 ## Run every check and test, setting up what is missing (toolchains, PostgreSQL, local cluster).
 test:
 	bash hack/test.sh
+
+## Throughput of the reference server against a one-connection baseline (prints ratios).
+bench:
+	bash hack/setup.sh
+	cargo bench -p orchestrator-server --bench throughput
 
 ## Build the operator and the project's binaries.
 build:

@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Environment variable names the operator sets itself; `spec.template.env` may not override them.
-pub const RESERVED_ENV_NAMES: [&str; 12] = [
+pub const RESERVED_ENV_NAMES: [&str; 13] = [
     "SERVER_ID",
     "POD_IP",
     "SERVER_VERSION",
@@ -28,6 +28,7 @@ pub const RESERVED_ENV_NAMES: [&str; 12] = [
     "DATABASE_PASSWORD",
     "HTTP_PORT",
     "METRICS_PORT",
+    "DRAIN_TIMEOUT_SECONDS",
 ];
 
 /// Desired state of a highly available cluster of orchestration servers sharing one database.
@@ -349,7 +350,7 @@ pub enum SchemaChangePolicy {
 /// Pod settings applied to every server.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.env.all(e, !(e.name in ['SERVER_ID', 'POD_IP', 'SERVER_VERSION', 'POD_NAMESPACE', 'DATABASE_HOST', 'DATABASE_PORT', 'DATABASE_NAME', 'DATABASE_SSLMODE', 'DATABASE_USER', 'DATABASE_PASSWORD', 'HTTP_PORT', 'METRICS_PORT']))").message("template.env may not set SERVER_ID, POD_IP, SERVER_VERSION, POD_NAMESPACE, HTTP_PORT, METRICS_PORT or DATABASE_*: the operator sets them from the spec"))]
+#[x_kube(validation = Rule::new("self.env.all(e, !(e.name in ['SERVER_ID', 'POD_IP', 'SERVER_VERSION', 'POD_NAMESPACE', 'DATABASE_HOST', 'DATABASE_PORT', 'DATABASE_NAME', 'DATABASE_SSLMODE', 'DATABASE_USER', 'DATABASE_PASSWORD', 'HTTP_PORT', 'METRICS_PORT', 'DRAIN_TIMEOUT_SECONDS']))").message("template.env may not set SERVER_ID, POD_IP, SERVER_VERSION, POD_NAMESPACE, HTTP_PORT, METRICS_PORT, DRAIN_TIMEOUT_SECONDS or DATABASE_*: the operator sets them from the spec"))]
 pub struct ServerTemplate {
     /// CPU and memory requests and limits of the server container.
     #[serde(default, skip_serializing_if = "Option::is_none")]

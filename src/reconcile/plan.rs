@@ -86,7 +86,7 @@ pub struct Plan {
 
 /// Plans the reconcile of `cr`. Fails only on a spec the operator cannot use.
 pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSettings, now: &Time) -> Result<Plan> {
-    let configmap = configmap::build(cr);
+    let configmap = configmap::build(cr)?;
     let config_hash = configmap::data_hash(&configmap);
     let statefulset = statefulset::build(cr, settings, cr.spec.replicas, &config_hash)?;
     let desired: [(Child, Option<Value>); 5] = [

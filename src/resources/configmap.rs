@@ -7,28 +7,31 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
 
 use super::{HTTP_PORT, METRICS_PORT, Names, owned_meta};
-use crate::crd::OrchestratorCluster;
+use crate::crd::{OrchestratorCluster, SpecError};
 
 /// The server settings as environment-style keys (no secrets: the login comes from the Secret).
-pub fn server_settings(cr: &OrchestratorCluster) -> BTreeMap<String, String> {
+pub fn server_settings(cr: &OrchestratorCluster) -> Result<BTreeMap<String, String>, SpecError> {
     let db = &cr.spec.database;
-    BTreeMap::from([
+    let drain_seconds = cr.spec.maintenance.drain_timeout()?.as_secs().max(1);
+    Ok(BTreeMap::from([
         ("DATABASE_HOST".to_string(), db.host.clone()),
         ("DATABASE_PORT".to_string(), db.port.to_string()),
         ("DATABASE_NAME".to_string(), db.name.clone()),
         ("DATABASE_SSLMODE".to_string(), db.ssl_mode.as_str().to_string()),
         ("HTTP_PORT".to_string(), HTTP_PORT.to_string()),
         ("METRICS_PORT".to_string(), METRICS_PORT.to_string()),
-    ])
+        // A friendly shutdown waits this long for running jobs, then hands them back.
+        ("DRAIN_TIMEOUT_SECONDS".to_string(), drain_seconds.to_string()),
+    ]))
 }
 
 /// Builds the ConfigMap.
-pub fn build(cr: &OrchestratorCluster) -> ConfigMap {
-    ConfigMap {
+pub fn build(cr: &OrchestratorCluster) -> Result<ConfigMap, SpecError> {
+    Ok(ConfigMap {
         metadata: owned_meta(cr, Names::configmap(cr)),
-        data: Some(server_settings(cr)),
+        data: Some(server_settings(cr)?),
         ..ConfigMap::default()
-    }
+    })
 }
 
 /// A short, stable hash of the ConfigMap's data (keys are sorted by the BTreeMap).
@@ -50,11 +53,12 @@ mod tests {
 
     #[test]
     fn holds_database_settings_but_no_credentials() {
-        let cm = build(&fixtures::full());
+        let cm = build(&fixtures::full()).unwrap();
         let data = cm.data.unwrap();
         assert_eq!(data["DATABASE_HOST"], "db.example.internal");
         assert_eq!(data["DATABASE_PORT"], "5433");
         assert_eq!(data["DATABASE_SSLMODE"], "require");
+        assert_eq!(data["DRAIN_TIMEOUT_SECONDS"], "300");
         let text = serde_json::to_string(&data).unwrap();
         assert!(!text.contains("orchestrator_prod") && !text.contains("change-me"));
         assert_eq!(cm.metadata.name.as_deref(), Some("prod-config"));
@@ -63,14 +67,14 @@ mod tests {
     #[test]
     fn hash_follows_the_data_only() {
         let cr = fixtures::minimal();
-        let base = data_hash(&build(&cr));
+        let base = data_hash(&build(&cr).unwrap());
         assert_eq!(base.len(), 16);
         let mut scaled = cr.clone();
         scaled.spec.replicas = 7;
         scaled.spec.maintenance.paused = true;
-        assert_eq!(data_hash(&build(&scaled)), base);
+        assert_eq!(data_hash(&build(&scaled).unwrap()), base);
         let mut moved = cr.clone();
         moved.spec.database.port = 6432;
-        assert_ne!(data_hash(&build(&moved)), base);
+        assert_ne!(data_hash(&build(&moved).unwrap()), base);
     }
 }

@@ -216,7 +216,7 @@ mod tests {
     use crate::resources::{configmap, fixtures};
 
     fn build_for(cr: &OrchestratorCluster) -> StatefulSet {
-        let hash = configmap::data_hash(&configmap::build(cr));
+        let hash = configmap::data_hash(&configmap::build(cr).unwrap());
         build(cr, &BuildSettings::default(), cr.spec.replicas, &hash).unwrap()
     }
 

@@ -165,3 +165,39 @@ async fn drain_timeout_hands_back_unfinished_jobs() {
     let outcome = settle(&db, "long", MINUTE).await;
     assert_eq!((outcome.completed, outcome.executed_more_than_once), (1, 0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn load_generator_reports_every_job_through_the_web_service() {
+    let (pg, _db) = migrated().await;
+    let a = Server::start(&pg, "lg-0", &ServerOptions::default()).await;
+    let b = Server::start(&pg, "lg-1", &ServerOptions::default()).await;
+    let (status, out, err) = support::run_cli(
+        &pg,
+        &[
+            "loadgen",
+            "--url",
+            &a.url(""),
+            "--url",
+            &b.url(""),
+            "--rate",
+            "100",
+            "--duration",
+            "2",
+            "--kind",
+            "sleep",
+        ]
+        .into_iter()
+        .chain(["--sleep-ms", "20", "--batch", "lg", "--strict"])
+        .collect::<Vec<_>>(),
+        &[],
+    )
+    .await;
+    assert!(status.success(), "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let acknowledged = report["acknowledged"].as_i64().unwrap();
+    assert!(acknowledged >= 150, "about 200 submitted in 2s at 100/s: {report}");
+    assert_eq!(report["outcome"]["completed"].as_i64(), Some(acknowledged), "{report}");
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["outcome"]["executed_more_than_once"], 0);
+    assert!(err.contains("lost 0, executed more than once 0"), "{err}");
+}
