@@ -65,11 +65,10 @@ async fn claim_buckets(ips: &[String]) -> Vec<(f64, f64)> {
             .text()
             .await
             .unwrap();
-        let mut index = 0;
-        for line in text
+        let lines = text
             .lines()
-            .filter(|l| l.starts_with("orchestrator_server_claim_latency_seconds_bucket"))
-        {
+            .filter(|l| l.starts_with("orchestrator_server_claim_latency_seconds_bucket"));
+        for (index, line) in lines.enumerate() {
             let bound = line.split("le=\"").nth(1).and_then(|r| r.split('"').next()).unwrap();
             let bound: f64 = if bound == "+Inf" {
                 f64::INFINITY
@@ -81,7 +80,6 @@ async fn claim_buckets(ips: &[String]) -> Vec<(f64, f64)> {
                 merged.push((bound, 0.0));
             }
             merged[index].1 += count;
-            index += 1;
         }
     }
     merged
