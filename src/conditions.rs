@@ -35,6 +35,8 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// No problem to report.
     pub const AS_EXPECTED: &str = "AsExpected";
+    /// Some servers are unhealthy; the message names them.
+    pub const SERVER_PROBLEMS: &str = "ServerProblems";
 }
 
 /// Condition status values.

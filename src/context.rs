@@ -8,11 +8,15 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
+use crate::database::preflight::Preflight;
 use crate::metrics::Metrics;
 use crate::resources::BuildSettings;
 
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "orchestrator-operator";
+
+/// How long a database preflight result is reused (unless the Secret changes).
+pub const PREFLIGHT_TTL: Duration = Duration::from_secs(10);
 
 /// First retry delay after a failed reconcile; it doubles per consecutive failure.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
@@ -29,6 +33,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Settings the builders need.
     pub settings: BuildSettings,
+    /// The database preflight and its cache.
+    pub preflight: Preflight,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -44,6 +50,7 @@ impl Context {
             client,
             metrics,
             settings,
+            preflight: Preflight::new(PREFLIGHT_TTL),
             failures: Mutex::default(),
         }
     }

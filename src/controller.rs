@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::DynamicObject;
 use kube::core::ApiResource;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
@@ -50,7 +50,16 @@ async fn run_one(
     };
     let owned = watcher::Config::default().labels(&owned_selector());
     tracing::info!(namespace = ns.unwrap_or("<all>"), "starting controller");
-    Controller::new_with(clusters, watcher::Config::default(), ar)
+    // Status writes (heartbeat ages change on every reconcile) must not trigger reconciles:
+    // only spec changes (generation) and the owned objects do, plus the requeue timer.
+    let writer = reflector::store::Writer::new(ar.clone());
+    let reader = writer.as_reader();
+    let trigger = watcher::watcher(clusters, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream_with(trigger, reader, ar)
         .owns(scoped::<StatefulSet>(&client, ns), owned.clone())
         .owns(scoped::<Service>(&client, ns), owned.clone())
         .owns(scoped::<ConfigMap>(&client, ns), owned.clone())

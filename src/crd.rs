@@ -219,14 +219,25 @@ pub struct CapacitySpec {
     #[serde(default = "default_max_replicas")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
+
+    /// Servers added per step when scaling up; each step waits until the previous servers
+    /// joined, so a broken image or bad credentials cost this many pods, not all of them.
+    #[serde(default = "default_add_at_once")]
+    #[schemars(range(min = 1, max = 100))]
+    pub add_at_once: i32,
 }
 
 impl Default for CapacitySpec {
     fn default() -> Self {
         Self {
             max_replicas: default_max_replicas(),
+            add_at_once: default_add_at_once(),
         }
     }
+}
+
+fn default_add_at_once() -> i32 {
+    1
 }
 
 fn default_max_replicas() -> i32 {

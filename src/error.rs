@@ -17,6 +17,10 @@ pub enum Error {
     #[error("object is not a valid OrchestratorCluster: {0}")]
     Malformed(String),
 
+    /// A write to the process database failed.
+    #[error("process database: {0}")]
+    Database(#[source] orchestrator_contract::ContractError),
+
     /// An object the operator built could not be serialized.
     #[error("could not serialize {kind}: {source}")]
     Serialization {
@@ -34,6 +38,7 @@ impl Error {
             Error::Kube(_) => "kube_api",
             Error::InvalidSpec(_) => "invalid_spec",
             Error::Malformed(_) => "malformed",
+            Error::Database(_) => "database",
             Error::Serialization { .. } => "serialization",
         }
     }

@@ -18,6 +18,30 @@ pub struct ErrorLabels {
     pub reason: String,
 }
 
+/// Label set of the per-cluster gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// Namespace of the cluster.
+    pub namespace: String,
+    /// Name of the cluster.
+    pub cluster: String,
+}
+
+/// What a reconcile saw of one cluster, for its gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterFigures {
+    /// `spec.replicas`.
+    pub desired: i64,
+    /// Servers joined.
+    pub joined: i64,
+    /// Servers draining.
+    pub draining: i64,
+    /// Servers flagged (stale row, row without pod, recent restart).
+    pub problems: i64,
+    /// 1 when the database preflight passes.
+    pub database_reachable: i64,
+}
+
 /// The operator's metrics and the registry that serves them.
 pub struct Metrics {
     /// Reconciles started.
@@ -28,6 +52,18 @@ pub struct Metrics {
     pub duration: Histogram,
     /// 1 while this replica holds the leader Lease (or runs without leader election).
     pub leader: Gauge,
+    /// Servers wanted per cluster.
+    pub servers_desired: Family<ClusterLabels, Gauge>,
+    /// Servers joined per cluster.
+    pub servers_joined: Family<ClusterLabels, Gauge>,
+    /// Servers draining per cluster.
+    pub servers_draining: Family<ClusterLabels, Gauge>,
+    /// Servers flagged as unhealthy per cluster.
+    pub server_problems: Family<ClusterLabels, Gauge>,
+    /// 1 when the cluster's database preflight passes.
+    pub database_reachable: Family<ClusterLabels, Gauge>,
+    /// Seconds a database preflight (with its membership read) takes.
+    pub preflight_duration: Histogram,
     /// The registry all of the above are registered in.
     pub registry: Registry,
 }
@@ -38,7 +74,35 @@ impl Default for Metrics {
         let failures = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let leader = Gauge::default();
+        let servers_desired = Family::<ClusterLabels, Gauge>::default();
+        let servers_joined = Family::<ClusterLabels, Gauge>::default();
+        let servers_draining = Family::<ClusterLabels, Gauge>::default();
+        let server_problems = Family::<ClusterLabels, Gauge>::default();
+        let database_reachable = Family::<ClusterLabels, Gauge>::default();
+        let preflight_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 3.0, 10.0]);
         let mut registry = Registry::with_prefix("orchestrator_operator");
+        registry.register("servers_desired", "Servers wanted per cluster", servers_desired.clone());
+        registry.register("servers_joined", "Servers joined per cluster", servers_joined.clone());
+        registry.register(
+            "servers_draining",
+            "Servers draining per cluster",
+            servers_draining.clone(),
+        );
+        registry.register(
+            "server_problems",
+            "Servers flagged as unhealthy per cluster",
+            server_problems.clone(),
+        );
+        registry.register(
+            "database_reachable",
+            "1 when the database preflight passes",
+            database_reachable.clone(),
+        );
+        registry.register(
+            "preflight_duration_seconds",
+            "Duration of a database preflight",
+            preflight_duration.clone(),
+        );
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register("reconcile_errors", "Reconcile failures by reason", failures.clone());
         registry.register("reconcile_duration_seconds", "Reconcile duration", duration.clone());
@@ -48,6 +112,12 @@ impl Default for Metrics {
             failures,
             duration,
             leader,
+            servers_desired,
+            servers_joined,
+            servers_draining,
+            server_problems,
+            database_reachable,
+            preflight_duration,
             registry,
         }
     }
@@ -66,6 +136,17 @@ impl Metrics {
     /// Records a finished reconcile's duration.
     pub fn record_duration(&self, elapsed: Duration) {
         self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets the gauges of one cluster.
+    pub fn record_cluster(&self, labels: &ClusterLabels, figures: ClusterFigures) {
+        self.servers_desired.get_or_create(labels).set(figures.desired);
+        self.servers_joined.get_or_create(labels).set(figures.joined);
+        self.servers_draining.get_or_create(labels).set(figures.draining);
+        self.server_problems.get_or_create(labels).set(figures.problems);
+        self.database_reachable
+            .get_or_create(labels)
+            .set(figures.database_reachable);
     }
 
     /// The metrics in Prometheus text format.

@@ -15,6 +15,7 @@ use kube::client::Body;
 use kube::{Client, Resource};
 use orchestrator_operator::context::Context;
 use orchestrator_operator::crd::OrchestratorCluster;
+use orchestrator_operator::database::{DatabaseState, reasons};
 use orchestrator_operator::metrics::Metrics;
 use orchestrator_operator::reconcile::observe::Observed;
 use orchestrator_operator::reconcile::plan::{Child, plan};
@@ -75,8 +76,25 @@ fn child_path(child: &Child) -> String {
 /// three servers ready; and the cluster with the status that state produces.
 fn in_sync_world(mut cr: OrchestratorCluster) -> (OrchestratorCluster, BTreeMap<String, Value>) {
     let now = Time(Timestamp::from_second(1_800_000_000).unwrap());
-    let first = plan(&cr, &Observed::default(), &BuildSettings::default(), &now).unwrap();
-    let mut observed = Observed::default();
+    // What the preflight reports when the credentials Secret does not exist (the fake has none).
+    let database = DatabaseState::NotReady {
+        reason: reasons::SECRET_MISSING,
+        message: format!("secret process-db does not exist in namespace {NS}"),
+    };
+    let first = plan(
+        &cr,
+        &Observed {
+            database: database.clone(),
+            ..Observed::default()
+        },
+        &BuildSettings::default(),
+        &now,
+    )
+    .unwrap();
+    let mut observed = Observed {
+        database,
+        ..Observed::default()
+    };
     let mut objects = BTreeMap::new();
     for write in first.writes {
         let path = child_path(&write.child);
@@ -98,6 +116,7 @@ fn in_sync_world(mut cr: OrchestratorCluster) -> (OrchestratorCluster, BTreeMap<
                 observed.pdb = Some(o);
             }
             Child::StatefulSet(mut o) => {
+                o.spec.as_mut().unwrap().replicas = Some(3);
                 o.metadata.generation = Some(1);
                 o.status = Some(StatefulSetStatus {
                     observed_generation: Some(1),
@@ -145,6 +164,10 @@ async fn run(object: DynamicObject, mut objects: BTreeMap<String, Value>) -> Vec
             let method = parts.method.to_string();
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let response = match (method.as_str(), objects.get(&path)) {
+                ("GET", _) if path == format!("/api/v1/namespaces/{NS}/pods") => respond(
+                    StatusCode::OK,
+                    &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}),
+                ),
                 ("GET", Some(object)) => respond(StatusCode::OK, object),
                 ("GET", None) => respond(StatusCode::NOT_FOUND, &not_found(&path)),
                 ("POST", _) => respond(StatusCode::CREATED, &body),
@@ -219,7 +242,10 @@ fn writes(recorded: &[Recorded]) -> Vec<&Recorded> {
 async fn fresh_cluster_applies_every_owned_object_then_status() {
     let recorded = scenario(Scenario::Fresh).await;
     let gets = recorded.iter().filter(|r| r.method == "GET").count();
-    assert_eq!(gets, 5, "one read per owned object");
+    assert_eq!(
+        gets, 7,
+        "one read per owned object, the pods and the credentials Secret"
+    );
     let writes = writes(&recorded);
     let applies: Vec<_> = writes
         .iter()
@@ -256,7 +282,10 @@ async fn fresh_cluster_applies_every_owned_object_then_status() {
     }
     let sts = writes.iter().find(|r| r.path.ends_with("statefulsets/prod")).unwrap();
     assert_eq!(sts.body["spec"]["updateStrategy"]["type"], "OnDelete");
-    assert_eq!(sts.body["spec"]["replicas"], 3);
+    assert_eq!(
+        sts.body["spec"]["replicas"], 0,
+        "no server while the database preflight fails"
+    );
     let event = writes.iter().find(|r| r.method == "POST").expect("an Event");
     assert_eq!(event.path, "/apis/events.k8s.io/v1/namespaces/automation/events");
     assert_eq!(event.body["reason"], "Applied");
@@ -272,16 +301,41 @@ async fn fresh_cluster_applies_every_owned_object_then_status() {
         "/apis/orchestrator.dev/v1alpha1/namespaces/automation/orchestratorclusters/prod/status"
     );
     assert_eq!(status.body["status"]["observedGeneration"], 2);
-    assert_eq!(status.body["status"]["phase"], "Pending");
-    assert_eq!(status.body["status"]["conditions"][0]["type"], "Ready");
-    assert_eq!(status.body["status"]["conditions"][0]["reason"], "StatefulSetPending");
+    assert_eq!(status.body["status"]["phase"], "Blocked");
+    let conditions = status.body["status"]["conditions"].as_array().unwrap();
+    let blocked = conditions.iter().find(|c| c["type"] == "CapacityBlocked").unwrap();
+    assert_eq!(
+        (blocked["status"].as_str(), blocked["reason"].as_str()),
+        (Some("True"), Some("DatabaseNotReady"))
+    );
+    let database = conditions.iter().find(|c| c["type"] == "DatabaseReady").unwrap();
+    assert_eq!(database["reason"], "SecretMissing");
+    assert_eq!(
+        database["message"],
+        "secret process-db does not exist in namespace automation"
+    );
+    let warnings: Vec<_> = writes
+        .iter()
+        .filter(|r| r.body["type"] == "Warning")
+        .map(|r| r.body["reason"].clone())
+        .collect();
+    assert_eq!(warnings, vec![json!("CapacityBlocked"), json!("DatabaseNotReady")]);
 }
 
 #[tokio::test]
-async fn unchanged_cluster_sends_no_write() {
+async fn unchanged_cluster_sends_no_write_but_its_status() {
     let recorded = scenario(Scenario::InSync).await;
-    assert_eq!(recorded.len(), 5, "{recorded:#?}");
-    assert!(writes(&recorded).is_empty(), "{:#?}", writes(&recorded));
+    assert_eq!(
+        recorded.iter().filter(|r| r.method == "GET").count(),
+        7,
+        "{recorded:#?}"
+    );
+    let writes = writes(&recorded);
+    assert!(writes.len() <= 1, "{writes:#?}");
+    assert!(
+        writes.iter().all(|w| w.path.ends_with("/prod/status")),
+        "only the status (its checkedAt moves): {writes:#?}"
+    );
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::plan::{Child, Write};
 use crate::context::FIELD_MANAGER;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<()>
 where
@@ -33,6 +33,21 @@ pub async fn apply_writes(client: &Client, namespace: &str, writes: &[Write]) ->
             Child::PodDisruptionBudget(o) => apply(client, namespace, o).await?,
             Child::StatefulSet(o) => apply(client, namespace, o).await?,
         }
+    }
+    Ok(())
+}
+
+/// Asks servers for a friendly shutdown and removes the rows of gone servers.
+pub async fn database_steps(db: &tokio_postgres::Client, drain: &[String], remove_rows: &[String]) -> Result<()> {
+    for server in drain {
+        orchestrator_contract::request_drain(db, server)
+            .await
+            .map_err(Error::Database)?;
+    }
+    for server in remove_rows {
+        orchestrator_contract::remove_server(db, server)
+            .await
+            .map_err(Error::Database)?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ pub mod plan;
 pub mod report;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -18,10 +18,8 @@ use kube::{Resource, ResourceExt};
 use crate::context::Context;
 use crate::crd::OrchestratorCluster;
 use crate::error::{Error, Result};
+use crate::metrics::ClusterLabels;
 use report::event_reasons;
-
-/// Re-check a settled cluster this often even without a watch event.
-pub const RESYNC: Duration = Duration::from_secs(300);
 
 fn object_key(obj: &DynamicObject) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
@@ -65,7 +63,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
     }
     let reference = cr.object_ref(&());
     let now = Time(Timestamp::now());
-    let observed = observe::observe(&ctx.client, &cr).await?;
+    let (observed, database) = observe::observe(ctx, &cr).await?;
     let plan = match plan::plan(&cr, &observed, &ctx.settings, &now) {
         Ok(plan) => plan,
         Err(Error::InvalidSpec(spec_error)) => {
@@ -102,8 +100,25 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
         tracing::info!(object = %object_key(obj), %summary, "applied owned objects");
         report::publish(ctx, &reference, EventType::Normal, event_reasons::APPLIED, summary).await;
     }
+    if let Some(database) = database {
+        act::database_steps(&database, &plan.drain, &plan.remove_rows).await?;
+    }
+    for event in &plan.events {
+        let type_ = if event.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        tracing::info!(object = %object_key(obj), reason = event.reason, note = %event.note, "event");
+        report::publish(ctx, &reference, type_, event.reason, event.note.clone()).await;
+    }
+    let labels = ClusterLabels {
+        namespace: cr.namespace().unwrap_or_default(),
+        cluster: cr.name_any(),
+    };
+    ctx.metrics.record_cluster(&labels, plan.figures);
     report::update_status(&ctx.client, &cr, &plan.status).await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(plan.requeue))
 }
 
 /// Retry policy after a failed reconcile: exponential back-off per object.

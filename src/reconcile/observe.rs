@@ -3,13 +3,21 @@
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use crate::context::Context;
 use crate::crd::OrchestratorCluster;
+use crate::database::DatabaseState;
 use crate::error::Result;
-use crate::resources::Names;
+use crate::resources::{Names, selector_string};
+use crate::servers::PodView;
 
 /// The owned objects as they are in the cluster (`None` when missing).
 #[derive(Clone, Debug, Default)]
@@ -24,6 +32,19 @@ pub struct Observed {
     pub pdb: Option<PodDisruptionBudget>,
     /// StatefulSet of servers.
     pub statefulset: Option<StatefulSet>,
+    /// The server pods.
+    pub pods: Vec<PodView>,
+    /// The database as the preflight found it.
+    pub database: DatabaseState,
+}
+
+impl Default for DatabaseState {
+    fn default() -> Self {
+        DatabaseState::NotReady {
+            reason: crate::database::reasons::UNREACHABLE,
+            message: "not checked yet".into(),
+        }
+    }
 }
 
 async fn get<K>(client: &Client, namespace: &str, name: String) -> Result<Option<K>>
@@ -33,14 +54,33 @@ where
     Ok(Api::<K>::namespaced(client.clone(), namespace).get_opt(&name).await?)
 }
 
-/// Reads every owned object of `cr`.
-pub async fn observe(client: &Client, cr: &OrchestratorCluster) -> Result<Observed> {
+/// Reads every owned object of `cr`, its pods, and the database through the preflight.
+pub async fn observe(
+    ctx: &Context,
+    cr: &OrchestratorCluster,
+) -> Result<(Observed, Option<Arc<tokio_postgres::Client>>)> {
+    let client = &ctx.client;
     let ns = cr.namespace().unwrap_or_default();
-    Ok(Observed {
+    let selector = selector_string(cr);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .iter()
+        .filter_map(|pod| PodView::from_pod(&cr.name_any(), pod, now))
+        .collect();
+    let started = std::time::Instant::now();
+    let database = ctx.preflight.observe(client, cr).await?;
+    ctx.metrics.preflight_duration.observe(started.elapsed().as_secs_f64());
+    let observed = Observed {
+        pods,
+        database: database.state,
         configmap: get(client, &ns, Names::configmap(cr)).await?,
         headless_service: get(client, &ns, Names::headless_service(cr)).await?,
         client_service: get(client, &ns, Names::client_service(cr)).await?,
         pdb: get(client, &ns, Names::pdb(cr)).await?,
         statefulset: get(client, &ns, Names::statefulset(cr)).await?,
-    })
+    };
+    Ok((observed, database.client))
 }

@@ -9,12 +9,20 @@ use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::Value;
 
+use std::time::Duration;
+
+use orchestrator_contract::server_state;
+
 use super::observe::Observed;
-use crate::conditions::{condition, reasons, types};
-use crate::crd::{OrchestratorCluster, OrchestratorClusterStatus, Phase, SpecError};
+use crate::capacity::{self, CapacityInput, CapacityPlan};
+use crate::conditions::{condition, find, reasons, status, types};
+use crate::crd::{DatabaseStatus, OrchestratorCluster, OrchestratorClusterStatus, Phase, ServerStatus, SpecError};
+use crate::database::{self, DatabaseState};
 use crate::drift::is_contained;
 use crate::error::{Error, Result};
+use crate::metrics::ClusterFigures;
 use crate::resources::{BuildSettings, configmap, pdb, selector_string, service, statefulset};
+use crate::servers::{Health, merge, problems};
 
 /// An owned object to server-side apply.
 // At most five live per reconcile, so the variants' size difference costs nothing.
@@ -75,20 +83,102 @@ pub struct Write {
     pub creates: bool,
 }
 
+/// An Event the reconcile publishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// Warning (true) or Normal.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// What happened, for a person.
+    pub note: String,
+}
+
+/// Reasons of the Events about capacity and health.
+pub mod event_reasons {
+    /// Servers are being added.
+    pub const SCALING_UP: &str = "ScalingUp";
+    /// Servers are being removed.
+    pub const SCALING_DOWN: &str = "ScalingDown";
+    /// A friendly shutdown was requested through the database.
+    pub const DRAINING: &str = "Draining";
+    /// Rows of gone servers were removed.
+    pub const REMOVED_SERVER_ROWS: &str = "RemovedServerRows";
+    /// Adding servers is blocked.
+    pub const CAPACITY_BLOCKED: &str = "CapacityBlocked";
+    /// A server is unhealthy.
+    pub const DEGRADED: &str = "Degraded";
+    /// The database preflight fails.
+    pub const DATABASE_NOT_READY: &str = "DatabaseNotReady";
+}
+
 /// What a reconcile should do.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     /// Owned objects that are missing or differ from what the spec wants.
     pub writes: Vec<Write>,
+    /// Servers to ask for a friendly shutdown through the database.
+    pub drain: Vec<String>,
+    /// Rows of gone servers to remove from the database.
+    pub remove_rows: Vec<String>,
+    /// Events to publish.
+    pub events: Vec<PlannedEvent>,
     /// The status to report.
     pub status: OrchestratorClusterStatus,
+    /// Per-cluster gauges.
+    pub figures: ClusterFigures,
+    /// When to look again (the database cannot be watched).
+    pub requeue: Duration,
 }
+
+/// Look again this soon while something changes or is wrong.
+pub const BUSY_REQUEUE: Duration = Duration::from_secs(5);
+/// Look again this soon when everything is settled.
+pub const IDLE_REQUEUE: Duration = Duration::from_secs(30);
 
 /// Plans the reconcile of `cr`. Fails only on a spec the operator cannot use.
 pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSettings, now: &Time) -> Result<Plan> {
+    let name = cr.name_any();
+    let health = Health::default();
+    let members = observed.database.members();
+    let servers = merge(&name, &observed.pods, members, health);
+    let problems = problems(&servers, &observed.pods, health);
+    let current = observed
+        .statefulset
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(0);
+    let drain_ages: Vec<(String, f64)> = members
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m.drain_requested_seconds.map(|age| (m.server_id.clone(), age)))
+        .collect();
+    let owned_jobs: Vec<(String, i64)> = members
+        .unwrap_or_default()
+        .iter()
+        .map(|m| (m.server_id.clone(), m.owned_jobs))
+        .collect();
+    let capacity = capacity::plan(&CapacityInput {
+        cluster: &name,
+        wanted: cr.spec.replicas,
+        max_replicas: cr.spec.capacity.max_replicas,
+        add_at_once: cr.spec.capacity.add_at_once,
+        current,
+        servers: &servers,
+        database: match &observed.database {
+            DatabaseState::Ready { .. } => Ok(()),
+            DatabaseState::NotReady { message, .. } => Err(message.clone()),
+        },
+        drain_timeout: cr.spec.maintenance.drain_timeout()?,
+        on_drain_timeout: cr.spec.maintenance.on_drain_timeout,
+        drain_ages: &drain_ages,
+        owned_jobs: &owned_jobs,
+    });
+
     let configmap = configmap::build(cr)?;
     let config_hash = configmap::data_hash(&configmap);
-    let statefulset = statefulset::build(cr, settings, cr.spec.replicas, &config_hash)?;
+    let statefulset = statefulset::build(cr, settings, capacity.replicas, &config_hash)?;
     let desired: [(Child, Option<Value>); 5] = [
         (Child::ConfigMap(configmap), live(&observed.configmap)?),
         (
@@ -115,9 +205,30 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
             });
         }
     }
+
+    let joined = servers.iter().filter(|s| s.joined).count() as i32;
+    let draining = members
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| m.state == server_state::DRAINING)
+        .count() as i64;
+    let status = status(cr, observed, &servers, &problems, &capacity, now);
+    let events = events(cr, current, &capacity, &status);
+    let settled = status.phase == Phase::Ready;
     Ok(Plan {
         writes,
-        status: status(cr, observed, now),
+        drain: capacity.drain.clone(),
+        remove_rows: capacity.remove_rows.clone(),
+        events,
+        figures: ClusterFigures {
+            desired: cr.spec.replicas.into(),
+            joined: joined.into(),
+            draining,
+            problems: problems.len() as i64,
+            database_reachable: matches!(observed.database, DatabaseState::Ready { .. }).into(),
+        },
+        status,
+        requeue: if settled { IDLE_REQUEUE } else { BUSY_REQUEUE },
     })
 }
 
@@ -125,81 +236,116 @@ fn live<T: Serialize>(object: &Option<T>) -> Result<Option<Value>> {
     object.as_ref().map(|o| value_of("live object", o)).transpose()
 }
 
-/// The status of a cluster whose StatefulSet is as observed.
-pub fn status(cr: &OrchestratorCluster, observed: &Observed, now: &Time) -> OrchestratorClusterStatus {
+/// The status: servers from both views, counts, phase and conditions.
+fn status(
+    cr: &OrchestratorCluster,
+    observed: &Observed,
+    servers: &[ServerStatus],
+    problems: &[String],
+    capacity: &CapacityPlan,
+    now: &Time,
+) -> OrchestratorClusterStatus {
     let previous = cr.status.clone().unwrap_or_default();
     let generation = cr.metadata.generation;
     let wanted = cr.spec.replicas;
-    let sts = observed.statefulset.as_ref();
-    let sts_status = sts.and_then(|s| s.status.clone()).unwrap_or_default();
-    let sts_observed = sts.is_some_and(|s| sts_status.observed_generation >= s.metadata.generation);
-    let replicas = sts_status.replicas;
-    let ready = sts_status.ready_replicas.unwrap_or(0);
-    let updated = sts_status.updated_replicas.unwrap_or(0);
-    let settled = sts_observed && replicas == wanted && ready >= wanted && updated >= wanted;
+    let joined = servers.iter().filter(|s| s.joined).count() as i32;
+    let pods = observed.pods.len() as i32;
+    let sts_observed = observed
+        .statefulset
+        .as_ref()
+        .is_some_and(|s| s.status.as_ref().and_then(|st| st.observed_generation) >= s.metadata.generation);
+    let updated = observed
+        .statefulset
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.updated_replicas);
+    let settled = sts_observed
+        && capacity.replicas == wanted
+        && pods == wanted
+        && joined == wanted
+        && updated.unwrap_or(0) >= wanted
+        && problems.is_empty();
 
-    let phase = if settled {
+    let phase = if capacity.blocked.is_some() {
+        Phase::Blocked
+    } else if settled {
         Phase::Ready
-    } else if ready == 0 {
+    } else if !problems.is_empty() {
+        Phase::Degraded
+    } else if joined == 0 && wanted > 0 {
         Phase::Pending
     } else {
         Phase::Scaling
     };
-    let (ready_reason, ready_message) = if settled {
-        (
-            reasons::ALL_SERVERS_JOINED,
-            format!("{ready} of {wanted} servers ready"),
-        )
-    } else if sts.is_none() {
-        (
-            reasons::STATEFULSET_PENDING,
-            "the StatefulSet of servers is being created".to_string(),
-        )
-    } else {
-        (reasons::SERVERS_NOT_READY, format!("{ready} of {wanted} servers ready"))
+    let condition = |type_, holds, reason, message: String| {
+        condition(&previous.conditions, type_, holds, reason, message, generation, now)
     };
-    let (progress_reason, progress_message) = if settled {
-        (reasons::STABLE, "nothing to change".to_string())
-    } else {
-        (
-            reasons::SCALING,
-            format!("{replicas} server pods exist, {wanted} wanted, {ready} ready"),
-        )
+    let joined_message = format!("{joined} of {wanted} servers joined");
+    let (database_reason, database_message, reachable, schema_version) = match &observed.database {
+        DatabaseState::Ready {
+            schema_version,
+            members,
+        } => (
+            database::reasons::CONNECTED,
+            format!("schema version {schema_version}, {} servers registered", members.len()),
+            true,
+            Some(*schema_version),
+        ),
+        DatabaseState::NotReady { reason, message } => (*reason, message.clone(), false, None),
     };
+    let progress_message = capacity.waiting.clone().unwrap_or_else(|| {
+        format!(
+            "{pods} server pods, {} wanted by the capacity plan, {wanted} in the spec; {joined_message}",
+            capacity.replicas
+        )
+    });
     let conditions = vec![
         condition(
-            &previous.conditions,
             types::READY,
             settled,
-            ready_reason,
-            ready_message,
-            generation,
-            now,
+            if settled {
+                reasons::ALL_SERVERS_JOINED
+            } else {
+                reasons::SERVERS_NOT_READY
+            },
+            joined_message,
         ),
         condition(
-            &previous.conditions,
             types::PROGRESSING,
-            !settled,
-            progress_reason,
-            progress_message,
-            generation,
-            now,
+            !settled && capacity.blocked.is_none(),
+            if settled { reasons::STABLE } else { reasons::SCALING },
+            if settled {
+                "nothing to change".into()
+            } else {
+                progress_message
+            },
         ),
         condition(
-            &previous.conditions,
             types::DEGRADED,
-            false,
-            reasons::AS_EXPECTED,
-            "",
-            generation,
-            now,
+            !problems.is_empty(),
+            if problems.is_empty() {
+                reasons::AS_EXPECTED
+            } else {
+                reasons::SERVER_PROBLEMS
+            },
+            problems.join("; "),
         ),
+        condition(types::DATABASE_READY, reachable, database_reason, database_message),
+        match &capacity.blocked {
+            Some((reason, message)) => condition(types::CAPACITY_BLOCKED, true, reason, message.clone()),
+            None => condition(
+                types::CAPACITY_BLOCKED,
+                false,
+                capacity::reasons::NOT_BLOCKED,
+                String::new(),
+            ),
+        },
     ];
     OrchestratorClusterStatus {
         observed_generation: generation,
         phase,
-        replicas,
-        ready_replicas: ready,
+        replicas: pods,
+        ready_replicas: joined,
         selector: Some(selector_string(cr)),
         current_version: if settled {
             Some(cr.spec.version.clone())
@@ -207,9 +353,85 @@ pub fn status(cr: &OrchestratorCluster, observed: &Observed, now: &Time) -> Orch
             previous.current_version.clone()
         },
         target_version: Some(cr.spec.version.clone()),
+        database: Some(DatabaseStatus {
+            reachable,
+            schema_version,
+            checked_at: Some(now.clone()),
+        }),
+        servers: servers.to_vec(),
         conditions,
         ..previous
     }
+}
+
+/// Events for capacity steps, and for conditions that just turned bad or changed message.
+fn events(
+    cr: &OrchestratorCluster,
+    current: i32,
+    capacity: &CapacityPlan,
+    status: &OrchestratorClusterStatus,
+) -> Vec<PlannedEvent> {
+    let name = cr.name_any();
+    let wanted = cr.spec.replicas;
+    let mut events = Vec::new();
+    let mut normal = |reason, note: String| {
+        events.push(PlannedEvent {
+            warning: false,
+            reason,
+            note,
+        })
+    };
+    if capacity.replicas > current {
+        let added: Vec<String> = (current..capacity.replicas).map(|o| format!("{name}-{o}")).collect();
+        normal(
+            event_reasons::SCALING_UP,
+            format!(
+                "adding {} ({current} -> {} of {wanted} servers)",
+                added.join(", "),
+                capacity.replicas
+            ),
+        );
+    }
+    if capacity.replicas < current {
+        normal(
+            event_reasons::SCALING_DOWN,
+            format!("removing drained servers ({current} -> {} servers)", capacity.replicas),
+        );
+    }
+    if !capacity.drain.is_empty() {
+        normal(
+            event_reasons::DRAINING,
+            format!("asked {} for a friendly shutdown", capacity.drain.join(", ")),
+        );
+    }
+    if !capacity.remove_rows.is_empty() {
+        normal(
+            event_reasons::REMOVED_SERVER_ROWS,
+            format!("removed the database rows of {}", capacity.remove_rows.join(", ")),
+        );
+    }
+    let previous = cr.status.clone().unwrap_or_default().conditions;
+    let turned = |type_: &str, bad_when_true: bool| {
+        let now = find(&status.conditions, type_)?;
+        let bad = (now.status == status::TRUE) == bad_when_true;
+        let before = find(&previous, type_);
+        let changed = before.is_none_or(|b| b.status != now.status || b.message != now.message);
+        (bad && changed).then(|| now.message.clone())
+    };
+    for (type_, bad_when_true, reason) in [
+        (types::CAPACITY_BLOCKED, true, event_reasons::CAPACITY_BLOCKED),
+        (types::DEGRADED, true, event_reasons::DEGRADED),
+        (types::DATABASE_READY, false, event_reasons::DATABASE_NOT_READY),
+    ] {
+        if let Some(note) = turned(type_, bad_when_true) {
+            events.push(PlannedEvent {
+                warning: true,
+                reason,
+                note,
+            });
+        }
+    }
+    events
 }
 
 /// The status of a cluster whose spec cannot be used: nothing is changed until the spec is.
@@ -256,8 +478,10 @@ pub fn invalid_spec_status(cr: &OrchestratorCluster, error: &SpecError, now: &Ti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conditions::{find, status::TRUE};
+    use crate::conditions::status::TRUE;
     use crate::resources::fixtures;
+    use crate::servers::PodView;
+    use crate::servers::tests::member;
     use k8s_openapi::api::apps::v1::StatefulSetStatus;
     use k8s_openapi::jiff::Timestamp;
 
@@ -265,36 +489,72 @@ mod tests {
         Time(Timestamp::from_second(1_800_000_000).unwrap())
     }
 
-    /// What the API server would return after applying every write of `plan`, with the
-    /// StatefulSet reporting `ready` ready pods.
-    fn applied(plan: &Plan, ready: i32) -> Observed {
+    fn ready_db(members: Vec<orchestrator_contract::Member>) -> DatabaseState {
+        DatabaseState::Ready {
+            schema_version: 2,
+            members,
+        }
+    }
+
+    /// The cluster after its objects were applied, with `current` server pods of which the
+    /// first `joined` are ready and active in the database.
+    fn world(cr: &OrchestratorCluster, current: i32, joined: i32) -> Observed {
+        let first = plan(
+            cr,
+            &Observed {
+                database: ready_db(vec![]),
+                ..Observed::default()
+            },
+            &BuildSettings::default(),
+            &now(),
+        )
+        .unwrap();
         let mut observed = Observed::default();
-        for write in &plan.writes {
-            match write.child.clone() {
+        for write in first.writes {
+            match write.child {
                 Child::ConfigMap(o) => observed.configmap = Some(o),
                 Child::Service(o) if o.name_any().ends_with("-servers") => observed.headless_service = Some(o),
                 Child::Service(o) => observed.client_service = Some(o),
                 Child::PodDisruptionBudget(o) => observed.pdb = Some(o),
                 Child::StatefulSet(mut o) => {
+                    o.spec.as_mut().unwrap().replicas = Some(current);
                     o.metadata.generation = Some(1);
                     o.status = Some(StatefulSetStatus {
                         observed_generation: Some(1),
-                        replicas: o.spec.as_ref().unwrap().replicas.unwrap(),
-                        ready_replicas: Some(ready),
-                        updated_replicas: Some(ready),
+                        replicas: current,
+                        ready_replicas: Some(joined),
+                        updated_replicas: Some(current),
                         ..StatefulSetStatus::default()
                     });
                     observed.statefulset = Some(o);
                 }
             }
         }
+        let name = cr.name_any();
+        observed.pods = (0..current)
+            .map(|o| PodView {
+                name: format!("{name}-{o}"),
+                ordinal: o,
+                ready: o < joined,
+                ..PodView::default()
+            })
+            .collect();
+        observed.database = ready_db(
+            (0..joined)
+                .map(|o| member(&format!("{name}-{o}"), "active", 1.0))
+                .collect(),
+        );
         observed
     }
 
     #[test]
-    fn fresh_cluster_creates_every_owned_object() {
+    fn fresh_cluster_creates_every_owned_object_and_adds_the_first_server() {
         let cr = fixtures::minimal();
-        let plan = plan(&cr, &Observed::default(), &BuildSettings::default(), &now()).unwrap();
+        let observed = Observed {
+            database: ready_db(vec![]),
+            ..Observed::default()
+        };
+        let plan = plan(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
         let kinds: Vec<_> = plan
             .writes
             .iter()
@@ -310,56 +570,117 @@ mod tests {
                 ("StatefulSet", "minimal".to_string(), true),
             ]
         );
+        let Child::StatefulSet(sts) = &plan.writes[4].child else {
+            panic!()
+        };
+        assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(1), "one server at a time");
         assert_eq!(plan.status.phase, Phase::Pending);
-        let ready = find(&plan.status.conditions, types::READY).unwrap();
+        assert_eq!(plan.events[0].note, "adding minimal-0 (0 -> 1 of 3 servers)");
         assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str()),
-            ("False", reasons::STATEFULSET_PENDING)
+            find(&plan.status.conditions, types::DATABASE_READY).unwrap().status,
+            TRUE
         );
+        assert_eq!(plan.requeue, BUSY_REQUEUE);
+    }
+
+    #[test]
+    fn database_not_ready_blocks_and_creates_no_server() {
+        let cr = fixtures::minimal();
+        let message = "secret process-db has no key 'password' (the database password)".to_string();
+        let observed = Observed {
+            database: DatabaseState::NotReady {
+                reason: database::reasons::SECRET_KEY_MISSING,
+                message: message.clone(),
+            },
+            ..Observed::default()
+        };
+        let plan = plan(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        let Child::StatefulSet(sts) = &plan.writes[4].child else {
+            panic!()
+        };
+        assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(0));
+        assert_eq!(plan.status.phase, Phase::Blocked);
+        let blocked = find(&plan.status.conditions, types::CAPACITY_BLOCKED).unwrap();
         assert_eq!(
-            plan.status.selector.as_deref(),
-            Some("app.kubernetes.io/instance=minimal,app.kubernetes.io/name=orchestrator-server")
+            (blocked.status.as_str(), blocked.reason.as_str()),
+            ("True", capacity::reasons::DATABASE_NOT_READY)
+        );
+        assert!(blocked.message.contains(&message));
+        let db = find(&plan.status.conditions, types::DATABASE_READY).unwrap();
+        assert_eq!(
+            (db.status.as_str(), db.reason.as_str()),
+            ("False", database::reasons::SECRET_KEY_MISSING)
+        );
+        let reasons: Vec<_> = plan.events.iter().map(|e| (e.warning, e.reason)).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (true, event_reasons::CAPACITY_BLOCKED),
+                (true, event_reasons::DATABASE_NOT_READY)
+            ]
         );
     }
 
     #[test]
     fn unchanged_cluster_needs_no_writes_and_reports_ready() {
-        let cr = fixtures::full();
-        let first = plan(&cr, &Observed::default(), &BuildSettings::default(), &now()).unwrap();
-        let observed = applied(&first, 4);
+        let mut cr = fixtures::full();
+        let observed = world(&cr, 4, 4);
+        let first = plan(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(first.writes, vec![]);
+        assert_eq!(first.status.phase, Phase::Ready);
+        assert_eq!(first.status.ready_replicas, 4);
+        assert_eq!(first.status.servers.len(), 4);
+        assert!(
+            first
+                .status
+                .servers
+                .iter()
+                .all(|s| s.joined && s.state.as_deref() == Some("active"))
+        );
+        assert_eq!(first.status.current_version.as_deref(), Some("1.0.0"));
+        assert_eq!(find(&first.status.conditions, types::READY).unwrap().status, TRUE);
+        assert_eq!(first.requeue, IDLE_REQUEUE);
+        cr.status = Some(first.status);
         let second = plan(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
-        assert_eq!(second.writes, vec![]);
-        assert_eq!(second.status.phase, Phase::Ready);
-        assert_eq!(second.status.ready_replicas, 4);
-        assert_eq!(second.status.current_version.as_deref(), Some("1.0.0"));
-        assert_eq!(find(&second.status.conditions, types::READY).unwrap().status, TRUE);
+        assert!(second.events.is_empty(), "{:?}", second.events);
     }
 
     #[test]
     fn hand_edits_are_reverted_and_only_the_edited_object_is_written() {
         let cr = fixtures::minimal();
-        let first = plan(&cr, &Observed::default(), &BuildSettings::default(), &now()).unwrap();
-        let mut observed = applied(&first, 3);
+        let mut observed = world(&cr, 3, 3);
         observed.pdb = None;
-        observed.statefulset.as_mut().unwrap().spec.as_mut().unwrap().replicas = Some(9);
+        let pod_spec = observed
+            .statefulset
+            .as_mut()
+            .unwrap()
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap();
+        pod_spec.containers[0].image = Some("hand-edited:latest".into());
         let second = plan(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
         let writes: Vec<_> = second.writes.iter().map(|w| (w.child.kind(), w.creates)).collect();
         assert_eq!(writes, vec![("PodDisruptionBudget", true), ("StatefulSet", false)]);
     }
 
     #[test]
-    fn partly_ready_cluster_is_scaling() {
+    fn next_server_waits_for_the_previous_to_join() {
         let cr = fixtures::minimal();
-        let first = plan(&cr, &Observed::default(), &BuildSettings::default(), &now()).unwrap();
-        let second = plan(&cr, &applied(&first, 2), &BuildSettings::default(), &now()).unwrap();
-        assert_eq!(second.status.phase, Phase::Scaling);
-        let ready = find(&second.status.conditions, types::READY).unwrap();
-        assert_eq!(ready.message, "2 of 3 servers ready");
+        let plan = plan(&cr, &world(&cr, 2, 1), &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(plan.status.phase, Phase::Scaling);
+        assert!(plan.writes.is_empty(), "no new server: {:?}", plan.writes);
+        let ready = find(&plan.status.conditions, types::READY).unwrap();
+        assert_eq!(ready.message, "1 of 3 servers joined");
+        let progressing = find(&plan.status.conditions, types::PROGRESSING).unwrap();
         assert_eq!(
-            find(&second.status.conditions, types::PROGRESSING).unwrap().status,
-            TRUE
+            progressing.message,
+            "waiting for minimal-1 to join before adding more servers"
         );
-        assert_eq!(second.status.current_version, None);
+        assert_eq!(plan.status.current_version, None);
     }
 
     #[test]

@@ -148,8 +148,8 @@ pub struct Member {
     pub running_jobs: i32,
     /// Seconds since its last heartbeat, by the database clock.
     pub heartbeat_age_seconds: f64,
-    /// A drain was requested.
-    pub drain_requested: bool,
+    /// Seconds since a drain was requested, by the database clock (`None`: not requested).
+    pub drain_requested_seconds: Option<f64>,
     /// Jobs it currently owns (running with its lease).
     pub owned_jobs: i64,
 }
@@ -160,7 +160,7 @@ pub async fn membership(db: &impl GenericClient) -> Result<Vec<Member>> {
         .query(
             "SELECT s.server_id, s.version, s.state, s.running_jobs,
                     extract(epoch FROM now() - s.heartbeat_at)::float8,
-                    s.drain_requested_at IS NOT NULL,
+                    extract(epoch FROM now() - s.drain_requested_at)::float8,
                     (SELECT count(*) FROM jobs j WHERE j.owner = s.server_id AND j.state = 'running')
              FROM servers s ORDER BY s.server_id",
             &[],
@@ -174,7 +174,7 @@ pub async fn membership(db: &impl GenericClient) -> Result<Vec<Member>> {
             state: r.get(2),
             running_jobs: r.get(3),
             heartbeat_age_seconds: r.get(4),
-            drain_requested: r.get(5),
+            drain_requested_seconds: r.get(5),
             owned_jobs: r.get(6),
         })
         .collect())

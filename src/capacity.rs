@@ -1,0 +1,347 @@
+//! The capacity planner: how many servers the StatefulSet may have now, which servers to
+//! drain through the database, which rows to clean, and why adding servers must wait.
+//! A pure function of what was observed.
+
+use std::time::Duration;
+
+use orchestrator_contract::server_state;
+
+use crate::crd::{DrainTimeoutPolicy, ServerStatus};
+use crate::servers::ordinal;
+
+/// Reasons of the `CapacityBlocked` condition.
+pub mod reasons {
+    /// Nothing blocks adding servers.
+    pub const NOT_BLOCKED: &str = "NotBlocked";
+    /// The database preflight fails.
+    pub const DATABASE_NOT_READY: &str = "DatabaseNotReady";
+    /// The wanted count is above `capacity.maxReplicas`.
+    pub const ABOVE_MAX_REPLICAS: &str = "AboveMaxReplicas";
+    /// Servers exist but none has joined.
+    pub const NO_SERVER_JOINED: &str = "NoServerJoined";
+    /// An existing server's row is stale while its pod is ready.
+    pub const SERVER_UNHEALTHY: &str = "ServerUnhealthy";
+    /// A server being removed did not finish draining in time (policy Halt).
+    pub const DRAIN_TIMEOUT: &str = "DrainTimeout";
+}
+
+/// What the capacity planner needs.
+#[derive(Clone, Debug)]
+pub struct CapacityInput<'a> {
+    /// Cluster name (servers are `<name>-<ordinal>`).
+    pub cluster: &'a str,
+    /// `spec.replicas`.
+    pub wanted: i32,
+    /// `spec.capacity.maxReplicas`.
+    pub max_replicas: i32,
+    /// Servers added per step.
+    pub add_at_once: i32,
+    /// The StatefulSet's current `spec.replicas` (0 when it does not exist).
+    pub current: i32,
+    /// Every server from both views.
+    pub servers: &'a [ServerStatus],
+    /// `Err(message)` when the database preflight fails.
+    pub database: Result<(), String>,
+    /// `maintenance.drainTimeout`.
+    pub drain_timeout: Duration,
+    /// `maintenance.onDrainTimeout`.
+    pub on_drain_timeout: DrainTimeoutPolicy,
+    /// Seconds since a drain was requested, per server.
+    pub drain_ages: &'a [(String, f64)],
+    /// Jobs each row still owns.
+    pub owned_jobs: &'a [(String, i64)],
+}
+
+/// What the capacity planner decided.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CapacityPlan {
+    /// The StatefulSet's replicas to apply.
+    pub replicas: i32,
+    /// Servers to ask for a friendly shutdown.
+    pub drain: Vec<String>,
+    /// Rows of gone servers to remove.
+    pub remove_rows: Vec<String>,
+    /// `(reason, message)` when a change is wanted but blocked.
+    pub blocked: Option<(&'static str, String)>,
+    /// What the change waits for, when it waits without being blocked.
+    pub waiting: Option<String>,
+}
+
+fn server<'a>(input: &'a CapacityInput, ordinal_: i32) -> Option<&'a ServerStatus> {
+    input
+        .servers
+        .iter()
+        .find(|s| ordinal(input.cluster, &s.name) == Some(ordinal_))
+}
+
+/// Plans the next capacity step.
+pub fn plan(input: &CapacityInput) -> CapacityPlan {
+    let mut out = CapacityPlan {
+        replicas: input.current,
+        ..CapacityPlan::default()
+    };
+    if input.wanted > input.current {
+        scale_up(input, &mut out);
+    } else if input.wanted < input.current {
+        scale_down(input, &mut out);
+    }
+    out.remove_rows = input
+        .servers
+        .iter()
+        .filter(|s| !s.pod_exists && s.state.is_some())
+        .filter(|s| ordinal(input.cluster, &s.name).is_some_and(|o| o >= out.replicas))
+        .filter(|s| s.state.as_deref() == Some(server_state::STOPPED) || s.heartbeat_age_seconds.unwrap_or(0) > 60)
+        .filter(|s| input.owned_jobs.iter().all(|(name, n)| *name != s.name || *n == 0))
+        .map(|s| s.name.clone())
+        .collect();
+    out
+}
+
+fn scale_up(input: &CapacityInput, out: &mut CapacityPlan) {
+    let existing: Vec<&ServerStatus> = (0..input.current).filter_map(|o| server(input, o)).collect();
+    let joined = existing.iter().filter(|s| s.joined).count();
+    if let Err(message) = &input.database {
+        out.blocked = Some((reasons::DATABASE_NOT_READY, format!("not adding servers: {message}")));
+    } else if input.wanted > input.max_replicas {
+        out.blocked = Some((
+            reasons::ABOVE_MAX_REPLICAS,
+            format!(
+                "{} servers wanted but capacity.maxReplicas is {}",
+                input.wanted, input.max_replicas
+            ),
+        ));
+    } else if input.current > 0 && joined == 0 {
+        out.blocked = Some((
+            reasons::NO_SERVER_JOINED,
+            format!(
+                "none of the {} existing servers has joined; a new server needs a running one",
+                input.current
+            ),
+        ));
+    } else if let Some(stale) = existing.iter().find(|s| s.ready && !s.joined && s.state.is_some()) {
+        out.blocked = Some((
+            reasons::SERVER_UNHEALTHY,
+            format!(
+                "{} is ready but its database row is not active and fresh (state {}, heartbeat {}s ago)",
+                stale.name,
+                stale.state.clone().unwrap_or_default(),
+                stale.heartbeat_age_seconds.unwrap_or_default()
+            ),
+        ));
+    } else if let Some(pending) = (0..input.current).find(|o| !server(input, *o).is_some_and(|s| s.joined)) {
+        out.waiting = Some(format!(
+            "waiting for {}-{pending} to join before adding more servers",
+            input.cluster
+        ));
+    } else {
+        out.replicas = input.wanted.min(input.current + input.add_at_once.max(1));
+    }
+}
+
+fn scale_down(input: &CapacityInput, out: &mut CapacityPlan) {
+    let mut still_draining = Vec::new();
+    for o in (input.wanted..input.current).rev() {
+        let Some(leaving) = server(input, o) else { continue };
+        let done =
+            !leaving.pod_exists || leaving.state.is_none() || leaving.state.as_deref() == Some(server_state::STOPPED);
+        if done {
+            continue;
+        }
+        match input
+            .drain_ages
+            .iter()
+            .find(|(n, _)| *n == leaving.name)
+            .map(|(_, age)| *age)
+        {
+            None => {
+                out.drain.push(leaving.name.clone());
+                still_draining.push(leaving.name.clone());
+            }
+            Some(age) if age >= input.drain_timeout.as_secs_f64() => {
+                if input.on_drain_timeout == DrainTimeoutPolicy::Halt {
+                    out.blocked = Some((
+                        reasons::DRAIN_TIMEOUT,
+                        format!(
+                            "{} did not finish draining within {:?}; onDrainTimeout is Halt: finish or cancel its jobs, or set Proceed",
+                            leaving.name, input.drain_timeout
+                        ),
+                    ));
+                    still_draining.push(leaving.name.clone());
+                }
+            }
+            Some(_) => still_draining.push(leaving.name.clone()),
+        }
+    }
+    if still_draining.is_empty() {
+        out.replicas = input.wanted;
+    } else if out.blocked.is_none() {
+        out.waiting = Some(format!("draining {} before removing it", still_draining.join(", ")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn status(name: &str, ready: bool, state: Option<&str>, age: i64) -> ServerStatus {
+        let active = state == Some("active") && age < 10;
+        ServerStatus {
+            name: name.into(),
+            pod_exists: true,
+            ready,
+            state: state.map(String::from),
+            heartbeat_age_seconds: state.map(|_| age),
+            joined: ready && active,
+            ..ServerStatus::default()
+        }
+    }
+
+    fn input<'a>(wanted: i32, current: i32, servers: &'a [ServerStatus]) -> CapacityInput<'a> {
+        CapacityInput {
+            cluster: "prod",
+            wanted,
+            max_replicas: 10,
+            add_at_once: 1,
+            current,
+            servers,
+            database: Ok(()),
+            drain_timeout: Duration::from_secs(60),
+            on_drain_timeout: DrainTimeoutPolicy::Halt,
+            drain_ages: &[],
+            owned_jobs: &[],
+        }
+    }
+
+    #[test]
+    fn first_server_needs_only_the_database() {
+        assert_eq!(plan(&input(3, 0, &[])).replicas, 1);
+        let mut blocked = input(3, 0, &[]);
+        blocked.database = Err("secret process-db does not exist".into());
+        let out = plan(&blocked);
+        assert_eq!(out.replicas, 0);
+        assert_eq!(out.blocked.unwrap().0, reasons::DATABASE_NOT_READY);
+    }
+
+    #[test]
+    fn servers_are_added_one_at_a_time_after_the_previous_joined() {
+        let joining = [
+            status("prod-0", true, Some("active"), 1),
+            status("prod-1", false, None, 0),
+        ];
+        let out = plan(&input(3, 2, &joining));
+        assert_eq!(out.replicas, 2);
+        assert_eq!(
+            out.waiting.as_deref(),
+            Some("waiting for prod-1 to join before adding more servers")
+        );
+        let joined = [
+            status("prod-0", true, Some("active"), 1),
+            status("prod-1", true, Some("active"), 1),
+        ];
+        assert_eq!(plan(&input(3, 2, &joined)).replicas, 3);
+        let mut several = input(6, 2, &joined);
+        several.add_at_once = 3;
+        assert_eq!(plan(&several).replicas, 5);
+    }
+
+    #[test]
+    fn each_blocked_precondition_has_its_reason() {
+        let none_joined = [status("prod-0", false, Some("active"), 40)];
+        assert_eq!(
+            plan(&input(2, 1, &none_joined)).blocked.unwrap().0,
+            reasons::NO_SERVER_JOINED
+        );
+        let stale = [
+            status("prod-0", true, Some("active"), 1),
+            status("prod-1", true, Some("active"), 30),
+        ];
+        let out = plan(&input(3, 2, &stale));
+        let (reason, message) = out.blocked.unwrap();
+        assert_eq!(reason, reasons::SERVER_UNHEALTHY);
+        assert!(message.contains("prod-1") && message.contains("30s"), "{message}");
+        let mut above = input(12, 2, &stale);
+        above.max_replicas = 10;
+        assert_eq!(plan(&above).blocked.unwrap().0, reasons::ABOVE_MAX_REPLICAS);
+    }
+
+    #[test]
+    fn scale_down_drains_highest_first_then_lowers_and_cleans_rows() {
+        let five: Vec<_> = (0..5)
+            .map(|i| status(&format!("prod-{i}"), true, Some("active"), 1))
+            .collect();
+        let out = plan(&input(2, 5, &five));
+        assert_eq!(out.drain, vec!["prod-4", "prod-3", "prod-2"]);
+        assert_eq!(out.replicas, 5);
+        let mut stopped = five.clone();
+        for s in &mut stopped[2..] {
+            s.state = Some("stopped".into());
+            s.ready = false;
+            s.joined = false;
+        }
+        let ages: Vec<(String, f64)> = (2..5).map(|i| (format!("prod-{i}"), 5.0)).collect();
+        let mut draining = input(2, 5, &stopped);
+        draining.drain_ages = &ages;
+        assert_eq!(plan(&draining).replicas, 2);
+        let mut gone = stopped.clone();
+        for s in &mut gone[2..] {
+            s.pod_exists = false;
+        }
+        let owned = [("prod-3".to_string(), 1i64)];
+        let mut cleaning = input(2, 2, &gone);
+        cleaning.owned_jobs = &owned;
+        assert_eq!(
+            plan(&cleaning).remove_rows,
+            vec!["prod-2", "prod-4"],
+            "prod-3 still owns a job"
+        );
+    }
+
+    #[test]
+    fn drain_timeout_halts_or_proceeds_by_policy() {
+        let two = [
+            status("prod-0", true, Some("active"), 1),
+            status("prod-1", true, Some("draining"), 1),
+        ];
+        let ages = [("prod-1".to_string(), 120.0)];
+        let mut halt = input(1, 2, &two);
+        halt.drain_ages = &ages;
+        let out = plan(&halt);
+        assert_eq!((out.replicas, out.blocked.unwrap().0), (2, reasons::DRAIN_TIMEOUT));
+        halt.on_drain_timeout = DrainTimeoutPolicy::Proceed;
+        assert_eq!(plan(&halt).replicas, 1);
+    }
+
+    fn arbitrary_server(i: i32) -> impl Strategy<Value = ServerStatus> {
+        (
+            any::<bool>(),
+            prop::option::of(prop::sample::select(vec!["active", "draining", "stopped"])),
+            0i64..40,
+        )
+            .prop_map(move |(ready, state, age)| status(&format!("prod-{i}"), ready, state, age))
+    }
+
+    proptest! {
+        #[test]
+        fn never_exceeds_the_ceiling_nor_adds_more_than_allowed(
+            wanted in 0i32..12, current in 0i32..8, max in 1i32..10, step in 1i32..4,
+            servers in (0i32..8).prop_flat_map(|n| (0..n).map(arbitrary_server).collect::<Vec<_>>()),
+            db_ok in any::<bool>(),
+        ) {
+            let mut i = input(wanted, current, &servers);
+            i.max_replicas = max;
+            i.add_at_once = step;
+            if !db_ok { i.database = Err("down".into()); }
+            let out = plan(&i);
+            if out.replicas > current {
+                prop_assert!(out.replicas <= max && out.replicas <= wanted && out.replicas - current <= step);
+                prop_assert!(db_ok, "never adds while the database is not ready");
+                prop_assert!(out.blocked.is_none());
+            }
+            prop_assert!(out.replicas >= wanted.min(current), "never removes below what is wanted");
+            if out.replicas == current && wanted != current {
+                prop_assert!(out.blocked.is_some() || out.waiting.is_some(), "every wait has a reason");
+            }
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The database preflight: Secret, keys, host, connection, login, privileges, schema. Each
+//! failure is a `DatabaseReady` reason with a message a person can act on. A successful
+//! check is cached for a short time (and its connection reused) unless the Secret or the
+//! connection settings change.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+use orchestrator_contract as contract;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+use super::{DatabaseState, reasons};
+use crate::crd::{OrchestratorCluster, SslMode};
+use crate::error::Result;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The preflight with its per-cluster cache.
+pub struct Preflight {
+    ttl: Duration,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+struct Cached {
+    fingerprint: u64,
+    checked: Instant,
+    outcome: Result<Arc<Client>, (&'static str, String)>,
+}
+
+/// A preflight outcome: the state for the plan, and the connection when usable.
+pub struct Observation {
+    /// What the plan sees.
+    pub state: DatabaseState,
+    /// Connection for the reconcile's database writes.
+    pub client: Option<Arc<Client>>,
+}
+
+fn not_ready(reason: &'static str, message: String) -> Observation {
+    Observation {
+        state: DatabaseState::NotReady { reason, message },
+        client: None,
+    }
+}
+
+fn key(cr: &OrchestratorCluster) -> String {
+    format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any())
+}
+
+impl Preflight {
+    /// A preflight whose successful checks are reused for `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            cache: Mutex::default(),
+        }
+    }
+
+    /// Forgets a cluster (deleted).
+    pub fn forget(&self, cr: &OrchestratorCluster) {
+        self.cache.lock().unwrap().remove(&key(cr));
+    }
+
+    /// Checks the database of `cr` (or reuses a recent check) and reads its membership.
+    pub async fn observe(&self, kube: &kube::Client, cr: &OrchestratorCluster) -> Result<Observation> {
+        let db = &cr.spec.database;
+        let namespace = cr.namespace().unwrap_or_default();
+        let secret_ref = &db.credentials_secret;
+        let Some(secret) = Api::<Secret>::namespaced(kube.clone(), &namespace)
+            .get_opt(&secret_ref.name)
+            .await?
+        else {
+            return Ok(not_ready(
+                reasons::SECRET_MISSING,
+                format!("secret {} does not exist in namespace {namespace}", secret_ref.name),
+            ));
+        };
+        let value = |key: &str| {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let Some(user) = value(&secret_ref.username_key) else {
+            return Ok(not_ready(
+                reasons::SECRET_KEY_MISSING,
+                format!(
+                    "secret {} has no key '{}' (the database user)",
+                    secret_ref.name, secret_ref.username_key
+                ),
+            ));
+        };
+        let Some(password) = value(&secret_ref.password_key) else {
+            return Ok(not_ready(
+                reasons::SECRET_KEY_MISSING,
+                format!(
+                    "secret {} has no key '{}' (the database password)",
+                    secret_ref.name, secret_ref.password_key
+                ),
+            ));
+        };
+        let mut hasher = DefaultHasher::new();
+        (
+            secret.resource_version(),
+            &db.host,
+            db.port,
+            &db.name,
+            db.ssl_mode.as_str(),
+            &user,
+        )
+            .hash(&mut hasher);
+        let fingerprint = hasher.finish();
+
+        let cached = {
+            let cache = self.cache.lock().unwrap();
+            cache
+                .get(&key(cr))
+                .filter(|c| c.fingerprint == fingerprint && c.checked.elapsed() < self.ttl)
+                .map(|c| c.outcome.clone())
+        };
+        let outcome = match cached {
+            Some(Ok(client)) if !client.is_closed() => Ok(client),
+            Some(Err(failure)) => Err(failure),
+            _ => {
+                let fresh = check(cr, &user, &password).await;
+                self.cache.lock().unwrap().insert(
+                    key(cr),
+                    Cached {
+                        fingerprint,
+                        checked: Instant::now(),
+                        outcome: fresh.clone(),
+                    },
+                );
+                fresh
+            }
+        };
+        let client = match outcome {
+            Ok(client) => client,
+            Err((reason, message)) => return Ok(not_ready(reason, redact(message, &password))),
+        };
+        let read = async {
+            let schema_version = contract::schema_version(&*client).await?;
+            let members = contract::membership(&*client).await?;
+            Ok::<_, contract::ContractError>((schema_version, members))
+        };
+        match read.await {
+            Ok((schema_version, members)) => Ok(Observation {
+                state: DatabaseState::Ready {
+                    schema_version,
+                    members,
+                },
+                client: Some(client),
+            }),
+            Err(error) => {
+                self.cache.lock().unwrap().remove(&key(cr));
+                Ok(not_ready(
+                    reasons::QUERY_FAILED,
+                    redact(format!("reading the servers table failed: {error}"), &password),
+                ))
+            }
+        }
+    }
+}
+
+/// Removes the password from a message, whatever produced it.
+fn redact(message: String, password: &str) -> String {
+    if password.is_empty() {
+        message
+    } else {
+        message.replace(password, "<redacted>")
+    }
+}
+
+/// The uncached check, step by step.
+async fn check(cr: &OrchestratorCluster, user: &str, password: &str) -> Result<Arc<Client>, (&'static str, String)> {
+    let db = &cr.spec.database;
+    if !matches!(db.ssl_mode, SslMode::Disable | SslMode::Prefer) {
+        return Err((
+            reasons::TLS_UNSUPPORTED,
+            format!(
+                "sslMode {} is not supported by this operator version yet; use disable or prefer",
+                db.ssl_mode.as_str()
+            ),
+        ));
+    }
+    let port =
+        u16::try_from(db.port).map_err(|_| (reasons::UNREACHABLE, format!("port {} is out of range", db.port)))?;
+    let addresses = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((db.host.as_str(), port)))
+        .await
+        .map_err(|_| {
+            (
+                reasons::HOST_UNRESOLVABLE,
+                format!("host {} did not resolve within 3s", db.host),
+            )
+        })?
+        .map_err(|e| {
+            (
+                reasons::HOST_UNRESOLVABLE,
+                format!("host {} does not resolve: {e}", db.host),
+            )
+        })?
+        .collect::<Vec<_>>();
+    let Some(address) = addresses.first() else {
+        return Err((
+            reasons::HOST_UNRESOLVABLE,
+            format!("host {} resolves to no address", db.host),
+        ));
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
+        .await
+        .map_err(|_| {
+            (
+                reasons::UNREACHABLE,
+                format!("no answer from {}:{port} within 3s", db.host),
+            )
+        })?
+        .map_err(|e| {
+            (
+                reasons::UNREACHABLE,
+                format!("cannot connect to {}:{port}: {e}", db.host),
+            )
+        })?;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&db.host)
+        .port(port)
+        .dbname(&db.name)
+        .user(user)
+        .password(password)
+        .application_name("orchestrator-operator")
+        .connect_timeout(CONNECT_TIMEOUT);
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| classify_login(&e, cr, user))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let version = contract::schema_version(&client)
+        .await
+        .map_err(|e| (reasons::QUERY_FAILED, format!("reading the schema version failed: {e}")))?;
+    if version == 0 {
+        return Err((
+            reasons::SCHEMA_MISSING,
+            format!(
+                "database {} has no orchestrator schema yet; run `orchestrator-server schema migrate`",
+                db.name
+            ),
+        ));
+    }
+    let privileged: bool = client
+        .query_one(
+            "SELECT has_table_privilege('servers', 'SELECT, UPDATE, DELETE') AND has_table_privilege('jobs', 'SELECT')",
+            &[],
+        )
+        .await
+        .map_err(|e| (reasons::QUERY_FAILED, format!("checking privileges failed: {e}")))?
+        .get(0);
+    if !privileged {
+        return Err((
+            reasons::INSUFFICIENT_PRIVILEGES,
+            format!("user {user} needs SELECT, UPDATE and DELETE on table servers and SELECT on table jobs"),
+        ));
+    }
+    Ok(Arc::new(client))
+}
+
+fn classify_login(error: &tokio_postgres::Error, cr: &OrchestratorCluster, user: &str) -> (&'static str, String) {
+    let db = &cr.spec.database;
+    match error.code() {
+        Some(code) if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+            (
+                reasons::LOGIN_FAILED,
+                format!(
+                    "login as {user} to {}:{} was refused: check the password in secret {}",
+                    db.host, db.port, db.credentials_secret.name
+                ),
+            )
+        }
+        Some(code) if *code == SqlState::INVALID_CATALOG_NAME => (
+            reasons::DATABASE_MISSING,
+            format!("database {} does not exist on {}:{}", db.name, db.host, db.port),
+        ),
+        _ => (
+            reasons::UNREACHABLE,
+            format!("cannot open a session on {}:{}: {error}", db.host, db.port),
+        ),
+    }
+}
