@@ -254,7 +254,8 @@ pub struct ClaimedJob {
 }
 
 /// Claims the oldest claimable job: queued, or running under an expired lease (its server
-/// died). Concurrent claimers skip each other's locked rows.
+/// died). Concurrent claimers skip each other's locked rows. Only a registered, active server
+/// without a drain request can claim: the contract itself stops a draining server's claims.
 pub async fn claim_job(db: &impl GenericClient, server_id: &str, lease: Duration) -> Result<Option<ClaimedJob>> {
     let lease_seconds = lease.as_secs_f64();
     let row = db
@@ -262,7 +263,9 @@ pub async fn claim_job(db: &impl GenericClient, server_id: &str, lease: Duration
             "UPDATE jobs SET state = 'running', owner = $1, lease_until = now() + make_interval(secs => $2),
                     attempts = attempts + 1, started_at = coalesce(started_at, now())
              WHERE id = (SELECT id FROM jobs
-                         WHERE state = 'queued' OR (state = 'running' AND lease_until < now())
+                         WHERE (state = 'queued' OR (state = 'running' AND lease_until < now()))
+                           AND EXISTS (SELECT 1 FROM servers s WHERE s.server_id = $1
+                                       AND s.state = 'active' AND s.drain_requested_at IS NULL)
                          ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
              RETURNING id, kind, payload, attempts",
             &[&server_id, &lease_seconds],

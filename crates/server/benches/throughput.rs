@@ -93,6 +93,12 @@ struct Figures {
 
 async fn baseline(pg: &TestPostgres, jobs: i64) -> Figures {
     let mut db = connect(pg).await;
+    let registration = contract::Registration {
+        server_id: "baseline",
+        version: "2.0.0",
+        schema: contract::schema_range_for_version("2.0.0"),
+    };
+    contract::register(&db, &registration).await.unwrap();
     insert_noops(&db, "baseline", jobs).await;
     let mut latencies = Vec::with_capacity(jobs as usize);
     let started = Instant::now();

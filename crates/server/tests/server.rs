@@ -44,9 +44,31 @@ async fn assert_friendly_shutdown(trigger: impl AsyncFnOnce(&Server, &tokio_post
     let mut leaving = Server::start(&pg, "leaving", &options).await;
     let staying = Server::start(&pg, "staying", &options).await;
     submit(&db, "drain", 24, contract::job_kind::SLEEP, 1500).await;
-    let owned = owned_jobs(&db, "leaving", Duration::from_secs(10)).await;
-    let at: std::time::SystemTime = db.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    owned_jobs(&db, "leaving", Duration::from_secs(10)).await;
     trigger(&leaving, &db).await;
+    // Once its row says draining (the server learnt of the drain), plus a claim's duration,
+    // it owns all it will ever finish.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server_state(&db, "leaving").await.as_deref() == Some("active") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never started draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let at: std::time::SystemTime = db.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    let owned: Vec<i64> = db
+        .query(
+            "SELECT id FROM jobs WHERE owner = 'leaving' AND state = 'running' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!owned.is_empty(), "the 1.5s jobs it claimed are still running");
     let status = leaving.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "exit {status}:\n{}", leaving.log());
     assert_eq!(server_state(&db, "leaving").await.as_deref(), Some("stopped"));
