@@ -61,6 +61,8 @@ pub struct CapacityPlan {
     pub drain: Vec<String>,
     /// Rows of gone servers to remove.
     pub remove_rows: Vec<String>,
+    /// Wanted servers whose drain request must be withdrawn (a scale-down was reverted).
+    pub undrain: Vec<String>,
     /// `(reason, message)` when a change is wanted but blocked.
     pub blocked: Option<(&'static str, String)>,
     /// What the change waits for, when it waits without being blocked.
@@ -85,6 +87,12 @@ pub fn plan(input: &CapacityInput) -> CapacityPlan {
     } else if input.wanted < input.current {
         scale_down(input, &mut out);
     }
+    out.undrain = input
+        .drain_ages
+        .iter()
+        .filter(|(name, _)| ordinal(input.cluster, name).is_some_and(|o| o < input.wanted))
+        .map(|(name, _)| name.clone())
+        .collect();
     out.remove_rows = input
         .servers
         .iter()

@@ -19,18 +19,20 @@ use orchestrator_operator::crd::{OrchestratorCluster, Phase};
 use serde_json::{Value, json};
 use support::e2e::{Operator, TestNamespace, client_without_retry, wait_for};
 use support::invalid_specs::{Check, cases, merge, valid_base};
+use testing_postgres::TestPostgres;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn cluster(name: &str, replicas: i32) -> Value {
+fn cluster(name: &str, replicas: i32, pg: &TestPostgres) -> Value {
     json!({
         "apiVersion": "orchestrator.dev/v1alpha1",
         "kind": "OrchestratorCluster",
         "metadata": {"name": name},
         "spec": {
             "replicas": replicas,
-            "version": "dev",
-            "database": {"host": "127.0.0.1", "name": "process", "credentialsSecret": {"name": "process-db"}},
+            "version": "2.0.0",
+            "database": {"host": "127.0.0.1", "port": pg.port, "name": "process", "sslMode": "disable",
+                         "credentialsSecret": {"name": "process-db"}},
             "maintenance": {"drainTimeout": "5s"}
         }
     })
@@ -43,13 +45,11 @@ fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-async fn ready_cluster(ns: &TestNamespace, name: &str, replicas: i32) -> OrchestratorCluster {
-    ns.create_db_secret("process-db", "orchestrator", "e2e-not-a-real-password")
-        .await;
+async fn ready_cluster(ns: &TestNamespace, pg: &TestPostgres, name: &str, replicas: i32) -> OrchestratorCluster {
     let api = ns.api::<OrchestratorCluster>();
     api.create(
         &PostParams::default(),
-        &serde_json::from_value(cluster(name, replicas)).unwrap(),
+        &serde_json::from_value(cluster(name, replicas, pg)).unwrap(),
     )
     .await
     .unwrap();
@@ -131,8 +131,9 @@ async fn api_server_refuses_every_invalid_spec_with_its_message() {
 #[tokio::test]
 async fn operator_creates_owned_objects_and_the_pods_become_ready() {
     let ns = TestNamespace::new("owned").await;
-    let _operator = Operator::start(&ns.name, "orc-test-server").await;
-    let cr = ready_cluster(&ns, "prod", 2).await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    let cr = ready_cluster(&ns, &pg, "prod", 2).await;
     let uid = cr.uid().unwrap();
     let owned_by_cluster = |refs: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>| {
         refs.is_some_and(|r| r.iter().any(|r| r.uid == uid && r.controller == Some(true)))
@@ -177,8 +178,9 @@ async fn operator_creates_owned_objects_and_the_pods_become_ready() {
 #[tokio::test]
 async fn pdb_allows_one_eviction_and_refuses_the_second_with_429() {
     let ns = TestNamespace::new("pdb").await;
-    let _operator = Operator::start(&ns.name, "orc-test-server").await;
-    ready_cluster(&ns, "prod", 3).await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    ready_cluster(&ns, &pg, "prod", 3).await;
     let pdbs = ns.api::<PodDisruptionBudget>();
     wait_for(
         &pdbs,
@@ -207,8 +209,9 @@ async fn pdb_allows_one_eviction_and_refuses_the_second_with_429() {
 #[tokio::test]
 async fn deleting_the_cluster_garbage_collects_what_it_owned() {
     let ns = TestNamespace::new("gc").await;
-    let _operator = Operator::start(&ns.name, "orc-test-server").await;
-    let cr = ready_cluster(&ns, "prod", 1).await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    let cr = ready_cluster(&ns, &pg, "prod", 1).await;
     ns.api::<OrchestratorCluster>()
         .delete("prod", &DeleteParams::default())
         .await

@@ -6,7 +6,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::plan::{Child, Write};
+use super::plan::{Child, Plan, Write};
 use crate::context::FIELD_MANAGER;
 use crate::error::{Error, Result};
 
@@ -37,8 +37,15 @@ pub async fn apply_writes(client: &Client, namespace: &str, writes: &[Write]) ->
     Ok(())
 }
 
-/// Asks servers for a friendly shutdown and removes the rows of gone servers.
-pub async fn database_steps(db: &tokio_postgres::Client, drain: &[String], remove_rows: &[String]) -> Result<()> {
+/// Asks servers for a friendly shutdown, withdraws requests of servers wanted again, and
+/// removes the rows of gone servers.
+pub async fn database_steps(db: &tokio_postgres::Client, plan: &Plan) -> Result<()> {
+    let (drain, undrain, remove_rows) = (&plan.drain, &plan.undrain, &plan.remove_rows);
+    for server in undrain {
+        orchestrator_contract::cancel_drain(db, server)
+            .await
+            .map_err(Error::Database)?;
+    }
     for server in drain {
         orchestrator_contract::request_drain(db, server)
             .await

@@ -101,7 +101,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
         report::publish(ctx, &reference, EventType::Normal, event_reasons::APPLIED, summary).await;
     }
     if let Some(database) = database {
-        act::database_steps(&database, &plan.drain, &plan.remove_rows).await?;
+        act::database_steps(&database, &plan).await?;
     }
     for event in &plan.events {
         let type_ = if event.warning {

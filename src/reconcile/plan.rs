@@ -121,6 +121,8 @@ pub struct Plan {
     pub drain: Vec<String>,
     /// Rows of gone servers to remove from the database.
     pub remove_rows: Vec<String>,
+    /// Servers wanted again whose drain request is withdrawn.
+    pub undrain: Vec<String>,
     /// Events to publish.
     pub events: Vec<PlannedEvent>,
     /// The status to report.
@@ -219,6 +221,7 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
         writes,
         drain: capacity.drain.clone(),
         remove_rows: capacity.remove_rows.clone(),
+        undrain: capacity.undrain.clone(),
         events,
         figures: ClusterFigures {
             desired: cr.spec.replicas.into(),
@@ -402,6 +405,15 @@ fn events(
         normal(
             event_reasons::DRAINING,
             format!("asked {} for a friendly shutdown", capacity.drain.join(", ")),
+        );
+    }
+    if !capacity.undrain.is_empty() {
+        normal(
+            event_reasons::DRAINING,
+            format!(
+                "withdrew the drain request of {}: wanted again",
+                capacity.undrain.join(", ")
+            ),
         );
     }
     if !capacity.remove_rows.is_empty() {

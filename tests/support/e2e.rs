@@ -17,6 +17,7 @@ use kube::{Api, Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use testing_postgres::TestPostgres;
 use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 
@@ -127,6 +128,20 @@ impl TestNamespace {
         self.create(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
                            "stringData": {"username": username, "password": password}}))
             .await
+    }
+
+    /// Starts a PostgreSQL at the latest schema and creates Secret `process-db` with its
+    /// application login.
+    pub async fn database(&self) -> TestPostgres {
+        let pg = TestPostgres::start();
+        let (mut db, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        orchestrator_contract::migrations::migrate(&mut db, orchestrator_contract::LATEST_SCHEMA, false)
+            .await
+            .unwrap();
+        self.create_db_secret("process-db", testing_postgres::USER, &pg.password)
+            .await;
+        pg
     }
 
     /// The log file the node agent writes for `container` of `pod`.

@@ -135,6 +135,29 @@ pub async fn request_drain(db: &impl GenericClient, server_id: &str) -> Result<b
     Ok(n == 1)
 }
 
+/// Whether a drain is pending for `server_id` (requested and not cleared). A server that
+/// restarts while its drain is pending stays out of service until the request is cleared.
+pub async fn drain_pending(db: &impl GenericClient, server_id: &str) -> Result<bool> {
+    let row = db
+        .query_opt(
+            "SELECT drain_requested_at IS NOT NULL FROM servers WHERE server_id = $1",
+            &[&server_id],
+        )
+        .await?;
+    Ok(row.is_some_and(|r| r.get(0)))
+}
+
+/// Withdraws a drain request (the server is wanted again). True if one was pending.
+pub async fn cancel_drain(db: &impl GenericClient, server_id: &str) -> Result<bool> {
+    let n = db
+        .execute(
+            "UPDATE servers SET drain_requested_at = NULL WHERE server_id = $1 AND drain_requested_at IS NOT NULL",
+            &[&server_id],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
 /// One server as the database sees it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Member {

@@ -93,19 +93,11 @@ pub async fn run(settings: ServerSettings) -> anyhow::Result<()> {
             ),
         }),
     }
-    let registration = Registration {
-        server_id: &settings.server_id,
-        version: &settings.version,
-        schema: range,
-    };
-    contract::register(control.get().await?, &registration).await?;
-    tracing::info!(server = %settings.server_id, version = %settings.version, schema = found, "registered as active");
-
     let shared = Arc::new(Shared {
         api_db: Mutex::new(Conn::open(&settings.database).await?),
         settings: settings.clone(),
         metrics: Metrics::default(),
-        draining: AtomicBool::new(false),
+        draining: AtomicBool::new(true),
         running: std::sync::Mutex::default(),
         last_heartbeat: std::sync::Mutex::new(Instant::now()),
     });
@@ -129,6 +121,35 @@ pub async fn run(settings: ServerSettings) -> anyhow::Result<()> {
     let api_task = serve(api, crate::http::api(shared.clone()));
     let metrics_task = serve(metrics, crate::http::metrics_router(shared.clone()));
     tracing::info!(addr = %format!("{}:{}", settings.bind_ip, settings.http_port), "serving");
+
+    // A drain requested before a restart still holds: stay out of service until it is cleared.
+    let mut announced = false;
+    while contract::drain_pending(control.get().await?, &settings.server_id).await? {
+        if !announced {
+            tracing::info!("a drain is pending for this server: staying stopped until the request is cleared");
+            contract::set_state(control.get().await?, &settings.server_id, server_state::STOPPED).await?;
+            announced = true;
+        }
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM while stopped");
+                let _ = stop_http.send(true);
+                let _ = tokio::join!(api_task, metrics_task);
+                return Ok(());
+            }
+            _ = tokio::time::sleep(settings.heartbeat) => {}
+        }
+    }
+
+    let registration = Registration {
+        server_id: &settings.server_id,
+        version: &settings.version,
+        schema: range,
+    };
+    contract::register(control.get().await?, &registration).await?;
+    *shared.last_heartbeat.lock().unwrap() = Instant::now();
+    shared.draining.store(false, Ordering::SeqCst);
+    tracing::info!(server = %settings.server_id, version = %settings.version, schema = found, "registered as active");
 
     let (drain_tx, drain_rx) = watch::channel(false);
     let (cancel_tx, cancel_rx) = watch::channel(false);

@@ -223,3 +223,28 @@ async fn load_generator_reports_every_job_through_the_web_service() {
     assert_eq!(report["outcome"]["executed_more_than_once"], 0);
     assert!(err.contains("lost 0, executed more than once 0"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drained_server_that_restarts_stays_out_until_the_drain_is_withdrawn() {
+    let (pg, db) = migrated().await;
+    let mut first = Server::start(&pg, "again", &ServerOptions::default()).await;
+    assert!(contract::request_drain(&db, "again").await.unwrap());
+    assert!(first.wait_exit(Duration::from_secs(10)).await.success());
+    // Restarted (as a kubelet restarts an exited container): it must not rejoin on its own.
+    let mut restarted = Server::spawn(&pg, "again", &ServerOptions::default());
+    submit(&db, "after", 3, contract::job_kind::NOOP, 0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(server_state(&db, "again").await.as_deref(), Some("stopped"));
+    let ready = reqwest::get(restarted.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready while its drain is pending");
+    assert_eq!(
+        contract::batch_outcome(&db, "after").await.unwrap().completed,
+        0,
+        "claimed nothing"
+    );
+    assert!(contract::cancel_drain(&db, "again").await.unwrap());
+    settle(&db, "after", Duration::from_secs(20)).await;
+    assert_eq!(server_state(&db, "again").await.as_deref(), Some("active"));
+    restarted.signal("TERM");
+    assert!(restarted.wait_exit(Duration::from_secs(10)).await.success());
+}
