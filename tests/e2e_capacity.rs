@@ -263,12 +263,15 @@ async fn runtime_preconditions_block_scale_up_and_recover() {
     )
     .await
     .unwrap();
-    set_replicas(&ns, 2).await;
-    let cr = wait_condition(&ns, "CapacityBlocked", "True", "NoServerJoined").await;
+    let cr = wait_condition(&ns, "Degraded", "True", "ServerProblems").await;
     assert!(
         condition(&cr, "Degraded")
-            .is_some_and(|c| c.status == "True" && c.message.contains("prod-0: pod ready but its heartbeat"))
+            .unwrap()
+            .message
+            .contains("prod-0: pod ready but its heartbeat")
     );
+    set_replicas(&ns, 2).await;
+    wait_condition(&ns, "CapacityBlocked", "True", "NoServerJoined").await;
     assert_eq!(pods(&ns).await.len(), 1, "no server added while blocked");
     db.batch_execute("DROP TRIGGER freeze_row ON servers").await.unwrap();
     wait_ready(&ns, 2).await;
@@ -280,6 +283,7 @@ async fn runtime_preconditions_block_scale_up_and_recover() {
     )
     .await
     .unwrap();
+    wait_condition(&ns, "Degraded", "True", "ServerProblems").await;
     set_replicas(&ns, 3).await;
     let cr = wait_condition(&ns, "CapacityBlocked", "True", "ServerUnhealthy").await;
     assert!(condition(&cr, "CapacityBlocked").unwrap().message.contains("prod-1"));
@@ -289,8 +293,8 @@ async fn runtime_preconditions_block_scale_up_and_recover() {
     // The database goes away: adding servers waits with DatabaseNotReady, then recovers.
     pg.stop();
     set_replicas(&ns, 4).await;
-    let cr = wait_condition(&ns, "DatabaseReady", "False", "Unreachable").await;
-    assert_eq!(condition(&cr, "CapacityBlocked").unwrap().reason, "DatabaseNotReady");
+    let cr = wait_condition(&ns, "CapacityBlocked", "True", "DatabaseNotReady").await;
+    assert_eq!(condition(&cr, "DatabaseReady").unwrap().reason, "Unreachable");
     assert_eq!(pods(&ns).await.len(), 3);
     pg.start_again();
     wait_ready(&ns, 4).await;

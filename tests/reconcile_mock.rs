@@ -319,7 +319,7 @@ async fn fresh_cluster_applies_every_owned_object_then_status() {
         .filter(|r| r.body["type"] == "Warning")
         .map(|r| r.body["reason"].clone())
         .collect();
-    assert_eq!(warnings, vec![json!("CapacityBlocked"), json!("DatabaseNotReady")]);
+    assert_eq!(warnings, vec![json!("DatabaseNotReady"), json!("SecretMissing")]);
 }
 
 #[tokio::test]

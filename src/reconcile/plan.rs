@@ -104,12 +104,8 @@ pub mod event_reasons {
     pub const DRAINING: &str = "Draining";
     /// Rows of gone servers were removed.
     pub const REMOVED_SERVER_ROWS: &str = "RemovedServerRows";
-    /// Adding servers is blocked.
-    pub const CAPACITY_BLOCKED: &str = "CapacityBlocked";
-    /// A server is unhealthy.
+    /// Something is wrong that no more specific reason names.
     pub const DEGRADED: &str = "Degraded";
-    /// The database preflight fails.
-    pub const DATABASE_NOT_READY: &str = "DatabaseNotReady";
 }
 
 /// What a reconcile should do.
@@ -430,20 +426,51 @@ fn events(
         let changed = before.is_none_or(|b| b.status != now.status || b.message != now.message);
         (bad && changed).then(|| now.message.clone())
     };
-    for (type_, bad_when_true, reason) in [
-        (types::CAPACITY_BLOCKED, true, event_reasons::CAPACITY_BLOCKED),
-        (types::DEGRADED, true, event_reasons::DEGRADED),
-        (types::DATABASE_READY, false, event_reasons::DATABASE_NOT_READY),
+    // Events with the same reason are merged into one series that keeps the first note, so
+    // each distinct problem gets its own reason: the condition's.
+    for (type_, bad_when_true) in [
+        (types::CAPACITY_BLOCKED, true),
+        (types::DEGRADED, true),
+        (types::DATABASE_READY, false),
     ] {
         if let Some(note) = turned(type_, bad_when_true) {
+            let reason = find(&status.conditions, type_)
+                .map(|c| c.reason.clone())
+                .unwrap_or_default();
             events.push(PlannedEvent {
                 warning: true,
-                reason,
+                reason: event_reason(&reason),
                 note,
             });
         }
     }
     events
+}
+
+/// The `&'static str` of a condition reason (they are all constants of this crate).
+fn event_reason(reason: &str) -> &'static str {
+    use crate::database::reasons as db;
+    [
+        capacity::reasons::DATABASE_NOT_READY,
+        capacity::reasons::ABOVE_MAX_REPLICAS,
+        capacity::reasons::NO_SERVER_JOINED,
+        capacity::reasons::SERVER_UNHEALTHY,
+        capacity::reasons::DRAIN_TIMEOUT,
+        reasons::SERVER_PROBLEMS,
+        db::SECRET_MISSING,
+        db::SECRET_KEY_MISSING,
+        db::HOST_UNRESOLVABLE,
+        db::UNREACHABLE,
+        db::LOGIN_FAILED,
+        db::DATABASE_MISSING,
+        db::INSUFFICIENT_PRIVILEGES,
+        db::SCHEMA_MISSING,
+        db::TLS_UNSUPPORTED,
+        db::QUERY_FAILED,
+    ]
+    .into_iter()
+    .find(|known| *known == reason)
+    .unwrap_or(event_reasons::DEGRADED)
 }
 
 /// The status of a cluster whose spec cannot be used: nothing is changed until the spec is.
@@ -627,8 +654,8 @@ mod tests {
         assert_eq!(
             reasons,
             vec![
-                (true, event_reasons::CAPACITY_BLOCKED),
-                (true, event_reasons::DATABASE_NOT_READY)
+                (true, capacity::reasons::DATABASE_NOT_READY),
+                (true, database::reasons::SECRET_KEY_MISSING)
             ]
         );
     }
