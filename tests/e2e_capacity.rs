@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 use orchestrator_contract as contract;
 use orchestrator_operator::crd::{OrchestratorCluster, Phase};
 use serde_json::{Value, json};
