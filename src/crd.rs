@@ -15,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Environment variable names the operator sets itself; `spec.template.env` may not override them.
-pub const RESERVED_ENV_NAMES: [&str; 13] = [
+pub const RESERVED_ENV_NAMES: [&str; 14] = [
     "SERVER_ID",
     "POD_IP",
     "SERVER_VERSION",
@@ -26,6 +26,7 @@ pub const RESERVED_ENV_NAMES: [&str; 13] = [
     "DATABASE_SSLMODE",
     "DATABASE_USER",
     "DATABASE_PASSWORD",
+    "DATABASE_CA",
     "HTTP_PORT",
     "METRICS_PORT",
     "DRAIN_TIMEOUT_SECONDS",
@@ -141,8 +142,9 @@ pub struct DatabaseSpec {
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
 
-    /// Secret in the same namespace holding the login. Its values are passed to servers only
-    /// as `secretKeyRef` environment variables and never copied anywhere else.
+    /// Secret in the same namespace holding the login (and, optionally, under key `ca.crt` the
+    /// CA of the database's certificate for `verify-ca` / `verify-full`). Its values are passed
+    /// to servers only as `secretKeyRef` environment variables and never copied anywhere else.
     pub credentials_secret: CredentialsSecretRef,
 
     /// TLS mode of the connection, as in libpq's `sslmode`.
@@ -361,7 +363,7 @@ pub enum SchemaChangePolicy {
 /// Pod settings applied to every server.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.env.all(e, !(e.name in ['SERVER_ID', 'POD_IP', 'SERVER_VERSION', 'POD_NAMESPACE', 'DATABASE_HOST', 'DATABASE_PORT', 'DATABASE_NAME', 'DATABASE_SSLMODE', 'DATABASE_USER', 'DATABASE_PASSWORD', 'HTTP_PORT', 'METRICS_PORT', 'DRAIN_TIMEOUT_SECONDS']))").message("template.env may not set SERVER_ID, POD_IP, SERVER_VERSION, POD_NAMESPACE, HTTP_PORT, METRICS_PORT, DRAIN_TIMEOUT_SECONDS or DATABASE_*: the operator sets them from the spec"))]
+#[x_kube(validation = Rule::new("self.env.all(e, !(e.name in ['SERVER_ID', 'POD_IP', 'SERVER_VERSION', 'POD_NAMESPACE', 'DATABASE_HOST', 'DATABASE_PORT', 'DATABASE_NAME', 'DATABASE_SSLMODE', 'DATABASE_USER', 'DATABASE_PASSWORD', 'DATABASE_CA', 'HTTP_PORT', 'METRICS_PORT', 'DRAIN_TIMEOUT_SECONDS']))").message("template.env may not set SERVER_ID, POD_IP, SERVER_VERSION, POD_NAMESPACE, HTTP_PORT, METRICS_PORT, DRAIN_TIMEOUT_SECONDS or DATABASE_*: the operator sets them from the spec"))]
 pub struct ServerTemplate {
     /// CPU and memory requests and limits of the server container.
     #[serde(default, skip_serializing_if = "Option::is_none")]

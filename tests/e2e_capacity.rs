@@ -439,3 +439,46 @@ async fn killed_server_shows_as_degraded_and_rejoins() {
     assert_eq!(cr.status.unwrap().ready_replicas, 2);
     assert_ne!(server_pid(&ns.name, "prod-1"), Some(pid), "a new process");
 }
+
+#[tokio::test]
+async fn tls_verify_full_needs_the_ca_and_then_works_for_operator_and_servers() {
+    let ns = TestNamespace::new("tls").await;
+    let pg = TestPostgres::start_with_tls();
+    let (mut admin, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    contract::migrations::migrate(&mut admin, contract::LATEST_SCHEMA, false)
+        .await
+        .unwrap();
+    ns.create_db_secret("process-db", testing_postgres::USER, &pg.password)
+        .await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    let mut spec = cluster(1, &pg);
+    spec.spec.database.ssl_mode = orchestrator_operator::crd::SslMode::VerifyFull;
+    ns.api::<OrchestratorCluster>()
+        .create(&PostParams::default(), &spec)
+        .await
+        .unwrap();
+
+    let cr = wait_condition(&ns, "DatabaseReady", "False", "TlsFailed").await;
+    let message = &condition(&cr, "DatabaseReady").unwrap().message;
+    assert!(
+        message.contains("UnknownIssuer") && message.contains("ca.crt"),
+        "{message}"
+    );
+    assert!(pods(&ns).await.is_empty());
+
+    let ca = String::from_utf8(pg.ca_pem()).unwrap();
+    let patch = json!({"stringData": {"ca.crt": ca}});
+    ns.api::<Secret>()
+        .patch("process-db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_ready(&ns, 1).await;
+    let check = db(&pg).await;
+    let tls: i64 = check
+        .query_one("SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE ssl AND application_name = 'orchestrator-server'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tls >= 1, "the server's connections use TLS");
+}

@@ -25,8 +25,8 @@ pub mod reasons {
     pub const INSUFFICIENT_PRIVILEGES: &str = "InsufficientPrivileges";
     /// The contract's tables are not there yet.
     pub const SCHEMA_MISSING: &str = "SchemaMissing";
-    /// The spec asks for a TLS mode this operator version cannot use.
-    pub const TLS_UNSUPPORTED: &str = "TlsUnsupported";
+    /// The TLS handshake or the CA failed (per `sslMode`).
+    pub const TLS_FAILED: &str = "TlsFailed";
     /// Another database error.
     pub const QUERY_FAILED: &str = "QueryFailed";
 }

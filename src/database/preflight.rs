@@ -11,14 +11,18 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 use orchestrator_contract as contract;
+use orchestrator_contract::tls;
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
 
 use super::{DatabaseState, reasons};
-use crate::crd::{OrchestratorCluster, SslMode};
+use crate::crd::OrchestratorCluster;
 use crate::error::Result;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Key of the credentials Secret holding the CA of the database's certificate (optional).
+pub const CA_KEY: &str = "ca.crt";
 
 /// The preflight with its per-cluster cache.
 pub struct Preflight {
@@ -128,7 +132,8 @@ impl Preflight {
             Some(Ok(client)) if !client.is_closed() => Ok(client),
             Some(Err(failure)) => Err(failure),
             _ => {
-                let fresh = check(cr, &user, &password).await;
+                let ca = value(CA_KEY);
+                let fresh = check(cr, &user, &password, ca.as_deref().map(str::as_bytes)).await;
                 self.cache.lock().unwrap().insert(
                     key(cr),
                     Cached {
@@ -178,17 +183,13 @@ fn redact(message: String, password: &str) -> String {
 }
 
 /// The uncached check, step by step.
-async fn check(cr: &OrchestratorCluster, user: &str, password: &str) -> Result<Arc<Client>, (&'static str, String)> {
+async fn check(
+    cr: &OrchestratorCluster,
+    user: &str,
+    password: &str,
+    ca_pem: Option<&[u8]>,
+) -> Result<Arc<Client>, (&'static str, String)> {
     let db = &cr.spec.database;
-    if !matches!(db.ssl_mode, SslMode::Disable | SslMode::Prefer) {
-        return Err((
-            reasons::TLS_UNSUPPORTED,
-            format!(
-                "sslMode {} is not supported by this operator version yet; use disable or prefer",
-                db.ssl_mode.as_str()
-            ),
-        ));
-    }
     let port =
         u16::try_from(db.port).map_err(|_| (reasons::UNREACHABLE, format!("port {} is out of range", db.port)))?;
     let addresses = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((db.host.as_str(), port)))
@@ -235,10 +236,25 @@ async fn check(cr: &OrchestratorCluster, user: &str, password: &str) -> Result<A
         .password(password)
         .application_name("orchestrator-operator")
         .connect_timeout(CONNECT_TIMEOUT);
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| classify_login(&e, cr, user))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let mode: tls::SslMode = db
+        .ssl_mode
+        .as_str()
+        .parse()
+        .map_err(|e: tls::ConnectError| (reasons::TLS_FAILED, e.to_string()))?;
+    let client = match tls::connect(&config, mode, ca_pem).await {
+        Ok(client) => client,
+        Err(tls::ConnectError::Postgres(e)) => return Err(classify_login(&e, cr, user)),
+        Err(e) => {
+            let secret = &db.credentials_secret.name;
+            return Err((
+                reasons::TLS_FAILED,
+                format!(
+                    "{e} (sslMode {}, CA from key {CA_KEY} of secret {secret})",
+                    db.ssl_mode.as_str()
+                ),
+            ));
+        }
+    };
     let version = contract::schema_version(&client)
         .await
         .map_err(|e| (reasons::QUERY_FAILED, format!("reading the schema version failed: {e}")))?;

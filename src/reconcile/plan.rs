@@ -465,7 +465,7 @@ fn event_reason(reason: &str) -> &'static str {
         db::DATABASE_MISSING,
         db::INSUFFICIENT_PRIVILEGES,
         db::SCHEMA_MISSING,
-        db::TLS_UNSUPPORTED,
+        db::TLS_FAILED,
         db::QUERY_FAILED,
     ]
     .into_iter()

@@ -181,13 +181,13 @@ fn server_env(cr: &OrchestratorCluster) -> Vec<EnvVar> {
         ..EnvVar::default()
     };
     let secret = &cr.spec.database.credentials_secret;
-    let secret_key = |name: &str, key: &str| EnvVar {
+    let secret_key = |name: &str, key: &str, optional: bool| EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: secret.name.clone(),
                 key: key.into(),
-                optional: Some(false),
+                optional: Some(optional),
             }),
             ..EnvVarSource::default()
         }),
@@ -203,8 +203,10 @@ fn server_env(cr: &OrchestratorCluster) -> Vec<EnvVar> {
             value: Some(cr.spec.version.clone()),
             ..EnvVar::default()
         },
-        secret_key("DATABASE_USER", &secret.username_key),
-        secret_key("DATABASE_PASSWORD", &secret.password_key),
+        secret_key("DATABASE_USER", &secret.username_key, false),
+        secret_key("DATABASE_PASSWORD", &secret.password_key, false),
+        // The CA of the database's certificate, for sslMode verify-ca / verify-full.
+        secret_key("DATABASE_CA", crate::database::preflight::CA_KEY, true),
     ];
     env.extend(cr.spec.template.env.iter().cloned());
     env

@@ -7,6 +7,7 @@
 //! use them, and a user's own server implements the same behaviour.
 
 pub mod migrations;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -17,8 +17,10 @@ pub struct DatabaseSettings {
     pub user: String,
     /// Password (never logged: `Debug` hides it).
     pub password: String,
-    /// `disable` or `prefer` (TLS is not built into the reference server yet).
-    pub sslmode: String,
+    /// libpq `sslmode`.
+    pub sslmode: orchestrator_contract::tls::SslMode,
+    /// PEM of the CA that signed the database's certificate (`DATABASE_CA`), else system roots.
+    pub ca_pem: Option<String>,
 }
 
 impl std::fmt::Debug for DatabaseSettings {
@@ -30,6 +32,7 @@ impl std::fmt::Debug for DatabaseSettings {
             .field("user", &self.user)
             .field("password", &"<hidden>")
             .field("sslmode", &self.sslmode)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<given>"))
             .finish()
     }
 }
@@ -56,9 +59,7 @@ impl DatabaseSettings {
             bail!("missing database settings: {} must be set", missing.join(", "));
         }
         let sslmode = var("DATABASE_SSLMODE").unwrap_or_else(|| "prefer".into());
-        if !["disable", "prefer"].contains(&sslmode.as_str()) {
-            bail!("DATABASE_SSLMODE={sslmode:?} is not supported by the reference server: use disable or prefer");
-        }
+        let sslmode = sslmode.parse().map_err(|e| anyhow::anyhow!("DATABASE_SSLMODE: {e}"))?;
         Ok(Self {
             host: var("DATABASE_HOST").unwrap_or_default(),
             port: parsed("DATABASE_PORT", 5432)?,
@@ -66,6 +67,7 @@ impl DatabaseSettings {
             user: var("DATABASE_USER").unwrap_or_default(),
             password: var("DATABASE_PASSWORD").unwrap_or_default(),
             sslmode,
+            ca_pem: var("DATABASE_CA"),
         })
     }
 

@@ -1,25 +1,22 @@
 //! Database connections.
 
 use anyhow::Context;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::DatabaseSettings;
 
 /// Opens a connection; its driver task runs in the background. Errors say where it failed
 /// (host, port, database, user) but never show the password.
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Client> {
-    let (client, connection) = settings.pg_config().connect(NoTls).await.with_context(|| {
-        format!(
-            "cannot connect to database {:?} on {}:{} as {:?}",
-            settings.name, settings.host, settings.port, settings.user
-        )
-    })?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "database connection closed");
-        }
-    });
-    Ok(client)
+    let ca = settings.ca_pem.as_ref().map(|pem| pem.as_bytes());
+    orchestrator_contract::tls::connect(&settings.pg_config(), settings.sslmode, ca)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to database {:?} on {}:{} as {:?}",
+                settings.name, settings.host, settings.port, settings.user
+            )
+        })
 }
 
 /// A connection that reconnects when the database went away (restart, failover).

@@ -64,6 +64,17 @@ fn payload(args: &LoadgenArgs, batch: &str, seq: u64) -> serde_json::Value {
     }
 }
 
+/// Submissions in flight at most.
+const MAX_IN_FLIGHT: usize = 64;
+
+fn tally(done: Option<Result<bool, tokio::task::JoinError>>, acknowledged: &mut u64, failed: &mut u64) {
+    match done {
+        Some(Ok(true)) => *acknowledged += 1,
+        Some(_) => *failed += 1,
+        None => {}
+    }
+}
+
 /// Runs the load generator.
 pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
     contract::validate_job(&args.kind, &payload(&args, "check", 0))?;
@@ -86,43 +97,47 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     let end = Instant::now() + Duration::from_secs_f64(args.duration);
     let mut tick = tokio::time::interval(interval);
-    let (mut acknowledged, mut submit_failed, mut seq, mut next_url) = (0u64, 0u64, 0u64, 0usize);
+    let db = std::sync::Arc::new(db);
+    let urls = std::sync::Arc::new(args.urls.clone());
+    // Submissions run concurrently (bounded), so a slow answer does not lower the rate.
+    let mut in_flight = tokio::task::JoinSet::new();
+    let (mut acknowledged, mut submit_failed, mut seq) = (0u64, 0u64, 0u64);
     while Instant::now() < end {
         tick.tick().await;
         seq += 1;
+        while in_flight.len() >= MAX_IN_FLIGHT {
+            tally(in_flight.join_next().await, &mut acknowledged, &mut submit_failed);
+        }
+        let (db, urls, http, kind) = (db.clone(), urls.clone(), http.clone(), args.kind.clone());
         let body = payload(&args, &batch, seq);
-        let ok = if args.urls.is_empty() {
-            contract::submit_job(&db, &args.kind, &body).await.is_ok()
-        } else {
-            let mut ok = false;
-            for _ in 0..args.urls.len().max(3) {
-                let url = format!("{}/jobs", args.urls[next_url % args.urls.len()]);
-                next_url += 1;
+        in_flight.spawn(async move {
+            if urls.is_empty() {
+                return contract::submit_job(&*db, &kind, &body).await.is_ok();
+            }
+            for attempt in 0..urls.len().max(3) {
+                let url = format!("{}/jobs", urls[(seq as usize + attempt) % urls.len()]);
                 let sent = http
                     .post(&url)
-                    .json(&json!({"kind": args.kind, "payload": body}))
+                    .json(&json!({"kind": kind, "payload": body}))
                     .send()
                     .await;
                 if matches!(sent, Ok(ref r) if r.status() == reqwest::StatusCode::CREATED) {
-                    ok = true;
-                    break;
+                    return true;
                 }
             }
-            ok
-        };
-        if ok {
-            acknowledged += 1;
-        } else {
-            submit_failed += 1;
-        }
+            false
+        });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        tally(Some(done), &mut acknowledged, &mut submit_failed);
     }
     let deadline = Instant::now() + Duration::from_secs_f64(args.settle_timeout);
-    let mut outcome = contract::batch_outcome(&db, &batch)
+    let mut outcome = contract::batch_outcome(&*db, &batch)
         .await
         .context("cannot read the outcome")?;
     while outcome.unfinished > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        outcome = contract::batch_outcome(&db, &batch).await?;
+        outcome = contract::batch_outcome(&*db, &batch).await?;
     }
     let missing = acknowledged as i64 - outcome.submitted;
     Ok(Report {

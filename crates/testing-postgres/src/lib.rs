@@ -65,9 +65,95 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Creates a CA and a server certificate for 127.0.0.1 (and `localhost` only as the CN of
+/// nothing: the name is left out so that host-name checks against `localhost` fail).
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=orc-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=orc-test-server",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+}
+
 impl TestPostgres {
     /// Initializes and starts a server; the application user owns database `process`.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Like `start`, with TLS on: `ca_pem()` returns the CA that signed its certificate, which
+    /// names 127.0.0.1 only.
+    pub fn start_with_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    /// The PEM of the CA of a TLS instance.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("ca.crt")).expect("a TLS instance")
+    }
+
+    fn start_with(tls: bool) -> Self {
         let bin = find_bin();
         let dir = tempfile::Builder::new()
             .prefix("orc-pg-")
@@ -77,6 +163,9 @@ impl TestPostgres {
         let password = random_token();
         let pwfile = dir.path().join("pwfile");
         std::fs::write(&pwfile, &superuser_password).unwrap();
+        if tls {
+            make_certificates(dir.path());
+        }
         if is_root() {
             let status = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -111,11 +200,10 @@ impl TestPostgres {
         // Ports can be taken between the probe and the start: try a few.
         for attempt in 0..5 {
             this.port = free_port();
-            let options = format!(
-                "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
-                this.port,
-                this.dir.path().display()
-            );
+            let mut options = this.options();
+            if tls {
+                options.push_str(" -c ssl=on -c ssl_cert_file=../server.crt -c ssl_key_file=../server.key");
+            }
             let log = this.dir.path().join("server.log");
             let output = this.output(
                 "pg_ctl",
@@ -147,6 +235,14 @@ impl TestPostgres {
         );
         this.psql_as_superuser("postgres", &format!("CREATE DATABASE {DATABASE} OWNER {USER}"));
         this
+    }
+
+    fn options(&self) -> String {
+        format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        )
     }
 
     fn command(&self, program: &str) -> Command {
@@ -235,11 +331,10 @@ impl TestPostgres {
     pub fn start_again(&self) {
         let data = self.dir.path().join("data");
         let log = self.dir.path().join("server.log");
-        let options = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
-            self.port,
-            self.dir.path().display()
-        );
+        let mut options = self.options();
+        if self.dir.path().join("server.crt").exists() {
+            options.push_str(" -c ssl=on -c ssl_cert_file=../server.crt -c ssl_key_file=../server.key");
+        }
         self.run(
             "pg_ctl",
             &[

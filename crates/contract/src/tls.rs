@@ -1,0 +1,241 @@
+//! Connections with libpq's `sslmode` semantics, over rustls:
+//!
+//! | mode | TLS | certificate checked | host name checked |
+//! |---|---|---|---|
+//! | `disable` | never | | |
+//! | `prefer` | when the server offers it | no | no |
+//! | `require` | always | no | no |
+//! | `verify-ca` | always | against the CA | no |
+//! | `verify-full` | always | against the CA | yes |
+//!
+//! The CA is the PEM given (`ca.crt` of the credentials Secret) or else the system's roots.
+
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// The `sslmode` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS when offered, unverified.
+    Prefer,
+    /// TLS, unverified.
+    Require,
+    /// TLS, certificate checked against the CA.
+    VerifyCa,
+    /// TLS, certificate and host name checked.
+    VerifyFull,
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Unknown `sslmode`.
+    #[error("sslmode {0:?} is not one of disable, prefer, require, verify-ca, verify-full")]
+    UnknownMode(String),
+    /// The CA or TLS settings are unusable.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// The server refused or could not be reached.
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = ConnectError;
+    fn from_str(s: &str) -> Result<Self, ConnectError> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => return Err(ConnectError::UnknownMode(other.into())),
+        })
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts any certificate but still checks the handshake signatures (libpq's `require`).
+#[derive(Debug)]
+struct Unverified(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// Checks the chain against the CA but not the host name (libpq's `verify-ca`).
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+fn roots(ca_pem: Option<&[u8]>) -> Result<RootCertStore, ConnectError> {
+    let mut store = RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| ConnectError::Tls(format!("the CA is not valid PEM: {e}")))?;
+                store
+                    .add(cert)
+                    .map_err(|e| ConnectError::Tls(format!("the CA certificate is unusable: {e}")))?;
+            }
+            if store.is_empty() {
+                return Err(ConnectError::Tls("the CA PEM holds no certificate".into()));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = store.add(cert);
+            }
+        }
+    }
+    Ok(store)
+}
+
+fn client_config(mode: SslMode, ca_pem: Option<&[u8]>) -> Result<ClientConfig, ConnectError> {
+    let provider = provider();
+    let algorithms = provider.signature_verification_algorithms;
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let verifier: Arc<dyn ServerCertVerifier> = match mode {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(Unverified(algorithms)),
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider)
+                .build()
+                .map_err(|e| ConnectError::Tls(e.to_string()))?;
+            if mode == SslMode::VerifyCa {
+                Arc::new(ChainOnly(webpki))
+            } else {
+                webpki
+            }
+        }
+    };
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// A failed TLS handshake (untrusted or misnamed certificate) becomes `Tls` with the cause.
+fn handshake_error(error: tokio_postgres::Error) -> ConnectError {
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let inner = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|e| e as &dyn std::error::Error);
+        if let Some(tls) = cause
+            .downcast_ref::<rustls::Error>()
+            .or_else(|| inner?.downcast_ref::<rustls::Error>())
+        {
+            return ConnectError::Tls(format!("TLS handshake with the database failed: {tls}"));
+        }
+        source = cause.source();
+    }
+    ConnectError::Postgres(error)
+}
+
+/// Opens a connection with `mode`; the connection's driver runs in the background.
+pub async fn connect(config: &Config, mode: SslMode, ca_pem: Option<&[u8]>) -> Result<Client, ConnectError> {
+    let mut config = config.clone();
+    if mode == SslMode::Disable {
+        config.ssl_mode(PgSslMode::Disable);
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        return Ok(client);
+    }
+    config.ssl_mode(if mode == SslMode::Prefer {
+        PgSslMode::Prefer
+    } else {
+        PgSslMode::Require
+    });
+    let tls = MakeRustlsConnect::new(client_config(mode, ca_pem)?);
+    let (client, connection) = config.connect(tls).await.map_err(handshake_error)?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}

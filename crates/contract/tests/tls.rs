@@ -1,0 +1,62 @@
+//! `sslmode` semantics against a real PostgreSQL with TLS on.
+
+use orchestrator_contract::tls::{ConnectError, SslMode, connect};
+use testing_postgres::{DATABASE, TestPostgres, USER};
+
+fn config(pg: &TestPostgres, host: &str) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(host)
+        .port(pg.port)
+        .user(USER)
+        .password(&pg.password)
+        .dbname(DATABASE);
+    config
+}
+
+async fn uses_tls(client: &tokio_postgres::Client) -> bool {
+    client
+        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn each_sslmode_behaves_like_libpq() {
+    let pg = TestPostgres::start_with_tls();
+    let ca = pg.ca_pem();
+    let ip = config(&pg, "127.0.0.1");
+    let by_name = config(&pg, "localhost");
+
+    assert!(!uses_tls(&connect(&ip, SslMode::Disable, None).await.unwrap()).await);
+    assert!(uses_tls(&connect(&ip, SslMode::Prefer, None).await.unwrap()).await);
+    assert!(
+        uses_tls(&connect(&ip, SslMode::Require, None).await.unwrap()).await,
+        "require needs no CA"
+    );
+    assert!(uses_tls(&connect(&ip, SslMode::VerifyFull, Some(&ca)).await.unwrap()).await);
+    assert!(
+        uses_tls(&connect(&by_name, SslMode::VerifyCa, Some(&ca)).await.unwrap()).await,
+        "verify-ca ignores the name"
+    );
+
+    let wrong_name = connect(&by_name, SslMode::VerifyFull, Some(&ca)).await.unwrap_err();
+    assert!(
+        matches!(&wrong_name, ConnectError::Tls(m) if m.contains("not valid for name")),
+        "{wrong_name:?}"
+    );
+    let unknown_ca = connect(&ip, SslMode::VerifyFull, None).await.unwrap_err();
+    assert!(
+        matches!(&unknown_ca, ConnectError::Tls(m) if m.contains("UnknownIssuer")),
+        "{unknown_ca:?}"
+    );
+    let garbage = connect(&ip, SslMode::VerifyCa, Some(b"not a certificate"))
+        .await
+        .unwrap_err();
+    assert!(matches!(garbage, ConnectError::Tls(_)), "{garbage:?}");
+    assert!(matches!(
+        "sometimes".parse::<SslMode>(),
+        Err(ConnectError::UnknownMode(_))
+    ));
+}
