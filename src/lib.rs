@@ -11,6 +11,7 @@ pub mod drift;
 pub mod error;
 pub mod http;
 pub mod leader;
+pub mod maintenance;
 pub mod metrics;
 pub mod reconcile;
 pub mod resources;

@@ -1,0 +1,513 @@
+//! The rolling-maintenance planner: from the observed servers and the step in progress, the
+//! next action of a roll (drain a server through the database, evict its pod, wait for its
+//! replacement to join) or the reason it must wait. One operator-initiated disruption at a
+//! time; never while another server is unready; unready outdated servers first, then the
+//! least busy, highest ordinal on ties. A pure function: the step in progress comes from the
+//! cluster's status, so a restarted operator continues the same roll.
+
+use std::cmp::Reverse;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use orchestrator_contract::server_state;
+
+use crate::crd::DrainTimeoutPolicy;
+
+/// What started a roll.
+pub mod triggers {
+    /// The pod template changed (version, image, settings, resources).
+    pub const TEMPLATE_CHANGE: &str = "TemplateChange";
+    /// `maintenance.restartRequestedAt` is after a server started.
+    pub const RESTART_REQUESTED: &str = "RestartRequested";
+}
+
+/// Why a roll waits or halts.
+pub mod reasons {
+    /// `maintenance.paused` is set.
+    pub const PAUSED: &str = "Paused";
+    /// Maintenance windows are set and none is open.
+    pub const OUTSIDE_WINDOW: &str = "OutsideWindow";
+    /// The database preflight fails.
+    pub const DATABASE_NOT_READY: &str = "DatabaseNotReady";
+    /// Another server is not joined; replacing one now would take two down.
+    pub const SERVER_NOT_JOINED: &str = "ServerNotJoined";
+    /// A server did not finish draining in time and the policy is Halt.
+    pub const DRAIN_TIMEOUT: &str = "DrainTimeout";
+    /// A replacement did not join within `readyTimeout`.
+    pub const READY_TIMEOUT: &str = "ReadyTimeout";
+}
+
+/// Stage of the step in progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Friendly shutdown requested through the database; waiting for `stopped`.
+    Draining,
+    /// Evicting the pod through the Eviction API (a PDB refusal is a wait).
+    Evicting,
+    /// Waiting for the replacement to be ready and joined on the new revision.
+    WaitingReady,
+}
+
+impl Stage {
+    /// The name shown in `status.maintenance.stage`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Draining => "Draining",
+            Stage::Evicting => "Evicting",
+            Stage::WaitingReady => "WaitingReady",
+        }
+    }
+}
+
+/// The step in progress, as persisted in the cluster's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    /// Server being replaced.
+    pub server: String,
+    /// Its stage.
+    pub stage: Stage,
+    /// When the stage began.
+    pub since: Timestamp,
+}
+
+/// One server as the planner needs it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerView {
+    /// Server id (pod name).
+    pub name: String,
+    /// StatefulSet ordinal.
+    pub ordinal: i32,
+    /// The pod exists.
+    pub pod_exists: bool,
+    /// StatefulSet revision of the pod.
+    pub revision: Option<String>,
+    /// When the pod started.
+    pub started_at: Option<Timestamp>,
+    /// Pod ready.
+    pub ready: bool,
+    /// Pod ready and row active with a fresh heartbeat.
+    pub joined: bool,
+    /// Jobs running on it.
+    pub running_jobs: i32,
+    /// Row state.
+    pub state: Option<String>,
+    /// Seconds since a drain was requested.
+    pub drain_age_seconds: Option<f64>,
+}
+
+/// Everything the planner reads.
+#[derive(Clone, Debug)]
+pub struct MaintenanceInput<'a> {
+    /// Every server.
+    pub servers: &'a [ServerView],
+    /// The StatefulSet's update revision.
+    pub update_revision: Option<&'a str>,
+    /// `maintenance.restartRequestedAt`.
+    pub restart_requested_at: Option<Timestamp>,
+    /// `maintenance.paused`.
+    pub paused: bool,
+    /// Whether a maintenance window is open (true when no windows are set).
+    pub window_open: bool,
+    /// Whether the database preflight passes.
+    pub database_ready: bool,
+    /// The step in progress.
+    pub step: Option<Step>,
+    /// `maintenance.drainTimeout`.
+    pub drain_timeout: Duration,
+    /// `maintenance.readyTimeout`.
+    pub ready_timeout: Duration,
+    /// `maintenance.onDrainTimeout`.
+    pub on_drain_timeout: DrainTimeoutPolicy,
+    /// Now.
+    pub now: Timestamp,
+}
+
+/// What to do now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing.
+    None,
+    /// Ask this server for a friendly shutdown.
+    RequestDrain(String),
+    /// Evict this server's pod.
+    Evict(String),
+}
+
+/// The planner's decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The action to take now.
+    pub action: Action,
+    /// The step to persist (`None`: no step in progress).
+    pub step: Option<Step>,
+    /// `(reason, message)` when the roll waits (it resumes by itself).
+    pub waiting: Option<(&'static str, String)>,
+    /// `(reason, message)` when the roll halted on a failure (a fix or a new spec resumes it).
+    pub blocked: Option<(&'static str, String)>,
+    /// What triggers the roll, if anything is outdated.
+    pub trigger: Option<&'static str>,
+    /// Servers outdated, the one in progress included.
+    pub outdated: usize,
+}
+
+fn is_outdated(server: &ServerView, input: &MaintenanceInput) -> Option<&'static str> {
+    if server.pod_exists && input.update_revision.is_some() && server.revision.as_deref() != input.update_revision {
+        return Some(triggers::TEMPLATE_CHANGE);
+    }
+    match (input.restart_requested_at, server.started_at) {
+        (Some(requested), Some(started)) if started < requested && requested <= input.now => {
+            Some(triggers::RESTART_REQUESTED)
+        }
+        _ => None,
+    }
+}
+
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO)
+}
+
+/// Plans the next step of the roll.
+pub fn plan(input: &MaintenanceInput) -> Decision {
+    let outdated: Vec<&ServerView> = input
+        .servers
+        .iter()
+        .filter(|s| is_outdated(s, input).is_some())
+        .collect();
+    let trigger = outdated.iter().find_map(|s| is_outdated(s, input));
+    let mut decision = Decision {
+        action: Action::None,
+        step: None,
+        waiting: None,
+        blocked: None,
+        trigger,
+        outdated: outdated.len(),
+    };
+    if let Some(step) = &input.step {
+        // A finished step leaves `step` empty: the next starts at the next reconcile, after a
+        // fresh look at every server.
+        continue_step(input, step, &mut decision);
+        return decision;
+    }
+    if outdated.is_empty() {
+        return decision;
+    }
+    let gate = if input.paused {
+        Some((reasons::PAUSED, "maintenance.paused is set".to_string()))
+    } else if !input.window_open {
+        Some((reasons::OUTSIDE_WINDOW, "no maintenance window is open".to_string()))
+    } else if !input.database_ready {
+        Some((reasons::DATABASE_NOT_READY, "the database preflight fails".to_string()))
+    } else {
+        None
+    };
+    if gate.is_some() {
+        decision.waiting = gate;
+        return decision;
+    }
+    let mut candidates = outdated.clone();
+    candidates.sort_by_key(|s| (s.joined, s.running_jobs, Reverse(s.ordinal)));
+    let candidate = candidates[0];
+    let others_down: Vec<&str> = input
+        .servers
+        .iter()
+        .filter(|s| s.name != candidate.name && !s.joined)
+        .map(|s| s.name.as_str())
+        .collect();
+    if !others_down.is_empty() {
+        decision.waiting = Some((
+            reasons::SERVER_NOT_JOINED,
+            format!(
+                "{} not joined; replacing {} now would take two servers down",
+                others_down.join(", "),
+                candidate.name
+            ),
+        ));
+        return decision;
+    }
+    // A server that is not serving costs no availability: no drain, straight to eviction.
+    let (stage, action) = if candidate.joined {
+        (Stage::Draining, Action::RequestDrain(candidate.name.clone()))
+    } else {
+        (Stage::Evicting, Action::Evict(candidate.name.clone()))
+    };
+    decision.action = action;
+    decision.step = Some(Step {
+        server: candidate.name.clone(),
+        stage,
+        since: input.now,
+    });
+    decision
+}
+
+fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Decision) {
+    let server = input.servers.iter().find(|s| s.name == step.server);
+    let next = |stage| {
+        Some(Step {
+            server: step.server.clone(),
+            stage,
+            since: input.now,
+        })
+    };
+    let in_stage = elapsed(step.since, input.now);
+    match step.stage {
+        Stage::Draining => {
+            let stopped = server.is_none_or(|s| {
+                !s.pod_exists || !matches!(s.state.as_deref(), Some(server_state::ACTIVE | server_state::DRAINING))
+            });
+            if stopped {
+                decision.action = Action::Evict(step.server.clone());
+                decision.step = next(Stage::Evicting);
+            } else if in_stage >= input.drain_timeout {
+                if input.on_drain_timeout == DrainTimeoutPolicy::Proceed {
+                    decision.action = Action::Evict(step.server.clone());
+                    decision.step = next(Stage::Evicting);
+                } else {
+                    decision.step = Some(step.clone());
+                    decision.blocked = Some((
+                        reasons::DRAIN_TIMEOUT,
+                        format!(
+                            "{} did not finish draining within {:?}; onDrainTimeout is Halt",
+                            step.server, input.drain_timeout
+                        ),
+                    ));
+                }
+            } else {
+                decision.action = Action::RequestDrain(step.server.clone());
+                decision.step = Some(step.clone());
+            }
+        }
+        Stage::Evicting => {
+            let replaced = server.is_none_or(|s| {
+                !s.pod_exists || (is_outdated(s, input).is_none() && s.started_at.is_some_and(|t| t >= step.since))
+            });
+            if replaced {
+                decision.step = next(Stage::WaitingReady);
+            } else {
+                decision.action = Action::Evict(step.server.clone());
+                decision.step = Some(step.clone());
+            }
+        }
+        Stage::WaitingReady => {
+            let joined = server.is_some_and(|s| s.joined && is_outdated(s, input).is_none());
+            if joined {
+                decision.step = None;
+            } else if in_stage >= input.ready_timeout {
+                decision.step = Some(step.clone());
+                decision.blocked = Some((
+                    reasons::READY_TIMEOUT,
+                    format!(
+                        "the replacement of {} did not join within {:?}; the roll halts here",
+                        step.server, input.ready_timeout
+                    ),
+                ));
+            } else {
+                decision.step = Some(step.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    fn server(ordinal: i32, revision: &str, joined: bool, jobs: i32) -> ServerView {
+        ServerView {
+            name: format!("prod-{ordinal}"),
+            ordinal,
+            pod_exists: true,
+            revision: Some(revision.into()),
+            started_at: Some(at(0)),
+            ready: joined,
+            joined,
+            running_jobs: jobs,
+            state: Some(if joined { "active" } else { "joining" }.into()),
+            drain_age_seconds: None,
+        }
+    }
+
+    fn input(servers: &[ServerView], step: Option<Step>, now: i64) -> MaintenanceInput<'_> {
+        MaintenanceInput {
+            servers,
+            update_revision: Some("new"),
+            restart_requested_at: None,
+            paused: false,
+            window_open: true,
+            database_ready: true,
+            step,
+            drain_timeout: Duration::from_secs(60),
+            ready_timeout: Duration::from_secs(120),
+            on_drain_timeout: DrainTimeoutPolicy::Halt,
+            now: at(now),
+        }
+    }
+
+    #[test]
+    fn least_busy_first_highest_ordinal_on_ties_unready_before_all() {
+        let servers = [
+            server(0, "old", true, 5),
+            server(1, "old", true, 1),
+            server(2, "old", true, 1),
+            server(3, "new", true, 0),
+        ];
+        let d = plan(&input(&servers, None, 10));
+        assert_eq!(d.action, Action::RequestDrain("prod-2".into()));
+        assert_eq!(d.trigger, Some(triggers::TEMPLATE_CHANGE));
+        assert_eq!(d.outdated, 3);
+        let mut with_unready = servers.clone();
+        with_unready[0].joined = false;
+        with_unready[0].ready = false;
+        let d = plan(&input(&with_unready, None, 10));
+        assert_eq!(
+            d.action,
+            Action::Evict("prod-0".into()),
+            "the unready one first, without a drain"
+        );
+    }
+
+    #[test]
+    fn gates_and_other_unready_servers_make_it_wait_with_a_reason() {
+        let servers = [server(0, "old", true, 0), server(1, "new", false, 0)];
+        let d = plan(&input(&servers, None, 0));
+        assert_eq!(
+            (d.action.clone(), d.waiting.unwrap().0),
+            (Action::None, reasons::SERVER_NOT_JOINED)
+        );
+        let all = [server(0, "old", true, 0), server(1, "old", true, 0)];
+        let mut paused = input(&all, None, 0);
+        paused.paused = true;
+        assert_eq!(plan(&paused).waiting.unwrap().0, reasons::PAUSED);
+        let mut closed = input(&all, None, 0);
+        closed.window_open = false;
+        assert_eq!(plan(&closed).waiting.unwrap().0, reasons::OUTSIDE_WINDOW);
+    }
+
+    #[test]
+    fn a_step_goes_through_drain_evict_and_waiting_ready() {
+        let mut servers = vec![server(0, "old", true, 0), server(1, "new", true, 0)];
+        let step = Step {
+            server: "prod-0".into(),
+            stage: Stage::Draining,
+            since: at(0),
+        };
+        assert_eq!(
+            plan(&input(&servers, Some(step.clone()), 5)).action,
+            Action::RequestDrain("prod-0".into())
+        );
+        servers[0].state = Some("stopped".into());
+        let d = plan(&input(&servers, Some(step.clone()), 6));
+        assert_eq!(
+            (d.action, d.step.clone().unwrap().stage),
+            (Action::Evict("prod-0".into()), Stage::Evicting)
+        );
+        servers[0] = ServerView {
+            started_at: Some(at(8)),
+            ..server(0, "new", false, 0)
+        };
+        let d = plan(&input(&servers, d.step, 9));
+        assert_eq!(d.step.clone().unwrap().stage, Stage::WaitingReady);
+        servers[0].joined = true;
+        let done = plan(&input(&servers, d.step, 12));
+        assert_eq!((done.step, done.action, done.outdated), (None, Action::None, 0));
+    }
+
+    #[test]
+    fn timeouts_halt_or_proceed() {
+        let servers = [server(0, "old", true, 3), server(1, "new", true, 0)];
+        let draining = Step {
+            server: "prod-0".into(),
+            stage: Stage::Draining,
+            since: at(0),
+        };
+        let d = plan(&input(&servers, Some(draining.clone()), 61));
+        assert_eq!((d.action, d.blocked.unwrap().0), (Action::None, reasons::DRAIN_TIMEOUT));
+        let mut proceed = input(&servers, Some(draining), 61);
+        proceed.on_drain_timeout = DrainTimeoutPolicy::Proceed;
+        assert_eq!(plan(&proceed).action, Action::Evict("prod-0".into()));
+        let waiting = Step {
+            server: "prod-0".into(),
+            stage: Stage::WaitingReady,
+            since: at(0),
+        };
+        let never_ready = [server(0, "new", false, 0), server(1, "new", true, 0)];
+        let d = plan(&input(&never_ready, Some(waiting), 121));
+        assert_eq!(d.blocked.unwrap().0, reasons::READY_TIMEOUT);
+        assert_eq!(d.step.unwrap().server, "prod-0", "the roll stays on the failed server");
+    }
+
+    #[test]
+    fn restart_requested_after_a_pod_started_rolls_it() {
+        let servers = [
+            server(0, "new", true, 0),
+            ServerView {
+                started_at: Some(at(50)),
+                ..server(1, "new", true, 0)
+            },
+        ];
+        let mut restart = input(&servers, None, 100);
+        restart.restart_requested_at = Some(at(20));
+        let d = plan(&restart);
+        assert_eq!((d.trigger, d.outdated), (Some(triggers::RESTART_REQUESTED), 1));
+        assert_eq!(d.action, Action::RequestDrain("prod-0".into()));
+    }
+
+    /// Applies an action to a simulated cluster where everything succeeds: a drained server
+    /// stops, an evicted pod comes back on the new revision and joins a tick later.
+    fn simulate(servers: &mut [ServerView], action: &Action, now: i64) {
+        for s in servers.iter_mut() {
+            if !s.joined && s.revision.as_deref() == Some("new") && s.pod_exists {
+                s.joined = true;
+                s.ready = true;
+                s.state = Some("active".into());
+            }
+        }
+        match action {
+            Action::RequestDrain(name) => {
+                let s = servers.iter_mut().find(|s| &s.name == name).unwrap();
+                s.state = Some("stopped".into());
+                s.ready = false;
+                s.joined = false;
+            }
+            Action::Evict(name) => {
+                let s = servers.iter_mut().find(|s| &s.name == name).unwrap();
+                *s = ServerView {
+                    started_at: Some(at(now)),
+                    state: None,
+                    ..server(s.ordinal, "new", false, 0)
+                };
+            }
+            Action::None => {}
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn rolls_one_at_a_time_and_terminates(
+            layout in prop::collection::vec((any::<bool>(), 0i32..5), 1..7),
+        ) {
+            let mut servers: Vec<ServerView> =
+                layout.iter().enumerate().map(|(i, (old, jobs))| server(i as i32, if *old { "old" } else { "new" }, true, *jobs)).collect();
+            let mut step = None;
+            for tick in 0..(servers.len() as i64 * 4 + 4) {
+                let decision = plan(&input(&servers, step.clone(), tick));
+                let down = servers.iter().filter(|s| !s.joined).count();
+                prop_assert!(down <= 1, "never two servers down: {servers:?}");
+                if let Action::RequestDrain(name) | Action::Evict(name) = &decision.action {
+                    prop_assert_eq!(Some(name), decision.step.as_ref().map(|s| &s.server), "actions only on the step's server");
+                }
+                if decision.action == Action::None && decision.step.is_none() && decision.outdated > 0 {
+                    prop_assert!(decision.waiting.is_some() || decision.blocked.is_some() || step.is_some(), "every wait has a reason");
+                }
+                prop_assert!(decision.blocked.is_none(), "nothing fails in this world");
+                simulate(&mut servers, &decision.action, tick);
+                step = decision.step;
+            }
+            prop_assert!(servers.iter().all(|s| s.revision.as_deref() == Some("new") && s.joined), "the roll completes: {servers:?}");
+        }
+    }
+}
