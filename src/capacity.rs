@@ -50,6 +50,8 @@ pub struct CapacityInput<'a> {
     pub drain_ages: &'a [(String, f64)],
     /// Jobs each row still owns.
     pub owned_jobs: &'a [(String, i64)],
+    /// A server whose drain rolling maintenance keeps (never withdrawn here).
+    pub maintenance_drain: Option<&'a str>,
 }
 
 /// What the capacity planner decided.
@@ -91,6 +93,7 @@ pub fn plan(input: &CapacityInput) -> CapacityPlan {
         .drain_ages
         .iter()
         .filter(|(name, _)| ordinal(input.cluster, name).is_some_and(|o| o < input.wanted))
+        .filter(|(name, _)| input.maintenance_drain != Some(name.as_str()))
         .map(|(name, _)| name.clone())
         .collect();
     out.remove_rows = input
@@ -218,6 +221,7 @@ mod tests {
             on_drain_timeout: DrainTimeoutPolicy::Halt,
             drain_ages: &[],
             owned_jobs: &[],
+            maintenance_drain: None,
         }
     }
 

@@ -27,6 +27,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub struct Context {
     /// Kubernetes API client.
     pub client: Client,
+    /// Client for evictions: it returns a PodDisruptionBudget's 429 instead of retrying it, so
+    /// that a refused eviction is a wait of the roll, not a blocked reconcile.
+    pub eviction_client: Client,
     /// The one Event recorder of the process.
     pub recorder: Recorder,
     /// Operator metrics.
@@ -47,11 +50,20 @@ impl Context {
         };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
+            eviction_client: client.clone(),
             client,
             metrics,
             settings,
             preflight: Preflight::new(PREFLIGHT_TTL),
             failures: Mutex::default(),
+        }
+    }
+
+    /// Uses `client` (built without kube's retry of 429 answers) for evictions.
+    pub fn with_eviction_client(self, client: Client) -> Self {
+        Self {
+            eviction_client: client,
+            ..self
         }
     }
 

@@ -35,6 +35,8 @@ pub mod reasons {
     pub const DRAIN_TIMEOUT: &str = "DrainTimeout";
     /// A replacement did not join within `readyTimeout`.
     pub const READY_TIMEOUT: &str = "ReadyTimeout";
+    /// Servers are being added or removed; maintenance waits for that to finish.
+    pub const SCALING: &str = "Scaling";
 }
 
 /// Stage of the step in progress.
@@ -307,6 +309,49 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Decision)
     }
 }
 
+/// Whether one of `windows` is open at `now` (UTC); no windows means always.
+pub fn window_open(windows: &[crate::crd::MaintenanceWindow], now: Timestamp) -> bool {
+    use crate::crd::Weekday;
+    if windows.is_empty() {
+        return true;
+    }
+    let now = now.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC);
+    let weekday = |date: k8s_openapi::jiff::civil::Date| match date.weekday() {
+        k8s_openapi::jiff::civil::Weekday::Monday => Weekday::Mon,
+        k8s_openapi::jiff::civil::Weekday::Tuesday => Weekday::Tue,
+        k8s_openapi::jiff::civil::Weekday::Wednesday => Weekday::Wed,
+        k8s_openapi::jiff::civil::Weekday::Thursday => Weekday::Thu,
+        k8s_openapi::jiff::civil::Weekday::Friday => Weekday::Fri,
+        k8s_openapi::jiff::civil::Weekday::Saturday => Weekday::Sat,
+        k8s_openapi::jiff::civil::Weekday::Sunday => Weekday::Sun,
+    };
+    windows.iter().any(|window| {
+        let (Some((h, m)), Ok(length)) = (
+            window
+                .start
+                .split_once(':')
+                .and_then(|(h, m)| Some((h.parse::<i8>().ok()?, m.parse::<i8>().ok()?))),
+            crate::crd::parse_duration("window", &window.duration),
+        ) else {
+            return false;
+        };
+        // A window may have opened today or on one of the previous days (long windows).
+        (0..=7).any(|days_back| {
+            let Ok(date) = now.date().checked_sub(k8s_openapi::jiff::Span::new().days(days_back)) else {
+                return false;
+            };
+            if !window.days.is_empty() && !window.days.contains(&weekday(date)) {
+                return false;
+            }
+            let Ok(opens) = date.at(h, m, 0, 0).to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC) else {
+                return false;
+            };
+            let since = now.timestamp().duration_since(opens.timestamp());
+            !since.is_negative() && Duration::try_from(since).is_ok_and(|d| d < length)
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,6 +528,29 @@ mod tests {
             }
             Action::None => {}
         }
+    }
+
+    #[test]
+    fn windows_open_by_day_and_time_in_utc() {
+        use crate::crd::{MaintenanceWindow, Weekday};
+        let window = |days: Vec<Weekday>, start: &str, duration: &str| MaintenanceWindow {
+            days,
+            start: start.into(),
+            duration: duration.into(),
+        };
+        // 2026-11-28 is a Saturday.
+        let sat_0230: Timestamp = "2026-11-28T02:30:00Z".parse().unwrap();
+        let sat_0630: Timestamp = "2026-11-28T06:30:00Z".parse().unwrap();
+        let weekend = [window(vec![Weekday::Sat, Weekday::Sun], "02:00", "4h")];
+        assert!(window_open(&weekend, sat_0230));
+        assert!(!window_open(&weekend, sat_0630));
+        assert!(!window_open(&[window(vec![Weekday::Mon], "02:00", "4h")], sat_0230));
+        let overnight = [window(vec![Weekday::Fri], "23:00", "4h")];
+        assert!(
+            window_open(&overnight, "2026-11-28T01:00:00Z".parse().unwrap()),
+            "opened Friday, still open Saturday"
+        );
+        assert!(window_open(&[], sat_0630), "no windows: always");
     }
 
     proptest! {

@@ -24,6 +24,8 @@ pub struct PodView {
     pub terminating: bool,
     /// Seconds since the container last exited, if it restarted.
     pub last_exit_seconds: Option<i64>,
+    /// When the pod was created.
+    pub created_at: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 /// The ordinal of `name` in cluster `cluster` (`prod-3` → 3).
@@ -43,9 +45,11 @@ impl PodView {
         let container = status
             .and_then(|s| s.container_statuses.as_ref())
             .and_then(|c| c.first());
+        // A clean exit (a drained server) is not a problem; a crash is.
         let last_exit_seconds = container
             .and_then(|c| c.last_state.as_ref())
             .and_then(|s| s.terminated.as_ref())
+            .filter(|t| t.exit_code != 0)
             .and_then(|t| t.finished_at.as_ref())
             .map(|t| now.duration_since(t.0).as_secs());
         Some(Self {
@@ -56,6 +60,7 @@ impl PodView {
             restarts: container.map(|c| c.restart_count).unwrap_or(0),
             terminating: pod.metadata.deletion_timestamp.is_some(),
             last_exit_seconds,
+            created_at: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
         })
     }
 }

@@ -58,3 +58,15 @@ pub async fn database_steps(db: &tokio_postgres::Client, plan: &Plan) -> Result<
     }
     Ok(())
 }
+
+/// Evicts `pod` through the Eviction API. `Ok(false)` when a PodDisruptionBudget refuses it
+/// for now (429): the roll waits and tries again.
+pub async fn evict(client: &Client, namespace: &str, pod: &str) -> Result<bool> {
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), namespace);
+    match pods.evict(pod, &kube::api::EvictParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 429 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -103,6 +103,12 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
     if let Some(database) = database {
         act::database_steps(&database, &plan).await?;
     }
+    if let Some(pod) = &plan.evict {
+        let namespace = cr.namespace().unwrap_or_default();
+        if !act::evict(&ctx.eviction_client, &namespace, pod).await? {
+            tracing::info!(object = %object_key(obj), %pod, "eviction refused by the PodDisruptionBudget for now; waiting");
+        }
+    }
     for event in &plan.events {
         let type_ = if event.warning {
             EventType::Warning

@@ -16,10 +16,13 @@ use orchestrator_contract::server_state;
 use super::observe::Observed;
 use crate::capacity::{self, CapacityInput, CapacityPlan};
 use crate::conditions::{condition, find, reasons, status, types};
-use crate::crd::{DatabaseStatus, OrchestratorCluster, OrchestratorClusterStatus, Phase, ServerStatus, SpecError};
+use crate::crd::{
+    DatabaseStatus, MaintenanceStatus, OrchestratorCluster, OrchestratorClusterStatus, Phase, ServerStatus, SpecError,
+};
 use crate::database::{self, DatabaseState};
 use crate::drift::is_contained;
 use crate::error::{Error, Result};
+use crate::maintenance::{self, Action, Decision, MaintenanceInput, ServerView, Stage, Step, window_open};
 use crate::metrics::ClusterFigures;
 use crate::resources::{BuildSettings, configmap, pdb, selector_string, service, statefulset};
 use crate::servers::{Health, merge, problems};
@@ -106,6 +109,14 @@ pub mod event_reasons {
     pub const REMOVED_SERVER_ROWS: &str = "RemovedServerRows";
     /// Something is wrong that no more specific reason names.
     pub const DEGRADED: &str = "Degraded";
+    /// Rolling maintenance asked a server to drain.
+    pub const MAINTENANCE_DRAINING: &str = "MaintenanceDraining";
+    /// Rolling maintenance evicts a server's pod.
+    pub const MAINTENANCE_EVICTING: &str = "MaintenanceEvicting";
+    /// Rolling maintenance waits for a replacement to join.
+    pub const MAINTENANCE_WAITING_READY: &str = "MaintenanceWaitingReady";
+    /// A server was replaced and joined.
+    pub const MAINTENANCE_STEP_DONE: &str = "MaintenanceStepDone";
 }
 
 /// What a reconcile should do.
@@ -119,6 +130,8 @@ pub struct Plan {
     pub remove_rows: Vec<String>,
     /// Servers wanted again whose drain request is withdrawn.
     pub undrain: Vec<String>,
+    /// Pod to evict for rolling maintenance.
+    pub evict: Option<String>,
     /// Events to publish.
     pub events: Vec<PlannedEvent>,
     /// The status to report.
@@ -157,6 +170,7 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
         .iter()
         .map(|m| (m.server_id.clone(), m.owned_jobs))
         .collect();
+    let previous_step = step_from_status(cr);
     let capacity = capacity::plan(&CapacityInput {
         cluster: &name,
         wanted: cr.spec.replicas,
@@ -172,7 +186,12 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
         on_drain_timeout: cr.spec.maintenance.on_drain_timeout,
         drain_ages: &drain_ages,
         owned_jobs: &owned_jobs,
+        maintenance_drain: previous_step
+            .as_ref()
+            .filter(|s| s.stage != Stage::WaitingReady)
+            .map(|s| s.server.as_str()),
     });
+    let roll = roll(cr, observed, &servers, &capacity, current, previous_step.clone(), now)?;
 
     let configmap = configmap::build(cr)?;
     let config_hash = configmap::data_hash(&configmap);
@@ -210,12 +229,36 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
         .iter()
         .filter(|m| m.state == server_state::DRAINING)
         .count() as i64;
-    let status = status(cr, observed, &servers, &problems, &capacity, now);
-    let events = events(cr, current, &capacity, &status);
+    // A StatefulSet about to be written (new template or replicas) is not the one observed:
+    // nothing is settled until the StatefulSet controller has seen the written one.
+    let statefulset_current = !writes.iter().any(|w| matches!(w.child, Child::StatefulSet(_)));
+    let status = status(
+        cr,
+        observed,
+        statefulset_current,
+        &servers,
+        &problems,
+        &capacity,
+        &roll,
+        now,
+    );
+    let events = events(cr, current, &capacity, &roll, &status);
     let settled = status.phase == Phase::Ready;
     Ok(Plan {
         writes,
-        drain: capacity.drain.clone(),
+        drain: capacity
+            .drain
+            .iter()
+            .cloned()
+            .chain(match &roll.action {
+                Action::RequestDrain(server) => Some(server.clone()),
+                _ => None,
+            })
+            .collect(),
+        evict: match &roll.action {
+            Action::Evict(server) => Some(server.clone()),
+            _ => None,
+        },
         remove_rows: capacity.remove_rows.clone(),
         undrain: capacity.undrain.clone(),
         events,
@@ -236,12 +279,15 @@ fn live<T: Serialize>(object: &Option<T>) -> Result<Option<Value>> {
 }
 
 /// The status: servers from both views, counts, phase and conditions.
+#[allow(clippy::too_many_arguments)]
 fn status(
     cr: &OrchestratorCluster,
     observed: &Observed,
+    statefulset_current: bool,
     servers: &[ServerStatus],
     problems: &[String],
     capacity: &CapacityPlan,
+    roll: &Decision,
     now: &Time,
 ) -> OrchestratorClusterStatus {
     let previous = cr.status.clone().unwrap_or_default();
@@ -249,10 +295,11 @@ fn status(
     let wanted = cr.spec.replicas;
     let joined = servers.iter().filter(|s| s.joined).count() as i32;
     let pods = observed.pods.len() as i32;
-    let sts_observed = observed
-        .statefulset
-        .as_ref()
-        .is_some_and(|s| s.status.as_ref().and_then(|st| st.observed_generation) >= s.metadata.generation);
+    let sts_observed = statefulset_current
+        && observed
+            .statefulset
+            .as_ref()
+            .is_some_and(|s| s.status.as_ref().and_then(|st| st.observed_generation) >= s.metadata.generation);
     let updated = observed
         .statefulset
         .as_ref()
@@ -263,12 +310,17 @@ fn status(
         && pods == wanted
         && joined == wanted
         && updated.unwrap_or(0) >= wanted
-        && problems.is_empty();
+        && problems.is_empty()
+        && roll.outdated == 0
+        && roll.step.is_none();
+    let rolling = roll.outdated > 0 || roll.step.is_some();
 
-    let phase = if capacity.blocked.is_some() {
+    let phase = if capacity.blocked.is_some() || roll.blocked.is_some() {
         Phase::Blocked
     } else if settled {
         Phase::Ready
+    } else if rolling {
+        Phase::Maintaining
     } else if !problems.is_empty() {
         Phase::Degraded
     } else if joined == 0 && wanted > 0 {
@@ -292,7 +344,7 @@ fn status(
         ),
         DatabaseState::NotReady { reason, message } => (*reason, message.clone(), false, None),
     };
-    let progress_message = capacity.waiting.clone().unwrap_or_else(|| {
+    let progress_message = roll_message(roll).or(capacity.waiting.clone()).unwrap_or_else(|| {
         format!(
             "{pods} server pods, {} wanted by the capacity plan, {wanted} in the spec; {joined_message}",
             capacity.replicas
@@ -339,6 +391,15 @@ fn status(
                 String::new(),
             ),
         },
+        match roll.blocked.as_ref().or(roll.waiting.as_ref()) {
+            Some((reason, message)) => condition(types::MAINTENANCE_BLOCKED, true, reason, message.clone()),
+            None => condition(
+                types::MAINTENANCE_BLOCKED,
+                false,
+                capacity::reasons::NOT_BLOCKED,
+                String::new(),
+            ),
+        },
     ];
     OrchestratorClusterStatus {
         observed_generation: generation,
@@ -358,9 +419,132 @@ fn status(
             checked_at: Some(now.clone()),
         }),
         servers: servers.to_vec(),
+        maintenance: maintenance_status(roll, servers.len(), &previous),
         conditions,
-        ..previous
     }
+}
+
+/// The Progressing message of a roll in progress.
+fn roll_message(roll: &Decision) -> Option<String> {
+    let step = roll.step.as_ref()?;
+    Some(format!(
+        "rolling maintenance: {} {}, {} servers outdated",
+        step.server,
+        step.stage.as_str().to_lowercase(),
+        roll.outdated
+    ))
+}
+
+/// `status.maintenance`: the step in progress (it is also what a restarted operator resumes).
+fn maintenance_status(
+    roll: &Decision,
+    servers: usize,
+    previous: &OrchestratorClusterStatus,
+) -> Option<MaintenanceStatus> {
+    if roll.outdated == 0 && roll.step.is_none() {
+        return None;
+    }
+    let done = servers.saturating_sub(roll.outdated);
+    Some(MaintenanceStatus {
+        reason: roll
+            .trigger
+            .map(String::from)
+            .or_else(|| previous.maintenance.as_ref().and_then(|m| m.reason.clone())),
+        step: Some(format!("{}/{servers}", (done + 1).min(servers.max(1)))),
+        server: roll.step.as_ref().map(|s| s.server.clone()),
+        stage: roll.step.as_ref().map(|s| s.stage.as_str().to_string()),
+        started_at: roll.step.as_ref().map(|s| Time(s.since)),
+        blocked_reason: roll
+            .blocked
+            .as_ref()
+            .or(roll.waiting.as_ref())
+            .map(|(_, message)| message.clone()),
+    })
+}
+
+/// The step in progress, as the last status recorded it.
+fn step_from_status(cr: &OrchestratorCluster) -> Option<Step> {
+    let m = cr.status.as_ref()?.maintenance.as_ref()?;
+    let stage = match m.stage.as_deref()? {
+        "Draining" => Stage::Draining,
+        "Evicting" => Stage::Evicting,
+        "WaitingReady" => Stage::WaitingReady,
+        _ => return None,
+    };
+    Some(Step {
+        server: m.server.clone()?,
+        stage,
+        since: m.started_at.as_ref()?.0,
+    })
+}
+
+/// The roll's decision; it waits while capacity changes are under way.
+fn roll(
+    cr: &OrchestratorCluster,
+    observed: &Observed,
+    servers: &[ServerStatus],
+    capacity: &CapacityPlan,
+    current: i32,
+    step: Option<Step>,
+    now: &Time,
+) -> Result<Decision> {
+    let name = cr.name_any();
+    let members = observed.database.members().unwrap_or_default();
+    let views: Vec<ServerView> = servers
+        .iter()
+        .filter_map(|s| {
+            let ordinal = crate::servers::ordinal(&name, &s.name)?;
+            let pod = observed.pods.iter().find(|p| p.name == s.name);
+            Some(ServerView {
+                name: s.name.clone(),
+                ordinal,
+                pod_exists: s.pod_exists,
+                revision: s.revision.clone(),
+                started_at: pod.and_then(|p| p.created_at),
+                ready: s.ready,
+                joined: s.joined,
+                running_jobs: s.running_jobs.unwrap_or(0),
+                state: s.state.clone(),
+                drain_age_seconds: members
+                    .iter()
+                    .find(|m| m.server_id == s.name)
+                    .and_then(|m| m.drain_requested_seconds),
+            })
+        })
+        .collect();
+    let update_revision = observed
+        .statefulset
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.update_revision.clone());
+    let maintenance = &cr.spec.maintenance;
+    let input = MaintenanceInput {
+        servers: &views,
+        update_revision: update_revision.as_deref(),
+        restart_requested_at: maintenance.restart_requested_at.as_ref().map(|t| t.0),
+        paused: maintenance.paused,
+        window_open: window_open(&maintenance.windows, now.0),
+        database_ready: matches!(observed.database, DatabaseState::Ready { .. }),
+        step,
+        drain_timeout: maintenance.drain_timeout()?,
+        ready_timeout: maintenance.ready_timeout()?,
+        on_drain_timeout: maintenance.on_drain_timeout,
+        now: now.0,
+    };
+    let scaling = capacity.replicas != current || current != cr.spec.replicas || !capacity.drain.is_empty();
+    if scaling && input.step.is_none() {
+        let mut waiting = maintenance::plan(&MaintenanceInput { paused: true, ..input });
+        if waiting.outdated > 0 {
+            waiting.waiting = Some((
+                maintenance::reasons::SCALING,
+                "servers are being added or removed".into(),
+            ));
+        } else {
+            waiting.waiting = None;
+        }
+        return Ok(waiting);
+    }
+    Ok(maintenance::plan(&input))
 }
 
 /// Events for capacity steps, and for conditions that just turned bad or changed message.
@@ -368,11 +552,12 @@ fn events(
     cr: &OrchestratorCluster,
     current: i32,
     capacity: &CapacityPlan,
+    roll: &Decision,
     status: &OrchestratorClusterStatus,
 ) -> Vec<PlannedEvent> {
     let name = cr.name_any();
     let wanted = cr.spec.replicas;
-    let mut events = Vec::new();
+    let mut events = roll_events(cr, roll, status);
     let mut normal = |reason, note: String| {
         events.push(PlannedEvent {
             warning: false,
@@ -443,6 +628,51 @@ fn events(
                 note,
             });
         }
+    }
+    events
+}
+
+/// An Event per stage of the roll, and one when it halts.
+fn roll_events(cr: &OrchestratorCluster, roll: &Decision, status: &OrchestratorClusterStatus) -> Vec<PlannedEvent> {
+    let before = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.maintenance.clone())
+        .unwrap_or_default();
+    let after = status.maintenance.clone().unwrap_or_default();
+    let mut events = Vec::new();
+    let progress = after.step.clone().unwrap_or_default();
+    let trigger = after.reason.clone().unwrap_or_default();
+    if (before.server.as_ref(), before.stage.as_ref()) != (after.server.as_ref(), after.stage.as_ref()) {
+        match (&after.server, &after.stage) {
+            (Some(server), Some(stage)) => events.push(PlannedEvent {
+                warning: false,
+                reason: match stage.as_str() {
+                    "Draining" => event_reasons::MAINTENANCE_DRAINING,
+                    "Evicting" => event_reasons::MAINTENANCE_EVICTING,
+                    _ => event_reasons::MAINTENANCE_WAITING_READY,
+                },
+                note: format!("{server}: {} (step {progress}, {trigger})", stage.to_lowercase()),
+            }),
+            _ => {
+                if let Some(server) = before.server {
+                    events.push(PlannedEvent {
+                        warning: false,
+                        reason: event_reasons::MAINTENANCE_STEP_DONE,
+                        note: format!("{server} replaced and joined"),
+                    });
+                }
+            }
+        }
+    }
+    if let Some((reason, message)) = &roll.blocked
+        && before.blocked_reason.as_ref() != Some(message)
+    {
+        events.push(PlannedEvent {
+            warning: true,
+            reason,
+            note: message.clone(),
+        });
     }
     events
 }

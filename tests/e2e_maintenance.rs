@@ -1,0 +1,347 @@
+//! End-to-end rolling maintenance on the local cluster with a real PostgreSQL and server
+//! processes: one server at a time, never two unavailable, no job lost or run twice; a
+//! rolling restart; pause; a replacement that never becomes ready halts the roll.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, ResourceExt};
+use orchestrator_operator::crd::{OrchestratorCluster, Phase};
+use serde_json::{Value, json};
+use support::e2e::{Operator, TestNamespace, wait_for};
+use testing_postgres::TestPostgres;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn cluster(replicas: i32, pg: &TestPostgres) -> OrchestratorCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "orchestrator.dev/v1alpha1",
+        "kind": "OrchestratorCluster",
+        "metadata": {"name": "prod"},
+        "spec": {
+            "replicas": replicas,
+            "version": "2.0.0",
+            "database": {"host": "127.0.0.1", "port": pg.port, "name": "process", "sslMode": "disable",
+                         "credentialsSecret": {"name": "process-db"}},
+            "maintenance": {"drainTimeout": "30s", "readyTimeout": "20s"}
+        }
+    }))
+    .unwrap()
+}
+
+async fn patch_spec(ns: &TestNamespace, spec: Value) {
+    let patch = json!({"spec": spec});
+    ns.api::<OrchestratorCluster>()
+        .patch("prod", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+async fn wait_settled(ns: &TestNamespace, replicas: i32, version: &'static str) -> OrchestratorCluster {
+    let what = format!("Ready on {version}");
+    wait_for(
+        &ns.api::<OrchestratorCluster>(),
+        "prod",
+        &what,
+        3 * MINUTE,
+        move |c: Option<&OrchestratorCluster>| {
+            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+                s.phase == Phase::Ready && s.ready_replicas == replicas && s.current_version.as_deref() == Some(version)
+            })
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn ready_cluster(ns: &TestNamespace, pg: &TestPostgres, replicas: i32) {
+    ns.api::<OrchestratorCluster>()
+        .create(&PostParams::default(), &cluster(replicas, pg))
+        .await
+        .unwrap();
+    wait_settled(ns, replicas, "2.0.0").await;
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// Watches the pods and records the most servers ever unavailable at once, and the order in
+/// which pods were replaced.
+struct Watcher {
+    worst: Arc<Mutex<usize>>,
+    replaced: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watcher {
+    fn start(ns: &TestNamespace, servers: usize) -> Self {
+        let (worst, replaced) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(Vec::new())));
+        let pods: Api<Pod> = ns.api();
+        let (w, r) = (worst.clone(), replaced.clone());
+        let task = tokio::spawn(async move {
+            let mut state: BTreeMap<String, (String, bool)> = BTreeMap::new();
+            let mut listed = false;
+            let mut events = std::pin::pin!(watcher::watcher(pods, watcher::Config::default()));
+            while let Some(Ok(event)) = events.next().await {
+                match event {
+                    Event::InitDone => listed = true,
+                    Event::Apply(pod) | Event::InitApply(pod) => {
+                        let uid = pod.uid().unwrap_or_default();
+                        let previous = state.insert(pod.name_any(), (uid.clone(), ready(&pod)));
+                        if previous.is_some_and(|(old, _)| old != uid) {
+                            r.lock().unwrap().push(pod.name_any());
+                        }
+                    }
+                    Event::Delete(pod) => {
+                        state.insert(pod.name_any(), (pod.uid().unwrap_or_default(), false));
+                    }
+                    _ => continue,
+                }
+                if !listed {
+                    continue;
+                }
+                let up = state.values().filter(|(_, ready)| *ready).count();
+                let down = servers.saturating_sub(up);
+                let mut worst = w.lock().unwrap();
+                *worst = (*worst).max(down);
+            }
+        });
+        Self { worst, replaced, task }
+    }
+
+    fn worst(&self) -> usize {
+        *self.worst.lock().unwrap()
+    }
+
+    fn replaced(&self) -> Vec<String> {
+        self.replaced.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn server_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_orchestrator-operator")).with_file_name("orchestrator-server")
+}
+
+#[tokio::test]
+async fn version_bump_replaces_one_server_at_a_time_and_loses_no_job() {
+    let ns = TestNamespace::new("roll").await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    ready_cluster(&ns, &pg, 4).await;
+    let uids = |pods: Vec<Pod>| {
+        pods.iter()
+            .map(|p| (p.name_any(), p.uid().unwrap()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let before = uids(ns.api::<Pod>().list(&ListParams::default()).await.unwrap().items);
+    let watcher = Watcher::start(&ns, 4);
+    let load = tokio::process::Command::new(server_binary())
+        .args([
+            "loadgen",
+            "--rate",
+            "20",
+            "--duration",
+            "25",
+            "--kind",
+            "sleep",
+            "--sleep-ms",
+            "500",
+            "--batch",
+            "roll",
+        ])
+        .envs(pg.env())
+        .kill_on_drop(true)
+        .output();
+    let roll = async {
+        patch_spec(&ns, json!({"version": "2.1.0"})).await;
+        wait_settled(&ns, 4, "2.1.0").await
+    };
+    let (output, cr) = tokio::join!(load, roll);
+    let output = output.unwrap();
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["outcome"]["executed_more_than_once"], 0, "{report}");
+    assert!(
+        watcher.worst() <= 1,
+        "never two servers unavailable; saw {}",
+        watcher.worst()
+    );
+    let after = uids(ns.api::<Pod>().list(&ListParams::default()).await.unwrap().items);
+    assert!(
+        before
+            .iter()
+            .all(|(name, uid)| after.get(name).is_some_and(|new| new != uid)),
+        "all four replaced"
+    );
+    let replaced = watcher.replaced();
+    let unique: BTreeSet<_> = replaced.iter().collect();
+    assert_eq!(unique.len(), replaced.len(), "each server replaced once: {replaced:?}");
+    let status = cr.status.unwrap();
+    assert!(status.maintenance.is_none(), "{:?}", status.maintenance);
+    assert!(
+        status
+            .servers
+            .iter()
+            .all(|s| s.version.as_deref() == Some("2.1.0") && s.joined)
+    );
+    println!("replacement order: {replaced:?}");
+}
+
+#[tokio::test]
+async fn restart_requested_at_restarts_every_server_one_at_a_time() {
+    let ns = TestNamespace::new("restart").await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    ready_cluster(&ns, &pg, 3).await;
+    let watcher = Watcher::start(&ns, 3);
+    let before: BTreeMap<String, String> = ns
+        .api::<Pod>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| (p.name_any(), p.uid().unwrap()))
+        .collect();
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    patch_spec(&ns, json!({"maintenance": {"restartRequestedAt": now}})).await;
+    let pods = ns.api::<Pod>();
+    let deadline = std::time::Instant::now() + 3 * MINUTE;
+    loop {
+        let current = pods.list(&ListParams::default()).await.unwrap().items;
+        let renewed = current
+            .iter()
+            .filter(|p| before.get(&p.name_any()) != p.uid().as_ref() && ready(p))
+            .count();
+        if renewed == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not every server restarted");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    wait_settled(&ns, 3, "2.0.0").await;
+    assert!(
+        watcher.worst() <= 1,
+        "never two servers unavailable; saw {}",
+        watcher.worst()
+    );
+}
+
+#[tokio::test]
+async fn pause_stops_the_roll_until_unpaused() {
+    let ns = TestNamespace::new("pause").await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    ready_cluster(&ns, &pg, 3).await;
+    patch_spec(&ns, json!({"version": "2.1.0"})).await;
+    let api = ns.api::<OrchestratorCluster>();
+    wait_for(
+        &api,
+        "prod",
+        "first server replaced",
+        2 * MINUTE,
+        |c: Option<&OrchestratorCluster>| {
+            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+                s.servers
+                    .iter()
+                    .filter(|s| s.version.as_deref() == Some("2.1.0") && s.joined)
+                    .count()
+                    >= 1
+            })
+        },
+    )
+    .await;
+    patch_spec(&ns, json!({"maintenance": {"paused": true}})).await;
+    wait_for(
+        &api,
+        "prod",
+        "MaintenanceBlocked=Paused",
+        MINUTE,
+        |c: Option<&OrchestratorCluster>| {
+            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "MaintenanceBlocked" && c.reason == "Paused")
+            })
+        },
+    )
+    .await;
+    let snapshot = |pods: Vec<Pod>| {
+        pods.iter()
+            .map(|p| (p.name_any(), p.uid().unwrap()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let paused = snapshot(ns.api::<Pod>().list(&ListParams::default()).await.unwrap().items);
+    // A negative check needs a window: three reconcile periods of the busy requeue.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let later = snapshot(ns.api::<Pod>().list(&ListParams::default()).await.unwrap().items);
+    assert_eq!(paused, later, "no server replaced while paused");
+    patch_spec(&ns, json!({"maintenance": {"paused": false}})).await;
+    wait_settled(&ns, 3, "2.1.0").await;
+}
+
+#[tokio::test]
+async fn a_replacement_that_never_becomes_ready_halts_the_roll() {
+    let ns = TestNamespace::new("halt").await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    ready_cluster(&ns, &pg, 3).await;
+    patch_spec(
+        &ns,
+        json!({"image": "registry.example/orchestrator-server-nightly:broken"}),
+    )
+    .await;
+    let api = ns.api::<OrchestratorCluster>();
+    let cr = wait_for(
+        &api,
+        "prod",
+        "MaintenanceBlocked=ReadyTimeout",
+        2 * MINUTE,
+        |c: Option<&OrchestratorCluster>| {
+            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "MaintenanceBlocked" && c.reason == "ReadyTimeout")
+            })
+        },
+    )
+    .await
+    .unwrap();
+    let status = cr.status.unwrap();
+    assert_eq!(status.phase, Phase::Blocked);
+    let joined: Vec<_> = status
+        .servers
+        .iter()
+        .filter(|s| s.joined)
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(joined.len(), 2, "the other two keep serving: {:?}", status.servers);
+    let broken = status.maintenance.unwrap().server.unwrap();
+    assert!(!joined.contains(&broken));
+    let pods = ns.api::<Pod>().list(&ListParams::default()).await.unwrap().items;
+    let old_image = pods
+        .iter()
+        .filter(|p| p.name_any() != broken)
+        .all(|p| p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("orchestrator-server:2.0.0"));
+    assert!(old_image, "only one server was touched");
+}
