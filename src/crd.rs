@@ -532,9 +532,12 @@ pub struct MaintenanceStatus {
     /// Stage of the step: Draining, Evicting or WaitingReady.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
-    /// When the step started.
+    /// When the current stage of the step started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
+    /// Uid of the pod being replaced; its replacement has the same name and another uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
     /// Why maintenance waits, if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_reason: Option<String>,

@@ -70,6 +70,9 @@ pub struct Step {
     pub stage: Stage,
     /// When the stage began.
     pub since: Timestamp,
+    /// Uid of the pod being replaced (set from the Evicting stage on): a different uid under
+    /// the same name is its replacement.
+    pub pod_uid: Option<String>,
 }
 
 /// One server as the planner needs it.
@@ -81,6 +84,8 @@ pub struct ServerView {
     pub ordinal: i32,
     /// The pod exists.
     pub pod_exists: bool,
+    /// Uid of the pod.
+    pub uid: Option<String>,
     /// StatefulSet revision of the pod.
     pub revision: Option<String>,
     /// When the pod started.
@@ -237,6 +242,7 @@ pub fn plan(input: &MaintenanceInput) -> Decision {
         server: candidate.name.clone(),
         stage,
         since: input.now,
+        pod_uid: candidate.uid.clone(),
     });
     decision
 }
@@ -244,10 +250,12 @@ pub fn plan(input: &MaintenanceInput) -> Decision {
 fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Decision) {
     let server = input.servers.iter().find(|s| s.name == step.server);
     let next = |stage| {
+        let pod_uid = step.pod_uid.clone().or_else(|| server.and_then(|s| s.uid.clone()));
         Some(Step {
             server: step.server.clone(),
             stage,
             since: input.now,
+            pod_uid,
         })
     };
     let in_stage = elapsed(step.since, input.now);
@@ -279,9 +287,7 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Decision)
             }
         }
         Stage::Evicting => {
-            let replaced = server.is_none_or(|s| {
-                !s.pod_exists || (is_outdated(s, input).is_none() && s.started_at.is_some_and(|t| t >= step.since))
-            });
+            let replaced = server.is_none_or(|s| !s.pod_exists || s.uid != step.pod_uid);
             if replaced {
                 decision.step = next(Stage::WaitingReady);
             } else {
@@ -366,6 +372,7 @@ mod tests {
             name: format!("prod-{ordinal}"),
             ordinal,
             pod_exists: true,
+            uid: Some(format!("uid-{ordinal}-{revision}")),
             revision: Some(revision.into()),
             started_at: Some(at(0)),
             ready: joined,
@@ -439,6 +446,7 @@ mod tests {
             server: "prod-0".into(),
             stage: Stage::Draining,
             since: at(0),
+            pod_uid: None,
         };
         assert_eq!(
             plan(&input(&servers, Some(step.clone()), 5)).action,
@@ -468,6 +476,7 @@ mod tests {
             server: "prod-0".into(),
             stage: Stage::Draining,
             since: at(0),
+            pod_uid: None,
         };
         let d = plan(&input(&servers, Some(draining.clone()), 61));
         assert_eq!((d.action, d.blocked.unwrap().0), (Action::None, reasons::DRAIN_TIMEOUT));
@@ -478,6 +487,7 @@ mod tests {
             server: "prod-0".into(),
             stage: Stage::WaitingReady,
             since: at(0),
+            pod_uid: None,
         };
         let never_ready = [server(0, "new", false, 0), server(1, "new", true, 0)];
         let d = plan(&input(&never_ready, Some(waiting), 121));

@@ -26,6 +26,8 @@ pub struct PodView {
     pub last_exit_seconds: Option<i64>,
     /// When the pod was created.
     pub created_at: Option<k8s_openapi::jiff::Timestamp>,
+    /// Uid of the pod.
+    pub uid: Option<String>,
 }
 
 /// The ordinal of `name` in cluster `cluster` (`prod-3` → 3).
@@ -61,6 +63,7 @@ impl PodView {
             terminating: pod.metadata.deletion_timestamp.is_some(),
             last_exit_seconds,
             created_at: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            uid: pod.uid(),
         })
     }
 }

@@ -345,3 +345,142 @@ async fn a_replacement_that_never_becomes_ready_halts_the_roll() {
         .all(|p| p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("orchestrator-server:2.0.0"));
     assert!(old_image, "only one server was touched");
 }
+
+async fn db(pg: &TestPostgres) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+async fn a_drain_that_never_finishes_halts_until_the_policy_says_proceed() {
+    let ns = TestNamespace::new("drain").await;
+    let pg = ns.database().await;
+    let db = db(&pg).await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    let mut spec = cluster(2, &pg);
+    spec.spec.maintenance.drain_timeout = "5s".into();
+    ns.api::<OrchestratorCluster>()
+        .create(&PostParams::default(), &spec)
+        .await
+        .unwrap();
+    wait_settled(&ns, 2, "2.0.0").await;
+    let payload = json!({"batch": "long", "ms": 20000});
+    let job = orchestrator_contract::submit_job(&db, "sleep", &payload).await.unwrap();
+    let owner = loop {
+        let owner: Option<String> = db
+            .query_one("SELECT owner FROM jobs WHERE id = $1", &[&job])
+            .await
+            .unwrap()
+            .get(0);
+        if let Some(owner) = owner {
+            break owner;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Its heartbeat reports the running job, so the roll knows it is the busy one.
+    loop {
+        let members = orchestrator_contract::membership(&db).await.unwrap();
+        if members.iter().any(|m| m.server_id == owner && m.running_jobs > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pods = ns.api::<Pod>();
+    let busy_uid = pods.get(&owner).await.unwrap().uid();
+    patch_spec(&ns, json!({"version": "2.1.0"})).await;
+    let api = ns.api::<OrchestratorCluster>();
+    let cr = wait_for(
+        &api,
+        "prod",
+        "MaintenanceBlocked=DrainTimeout",
+        2 * MINUTE,
+        |c: Option<&OrchestratorCluster>| {
+            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "MaintenanceBlocked" && c.reason == "DrainTimeout")
+            })
+        },
+    )
+    .await
+    .unwrap();
+    let maintenance = cr.status.unwrap().maintenance.unwrap();
+    assert_eq!(
+        maintenance.server.as_deref(),
+        Some(owner.as_str()),
+        "the busy server was left for last"
+    );
+    assert_eq!(pods.get(&owner).await.unwrap().uid(), busy_uid, "Halt keeps the server");
+    let state: String = db
+        .query_one("SELECT state FROM jobs WHERE id = $1", &[&job])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "running");
+
+    patch_spec(&ns, json!({"maintenance": {"onDrainTimeout": "Proceed"}})).await;
+    wait_settled(&ns, 2, "2.1.0").await;
+    let deadline = std::time::Instant::now() + MINUTE;
+    let outcome = loop {
+        let outcome = orchestrator_contract::batch_outcome(&db, "long").await.unwrap();
+        if outcome.unfinished == 0 {
+            break outcome;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the handed-back job did not finish: {outcome:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        (outcome.completed, outcome.executed_more_than_once),
+        (1, 0),
+        "{outcome:?}"
+    );
+    let attempts: i32 = db
+        .query_one("SELECT attempts FROM jobs WHERE id = $1", &[&job])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(attempts >= 2, "handed back and claimed again, {attempts} attempts");
+}
+
+#[tokio::test]
+async fn an_operator_killed_at_each_stage_resumes_the_same_roll() {
+    let ns = TestNamespace::new("resume").await;
+    let pg = ns.database().await;
+    let mut operator = Operator::start(&ns.name, "orchestrator-server").await;
+    ready_cluster(&ns, &pg, 3).await;
+    let watcher = Watcher::start(&ns, 3);
+    patch_spec(&ns, json!({"version": "2.1.0"})).await;
+    let api = ns.api::<OrchestratorCluster>();
+    let mut kills = Vec::new();
+    let deadline = std::time::Instant::now() + 3 * MINUTE;
+    while kills.len() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the roll did not pass five stages: {kills:?}"
+        );
+        let cr = api.get("prod").await.unwrap();
+        let stage = cr
+            .status
+            .and_then(|s| s.maintenance)
+            .and_then(|m| Some((m.server?, m.stage?)));
+        if let Some(stage) = stage
+            && kills.last() != Some(&stage)
+        {
+            drop(operator);
+            operator = Operator::start(&ns.name, "orchestrator-server").await;
+            kills.push(stage);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_settled(&ns, 3, "2.1.0").await;
+    assert!(
+        watcher.worst() <= 1,
+        "never two servers unavailable; saw {}",
+        watcher.worst()
+    );
+    println!("operator killed at: {kills:?}");
+}

@@ -454,6 +454,7 @@ fn maintenance_status(
         server: roll.step.as_ref().map(|s| s.server.clone()),
         stage: roll.step.as_ref().map(|s| s.stage.as_str().to_string()),
         started_at: roll.step.as_ref().map(|s| Time(s.since)),
+        pod_uid: roll.step.as_ref().and_then(|s| s.pod_uid.clone()),
         blocked_reason: roll
             .blocked
             .as_ref()
@@ -475,6 +476,7 @@ fn step_from_status(cr: &OrchestratorCluster) -> Option<Step> {
         server: m.server.clone()?,
         stage,
         since: m.started_at.as_ref()?.0,
+        pod_uid: m.pod_uid.clone(),
     })
 }
 
@@ -499,6 +501,7 @@ fn roll(
                 name: s.name.clone(),
                 ordinal,
                 pod_exists: s.pod_exists,
+                uid: pod.and_then(|p| p.uid.clone()),
                 revision: s.revision.clone(),
                 started_at: pod.and_then(|p| p.created_at),
                 ready: s.ready,

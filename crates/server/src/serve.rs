@@ -161,11 +161,14 @@ pub async fn run(settings: ServerSettings) -> anyhow::Result<()> {
     }
 
     let mut drain_wait = drain_rx.clone();
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: friendly shutdown"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: friendly shutdown"),
-        _ = drain_wait.wait_for(|d| *d) => tracing::info!("drain requested through the database: friendly shutdown"),
-    }
+    // A signal sets a deadline (the pod's grace period is running); a drain requested through
+    // the database does not: the operator's onDrainTimeout policy decides how long to wait,
+    // and a SIGTERM during such a drain starts the deadline.
+    let signalled = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM: friendly shutdown"); true }
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupt: friendly shutdown"); true }
+        _ = drain_wait.wait_for(|d| *d) => { tracing::info!("drain requested through the database: friendly shutdown"); false }
+    };
     let _ = drain_tx.send(true);
     shared.draining.store(true, Ordering::SeqCst);
     shared.metrics.draining.set(1);
@@ -173,12 +176,21 @@ pub async fn run(settings: ServerSettings) -> anyhow::Result<()> {
     contract::set_state(db.get().await?, &settings.server_id, server_state::DRAINING).await?;
 
     let running = shared.running.lock().unwrap().len();
-    tracing::info!(running, timeout = ?settings.drain_timeout, "waiting for running jobs to finish");
-    let finished = tokio::time::timeout(settings.drain_timeout, async {
-        while workers.join_next().await.is_some() {}
-    })
-    .await;
-    if finished.is_err() {
+    tracing::info!(running, timeout = ?settings.drain_timeout, signalled, "waiting for running jobs to finish");
+    let mut finished = false;
+    if !signalled {
+        tokio::select! {
+            _ = async { while workers.join_next().await.is_some() {} } => finished = true,
+            _ = term.recv() => tracing::info!("SIGTERM while draining: finishing within the drain timeout"),
+        }
+    }
+    if !finished
+        && tokio::time::timeout(settings.drain_timeout, async {
+            while workers.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+    {
         let _ = cancel_tx.send(true);
         while workers.join_next().await.is_some() {}
         let handed = contract::hand_back_jobs(db.get().await?, &settings.server_id).await?;
