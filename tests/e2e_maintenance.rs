@@ -365,7 +365,8 @@ async fn a_drain_that_never_finishes_halts_until_the_policy_says_proceed() {
         .await
         .unwrap();
     wait_settled(&ns, 2, "2.0.0").await;
-    let payload = json!({"batch": "long", "ms": 20000});
+    // Long enough to outlast replacing the idle server first, even on a busy machine.
+    let payload = json!({"batch": "long", "ms": 45000});
     let job = orchestrator_contract::submit_job(&db, "sleep", &payload).await.unwrap();
     let owner = loop {
         let owner: Option<String> = db
@@ -421,7 +422,7 @@ async fn a_drain_that_never_finishes_halts_until_the_policy_says_proceed() {
 
     patch_spec(&ns, json!({"maintenance": {"onDrainTimeout": "Proceed"}})).await;
     wait_settled(&ns, 2, "2.1.0").await;
-    let deadline = std::time::Instant::now() + MINUTE;
+    let deadline = std::time::Instant::now() + 2 * MINUTE;
     let outcome = loop {
         let outcome = orchestrator_contract::batch_outcome(&db, "long").await.unwrap();
         if outcome.unfinished == 0 {
