@@ -260,6 +260,11 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Decision)
     };
     let in_stage = elapsed(step.since, input.now);
     match step.stage {
+        Stage::Draining if server.is_some_and(|s| s.pod_exists && step.pod_uid.is_some() && s.uid != step.pod_uid) => {
+            // The drained pod was already replaced (this status was read before the last write
+            // of it reached the cache): never evict the replacement.
+            decision.step = next(Stage::WaitingReady);
+        }
         Stage::Draining => {
             let stopped = server.is_none_or(|s| {
                 !s.pod_exists || !matches!(s.state.as_deref(), Some(server_state::ACTIVE | server_state::DRAINING))
@@ -467,6 +472,25 @@ mod tests {
         servers[0].joined = true;
         let done = plan(&input(&servers, d.step, 12));
         assert_eq!((done.step, done.action, done.outdated), (None, Action::None, 0));
+    }
+
+    #[test]
+    fn a_replaced_pod_is_never_evicted_again_even_from_a_stale_step() {
+        let replaced = [
+            ServerView {
+                started_at: Some(at(8)),
+                ..server(0, "new", false, 0)
+            },
+            server(1, "new", true, 0),
+        ];
+        let stale = Step {
+            server: "prod-0".into(),
+            stage: Stage::Draining,
+            since: at(0),
+            pod_uid: Some("uid-0-old".into()),
+        };
+        let d = plan(&input(&replaced, Some(stale), 9));
+        assert_eq!((d.action, d.step.unwrap().stage), (Action::None, Stage::WaitingReady));
     }
 
     #[test]

@@ -59,13 +59,25 @@ pub async fn database_steps(db: &tokio_postgres::Client, plan: &Plan) -> Result<
     Ok(())
 }
 
-/// Evicts `pod` through the Eviction API. `Ok(false)` when a PodDisruptionBudget refuses it
-/// for now (429): the roll waits and tries again.
-pub async fn evict(client: &Client, namespace: &str, pod: &str) -> Result<bool> {
+/// Evicts `pod` through the Eviction API, only while it still has `uid` (its replacement is
+/// never evicted). `Ok(false)` when a PodDisruptionBudget refuses it for now (429): the roll
+/// waits and tries again.
+pub async fn evict(client: &Client, namespace: &str, pod: &str, uid: Option<String>) -> Result<bool> {
     let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), namespace);
-    match pods.evict(pod, &kube::api::EvictParams::default()).await {
+    let params = kube::api::EvictParams {
+        delete_options: Some(kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid,
+                resource_version: None,
+            }),
+            ..kube::api::DeleteParams::default()
+        }),
+        ..kube::api::EvictParams::default()
+    };
+    match pods.evict(pod, &params).await {
         Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(true),
+        // Gone, or already replaced by a pod with another uid.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 429 => Ok(false),
         Err(e) => Err(e.into()),
     }

@@ -103,9 +103,9 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
     if let Some(database) = database {
         act::database_steps(&database, &plan).await?;
     }
-    if let Some(pod) = &plan.evict {
+    if let Some((pod, uid)) = &plan.evict {
         let namespace = cr.namespace().unwrap_or_default();
-        if !act::evict(&ctx.eviction_client, &namespace, pod).await? {
+        if !act::evict(&ctx.eviction_client, &namespace, pod, uid.clone()).await? {
             tracing::info!(object = %object_key(obj), %pod, "eviction refused by the PodDisruptionBudget for now; waiting");
         }
     }

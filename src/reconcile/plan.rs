@@ -130,8 +130,8 @@ pub struct Plan {
     pub remove_rows: Vec<String>,
     /// Servers wanted again whose drain request is withdrawn.
     pub undrain: Vec<String>,
-    /// Pod to evict for rolling maintenance.
-    pub evict: Option<String>,
+    /// Pod to evict for rolling maintenance, with the uid it must still have.
+    pub evict: Option<(String, Option<String>)>,
     /// Events to publish.
     pub events: Vec<PlannedEvent>,
     /// The status to report.
@@ -256,7 +256,7 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
             })
             .collect(),
         evict: match &roll.action {
-            Action::Evict(server) => Some(server.clone()),
+            Action::Evict(server) => Some((server.clone(), roll.step.as_ref().and_then(|s| s.pod_uid.clone()))),
             _ => None,
         },
         remove_rows: capacity.remove_rows.clone(),
