@@ -10,7 +10,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin orchestrator-operator --bin orchestrator-server \
+    cargo build --release --locked -p orchestrator-operator -p orchestrator-server --bins \
     && install -D -m 0755 target/release/orchestrator-operator /out/orchestrator-operator \
     && install -D -m 0755 target/release/orchestrator-server /out/orchestrator-server
 
