@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -17,7 +16,7 @@ use kube::runtime::watcher::{self, Event};
 use orchestrator_contract as contract;
 use orchestrator_operator::crd::{OrchestratorCluster, Phase};
 use serde_json::{Value, json};
-use support::e2e::{Operator, TestNamespace, wait_for};
+use support::e2e::{Operator, TestNamespace, db, server_binary, wait_for};
 use testing_postgres::TestPostgres;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -36,12 +35,6 @@ fn cluster(replicas: i32, pg: &TestPostgres) -> OrchestratorCluster {
         }
     }))
     .unwrap()
-}
-
-async fn db(pg: &TestPostgres) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
 }
 
 fn condition<'a>(
@@ -298,10 +291,6 @@ async fn runtime_preconditions_block_scale_up_and_recover() {
     assert_eq!(pods(&ns).await.len(), 3);
     pg.start_again();
     wait_ready(&ns, 4).await;
-}
-
-fn server_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_orchestrator-operator")).with_file_name("orchestrator-server")
 }
 
 #[tokio::test]

@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
 use orchestrator_operator::crd::{OrchestratorCluster, Phase};
 use serde_json::{Value, json};
-use support::e2e::{Operator, TestNamespace, wait_for};
+use support::e2e::{Operator, TestNamespace, db, server_binary, wait_for};
 use testing_postgres::TestPostgres;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -135,10 +134,6 @@ impl Drop for Watcher {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-fn server_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_orchestrator-operator")).with_file_name("orchestrator-server")
 }
 
 #[tokio::test]
@@ -344,12 +339,6 @@ async fn a_replacement_that_never_becomes_ready_halts_the_roll() {
         .filter(|p| p.name_any() != broken)
         .all(|p| p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("orchestrator-server:2.0.0"));
     assert!(old_image, "only one server was touched");
-}
-
-async fn db(pg: &TestPostgres) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
 }
 
 #[tokio::test]

@@ -26,6 +26,18 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A connection to `pg` as the application user.
+pub async fn db(pg: &TestPostgres) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// The `orchestrator-server` binary (built beside the operator's, by `hack/agent-up.sh`).
+pub fn server_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_orchestrator-operator")).with_file_name("orchestrator-server")
+}
+
 /// A client of the local cluster. Panics with instructions when none is reachable.
 pub async fn client() -> Client {
     let hint =
@@ -134,8 +146,7 @@ impl TestNamespace {
     /// application login.
     pub async fn database(&self) -> TestPostgres {
         let pg = TestPostgres::start();
-        let (mut db, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
+        let mut db = db(&pg).await;
         orchestrator_contract::migrations::migrate(&mut db, orchestrator_contract::LATEST_SCHEMA, false)
             .await
             .unwrap();

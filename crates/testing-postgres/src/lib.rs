@@ -200,10 +200,7 @@ impl TestPostgres {
         // Ports can be taken between the probe and the start: try a few.
         for attempt in 0..5 {
             this.port = free_port();
-            let mut options = this.options();
-            if tls {
-                options.push_str(" -c ssl=on -c ssl_cert_file=../server.crt -c ssl_key_file=../server.key");
-            }
+            let options = this.options();
             let log = this.dir.path().join("server.log");
             let output = this.output(
                 "pg_ctl",
@@ -237,12 +234,17 @@ impl TestPostgres {
         this
     }
 
+    /// Server options; TLS is on when the instance has a certificate (`start_with_tls`).
     fn options(&self) -> String {
-        format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
             self.port,
             self.dir.path().display()
-        )
+        );
+        if self.dir.path().join("server.crt").exists() {
+            options.push_str(" -c ssl=on -c ssl_cert_file=../server.crt -c ssl_key_file=../server.key");
+        }
+        options
     }
 
     fn command(&self, program: &str) -> Command {
@@ -331,10 +333,7 @@ impl TestPostgres {
     pub fn start_again(&self) {
         let data = self.dir.path().join("data");
         let log = self.dir.path().join("server.log");
-        let mut options = self.options();
-        if self.dir.path().join("server.crt").exists() {
-            options.push_str(" -c ssl=on -c ssl_cert_file=../server.crt -c ssl_key_file=../server.key");
-        }
+        let options = self.options();
         self.run(
             "pg_ctl",
             &[
