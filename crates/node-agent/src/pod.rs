@@ -256,7 +256,10 @@ impl Worker {
                 "OnFailure" => !status.success() || matches!(end, RunEnd::LivenessFailed(_)),
                 _ => true,
             };
-            let state = terminated(status, &self.started);
+            let mut state = terminated(status, &self.started);
+            if let Some(terminated) = state.terminated.as_mut() {
+                terminated.message = self.termination_message(status);
+            }
             if !restart {
                 let phase = if status.success() { "Succeeded" } else { "Failed" };
                 self.publish(phase, state).await;
@@ -329,8 +332,23 @@ impl Worker {
         Ok(command)
     }
 
+    fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.log", self.container().name))
+    }
+
+    /// The kubelet's `terminationMessagePolicy: FallbackToLogsOnError`: a failed container's
+    /// termination message is the tail of its log.
+    fn termination_message(&self, status: ExitStatus) -> Option<String> {
+        let policy = self.container().termination_message_policy;
+        if status.success() || policy.as_deref() != Some("FallbackToLogsOnError") {
+            return None;
+        }
+        let log = std::fs::read(self.log_path()).ok()?;
+        Some(log_tail(&log, TERMINATION_MESSAGE_LINES, TERMINATION_MESSAGE_BYTES)).filter(|m| !m.is_empty())
+    }
+
     async fn start(&mut self, mut command: Command) -> Result<Child, String> {
-        let log_path = self.dir.join(format!("{}.log", self.container().name));
+        let log_path = self.log_path();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -543,6 +561,23 @@ fn waiting(reason: &str, message: &str) -> ContainerState {
     }
 }
 
+/// Lines of log a fallback termination message keeps at most (as the kubelet).
+const TERMINATION_MESSAGE_LINES: usize = 80;
+/// Bytes of log a fallback termination message keeps at most (as the kubelet).
+const TERMINATION_MESSAGE_BYTES: usize = 2048;
+
+/// The last `max_lines` lines of `log`, cut to its last `max_bytes` bytes.
+fn log_tail(log: &[u8], max_lines: usize, max_bytes: usize) -> String {
+    let text = String::from_utf8_lossy(log);
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    let tail = lines[lines.len().saturating_sub(max_lines)..].join("\n");
+    let mut start = tail.len().saturating_sub(max_bytes);
+    while !tail.is_char_boundary(start) {
+        start += 1;
+    }
+    tail[start..].to_string()
+}
+
 /// The terminated state of an exit status, with the kubelet's exit code convention
 /// (128 + signal for a process killed by a signal).
 fn terminated(status: ExitStatus, started: &Time) -> ContainerState {
@@ -584,6 +619,15 @@ mod tests {
             a,
             "a freed IP from the pod status is reused"
         );
+    }
+
+    #[test]
+    fn termination_message_is_the_log_tail() {
+        let log: String = (1..=100).map(|n| format!("line {n}\n")).collect();
+        let tail = log_tail(log.as_bytes(), 80, 2048);
+        assert!(tail.starts_with("line 21\n") && tail.ends_with("line 100"), "{tail}");
+        assert_eq!(log_tail(log.as_bytes(), 80, 8), "line 100");
+        assert_eq!(log_tail("é".repeat(10).as_bytes(), 80, 3), "é");
     }
 
     #[test]
