@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::DynamicObject;
@@ -63,7 +64,8 @@ async fn run_one(
         .owns(scoped::<StatefulSet>(&client, ns), owned.clone())
         .owns(scoped::<Service>(&client, ns), owned.clone())
         .owns(scoped::<ConfigMap>(&client, ns), owned.clone())
-        .owns(scoped::<PodDisruptionBudget>(&client, ns), owned)
+        .owns(scoped::<PodDisruptionBudget>(&client, ns), owned.clone())
+        .owns(scoped::<Job>(&client, ns), owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

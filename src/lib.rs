@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod reconcile;
 pub mod resources;
 pub mod servers;
+pub mod upgrade;

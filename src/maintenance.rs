@@ -19,6 +19,8 @@ pub mod triggers {
     pub const TEMPLATE_CHANGE: &str = "TemplateChange";
     /// `maintenance.restartRequestedAt` is after a server started.
     pub const RESTART_REQUESTED: &str = "RestartRequested";
+    /// A new version or image waits for its schema check (or a migration) before the roll.
+    pub const VERSION_CHANGE: &str = "VersionChange";
 }
 
 /// Why a roll waits or halts.
@@ -37,6 +39,8 @@ pub mod reasons {
     pub const READY_TIMEOUT: &str = "ReadyTimeout";
     /// Servers are being added or removed; maintenance waits for that to finish.
     pub const SCALING: &str = "Scaling";
+    /// Every server is stopped for a schema migration; no step starts meanwhile.
+    pub const SCHEMA_MIGRATION: &str = "SchemaMigration";
 }
 
 /// Stage of the step in progress.
@@ -117,6 +121,9 @@ pub struct MaintenanceInput<'a> {
     pub window_open: bool,
     /// Whether the database preflight passes.
     pub database_ready: bool,
+    /// `(reason, message)` when something else must finish before a step starts (a capacity
+    /// change, a schema migration).
+    pub hold: Option<(&'static str, String)>,
     /// The step in progress.
     pub step: Option<Step>,
     /// `maintenance.drainTimeout`.
@@ -205,7 +212,7 @@ pub fn plan(input: &MaintenanceInput) -> Decision {
     } else if !input.database_ready {
         Some((reasons::DATABASE_NOT_READY, "the database preflight fails".to_string()))
     } else {
-        None
+        input.hold.clone()
     };
     if gate.is_some() {
         decision.waiting = gate;
@@ -396,6 +403,7 @@ mod tests {
             paused: false,
             window_open: true,
             database_ready: true,
+            hold: None,
             step,
             drain_timeout: Duration::from_secs(60),
             ready_timeout: Duration::from_secs(120),
@@ -442,6 +450,17 @@ mod tests {
         let mut closed = input(&all, None, 0);
         closed.window_open = false;
         assert_eq!(plan(&closed).waiting.unwrap().0, reasons::OUTSIDE_WINDOW);
+        let mut held = input(&all, None, 0);
+        held.hold = Some((reasons::SCALING, "servers are being added".into()));
+        let d = plan(&held);
+        assert_eq!(
+            (d.action, d.outdated, d.waiting.unwrap().0),
+            (Action::None, 2, reasons::SCALING)
+        );
+        let current = [server(0, "new", true, 0)];
+        let mut held_but_current = input(&current, None, 0);
+        held_but_current.hold = Some((reasons::SCALING, "servers are being added".into()));
+        assert_eq!(plan(&held_but_current).waiting, None, "nothing outdated: nothing waits");
     }
 
     #[test]

@@ -40,6 +40,15 @@ pub struct ClusterFigures {
     pub problems: i64,
     /// 1 when the database preflight passes.
     pub database_reachable: i64,
+    /// Seconds `MaintenanceBlocked` has been true (0 while it is false).
+    pub maintenance_held_seconds: i64,
+}
+
+/// Label set of the maintenance stage histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `Draining`, `Evicting` or `WaitingReady`.
+    pub stage: String,
 }
 
 /// The operator's metrics and the registry that serves them.
@@ -62,6 +71,12 @@ pub struct Metrics {
     pub server_problems: Family<ClusterLabels, Gauge>,
     /// 1 when the cluster's database preflight passes.
     pub database_reachable: Family<ClusterLabels, Gauge>,
+    /// Maintenance steps done (servers replaced and joined) per cluster.
+    pub maintenance_steps: Family<ClusterLabels, Counter>,
+    /// Seconds each stage of a maintenance step took.
+    pub maintenance_stage_duration: Family<StageLabels, Histogram>,
+    /// Seconds the roll of each cluster has been held (`MaintenanceBlocked`).
+    pub maintenance_held: Family<ClusterLabels, Gauge>,
     /// Seconds a database preflight (with its membership read) takes.
     pub preflight_duration: Histogram,
     /// The registry all of the above are registered in.
@@ -80,6 +95,10 @@ impl Default for Metrics {
         let server_problems = Family::<ClusterLabels, Gauge>::default();
         let database_reachable = Family::<ClusterLabels, Gauge>::default();
         let preflight_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 3.0, 10.0]);
+        let maintenance_steps = Family::<ClusterLabels, Counter>::default();
+        let maintenance_stage_duration =
+            Family::<StageLabels, Histogram>::new_with_constructor(stage_histogram as fn() -> Histogram);
+        let maintenance_held = Family::<ClusterLabels, Gauge>::default();
         let mut registry = Registry::with_prefix("orchestrator_operator");
         registry.register("servers_desired", "Servers wanted per cluster", servers_desired.clone());
         registry.register("servers_joined", "Servers joined per cluster", servers_joined.clone());
@@ -103,6 +122,21 @@ impl Default for Metrics {
             "Duration of a database preflight",
             preflight_duration.clone(),
         );
+        registry.register(
+            "maintenance_steps",
+            "Maintenance steps done (servers replaced and joined) per cluster",
+            maintenance_steps.clone(),
+        );
+        registry.register(
+            "maintenance_stage_duration_seconds",
+            "Duration of each stage of a maintenance step",
+            maintenance_stage_duration.clone(),
+        );
+        registry.register(
+            "maintenance_blocked_seconds",
+            "Seconds the roll has been held (MaintenanceBlocked true), per cluster",
+            maintenance_held.clone(),
+        );
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register("reconcile_errors", "Reconcile failures by reason", failures.clone());
         registry.register("reconcile_duration_seconds", "Reconcile duration", duration.clone());
@@ -118,9 +152,17 @@ impl Default for Metrics {
             server_problems,
             database_reachable,
             preflight_duration,
+            maintenance_steps,
+            maintenance_stage_duration,
+            maintenance_held,
             registry,
         }
     }
+}
+
+/// Buckets of the maintenance stage histogram: seconds to tens of minutes.
+fn stage_histogram() -> Histogram {
+    Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0])
 }
 
 impl Metrics {
@@ -147,6 +189,21 @@ impl Metrics {
         self.database_reachable
             .get_or_create(labels)
             .set(figures.database_reachable);
+        self.maintenance_held
+            .get_or_create(labels)
+            .set(figures.maintenance_held_seconds);
+    }
+
+    /// Records the end of a maintenance stage and, when a server was replaced, the step.
+    pub fn record_maintenance(&self, labels: &ClusterLabels, finished_stage: Option<(&str, f64)>, step_done: bool) {
+        if let Some((stage, seconds)) = finished_stage {
+            self.maintenance_stage_duration
+                .get_or_create(&StageLabels { stage: stage.into() })
+                .observe(seconds);
+        }
+        if step_done {
+            self.maintenance_steps.get_or_create(labels).inc();
+        }
     }
 
     /// The metrics in Prometheus text format.
@@ -175,6 +232,20 @@ mod tests {
         );
         assert!(
             text.contains("orchestrator_operator_reconcile_duration_seconds_count 1"),
+            "{text}"
+        );
+        let labels = ClusterLabels {
+            namespace: "ns".into(),
+            cluster: "prod".into(),
+        };
+        metrics.record_maintenance(&labels, Some(("Draining", 3.0)), true);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"orchestrator_operator_maintenance_steps_total{namespace="ns",cluster="prod"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"orchestrator_operator_maintenance_stage_duration_seconds_count{stage="Draining"} 1"#),
             "{text}"
         );
     }

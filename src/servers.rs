@@ -6,6 +6,8 @@ use kube::ResourceExt;
 use orchestrator_contract::{Member, server_state};
 
 use crate::crd::ServerStatus;
+use crate::resources::job::Release;
+use crate::resources::statefulset::release_of;
 
 /// A server pod as the planners need it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -28,6 +30,8 @@ pub struct PodView {
     pub created_at: Option<k8s_openapi::jiff::Timestamp>,
     /// Uid of the pod.
     pub uid: Option<String>,
+    /// The release its server container runs.
+    pub release: Option<Release>,
 }
 
 /// The ordinal of `name` in cluster `cluster` (`prod-3` → 3).
@@ -64,6 +68,7 @@ impl PodView {
             last_exit_seconds,
             created_at: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
             uid: pod.uid(),
+            release: pod.spec.as_ref().and_then(release_of),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! End-to-end rolling maintenance on the local cluster with a real PostgreSQL and server
 //! processes: one server at a time, never two unavailable, no job lost or run twice; a
-//! rolling restart; pause; a replacement that never becomes ready halts the roll.
+//! rolling restart; pause; a replacement that never becomes ready halts the roll; a version
+//! that needs a schema migration is refused, or recreated with every server stopped.
 
 mod support;
 
@@ -19,15 +20,25 @@ use support::e2e::{Operator, TestNamespace, db, server_binary, wait_for};
 use testing_postgres::TestPostgres;
 
 const MINUTE: Duration = Duration::from_secs(60);
+/// Selects the server pods (not the schema Jobs' pods).
+const SERVER_PODS: &str = "app.kubernetes.io/name=orchestrator-server";
+
+fn server_pods() -> ListParams {
+    ListParams::default().labels(SERVER_PODS)
+}
 
 fn cluster(replicas: i32, pg: &TestPostgres) -> OrchestratorCluster {
+    cluster_on("2.0.0", replicas, pg)
+}
+
+fn cluster_on(version: &str, replicas: i32, pg: &TestPostgres) -> OrchestratorCluster {
     serde_json::from_value(json!({
         "apiVersion": "orchestrator.dev/v1alpha1",
         "kind": "OrchestratorCluster",
         "metadata": {"name": "prod"},
         "spec": {
             "replicas": replicas,
-            "version": "2.0.0",
+            "version": version,
             "database": {"host": "127.0.0.1", "port": pg.port, "name": "process", "sslMode": "disable",
                          "credentialsSecret": {"name": "process-db"}},
             "maintenance": {"drainTimeout": "30s", "readyTimeout": "20s"}
@@ -93,7 +104,8 @@ impl Watcher {
         let task = tokio::spawn(async move {
             let mut state: BTreeMap<String, (String, bool)> = BTreeMap::new();
             let mut listed = false;
-            let mut events = std::pin::pin!(watcher::watcher(pods, watcher::Config::default()));
+            let config = watcher::Config::default().labels(SERVER_PODS);
+            let mut events = std::pin::pin!(watcher::watcher(pods, config));
             while let Some(Ok(event)) = events.next().await {
                 match event {
                     Event::InitDone => listed = true,
@@ -147,33 +159,13 @@ async fn version_bump_replaces_one_server_at_a_time_and_loses_no_job() {
             .map(|p| (p.name_any(), p.uid().unwrap()))
             .collect::<BTreeMap<_, _>>()
     };
-    let before = uids(ns.api::<Pod>().list(&ListParams::default()).await.unwrap().items);
+    let before = uids(ns.api::<Pod>().list(&server_pods()).await.unwrap().items);
     let watcher = Watcher::start(&ns, 4);
-    let load = tokio::process::Command::new(server_binary())
-        .args([
-            "loadgen",
-            "--rate",
-            "20",
-            "--duration",
-            "25",
-            "--kind",
-            "sleep",
-            "--sleep-ms",
-            "500",
-            "--batch",
-            "roll",
-        ])
-        .envs(pg.env())
-        .kill_on_drop(true)
-        .output();
     let roll = async {
         patch_spec(&ns, json!({"version": "2.1.0"})).await;
         wait_settled(&ns, 4, "2.1.0").await
     };
-    let (output, cr) = tokio::join!(load, roll);
-    let output = output.unwrap();
-    let report: Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)));
+    let (report, cr) = tokio::join!(load(&pg, "roll", 20, 25, 500), roll);
     assert_eq!(report["lost"], 0, "{report}");
     assert_eq!(report["outcome"]["executed_more_than_once"], 0, "{report}");
     assert!(
@@ -181,7 +173,7 @@ async fn version_bump_replaces_one_server_at_a_time_and_loses_no_job() {
         "never two servers unavailable; saw {}",
         watcher.worst()
     );
-    let after = uids(ns.api::<Pod>().list(&ListParams::default()).await.unwrap().items);
+    let after = uids(ns.api::<Pod>().list(&server_pods()).await.unwrap().items);
     assert!(
         before
             .iter()
@@ -211,7 +203,7 @@ async fn restart_requested_at_restarts_every_server_one_at_a_time() {
     let watcher = Watcher::start(&ns, 3);
     let before: BTreeMap<String, String> = ns
         .api::<Pod>()
-        .list(&ListParams::default())
+        .list(&server_pods())
         .await
         .unwrap()
         .items
@@ -223,7 +215,7 @@ async fn restart_requested_at_restarts_every_server_one_at_a_time() {
     let pods = ns.api::<Pod>();
     let deadline = std::time::Instant::now() + 3 * MINUTE;
     loop {
-        let current = pods.list(&ListParams::default()).await.unwrap().items;
+        let current = pods.list(&server_pods()).await.unwrap().items;
         let renewed = current
             .iter()
             .filter(|p| before.get(&p.name_any()) != p.uid().as_ref() && ready(p))
@@ -286,10 +278,10 @@ async fn pause_stops_the_roll_until_unpaused() {
             .map(|p| (p.name_any(), p.uid().unwrap()))
             .collect::<BTreeMap<_, _>>()
     };
-    let paused = snapshot(ns.api::<Pod>().list(&ListParams::default()).await.unwrap().items);
+    let paused = snapshot(ns.api::<Pod>().list(&server_pods()).await.unwrap().items);
     // A negative check needs a window: three reconcile periods of the busy requeue.
     tokio::time::sleep(Duration::from_secs(15)).await;
-    let later = snapshot(ns.api::<Pod>().list(&ListParams::default()).await.unwrap().items);
+    let later = snapshot(ns.api::<Pod>().list(&server_pods()).await.unwrap().items);
     assert_eq!(paused, later, "no server replaced while paused");
     patch_spec(&ns, json!({"maintenance": {"paused": false}})).await;
     wait_settled(&ns, 3, "2.1.0").await;
@@ -301,11 +293,8 @@ async fn a_replacement_that_never_becomes_ready_halts_the_roll() {
     let pg = ns.database().await;
     let _operator = Operator::start(&ns.name, "orchestrator-server").await;
     ready_cluster(&ns, &pg, 3).await;
-    patch_spec(
-        &ns,
-        json!({"image": "registry.example/orchestrator-server-nightly:broken"}),
-    )
-    .await;
+    // Passes its schema check (same major version) but never reports ready.
+    patch_spec(&ns, json!({"version": "2.1.0-unready"})).await;
     let api = ns.api::<OrchestratorCluster>();
     let cr = wait_for(
         &api,
@@ -333,7 +322,7 @@ async fn a_replacement_that_never_becomes_ready_halts_the_roll() {
     assert_eq!(joined.len(), 2, "the other two keep serving: {:?}", status.servers);
     let broken = status.maintenance.unwrap().server.unwrap();
     assert!(!joined.contains(&broken));
-    let pods = ns.api::<Pod>().list(&ListParams::default()).await.unwrap().items;
+    let pods = ns.api::<Pod>().list(&server_pods()).await.unwrap().items;
     let old_image = pods
         .iter()
         .filter(|p| p.name_any() != broken)
@@ -473,4 +462,140 @@ async fn an_operator_killed_at_each_stage_resumes_the_same_roll() {
         watcher.worst()
     );
     println!("operator killed at: {kills:?}");
+}
+
+/// Runs the load generator for `seconds` (submitting `rate` jobs a second of `sleep_ms` each)
+/// and returns its JSON report once every job settled.
+async fn load(pg: &TestPostgres, batch: &str, rate: u32, seconds: u32, sleep_ms: u32) -> Value {
+    let output = tokio::process::Command::new(server_binary())
+        .args(["loadgen", "--kind", "sleep", "--batch", batch])
+        .args(["--rate", &rate.to_string(), "--duration", &seconds.to_string()])
+        .args(["--sleep-ms", &sleep_ms.to_string()])
+        .envs(pg.env())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)))
+}
+
+async fn event_reasons(ns: &TestNamespace) -> Vec<(String, String)> {
+    ns.api::<k8s_openapi::api::events::v1::Event>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_schema_changing_version_is_refused_then_recreated_without_losing_a_job() {
+    let ns = TestNamespace::new("schema").await;
+    let pg = ns.database_at_schema(1).await;
+    let db = db(&pg).await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    let api = ns.api::<OrchestratorCluster>();
+    api.create(&PostParams::default(), &cluster_on("1.0.0", 2, &pg))
+        .await
+        .unwrap();
+    wait_settled(&ns, 2, "1.0.0").await;
+    let snapshot = |pods: Vec<Pod>| {
+        pods.iter()
+            .map(|p| (p.name_any(), p.uid().unwrap()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let before = snapshot(ns.api::<Pod>().list(&server_pods()).await.unwrap().items);
+
+    patch_spec(&ns, json!({"version": "2.0.0"})).await;
+    let refused = wait_for(
+        &api,
+        "prod",
+        "MaintenanceBlocked=SchemaChangeRefused",
+        2 * MINUTE,
+        |c: Option<&OrchestratorCluster>| {
+            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "MaintenanceBlocked" && c.reason == "SchemaChangeRefused")
+            })
+        },
+    )
+    .await
+    .unwrap()
+    .status
+    .unwrap();
+    let message = &refused
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "MaintenanceBlocked")
+        .unwrap()
+        .message;
+    assert!(message.contains("1.0.0") && message.contains("2.0.0"), "{message}");
+    assert_eq!(refused.phase, Phase::Blocked);
+    assert_eq!(
+        snapshot(ns.api::<Pod>().list(&server_pods()).await.unwrap().items),
+        before,
+        "Refuse disrupts nothing"
+    );
+    let template = ns
+        .api::<k8s_openapi::api::apps::v1::StatefulSet>()
+        .get("prod")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template;
+    assert_eq!(
+        template.spec.unwrap().containers[0].image.as_deref(),
+        Some("orchestrator-server:1.0.0"),
+        "the StatefulSet keeps the running release"
+    );
+    assert!(
+        event_reasons(&ns)
+            .await
+            .iter()
+            .any(|(reason, _)| reason == "SchemaChangeRefused"),
+        "a Warning Event says why"
+    );
+
+    let recreate = async {
+        patch_spec(&ns, json!({"upgrade": {"schemaChange": "Recreate"}})).await;
+        wait_settled(&ns, 2, "2.0.0").await
+    };
+    let (report, cr) = tokio::join!(load(&pg, "recreate", 10, 20, 300), recreate);
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["outcome"]["executed_more_than_once"], 0, "{report}");
+    assert!(report["acknowledged"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(orchestrator_contract::schema_version(&db).await.unwrap(), 2);
+    let jobs = ns
+        .api::<k8s_openapi::api::batch::v1::Job>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    let migrations: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.name_any().contains("-schema-migrate-"))
+        .collect();
+    assert_eq!(migrations.len(), 1, "one migrate Job");
+    assert_eq!(
+        migrations[0].status.as_ref().unwrap().succeeded,
+        Some(1),
+        "migrated once"
+    );
+    let status = cr.status.unwrap();
+    assert!(
+        status
+            .servers
+            .iter()
+            .all(|s| s.version.as_deref() == Some("2.0.0") && s.joined),
+        "{:?}",
+        status.servers
+    );
+    let reasons: BTreeSet<String> = event_reasons(&ns).await.into_iter().map(|(r, _)| r).collect();
+    for reason in ["SchemaCheck", "StoppingServers", "SchemaMigration", "SchemaMigrated"] {
+        assert!(reasons.contains(reason), "Event {reason} in {reasons:?}");
+    }
 }

@@ -69,6 +69,7 @@ fn child_path(child: &Child) -> String {
             format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/{name}")
         }
         Child::StatefulSet(_) => format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{name}"),
+        Child::Job(_) => format!("/apis/batch/v1/namespaces/{NS}/jobs/{name}"),
     }
 }
 
@@ -128,6 +129,7 @@ fn in_sync_world(mut cr: OrchestratorCluster) -> (OrchestratorCluster, BTreeMap<
                 objects.insert(path, serde_json::to_value(&o).unwrap());
                 observed.statefulset = Some(o);
             }
+            Child::Job(_) => panic!("a new cluster runs no schema Job"),
         }
     }
     cr.status = Some(plan(&cr, &observed, &BuildSettings::default(), &now).unwrap().status);

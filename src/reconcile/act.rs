@@ -32,6 +32,7 @@ pub async fn apply_writes(client: &Client, namespace: &str, writes: &[Write]) ->
             Child::Service(o) => apply(client, namespace, o).await?,
             Child::PodDisruptionBudget(o) => apply(client, namespace, o).await?,
             Child::StatefulSet(o) => apply(client, namespace, o).await?,
+            Child::Job(o) => apply(client, namespace, o).await?,
         }
     }
     Ok(())

@@ -124,6 +124,9 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
     };
     ctx.metrics.record_cluster(&labels, plan.figures);
     report::update_status(&ctx.client, &cr, &plan.status).await?;
+    // After the status write: a retried reconcile must not count the same stage twice.
+    ctx.metrics
+        .record_maintenance(&labels, plan.finished_stage, plan.step_done);
     Ok(Action::requeue(plan.requeue))
 }
 

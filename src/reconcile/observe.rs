@@ -2,6 +2,7 @@
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -16,6 +17,8 @@ use crate::context::Context;
 use crate::crd::OrchestratorCluster;
 use crate::database::DatabaseState;
 use crate::error::Result;
+use crate::resources::job::{self, JobOutcome, Release, SchemaJob};
+use crate::resources::statefulset::running_release;
 use crate::resources::{Names, selector_string};
 use crate::servers::PodView;
 
@@ -36,6 +39,17 @@ pub struct Observed {
     pub pods: Vec<PodView>,
     /// The database as the preflight found it.
     pub database: DatabaseState,
+    /// The schema Jobs of the release the spec asks for.
+    pub schema_jobs: SchemaJobs,
+}
+
+/// Outcomes of the wanted release's schema Jobs (`None`: no such Job).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SchemaJobs {
+    /// The `schema check` Job.
+    pub check: Option<JobOutcome>,
+    /// The `schema migrate` Job.
+    pub migrate: Option<JobOutcome>,
 }
 
 impl Default for DatabaseState {
@@ -73,14 +87,51 @@ pub async fn observe(
     let started = std::time::Instant::now();
     let database = ctx.preflight.observe(client, cr).await?;
     ctx.metrics.preflight_duration.observe(started.elapsed().as_secs_f64());
+    let statefulset: Option<StatefulSet> = get(client, &ns, Names::statefulset(cr)).await?;
+    let wanted = Release::wanted(cr, &ctx.settings);
+    let pods: Vec<PodView> = pods;
+    // The schema Jobs matter only while the wanted release is not running yet.
+    let changing = statefulset
+        .as_ref()
+        .and_then(running_release)
+        .is_some_and(|running| running != wanted)
+        && !crate::upgrade::admitted(&wanted, &pods);
+    let schema_jobs = if changing {
+        SchemaJobs {
+            check: schema_job(ctx, cr, SchemaJob::Check).await?,
+            migrate: schema_job(ctx, cr, SchemaJob::Migrate).await?,
+        }
+    } else {
+        SchemaJobs::default()
+    };
     let observed = Observed {
+        schema_jobs,
+        statefulset,
         pods,
         database: database.state,
         configmap: get(client, &ns, Names::configmap(cr)).await?,
         headless_service: get(client, &ns, Names::headless_service(cr)).await?,
         client_service: get(client, &ns, Names::client_service(cr)).await?,
         pdb: get(client, &ns, Names::pdb(cr)).await?,
-        statefulset: get(client, &ns, Names::statefulset(cr)).await?,
     };
     Ok((observed, database.client))
+}
+
+/// The outcome of the wanted release's `kind` Job; its pods are read unless it succeeded.
+async fn schema_job(ctx: &Context, cr: &OrchestratorCluster, kind: SchemaJob) -> Result<Option<JobOutcome>> {
+    let ns = cr.namespace().unwrap_or_default();
+    let release = Release::wanted(cr, &ctx.settings);
+    let Some(found) = get::<Job>(&ctx.client, &ns, job::name(cr, kind, &release)).await? else {
+        return Ok(None);
+    };
+    let mut outcome = job::outcome(&found, &[]);
+    if outcome != JobOutcome::Succeeded {
+        let selector = format!("batch.kubernetes.io/job-name={}", found.name_any());
+        let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items;
+        outcome = job::outcome(&found, &pods);
+    }
+    Ok(Some(outcome))
 }

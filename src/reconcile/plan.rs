@@ -2,6 +2,7 @@
 //! A pure function, unit-tested on plain structs.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -24,8 +25,10 @@ use crate::drift::is_contained;
 use crate::error::{Error, Result};
 use crate::maintenance::{self, Action, Decision, MaintenanceInput, ServerView, Stage, Step, window_open};
 use crate::metrics::ClusterFigures;
+use crate::resources::job::{self, Release};
 use crate::resources::{BuildSettings, configmap, pdb, selector_string, service, statefulset};
 use crate::servers::{Health, merge, problems};
+use crate::upgrade::{self, UpgradeDecision, UpgradeInput};
 
 /// An owned object to server-side apply.
 // At most five live per reconcile, so the variants' size difference costs nothing.
@@ -40,6 +43,8 @@ pub enum Child {
     PodDisruptionBudget(PodDisruptionBudget),
     /// The servers.
     StatefulSet(StatefulSet),
+    /// A schema check or migrate Job of a version change.
+    Job(Job),
 }
 
 impl Child {
@@ -50,6 +55,7 @@ impl Child {
             Child::Service(_) => "Service",
             Child::PodDisruptionBudget(_) => "PodDisruptionBudget",
             Child::StatefulSet(_) => "StatefulSet",
+            Child::Job(_) => "Job",
         }
     }
 
@@ -60,6 +66,7 @@ impl Child {
             Child::Service(o) => o.name_any(),
             Child::PodDisruptionBudget(o) => o.name_any(),
             Child::StatefulSet(o) => o.name_any(),
+            Child::Job(o) => o.name_any(),
         }
     }
 
@@ -69,6 +76,7 @@ impl Child {
             Child::Service(o) => value_of(self.kind(), o),
             Child::PodDisruptionBudget(o) => value_of(self.kind(), o),
             Child::StatefulSet(o) => value_of(self.kind(), o),
+            Child::Job(o) => value_of(self.kind(), o),
         }
     }
 }
@@ -117,6 +125,14 @@ pub mod event_reasons {
     pub const MAINTENANCE_WAITING_READY: &str = "MaintenanceWaitingReady";
     /// A server was replaced and joined.
     pub const MAINTENANCE_STEP_DONE: &str = "MaintenanceStepDone";
+    /// The new image's `schema check` Job was started.
+    pub const SCHEMA_CHECK: &str = "SchemaCheck";
+    /// `Recreate`: every server is drained and stopped for a schema migration.
+    pub const STOPPING_SERVERS: &str = "StoppingServers";
+    /// `Recreate`: the `schema migrate` Job was started.
+    pub const SCHEMA_MIGRATION: &str = "SchemaMigration";
+    /// `Recreate`: the schema was migrated; the new version starts.
+    pub const SCHEMA_MIGRATED: &str = "SchemaMigrated";
 }
 
 /// What a reconcile should do.
@@ -138,6 +154,10 @@ pub struct Plan {
     pub status: OrchestratorClusterStatus,
     /// Per-cluster gauges.
     pub figures: ClusterFigures,
+    /// A maintenance stage that ended in this reconcile, with its duration in seconds.
+    pub finished_stage: Option<(&'static str, f64)>,
+    /// Whether a maintenance step (a server replaced and joined) finished in this reconcile.
+    pub step_done: bool,
     /// When to look again (the database cannot be watched).
     pub requeue: Duration,
 }
@@ -171,7 +191,27 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
         .map(|m| (m.server_id.clone(), m.owned_jobs))
         .collect();
     let previous_step = step_from_status(cr);
-    let capacity = capacity::plan(&CapacityInput {
+    let database_ready = matches!(observed.database, DatabaseState::Ready { .. });
+    let wanted_release = Release::wanted(cr, settings);
+    let running_release = observed.statefulset.as_ref().and_then(statefulset::running_release);
+    let upgrade = upgrade::plan(&UpgradeInput {
+        running: running_release.as_ref(),
+        wanted: &wanted_release,
+        admitted: observed
+            .pods
+            .iter()
+            .any(|p| p.release.as_ref() == Some(&wanted_release)),
+        check: observed.schema_jobs.check.as_ref(),
+        migrate: observed.schema_jobs.migrate.as_ref(),
+        policy: cr.spec.upgrade.schema_change,
+        database_ready,
+        step_in_progress: previous_step.is_some(),
+        servers: &servers,
+        drain_ages: &drain_ages,
+        drain_timeout: cr.spec.maintenance.drain_timeout()?,
+        on_drain_timeout: cr.spec.maintenance.on_drain_timeout,
+    });
+    let mut capacity = capacity::plan(&CapacityInput {
         cluster: &name,
         wanted: cr.spec.replicas,
         max_replicas: cr.spec.capacity.max_replicas,
@@ -191,11 +231,31 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
             .filter(|s| s.stage != Stage::WaitingReady)
             .map(|s| s.server.as_str()),
     });
-    let roll = roll(cr, observed, &servers, &capacity, current, previous_step.clone(), now)?;
+    if upgrade.recreate {
+        // Every server is being stopped on purpose: no server is added, none is wanted back.
+        capacity = CapacityPlan {
+            replicas: if upgrade.stop_all { 0 } else { current },
+            remove_rows: capacity.remove_rows,
+            ..CapacityPlan::default()
+        };
+    }
+    let roll = roll(
+        cr,
+        observed,
+        &servers,
+        roll_hold(cr, &capacity, &upgrade, current),
+        previous_step.clone(),
+        now,
+    )?;
 
     let configmap = configmap::build(cr)?;
     let config_hash = configmap::data_hash(&configmap);
-    let statefulset = statefulset::build(cr, settings, capacity.replicas, &config_hash)?;
+    let deployed = deployed_release(cr, &upgrade, running_release.as_ref());
+    let statefulset = statefulset::build(&deployed, settings, capacity.replicas, &config_hash)?;
+    let schema_job = upgrade
+        .run_job
+        .map(|kind| job::build(cr, settings, kind, &config_hash))
+        .transpose()?;
     let desired: [(Child, Option<Value>); 5] = [
         (Child::ConfigMap(configmap), live(&observed.configmap)?),
         (
@@ -210,7 +270,8 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
         (Child::StatefulSet(statefulset), live(&observed.statefulset)?),
     ];
     let mut writes = Vec::new();
-    for (child, live) in desired {
+    let new_job = schema_job.map(|job| (Child::Job(job), None));
+    for (child, live) in desired.into_iter().chain(new_job) {
         let in_sync = match &live {
             Some(live) => is_contained(&child.to_value()?, live),
             None => false,
@@ -240,11 +301,26 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
         &problems,
         &capacity,
         &roll,
+        &upgrade,
         now,
     );
-    let events = events(cr, current, &capacity, &roll, &status);
+    let events = events(cr, current, &capacity, &roll, &upgrade, &status);
     let settled = status.phase == Phase::Ready;
+    let finished_stage = previous_step.as_ref().and_then(|before| {
+        let same = roll
+            .step
+            .as_ref()
+            .is_some_and(|after| after.server == before.server && after.stage == before.stage);
+        let seconds = now.0.duration_since(before.since).as_secs_f64().max(0.0);
+        (!same).then_some((before.stage.as_str(), seconds))
+    });
+    let held_seconds = find(&status.conditions, types::MAINTENANCE_BLOCKED)
+        .filter(|c| c.status == status::TRUE)
+        .map(|c| now.0.duration_since(c.last_transition_time.0).as_secs_f64().max(0.0) as i64)
+        .unwrap_or(0);
     Ok(Plan {
+        step_done: events.iter().any(|e| e.reason == event_reasons::MAINTENANCE_STEP_DONE),
+        finished_stage,
         writes,
         drain: capacity
             .drain
@@ -254,6 +330,7 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
                 Action::RequestDrain(server) => Some(server.clone()),
                 _ => None,
             })
+            .chain(upgrade.drain.iter().cloned())
             .collect(),
         evict: match &roll.action {
             Action::Evict(server) => Some((server.clone(), roll.step.as_ref().and_then(|s| s.pod_uid.clone()))),
@@ -267,11 +344,27 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
             joined: joined.into(),
             draining,
             problems: problems.len() as i64,
-            database_reachable: matches!(observed.database, DatabaseState::Ready { .. }).into(),
+            database_reachable: database_ready.into(),
+            maintenance_held_seconds: held_seconds,
         },
         status,
         requeue: if settled { IDLE_REQUEUE } else { BUSY_REQUEUE },
     })
+}
+
+/// The resource as the StatefulSet must run it: the wanted release once the schema gate lets
+/// it through, the running one until then.
+fn deployed_release(
+    cr: &OrchestratorCluster,
+    upgrade: &UpgradeDecision,
+    running: Option<&Release>,
+) -> OrchestratorCluster {
+    let mut deployed = cr.clone();
+    if let (false, Some(running)) = (upgrade.release_ready, running) {
+        deployed.spec.version = running.version.clone();
+        deployed.spec.image = Some(running.image.clone());
+    }
+    deployed
 }
 
 fn live<T: Serialize>(object: &Option<T>) -> Result<Option<Value>> {
@@ -288,6 +381,7 @@ fn status(
     problems: &[String],
     capacity: &CapacityPlan,
     roll: &Decision,
+    upgrade: &UpgradeDecision,
     now: &Time,
 ) -> OrchestratorClusterStatus {
     let previous = cr.status.clone().unwrap_or_default();
@@ -312,10 +406,13 @@ fn status(
         && updated.unwrap_or(0) >= wanted
         && problems.is_empty()
         && roll.outdated == 0
-        && roll.step.is_none();
-    let rolling = roll.outdated > 0 || roll.step.is_some();
+        && roll.step.is_none()
+        && upgrade.release_ready
+        && upgrade.stage.is_none();
+    let rolling = roll.outdated > 0 || roll.step.is_some() || upgrade.stage.is_some();
+    let maintenance_blocked = roll.blocked.as_ref().or(upgrade.blocked.as_ref());
 
-    let phase = if capacity.blocked.is_some() || roll.blocked.is_some() {
+    let phase = if capacity.blocked.is_some() || maintenance_blocked.is_some() {
         Phase::Blocked
     } else if settled {
         Phase::Ready
@@ -344,12 +441,15 @@ fn status(
         ),
         DatabaseState::NotReady { reason, message } => (*reason, message.clone(), false, None),
     };
-    let progress_message = roll_message(roll).or(capacity.waiting.clone()).unwrap_or_else(|| {
-        format!(
-            "{pods} server pods, {} wanted by the capacity plan, {wanted} in the spec; {joined_message}",
-            capacity.replicas
-        )
-    });
+    let progress_message = roll_message(roll)
+        .or(upgrade.waiting.as_ref().map(|(_, message)| message.clone()))
+        .or(capacity.waiting.clone())
+        .unwrap_or_else(|| {
+            format!(
+                "{pods} server pods, {} wanted by the capacity plan, {wanted} in the spec; {joined_message}",
+                capacity.replicas
+            )
+        });
     let conditions = vec![
         condition(
             types::READY,
@@ -391,7 +491,10 @@ fn status(
                 String::new(),
             ),
         },
-        match roll.blocked.as_ref().or(roll.waiting.as_ref()) {
+        match maintenance_blocked
+            .or(roll.waiting.as_ref())
+            .or(upgrade.waiting.as_ref())
+        {
             Some((reason, message)) => condition(types::MAINTENANCE_BLOCKED, true, reason, message.clone()),
             None => condition(
                 types::MAINTENANCE_BLOCKED,
@@ -419,7 +522,7 @@ fn status(
             checked_at: Some(now.clone()),
         }),
         servers: servers.to_vec(),
-        maintenance: maintenance_status(roll, servers.len(), &previous),
+        maintenance: maintenance_status(roll, upgrade, servers.len(), &previous),
         conditions,
     }
 }
@@ -438,9 +541,24 @@ fn roll_message(roll: &Decision) -> Option<String> {
 /// `status.maintenance`: the step in progress (it is also what a restarted operator resumes).
 fn maintenance_status(
     roll: &Decision,
+    upgrade: &UpgradeDecision,
     servers: usize,
     previous: &OrchestratorClusterStatus,
 ) -> Option<MaintenanceStatus> {
+    if roll.step.is_none()
+        && let Some(stage) = upgrade.stage
+    {
+        return Some(MaintenanceStatus {
+            reason: Some(maintenance::triggers::VERSION_CHANGE.into()),
+            stage: Some(stage.into()),
+            blocked_reason: upgrade
+                .blocked
+                .as_ref()
+                .or(upgrade.waiting.as_ref())
+                .map(|(_, message)| message.clone()),
+            ..MaintenanceStatus::default()
+        });
+    }
     if roll.outdated == 0 && roll.step.is_none() {
         return None;
     }
@@ -480,13 +598,35 @@ fn step_from_status(cr: &OrchestratorCluster) -> Option<Step> {
     })
 }
 
-/// The roll's decision; it waits while capacity changes are under way.
+/// What must finish before a roll step starts: a schema migration, a capacity change.
+fn roll_hold(
+    cr: &OrchestratorCluster,
+    capacity: &CapacityPlan,
+    upgrade: &UpgradeDecision,
+    current: i32,
+) -> Option<(&'static str, String)> {
+    let scaling = capacity.replicas != current || current != cr.spec.replicas || !capacity.drain.is_empty();
+    if upgrade.recreate {
+        Some((
+            maintenance::reasons::SCHEMA_MIGRATION,
+            "every server is stopped for a schema migration".into(),
+        ))
+    } else if scaling {
+        Some((
+            maintenance::reasons::SCALING,
+            "servers are being added or removed".into(),
+        ))
+    } else {
+        None
+    }
+}
+
+/// The roll's decision; it waits while capacity changes or a schema migration are under way.
 fn roll(
     cr: &OrchestratorCluster,
     observed: &Observed,
     servers: &[ServerStatus],
-    capacity: &CapacityPlan,
-    current: i32,
+    hold: Option<(&'static str, String)>,
     step: Option<Step>,
     now: &Time,
 ) -> Result<Decision> {
@@ -528,25 +668,13 @@ fn roll(
         paused: maintenance.paused,
         window_open: window_open(&maintenance.windows, now.0),
         database_ready: matches!(observed.database, DatabaseState::Ready { .. }),
+        hold,
         step,
         drain_timeout: maintenance.drain_timeout()?,
         ready_timeout: maintenance.ready_timeout()?,
         on_drain_timeout: maintenance.on_drain_timeout,
         now: now.0,
     };
-    let scaling = capacity.replicas != current || current != cr.spec.replicas || !capacity.drain.is_empty();
-    if scaling && input.step.is_none() {
-        let mut waiting = maintenance::plan(&MaintenanceInput { paused: true, ..input });
-        if waiting.outdated > 0 {
-            waiting.waiting = Some((
-                maintenance::reasons::SCALING,
-                "servers are being added or removed".into(),
-            ));
-        } else {
-            waiting.waiting = None;
-        }
-        return Ok(waiting);
-    }
     Ok(maintenance::plan(&input))
 }
 
@@ -556,11 +684,12 @@ fn events(
     current: i32,
     capacity: &CapacityPlan,
     roll: &Decision,
+    upgrade: &UpgradeDecision,
     status: &OrchestratorClusterStatus,
 ) -> Vec<PlannedEvent> {
     let name = cr.name_any();
     let wanted = cr.spec.replicas;
-    let mut events = roll_events(cr, roll, status);
+    let mut events = roll_events(cr, roll, upgrade, status);
     let mut normal = |reason, note: String| {
         events.push(PlannedEvent {
             warning: false,
@@ -636,7 +765,12 @@ fn events(
 }
 
 /// An Event per stage of the roll, and one when it halts.
-fn roll_events(cr: &OrchestratorCluster, roll: &Decision, status: &OrchestratorClusterStatus) -> Vec<PlannedEvent> {
+fn roll_events(
+    cr: &OrchestratorCluster,
+    roll: &Decision,
+    upgrade: &UpgradeDecision,
+    status: &OrchestratorClusterStatus,
+) -> Vec<PlannedEvent> {
     let before = cr
         .status
         .as_ref()
@@ -657,8 +791,21 @@ fn roll_events(cr: &OrchestratorCluster, roll: &Decision, status: &OrchestratorC
                 },
                 note: format!("{server}: {} (step {progress}, {trigger})", stage.to_lowercase()),
             }),
+            (None, Some(stage)) => events.push(PlannedEvent {
+                warning: false,
+                reason: match stage.as_str() {
+                    upgrade::stages::STOPPING_SERVERS => event_reasons::STOPPING_SERVERS,
+                    upgrade::stages::MIGRATING => event_reasons::SCHEMA_MIGRATION,
+                    _ => event_reasons::SCHEMA_CHECK,
+                },
+                note: format!(
+                    "version {}: {}",
+                    cr.spec.version,
+                    after.blocked_reason.clone().unwrap_or_default()
+                ),
+            }),
             _ => {
-                if let Some(server) = before.server {
+                if let Some(server) = before.server.clone() {
                     events.push(PlannedEvent {
                         warning: false,
                         reason: event_reasons::MAINTENANCE_STEP_DONE,
@@ -667,8 +814,15 @@ fn roll_events(cr: &OrchestratorCluster, roll: &Decision, status: &OrchestratorC
                 }
             }
         }
+        if before.stage.as_deref() == Some(upgrade::stages::MIGRATING) && upgrade.release_ready {
+            events.push(PlannedEvent {
+                warning: false,
+                reason: event_reasons::SCHEMA_MIGRATED,
+                note: format!("schema migrated; starting version {}", cr.spec.version),
+            });
+        }
     }
-    if let Some((reason, message)) = &roll.blocked
+    if let Some((reason, message)) = roll.blocked.as_ref().or(upgrade.blocked.as_ref())
         && before.blocked_reason.as_ref() != Some(message)
     {
         events.push(PlannedEvent {
@@ -757,7 +911,7 @@ mod tests {
     use k8s_openapi::api::apps::v1::StatefulSetStatus;
     use k8s_openapi::jiff::Timestamp;
 
-    fn now() -> Time {
+    pub(super) fn now() -> Time {
         Time(Timestamp::from_second(1_800_000_000).unwrap())
     }
 
@@ -770,7 +924,7 @@ mod tests {
 
     /// The cluster after its objects were applied, with `current` server pods of which the
     /// first `joined` are ready and active in the database.
-    fn world(cr: &OrchestratorCluster, current: i32, joined: i32) -> Observed {
+    pub(super) fn world(cr: &OrchestratorCluster, current: i32, joined: i32) -> Observed {
         let first = plan(
             cr,
             &Observed {
@@ -800,6 +954,7 @@ mod tests {
                     });
                     observed.statefulset = Some(o);
                 }
+                Child::Job(o) => panic!("a new cluster runs no schema Job, got {}", o.name_any()),
             }
         }
         let name = cr.name_any();
@@ -808,6 +963,7 @@ mod tests {
                 name: format!("{name}-{o}"),
                 ordinal: o,
                 ready: o < joined,
+                release: Some(Release::wanted(cr, &BuildSettings::default())),
                 ..PodView::default()
             })
             .collect();
@@ -972,5 +1128,76 @@ mod tests {
             ("True", reasons::INVALID_SPEC)
         );
         assert!(degraded.message.contains("drainTimeout"));
+    }
+}
+
+#[cfg(test)]
+mod version_change_tests {
+    use super::*;
+    use crate::conditions::status::TRUE;
+    use crate::crd::SchemaChangePolicy;
+    use crate::resources::fixtures;
+    use crate::resources::job::{EXIT_MIGRATION_NEEDED, JobOutcome};
+    use crate::upgrade::{reasons as upgrade_reasons, stages};
+
+    fn settled(cr: &OrchestratorCluster) -> Observed {
+        super::tests::world(cr, 3, 3)
+    }
+
+    fn statefulset_version(plan: &Plan) -> Option<String> {
+        plan.writes.iter().find_map(|w| match &w.child {
+            Child::StatefulSet(s) => statefulset::running_release(s).map(|r| r.version),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_new_version_waits_for_its_schema_check_before_the_template_changes() {
+        let old = fixtures::minimal();
+        let observed = settled(&old);
+        let mut cr = old.clone();
+        cr.spec.version = "2.0.0".into();
+        let settings = BuildSettings::default();
+        let first = plan(&cr, &observed, &settings, &super::tests::now()).unwrap();
+        let kinds: Vec<_> = first.writes.iter().map(|w| (w.child.kind(), w.creates)).collect();
+        assert_eq!(
+            kinds,
+            vec![("Job", true)],
+            "only the check Job; the template keeps the old release"
+        );
+        assert_eq!(first.status.phase, Phase::Maintaining);
+        let maintenance = first.status.maintenance.clone().unwrap();
+        assert_eq!(maintenance.stage.as_deref(), Some(stages::SCHEMA_CHECK));
+
+        let mut checked = observed.clone();
+        checked.schema_jobs.check = Some(JobOutcome::Succeeded);
+        let second = plan(&cr, &checked, &settings, &super::tests::now()).unwrap();
+        assert_eq!(statefulset_version(&second), Some("2.0.0".into()));
+    }
+
+    #[test]
+    fn a_refused_schema_change_blocks_and_disrupts_nothing() {
+        let old = fixtures::minimal();
+        let mut observed = settled(&old);
+        observed.schema_jobs.check = Some(JobOutcome::Failed {
+            exit_code: Some(EXIT_MIGRATION_NEEDED),
+            message: "migration needed: database schema 1, version 2.0.0 needs 2".into(),
+        });
+        let mut cr = old.clone();
+        cr.spec.version = "2.0.0".into();
+        let refused = plan(&cr, &observed, &BuildSettings::default(), &super::tests::now()).unwrap();
+        assert!(refused.writes.is_empty() && refused.drain.is_empty() && refused.evict.is_none());
+        assert_eq!(refused.status.phase, Phase::Blocked);
+        let blocked = find(&refused.status.conditions, types::MAINTENANCE_BLOCKED).unwrap();
+        assert_eq!(
+            (blocked.status.as_str(), blocked.reason.as_str()),
+            (TRUE, upgrade_reasons::SCHEMA_CHANGE_REFUSED)
+        );
+        assert!(refused.events.iter().any(|e| e.warning && e.note.contains("needs 2")));
+
+        cr.spec.upgrade.schema_change = SchemaChangePolicy::Recreate;
+        let recreate = plan(&cr, &observed, &BuildSettings::default(), &super::tests::now()).unwrap();
+        assert_eq!(recreate.drain.len(), 3, "{:?}", recreate.drain);
+        assert!(recreate.undrain.is_empty() && recreate.writes.is_empty());
     }
 }

@@ -2,6 +2,7 @@
 //! each takes the resource (and settings) and returns the object to server-side apply.
 
 pub mod configmap;
+pub mod job;
 pub mod pdb;
 pub mod service;
 pub mod statefulset;

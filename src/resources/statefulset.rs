@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::job::Release;
 use super::{
     BuildSettings, CONFIG_HASH_ANNOTATION, GRACE_MARGIN_SECONDS, HTTP_PORT, METRICS_PORT, Names, owned_meta,
     selector_labels, server_image,
@@ -51,7 +52,29 @@ pub fn build(
     })
 }
 
-fn pod_template(
+/// The release the live StatefulSet's pod template runs (`None` without a server container).
+pub fn running_release(statefulset: &StatefulSet) -> Option<Release> {
+    release_of(statefulset.spec.as_ref()?.template.spec.as_ref()?)
+}
+
+/// The release a server pod spec runs: its server container's image and `SERVER_VERSION`.
+pub fn release_of(pod: &PodSpec) -> Option<Release> {
+    let container = pod.containers.iter().find(|c| c.name == CONTAINER_NAME)?;
+    let version = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "SERVER_VERSION")?
+        .value
+        .clone()?;
+    Some(Release {
+        version,
+        image: container.image.clone()?,
+    })
+}
+
+/// The servers' pod template (also the base of the schema Jobs' pods).
+pub(crate) fn pod_template(
     cr: &OrchestratorCluster,
     settings: &BuildSettings,
     config_hash: &str,
@@ -224,6 +247,14 @@ mod tests {
 
     fn pod_spec(sts: &StatefulSet) -> PodSpec {
         sts.spec.clone().unwrap().template.spec.unwrap()
+    }
+
+    #[test]
+    fn the_running_release_is_read_back_from_the_template() {
+        let cr = fixtures::full();
+        let release = running_release(&build_for(&cr)).unwrap();
+        assert_eq!(release, Release::wanted(&cr, &BuildSettings::default()));
+        assert_eq!(running_release(&StatefulSet::default()), None);
     }
 
     #[test]

@@ -145,9 +145,15 @@ impl TestNamespace {
     /// Starts a PostgreSQL at the latest schema and creates Secret `process-db` with its
     /// application login.
     pub async fn database(&self) -> TestPostgres {
+        self.database_at_schema(orchestrator_contract::LATEST_SCHEMA).await
+    }
+
+    /// Starts a PostgreSQL at schema `schema` (what server versions `schema.x.y` run) and
+    /// creates Secret `process-db` with its application login.
+    pub async fn database_at_schema(&self, schema: i32) -> TestPostgres {
         let pg = TestPostgres::start();
         let mut db = db(&pg).await;
-        orchestrator_contract::migrations::migrate(&mut db, orchestrator_contract::LATEST_SCHEMA, false)
+        orchestrator_contract::migrations::migrate(&mut db, schema, false)
             .await
             .unwrap();
         self.create_db_secret("process-db", testing_postgres::USER, &pg.password)

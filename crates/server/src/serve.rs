@@ -48,6 +48,12 @@ pub struct Shared {
 impl Shared {
     /// Ready: not draining, heartbeat fresh, database answering.
     pub async fn readiness(&self) -> Result<(), String> {
+        if self.settings.version.ends_with(UNREADY_SUFFIX) {
+            return Err(format!(
+                "version {} simulates a release that never becomes ready",
+                self.settings.version
+            ));
+        }
         if self.draining.load(Ordering::SeqCst) {
             return Err("draining".into());
         }
@@ -64,6 +70,10 @@ impl Shared {
         Ok(())
     }
 }
+
+/// Versions ending with this simulate a bad release: the server runs (and its `schema` commands
+/// work) but never reports ready, as tests of a halted roll need.
+pub const UNREADY_SUFFIX: &str = "-unready";
 
 /// Runs the server until its friendly shutdown completes.
 pub async fn run(settings: ServerSettings) -> anyhow::Result<()> {

@@ -1,0 +1,331 @@
+//! The short-lived Jobs of a version change: the new image's `schema check` (does the database
+//! need a migration?) and `schema migrate`. Each runs the server's pod template (same
+//! credentials, same restricted security) with the schema command instead of `serve`, and is
+//! named after the release it is about, so its outcome is found again after an operator restart.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement, PodFailurePolicyRule,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use sha2::{Digest, Sha256};
+
+use super::statefulset::{CONTAINER_NAME, pod_template};
+use super::{BuildSettings, MANAGED_BY, Names, owned_meta, server_image};
+use crate::crd::{OrchestratorCluster, SpecError};
+
+/// Exit code of `schema check` when the database needs a migration first.
+pub const EXIT_MIGRATION_NEEDED: i32 = 10;
+/// Exit code of `schema check|migrate` when the database is newer than the release.
+pub const EXIT_DATABASE_NEWER: i32 = 11;
+/// Label value of `app.kubernetes.io/name` on the schema Jobs' pods (not the servers' value, so
+/// that they are never taken for servers).
+pub const SCHEMA_APP_NAME: &str = "orchestrator-schema";
+/// Retries of a Job whose pod fails for another reason than its answer (a network hiccup).
+const BACKOFF_LIMIT: i32 = 3;
+/// A schema command that has not finished after this long has failed.
+const DEADLINE_SECONDS: i64 = 600;
+
+/// What a schema Job does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemaJob {
+    /// `schema check`: exit 0 compatible, 10 migration needed, 11 database newer.
+    Check,
+    /// `schema migrate`: bring the database to the release's schema.
+    Migrate,
+}
+
+impl SchemaJob {
+    /// The server subcommand's action.
+    pub fn action(self) -> &'static str {
+        match self {
+            SchemaJob::Check => "check",
+            SchemaJob::Migrate => "migrate",
+        }
+    }
+
+    /// Exit codes that are the command's answer, not a failure to retry.
+    fn final_exit_codes(self) -> Vec<i32> {
+        match self {
+            SchemaJob::Check => vec![EXIT_MIGRATION_NEEDED, EXIT_DATABASE_NEWER],
+            SchemaJob::Migrate => vec![EXIT_DATABASE_NEWER],
+        }
+    }
+}
+
+/// A server version and the image that runs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Release {
+    /// `spec.version` (the server's `SERVER_VERSION`).
+    pub version: String,
+    /// The container image.
+    pub image: String,
+}
+
+impl Release {
+    /// The release `cr`'s spec asks for.
+    pub fn wanted(cr: &OrchestratorCluster, settings: &BuildSettings) -> Self {
+        Self {
+            version: cr.spec.version.clone(),
+            image: server_image(cr, settings),
+        }
+    }
+
+    /// A short stable hash of version and image, for Job names.
+    fn hash(&self) -> String {
+        let digest = Sha256::digest(format!("{}\n{}", self.version, self.image));
+        digest[..5].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Name of the `kind` Job of `release` (at most 63 characters, the limit of the `job-name` label).
+pub fn name(cr: &OrchestratorCluster, kind: SchemaJob, release: &Release) -> String {
+    let suffix = format!("-schema-{}-{}", kind.action(), release.hash());
+    let mut prefix = Names::statefulset(cr);
+    prefix.truncate(63 - suffix.len());
+    format!("{}{suffix}", prefix.trim_end_matches('-'))
+}
+
+/// Labels of the schema Jobs' pods.
+pub fn pod_labels(cr: &OrchestratorCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), SCHEMA_APP_NAME.to_string()),
+        ("app.kubernetes.io/instance".to_string(), cr.name_any()),
+        ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
+    ])
+}
+
+/// Builds the `kind` Job for the release `cr`'s spec asks for.
+pub fn build(
+    cr: &OrchestratorCluster,
+    settings: &BuildSettings,
+    kind: SchemaJob,
+    config_hash: &str,
+) -> Result<Job, SpecError> {
+    let release = Release::wanted(cr, settings);
+    let mut template = pod_template(cr, settings, config_hash)?;
+    if let Some(meta) = template.metadata.as_mut() {
+        meta.labels = Some(pod_labels(cr));
+    }
+    if let Some(pod) = template.spec.as_mut() {
+        pod.restart_policy = Some("Never".into());
+        pod.termination_grace_period_seconds = Some(30);
+        for container in &mut pod.containers {
+            container.args = Some(vec!["schema".into(), kind.action().into()]);
+            container.ports = None;
+            container.readiness_probe = None;
+            container.liveness_probe = None;
+            // The log tail of a failed run becomes its termination message, which the
+            // operator quotes in its Event (no log access needed).
+            container.termination_message_policy = Some("FallbackToLogsOnError".into());
+        }
+    }
+    Ok(Job {
+        metadata: owned_meta(cr, name(cr, kind, &release)),
+        spec: Some(JobSpec {
+            backoff_limit: Some(BACKOFF_LIMIT),
+            active_deadline_seconds: Some(DEADLINE_SECONDS),
+            pod_failure_policy: Some(PodFailurePolicy {
+                rules: vec![PodFailurePolicyRule {
+                    action: "FailJob".into(),
+                    on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                        container_name: Some(CONTAINER_NAME.into()),
+                        operator: "In".into(),
+                        values: kind.final_exit_codes(),
+                    }),
+                    on_pod_conditions: None,
+                }],
+            }),
+            template,
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    })
+}
+
+/// Waiting reasons of a container that will not start without a change (a wrong image, a
+/// missing Secret or ConfigMap).
+const CANNOT_START: [&str; 5] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// What became of a schema Job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Not finished yet.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Gave up: the last pod's exit code and the tail of its log.
+    Failed {
+        /// Exit code of the last failed pod, when one terminated.
+        exit_code: Option<i32>,
+        /// Why, for a person: the log tail, or the Job's own message.
+        message: String,
+    },
+}
+
+/// The outcome of `job` from its status and its pods.
+pub fn outcome(job: &Job, pods: &[Pod]) -> JobOutcome {
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let holds = |type_: &str| conditions.iter().find(|c| c.type_ == type_ && c.status == "True");
+    if holds("Complete").is_some() {
+        return JobOutcome::Succeeded;
+    }
+    let job_name = job.name_any();
+    let pods: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.labels().get("batch.kubernetes.io/job-name") == Some(&job_name))
+        .collect();
+    let Some(failed) = holds("Failed") else {
+        // A pod that cannot start would keep the Job running until its deadline: say so now.
+        return pods
+            .iter()
+            .find_map(|p| {
+                let waiting = p
+                    .status
+                    .as_ref()?
+                    .container_statuses
+                    .as_ref()?
+                    .first()?
+                    .state
+                    .as_ref()?
+                    .waiting
+                    .clone()?;
+                let reason = waiting.reason.filter(|r| CANNOT_START.contains(&r.as_str()))?;
+                Some(JobOutcome::Failed {
+                    exit_code: None,
+                    message: format!(
+                        "its pod cannot start: {reason}: {}",
+                        waiting.message.unwrap_or_default()
+                    ),
+                })
+            })
+            .unwrap_or(JobOutcome::Running);
+    };
+    let last = pods
+        .iter()
+        .filter_map(|p| {
+            let status = p.status.as_ref()?.container_statuses.as_ref()?.first()?.clone();
+            let terminated = status.state?.terminated?;
+            Some((terminated.finished_at.clone(), terminated))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, terminated)| terminated);
+    let message = last
+        .as_ref()
+        .and_then(|t| t.message.clone())
+        .filter(|m| !m.trim().is_empty())
+        .or_else(|| failed.message.clone())
+        .unwrap_or_default();
+    JobOutcome::Failed {
+        exit_code: last.map(|t| t.exit_code),
+        message: message.trim().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::fixtures;
+    use crate::resources::selector_labels;
+    use serde_json::json;
+
+    #[test]
+    fn the_job_runs_the_new_image_schema_command_and_is_never_taken_for_a_server() {
+        let cr = fixtures::minimal();
+        let settings = BuildSettings::default();
+        let job = build(&cr, &settings, SchemaJob::Check, "hash").unwrap();
+        let template = job.spec.as_ref().unwrap().template.clone();
+        let container = &template.spec.as_ref().unwrap().containers[0];
+        assert_eq!(container.args, Some(vec!["schema".into(), "check".into()]));
+        assert_eq!(container.image, Some(server_image(&cr, &settings)));
+        assert!(container.readiness_probe.is_none() && container.ports.is_none());
+        let labels = template.metadata.unwrap().labels.unwrap();
+        assert!(selector_labels(&cr).iter().any(|(k, v)| labels.get(k) != Some(v)));
+        assert_eq!(template.spec.unwrap().restart_policy.as_deref(), Some("Never"));
+    }
+
+    #[test]
+    fn names_follow_the_release_and_fit_the_label_limit() {
+        let mut cr = fixtures::minimal();
+        let settings = BuildSettings::default();
+        let a = name(&cr, SchemaJob::Check, &Release::wanted(&cr, &settings));
+        cr.spec.version = "9.9.9".into();
+        let b = name(&cr, SchemaJob::Check, &Release::wanted(&cr, &settings));
+        assert_ne!(a, b);
+        cr.metadata.name = Some("x".repeat(60));
+        let long = name(&cr, SchemaJob::Migrate, &Release::wanted(&cr, &settings));
+        assert!(long.len() <= 63 && long.contains("-schema-migrate-"), "{long}");
+    }
+
+    fn job(condition: Option<(&str, &str)>) -> Job {
+        let conditions: Vec<_> = condition
+            .into_iter()
+            .map(|(type_, message)| json!({"type": type_, "status": "True", "message": message}))
+            .collect();
+        serde_json::from_value(json!({"metadata": {"name": "prod-schema-check-1"},
+                                      "status": {"conditions": conditions}}))
+        .unwrap()
+    }
+
+    fn pod(exit_code: i32, finished: &str, message: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("p-{finished}"), "labels": {"batch.kubernetes.io/job-name": "prod-schema-check-1"}},
+            "status": {"containerStatuses": [{"name": "server", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"terminated": {"exitCode": exit_code, "finishedAt": finished, "message": message}}}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn outcome_reads_the_job_and_its_last_pod() {
+        assert_eq!(outcome(&job(None), &[]), JobOutcome::Running);
+        assert_eq!(outcome(&job(Some(("Complete", ""))), &[]), JobOutcome::Succeeded);
+        let pods = [
+            pod(1, "2026-01-01T00:00:00Z", "connection refused"),
+            pod(
+                10,
+                "2026-01-01T00:01:00Z",
+                "migration needed: database schema 1, version 2.0.0 needs 2\n",
+            ),
+        ];
+        assert_eq!(
+            outcome(&job(Some(("Failed", "matched rule"))), &pods),
+            JobOutcome::Failed {
+                exit_code: Some(10),
+                message: "migration needed: database schema 1, version 2.0.0 needs 2".into()
+            }
+        );
+        let unpullable: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "labels": {"batch.kubernetes.io/job-name": "prod-schema-check-1"}},
+            "status": {"containerStatuses": [{"name": "server", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"waiting": {"reason": "ErrImagePull", "message": "no such image"}}}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            outcome(&job(None), &[unpullable]),
+            JobOutcome::Failed {
+                exit_code: None,
+                message: "its pod cannot start: ErrImagePull: no such image".into()
+            }
+        );
+        assert_eq!(
+            outcome(&job(Some(("Failed", "DeadlineExceeded"))), &[]),
+            JobOutcome::Failed {
+                exit_code: None,
+                message: "DeadlineExceeded".into()
+            }
+        );
+    }
+}

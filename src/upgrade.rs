@@ -1,0 +1,493 @@
+//! The schema gate of a version change, a pure planner (no I/O).
+//!
+//! The StatefulSet keeps running the current release until the new image's `schema check` Job
+//! says the database needs no migration; only then does its template take the new release and
+//! the rolling maintenance replace the servers one by one. A migration is never raced by
+//! servers: `upgrade.schemaChange: Refuse` blocks with both versions in the message, `Recreate`
+//! drains every server, scales to zero, runs the `schema migrate` Job and only then starts the
+//! new release. Every stage is derived from what the cluster shows (the StatefulSet's template,
+//! the Jobs named after the release, the servers' rows), so a restarted operator resumes it.
+
+use std::time::Duration;
+
+use orchestrator_contract::server_state;
+
+use crate::crd::{DrainTimeoutPolicy, SchemaChangePolicy, ServerStatus};
+use crate::resources::job::{EXIT_MIGRATION_NEEDED, JobOutcome, Release, SchemaJob};
+use crate::servers::PodView;
+
+/// Why a version change waits or halts (`MaintenanceBlocked` reasons).
+pub mod reasons {
+    /// The new image's `schema check` Job runs.
+    pub const SCHEMA_CHECK: &str = "SchemaCheck";
+    /// The schema check waits for the database preflight to pass.
+    pub const DATABASE_NOT_READY: &str = "DatabaseNotReady";
+    /// A migration is needed and `upgrade.schemaChange` is `Refuse`.
+    pub const SCHEMA_CHANGE_REFUSED: &str = "SchemaChangeRefused";
+    /// The schema check failed for another reason than "migration needed".
+    pub const SCHEMA_CHECK_FAILED: &str = "SchemaCheckFailed";
+    /// `Recreate` waits for the maintenance step in progress before stopping every server.
+    pub const STEP_IN_PROGRESS: &str = "StepInProgress";
+    /// `Recreate` drains and stops every server.
+    pub const STOPPING_SERVERS: &str = "StoppingServers";
+    /// A server did not finish draining in time and `onDrainTimeout` is `Halt`.
+    pub const DRAIN_TIMEOUT: &str = "DrainTimeout";
+    /// The `schema migrate` Job runs.
+    pub const SCHEMA_MIGRATION: &str = "SchemaMigration";
+    /// The `schema migrate` Job failed.
+    pub const SCHEMA_MIGRATION_FAILED: &str = "SchemaMigrationFailed";
+}
+
+/// Stages of a version change before its roll, as `status.maintenance.stage` shows them.
+pub mod stages {
+    /// The new image's `schema check` Job decides.
+    pub const SCHEMA_CHECK: &str = "SchemaCheck";
+    /// `Recreate`: draining and stopping every server.
+    pub const STOPPING_SERVERS: &str = "StoppingServers";
+    /// `Recreate`: the `schema migrate` Job runs while no server does.
+    pub const MIGRATING: &str = "Migrating";
+}
+
+/// What the gate looks at.
+#[derive(Clone, Debug)]
+pub struct UpgradeInput<'a> {
+    /// The release the StatefulSet's template runs (`None`: no StatefulSet yet).
+    pub running: Option<&'a Release>,
+    /// The release the spec asks for.
+    pub wanted: &'a Release,
+    /// A server pod runs the wanted release already: it was let through before (a rollback in
+    /// the middle of a roll, a hand-edited template), so it needs no new check.
+    pub admitted: bool,
+    /// Outcome of the wanted release's check Job, if it exists.
+    pub check: Option<&'a JobOutcome>,
+    /// Outcome of the wanted release's migrate Job, if it exists.
+    pub migrate: Option<&'a JobOutcome>,
+    /// `upgrade.schemaChange`.
+    pub policy: SchemaChangePolicy,
+    /// Whether the database preflight passes.
+    pub database_ready: bool,
+    /// Whether a rolling maintenance step is in progress.
+    pub step_in_progress: bool,
+    /// Every server, from both views.
+    pub servers: &'a [ServerStatus],
+    /// Seconds since each draining server's drain was requested.
+    pub drain_ages: &'a [(String, f64)],
+    /// `maintenance.drainTimeout`.
+    pub drain_timeout: Duration,
+    /// `maintenance.onDrainTimeout`.
+    pub on_drain_timeout: DrainTimeoutPolicy,
+}
+
+/// The gate's decision.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UpgradeDecision {
+    /// The StatefulSet may run the wanted release (otherwise it keeps the running one).
+    pub release_ready: bool,
+    /// A schema Job to create.
+    pub run_job: Option<SchemaJob>,
+    /// `Recreate` is under way: capacity changes and new roll steps wait, drains stay.
+    pub recreate: bool,
+    /// Servers to ask for a friendly shutdown.
+    pub drain: Vec<String>,
+    /// Scale the StatefulSet to zero.
+    pub stop_all: bool,
+    /// The stage shown in `status.maintenance.stage` (one of [`stages`]).
+    pub stage: Option<&'static str>,
+    /// `(reason, message)` while it waits for something that resolves by itself.
+    pub waiting: Option<(&'static str, String)>,
+    /// `(reason, message)` when it halted (a fix or a new spec resumes it).
+    pub blocked: Option<(&'static str, String)>,
+}
+
+/// Whether a server pod already runs `wanted`: it was let through before, so it needs no check.
+pub fn admitted(wanted: &Release, pods: &[PodView]) -> bool {
+    pods.iter().any(|p| p.release.as_ref() == Some(wanted))
+}
+
+/// Decides the next move of a version change.
+pub fn plan(input: &UpgradeInput) -> UpgradeDecision {
+    let mut out = UpgradeDecision::default();
+    let running = match input.running {
+        Some(running) if running != input.wanted && !input.admitted => running,
+        _ => {
+            out.release_ready = true;
+            return out;
+        }
+    };
+    let (from, to) = (&running.version, &input.wanted.version);
+    out.stage = Some(stages::SCHEMA_CHECK);
+    match input.check {
+        None if input.database_ready => {
+            out.run_job = Some(SchemaJob::Check);
+            out.waiting = Some((
+                reasons::SCHEMA_CHECK,
+                format!("checking whether version {to} needs a schema migration"),
+            ));
+        }
+        None => {
+            out.waiting = Some((
+                reasons::DATABASE_NOT_READY,
+                format!("the schema check of version {to} waits for the database"),
+            ));
+        }
+        Some(JobOutcome::Running) => {
+            out.waiting = Some((
+                reasons::SCHEMA_CHECK,
+                format!("checking whether version {to} needs a schema migration"),
+            ));
+        }
+        Some(JobOutcome::Succeeded) => {
+            out.stage = None;
+            out.release_ready = true;
+        }
+        Some(JobOutcome::Failed {
+            exit_code: Some(EXIT_MIGRATION_NEEDED),
+            message,
+        }) => match input.policy {
+            SchemaChangePolicy::Refuse => {
+                out.blocked = Some((
+                    reasons::SCHEMA_CHANGE_REFUSED,
+                    format!(
+                        "version {to} needs a schema migration while version {from} runs ({message}); upgrade.schemaChange is Refuse: \
+                         set it to Recreate to stop every server, migrate and start {to}, or set version back to {from}"
+                    ),
+                ));
+            }
+            SchemaChangePolicy::Recreate => recreate(input, from, to, &mut out),
+        },
+        Some(JobOutcome::Failed { exit_code, message }) => {
+            out.blocked = Some((
+                reasons::SCHEMA_CHECK_FAILED,
+                format!(
+                    "the schema check of version {to} failed ({}): {message}; version {from} keeps running. Fix the cause and delete the check Job to run it again, or change the version",
+                    exit_description(*exit_code)
+                ),
+            ));
+        }
+    }
+    out
+}
+
+fn exit_description(exit_code: Option<i32>) -> String {
+    exit_code.map_or_else(|| "no exit code".into(), |code| format!("exit code {code}"))
+}
+
+/// `Recreate`: drain every server, stop them all, migrate, then release the new version.
+fn recreate(input: &UpgradeInput, from: &str, to: &str, out: &mut UpgradeDecision) {
+    if input.migrate == Some(&JobOutcome::Succeeded) {
+        out.stage = None;
+        out.release_ready = true;
+        return;
+    }
+    out.recreate = true;
+    if input.step_in_progress {
+        out.waiting = Some((
+            reasons::STEP_IN_PROGRESS,
+            format!("version {to} needs a schema migration; finishing the maintenance step in progress first"),
+        ));
+        return;
+    }
+    let with_pods: Vec<&ServerStatus> = input.servers.iter().filter(|s| s.pod_exists).collect();
+    if !with_pods.is_empty() {
+        out.stage = Some(stages::STOPPING_SERVERS);
+        let mut still_draining = Vec::new();
+        for server in with_pods {
+            let done = server.state.is_none() || server.state.as_deref() == Some(server_state::STOPPED);
+            if done {
+                continue;
+            }
+            match input.drain_ages.iter().find(|(name, _)| *name == server.name) {
+                None => {
+                    out.drain.push(server.name.clone());
+                    still_draining.push(server.name.as_str());
+                }
+                Some((_, age)) if *age >= input.drain_timeout.as_secs_f64() => {
+                    if input.on_drain_timeout == DrainTimeoutPolicy::Halt {
+                        out.blocked = Some((
+                            reasons::DRAIN_TIMEOUT,
+                            format!(
+                                "{} did not finish draining within {:?} for the schema migration of version {to}; onDrainTimeout is Halt: finish or cancel its jobs, or set Proceed",
+                                server.name, input.drain_timeout
+                            ),
+                        ));
+                        still_draining.push(server.name.as_str());
+                    }
+                }
+                Some(_) => still_draining.push(server.name.as_str()),
+            }
+        }
+        if still_draining.is_empty() {
+            out.stop_all = true;
+            out.waiting = Some((
+                reasons::STOPPING_SERVERS,
+                format!(
+                    "every server of version {from} drained; stopping them for the schema migration of version {to}"
+                ),
+            ));
+        } else if out.blocked.is_none() {
+            out.waiting = Some((
+                reasons::STOPPING_SERVERS,
+                format!(
+                    "version {to} needs a schema migration: draining {} before stopping every server",
+                    still_draining.join(", ")
+                ),
+            ));
+        }
+        return;
+    }
+    out.stage = Some(stages::MIGRATING);
+    out.stop_all = true;
+    match input.migrate {
+        None if input.database_ready => {
+            out.run_job = Some(SchemaJob::Migrate);
+            out.waiting = Some((
+                reasons::SCHEMA_MIGRATION,
+                format!("migrating the schema for version {to}"),
+            ));
+        }
+        None => {
+            out.waiting = Some((
+                reasons::DATABASE_NOT_READY,
+                format!("the schema migration for version {to} waits for the database"),
+            ));
+        }
+        Some(JobOutcome::Failed { exit_code, message }) => {
+            out.blocked = Some((
+                reasons::SCHEMA_MIGRATION_FAILED,
+                format!(
+                    "the schema migration for version {to} failed ({}): {message}; no server runs. Fix the cause and delete the migrate Job to run it again, or set version back to {from}",
+                    exit_description(*exit_code)
+                ),
+            ));
+        }
+        Some(_) => {
+            out.waiting = Some((
+                reasons::SCHEMA_MIGRATION,
+                format!("migrating the schema for version {to}"),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(version: &str) -> Release {
+        Release {
+            version: version.into(),
+            image: format!("orchestrator-server:{version}"),
+        }
+    }
+
+    fn server(n: i32, state: Option<&str>, pod_exists: bool) -> ServerStatus {
+        ServerStatus {
+            name: format!("prod-{n}"),
+            pod_exists,
+            state: state.map(String::from),
+            ..ServerStatus::default()
+        }
+    }
+
+    struct Case {
+        running: Release,
+        wanted: Release,
+        check: Option<JobOutcome>,
+        migrate: Option<JobOutcome>,
+        policy: SchemaChangePolicy,
+        step_in_progress: bool,
+        servers: Vec<ServerStatus>,
+        drain_ages: Vec<(String, f64)>,
+        on_drain_timeout: DrainTimeoutPolicy,
+    }
+
+    impl Case {
+        fn new() -> Self {
+            Case {
+                running: release("1.0.0"),
+                wanted: release("2.0.0"),
+                check: None,
+                migrate: None,
+                policy: SchemaChangePolicy::Recreate,
+                step_in_progress: false,
+                servers: vec![server(0, Some("active"), true), server(1, Some("active"), true)],
+                drain_ages: vec![],
+                on_drain_timeout: DrainTimeoutPolicy::Halt,
+            }
+        }
+
+        fn plan(&self) -> UpgradeDecision {
+            plan(&UpgradeInput {
+                running: Some(&self.running),
+                wanted: &self.wanted,
+                admitted: false,
+                check: self.check.as_ref(),
+                migrate: self.migrate.as_ref(),
+                policy: self.policy,
+                database_ready: true,
+                step_in_progress: self.step_in_progress,
+                servers: &self.servers,
+                drain_ages: &self.drain_ages,
+                drain_timeout: Duration::from_secs(60),
+                on_drain_timeout: self.on_drain_timeout,
+            })
+        }
+    }
+
+    fn migration_needed() -> Option<JobOutcome> {
+        Some(JobOutcome::Failed {
+            exit_code: Some(EXIT_MIGRATION_NEEDED),
+            message: "migration needed: database schema 1, version 2.0.0 needs 2".into(),
+        })
+    }
+
+    #[test]
+    fn no_version_change_or_a_new_cluster_needs_no_check() {
+        let mut case = Case::new();
+        case.wanted = case.running.clone();
+        assert_eq!(
+            case.plan(),
+            UpgradeDecision {
+                release_ready: true,
+                ..UpgradeDecision::default()
+            }
+        );
+        let wanted = release("2.0.0");
+        let fresh = plan(&UpgradeInput {
+            running: None,
+            wanted: &wanted,
+            admitted: false,
+            check: None,
+            migrate: None,
+            policy: SchemaChangePolicy::Refuse,
+            database_ready: true,
+            step_in_progress: false,
+            servers: &[],
+            drain_ages: &[],
+            drain_timeout: Duration::from_secs(1),
+            on_drain_timeout: DrainTimeoutPolicy::Halt,
+        });
+        assert!(fresh.release_ready && fresh.run_job.is_none());
+    }
+
+    #[test]
+    fn a_release_a_server_already_runs_needs_no_check() {
+        let case = Case::new();
+        let d = plan(&UpgradeInput {
+            running: Some(&case.running),
+            wanted: &case.wanted,
+            admitted: true,
+            check: None,
+            migrate: None,
+            policy: SchemaChangePolicy::Refuse,
+            database_ready: true,
+            step_in_progress: false,
+            servers: &case.servers,
+            drain_ages: &[],
+            drain_timeout: Duration::from_secs(1),
+            on_drain_timeout: DrainTimeoutPolicy::Halt,
+        });
+        assert!(d.release_ready && d.run_job.is_none() && d.stage.is_none());
+    }
+
+    #[test]
+    fn the_new_release_waits_for_its_check() {
+        let mut case = Case::new();
+        let d = case.plan();
+        assert_eq!(
+            (d.release_ready, d.run_job, d.stage),
+            (false, Some(SchemaJob::Check), Some(stages::SCHEMA_CHECK))
+        );
+        case.check = Some(JobOutcome::Running);
+        let d = case.plan();
+        assert_eq!(
+            (d.release_ready, d.run_job, d.waiting.unwrap().0),
+            (false, None, reasons::SCHEMA_CHECK)
+        );
+        case.check = Some(JobOutcome::Succeeded);
+        let d = case.plan();
+        assert!(d.release_ready && d.stage.is_none() && d.waiting.is_none() && !d.recreate);
+    }
+
+    #[test]
+    fn refuse_blocks_with_both_versions_and_disrupts_nothing() {
+        let mut case = Case::new();
+        case.policy = SchemaChangePolicy::Refuse;
+        case.check = migration_needed();
+        let d = case.plan();
+        let (reason, message) = d.blocked.clone().unwrap();
+        assert_eq!(reason, reasons::SCHEMA_CHANGE_REFUSED);
+        assert!(
+            message.contains("1.0.0") && message.contains("2.0.0") && message.contains("schema 1"),
+            "{message}"
+        );
+        assert!(!d.release_ready && d.drain.is_empty() && !d.stop_all && !d.recreate);
+    }
+
+    #[test]
+    fn a_failed_check_blocks_with_its_log_tail() {
+        let mut case = Case::new();
+        case.check = Some(JobOutcome::Failed {
+            exit_code: Some(1),
+            message: "error: connection refused".into(),
+        });
+        let (reason, message) = case.plan().blocked.unwrap();
+        assert_eq!(reason, reasons::SCHEMA_CHECK_FAILED);
+        assert!(
+            message.contains("exit code 1") && message.contains("connection refused"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn recreate_drains_all_then_stops_all_then_migrates_then_releases() {
+        let mut case = Case::new();
+        case.check = migration_needed();
+        case.step_in_progress = true;
+        let d = case.plan();
+        assert_eq!(
+            (d.recreate, d.drain.len(), d.waiting.unwrap().0),
+            (true, 0, reasons::STEP_IN_PROGRESS)
+        );
+        case.step_in_progress = false;
+        let d = case.plan();
+        assert_eq!(d.drain, vec!["prod-0".to_string(), "prod-1".to_string()]);
+        assert!(!d.stop_all && d.recreate && d.stage == Some(stages::STOPPING_SERVERS));
+        case.drain_ages = vec![("prod-0".into(), 1.0), ("prod-1".into(), 1.0)];
+        case.servers[0].state = Some("stopped".into());
+        let d = case.plan();
+        assert!(d.drain.is_empty() && !d.stop_all, "prod-1 still drains");
+        case.servers[1].state = Some("stopped".into());
+        assert!(case.plan().stop_all);
+        case.servers.iter_mut().for_each(|s| s.pod_exists = false);
+        let d = case.plan();
+        assert_eq!(
+            (d.stop_all, d.run_job, d.stage),
+            (true, Some(SchemaJob::Migrate), Some(stages::MIGRATING))
+        );
+        case.migrate = Some(JobOutcome::Failed {
+            exit_code: Some(12),
+            message: "servers active".into(),
+        });
+        let d = case.plan();
+        assert_eq!(d.blocked.unwrap().0, reasons::SCHEMA_MIGRATION_FAILED);
+        assert!(d.stop_all, "a failed migration starts no server of either version");
+        case.migrate = Some(JobOutcome::Succeeded);
+        let d = case.plan();
+        assert!(d.release_ready && !d.stop_all && !d.recreate && d.stage.is_none());
+    }
+
+    #[test]
+    fn recreate_drain_timeout_follows_the_policy() {
+        let mut case = Case::new();
+        case.check = migration_needed();
+        case.servers[1].state = Some("stopped".into());
+        case.drain_ages = vec![("prod-0".into(), 61.0), ("prod-1".into(), 5.0)];
+        let d = case.plan();
+        assert_eq!(d.blocked.unwrap().0, reasons::DRAIN_TIMEOUT);
+        assert!(!d.stop_all);
+        case.on_drain_timeout = DrainTimeoutPolicy::Proceed;
+        let d = case.plan();
+        assert!(d.blocked.is_none() && d.stop_all);
+    }
+}
