@@ -1,5 +1,5 @@
 # Entry points; each target is a script under hack/ so that CI and people run the same thing.
-.PHONY: demo test bench build crds tools cluster-up cluster-down lint
+.PHONY: demo test bench bench-roll build crds tools cluster-up cluster-down lint
 
 ## Run the demo: local cluster, operator, a cluster of three servers (left running).
 demo:
@@ -13,6 +13,10 @@ test:
 bench:
 	bash hack/setup.sh
 	cargo bench -p orchestrator-server --bench throughput
+
+## A 4-server rolling upgrade's wall time against its unavoidable part (drains + restarts), 3 runs.
+bench-roll:
+	bash hack/bench-roll.sh
 
 ## Build the operator and the project's binaries.
 build:

@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -93,14 +93,16 @@ fn ready(pod: &Pod) -> bool {
 struct Watcher {
     worst: Arc<Mutex<usize>>,
     replaced: Arc<Mutex<Vec<String>>>,
+    going: Arc<Mutex<BTreeMap<String, Instant>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Watcher {
     fn start(ns: &TestNamespace, servers: usize) -> Self {
         let (worst, replaced) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(Vec::new())));
+        let going = Arc::new(Mutex::new(BTreeMap::new()));
         let pods: Api<Pod> = ns.api();
-        let (w, r) = (worst.clone(), replaced.clone());
+        let (w, r, g) = (worst.clone(), replaced.clone(), going.clone());
         let task = tokio::spawn(async move {
             let mut state: BTreeMap<String, (String, bool)> = BTreeMap::new();
             let mut listed = false;
@@ -110,6 +112,9 @@ impl Watcher {
                 match event {
                     Event::InitDone => listed = true,
                     Event::Apply(pod) | Event::InitApply(pod) => {
+                        if pod.metadata.deletion_timestamp.is_some() {
+                            g.lock().unwrap().entry(pod.name_any()).or_insert_with(Instant::now);
+                        }
                         let uid = pod.uid().unwrap_or_default();
                         let previous = state.insert(pod.name_any(), (uid.clone(), ready(&pod)));
                         if previous.is_some_and(|(old, _)| old != uid) {
@@ -117,6 +122,7 @@ impl Watcher {
                         }
                     }
                     Event::Delete(pod) => {
+                        g.lock().unwrap().entry(pod.name_any()).or_insert_with(Instant::now);
                         state.insert(pod.name_any(), (pod.uid().unwrap_or_default(), false));
                     }
                     _ => continue,
@@ -130,7 +136,17 @@ impl Watcher {
                 *worst = (*worst).max(down);
             }
         });
-        Self { worst, replaced, task }
+        Self {
+            worst,
+            replaced,
+            going,
+            task,
+        }
+    }
+
+    /// When each server's first pod began to go (eviction seen), by server name.
+    fn going(&self) -> BTreeMap<String, Instant> {
+        self.going.lock().unwrap().clone()
     }
 
     fn worst(&self) -> usize {
@@ -148,6 +164,78 @@ impl Drop for Watcher {
     }
 }
 
+/// What the database shows of each server's replacement, polled every 100 ms: when its drain
+/// was requested, when it stopped, and when its next incarnation became active.
+#[derive(Clone, Debug, Default)]
+struct Timeline {
+    first_started_at: String,
+    drain_requested: Option<Instant>,
+    stopped: Option<Instant>,
+    rejoined: Option<Instant>,
+}
+
+async fn poll_timelines(pg: &TestPostgres) -> (Arc<Mutex<BTreeMap<String, Timeline>>>, tokio::task::JoinHandle<()>) {
+    let timelines = Arc::new(Mutex::new(BTreeMap::<String, Timeline>::new()));
+    let (out, db) = (timelines.clone(), db(pg).await);
+    let task = tokio::spawn(async move {
+        loop {
+            let rows = db
+                .query(
+                    "SELECT server_id, state, drain_requested_at IS NOT NULL, started_at::text FROM servers",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let now = Instant::now();
+            {
+                let mut timelines = out.lock().unwrap();
+                for row in rows {
+                    let (id, state, drain, started): (String, String, bool, String) =
+                        (row.get(0), row.get(1), row.get(2), row.get(3));
+                    let t = timelines.entry(id).or_insert_with(|| Timeline {
+                        first_started_at: started.clone(),
+                        ..Timeline::default()
+                    });
+                    if started == t.first_started_at {
+                        if drain && t.drain_requested.is_none() {
+                            t.drain_requested = Some(now);
+                        }
+                        if state == "stopped" && t.stopped.is_none() {
+                            t.stopped = Some(now);
+                        }
+                    } else if state == "active" && t.rejoined.is_none() {
+                        t.rejoined = Some(now);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (timelines, task)
+}
+
+/// Prints the roll's wall time against the sum of what no operator can avoid: each server's
+/// drain (requested → stopped) and restart (pod going → next incarnation active).
+fn report_roll_time(wall: Duration, timelines: &BTreeMap<String, Timeline>, going: &BTreeMap<String, Instant>) {
+    let (mut drain, mut restart) = (0.0, 0.0);
+    for (server, t) in timelines {
+        match (t.drain_requested, t.stopped, going.get(server), t.rejoined) {
+            (Some(requested), Some(stopped), Some(gone), Some(rejoined)) => {
+                drain += stopped.duration_since(requested).as_secs_f64();
+                restart += rejoined.duration_since(*gone).as_secs_f64();
+            }
+            _ => println!("roll measure: incomplete timeline for {server}: {t:?}"),
+        }
+    }
+    let unavoidable = drain + restart;
+    println!(
+        "roll measure: {} servers, wall {:.1} s; unavoidable {unavoidable:.1} s (drain {drain:.1} s + restart-to-joined {restart:.1} s); wall / unavoidable = {:.2}",
+        timelines.len(),
+        wall.as_secs_f64(),
+        wall.as_secs_f64() / unavoidable
+    );
+}
+
 #[tokio::test]
 async fn version_bump_replaces_one_server_at_a_time_and_loses_no_job() {
     let ns = TestNamespace::new("roll").await;
@@ -161,11 +249,16 @@ async fn version_bump_replaces_one_server_at_a_time_and_loses_no_job() {
     };
     let before = uids(ns.api::<Pod>().list(&server_pods()).await.unwrap().items);
     let watcher = Watcher::start(&ns, 4);
+    let (timelines, poller) = poll_timelines(&pg).await;
+    let started = Instant::now();
     let roll = async {
         patch_spec(&ns, json!({"version": "2.1.0"})).await;
-        wait_settled(&ns, 4, "2.1.0").await
+        let settled = wait_settled(&ns, 4, "2.1.0").await;
+        (settled, started.elapsed())
     };
-    let (report, cr) = tokio::join!(load(&pg, "roll", 20, 25, 500), roll);
+    let (report, (cr, wall)) = tokio::join!(load(&pg, "roll", 20, 25, 500), roll);
+    poller.abort();
+    report_roll_time(wall, &timelines.lock().unwrap(), &watcher.going());
     assert_eq!(report["lost"], 0, "{report}");
     assert_eq!(report["outcome"]["executed_more_than_once"], 0, "{report}");
     assert!(
@@ -598,4 +691,47 @@ async fn a_schema_changing_version_is_refused_then_recreated_without_losing_a_jo
     for reason in ["SchemaCheck", "StoppingServers", "SchemaMigration", "SchemaMigrated"] {
         assert!(reasons.contains(reason), "Event {reason} in {reasons:?}");
     }
+}
+
+#[tokio::test]
+async fn a_failing_schema_check_blocks_with_its_log_tail_and_disrupts_nothing() {
+    let ns = TestNamespace::new("check").await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    ready_cluster(&ns, &pg, 1).await;
+    let before = ns.api::<Pod>().get("prod-0").await.unwrap().uid();
+    // A downgrade to a release whose schema is older than the database's: the check says so.
+    patch_spec(&ns, json!({"version": "1.5.0"})).await;
+    let api = ns.api::<OrchestratorCluster>();
+    let cr = wait_for(
+        &api,
+        "prod",
+        "MaintenanceBlocked=SchemaCheckFailed",
+        2 * MINUTE,
+        |c: Option<&OrchestratorCluster>| {
+            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "MaintenanceBlocked" && c.reason == "SchemaCheckFailed")
+            })
+        },
+    )
+    .await
+    .unwrap();
+    let blocked = cr.status.unwrap().maintenance.unwrap().blocked_reason.unwrap();
+    assert!(blocked.contains("exit code 11"), "{blocked}");
+    let events = event_reasons(&ns).await;
+    let (_, note) = events
+        .iter()
+        .find(|(reason, _)| reason == "SchemaCheckFailed")
+        .expect("a Warning Event");
+    assert!(
+        note.contains("database newer: database schema 2, version 1.5.0 supports up to 1"),
+        "the Event quotes the check's log tail: {note}"
+    );
+    assert_eq!(
+        ns.api::<Pod>().get("prod-0").await.unwrap().uid(),
+        before,
+        "nothing disrupted"
+    );
 }

@@ -164,6 +164,10 @@ pub struct Plan {
 
 /// Look again this soon while something changes or is wrong.
 pub const BUSY_REQUEUE: Duration = Duration::from_secs(5);
+/// Look again this soon while a maintenance step or a version change waits on the database
+/// (a drain finishing, a replacement joining): the database cannot be watched, and every
+/// second of delay here adds to every step of a roll.
+pub const STEP_REQUEUE: Duration = Duration::from_secs(1);
 /// Look again this soon when everything is settled.
 pub const IDLE_REQUEUE: Duration = Duration::from_secs(30);
 
@@ -306,6 +310,10 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
     );
     let events = events(cr, current, &capacity, &roll, &upgrade, &status);
     let settled = status.phase == Phase::Ready;
+    // A step in progress, the next step due, or a version change under way (not a gate that
+    // waits for a person or a window, not a halt).
+    let next_step_due = roll.outdated > 0 && roll.waiting.is_none();
+    let stepping = (roll.step.is_some() || next_step_due || upgrade.stage.is_some()) && status.phase != Phase::Blocked;
     let finished_stage = previous_step.as_ref().and_then(|before| {
         let same = roll
             .step
@@ -348,7 +356,13 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
             maintenance_held_seconds: held_seconds,
         },
         status,
-        requeue: if settled { IDLE_REQUEUE } else { BUSY_REQUEUE },
+        requeue: if settled {
+            IDLE_REQUEUE
+        } else if stepping {
+            STEP_REQUEUE
+        } else {
+            BUSY_REQUEUE
+        },
     })
 }
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Rolling-maintenance benchmark on the local cluster: the version-bump e2e test (4 servers,
+# real PostgreSQL, load generator running) prints the roll's wall time against the sum of what
+# no operator can avoid (each server's drain + restart-to-joined), as a ratio from the same run.
+# Runs it RUNS times (default 3) because these machines are shared and noisy.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+bash hack/setup.sh
+export KUBECONFIG="$root/.local/kubeconfig"
+bash hack/cluster-up.sh >/dev/null
+for run in $(seq 1 "${RUNS:-3}"); do
+  cargo test --quiet --test e2e_maintenance version_bump -- --nocapture 2>&1 \
+    | grep -E "roll measure|test result" | sed "s/^/[run $run] /"
+done
