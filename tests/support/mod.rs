@@ -2,4 +2,5 @@
 #![allow(dead_code)]
 
 pub mod e2e;
+pub mod helm;
 pub mod invalid_specs;

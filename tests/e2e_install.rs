@@ -1,0 +1,391 @@
+//! End-to-end: the operator installed with `helm install` of `charts/orchestrator-operator`,
+//! running as a pod under the chart's ServiceAccount and RBAC (the node agent gives it a token
+//! of that ServiceAccount, so a missing permission fails here). It runs a cluster end to end
+//! (create, scale, rolling restart, version change) with a real PostgreSQL; `helm upgrade`
+//! restarts the operator and no server; `helm uninstall` leaves the servers running; of two
+//! replicas only the Lease holder acts, and a killed holder hands over within the lease time.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::api::rbac::v1::Role;
+use kube::ResourceExt;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use orchestrator_contract as contract;
+use orchestrator_operator::crd::{OrchestratorCluster, Phase};
+use serde_json::{Value, json};
+use support::e2e::{TestNamespace, db, wait_for};
+use support::helm::{self, FULLNAME, OPERATOR_PODS, pod_ready, restarts, server_pods, uids, wait_pods};
+use testing_postgres::TestPostgres;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn cluster(replicas: i32, pg: &TestPostgres) -> OrchestratorCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "orchestrator.dev/v1alpha1",
+        "kind": "OrchestratorCluster",
+        "metadata": {"name": "prod"},
+        "spec": {
+            "replicas": replicas,
+            "version": "2.0.0",
+            "database": {"host": "127.0.0.1", "port": pg.port, "name": "process", "sslMode": "disable",
+                         "credentialsSecret": {"name": "process-db"}},
+            "maintenance": {"drainTimeout": "20s", "readyTimeout": "60s"}
+        }
+    }))
+    .unwrap()
+}
+
+async fn patch_spec(ns: &TestNamespace, spec: Value) {
+    ns.api::<OrchestratorCluster>()
+        .patch("prod", &PatchParams::default(), &Patch::Merge(&json!({"spec": spec})))
+        .await
+        .unwrap();
+}
+
+/// Waits until every wanted server joined on `version`, no maintenance in progress, and the
+/// status describes the current generation.
+async fn wait_settled(ns: &TestNamespace, replicas: i32, version: &'static str) -> OrchestratorCluster {
+    let what = format!("Ready with {replicas} servers on {version}");
+    wait_for(
+        &ns.api::<OrchestratorCluster>(),
+        "prod",
+        &what,
+        3 * MINUTE,
+        move |c: Option<&OrchestratorCluster>| {
+            c.is_some_and(|c| {
+                c.status.as_ref().is_some_and(|s| {
+                    s.phase == Phase::Ready
+                        && s.ready_replicas == replicas
+                        && s.current_version.as_deref() == Some(version)
+                        && s.maintenance.is_none()
+                        && s.observed_generation == c.metadata.generation
+                })
+            })
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn servers(ns: &TestNamespace) -> BTreeMap<String, Pod> {
+    ns.api::<Pod>()
+        .list(&ListParams::default().labels(&server_pods("prod")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| (p.name_any(), p))
+        .collect()
+}
+
+fn holder(lease: &Lease) -> String {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.clone())
+        .unwrap_or_default()
+}
+
+/// The `orchestrator_operator_leader` gauge of operator pod `pod`, from its /metrics.
+async fn leader_gauge(pod: &Pod) -> String {
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP");
+    let body = reqwest::get(format!("http://{ip}:8080/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.lines()
+        .find(|l| l.starts_with("orchestrator_operator_leader "))
+        .unwrap_or_else(|| panic!("no leader gauge in /metrics of {}:\n{body}", pod.name_any()))
+        .trim_start_matches("orchestrator_operator_leader ")
+        .to_string()
+}
+
+/// Events about the cluster's objects, reported by the operator, as (first, last, instance,
+/// reason).
+async fn operator_events(
+    ns: &TestNamespace,
+) -> Vec<(
+    k8s_openapi::jiff::Timestamp,
+    k8s_openapi::jiff::Timestamp,
+    String,
+    String,
+)> {
+    let mut events: Vec<_> = ns
+        .api::<K8sEvent>()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reporting_controller.as_deref() == Some("orchestrator-operator"))
+        .map(|e| {
+            let first = e
+                .event_time
+                .as_ref()
+                .map(|t| t.0)
+                .or(e.deprecated_first_timestamp.as_ref().map(|t| t.0))
+                .expect("an Event has a time");
+            let last = e
+                .series
+                .as_ref()
+                .map(|s| s.last_observed_time.0)
+                .or(e.deprecated_last_timestamp.as_ref().map(|t| t.0))
+                .unwrap_or(first);
+            (
+                first,
+                last,
+                e.reporting_instance.clone().unwrap_or_default(),
+                e.reason.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    events.sort();
+    events
+}
+
+#[tokio::test]
+async fn helm_installed_operator_runs_a_cluster_and_survives_upgrade_and_uninstall() {
+    let ns = TestNamespace::new("helm").await;
+    let pg = ns.database().await;
+
+    // helm install: one operator pod under the chart's ServiceAccount, Ready, leading.
+    let notes = helm::install(&ns, &[]).await;
+    assert!(
+        notes.contains(&format!("It manages OrchestratorClusters in: {}.", ns.name)),
+        "NOTES name the watched namespace:\n{notes}"
+    );
+    let operators = helm::operator_pods(&ns).await;
+    assert_eq!(operators.len(), 1);
+    let operator = operators[0].clone();
+    let sa = operator.spec.as_ref().unwrap().service_account_name.clone();
+    assert_eq!(sa.as_deref(), Some(FULLNAME), "runs as the chart's ServiceAccount");
+    ns.api::<ServiceAccount>().get(FULLNAME).await.unwrap();
+    ns.api::<Role>().get(FULLNAME).await.unwrap();
+    helm::wait_log(&ns, &operator.name_any(), "leading: starting controllers", MINUTE).await;
+    assert_eq!(leader_gauge(&operator).await, "1");
+
+    // Create: two servers join.
+    ns.api::<OrchestratorCluster>()
+        .create(&PostParams::default(), &cluster(2, &pg))
+        .await
+        .unwrap();
+    wait_settled(&ns, 2, "2.0.0").await;
+
+    // Scale: a third server joins.
+    patch_spec(&ns, json!({"replicas": 3})).await;
+    wait_settled(&ns, 3, "2.0.0").await;
+
+    // Rolling restart: every server replaced, one at a time.
+    let before = uids(&servers(&ns).await);
+    assert_eq!(before.len(), 3);
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    patch_spec(&ns, json!({"maintenance": {"restartRequestedAt": now}})).await;
+    wait_pods(
+        &ns,
+        &server_pods("prod"),
+        "every server restarted",
+        3 * MINUTE,
+        |pods| {
+            pods.len() == 3
+                && pods
+                    .iter()
+                    .all(|(name, p)| pod_ready(p) && before.get(name) != p.uid().as_ref())
+        },
+    )
+    .await;
+    wait_settled(&ns, 3, "2.0.0").await;
+    let restarted = servers(&ns).await;
+    let operator_log = helm::operator_log(&ns, &operator.name_any());
+    assert!(
+        !operator_log.contains("forbidden") && !operator_log.contains("Forbidden"),
+        "the chart's RBAC let the operator do everything it did; its log:\n{operator_log}"
+    );
+
+    // helm upgrade with changed values: a new operator pod, no server restarted.
+    let servers_before = uids(&restarted);
+    let sts_generation = ns.api::<StatefulSet>().get("prod").await.unwrap().metadata.generation;
+    helm::upgrade(&ns, &["logFormat=text", "resources.limits.memory=300Mi"]).await;
+    let upgraded = helm::operator_pods(&ns).await;
+    assert_eq!(upgraded.len(), 1);
+    let new_operator = upgraded[0].clone();
+    assert_ne!(
+        new_operator.uid(),
+        operator.uid(),
+        "helm upgrade replaced the operator pod"
+    );
+    assert_eq!(restarts(&new_operator), 0);
+    let old_log = helm::operator_log(&ns, &operator.name_any());
+    assert!(
+        old_log.contains("termination requested; shutting down") && !old_log.contains("\"level\":\"ERROR\""),
+        "the old operator stopped cleanly on SIGTERM; its log:\n{old_log}"
+    );
+    helm::wait_log(&ns, &new_operator.name_any(), "leading: starting controllers", MINUTE).await;
+    let new_log = helm::operator_log(&ns, &new_operator.name_any());
+    assert!(!new_log.starts_with('{'), "logFormat=text took effect: {new_log}");
+    let deployment = ns.api::<Deployment>().get(FULLNAME).await.unwrap();
+    let container = &deployment.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(
+        container.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0,
+        "300Mi"
+    );
+    // The new operator reconciles (a spec change it must observe) and restarts no server.
+    patch_spec(&ns, json!({"capacity": {"maxReplicas": 9}})).await;
+    wait_settled(&ns, 3, "2.0.0").await;
+    let after_upgrade = servers(&ns).await;
+    assert_eq!(
+        uids(&after_upgrade),
+        servers_before,
+        "no server pod replaced by the operator upgrade"
+    );
+    assert!(after_upgrade.values().all(|p| restarts(p) == 0 && pod_ready(p)));
+    assert_eq!(
+        ns.api::<StatefulSet>().get("prod").await.unwrap().metadata.generation,
+        sts_generation,
+        "the StatefulSet was not changed by the operator upgrade"
+    );
+
+    // helm uninstall: the operator goes, the cluster and its servers stay.
+    helm::uninstall(&ns).await;
+    wait_pods(&ns, OPERATOR_PODS, "operator pods gone", MINUTE, |pods| pods.is_empty()).await;
+    assert!(ns.api::<Deployment>().get_opt(FULLNAME).await.unwrap().is_none());
+    assert!(ns.api::<Role>().get_opt(FULLNAME).await.unwrap().is_none());
+    assert!(ns.api::<OrchestratorCluster>().get_opt("prod").await.unwrap().is_some());
+    assert!(ns.api::<StatefulSet>().get_opt("prod").await.unwrap().is_some());
+    let after_uninstall = servers(&ns).await;
+    assert_eq!(
+        uids(&after_uninstall),
+        servers_before,
+        "servers keep running without the operator"
+    );
+    assert!(after_uninstall.values().all(pod_ready));
+    let db = db(&pg).await;
+    let members = contract::membership(&db).await.unwrap();
+    let active: Vec<_> = members
+        .iter()
+        .filter(|m| m.state == "active")
+        .map(|m| m.server_id.clone())
+        .collect();
+    assert_eq!(active, vec!["prod-0", "prod-1", "prod-2"], "{members:?}");
+}
+
+#[tokio::test]
+async fn two_replicas_only_the_lease_holder_acts_and_a_killed_holder_hands_over() {
+    const LEASE_SECONDS: u64 = 10;
+    let ns = TestNamespace::new("leader").await;
+    let pg = ns.database().await;
+    helm::install(
+        &ns,
+        &[
+            "replicaCount=2",
+            &format!("leaderElection.leaseSeconds={LEASE_SECONDS}"),
+        ],
+    )
+    .await;
+    let pods = helm::operator_pods(&ns).await;
+    assert_eq!(pods.len(), 2, "two operator pods, both ready");
+    let lease = wait_for(&ns.api::<Lease>(), FULLNAME, "a holder", MINUTE, |l: Option<&Lease>| {
+        l.is_some_and(|l| !holder(l).is_empty())
+    })
+    .await
+    .unwrap();
+    let first = holder(&lease);
+    let (leading, standby): (Vec<Pod>, Vec<Pod>) = pods.into_iter().partition(|p| p.name_any() == first);
+    let (leading, standby) = (leading[0].clone(), standby[0].clone());
+    helm::wait_log(&ns, &first, "leading: starting controllers", MINUTE).await;
+    helm::wait_log(&ns, &standby.name_any(), "waiting to lead", MINUTE).await;
+    assert_eq!(leader_gauge(&leading).await, "1");
+    assert_eq!(
+        leader_gauge(&standby).await,
+        "0",
+        "the standby reports it does not lead"
+    );
+
+    ns.api::<OrchestratorCluster>()
+        .create(&PostParams::default(), &cluster(2, &pg))
+        .await
+        .unwrap();
+    wait_settled(&ns, 2, "2.0.0").await;
+    let standby_log = helm::operator_log(&ns, &standby.name_any());
+    assert!(
+        !standby_log.contains("leading: starting controllers") && !standby_log.contains("starting controller"),
+        "the standby never started its controllers:\n{standby_log}"
+    );
+    let events = operator_events(&ns).await;
+    assert!(!events.is_empty(), "the leader reported Events");
+    assert!(
+        events.iter().all(|(_, _, instance, _)| *instance == first),
+        "only the Lease holder {first} acted: {events:#?}"
+    );
+
+    // Kill the holder (force delete: the process gets SIGKILL and never releases the Lease).
+    let killed_at = Instant::now();
+    let killed_time = k8s_openapi::jiff::Timestamp::now();
+    ns.api::<Pod>()
+        .delete(&first, &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let second = standby.name_any();
+    let lease = wait_for(
+        &ns.api::<Lease>(),
+        FULLNAME,
+        "the standby taking the Lease",
+        Duration::from_secs(3 * LEASE_SECONDS),
+        |l: Option<&Lease>| l.is_some_and(|l| holder(l) != first && !holder(l).is_empty()),
+    )
+    .await
+    .unwrap();
+    let handover = killed_at.elapsed();
+    assert_eq!(holder(&lease), second, "the standby took over, not the replacement pod");
+    // The Lease expires LEASE_SECONDS after the last renewal; the standby retries every
+    // LEASE_SECONDS/3.
+    assert!(
+        handover <= Duration::from_secs(LEASE_SECONDS + LEASE_SECONDS / 3 + 2),
+        "handed over in {handover:?}, lease {LEASE_SECONDS}s"
+    );
+    eprintln!("lease handed over {handover:?} after the holder was killed (lease {LEASE_SECONDS}s)");
+    let acquired = lease.spec.as_ref().unwrap().acquire_time.as_ref().unwrap().0;
+    helm::wait_log(&ns, &second, "leading: starting controllers", MINUTE).await;
+
+    // The new leader runs a version change; the replacement operator pod stays a standby.
+    patch_spec(&ns, json!({"version": "2.1.0"})).await;
+    wait_settled(&ns, 2, "2.1.0").await;
+    helm::wait_rolled_out(&ns).await;
+    let events = operator_events(&ns).await;
+    for (first_seen, last_seen, instance, reason) in &events {
+        if *instance == first {
+            assert!(
+                *last_seen <= killed_time,
+                "{first} acted after it was killed: {reason} at {last_seen}"
+            );
+        } else {
+            assert_eq!(*instance, second, "an Event from neither holder: {reason}");
+            assert!(
+                *first_seen >= acquired,
+                "{second} acted ({reason} at {first_seen}) before it took the Lease at {acquired}"
+            );
+        }
+    }
+    assert!(
+        events.iter().any(|(_, _, instance, _)| *instance == second),
+        "the new leader reported the version change: {events:#?}"
+    );
+    for pod in helm::operator_pods(&ns).await {
+        if pod.name_any() != second {
+            assert_eq!(
+                leader_gauge(&pod).await,
+                "0",
+                "the replacement {} is a standby",
+                pod.name_any()
+            );
+        }
+    }
+}
