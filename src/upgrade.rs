@@ -272,6 +272,7 @@ fn recreate(input: &UpgradeInput, from: &str, to: &str, out: &mut UpgradeDecisio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn release(version: &str) -> Release {
         Release {
@@ -489,5 +490,106 @@ mod tests {
         case.on_drain_timeout = DrainTimeoutPolicy::Proceed;
         let d = case.plan();
         assert!(d.blocked.is_none() && d.stop_all);
+    }
+
+    fn any_outcome() -> impl Strategy<Value = Option<JobOutcome>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(JobOutcome::Running)),
+            Just(Some(JobOutcome::Succeeded)),
+            prop_oneof![
+                Just(None),
+                Just(Some(1)),
+                Just(Some(10)),
+                Just(Some(11)),
+                Just(Some(12))
+            ]
+            .prop_map(|exit_code| Some(JobOutcome::Failed {
+                exit_code,
+                message: "log tail".into()
+            })),
+        ]
+    }
+
+    fn any_server() -> impl Strategy<Value = (Option<&'static str>, bool, Option<f64>)> {
+        (
+            prop_oneof![
+                Just(None),
+                Just(Some("active")),
+                Just(Some("draining")),
+                Just(Some("stopped"))
+            ],
+            any::<bool>(),
+            prop_oneof![Just(None), (0.0..120.0f64).prop_map(Some)],
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn the_gate_never_lets_a_release_race_a_migration(
+            check in any_outcome(),
+            migrate in any_outcome(),
+            recreate in any::<bool>(),
+            proceed in any::<bool>(),
+            database_ready in any::<bool>(),
+            step_in_progress in any::<bool>(),
+            servers in proptest::collection::vec(any_server(), 0..5),
+        ) {
+            let (running, wanted) = (release("1.0.0"), release("2.0.0"));
+            let statuses: Vec<ServerStatus> = servers
+                .iter()
+                .enumerate()
+                .map(|(n, (state, pod, _))| server(n as i32, *state, *pod))
+                .collect();
+            let drain_ages: Vec<(String, f64)> = servers
+                .iter()
+                .enumerate()
+                .filter_map(|(n, (_, _, age))| age.map(|a| (format!("prod-{n}"), a)))
+                .collect();
+            let policy = if recreate { SchemaChangePolicy::Recreate } else { SchemaChangePolicy::Refuse };
+            let d = plan(&UpgradeInput {
+                running: Some(&running),
+                wanted: &wanted,
+                admitted: false,
+                check: check.as_ref(),
+                migrate: migrate.as_ref(),
+                policy,
+                database_ready,
+                step_in_progress,
+                servers: &statuses,
+                drain_ages: &drain_ages,
+                drain_timeout: Duration::from_secs(60),
+                on_drain_timeout: if proceed { DrainTimeoutPolicy::Proceed } else { DrainTimeoutPolicy::Halt },
+            });
+            let migration_needed = matches!(&check, Some(JobOutcome::Failed { exit_code: Some(10), .. }));
+            // The new release runs only after a clean check, or after the migration.
+            if d.release_ready {
+                prop_assert!(
+                    check == Some(JobOutcome::Succeeded)
+                        || (migration_needed && recreate && migrate == Some(JobOutcome::Succeeded))
+                );
+            }
+            // Nothing is disrupted unless Recreate was chosen for a needed migration.
+            if !(migration_needed && recreate) {
+                prop_assert!(d.drain.is_empty() && !d.stop_all && !d.recreate);
+            }
+            // Servers are stopped only once none of them still drains, and the migration
+            // only runs with every server gone.
+            if d.stop_all && !d.release_ready {
+                prop_assert!(!step_in_progress);
+                for (n, (state, pod, age)) in servers.iter().enumerate() {
+                    let finished = !pod || state.is_none() || *state == Some("stopped");
+                    let timed_out = proceed && age.is_some_and(|a| a >= 60.0);
+                    prop_assert!(finished || timed_out, "prod-{} still runs", n);
+                }
+            }
+            if d.run_job == Some(SchemaJob::Migrate) {
+                prop_assert!(servers.iter().all(|(_, pod, _)| !pod) && database_ready);
+            }
+            // Every decision that is not "go" says why.
+            if !d.release_ready {
+                prop_assert!(d.waiting.is_some() || d.blocked.is_some());
+            }
+        }
     }
 }
