@@ -1,35 +1,56 @@
 #!/usr/bin/env bash
-# The README's run command (`make demo`): builds what is missing, starts the local cluster, a
-# PostgreSQL and the operator, declares a cluster of three servers, runs the load generator,
+# The README's run command (`make demo`): builds what is missing, starts the local cluster and a
+# PostgreSQL, installs the operator with its Helm chart (the operator runs as a pod under the
+# chart's ServiceAccount), declares a cluster of three servers, runs the load generator,
 # upgrades the servers 2.0.0 -> 2.1.0 with rolling maintenance while showing its progress, and
 # ends with the load generator's lost / run-twice counts. Everything is left running.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+step() { echo "==> $*"; }
 bash hack/setup.sh
-eval "$(bash hack/cluster-up.sh)"
 bin="$(bash hack/build-tools.sh | tail -n 1)"
-kubectl() { "$bin/kubectl" "$@"; }
+export PATH="$bin:$PATH"
+export KUBECONFIG="$root/.local/kubeconfig"
+agent_pid="$root/.local/agent/agent.pid"
+if kubectl get --raw /readyz >/dev/null 2>&1 && [ -f "$agent_pid" ] && kill -0 "$(cat "$agent_pid")" 2>/dev/null; then
+  # A running cluster is reused as it is (restarting the node agent would restart every pod).
+  step "local cluster already running; building the binaries its pods run"
+  cargo build --quiet --workspace --locked --bins
+else
+  step "starting the local cluster (real kube-apiserver, controller-manager, scheduler + node agent)"
+  eval "$(bash hack/cluster-up.sh)"
+fi
 target="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 mkdir -p .local/demo
 
+step "PostgreSQL on 127.0.0.1, schema for servers 2.x"
 bash hack/postgres.sh start
 eval "$(bash hack/postgres.sh env)"
 SERVER_VERSION=2.0.0 "$target/orchestrator-server" schema migrate
 
-kubectl apply --server-side -f crds/ >/dev/null
-kubectl wait --for condition=Established crd/orchestratorclusters.orchestrator.dev --timeout=60s >/dev/null
+# Earlier demos ran the operator as a host process; the chart's pod replaces it.
 if [ -f .local/demo/operator.pid ] && kill -0 "$(cat .local/demo/operator.pid)" 2>/dev/null; then
-  kill "$(cat .local/demo/operator.pid)"; sleep 1
+  kill "$(cat .local/demo/operator.pid)"
 fi
-nohup "$target/orchestrator-operator" --leader-election=false --http-addr 127.0.0.1:18080 \
-  --server-image-repository orchestrator-server >.local/demo/operator.log 2>&1 &
-echo $! >.local/demo/operator.pid
+rm -f .local/demo/operator.pid
 
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+step "helm install: the operator as a pod, watching namespace demo"
+# The chart installs the CRD only when it is absent (Helm never upgrades CRDs); this working
+# tree's CRD may be newer than an installed one.
+kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
+helm upgrade --install orchestrator-operator charts/orchestrator-operator \
+  --namespace orchestrator-system --create-namespace \
+  --set image.repository=orchestrator-operator --set serverImageRepository=orchestrator-server \
+  --set 'watchNamespaces={demo}' --wait --timeout 2m >/dev/null
+kubectl -n orchestrator-system get deploy orchestrator-operator
+kubectl -n orchestrator-system get lease orchestrator-operator
+
+step "a cluster of three servers in namespace demo"
 kubectl -n demo create secret generic process-db --from-literal=username="$DATABASE_USER" \
   --from-literal=password="$DATABASE_PASSWORD" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-cat <<YAML | kubectl -n demo apply -f - >/dev/null
+cat >.local/demo/cluster.yaml <<YAML
 apiVersion: orchestrator.dev/v1alpha1
 kind: OrchestratorCluster
 metadata:
@@ -40,6 +61,7 @@ spec:
   database: {host: 127.0.0.1, port: $DATABASE_PORT, name: process, sslMode: disable, credentialsSecret: {name: process-db}}
   maintenance: {drainTimeout: 30s, readyTimeout: 2m}
 YAML
+kubectl -n demo apply -f .local/demo/cluster.yaml
 
 show() {
   kubectl -n demo get orc demo --no-headers
@@ -58,28 +80,32 @@ wait_version() {
   return 1
 }
 
-echo "==> three servers join one by one"
+step "three servers join one by one"
 wait_version 2.0.0
-echo "==> load generator: 20 jobs/s for 60s"
+kubectl -n demo wait --for=condition=Ready orc/demo --timeout=5m
+step "load generator: 20 jobs/s for 60s"
 "$target/orchestrator-server" loadgen --rate 20 --duration 60 --kind sleep --sleep-ms 300 --batch "demo-$(date +%s)" \
   >.local/demo/loadgen.json 2>.local/demo/loadgen.log &
 load=$!
 sleep 5
-echo "==> upgrade 2.0.0 -> 2.1.0: rolling maintenance, one server at a time"
+step "upgrade 2.0.0 -> 2.1.0: rolling maintenance, one server at a time"
 kubectl -n demo patch orc demo --type merge -p '{"spec":{"version":"2.1.0"}}' >/dev/null
 wait_version 2.1.0
-echo "==> waiting for the load generator to finish and count"
+step "waiting for the load generator to finish and count"
 wait "$load" || true
 tail -n 1 .local/demo/loadgen.log
+operator_log="$(ls -td .local/agent/pods/orchestrator-system_orchestrator-operator-* | head -n 1)/operator.log"
 cat <<TXT
 
-The local cluster, node agent, PostgreSQL and operator keep running.
+The local cluster, node agent, PostgreSQL and operator keep running. Look around:
   export KUBECONFIG=$KUBECONFIG PATH=$bin:\$PATH
   kubectl -n demo get orc,pods -o wide
-  kubectl -n demo describe orc demo              # conditions and Events
+  kubectl -n demo describe orc demo               # conditions and Events
   kubectl explain orchestratorcluster.spec.maintenance
-  tail -f .local/demo/operator.log                # operator logs
-  ls .local/agent/pods/                           # one log folder per server pod
+  kubectl -n orchestrator-system get deploy,pods,lease
+  helm -n orchestrator-system status orchestrator-operator
+  tail -f $operator_log                           # operator logs (the node agent keeps pod logs as files)
+  ls .local/agent/pods/                           # one log folder per pod
 Tear down:
-  kill \$(cat .local/demo/operator.pid); bash hack/postgres.sh stop; make cluster-down
+  helm -n orchestrator-system uninstall orchestrator-operator; bash hack/postgres.sh stop; make cluster-down
 TXT

@@ -10,7 +10,8 @@ chart="$root/charts/orchestrator-operator"
 "$helm" lint --strict "$chart"
 "$helm" template ok "$chart" >/dev/null
 "$helm" template ok "$chart" --set watchNamespaces='{team-a,team-b}' --set replicaCount=2 \
-  --set metrics.serviceMonitor.enabled=true >/dev/null
+  --set metrics.serviceMonitor.enabled=true \
+  --set-json 'extraEnv=[{"name":"RUST_LOG","value":"info,kube_client=debug"}]' >/dev/null
 
 refused() {
   local expect="$1"; shift
@@ -32,4 +33,6 @@ refused "leaderElection/enabled" --set replicaCount=2 --set leaderElection.enabl
 refused "watchNamespaces" --set 'watchNamespaces={Not_A_Namespace}'
 refused "pullPolicy" --set image.pullPolicy=Sometimes
 refused "unknownKey" --set unknownKey=1
+refused "extraEnv" --set-json 'extraEnv=[{"value":"no name"}]'
+refused "httpListenAddress" --set httpListenAddress=1.2.3.4:80
 echo "helm checks passed"

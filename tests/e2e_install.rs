@@ -152,13 +152,117 @@ async fn operator_events(
     events
 }
 
+/// An API request: (API group, resource[/subresource], verb).
+type Request = (String, String, String);
+
+/// The API requests in an operator log written with `RUST_LOG=kube_client=debug` and JSON
+/// format, with how many times each was made. A server-side apply (a PATCH with a field
+/// manager) of an object also counts as `create`: the API server checks that verb when the
+/// apply creates the object.
+fn requests(log: &str) -> BTreeMap<Request, usize> {
+    let mut seen = BTreeMap::new();
+    for line in log.lines() {
+        let Ok(entry) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if entry["fields"]["message"] != "requesting" {
+            continue;
+        }
+        let method = entry["span"]["http.method"].as_str().unwrap_or_default();
+        let url = entry["span"]["http.url"].as_str().unwrap_or_default();
+        let Some(start) = url.find("/api") else {
+            continue; // /version and other non-resource URLs
+        };
+        let (path, query) = url[start..].split_once('?').unwrap_or((&url[start..], ""));
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (group, rest) = match parts[0] {
+            "api" => (String::new(), &parts[2..]),
+            _ => (parts[1].to_string(), &parts[3..]),
+        };
+        let rest = if rest.len() >= 3 && rest[0] == "namespaces" {
+            &rest[2..]
+        } else {
+            rest
+        };
+        let resource = match rest.get(2) {
+            Some(sub) => format!("{}/{sub}", rest[0]),
+            None => rest[0].to_string(),
+        };
+        let named = rest.len() >= 2;
+        let verbs: Vec<&str> = match method {
+            "GET" if named => vec!["get"],
+            "GET" if query.contains("watch=true") => vec!["watch"],
+            "GET" => vec!["list"],
+            "POST" => vec!["create"],
+            "PUT" => vec!["update"],
+            "DELETE" => vec!["delete"],
+            "PATCH" if query.contains("fieldManager") && !resource.contains('/') => vec!["patch", "create"],
+            "PATCH" => vec!["patch"],
+            other => panic!("unexpected method {other} in {line}"),
+        };
+        for verb in verbs {
+            *seen
+                .entry((group.clone(), resource.clone(), verb.to_string()))
+                .or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+/// Compares the rules of the release's Roles with the requests in `log`: every request is
+/// allowed by a rule and every verb of every rule was used. Prints the table.
+async fn check_rbac_against_requests(ns: &TestNamespace, log: &str) {
+    let used = requests(log);
+    assert!(!used.is_empty(), "the operator log lists its API requests");
+    let mut table = String::from("| role | API group | resource | verb | requests |\n|---|---|---|---|---|\n");
+    let mut unused = Vec::new();
+    let mut allowed = std::collections::BTreeSet::new();
+    for role_name in [FULLNAME.to_string(), format!("{FULLNAME}-leader-election")] {
+        let role = ns.api::<Role>().get(&role_name).await.unwrap();
+        for rule in role.rules.unwrap_or_default() {
+            for group in rule.api_groups.clone().unwrap_or_default() {
+                for resource in rule.resources.clone().unwrap_or_default() {
+                    for verb in &rule.verbs {
+                        let key = (group.clone(), resource.clone(), verb.clone());
+                        let count = used.get(&key).copied().unwrap_or(0);
+                        let scope = match &rule.resource_names {
+                            Some(names) => format!(" ({})", names.join(",")),
+                            None => String::new(),
+                        };
+                        table.push_str(&format!(
+                            "| {role_name} | {group} | {resource}{scope} | {verb} | {count} |\n"
+                        ));
+                        if count == 0 {
+                            unused.push(key.clone());
+                        }
+                        allowed.insert(key);
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("RBAC rules and the requests that used them:\n{table}");
+    let outside: Vec<_> = used.keys().filter(|k| !allowed.contains(*k)).collect();
+    assert!(outside.is_empty(), "requests no rule allows: {outside:?}\n{table}");
+    assert!(unused.is_empty(), "rules nothing used: {unused:?}\n{table}");
+}
+
 #[tokio::test]
 async fn helm_installed_operator_runs_a_cluster_and_survives_upgrade_and_uninstall() {
     let ns = TestNamespace::new("helm").await;
     let pg = ns.database().await;
 
-    // helm install: one operator pod under the chart's ServiceAccount, Ready, leading.
-    let notes = helm::install(&ns, &[]).await;
+    // helm install: one operator pod under the chart's ServiceAccount, Ready, leading; its
+    // log lists every API request it makes (kube_client debug spans).
+    let notes = helm::install_with(
+        &ns,
+        &[],
+        &[
+            "--set-json",
+            r#"extraEnv=[{"name":"RUST_LOG","value":"info,kube_client=debug"}]"#,
+        ],
+    )
+    .await;
     assert!(
         notes.contains(&format!("It manages OrchestratorClusters in: {}.", ns.name)),
         "NOTES name the watched namespace:\n{notes}"
@@ -203,12 +307,18 @@ async fn helm_installed_operator_runs_a_cluster_and_survives_upgrade_and_uninsta
     )
     .await;
     wait_settled(&ns, 3, "2.0.0").await;
+
+    // Version change: the schema check Job, then every server replaced.
+    patch_spec(&ns, json!({"version": "2.1.0"})).await;
+    wait_settled(&ns, 3, "2.1.0").await;
     let restarted = servers(&ns).await;
     let operator_log = helm::operator_log(&ns, &operator.name_any());
     assert!(
         !operator_log.contains("forbidden") && !operator_log.contains("Forbidden"),
         "the chart's RBAC let the operator do everything it did; its log:\n{operator_log}"
     );
+    // Every rule of the chart's Roles was used by the steps above, and nothing else was asked.
+    check_rbac_against_requests(&ns, &operator_log).await;
 
     // helm upgrade with changed values: a new operator pod, no server restarted.
     let servers_before = uids(&restarted);
@@ -239,7 +349,7 @@ async fn helm_installed_operator_runs_a_cluster_and_survives_upgrade_and_uninsta
     );
     // The new operator reconciles (a spec change it must observe) and restarts no server.
     patch_spec(&ns, json!({"capacity": {"maxReplicas": 9}})).await;
-    wait_settled(&ns, 3, "2.0.0").await;
+    wait_settled(&ns, 3, "2.1.0").await;
     let after_upgrade = servers(&ns).await;
     assert_eq!(
         uids(&after_upgrade),
@@ -252,6 +362,9 @@ async fn helm_installed_operator_runs_a_cluster_and_survives_upgrade_and_uninsta
         sts_generation,
         "the StatefulSet was not changed by the operator upgrade"
     );
+
+    let new_log = helm::operator_log(&ns, &new_operator.name_any());
+    assert!(!new_log.contains("forbidden"), "{new_log}");
 
     // helm uninstall: the operator goes, the cluster and its servers stay.
     helm::uninstall(&ns).await;

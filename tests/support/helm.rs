@@ -104,7 +104,8 @@ pub fn local_values(namespace: &str) -> Vec<String> {
     ]
 }
 
-/// Runs `helm <command> orc charts/orchestrator-operator -n <ns>` with `values` (`key=value`).
+/// Runs `helm <command> orc charts/orchestrator-operator -n <ns>` with `values` (`key=value`)
+/// and the raw arguments `extra`.
 async fn helm_release(command: &str, ns: &TestNamespace, values: &[String], extra: &[&str]) -> String {
     let chart = root().join("charts/orchestrator-operator");
     let chart = chart.to_str().unwrap();
@@ -120,9 +121,14 @@ async fn helm_release(command: &str, ns: &TestNamespace, values: &[String], extr
 /// `helm install` of the chart into `ns` with the local values plus `values`; waits until
 /// the operator's Deployment is available. Returns helm's output (the NOTES).
 pub async fn install(ns: &TestNamespace, values: &[&str]) -> String {
+    install_with(ns, values, &[]).await
+}
+
+/// [`install`] with raw helm arguments `extra` (e.g. `--set-json`).
+pub async fn install_with(ns: &TestNamespace, values: &[&str], extra: &[&str]) -> String {
     let mut all = local_values(&ns.name);
     all.extend(values.iter().map(|v| v.to_string()));
-    let notes = helm_release("install", ns, &all, &[]).await;
+    let notes = helm_release("install", ns, &all, extra).await;
     wait_rolled_out(ns).await;
     notes
 }
