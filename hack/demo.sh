@@ -44,8 +44,7 @@ helm upgrade --install orchestrator-operator charts/orchestrator-operator \
   --namespace orchestrator-system --create-namespace \
   --set image.repository=orchestrator-operator --set serverImageRepository=orchestrator-server \
   --set 'watchNamespaces={demo}' --wait --timeout 2m >/dev/null
-kubectl -n orchestrator-system get deploy orchestrator-operator
-kubectl -n orchestrator-system get lease orchestrator-operator
+kubectl -n orchestrator-system get deploy,pods,lease
 
 step "a cluster of three servers in namespace demo"
 kubectl -n demo create secret generic process-db --from-literal=username="$DATABASE_USER" \
@@ -80,7 +79,7 @@ wait_version() {
   return 1
 }
 
-step "three servers join one by one"
+step "three servers join one by one (a rerun first brings an existing demo back to 2.0.0)"
 wait_version 2.0.0
 kubectl -n demo wait --for=condition=Ready orc/demo --timeout=5m
 step "load generator: 20 jobs/s for 60s"
@@ -104,7 +103,8 @@ The local cluster, node agent, PostgreSQL and operator keep running. Look around
   kubectl explain orchestratorcluster.spec.maintenance
   kubectl -n orchestrator-system get deploy,pods,lease
   helm -n orchestrator-system status orchestrator-operator
-  tail -f $operator_log                           # operator logs (the node agent keeps pod logs as files)
+  # operator logs: the node agent keeps pod logs as files (no kubelet, so no kubectl logs)
+  tail -f $operator_log
   ls .local/agent/pods/                           # one log folder per pod
 Tear down:
   helm -n orchestrator-system uninstall orchestrator-operator; bash hack/postgres.sh stop; make cluster-down
