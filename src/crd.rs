@@ -535,6 +535,9 @@ pub struct MaintenanceStatus {
     /// When the current stage of the step started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
+    /// When the step started (its first stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
     /// Uid of the pod being replaced; its replacement has the same name and another uid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,

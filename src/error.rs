@@ -44,5 +44,21 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Reason of the Warning Event a failed reconcile publishes on the resource (distinct per
+    /// kind of failure, since Events of one reason are merged under the first note).
+    pub fn event_reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(status)) if status.code == 403 => "ApiForbidden",
+            Error::Kube(kube::Error::Api(status)) if status.code == 409 || status.code == 422 => "ApiRejected",
+            Error::Kube(_) => "ApiUnavailable",
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::Malformed(_) => "Malformed",
+            Error::Database(_) => "DatabaseWriteFailed",
+            Error::Serialization { .. } => "SerializationFailed",
+        }
+    }
+}
+
 /// Result of the operator's fallible steps.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -74,6 +74,8 @@ pub struct Step {
     pub stage: Stage,
     /// When the stage began.
     pub since: Timestamp,
+    /// When the step began (its first stage).
+    pub began: Timestamp,
     /// Uid of the pod being replaced (set from the Evicting stage on): a different uid under
     /// the same name is its replacement.
     pub pod_uid: Option<String>,
@@ -249,6 +251,7 @@ pub fn plan(input: &MaintenanceInput) -> Decision {
         server: candidate.name.clone(),
         stage,
         since: input.now,
+        began: input.now,
         pod_uid: candidate.uid.clone(),
     });
     decision
@@ -262,6 +265,7 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Decision)
             server: step.server.clone(),
             stage,
             since: input.now,
+            began: step.began,
             pod_uid,
         })
     };
@@ -470,6 +474,7 @@ mod tests {
             server: "prod-0".into(),
             stage: Stage::Draining,
             since: at(0),
+            began: at(0),
             pod_uid: None,
         };
         assert_eq!(
@@ -506,6 +511,7 @@ mod tests {
             server: "prod-0".into(),
             stage: Stage::Draining,
             since: at(0),
+            began: at(0),
             pod_uid: Some("uid-0-old".into()),
         };
         let d = plan(&input(&replaced, Some(stale), 9));
@@ -519,6 +525,7 @@ mod tests {
             server: "prod-0".into(),
             stage: Stage::Draining,
             since: at(0),
+            began: at(0),
             pod_uid: None,
         };
         let d = plan(&input(&servers, Some(draining.clone()), 61));
@@ -530,6 +537,7 @@ mod tests {
             server: "prod-0".into(),
             stage: Stage::WaitingReady,
             since: at(0),
+            began: at(0),
             pod_uid: None,
         };
         let never_ready = [server(0, "new", false, 0), server(1, "new", true, 0)];

@@ -9,7 +9,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use crate::error::Error;
+use crate::reconcile::plan::Finished;
 
 /// Label set of the reconcile errors counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,6 +77,8 @@ pub struct Metrics {
     pub database_reachable: Family<ClusterLabels, Gauge>,
     /// Maintenance steps done (servers replaced and joined) per cluster.
     pub maintenance_steps: Family<ClusterLabels, Counter>,
+    /// Seconds each maintenance step took, from its drain to its replacement joining.
+    pub maintenance_step_duration: Family<ClusterLabels, Histogram>,
     /// Seconds each stage of a maintenance step took.
     pub maintenance_stage_duration: Family<StageLabels, Histogram>,
     /// Seconds the roll of each cluster has been held (`MaintenanceBlocked`).
@@ -81,6 +87,8 @@ pub struct Metrics {
     pub preflight_duration: Histogram,
     /// The registry all of the above are registered in.
     pub registry: Registry,
+    /// Keys of the last stage and step recorded per cluster.
+    last_recorded: Mutex<HashMap<ClusterLabels, (String, String)>>,
 }
 
 impl Default for Metrics {
@@ -99,6 +107,8 @@ impl Default for Metrics {
         let maintenance_stage_duration =
             Family::<StageLabels, Histogram>::new_with_constructor(stage_histogram as fn() -> Histogram);
         let maintenance_held = Family::<ClusterLabels, Gauge>::default();
+        let maintenance_step_duration =
+            Family::<ClusterLabels, Histogram>::new_with_constructor(stage_histogram as fn() -> Histogram);
         let mut registry = Registry::with_prefix("orchestrator_operator");
         registry.register("servers_desired", "Servers wanted per cluster", servers_desired.clone());
         registry.register("servers_joined", "Servers joined per cluster", servers_joined.clone());
@@ -128,6 +138,11 @@ impl Default for Metrics {
             maintenance_steps.clone(),
         );
         registry.register(
+            "maintenance_step_duration_seconds",
+            "Duration of a maintenance step, from its drain to its replacement joining",
+            maintenance_step_duration.clone(),
+        );
+        registry.register(
             "maintenance_stage_duration_seconds",
             "Duration of each stage of a maintenance step",
             maintenance_stage_duration.clone(),
@@ -154,8 +169,10 @@ impl Default for Metrics {
             preflight_duration,
             maintenance_steps,
             maintenance_stage_duration,
+            maintenance_step_duration,
             maintenance_held,
             registry,
+            last_recorded: Mutex::default(),
         }
     }
 }
@@ -194,15 +211,25 @@ impl Metrics {
             .set(figures.maintenance_held_seconds);
     }
 
-    /// Records the end of a maintenance stage and, when a server was replaced, the step.
-    pub fn record_maintenance(&self, labels: &ClusterLabels, finished_stage: Option<(&str, f64)>, step_done: bool) {
-        if let Some((stage, seconds)) = finished_stage {
+    /// Records the end of a maintenance stage and, when a server was replaced, its step; each
+    /// once, even when a reconcile that read an older status reports it again.
+    pub fn record_maintenance(&self, labels: &ClusterLabels, stage: Option<&Finished>, step: Option<&Finished>) {
+        let mut last = self.last_recorded.lock().unwrap_or_else(|e| e.into_inner());
+        let recorded = last.entry(labels.clone()).or_default();
+        if let Some(stage) = stage.filter(|s| recorded.0 != s.key) {
+            recorded.0 = stage.key.clone();
             self.maintenance_stage_duration
-                .get_or_create(&StageLabels { stage: stage.into() })
-                .observe(seconds);
+                .get_or_create(&StageLabels {
+                    stage: stage.stage.into(),
+                })
+                .observe(stage.seconds);
         }
-        if step_done {
+        if let Some(step) = step.filter(|s| recorded.1 != s.key) {
+            recorded.1 = step.key.clone();
             self.maintenance_steps.get_or_create(labels).inc();
+            self.maintenance_step_duration
+                .get_or_create(labels)
+                .observe(step.seconds);
         }
     }
 
@@ -238,7 +265,18 @@ mod tests {
             namespace: "ns".into(),
             cluster: "prod".into(),
         };
-        metrics.record_maintenance(&labels, Some(("Draining", 3.0)), true);
+        let stage = Finished {
+            stage: "Draining",
+            key: "prod-0@t0".into(),
+            seconds: 3.0,
+        };
+        let step = Finished {
+            stage: "WaitingReady",
+            key: "prod-0@t0".into(),
+            seconds: 12.0,
+        };
+        metrics.record_maintenance(&labels, Some(&stage), Some(&step));
+        metrics.record_maintenance(&labels, Some(&stage), Some(&step));
         let text = metrics.encode();
         assert!(
             text.contains(r#"orchestrator_operator_maintenance_steps_total{namespace="ns",cluster="prod"} 1"#),
@@ -246,6 +284,12 @@ mod tests {
         );
         assert!(
             text.contains(r#"orchestrator_operator_maintenance_stage_duration_seconds_count{stage="Draining"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"orchestrator_operator_maintenance_step_duration_seconds_sum{namespace="ns",cluster="prod"} 12.0"#
+            ),
             "{text}"
         );
     }

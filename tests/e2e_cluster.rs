@@ -400,3 +400,30 @@ async fn jobs_complete_or_fail_for_real_and_unknown_images_are_refused() {
         .unwrap();
     assert!(waiting.message.unwrap().contains("not in the node agent's image map"));
 }
+
+#[tokio::test]
+async fn an_eviction_with_a_stale_uid_never_evicts_the_pod_now_under_that_name() {
+    let ns = TestNamespace::new("evict-uid").await;
+    let pods = ns.api::<Pod>();
+    let pod: Pod = ns.create(test_pod("server", 5, &["serve"])).await;
+    let uid = pod.uid();
+    let client = client_without_retry().await;
+    // What the roll does when its step recorded a pod that has since been replaced.
+    let stale = orchestrator_operator::reconcile::act::evict(&client, &ns.name, "server", Some("an-old-uid".into()))
+        .await
+        .unwrap();
+    assert!(stale, "a uid mismatch reads as already replaced");
+    let current = pods.get("server").await.unwrap();
+    assert!(
+        current.metadata.deletion_timestamp.is_none(),
+        "the uid precondition protects the pod now under that name"
+    );
+    orchestrator_operator::reconcile::act::evict(&client, &ns.name, "server", uid)
+        .await
+        .unwrap();
+    let evicted = pods.get_opt("server").await.unwrap();
+    assert!(
+        evicted.is_none_or(|p| p.metadata.deletion_timestamp.is_some()),
+        "the pod it was meant for is evicted"
+    );
+}

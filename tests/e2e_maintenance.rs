@@ -94,15 +94,20 @@ struct Watcher {
     worst: Arc<Mutex<usize>>,
     replaced: Arc<Mutex<Vec<String>>>,
     going: Arc<Mutex<BTreeMap<String, Instant>>>,
+    back: Arc<Mutex<BTreeMap<String, Instant>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Watcher {
     fn start(ns: &TestNamespace, servers: usize) -> Self {
         let (worst, replaced) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(Vec::new())));
-        let going = Arc::new(Mutex::new(BTreeMap::new()));
+        let (going, back) = (
+            Arc::new(Mutex::new(BTreeMap::new())),
+            Arc::new(Mutex::new(BTreeMap::new())),
+        );
         let pods: Api<Pod> = ns.api();
-        let (w, r, g) = (worst.clone(), replaced.clone(), going.clone());
+        let (w, r, g, b) = (worst.clone(), replaced.clone(), going.clone(), back.clone());
+        let mut first_uids: BTreeMap<String, String> = BTreeMap::new();
         let task = tokio::spawn(async move {
             let mut state: BTreeMap<String, (String, bool)> = BTreeMap::new();
             let mut listed = false;
@@ -116,6 +121,10 @@ impl Watcher {
                             g.lock().unwrap().entry(pod.name_any()).or_insert_with(Instant::now);
                         }
                         let uid = pod.uid().unwrap_or_default();
+                        let first = first_uids.entry(pod.name_any()).or_insert_with(|| uid.clone());
+                        if *first != uid && ready(&pod) {
+                            b.lock().unwrap().entry(pod.name_any()).or_insert_with(Instant::now);
+                        }
                         let previous = state.insert(pod.name_any(), (uid.clone(), ready(&pod)));
                         if previous.is_some_and(|(old, _)| old != uid) {
                             r.lock().unwrap().push(pod.name_any());
@@ -140,8 +149,14 @@ impl Watcher {
             worst,
             replaced,
             going,
+            back,
             task,
         }
+    }
+
+    /// When each server's replacement pod first became ready, by server name.
+    fn back(&self) -> BTreeMap<String, Instant> {
+        self.back.lock().unwrap().clone()
     }
 
     /// When each server's first pod began to go (eviction seen), by server name.
@@ -215,14 +230,21 @@ async fn poll_timelines(pg: &TestPostgres) -> (Arc<Mutex<BTreeMap<String, Timeli
 }
 
 /// Prints the roll's wall time against the sum of what no operator can avoid: each server's
-/// drain (requested → stopped) and restart (pod going → next incarnation active).
-fn report_roll_time(wall: Duration, timelines: &BTreeMap<String, Timeline>, going: &BTreeMap<String, Instant>) {
+/// drain (requested → stopped) and restart (pod going → replacement ready and its row active).
+fn report_roll_time(wall: Duration, timelines: &BTreeMap<String, Timeline>, watcher: &Watcher) {
+    let (going, back) = (watcher.going(), watcher.back());
     let (mut drain, mut restart) = (0.0, 0.0);
     for (server, t) in timelines {
-        match (t.drain_requested, t.stopped, going.get(server), t.rejoined) {
-            (Some(requested), Some(stopped), Some(gone), Some(rejoined)) => {
+        match (
+            t.drain_requested,
+            t.stopped,
+            going.get(server),
+            t.rejoined,
+            back.get(server),
+        ) {
+            (Some(requested), Some(stopped), Some(gone), Some(rejoined), Some(ready)) => {
                 drain += stopped.duration_since(requested).as_secs_f64();
-                restart += rejoined.duration_since(*gone).as_secs_f64();
+                restart += rejoined.max(*ready).duration_since(*gone).as_secs_f64();
             }
             _ => println!("roll measure: incomplete timeline for {server}: {t:?}"),
         }
@@ -240,7 +262,7 @@ fn report_roll_time(wall: Duration, timelines: &BTreeMap<String, Timeline>, goin
 async fn version_bump_replaces_one_server_at_a_time_and_loses_no_job() {
     let ns = TestNamespace::new("roll").await;
     let pg = ns.database().await;
-    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    let operator = Operator::start(&ns.name, "orchestrator-server").await;
     ready_cluster(&ns, &pg, 4).await;
     let uids = |pods: Vec<Pod>| {
         pods.iter()
@@ -258,7 +280,7 @@ async fn version_bump_replaces_one_server_at_a_time_and_loses_no_job() {
     };
     let (report, (cr, wall)) = tokio::join!(load(&pg, "roll", 20, 25, 500), roll);
     poller.abort();
-    report_roll_time(wall, &timelines.lock().unwrap(), &watcher.going());
+    report_roll_time(wall, &timelines.lock().unwrap(), &watcher);
     assert_eq!(report["lost"], 0, "{report}");
     assert_eq!(report["outcome"]["executed_more_than_once"], 0, "{report}");
     assert!(
@@ -285,6 +307,15 @@ async fn version_bump_replaces_one_server_at_a_time_and_loses_no_job() {
             .all(|s| s.version.as_deref() == Some("2.1.0") && s.joined)
     );
     println!("replacement order: {replaced:?}");
+    let metrics = operator.metrics().await;
+    let labels = format!(r#"{{namespace="{}",cluster="prod"}}"#, ns.name);
+    for line in [
+        format!("orchestrator_operator_maintenance_steps_total{labels} 4"),
+        format!("orchestrator_operator_maintenance_step_duration_seconds_count{labels} 4"),
+        format!("orchestrator_operator_maintenance_blocked_seconds{labels} 0"),
+    ] {
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test]

@@ -45,6 +45,8 @@ enum Scenario {
     Deleting,
     /// The stored object cannot be read as an `OrchestratorCluster`.
     Malformed,
+    /// The operator may not write ConfigMaps (a chart without that permission).
+    Forbidden,
 }
 
 fn cluster() -> OrchestratorCluster {
@@ -150,7 +152,12 @@ fn not_found(path: &str) -> Value {
 }
 
 /// Runs one reconcile of `object` against a fake API server holding it and `objects`.
-async fn run(object: DynamicObject, mut objects: BTreeMap<String, Value>) -> Vec<Recorded> {
+async fn run(object: DynamicObject, objects: BTreeMap<String, Value>) -> Vec<Recorded> {
+    run_with(object, objects, false).await
+}
+
+/// [`run`], answering 403 to ConfigMap writes when `forbid` (the reconcile then fails).
+async fn run_with(object: DynamicObject, mut objects: BTreeMap<String, Value>, forbid: bool) -> Vec<Recorded> {
     let cluster_path = format!(
         "/apis/orchestrator.dev/v1alpha1/namespaces/{NS}/orchestratorclusters/{}",
         object.metadata.name.clone().unwrap()
@@ -166,6 +173,11 @@ async fn run(object: DynamicObject, mut objects: BTreeMap<String, Value>) -> Vec
             let method = parts.method.to_string();
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let response = match (method.as_str(), objects.get(&path)) {
+                ("PATCH", _) if forbid && path.contains("/configmaps/") => respond(
+                    StatusCode::FORBIDDEN,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": "configmaps is forbidden", "reason": "Forbidden", "code": 403}),
+                ),
                 ("GET", _) if path == format!("/api/v1/namespaces/{NS}/pods") => respond(
                     StatusCode::OK,
                     &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}),
@@ -205,10 +217,10 @@ async fn run(object: DynamicObject, mut objects: BTreeMap<String, Value>) -> Vec
         BuildSettings::default(),
         Some("test".into()),
     ));
-    tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(object), ctx))
+    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(object), ctx))
         .await
-        .expect("reconcile finishes")
-        .expect("reconcile succeeds");
+        .expect("reconcile finishes");
+    assert_eq!(result.is_err(), forbid, "{result:?}");
     server.await.unwrap()
 }
 
@@ -233,6 +245,7 @@ async fn scenario(scenario: Scenario) -> Vec<Recorded> {
             value["spec"]["replicas"] = json!("three");
             run(dynamic(value), BTreeMap::new()).await
         }
+        Scenario::Forbidden => run_with(dynamic(serde_json::to_value(cluster()).unwrap()), BTreeMap::new(), true).await,
     }
 }
 
@@ -361,4 +374,21 @@ async fn malformed_object_gets_a_warning_event_and_nothing_else() {
         "{}",
         event.body["note"]
     );
+}
+
+#[tokio::test]
+async fn a_refused_write_is_reported_on_the_resource_not_only_in_the_log() {
+    let recorded = scenario(Scenario::Forbidden).await;
+    let event = recorded
+        .iter()
+        .find(|r| r.method == "POST" && r.path.ends_with("/events"))
+        .expect("a Warning Event");
+    assert_eq!(event.body["type"], "Warning");
+    assert_eq!(event.body["reason"], "ApiForbidden");
+    assert!(
+        event.body["note"].as_str().unwrap().contains("forbidden"),
+        "{}",
+        event.body
+    );
+    assert_eq!(event.body["regarding"]["name"], "prod");
 }

@@ -1,10 +1,14 @@
 //! Act: server-side apply the planned writes with the operator's one field manager.
 
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::Eviction;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta, Preconditions};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use super::plan::{Child, Plan, Write};
 use crate::context::FIELD_MANAGER;
@@ -60,22 +64,41 @@ pub async fn database_steps(db: &tokio_postgres::Client, plan: &Plan) -> Result<
     Ok(())
 }
 
+/// How long an eviction request may take before the roll tries again at its next look.
+const EVICTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Evicts `pod` through the Eviction API, only while it still has `uid` (its replacement is
-/// never evicted). `Ok(false)` when a PodDisruptionBudget refuses it for now (429): the roll
-/// waits and tries again.
+/// never evicted). `Ok(false)` when a PodDisruptionBudget refuses it for now (429) or the API
+/// server does not answer in time: the roll waits and tries again.
+///
+/// The Eviction is posted as a `policy/v1` object rather than through kube's `Api::evict`:
+/// kube 5 serializes its options as `delete_options`, a field the API server ignores, which
+/// silently dropped the uid precondition and let a late retry evict the replacement pod.
 pub async fn evict(client: &Client, namespace: &str, pod: &str, uid: Option<String>) -> Result<bool> {
-    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), namespace);
-    let params = kube::api::EvictParams {
-        delete_options: Some(kube::api::DeleteParams {
-            preconditions: Some(kube::api::Preconditions {
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    let eviction = Eviction {
+        metadata: ObjectMeta {
+            name: Some(pod.to_string()),
+            namespace: Some(namespace.to_string()),
+            ..ObjectMeta::default()
+        },
+        delete_options: Some(DeleteOptions {
+            preconditions: Some(Preconditions {
                 uid,
                 resource_version: None,
             }),
-            ..kube::api::DeleteParams::default()
+            ..DeleteOptions::default()
         }),
-        ..kube::api::EvictParams::default()
     };
-    match pods.evict(pod, &params).await {
+    let params = PostParams::default();
+    let request = pods.create_subresource::<Eviction, Value>("eviction", pod, &params, &eviction);
+    // The API server retries conflicts of an eviction for up to ten seconds, and a loaded one can
+    // take longer still: the roll does not wait on it (the uid precondition makes a retry safe).
+    let Ok(answer) = tokio::time::timeout(EVICTION_TIMEOUT, request).await else {
+        tracing::warn!(%pod, timeout = ?EVICTION_TIMEOUT, "the eviction did not answer in time; trying again later");
+        return Ok(false);
+    };
+    match answer {
         Ok(_) => Ok(true),
         // Gone, or already replaced by a pod with another uid.
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(true),

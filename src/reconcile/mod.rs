@@ -32,8 +32,21 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
     ctx.metrics.reconciles.inc();
     let result = reconcile_inner(&obj, &ctx).await;
     ctx.metrics.record_duration(started.elapsed());
-    if result.is_ok() {
-        ctx.reset_backoff(&object_key(&obj));
+    match &result {
+        Ok(_) => ctx.reset_backoff(&object_key(&obj)),
+        // Said on the resource too, not only in the operator's log: a missing permission or an
+        // API refusal is something its owner can act on.
+        Err(error) => {
+            let reference = obj.object_ref(&kube::core::ApiResource::erase::<OrchestratorCluster>(&()));
+            report::publish(
+                &ctx,
+                &reference,
+                EventType::Warning,
+                error.event_reason(),
+                format!("reconcile failed, retrying with back-off: {error}"),
+            )
+            .await;
+        }
     }
     result
 }
@@ -105,6 +118,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
     }
     if let Some((pod, uid)) = &plan.evict {
         let namespace = cr.namespace().unwrap_or_default();
+        tracing::info!(object = %object_key(obj), %pod, uid = uid.as_deref().unwrap_or("<none>"), "evicting");
         if !act::evict(&ctx.eviction_client, &namespace, pod, uid.clone()).await? {
             tracing::info!(object = %object_key(obj), %pod, "eviction refused by the PodDisruptionBudget for now; waiting");
         }
@@ -126,7 +140,7 @@ async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
     report::update_status(&ctx.client, &cr, &plan.status).await?;
     // After the status write: a retried reconcile must not count the same stage twice.
     ctx.metrics
-        .record_maintenance(&labels, plan.finished_stage, plan.step_done);
+        .record_maintenance(&labels, plan.finished_stage.as_ref(), plan.step_done.as_ref());
     Ok(Action::requeue(plan.requeue))
 }
 

@@ -154,12 +154,25 @@ pub struct Plan {
     pub status: OrchestratorClusterStatus,
     /// Per-cluster gauges.
     pub figures: ClusterFigures,
-    /// A maintenance stage that ended in this reconcile, with its duration in seconds.
-    pub finished_stage: Option<(&'static str, f64)>,
-    /// Whether a maintenance step (a server replaced and joined) finished in this reconcile.
-    pub step_done: bool,
+    /// A maintenance stage that ended in this reconcile.
+    pub finished_stage: Option<Finished>,
+    /// The maintenance step that finished in this reconcile (a server replaced and joined),
+    /// from its drain to its replacement joining.
+    pub step_done: Option<Finished>,
     /// When to look again (the database cannot be watched).
     pub requeue: Duration,
+}
+
+/// A maintenance stage or step that ended, for the metrics. A reconcile that read an older
+/// status can report the same one again: `key` tells them apart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finished {
+    /// The stage's name (for a step: the stage it ended in).
+    pub stage: &'static str,
+    /// Server and start time: the same stage or step always has the same key.
+    pub key: String,
+    /// How long it took.
+    pub seconds: f64,
 }
 
 /// Look again this soon while something changes or is wrong.
@@ -319,15 +332,25 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
             .step
             .as_ref()
             .is_some_and(|after| after.server == before.server && after.stage == before.stage);
-        let seconds = now.0.duration_since(before.since).as_secs_f64().max(0.0);
-        (!same).then_some((before.stage.as_str(), seconds))
+        (!same).then(|| Finished {
+            stage: before.stage.as_str(),
+            key: format!("{}@{}", before.server, before.since),
+            seconds: now.0.duration_since(before.since).as_secs_f64().max(0.0),
+        })
     });
     let held_seconds = find(&status.conditions, types::MAINTENANCE_BLOCKED)
         .filter(|c| c.status == status::TRUE)
         .map(|c| now.0.duration_since(c.last_transition_time.0).as_secs_f64().max(0.0) as i64)
         .unwrap_or(0);
     Ok(Plan {
-        step_done: events.iter().any(|e| e.reason == event_reasons::MAINTENANCE_STEP_DONE),
+        step_done: previous_step
+            .as_ref()
+            .filter(|_| events.iter().any(|e| e.reason == event_reasons::MAINTENANCE_STEP_DONE))
+            .map(|step| Finished {
+                stage: step.stage.as_str(),
+                key: format!("{}@{}", step.server, step.began),
+                seconds: now.0.duration_since(step.began).as_secs_f64().max(0.0),
+            }),
         finished_stage,
         writes,
         drain: capacity
@@ -576,7 +599,9 @@ fn maintenance_status(
     if roll.outdated == 0 && roll.step.is_none() {
         return None;
     }
-    let done = servers.saturating_sub(roll.outdated);
+    // A replacement being waited for is no longer outdated but its step is not done yet.
+    let waiting_ready = roll.step.as_ref().is_some_and(|s| s.stage == Stage::WaitingReady);
+    let done = servers.saturating_sub(roll.outdated + usize::from(waiting_ready));
     Some(MaintenanceStatus {
         reason: roll
             .trigger
@@ -586,6 +611,7 @@ fn maintenance_status(
         server: roll.step.as_ref().map(|s| s.server.clone()),
         stage: roll.step.as_ref().map(|s| s.stage.as_str().to_string()),
         started_at: roll.step.as_ref().map(|s| Time(s.since)),
+        step_started_at: roll.step.as_ref().map(|s| Time(s.began)),
         pod_uid: roll.step.as_ref().and_then(|s| s.pod_uid.clone()),
         blocked_reason: roll
             .blocked
@@ -608,6 +634,7 @@ fn step_from_status(cr: &OrchestratorCluster) -> Option<Step> {
         server: m.server.clone()?,
         stage,
         since: m.started_at.as_ref()?.0,
+        began: m.step_started_at.as_ref().or(m.started_at.as_ref())?.0,
         pod_uid: m.pod_uid.clone(),
     })
 }

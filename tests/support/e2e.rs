@@ -220,6 +220,8 @@ pub struct Operator {
     child: Child,
     /// Its log file.
     pub log: PathBuf,
+    /// Its `/metrics` URL.
+    pub metrics_url: String,
 }
 
 impl Operator {
@@ -248,7 +250,22 @@ impl Operator {
             .kill_on_drop(true)
             .spawn()
             .expect("start the operator binary");
-        Self { child, log }
+        Self {
+            child,
+            log,
+            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+        }
+    }
+
+    /// The operator's metrics in Prometheus text format.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(&self.metrics_url)
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("the operator serves /metrics")
+            .text()
+            .await
+            .unwrap()
     }
 
     /// The operator's log so far.
