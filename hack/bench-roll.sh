@@ -8,7 +8,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash hack/setup.sh
 export KUBECONFIG="$root/.local/kubeconfig"
-bash hack/cluster-up.sh >/dev/null
+mkdir -p .local
+bash hack/cluster-up.sh >.local/bench-roll-cluster.log 2>&1 || { cat .local/bench-roll-cluster.log; exit 1; }
 for run in $(seq 1 "${RUNS:-3}"); do
   cargo test --quiet --test e2e_maintenance version_bump -- --nocapture 2>&1 \
     | grep -E "roll measure|test result" | sed "s/^/[run $run] /"

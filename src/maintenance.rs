@@ -121,6 +121,8 @@ pub struct MaintenanceInput<'a> {
     pub paused: bool,
     /// Whether a maintenance window is open (true when no windows are set).
     pub window_open: bool,
+    /// When the next maintenance window opens, if windows are set.
+    pub next_window: Option<Timestamp>,
     /// Whether the database preflight passes.
     pub database_ready: bool,
     /// `(reason, message)` when something else must finish before a step starts (a capacity
@@ -210,7 +212,13 @@ pub fn plan(input: &MaintenanceInput) -> Decision {
     let gate = if input.paused {
         Some((reasons::PAUSED, "maintenance.paused is set".to_string()))
     } else if !input.window_open {
-        Some((reasons::OUTSIDE_WINDOW, "no maintenance window is open".to_string()))
+        Some((
+            reasons::OUTSIDE_WINDOW,
+            match input.next_window {
+                Some(opens) => format!("no maintenance window is open; the next opens at {opens}"),
+                None => "no maintenance window is open".to_string(),
+            },
+        ))
     } else if !input.database_ready {
         Some((reasons::DATABASE_NOT_READY, "the database preflight fails".to_string()))
     } else {
@@ -333,21 +341,38 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Decision)
 
 /// Whether one of `windows` is open at `now` (UTC); no windows means always.
 pub fn window_open(windows: &[crate::crd::MaintenanceWindow], now: Timestamp) -> bool {
+    windows.is_empty()
+        || openings(windows, now)
+            .iter()
+            .any(|(opens, length)| *opens <= now && elapsed(*opens, now) < *length)
+}
+
+/// When the next of `windows` opens after `now` (`None` without windows).
+pub fn next_window(windows: &[crate::crd::MaintenanceWindow], now: Timestamp) -> Option<Timestamp> {
+    openings(windows, now)
+        .into_iter()
+        .map(|(opens, _)| opens)
+        .filter(|opens| *opens > now)
+        .min()
+}
+
+/// Every opening of `windows` from a week before `now` to a week after, with its length (a
+/// long window may have opened days ago). Windows that cannot be read never open.
+fn openings(windows: &[crate::crd::MaintenanceWindow], now: Timestamp) -> Vec<(Timestamp, Duration)> {
     use crate::crd::Weekday;
-    if windows.is_empty() {
-        return true;
-    }
-    let now = now.to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC);
-    let weekday = |date: k8s_openapi::jiff::civil::Date| match date.weekday() {
-        k8s_openapi::jiff::civil::Weekday::Monday => Weekday::Mon,
-        k8s_openapi::jiff::civil::Weekday::Tuesday => Weekday::Tue,
-        k8s_openapi::jiff::civil::Weekday::Wednesday => Weekday::Wed,
-        k8s_openapi::jiff::civil::Weekday::Thursday => Weekday::Thu,
-        k8s_openapi::jiff::civil::Weekday::Friday => Weekday::Fri,
-        k8s_openapi::jiff::civil::Weekday::Saturday => Weekday::Sat,
-        k8s_openapi::jiff::civil::Weekday::Sunday => Weekday::Sun,
+    use k8s_openapi::jiff::{Span, civil, tz::TimeZone};
+    let weekday = |date: civil::Date| match date.weekday() {
+        civil::Weekday::Monday => Weekday::Mon,
+        civil::Weekday::Tuesday => Weekday::Tue,
+        civil::Weekday::Wednesday => Weekday::Wed,
+        civil::Weekday::Thursday => Weekday::Thu,
+        civil::Weekday::Friday => Weekday::Fri,
+        civil::Weekday::Saturday => Weekday::Sat,
+        civil::Weekday::Sunday => Weekday::Sun,
     };
-    windows.iter().any(|window| {
+    let today = now.to_zoned(TimeZone::UTC).date();
+    let mut out = Vec::new();
+    for window in windows {
         let (Some((h, m)), Ok(length)) = (
             window
                 .start
@@ -355,23 +380,21 @@ pub fn window_open(windows: &[crate::crd::MaintenanceWindow], now: Timestamp) ->
                 .and_then(|(h, m)| Some((h.parse::<i8>().ok()?, m.parse::<i8>().ok()?))),
             crate::crd::parse_duration("window", &window.duration),
         ) else {
-            return false;
+            continue;
         };
-        // A window may have opened today or on one of the previous days (long windows).
-        (0..=7).any(|days_back| {
-            let Ok(date) = now.date().checked_sub(k8s_openapi::jiff::Span::new().days(days_back)) else {
-                return false;
+        for offset in -7..=7i64 {
+            let Ok(date) = today.checked_add(Span::new().days(offset)) else {
+                continue;
             };
             if !window.days.is_empty() && !window.days.contains(&weekday(date)) {
-                return false;
+                continue;
             }
-            let Ok(opens) = date.at(h, m, 0, 0).to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC) else {
-                return false;
-            };
-            let since = now.timestamp().duration_since(opens.timestamp());
-            !since.is_negative() && Duration::try_from(since).is_ok_and(|d| d < length)
-        })
-    })
+            if let Ok(opens) = date.at(h, m, 0, 0).to_zoned(TimeZone::UTC) {
+                out.push((opens.timestamp(), length));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -406,6 +429,7 @@ mod tests {
             restart_requested_at: None,
             paused: false,
             window_open: true,
+            next_window: None,
             database_ready: true,
             hold: None,
             step,
@@ -612,6 +636,24 @@ mod tests {
             "opened Friday, still open Saturday"
         );
         assert!(window_open(&[], sat_0630), "no windows: always");
+        assert_eq!(
+            next_window(&weekend, sat_0630),
+            Some("2026-11-29T02:00:00Z".parse().unwrap()),
+            "Sunday's opening"
+        );
+        assert_eq!(
+            next_window(&[window(vec![Weekday::Fri], "23:00", "1h")], sat_0630),
+            Some("2026-12-04T23:00:00Z".parse().unwrap()),
+            "next week's Friday"
+        );
+        assert_eq!(next_window(&[], sat_0630), None);
+        let servers = [server(0, "old", true, 0)];
+        let mut closed = input(&servers, None, 0);
+        closed.window_open = false;
+        closed.next_window = Some("2026-11-29T02:00:00Z".parse().unwrap());
+        let (reason, message) = plan(&closed).waiting.unwrap();
+        assert_eq!(reason, reasons::OUTSIDE_WINDOW);
+        assert!(message.contains("the next opens at 2026-11-29T02:00:00Z"), "{message}");
     }
 
     proptest! {

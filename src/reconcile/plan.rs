@@ -23,7 +23,7 @@ use crate::crd::{
 use crate::database::{self, DatabaseState};
 use crate::drift::is_contained;
 use crate::error::{Error, Result};
-use crate::maintenance::{self, Action, Decision, MaintenanceInput, ServerView, Stage, Step, window_open};
+use crate::maintenance::{self, Action, Decision, MaintenanceInput, ServerView, Stage, Step, next_window, window_open};
 use crate::metrics::ClusterFigures;
 use crate::resources::job::{self, Release};
 use crate::resources::{BuildSettings, configmap, pdb, selector_string, service, statefulset};
@@ -708,6 +708,7 @@ fn roll(
         restart_requested_at: maintenance.restart_requested_at.as_ref().map(|t| t.0),
         paused: maintenance.paused,
         window_open: window_open(&maintenance.windows, now.0),
+        next_window: next_window(&maintenance.windows, now.0),
         database_ready: matches!(observed.database, DatabaseState::Ready { .. }),
         hold,
         step,
