@@ -27,6 +27,10 @@ pub const SCHEMA_APP_NAME: &str = "orchestrator-schema";
 const BACKOFF_LIMIT: i32 = 3;
 /// A schema command that has not finished after this long has failed.
 const DEADLINE_SECONDS: i64 = 600;
+/// A finished Job stays this long for people to look at, then goes (each version change leaves
+/// one otherwise). Should it go while still needed, the next look runs it again: both commands
+/// are safe to repeat.
+const KEEP_FINISHED_SECONDS: i32 = 86_400;
 
 /// What a schema Job does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +131,7 @@ pub fn build(
         spec: Some(JobSpec {
             backoff_limit: Some(BACKOFF_LIMIT),
             active_deadline_seconds: Some(DEADLINE_SECONDS),
+            ttl_seconds_after_finished: Some(KEEP_FINISHED_SECONDS),
             pod_failure_policy: Some(PodFailurePolicy {
                 rules: vec![PodFailurePolicyRule {
                     action: "FailJob".into(),
