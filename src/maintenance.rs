@@ -184,6 +184,24 @@ fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
     Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO)
 }
 
+/// `(reason, message)` when a person (`paused`) or the calendar (`windows`) holds back every
+/// disruptive step.
+pub fn gate(paused: bool, window_open: bool, next_window: Option<Timestamp>) -> Option<(&'static str, String)> {
+    if paused {
+        Some((reasons::PAUSED, "maintenance.paused is set".to_string()))
+    } else if !window_open {
+        Some((
+            reasons::OUTSIDE_WINDOW,
+            match next_window {
+                Some(opens) => format!("no maintenance window is open; the next opens at {opens}"),
+                None => "no maintenance window is open".to_string(),
+            },
+        ))
+    } else {
+        None
+    }
+}
+
 /// Plans the next step of the roll.
 pub fn plan(input: &MaintenanceInput) -> Decision {
     let outdated: Vec<&ServerView> = input
@@ -209,16 +227,8 @@ pub fn plan(input: &MaintenanceInput) -> Decision {
     if outdated.is_empty() {
         return decision;
     }
-    let gate = if input.paused {
-        Some((reasons::PAUSED, "maintenance.paused is set".to_string()))
-    } else if !input.window_open {
-        Some((
-            reasons::OUTSIDE_WINDOW,
-            match input.next_window {
-                Some(opens) => format!("no maintenance window is open; the next opens at {opens}"),
-                None => "no maintenance window is open".to_string(),
-            },
-        ))
+    let gate = if let Some(gate) = gate(input.paused, input.window_open, input.next_window) {
+        Some(gate)
     } else if !input.database_ready {
         Some((reasons::DATABASE_NOT_READY, "the database preflight fails".to_string()))
     } else {

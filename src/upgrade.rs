@@ -68,6 +68,16 @@ pub struct UpgradeInput<'a> {
     pub database_ready: bool,
     /// Whether a rolling maintenance step is in progress.
     pub step_in_progress: bool,
+    /// A `schema migrate` Job of this cluster runs (for this release or an abandoned one).
+    pub migration_running: bool,
+    /// The StatefulSet asks for no pod and has none.
+    pub statefulset_stopped: bool,
+    /// A `schema migrate` Job of this cluster succeeded: with the StatefulSet stopped, the
+    /// running release may no longer fit the schema and must not start again.
+    pub migrated: bool,
+    /// `(reason, message)` of the maintenance gates (`paused`, outside `windows`): stopping
+    /// every server waits for them like any disruptive step.
+    pub gate: Option<(&'static str, String)>,
     /// Every server, from both views.
     pub servers: &'a [ServerStatus],
     /// Seconds since each draining server's drain was requested.
@@ -107,6 +117,18 @@ pub fn admitted(wanted: &Release, pods: &[PodView]) -> bool {
 /// Decides the next move of a version change.
 pub fn plan(input: &UpgradeInput) -> UpgradeDecision {
     let mut out = UpgradeDecision::default();
+    if input.migration_running {
+        // Whatever the spec says now (a new version, a revert, another policy): no server of
+        // any version starts while the schema is being changed.
+        out.recreate = true;
+        out.stop_all = true;
+        out.stage = Some(stages::MIGRATING);
+        out.waiting = Some((
+            reasons::SCHEMA_MIGRATION,
+            "a schema migration runs; no server starts until it ends".into(),
+        ));
+        return out;
+    }
     let running = match input.running {
         Some(running) if running != input.wanted && !input.admitted => running,
         _ => {
@@ -116,6 +138,12 @@ pub fn plan(input: &UpgradeInput) -> UpgradeDecision {
     };
     let (from, to) = (&running.version, &input.wanted.version);
     out.stage = Some(stages::SCHEMA_CHECK);
+    if input.migrated && input.statefulset_stopped {
+        // Stopped for a migration that is done: the old release stays stopped while the new
+        // one is checked against the migrated schema.
+        out.recreate = true;
+        out.stop_all = true;
+    }
     match input.check {
         None if input.database_ready => {
             out.run_job = Some(SchemaJob::Check);
@@ -137,8 +165,10 @@ pub fn plan(input: &UpgradeInput) -> UpgradeDecision {
             ));
         }
         Some(JobOutcome::Succeeded) => {
-            out.stage = None;
-            out.release_ready = true;
+            out = UpgradeDecision {
+                release_ready: true,
+                ..UpgradeDecision::default()
+            };
         }
         Some(JobOutcome::Failed {
             exit_code: Some(EXIT_MIGRATION_NEEDED),
@@ -187,8 +217,29 @@ fn recreate(input: &UpgradeInput, from: &str, to: &str, out: &mut UpgradeDecisio
         ));
         return;
     }
+    if !input.database_ready {
+        // Without the servers' rows nothing says who still drains: stop nobody meanwhile.
+        out.waiting = Some((
+            reasons::DATABASE_NOT_READY,
+            format!("the schema migration for version {to} waits for the database"),
+        ));
+        return;
+    }
     let with_pods: Vec<&ServerStatus> = input.servers.iter().filter(|s| s.pod_exists).collect();
-    if !with_pods.is_empty() {
+    let draining_started = with_pods
+        .iter()
+        .any(|s| input.drain_ages.iter().any(|(name, _)| *name == s.name));
+    if !with_pods.is_empty()
+        && !draining_started
+        && let Some((reason, message)) = &input.gate
+    {
+        out.waiting = Some((
+            reason,
+            format!("version {to} needs every server stopped for a schema migration; waiting: {message}"),
+        ));
+        return;
+    }
+    if !with_pods.is_empty() || !input.statefulset_stopped {
         out.stage = Some(stages::STOPPING_SERVERS);
         let mut still_draining = Vec::new();
         for server in with_pods {
@@ -238,17 +289,11 @@ fn recreate(input: &UpgradeInput, from: &str, to: &str, out: &mut UpgradeDecisio
     out.stage = Some(stages::MIGRATING);
     out.stop_all = true;
     match input.migrate {
-        None if input.database_ready => {
+        None => {
             out.run_job = Some(SchemaJob::Migrate);
             out.waiting = Some((
                 reasons::SCHEMA_MIGRATION,
                 format!("migrating the schema for version {to}"),
-            ));
-        }
-        None => {
-            out.waiting = Some((
-                reasons::DATABASE_NOT_READY,
-                format!("the schema migration for version {to} waits for the database"),
             ));
         }
         Some(JobOutcome::Failed { exit_code, message }) => {
@@ -297,6 +342,9 @@ mod tests {
         migrate: Option<JobOutcome>,
         policy: SchemaChangePolicy,
         step_in_progress: bool,
+        migration_running: bool,
+        migrated: bool,
+        gate: Option<(&'static str, String)>,
         servers: Vec<ServerStatus>,
         drain_ages: Vec<(String, f64)>,
         on_drain_timeout: DrainTimeoutPolicy,
@@ -311,6 +359,9 @@ mod tests {
                 migrate: None,
                 policy: SchemaChangePolicy::Recreate,
                 step_in_progress: false,
+                migration_running: false,
+                migrated: false,
+                gate: None,
                 servers: vec![server(0, Some("active"), true), server(1, Some("active"), true)],
                 drain_ages: vec![],
                 on_drain_timeout: DrainTimeoutPolicy::Halt,
@@ -318,20 +369,7 @@ mod tests {
         }
 
         fn plan(&self) -> UpgradeDecision {
-            plan(&UpgradeInput {
-                running: Some(&self.running),
-                wanted: &self.wanted,
-                admitted: false,
-                check: self.check.as_ref(),
-                migrate: self.migrate.as_ref(),
-                policy: self.policy,
-                database_ready: true,
-                step_in_progress: self.step_in_progress,
-                servers: &self.servers,
-                drain_ages: &self.drain_ages,
-                drain_timeout: Duration::from_secs(60),
-                on_drain_timeout: self.on_drain_timeout,
-            })
+            plan(&input_of(self))
         }
     }
 
@@ -363,6 +401,10 @@ mod tests {
             policy: SchemaChangePolicy::Refuse,
             database_ready: true,
             step_in_progress: false,
+            migration_running: false,
+            statefulset_stopped: false,
+            migrated: false,
+            gate: None,
             servers: &[],
             drain_ages: &[],
             drain_timeout: Duration::from_secs(1),
@@ -383,6 +425,10 @@ mod tests {
             policy: SchemaChangePolicy::Refuse,
             database_ready: true,
             step_in_progress: false,
+            migration_running: false,
+            statefulset_stopped: false,
+            migrated: false,
+            gate: None,
             servers: &case.servers,
             drain_ages: &[],
             drain_timeout: Duration::from_secs(1),
@@ -479,6 +525,86 @@ mod tests {
     }
 
     #[test]
+    fn recreate_waits_for_the_database_the_gates_and_an_empty_statefulset() {
+        let mut case = Case::new();
+        case.check = migration_needed();
+        case.gate = Some(("Paused", "maintenance.paused is set".into()));
+        let d = case.plan();
+        assert_eq!((d.drain.len(), d.stop_all, d.waiting.unwrap().0), (0, false, "Paused"));
+        case.drain_ages = vec![("prod-0".into(), 1.0)];
+        assert_eq!(
+            case.plan().drain,
+            vec!["prod-1".to_string()],
+            "once started, the drain goes on"
+        );
+        let down = plan(&UpgradeInput {
+            database_ready: false,
+            ..input_of(&case)
+        });
+        assert!(
+            !down.stop_all && down.drain.is_empty(),
+            "no row, no proof of a finished drain"
+        );
+        assert_eq!(down.waiting.unwrap().0, reasons::DATABASE_NOT_READY);
+        case.servers.iter_mut().for_each(|s| s.pod_exists = false);
+        let not_yet_empty = plan(&UpgradeInput {
+            statefulset_stopped: false,
+            ..input_of(&case)
+        });
+        assert!(
+            not_yet_empty.stop_all && not_yet_empty.run_job.is_none(),
+            "migrate only once the StatefulSet is empty"
+        );
+    }
+
+    #[test]
+    fn after_the_migration_the_old_release_stays_stopped_until_the_new_one_is_checked() {
+        let mut case = Case::new();
+        case.servers.iter_mut().for_each(|s| s.pod_exists = false);
+        case.migrated = true;
+        let d = case.plan();
+        assert_eq!(
+            (d.stop_all, d.run_job, d.release_ready),
+            (true, Some(SchemaJob::Check), false)
+        );
+        case.check = Some(JobOutcome::Succeeded);
+        let d = case.plan();
+        assert!(d.release_ready && !d.stop_all && !d.recreate);
+    }
+
+    #[test]
+    fn a_running_migration_keeps_every_server_stopped_whatever_the_spec_says() {
+        let mut case = Case::new();
+        case.migration_running = true;
+        for wanted in ["2.0.0", "1.0.0"] {
+            case.wanted = release(wanted);
+            let d = case.plan();
+            assert!(d.stop_all && d.recreate && !d.release_ready, "{wanted}: {d:?}");
+        }
+    }
+
+    fn input_of(case: &Case) -> UpgradeInput<'_> {
+        UpgradeInput {
+            running: Some(&case.running),
+            wanted: &case.wanted,
+            admitted: false,
+            check: case.check.as_ref(),
+            migrate: case.migrate.as_ref(),
+            policy: case.policy,
+            database_ready: true,
+            step_in_progress: case.step_in_progress,
+            migration_running: case.migration_running,
+            statefulset_stopped: case.servers.iter().all(|s| !s.pod_exists),
+            migrated: case.migrated,
+            gate: case.gate.clone(),
+            servers: &case.servers,
+            drain_ages: &case.drain_ages,
+            drain_timeout: Duration::from_secs(60),
+            on_drain_timeout: case.on_drain_timeout,
+        }
+    }
+
+    #[test]
     fn recreate_drain_timeout_follows_the_policy() {
         let mut case = Case::new();
         case.check = migration_needed();
@@ -533,6 +659,10 @@ mod tests {
             proceed in any::<bool>(),
             database_ready in any::<bool>(),
             step_in_progress in any::<bool>(),
+            migration_running in any::<bool>(),
+            statefulset_stopped in any::<bool>(),
+            migrated in any::<bool>(),
+            gated in any::<bool>(),
             servers in proptest::collection::vec(any_server(), 0..5),
         ) {
             let (running, wanted) = (release("1.0.0"), release("2.0.0"));
@@ -556,12 +686,20 @@ mod tests {
                 policy,
                 database_ready,
                 step_in_progress,
+                migration_running,
+                statefulset_stopped,
+                migrated,
+                gate: gated.then(|| ("Paused", "paused".to_string())),
                 servers: &statuses,
                 drain_ages: &drain_ages,
                 drain_timeout: Duration::from_secs(60),
                 on_drain_timeout: if proceed { DrainTimeoutPolicy::Proceed } else { DrainTimeoutPolicy::Halt },
             });
             let migration_needed = matches!(&check, Some(JobOutcome::Failed { exit_code: Some(10), .. }));
+            // No server of any version runs beside a migration.
+            if migration_running {
+                prop_assert!(d.stop_all && !d.release_ready);
+            }
             // The new release runs only after a clean check, or after the migration.
             if d.release_ready {
                 prop_assert!(
@@ -570,13 +708,18 @@ mod tests {
                 );
             }
             // Nothing is disrupted unless Recreate was chosen for a needed migration.
-            if !(migration_needed && recreate) {
+            // After a migration, the stopped old release stays stopped until the new one passes.
+            if migrated && statefulset_stopped && check != Some(JobOutcome::Succeeded) {
+                prop_assert!(d.stop_all);
+            }
+            if !(migration_running || migration_needed && recreate || migrated && statefulset_stopped) {
                 prop_assert!(d.drain.is_empty() && !d.stop_all && !d.recreate);
             }
             // Servers are stopped only once none of them still drains, and the migration
             // only runs with every server gone.
-            if d.stop_all && !d.release_ready {
-                prop_assert!(!step_in_progress);
+            let held_for_migration = migration_running || migrated && statefulset_stopped;
+            if d.stop_all && !d.release_ready && !held_for_migration {
+                prop_assert!(!step_in_progress && database_ready);
                 for (n, (state, pod, age)) in servers.iter().enumerate() {
                     let finished = !pod || state.is_none() || *state == Some("stopped");
                     let timed_out = proceed && age.is_some_and(|a| a >= 60.0);
@@ -584,7 +727,11 @@ mod tests {
                 }
             }
             if d.run_job == Some(SchemaJob::Migrate) {
-                prop_assert!(servers.iter().all(|(_, pod, _)| !pod) && database_ready);
+                prop_assert!(servers.iter().all(|(_, pod, _)| !pod) && database_ready && statefulset_stopped);
+            }
+            // The gates hold back the first drain.
+            if gated && !servers.iter().any(|(_, pod, age)| *pod && age.is_some()) {
+                prop_assert!(d.drain.is_empty());
             }
             // Every decision that is not "go" says why.
             if !d.release_ready {

@@ -42,12 +42,35 @@ pub struct Observation {
     pub state: DatabaseState,
     /// Connection for the reconcile's database writes.
     pub client: Option<Arc<Client>>,
+    /// Removes the credentials from text the operator did not write (a Job's log tail).
+    pub redactor: Redactor,
+}
+
+/// Removes the database password from text before it reaches status or Events.
+#[derive(Clone, Default)]
+pub struct Redactor(Option<String>);
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Redactor(..)")
+    }
+}
+
+impl Redactor {
+    /// `text` with every occurrence of the password replaced.
+    pub fn redact(&self, text: &str) -> String {
+        match &self.0 {
+            Some(password) => redact(text.to_string(), password),
+            None => text.to_string(),
+        }
+    }
 }
 
 fn not_ready(reason: &'static str, message: String) -> Observation {
     Observation {
         state: DatabaseState::NotReady { reason, message },
         client: None,
+        redactor: Redactor::default(),
     }
 }
 
@@ -147,7 +170,12 @@ impl Preflight {
         };
         let client = match outcome {
             Ok(client) => client,
-            Err((reason, message)) => return Ok(not_ready(reason, redact(message, &password))),
+            Err((reason, message)) => {
+                return Ok(Observation {
+                    redactor: Redactor(Some(password.clone())),
+                    ..not_ready(reason, redact(message, &password))
+                });
+            }
         };
         let read = async {
             let schema_version = contract::schema_version(&*client).await?;
@@ -161,6 +189,7 @@ impl Preflight {
                     members,
                 },
                 client: Some(client),
+                redactor: Redactor(Some(password)),
             }),
             Err(error) => {
                 self.cache.lock().unwrap().remove(&key(cr));
@@ -174,7 +203,7 @@ impl Preflight {
 }
 
 /// Removes the password from a message, whatever produced it.
-fn redact(message: String, password: &str) -> String {
+pub(crate) fn redact(message: String, password: &str) -> String {
     if password.is_empty() {
         message
     } else {

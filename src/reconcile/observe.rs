@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use crate::context::Context;
 use crate::crd::OrchestratorCluster;
 use crate::database::DatabaseState;
+use crate::database::preflight::Observation;
 use crate::error::Result;
 use crate::resources::job::{self, JobOutcome, Release, SchemaJob};
 use crate::resources::statefulset::running_release;
@@ -50,6 +51,10 @@ pub struct SchemaJobs {
     pub check: Option<JobOutcome>,
     /// The `schema migrate` Job.
     pub migrate: Option<JobOutcome>,
+    /// A `schema migrate` Job of this cluster has not finished (whatever release it is for).
+    pub migration_running: bool,
+    /// A `schema migrate` Job of this cluster succeeded.
+    pub migrated: bool,
 }
 
 impl Default for DatabaseState {
@@ -90,17 +95,19 @@ pub async fn observe(
     let statefulset: Option<StatefulSet> = get(client, &ns, Names::statefulset(cr)).await?;
     let wanted = Release::wanted(cr, &ctx.settings);
     let pods: Vec<PodView> = pods;
-    // The schema Jobs matter only while the wanted release is not running yet.
+    // The schema Jobs matter while the wanted release is not running yet, and while the
+    // servers are stopped (a migration may run, even one a changed spec abandoned).
     let changing = statefulset
         .as_ref()
         .and_then(running_release)
         .is_some_and(|running| running != wanted)
         && !crate::upgrade::admitted(&wanted, &pods);
-    let schema_jobs = if changing {
-        SchemaJobs {
-            check: schema_job(ctx, cr, SchemaJob::Check).await?,
-            migrate: schema_job(ctx, cr, SchemaJob::Migrate).await?,
-        }
+    let stopped = statefulset
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .is_some_and(|s| s.replicas == Some(0));
+    let schema_jobs = if changing || stopped {
+        schema_jobs(ctx, cr, &wanted, &database).await?
     } else {
         SchemaJobs::default()
     };
@@ -117,21 +124,51 @@ pub async fn observe(
     Ok((observed, database.client))
 }
 
-/// The outcome of the wanted release's `kind` Job; its pods are read unless it succeeded.
-async fn schema_job(ctx: &Context, cr: &OrchestratorCluster, kind: SchemaJob) -> Result<Option<JobOutcome>> {
+/// The cluster's schema Jobs: the outcomes of the wanted release's (against the database's
+/// current schema), and whether any migration still runs. Log tails are redacted.
+async fn schema_jobs(
+    ctx: &Context,
+    cr: &OrchestratorCluster,
+    wanted: &Release,
+    database: &Observation,
+) -> Result<SchemaJobs> {
     let ns = cr.namespace().unwrap_or_default();
-    let release = Release::wanted(cr, &ctx.settings);
-    let Some(found) = get::<Job>(&ctx.client, &ns, job::name(cr, kind, &release)).await? else {
-        return Ok(None);
-    };
-    let mut outcome = job::outcome(&found, &[]);
-    if outcome != JobOutcome::Succeeded {
-        let selector = format!("batch.kubernetes.io/job-name={}", found.name_any());
-        let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items;
-        outcome = job::outcome(&found, &pods);
+    let selector = format!("app.kubernetes.io/instance={},{}", cr.name_any(), job::ACTION_LABEL);
+    let jobs = Api::<Job>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    if jobs.is_empty() {
+        return Ok(SchemaJobs::default());
     }
-    Ok(Some(outcome))
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default().labels(&job::pod_selector(cr)))
+        .await?
+        .items;
+    let migrations: Vec<&Job> = jobs
+        .iter()
+        .filter(|j| j.labels().get(job::ACTION_LABEL).map(String::as_str) == Some(SchemaJob::Migrate.action()))
+        .collect();
+    let migration_running = migrations.iter().any(|j| !job::finished(j));
+    let migrated = migrations.iter().any(|j| job::outcome(j, &[]) == JobOutcome::Succeeded);
+    let outcome = |kind: SchemaJob| {
+        let DatabaseState::Ready { schema_version, .. } = &database.state else {
+            return None;
+        };
+        let name = job::name(cr, kind, wanted, *schema_version);
+        let found = jobs.iter().find(|j| j.name_any() == name)?;
+        Some(match job::outcome(found, &pods) {
+            JobOutcome::Failed { exit_code, message } => JobOutcome::Failed {
+                exit_code,
+                message: database.redactor.redact(&message),
+            },
+            other => other,
+        })
+    };
+    Ok(SchemaJobs {
+        check: outcome(SchemaJob::Check),
+        migrate: outcome(SchemaJob::Migrate),
+        migration_running,
+        migrated,
+    })
 }

@@ -223,6 +223,17 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
         policy: cr.spec.upgrade.schema_change,
         database_ready,
         step_in_progress: previous_step.is_some(),
+        migration_running: observed.schema_jobs.migration_running,
+        migrated: observed.schema_jobs.migrated,
+        statefulset_stopped: observed.statefulset.as_ref().is_some_and(|s| {
+            s.spec.as_ref().and_then(|spec| spec.replicas) == Some(0)
+                && s.status.as_ref().is_none_or(|status| status.replicas == 0)
+        }),
+        gate: maintenance::gate(
+            cr.spec.maintenance.paused,
+            window_open(&cr.spec.maintenance.windows, now.0),
+            next_window(&cr.spec.maintenance.windows, now.0),
+        ),
         servers: &servers,
         drain_ages: &drain_ages,
         drain_timeout: cr.spec.maintenance.drain_timeout()?,
@@ -269,10 +280,13 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
     let config_hash = configmap::data_hash(&configmap);
     let deployed = deployed_release(cr, &upgrade, running_release.as_ref());
     let statefulset = statefulset::build(&deployed, settings, capacity.replicas, &config_hash)?;
-    let schema_job = upgrade
-        .run_job
-        .map(|kind| job::build(cr, settings, kind, &config_hash))
-        .transpose()?;
+    // Jobs run only with the database ready, so its schema version is known.
+    let schema_job = match (upgrade.run_job, &observed.database) {
+        (Some(kind), DatabaseState::Ready { schema_version, .. }) => {
+            Some(job::build(cr, settings, kind, *schema_version, &config_hash)?)
+        }
+        _ => None,
+    };
     let desired: [(Child, Option<Value>); 5] = [
         (Child::ConfigMap(configmap), live(&observed.configmap)?),
         (
@@ -323,10 +337,12 @@ pub fn plan(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSetti
     );
     let events = events(cr, current, &capacity, &roll, &upgrade, &status);
     let settled = status.phase == Phase::Ready;
-    // A step in progress, the next step due, or a version change under way (not a gate that
-    // waits for a person or a window, not a halt).
+    // A step in progress, the next step due, or every server draining for a migration (not a
+    // gate that waits for a person or a window, not a halt).
     let next_step_due = roll.outdated > 0 && roll.waiting.is_none();
-    let stepping = (roll.step.is_some() || next_step_due || upgrade.stage.is_some()) && status.phase != Phase::Blocked;
+    // Jobs are watched; only drains and joins need the database polled this often.
+    let draining_all = upgrade.stage == Some(upgrade::stages::STOPPING_SERVERS);
+    let stepping = (roll.step.is_some() || next_step_due || draining_all) && status.phase != Phase::Blocked;
     let finished_stage = previous_step.as_ref().and_then(|before| {
         let same = roll
             .step
@@ -833,20 +849,7 @@ fn roll_events(
                 },
                 note: format!("{server}: {} (step {progress}, {trigger})", stage.to_lowercase()),
             }),
-            (None, Some(stage)) => events.push(PlannedEvent {
-                warning: false,
-                reason: match stage.as_str() {
-                    upgrade::stages::STOPPING_SERVERS => event_reasons::STOPPING_SERVERS,
-                    upgrade::stages::MIGRATING => event_reasons::SCHEMA_MIGRATION,
-                    _ => event_reasons::SCHEMA_CHECK,
-                },
-                note: format!(
-                    "version {}: {}",
-                    cr.spec.version,
-                    after.blocked_reason.clone().unwrap_or_default()
-                ),
-            }),
-            _ => {
+            (None, stage) => {
                 if let Some(server) = before.server.clone() {
                     events.push(PlannedEvent {
                         warning: false,
@@ -854,13 +857,32 @@ fn roll_events(
                         note: format!("{server} replaced and joined"),
                     });
                 }
+                if let Some(stage) = stage {
+                    events.push(PlannedEvent {
+                        warning: false,
+                        reason: match stage.as_str() {
+                            upgrade::stages::STOPPING_SERVERS => event_reasons::STOPPING_SERVERS,
+                            upgrade::stages::MIGRATING => event_reasons::SCHEMA_MIGRATION,
+                            _ => event_reasons::SCHEMA_CHECK,
+                        },
+                        note: format!(
+                            "version {}: {}",
+                            cr.spec.version,
+                            after.blocked_reason.clone().unwrap_or_default()
+                        ),
+                    });
+                }
             }
+            (Some(_), None) => {}
         }
-        if before.stage.as_deref() == Some(upgrade::stages::MIGRATING) && upgrade.release_ready {
+        if before.stage.as_deref() == Some(upgrade::stages::MIGRATING)
+            && upgrade.stage != Some(upgrade::stages::MIGRATING)
+            && upgrade.blocked.is_none()
+        {
             events.push(PlannedEvent {
                 warning: false,
                 reason: event_reasons::SCHEMA_MIGRATED,
-                note: format!("schema migrated; starting version {}", cr.spec.version),
+                note: format!("schema migrated for version {}", cr.spec.version),
             });
         }
     }

@@ -43,8 +43,25 @@ pub async fn update_status(
     Ok(())
 }
 
-/// Publishes an Event about `cr`. A failure to publish is logged, not fatal: Events are
-/// best-effort in Kubernetes.
+/// Bytes the API server accepts in an Event's note.
+const NOTE_LIMIT: usize = 1024;
+
+/// `note` cut to `limit` bytes on a character boundary, keeping its end (a log tail's last
+/// lines say the most); the full text stays in the status.
+fn shorten(note: String, limit: usize) -> String {
+    if note.len() <= limit {
+        return note;
+    }
+    let marker = "…";
+    let mut start = note.len() - (limit - marker.len());
+    while !note.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("{marker}{}", &note[start..])
+}
+
+/// Publishes an Event about `reference` (its note cut to what the API server accepts). A
+/// failure to publish is logged, not fatal: Events are best-effort in Kubernetes.
 pub async fn publish(
     ctx: &Context,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
@@ -55,11 +72,24 @@ pub async fn publish(
     let event = Event {
         type_,
         reason: reason.into(),
-        note: Some(note),
+        note: Some(shorten(note, NOTE_LIMIT)),
         action: "Reconcile".into(),
         secondary: None,
     };
     if let Err(error) = ctx.recorder.publish(&event, reference).await {
         tracing::warn!(%error, reason, "could not publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_notes_keep_their_end_within_the_limit() {
+        assert_eq!(shorten("short".into(), NOTE_LIMIT), "short");
+        let long = format!("{}the last line", "é".repeat(2000));
+        let cut = shorten(long, NOTE_LIMIT);
+        assert!(cut.len() <= NOTE_LIMIT && cut.ends_with("the last line") && cut.starts_with('…'));
     }
 }

@@ -23,14 +23,13 @@ pub const EXIT_DATABASE_NEWER: i32 = 11;
 /// Label value of `app.kubernetes.io/name` on the schema Jobs' pods (not the servers' value, so
 /// that they are never taken for servers).
 pub const SCHEMA_APP_NAME: &str = "orchestrator-schema";
+/// Label on the schema Jobs naming their action (`check` or `migrate`).
+pub const ACTION_LABEL: &str = "orchestrator.dev/schema-action";
 /// Retries of a Job whose pod fails for another reason than its answer (a network hiccup).
 const BACKOFF_LIMIT: i32 = 3;
-/// A schema command that has not finished after this long has failed.
-const DEADLINE_SECONDS: i64 = 600;
-/// A finished Job stays this long for people to look at, then goes (each version change leaves
-/// one otherwise). Should it go while still needed, the next look runs it again: both commands
-/// are safe to repeat.
-const KEEP_FINISHED_SECONDS: i32 = 86_400;
+/// A schema check that has not answered after this long has failed. A migration has no such
+/// deadline: stopping it half-way while every server is down would be worse than waiting.
+const CHECK_DEADLINE_SECONDS: i64 = 600;
 
 /// What a schema Job does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,19 +76,42 @@ impl Release {
         }
     }
 
-    /// A short stable hash of version and image, for Job names.
-    fn hash(&self) -> String {
-        let digest = Sha256::digest(format!("{}\n{}", self.version, self.image));
+    /// A short stable hash of version, image and the database schema it is checked against.
+    fn hash(&self, schema: i32) -> String {
+        let digest = Sha256::digest(format!("{}\n{}\n{schema}", self.version, self.image));
         digest[..5].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
-/// Name of the `kind` Job of `release` (at most 63 characters, the limit of the `job-name` label).
-pub fn name(cr: &OrchestratorCluster, kind: SchemaJob, release: &Release) -> String {
-    let suffix = format!("-schema-{}-{}", kind.action(), release.hash());
+/// Name of the `kind` Job of `release` against database schema `schema` (at most 63
+/// characters, the limit of the `job-name` label). A schema that changed since (another
+/// migration) makes a new name, so an old answer is never reused.
+pub fn name(cr: &OrchestratorCluster, kind: SchemaJob, release: &Release, schema: i32) -> String {
+    let suffix = format!("-schema-{}-{}", kind.action(), release.hash(schema));
     let mut prefix = Names::statefulset(cr);
     prefix.truncate(63 - suffix.len());
     format!("{}{suffix}", prefix.trim_end_matches('-'))
+}
+
+/// Whether `job` has finished (completed or failed for good).
+pub fn finished(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
+}
+
+/// The label selector of the schema Jobs' pods of `cr`.
+pub fn pod_selector(cr: &OrchestratorCluster) -> String {
+    pod_labels(cr)
+        .iter()
+        .filter(|(k, _)| !k.ends_with("managed-by"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Labels of the schema Jobs' pods.
@@ -101,11 +123,12 @@ pub fn pod_labels(cr: &OrchestratorCluster) -> BTreeMap<String, String> {
     ])
 }
 
-/// Builds the `kind` Job for the release `cr`'s spec asks for.
+/// Builds the `kind` Job for the release `cr`'s spec asks for, against database schema `schema`.
 pub fn build(
     cr: &OrchestratorCluster,
     settings: &BuildSettings,
     kind: SchemaJob,
+    schema: i32,
     config_hash: &str,
 ) -> Result<Job, SpecError> {
     let release = Release::wanted(cr, settings);
@@ -126,12 +149,16 @@ pub fn build(
             container.termination_message_policy = Some("FallbackToLogsOnError".into());
         }
     }
+    let mut metadata = owned_meta(cr, name(cr, kind, &release, schema));
+    metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(ACTION_LABEL.into(), kind.action().into());
     Ok(Job {
-        metadata: owned_meta(cr, name(cr, kind, &release)),
+        metadata,
         spec: Some(JobSpec {
             backoff_limit: Some(BACKOFF_LIMIT),
-            active_deadline_seconds: Some(DEADLINE_SECONDS),
-            ttl_seconds_after_finished: Some(KEEP_FINISHED_SECONDS),
+            active_deadline_seconds: (kind == SchemaJob::Check).then_some(CHECK_DEADLINE_SECONDS),
             pod_failure_policy: Some(PodFailurePolicy {
                 rules: vec![PodFailurePolicyRule {
                     action: "FailJob".into(),
@@ -250,7 +277,7 @@ mod tests {
     fn the_job_runs_the_new_image_schema_command_and_is_never_taken_for_a_server() {
         let cr = fixtures::minimal();
         let settings = BuildSettings::default();
-        let job = build(&cr, &settings, SchemaJob::Check, "hash").unwrap();
+        let job = build(&cr, &settings, SchemaJob::Check, 1, "hash").unwrap();
         let template = job.spec.as_ref().unwrap().template.clone();
         let container = &template.spec.as_ref().unwrap().containers[0];
         assert_eq!(container.args, Some(vec!["schema".into(), "check".into()]));
@@ -265,12 +292,17 @@ mod tests {
     fn names_follow_the_release_and_fit_the_label_limit() {
         let mut cr = fixtures::minimal();
         let settings = BuildSettings::default();
-        let a = name(&cr, SchemaJob::Check, &Release::wanted(&cr, &settings));
+        let a = name(&cr, SchemaJob::Check, &Release::wanted(&cr, &settings), 1);
+        assert_ne!(
+            a,
+            name(&cr, SchemaJob::Check, &Release::wanted(&cr, &settings), 2),
+            "another schema"
+        );
         cr.spec.version = "9.9.9".into();
-        let b = name(&cr, SchemaJob::Check, &Release::wanted(&cr, &settings));
+        let b = name(&cr, SchemaJob::Check, &Release::wanted(&cr, &settings), 1);
         assert_ne!(a, b);
         cr.metadata.name = Some("x".repeat(60));
-        let long = name(&cr, SchemaJob::Migrate, &Release::wanted(&cr, &settings));
+        let long = name(&cr, SchemaJob::Migrate, &Release::wanted(&cr, &settings), 1);
         assert!(long.len() <= 63 && long.contains("-schema-migrate-"), "{long}");
     }
 

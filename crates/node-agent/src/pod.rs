@@ -201,6 +201,25 @@ impl Worker {
         }
     }
 
+    /// Waits `delay` before a restart; only a deletion ends it early (the agent's own status
+    /// writes come back as updates and must not shorten it into a hot loop).
+    async fn back_off(&mut self, updates: &mut watch::Receiver<Option<Pod>>, delay: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                alive = self.next_update(updates) => {
+                    if !alive {
+                        return false;
+                    }
+                    if self.deleting() {
+                        return true;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return true,
+            }
+        }
+    }
+
     async fn run(&mut self, updates: &mut watch::Receiver<Option<Pod>>) {
         let phase = self
             .pod
@@ -269,7 +288,7 @@ impl Worker {
             self.restarts += 1;
             let message = format!("back-off {}s restarting failed container", backoff.as_secs());
             self.publish("Running", waiting("CrashLoopBackOff", &message)).await;
-            if !self.wait_update_or(updates, backoff).await {
+            if !self.back_off(updates, backoff).await {
                 return;
             }
             backoff = (backoff * 2).min(Duration::from_secs(10));
