@@ -391,24 +391,9 @@ mod tests {
                 ..UpgradeDecision::default()
             }
         );
-        let wanted = release("2.0.0");
         let fresh = plan(&UpgradeInput {
             running: None,
-            wanted: &wanted,
-            admitted: false,
-            check: None,
-            migrate: None,
-            policy: SchemaChangePolicy::Refuse,
-            database_ready: true,
-            step_in_progress: false,
-            migration_running: false,
-            statefulset_stopped: false,
-            migrated: false,
-            gate: None,
-            servers: &[],
-            drain_ages: &[],
-            drain_timeout: Duration::from_secs(1),
-            on_drain_timeout: DrainTimeoutPolicy::Halt,
+            ..input_of(&Case::new())
         });
         assert!(fresh.release_ready && fresh.run_job.is_none());
     }
@@ -417,22 +402,8 @@ mod tests {
     fn a_release_a_server_already_runs_needs_no_check() {
         let case = Case::new();
         let d = plan(&UpgradeInput {
-            running: Some(&case.running),
-            wanted: &case.wanted,
             admitted: true,
-            check: None,
-            migrate: None,
-            policy: SchemaChangePolicy::Refuse,
-            database_ready: true,
-            step_in_progress: false,
-            migration_running: false,
-            statefulset_stopped: false,
-            migrated: false,
-            gate: None,
-            servers: &case.servers,
-            drain_ages: &[],
-            drain_timeout: Duration::from_secs(1),
-            on_drain_timeout: DrainTimeoutPolicy::Halt,
+            ..input_of(&case)
         });
         assert!(d.release_ready && d.run_job.is_none() && d.stage.is_none());
     }

@@ -16,7 +16,7 @@ use kube::runtime::watcher::{self, Event};
 use orchestrator_contract as contract;
 use orchestrator_operator::crd::{OrchestratorCluster, Phase};
 use serde_json::{Value, json};
-use support::e2e::{Operator, TestNamespace, db, server_binary, wait_for};
+use support::e2e::{Operator, TestNamespace, condition, db, server_binary, wait_condition, wait_for};
 use testing_postgres::TestPostgres;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -34,35 +34,6 @@ fn cluster(replicas: i32, pg: &TestPostgres) -> OrchestratorCluster {
             "maintenance": {"drainTimeout": "20s"}
         }
     }))
-    .unwrap()
-}
-
-fn condition<'a>(
-    cr: &'a OrchestratorCluster,
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    cr.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
-}
-
-/// Waits until `type_` has `status` and `reason`; returns the cluster.
-async fn wait_condition(
-    ns: &TestNamespace,
-    type_: &'static str,
-    status: &'static str,
-    reason: &'static str,
-) -> OrchestratorCluster {
-    let what = format!("{type_}={status} ({reason})");
-    wait_for(
-        &ns.api::<OrchestratorCluster>(),
-        "prod",
-        &what,
-        MINUTE,
-        move |c: Option<&OrchestratorCluster>| {
-            c.and_then(|c| condition(c, type_))
-                .is_some_and(|c| c.status == status && c.reason == reason)
-        },
-    )
-    .await
     .unwrap()
 }
 
@@ -180,7 +151,7 @@ async fn credentials_problems_block_with_their_reason_and_recover_and_never_leak
         .await
         .unwrap();
 
-    let cr = wait_condition(&ns, "DatabaseReady", "False", "SecretMissing").await;
+    let cr = wait_condition(&ns, "DatabaseReady", "False", "SecretMissing", MINUTE).await;
     assert_eq!(condition(&cr, "CapacityBlocked").unwrap().reason, "DatabaseNotReady");
     assert!(
         condition(&cr, "DatabaseReady")
@@ -194,7 +165,7 @@ async fn credentials_problems_block_with_their_reason_and_recover_and_never_leak
         serde_json::from_value(json!({"metadata": {"name": "process-db"}, "stringData": {"username": "orchestrator"}}))
             .unwrap();
     secrets.create(&PostParams::default(), &only_user).await.unwrap();
-    let cr = wait_condition(&ns, "DatabaseReady", "False", "SecretKeyMissing").await;
+    let cr = wait_condition(&ns, "DatabaseReady", "False", "SecretKeyMissing", MINUTE).await;
     assert!(
         condition(&cr, "DatabaseReady")
             .unwrap()
@@ -208,7 +179,7 @@ async fn credentials_problems_block_with_their_reason_and_recover_and_never_leak
         .patch("process-db", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    wait_condition(&ns, "DatabaseReady", "False", "LoginFailed").await;
+    wait_condition(&ns, "DatabaseReady", "False", "LoginFailed", MINUTE).await;
     assert!(pods(&ns).await.is_empty(), "nothing is created while blocked");
 
     let patch = json!({"stringData": {"password": pg.password}});
@@ -216,7 +187,7 @@ async fn credentials_problems_block_with_their_reason_and_recover_and_never_leak
         .patch("process-db", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    wait_condition(&ns, "DatabaseReady", "True", "Connected").await;
+    wait_condition(&ns, "DatabaseReady", "True", "Connected", MINUTE).await;
     wait_ready(&ns, 1).await;
 
     let status = serde_json::to_string(&ns.api::<OrchestratorCluster>().get("prod").await.unwrap()).unwrap();
@@ -256,7 +227,7 @@ async fn runtime_preconditions_block_scale_up_and_recover() {
     )
     .await
     .unwrap();
-    let cr = wait_condition(&ns, "Degraded", "True", "ServerProblems").await;
+    let cr = wait_condition(&ns, "Degraded", "True", "ServerProblems", MINUTE).await;
     assert!(
         condition(&cr, "Degraded")
             .unwrap()
@@ -264,7 +235,7 @@ async fn runtime_preconditions_block_scale_up_and_recover() {
             .contains("prod-0: pod ready but its heartbeat")
     );
     set_replicas(&ns, 2).await;
-    wait_condition(&ns, "CapacityBlocked", "True", "NoServerJoined").await;
+    wait_condition(&ns, "CapacityBlocked", "True", "NoServerJoined", MINUTE).await;
     assert_eq!(pods(&ns).await.len(), 1, "no server added while blocked");
     db.batch_execute("DROP TRIGGER freeze_row ON servers").await.unwrap();
     wait_ready(&ns, 2).await;
@@ -276,9 +247,9 @@ async fn runtime_preconditions_block_scale_up_and_recover() {
     )
     .await
     .unwrap();
-    wait_condition(&ns, "Degraded", "True", "ServerProblems").await;
+    wait_condition(&ns, "Degraded", "True", "ServerProblems", MINUTE).await;
     set_replicas(&ns, 3).await;
-    let cr = wait_condition(&ns, "CapacityBlocked", "True", "ServerUnhealthy").await;
+    let cr = wait_condition(&ns, "CapacityBlocked", "True", "ServerUnhealthy", MINUTE).await;
     assert!(condition(&cr, "CapacityBlocked").unwrap().message.contains("prod-1"));
     db.batch_execute("DROP TRIGGER freeze_row ON servers").await.unwrap();
     wait_ready(&ns, 3).await;
@@ -286,7 +257,7 @@ async fn runtime_preconditions_block_scale_up_and_recover() {
     // The database goes away: adding servers waits with DatabaseNotReady, then recovers.
     pg.stop();
     set_replicas(&ns, 4).await;
-    let cr = wait_condition(&ns, "CapacityBlocked", "True", "DatabaseNotReady").await;
+    let cr = wait_condition(&ns, "CapacityBlocked", "True", "DatabaseNotReady", MINUTE).await;
     assert_eq!(condition(&cr, "DatabaseReady").unwrap().reason, "Unreachable");
     assert_eq!(pods(&ns).await.len(), 3);
     pg.start_again();
@@ -403,7 +374,7 @@ async fn killed_server_shows_as_degraded_and_rejoins() {
         .unwrap();
     assert!(status.success());
     let killed_at = Instant::now();
-    let cr = wait_condition(&ns, "Degraded", "True", "ServerProblems").await;
+    let cr = wait_condition(&ns, "Degraded", "True", "ServerProblems", MINUTE).await;
     assert!(
         condition(&cr, "Degraded").unwrap().message.contains("prod-1"),
         "{:?}",
@@ -448,7 +419,7 @@ async fn tls_verify_full_needs_the_ca_and_then_works_for_operator_and_servers() 
         .await
         .unwrap();
 
-    let cr = wait_condition(&ns, "DatabaseReady", "False", "TlsFailed").await;
+    let cr = wait_condition(&ns, "DatabaseReady", "False", "TlsFailed", MINUTE).await;
     let message = &condition(&cr, "DatabaseReady").unwrap().message;
     assert!(
         message.contains("UnknownIssuer") && message.contains("ca.crt"),

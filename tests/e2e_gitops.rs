@@ -16,10 +16,10 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
-use orchestrator_operator::crd::{OrchestratorCluster, Phase};
+use orchestrator_operator::crd::OrchestratorCluster;
 use serde_json::json;
 use support::argocd::health;
-use support::e2e::{TestNamespace, root, wait_for};
+use support::e2e::{TestNamespace, root, wait_for, wait_settled};
 use support::helm::{self, kubectl, pod_ready, server_pods, uids, wait_pods};
 use testing_postgres::TestPostgres;
 
@@ -58,27 +58,6 @@ fn write(ns: &TestNamespace, name: &str, text: &str) -> String {
     let path = dir.join(format!("{}-{name}", ns.name));
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
-}
-
-async fn wait_settled(ns: &TestNamespace, replicas: i32) -> OrchestratorCluster {
-    wait_for(
-        &ns.api::<OrchestratorCluster>(),
-        "prod",
-        "settled",
-        3 * MINUTE,
-        move |c: Option<&OrchestratorCluster>| {
-            c.is_some_and(|c| {
-                c.status.as_ref().is_some_and(|s| {
-                    s.phase == Phase::Ready
-                        && s.ready_replicas == replicas
-                        && s.maintenance.is_none()
-                        && s.observed_generation == c.metadata.generation
-                })
-            })
-        },
-    )
-    .await
-    .unwrap()
 }
 
 fn condition_reason(cr: &OrchestratorCluster, type_: &str) -> Option<(String, String)> {
@@ -151,7 +130,7 @@ async fn reapplying_changes_nothing_hand_edits_are_reverted_invalid_specs_are_re
         out.contains("orchestratorcluster.orchestrator.dev/prod created"),
         "{out}"
     );
-    let settled = wait_settled(&ns, 2).await;
+    let settled = wait_settled(&ns, 2, None).await;
     recorder.abort();
     let history = history.lock().unwrap().clone();
     assert!(history.len() >= 2, "saw the cluster's versions: {}", history.len());
@@ -258,7 +237,7 @@ async fn reapplying_changes_nothing_hand_edits_are_reverted_invalid_specs_are_re
         |pods| pods.len() == 2 && pods.values().all(pod_ready) && uids(pods) == servers_before,
     )
     .await;
-    let settled = wait_settled(&ns, 2).await;
+    let settled = wait_settled(&ns, 2, None).await;
     assert_eq!(settled.metadata.generation, cr_before.metadata.generation);
 
     // An invalid spec pushed by a tool is refused at admission; nothing changes.
@@ -342,7 +321,7 @@ async fn reapplying_changes_nothing_hand_edits_are_reverted_invalid_specs_are_re
     .unwrap();
     let (status, message) = health(&rolling);
     assert_eq!(status, "Progressing", "{message}");
-    let done = wait_settled(&ns, 2).await;
+    let done = wait_settled(&ns, 2, None).await;
     let (status, message) = health(&done);
     assert_eq!(status, "Healthy", "{message}");
 }

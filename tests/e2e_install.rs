@@ -18,9 +18,9 @@ use k8s_openapi::api::rbac::v1::Role;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use orchestrator_contract as contract;
-use orchestrator_operator::crd::{OrchestratorCluster, Phase};
+use orchestrator_operator::crd::OrchestratorCluster;
 use serde_json::{Value, json};
-use support::e2e::{TestNamespace, db, wait_for};
+use support::e2e::{TestNamespace, db, wait_for, wait_settled};
 use support::helm::{self, FULLNAME, OPERATOR_PODS, pod_ready, restarts, server_pods, uids, wait_pods};
 use testing_postgres::TestPostgres;
 
@@ -47,31 +47,6 @@ async fn patch_spec(ns: &TestNamespace, spec: Value) {
         .patch("prod", &PatchParams::default(), &Patch::Merge(&json!({"spec": spec})))
         .await
         .unwrap();
-}
-
-/// Waits until every wanted server joined on `version`, no maintenance in progress, and the
-/// status describes the current generation.
-async fn wait_settled(ns: &TestNamespace, replicas: i32, version: &'static str) -> OrchestratorCluster {
-    let what = format!("Ready with {replicas} servers on {version}");
-    wait_for(
-        &ns.api::<OrchestratorCluster>(),
-        "prod",
-        &what,
-        3 * MINUTE,
-        move |c: Option<&OrchestratorCluster>| {
-            c.is_some_and(|c| {
-                c.status.as_ref().is_some_and(|s| {
-                    s.phase == Phase::Ready
-                        && s.ready_replicas == replicas
-                        && s.current_version.as_deref() == Some(version)
-                        && s.maintenance.is_none()
-                        && s.observed_generation == c.metadata.generation
-                })
-            })
-        },
-    )
-    .await
-    .unwrap()
 }
 
 async fn servers(ns: &TestNamespace) -> BTreeMap<String, Pod> {
@@ -282,11 +257,11 @@ async fn helm_installed_operator_runs_a_cluster_and_survives_upgrade_and_uninsta
         .create(&PostParams::default(), &cluster(2, &pg))
         .await
         .unwrap();
-    wait_settled(&ns, 2, "2.0.0").await;
+    wait_settled(&ns, 2, Some("2.0.0")).await;
 
     // Scale: a third server joins.
     patch_spec(&ns, json!({"replicas": 3})).await;
-    wait_settled(&ns, 3, "2.0.0").await;
+    wait_settled(&ns, 3, Some("2.0.0")).await;
 
     // Rolling restart: every server replaced, one at a time.
     let before = uids(&servers(&ns).await);
@@ -306,11 +281,11 @@ async fn helm_installed_operator_runs_a_cluster_and_survives_upgrade_and_uninsta
         },
     )
     .await;
-    wait_settled(&ns, 3, "2.0.0").await;
+    wait_settled(&ns, 3, Some("2.0.0")).await;
 
     // Version change: the schema check Job, then every server replaced.
     patch_spec(&ns, json!({"version": "2.1.0"})).await;
-    wait_settled(&ns, 3, "2.1.0").await;
+    wait_settled(&ns, 3, Some("2.1.0")).await;
     let restarted = servers(&ns).await;
     let operator_log = helm::operator_log(&ns, &operator.name_any());
     assert!(
@@ -349,7 +324,7 @@ async fn helm_installed_operator_runs_a_cluster_and_survives_upgrade_and_uninsta
     );
     // The new operator reconciles (a spec change it must observe) and restarts no server.
     patch_spec(&ns, json!({"capacity": {"maxReplicas": 9}})).await;
-    wait_settled(&ns, 3, "2.1.0").await;
+    wait_settled(&ns, 3, Some("2.1.0")).await;
     let after_upgrade = servers(&ns).await;
     assert_eq!(
         uids(&after_upgrade),
@@ -426,7 +401,7 @@ async fn two_replicas_only_the_lease_holder_acts_and_a_killed_holder_hands_over(
         .create(&PostParams::default(), &cluster(2, &pg))
         .await
         .unwrap();
-    wait_settled(&ns, 2, "2.0.0").await;
+    wait_settled(&ns, 2, Some("2.0.0")).await;
     let standby_log = helm::operator_log(&ns, &standby.name_any());
     assert!(
         !standby_log.contains("leading: starting controllers") && !standby_log.contains("starting controller"),
@@ -476,7 +451,7 @@ async fn two_replicas_only_the_lease_holder_acts_and_a_killed_holder_hands_over(
 
     // The new leader runs a version change; the other operator pod stays a standby.
     patch_spec(&ns, json!({"version": "2.1.0"})).await;
-    wait_settled(&ns, 2, "2.1.0").await;
+    wait_settled(&ns, 2, Some("2.1.0")).await;
     helm::wait_rolled_out(&ns).await;
     let events = operator_events(&ns).await;
     for (first_seen, last_seen, instance, reason) in &events {

@@ -16,7 +16,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
 use orchestrator_operator::crd::{OrchestratorCluster, Phase};
 use serde_json::{Value, json};
-use support::e2e::{Operator, TestNamespace, db, server_binary, wait_for};
+use support::e2e::{Operator, TestNamespace, db, server_binary, wait_condition, wait_for, wait_settled};
 use testing_postgres::TestPostgres;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -55,29 +55,12 @@ async fn patch_spec(ns: &TestNamespace, spec: Value) {
         .unwrap();
 }
 
-async fn wait_settled(ns: &TestNamespace, replicas: i32, version: &'static str) -> OrchestratorCluster {
-    let what = format!("Ready on {version}");
-    wait_for(
-        &ns.api::<OrchestratorCluster>(),
-        "prod",
-        &what,
-        3 * MINUTE,
-        move |c: Option<&OrchestratorCluster>| {
-            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
-                s.phase == Phase::Ready && s.ready_replicas == replicas && s.current_version.as_deref() == Some(version)
-            })
-        },
-    )
-    .await
-    .unwrap()
-}
-
 async fn ready_cluster(ns: &TestNamespace, pg: &TestPostgres, replicas: i32) {
     ns.api::<OrchestratorCluster>()
         .create(&PostParams::default(), &cluster(replicas, pg))
         .await
         .unwrap();
-    wait_settled(ns, replicas, "2.0.0").await;
+    wait_settled(ns, replicas, Some("2.0.0")).await;
 }
 
 fn ready(pod: &Pod) -> bool {
@@ -275,7 +258,7 @@ async fn version_bump_replaces_one_server_at_a_time_and_loses_no_job() {
     let started = Instant::now();
     let roll = async {
         patch_spec(&ns, json!({"version": "2.1.0"})).await;
-        let settled = wait_settled(&ns, 4, "2.1.0").await;
+        let settled = wait_settled(&ns, 4, Some("2.1.0")).await;
         (settled, started.elapsed())
     };
     let (report, (cr, wall)) = tokio::join!(load(&pg, "roll", 20, 25, 500), roll);
@@ -350,7 +333,7 @@ async fn restart_requested_at_restarts_every_server_one_at_a_time() {
         assert!(std::time::Instant::now() < deadline, "not every server restarted");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    wait_settled(&ns, 3, "2.0.0").await;
+    wait_settled(&ns, 3, Some("2.0.0")).await;
     assert!(
         watcher.worst() <= 1,
         "never two servers unavailable; saw {}",
@@ -383,20 +366,7 @@ async fn pause_stops_the_roll_until_unpaused() {
     )
     .await;
     patch_spec(&ns, json!({"maintenance": {"paused": true}})).await;
-    wait_for(
-        &api,
-        "prod",
-        "MaintenanceBlocked=Paused",
-        MINUTE,
-        |c: Option<&OrchestratorCluster>| {
-            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "MaintenanceBlocked" && c.reason == "Paused")
-            })
-        },
-    )
-    .await;
+    wait_condition(&ns, "MaintenanceBlocked", "True", "Paused", MINUTE).await;
     let snapshot = |pods: Vec<Pod>| {
         pods.iter()
             .map(|p| (p.name_any(), p.uid().unwrap()))
@@ -408,7 +378,7 @@ async fn pause_stops_the_roll_until_unpaused() {
     let later = snapshot(ns.api::<Pod>().list(&server_pods()).await.unwrap().items);
     assert_eq!(paused, later, "no server replaced while paused");
     patch_spec(&ns, json!({"maintenance": {"paused": false}})).await;
-    wait_settled(&ns, 3, "2.1.0").await;
+    wait_settled(&ns, 3, Some("2.1.0")).await;
 }
 
 #[tokio::test]
@@ -419,22 +389,7 @@ async fn a_replacement_that_never_becomes_ready_halts_the_roll() {
     ready_cluster(&ns, &pg, 3).await;
     // Passes its schema check (same major version) but never reports ready.
     patch_spec(&ns, json!({"version": "2.1.0-unready"})).await;
-    let api = ns.api::<OrchestratorCluster>();
-    let cr = wait_for(
-        &api,
-        "prod",
-        "MaintenanceBlocked=ReadyTimeout",
-        2 * MINUTE,
-        |c: Option<&OrchestratorCluster>| {
-            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "MaintenanceBlocked" && c.reason == "ReadyTimeout")
-            })
-        },
-    )
-    .await
-    .unwrap();
+    let cr = wait_condition(&ns, "MaintenanceBlocked", "True", "ReadyTimeout", 2 * MINUTE).await;
     let status = cr.status.unwrap();
     assert_eq!(status.phase, Phase::Blocked);
     let joined: Vec<_> = status
@@ -466,7 +421,7 @@ async fn a_drain_that_never_finishes_halts_until_the_policy_says_proceed() {
         .create(&PostParams::default(), &spec)
         .await
         .unwrap();
-    wait_settled(&ns, 2, "2.0.0").await;
+    wait_settled(&ns, 2, Some("2.0.0")).await;
     // Long enough to outlast replacing the idle server first, even on a busy machine.
     let payload = json!({"batch": "long", "ms": 45000});
     let job = orchestrator_contract::submit_job(&db, "sleep", &payload).await.unwrap();
@@ -492,22 +447,7 @@ async fn a_drain_that_never_finishes_halts_until_the_policy_says_proceed() {
     let pods = ns.api::<Pod>();
     let busy_uid = pods.get(&owner).await.unwrap().uid();
     patch_spec(&ns, json!({"version": "2.1.0"})).await;
-    let api = ns.api::<OrchestratorCluster>();
-    let cr = wait_for(
-        &api,
-        "prod",
-        "MaintenanceBlocked=DrainTimeout",
-        2 * MINUTE,
-        |c: Option<&OrchestratorCluster>| {
-            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "MaintenanceBlocked" && c.reason == "DrainTimeout")
-            })
-        },
-    )
-    .await
-    .unwrap();
+    let cr = wait_condition(&ns, "MaintenanceBlocked", "True", "DrainTimeout", 2 * MINUTE).await;
     let maintenance = cr.status.unwrap().maintenance.unwrap();
     assert_eq!(
         maintenance.server.as_deref(),
@@ -523,7 +463,7 @@ async fn a_drain_that_never_finishes_halts_until_the_policy_says_proceed() {
     assert_eq!(state, "running");
 
     patch_spec(&ns, json!({"maintenance": {"onDrainTimeout": "Proceed"}})).await;
-    wait_settled(&ns, 2, "2.1.0").await;
+    wait_settled(&ns, 2, Some("2.1.0")).await;
     let deadline = std::time::Instant::now() + 2 * MINUTE;
     let outcome = loop {
         let outcome = orchestrator_contract::batch_outcome(&db, "long").await.unwrap();
@@ -579,7 +519,7 @@ async fn an_operator_killed_at_each_stage_resumes_the_same_roll() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    wait_settled(&ns, 3, "2.1.0").await;
+    wait_settled(&ns, 3, Some("2.1.0")).await;
     assert!(
         watcher.worst() <= 1,
         "never two servers unavailable; saw {}",
@@ -624,7 +564,7 @@ async fn a_schema_changing_version_is_refused_then_recreated_without_losing_a_jo
     api.create(&PostParams::default(), &cluster_on("1.0.0", 2, &pg))
         .await
         .unwrap();
-    wait_settled(&ns, 2, "1.0.0").await;
+    wait_settled(&ns, 2, Some("1.0.0")).await;
     let snapshot = |pods: Vec<Pod>| {
         pods.iter()
             .map(|p| (p.name_any(), p.uid().unwrap()))
@@ -633,23 +573,10 @@ async fn a_schema_changing_version_is_refused_then_recreated_without_losing_a_jo
     let before = snapshot(ns.api::<Pod>().list(&server_pods()).await.unwrap().items);
 
     patch_spec(&ns, json!({"version": "2.0.0"})).await;
-    let refused = wait_for(
-        &api,
-        "prod",
-        "MaintenanceBlocked=SchemaChangeRefused",
-        2 * MINUTE,
-        |c: Option<&OrchestratorCluster>| {
-            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "MaintenanceBlocked" && c.reason == "SchemaChangeRefused")
-            })
-        },
-    )
-    .await
-    .unwrap()
-    .status
-    .unwrap();
+    let refused = wait_condition(&ns, "MaintenanceBlocked", "True", "SchemaChangeRefused", 2 * MINUTE)
+        .await
+        .status
+        .unwrap();
     let message = &refused
         .conditions
         .iter()
@@ -686,7 +613,7 @@ async fn a_schema_changing_version_is_refused_then_recreated_without_losing_a_jo
 
     let recreate = async {
         patch_spec(&ns, json!({"upgrade": {"schemaChange": "Recreate"}})).await;
-        wait_settled(&ns, 2, "2.0.0").await
+        wait_settled(&ns, 2, Some("2.0.0")).await
     };
     let (report, cr) = tokio::join!(load(&pg, "recreate", 10, 20, 300), recreate);
     assert_eq!(report["lost"], 0, "{report}");
@@ -733,22 +660,7 @@ async fn a_failing_schema_check_blocks_with_its_log_tail_and_disrupts_nothing() 
     let before = ns.api::<Pod>().get("prod-0").await.unwrap().uid();
     // A downgrade to a release whose schema is older than the database's: the check says so.
     patch_spec(&ns, json!({"version": "1.5.0"})).await;
-    let api = ns.api::<OrchestratorCluster>();
-    let cr = wait_for(
-        &api,
-        "prod",
-        "MaintenanceBlocked=SchemaCheckFailed",
-        2 * MINUTE,
-        |c: Option<&OrchestratorCluster>| {
-            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "MaintenanceBlocked" && c.reason == "SchemaCheckFailed")
-            })
-        },
-    )
-    .await
-    .unwrap();
+    let cr = wait_condition(&ns, "MaintenanceBlocked", "True", "SchemaCheckFailed", 2 * MINUTE).await;
     let blocked = cr.status.unwrap().maintenance.unwrap().blocked_reason.unwrap();
     assert!(blocked.contains("exit code 11"), "{blocked}");
     let events = event_reasons(&ns).await;

@@ -278,3 +278,65 @@ impl Operator {
         self.child.try_wait().map(|s| s.is_none()).unwrap_or(false)
     }
 }
+
+/// Condition `type_` of the cluster's status.
+pub fn condition<'a>(
+    cr: &'a orchestrator_operator::crd::OrchestratorCluster,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    cr.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Waits until condition `type_` of cluster `prod` has `status` and `reason`; returns it.
+pub async fn wait_condition(
+    ns: &TestNamespace,
+    type_: &'static str,
+    status: &'static str,
+    reason: &'static str,
+    timeout: Duration,
+) -> orchestrator_operator::crd::OrchestratorCluster {
+    use orchestrator_operator::crd::OrchestratorCluster;
+    let what = format!("{type_}={status} ({reason})");
+    wait_for(
+        &ns.api::<OrchestratorCluster>(),
+        "prod",
+        &what,
+        timeout,
+        move |c: Option<&OrchestratorCluster>| {
+            c.and_then(|c| condition(c, type_))
+                .is_some_and(|c| c.status == status && c.reason == reason)
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits until cluster `prod` is Ready with `replicas` servers joined (on `version`, when
+/// given), no maintenance in progress, and a status that describes the current generation.
+pub async fn wait_settled(
+    ns: &TestNamespace,
+    replicas: i32,
+    version: Option<&'static str>,
+) -> orchestrator_operator::crd::OrchestratorCluster {
+    use orchestrator_operator::crd::{OrchestratorCluster, Phase};
+    let what = format!("Ready with {replicas} servers on {}", version.unwrap_or("any version"));
+    wait_for(
+        &ns.api::<OrchestratorCluster>(),
+        "prod",
+        &what,
+        Duration::from_secs(180),
+        move |c: Option<&OrchestratorCluster>| {
+            c.is_some_and(|c| {
+                c.status.as_ref().is_some_and(|s| {
+                    s.phase == Phase::Ready
+                        && s.ready_replicas == replicas
+                        && version.is_none_or(|v| s.current_version.as_deref() == Some(v))
+                        && s.maintenance.is_none()
+                        && s.observed_generation == c.metadata.generation
+                })
+            })
+        },
+    )
+    .await
+    .unwrap()
+}
