@@ -6,6 +6,7 @@
 //! server's. The queries here are the whole contract: the reference server and the operator
 //! use them, and a user's own server implements the same behaviour.
 
+pub mod env;
 pub mod migrations;
 pub mod tls;
 

@@ -10,7 +10,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use orchestrator_contract as contract;
+use orchestrator_contract::{self as contract, env};
 use testing_postgres::TestPostgres;
 use tokio_postgres::{Client, NoTls};
 
@@ -131,12 +131,12 @@ async fn with_servers(pg: &TestPostgres, db: &Client, count: usize, jobs: i64) -
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestrator-server"))
             .arg("serve")
             .envs(pg.env())
-            .env("SERVER_ID", format!("bench-{count}-{i}"))
-            .env("SERVER_VERSION", "2.0.0")
-            .env("POD_IP", ip)
-            .env("WORKERS", "4")
-            .env("IDLE_POLL_MILLISECONDS", "5")
-            .env("RUST_LOG", "warn")
+            .env(env::SERVER_ID, format!("bench-{count}-{i}"))
+            .env(env::SERVER_VERSION, "2.0.0")
+            .env(env::POD_IP, ip)
+            .env(env::WORKERS, "4")
+            .env(env::IDLE_POLL_MILLISECONDS, "5")
+            .env(env::RUST_LOG, "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

@@ -1,26 +1,29 @@
-//! Settings from the environment (as the operator's pod template sets them).
+//! Settings from the environment (as the operator's pod template sets them); the names are
+//! the contract's, [`orchestrator_contract::env`].
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use orchestrator_contract::env;
 
 /// Connection settings of the process database.
 #[derive(Clone)]
-pub struct DatabaseSettings {
+pub(crate) struct DatabaseSettings {
     /// Host name or address.
-    pub host: String,
+    pub(crate) host: String,
     /// TCP port.
-    pub port: u16,
+    pub(crate) port: u16,
     /// Database name.
-    pub name: String,
+    pub(crate) name: String,
     /// Login.
-    pub user: String,
+    pub(crate) user: String,
     /// Password (never logged: `Debug` hides it).
-    pub password: String,
+    pub(crate) password: String,
     /// libpq `sslmode`.
-    pub sslmode: orchestrator_contract::tls::SslMode,
-    /// PEM of the CA that signed the database's certificate (`DATABASE_CA`), else system roots.
-    pub ca_pem: Option<String>,
+    pub(crate) sslmode: orchestrator_contract::tls::SslMode,
+    /// PEM of the CA that signed the database's certificate ([`env::DATABASE_CA`]), else system
+    /// roots.
+    pub(crate) ca_pem: Option<String>,
 }
 
 impl std::fmt::Debug for DatabaseSettings {
@@ -51,28 +54,35 @@ fn parsed<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
 }
 
 impl DatabaseSettings {
-    /// Reads `DATABASE_*`; names every missing variable at once.
-    pub fn from_env() -> anyhow::Result<Self> {
-        let required = ["DATABASE_HOST", "DATABASE_NAME", "DATABASE_USER", "DATABASE_PASSWORD"];
+    /// Reads `DATABASE_*` ([`env`]); names every missing variable at once.
+    pub(crate) fn from_env() -> anyhow::Result<Self> {
+        let required = [
+            env::DATABASE_HOST,
+            env::DATABASE_NAME,
+            env::DATABASE_USER,
+            env::DATABASE_PASSWORD,
+        ];
         let missing: Vec<&str> = required.iter().copied().filter(|n| var(n).is_none()).collect();
         if !missing.is_empty() {
             bail!("missing database settings: {} must be set", missing.join(", "));
         }
-        let sslmode = var("DATABASE_SSLMODE").unwrap_or_else(|| "prefer".into());
-        let sslmode = sslmode.parse().map_err(|e| anyhow::anyhow!("DATABASE_SSLMODE: {e}"))?;
+        let sslmode = var(env::DATABASE_SSLMODE).unwrap_or_else(|| "prefer".into());
+        let sslmode = sslmode
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", env::DATABASE_SSLMODE))?;
         Ok(Self {
-            host: var("DATABASE_HOST").unwrap_or_default(),
-            port: parsed("DATABASE_PORT", 5432)?,
-            name: var("DATABASE_NAME").unwrap_or_default(),
-            user: var("DATABASE_USER").unwrap_or_default(),
-            password: var("DATABASE_PASSWORD").unwrap_or_default(),
+            host: var(env::DATABASE_HOST).unwrap_or_default(),
+            port: parsed(env::DATABASE_PORT, 5432)?,
+            name: var(env::DATABASE_NAME).unwrap_or_default(),
+            user: var(env::DATABASE_USER).unwrap_or_default(),
+            password: var(env::DATABASE_PASSWORD).unwrap_or_default(),
             sslmode,
-            ca_pem: var("DATABASE_CA"),
+            ca_pem: var(env::DATABASE_CA),
         })
     }
 
     /// The tokio-postgres configuration.
-    pub fn pg_config(&self) -> tokio_postgres::Config {
+    pub(crate) fn pg_config(&self) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
             .host(&self.host)
@@ -88,54 +98,58 @@ impl DatabaseSettings {
 
 /// Settings of `serve`.
 #[derive(Clone, Debug)]
-pub struct ServerSettings {
+pub(crate) struct ServerSettings {
     /// Database connection.
-    pub database: DatabaseSettings,
+    pub(crate) database: DatabaseSettings,
     /// Server id (the pod name).
-    pub server_id: String,
+    pub(crate) server_id: String,
     /// Server version.
-    pub version: String,
+    pub(crate) version: String,
     /// Address to bind (the pod IP).
-    pub bind_ip: String,
+    pub(crate) bind_ip: String,
     /// Port of the web service.
-    pub http_port: u16,
+    pub(crate) http_port: u16,
     /// Port of `/metrics`.
-    pub metrics_port: u16,
+    pub(crate) metrics_port: u16,
     /// Concurrent jobs.
-    pub workers: usize,
+    pub(crate) workers: usize,
     /// Time between heartbeats.
-    pub heartbeat: Duration,
+    pub(crate) heartbeat: Duration,
     /// Lease of a claimed job; renewed at a third of it.
-    pub lease: Duration,
+    pub(crate) lease: Duration,
     /// How long a friendly shutdown waits for running jobs before handing them back.
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     /// Pause between claims when the queue is empty.
-    pub idle_poll: Duration,
+    pub(crate) idle_poll: Duration,
 }
 
 impl ServerSettings {
     /// Reads every setting from the environment.
-    pub fn from_env() -> anyhow::Result<Self> {
+    pub(crate) fn from_env() -> anyhow::Result<Self> {
         let database = DatabaseSettings::from_env()?;
-        let server_id = var("SERVER_ID")
-            .or_else(|| var("HOSTNAME"))
-            .context("SERVER_ID (or HOSTNAME) must be set: it is the server's id in the database")?;
-        let workers: usize = parsed("WORKERS", 4)?;
+        let server_id = var(env::SERVER_ID).or_else(|| var(env::HOSTNAME)).with_context(|| {
+            format!(
+                "{} (or {}) must be set: it is the server's id in the database",
+                env::SERVER_ID,
+                env::HOSTNAME
+            )
+        })?;
+        let workers: usize = parsed(env::WORKERS, 4)?;
         if workers == 0 {
-            bail!("WORKERS must be at least 1");
+            bail!("{} must be at least 1", env::WORKERS);
         }
         Ok(Self {
             database,
             server_id,
-            version: var("SERVER_VERSION").unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
-            bind_ip: var("POD_IP").unwrap_or_else(|| "127.0.0.1".into()),
-            http_port: parsed("HTTP_PORT", 8080)?,
-            metrics_port: parsed("METRICS_PORT", 9090)?,
+            version: var(env::SERVER_VERSION).unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
+            bind_ip: var(env::POD_IP).unwrap_or_else(|| "127.0.0.1".into()),
+            http_port: parsed(env::HTTP_PORT, 8080)?,
+            metrics_port: parsed(env::METRICS_PORT, 9090)?,
             workers,
-            heartbeat: Duration::from_millis(parsed("HEARTBEAT_MILLISECONDS", 2000)?),
-            lease: Duration::from_millis(parsed("LEASE_MILLISECONDS", 15_000)?),
-            drain_timeout: Duration::from_secs(parsed("DRAIN_TIMEOUT_SECONDS", 30)?),
-            idle_poll: Duration::from_millis(parsed("IDLE_POLL_MILLISECONDS", 100)?),
+            heartbeat: Duration::from_millis(parsed(env::HEARTBEAT_MILLISECONDS, 2000)?),
+            lease: Duration::from_millis(parsed(env::LEASE_MILLISECONDS, 15_000)?),
+            drain_timeout: Duration::from_secs(parsed(env::DRAIN_TIMEOUT_SECONDS, 30)?),
+            idle_poll: Duration::from_millis(parsed(env::IDLE_POLL_MILLISECONDS, 100)?),
         })
     }
 }

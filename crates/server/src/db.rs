@@ -7,7 +7,7 @@ use crate::config::DatabaseSettings;
 
 /// Opens a connection; its driver task runs in the background. Errors say where it failed
 /// (host, port, database, user) but never show the password.
-pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Client> {
+pub(crate) async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Client> {
     let ca = settings.ca_pem.as_ref().map(|pem| pem.as_bytes());
     orchestrator_contract::tls::connect(&settings.pg_config(), settings.sslmode, ca)
         .await
@@ -20,14 +20,14 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Client> {
 }
 
 /// A connection that reconnects when the database went away (restart, failover).
-pub struct Conn {
+pub(crate) struct Conn {
     settings: DatabaseSettings,
     client: Option<Client>,
 }
 
 impl Conn {
     /// Connects now.
-    pub async fn open(settings: &DatabaseSettings) -> anyhow::Result<Self> {
+    pub(crate) async fn open(settings: &DatabaseSettings) -> anyhow::Result<Self> {
         Ok(Self {
             settings: settings.clone(),
             client: Some(connect(settings).await?),
@@ -35,7 +35,7 @@ impl Conn {
     }
 
     /// The client, reconnecting first if the connection was closed.
-    pub async fn get(&mut self) -> anyhow::Result<&mut Client> {
+    pub(crate) async fn get(&mut self) -> anyhow::Result<&mut Client> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.client = None;
             self.client = Some(connect(&self.settings).await?);

@@ -11,17 +11,17 @@ use orchestrator_contract as contract;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::serve::Shared;
+use crate::state::Shared;
 
 /// Body of `POST /jobs`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NewJob {
+pub(crate) struct NewJob {
     /// `noop`, `sleep` or `fail`.
-    pub kind: String,
+    pub(crate) kind: String,
     /// Parameters of the kind (`{"ms": 50}` for sleep).
     #[serde(default = "empty_object")]
-    pub payload: serde_json::Value,
+    pub(crate) payload: serde_json::Value,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -93,7 +93,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 /// Routes of the web service.
-pub fn api(shared: Arc<Shared>) -> Router {
+pub(crate) fn api(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -103,6 +103,6 @@ pub fn api(shared: Arc<Shared>) -> Router {
 }
 
 /// Routes of the metrics port.
-pub fn metrics_router(shared: Arc<Shared>) -> Router {
+pub(crate) fn metrics_router(shared: Arc<Shared>) -> Router {
     Router::new().route("/metrics", get(metrics)).with_state(shared)
 }

@@ -14,47 +14,47 @@ use crate::db::connect;
 
 /// Options of the load generator.
 #[derive(Debug, Args)]
-pub struct LoadgenArgs {
+pub(crate) struct LoadgenArgs {
     /// Servers to submit to (`http://IP:PORT`), used round-robin; a failed submission is retried
     /// on the next one. Without any, jobs are inserted into the database directly.
     #[arg(long = "url")]
-    pub urls: Vec<String>,
+    pub(crate) urls: Vec<String>,
     /// Jobs per second.
     #[arg(long, default_value_t = 20.0)]
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// Seconds of submitting.
     #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
+    pub(crate) duration: f64,
     /// Job kind: noop, sleep or fail.
     #[arg(long, default_value = "sleep")]
-    pub kind: String,
+    pub(crate) kind: String,
     /// Milliseconds each sleep job works.
     #[arg(long, default_value_t = 100)]
-    pub sleep_ms: u64,
+    pub(crate) sleep_ms: u64,
     /// Name of this batch (defaults to a fresh one).
     #[arg(long)]
-    pub batch: Option<String>,
+    pub(crate) batch: Option<String>,
     /// Seconds to wait for the submitted jobs to finish before counting the rest as lost.
     #[arg(long, default_value_t = 120.0)]
-    pub settle_timeout: f64,
+    pub(crate) settle_timeout: f64,
     /// Exit 1 when a job was lost, ran twice or could not be submitted.
     #[arg(long)]
-    pub strict: bool,
+    pub(crate) strict: bool,
 }
 
 /// What the load generator reports.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Batch name.
-    pub batch: String,
+    pub(crate) batch: String,
     /// Submissions acknowledged with a job id.
-    pub acknowledged: u64,
+    pub(crate) acknowledged: u64,
     /// Submissions that failed on every server tried.
-    pub submit_failed: u64,
+    pub(crate) submit_failed: u64,
     /// Acknowledged jobs not finished after the settle timeout (or missing).
-    pub lost: i64,
+    pub(crate) lost: i64,
     /// Counts read from the database.
-    pub outcome: Outcome,
+    pub(crate) outcome: Outcome,
 }
 
 fn payload(args: &LoadgenArgs, batch: &str, seq: u64) -> serde_json::Value {
@@ -76,7 +76,7 @@ fn tally(done: Option<Result<bool, tokio::task::JoinError>>, acknowledged: &mut 
 }
 
 /// Runs the load generator.
-pub async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
+pub(crate) async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
     contract::validate_job(&args.kind, &payload(&args, "check", 0))?;
     anyhow::ensure!(args.rate > 0.0 && args.rate <= 10_000.0, "--rate must be in (0, 10000]");
     let settings = DatabaseSettings::from_env()?;

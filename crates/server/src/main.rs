@@ -9,6 +9,7 @@ mod http;
 mod loadgen;
 mod metrics;
 mod serve;
+mod state;
 
 use std::process::ExitCode;
 
@@ -42,7 +43,7 @@ enum Command {
         #[command(subcommand)]
         action: SchemaAction,
         /// Server version whose schema needs count (defaults to $SERVER_VERSION, then this build's).
-        #[arg(long, env = "SERVER_VERSION", global = true)]
+        #[arg(long, env = contract::env::SERVER_VERSION, global = true)]
         server_version: Option<String>,
     },
     /// Submit jobs at a rate and report submitted / completed / failed / lost / run twice.
@@ -67,7 +68,7 @@ enum SchemaAction {
 fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
+            tracing_subscriber::EnvFilter::try_from_env(contract::env::RUST_LOG)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)

@@ -6,23 +6,23 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Metrics of one server.
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Jobs running now.
-    pub running: Gauge,
+    pub(crate) running: Gauge,
     /// Jobs finished successfully.
-    pub completed: Counter,
+    pub(crate) completed: Counter,
     /// Jobs finished with an error.
-    pub failed: Counter,
+    pub(crate) failed: Counter,
     /// Jobs handed back unfinished at shutdown.
-    pub handed_back: Counter,
+    pub(crate) handed_back: Counter,
     /// Jobs waiting in the queue (all servers), at the last heartbeat.
-    pub queue_depth: Gauge,
+    pub(crate) queue_depth: Gauge,
     /// Seconds a claim query takes.
-    pub claim_latency: Histogram,
+    pub(crate) claim_latency: Histogram,
     /// Seconds since the last successful heartbeat.
-    pub heartbeat_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub(crate) heartbeat_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// 1 while the server drains.
-    pub draining: Gauge,
+    pub(crate) draining: Gauge,
     registry: Registry,
 }
 
@@ -66,7 +66,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// The metrics in Prometheus text format.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text

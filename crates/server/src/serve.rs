@@ -1,7 +1,6 @@
 //! `orchestrator-server serve`: register, heartbeat, run jobs, and shut down friendly on
 //! SIGTERM or when the database asks for a drain.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -15,68 +14,23 @@ use tokio::task::JoinSet;
 use crate::config::ServerSettings;
 use crate::db::Conn;
 use crate::metrics::Metrics;
+use crate::state::Shared;
 
 /// Exit code of a server that refuses to run against the database's schema.
-pub const EXIT_SCHEMA_INCOMPATIBLE: u8 = 3;
+pub(crate) const EXIT_SCHEMA_INCOMPATIBLE: u8 = 3;
 
 /// A start-up refusal with its exit code.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// Process exit code.
-    pub code: u8,
+    pub(crate) code: u8,
     /// What is wrong.
-    pub message: String,
+    pub(crate) message: String,
 }
-
-/// State shared by the workers, the heartbeat and the HTTP handlers.
-pub struct Shared {
-    /// Settings.
-    pub settings: ServerSettings,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// Connection of the HTTP handlers.
-    pub api_db: Mutex<Conn>,
-    /// Set once the server drains: no new claims.
-    pub draining: AtomicBool,
-    /// Jobs running here (their leases are renewed with each heartbeat).
-    pub running: std::sync::Mutex<BTreeSet<i64>>,
-    /// When the last heartbeat succeeded.
-    pub last_heartbeat: std::sync::Mutex<Instant>,
-}
-
-impl Shared {
-    /// Ready: not draining, heartbeat fresh, database answering.
-    pub async fn readiness(&self) -> Result<(), String> {
-        if self.settings.version.ends_with(UNREADY_SUFFIX) {
-            return Err(format!(
-                "version {} simulates a release that never becomes ready",
-                self.settings.version
-            ));
-        }
-        if self.draining.load(Ordering::SeqCst) {
-            return Err("draining".into());
-        }
-        let age = self.last_heartbeat.lock().unwrap().elapsed();
-        if age > self.settings.heartbeat * 3 {
-            return Err(format!("last successful heartbeat {:.1}s ago", age.as_secs_f64()));
-        }
-        let mut conn = self.api_db.lock().await;
-        let client = conn.get().await.map_err(|e| format!("database unreachable: {e:#}"))?;
-        tokio::time::timeout(Duration::from_secs(1), client.simple_query("SELECT 1"))
-            .await
-            .map_err(|_| "database did not answer within 1s".to_string())?
-            .map_err(|e| format!("database unreachable: {e}"))?;
-        Ok(())
-    }
-}
-
-/// Versions ending with this simulate a bad release: the server runs (and its `schema` commands
-/// work) but never reports ready, as tests of a halted roll need.
-pub const UNREADY_SUFFIX: &str = "-unready";
 
 /// Runs the server until its friendly shutdown completes.
-pub async fn run(settings: ServerSettings) -> anyhow::Result<()> {
+pub(crate) async fn run(settings: ServerSettings) -> anyhow::Result<()> {
     // Before any work is claimed: a SIGTERM from then on means a friendly shutdown.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut control = Conn::open(&settings.database).await?;

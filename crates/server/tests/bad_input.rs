@@ -4,6 +4,7 @@ mod support;
 
 use std::time::Duration;
 
+use orchestrator_contract::env;
 use serde_json::json;
 use support::{Server, ServerOptions, migrated, run_cli};
 use testing_postgres::TestPostgres;
@@ -59,7 +60,11 @@ async fn missing_settings_wrong_password_and_unreachable_host_fail_clearly() {
     let (status, _, err) = run_cli(
         &pg,
         &["serve"],
-        &[("DATABASE_HOST", ""), ("DATABASE_PASSWORD", ""), ("SERVER_ID", "x")],
+        &[
+            (env::DATABASE_HOST, ""),
+            (env::DATABASE_PASSWORD, ""),
+            (env::SERVER_ID, "x"),
+        ],
     )
     .await;
     assert_eq!(status.code(), Some(2));
@@ -69,7 +74,12 @@ async fn missing_settings_wrong_password_and_unreachable_host_fail_clearly() {
     );
 
     let wrong = "definitely-the-wrong-secret";
-    let (status, _, err) = run_cli(&pg, &["serve"], &[("DATABASE_PASSWORD", wrong), ("SERVER_ID", "x")]).await;
+    let (status, _, err) = run_cli(
+        &pg,
+        &["serve"],
+        &[(env::DATABASE_PASSWORD, wrong), (env::SERVER_ID, "x")],
+    )
+    .await;
     assert_eq!(status.code(), Some(1));
     assert!(err.contains("password authentication failed"), "{err}");
     assert!(
@@ -84,7 +94,7 @@ async fn missing_settings_wrong_password_and_unreachable_host_fail_clearly() {
         .port()
         .to_string();
     let started = std::time::Instant::now();
-    let (status, _, err) = run_cli(&pg, &["serve"], &[("DATABASE_PORT", &closed), ("SERVER_ID", "x")]).await;
+    let (status, _, err) = run_cli(&pg, &["serve"], &[(env::DATABASE_PORT, &closed), (env::SERVER_ID, "x")]).await;
     assert_eq!(status.code(), Some(1));
     assert!(
         err.contains("cannot connect to database \"process\" on 127.0.0.1:"),
@@ -96,7 +106,7 @@ async fn missing_settings_wrong_password_and_unreachable_host_fail_clearly() {
     let (status, _, err) = run_cli(
         &pg,
         &["serve"],
-        &[("DATABASE_SSLMODE", "sometimes"), ("SERVER_ID", "x")],
+        &[(env::DATABASE_SSLMODE, "sometimes"), (env::SERVER_ID, "x")],
     )
     .await;
     assert_eq!(status.code(), Some(2));

@@ -3,7 +3,7 @@
 
 mod support;
 
-use orchestrator_contract as contract;
+use orchestrator_contract::{self as contract, env};
 use support::{Server, ServerOptions, connect, run_cli};
 use testing_postgres::TestPostgres;
 
@@ -16,13 +16,18 @@ async fn check_exit_codes_and_servers_refusing_other_schemas() {
     let pg = TestPostgres::start();
     let check = async |version: &str| {
         code(
-            run_cli(&pg, &["schema", "check"], &[("SERVER_VERSION", version)])
+            run_cli(&pg, &["schema", "check"], &[(env::SERVER_VERSION, version)])
                 .await
                 .0,
         )
     };
     assert_eq!(check("2.0.0").await, 10, "empty database: migration needed");
-    let (status, out, _) = run_cli(&pg, &["schema", "migrate", "--to", "1"], &[("SERVER_VERSION", "2.0.0")]).await;
+    let (status, out, _) = run_cli(
+        &pg,
+        &["schema", "migrate", "--to", "1"],
+        &[(env::SERVER_VERSION, "2.0.0")],
+    )
+    .await;
     assert!(status.success(), "{out}");
     assert_eq!(check("1.0.0").await, 0, "1.x runs on schema 1");
     assert_eq!(check("2.0.0").await, 10, "2.x needs schema 2");
@@ -45,7 +50,7 @@ async fn check_exit_codes_and_servers_refusing_other_schemas() {
         refused.log()
     );
 
-    let (status, out, _) = run_cli(&pg, &["schema", "migrate"], &[("SERVER_VERSION", "2.0.0")]).await;
+    let (status, out, _) = run_cli(&pg, &["schema", "migrate"], &[(env::SERVER_VERSION, "2.0.0")]).await;
     assert!(status.success(), "{out}");
     assert_eq!(check("2.0.0").await, 0);
     assert_eq!(check("1.0.0").await, 11, "database newer than 1.x");
@@ -69,12 +74,12 @@ async fn check_exit_codes_and_servers_refusing_other_schemas() {
 async fn migrate_twice_and_concurrently_is_safe() {
     let pg = TestPostgres::start();
     let runs: Vec<_> = (0..4)
-        .map(|_| run_cli(&pg, &["schema", "migrate"], &[("SERVER_VERSION", "2.0.0")]))
+        .map(|_| run_cli(&pg, &["schema", "migrate"], &[(env::SERVER_VERSION, "2.0.0")]))
         .collect();
     for (status, out, err) in futures::future::join_all(runs).await {
         assert!(status.success(), "{out}{err}");
     }
-    let (status, out, _) = run_cli(&pg, &["schema", "migrate"], &[("SERVER_VERSION", "2.0.0")]).await;
+    let (status, out, _) = run_cli(&pg, &["schema", "migrate"], &[(env::SERVER_VERSION, "2.0.0")]).await;
     assert!(status.success());
     assert!(out.contains("schema already at 2"), "{out}");
     let db = connect(&pg).await;
@@ -100,12 +105,17 @@ async fn migrate_refuses_while_incompatible_servers_are_active() {
         },
     )
     .await;
-    let (status, _, err) = run_cli(&pg, &["schema", "migrate"], &[("SERVER_VERSION", "2.0.0")]).await;
+    let (status, _, err) = run_cli(&pg, &["schema", "migrate"], &[(env::SERVER_VERSION, "2.0.0")]).await;
     assert_eq!(code(status), 12, "{err}");
     assert!(err.contains("active servers cannot run it: old-0 (1.3.0)"), "{err}");
     let db = connect(&pg).await;
     assert_eq!(contract::schema_version(&db).await.unwrap(), 1, "nothing half-migrated");
-    let (status, _, err) = run_cli(&pg, &["schema", "migrate", "--force"], &[("SERVER_VERSION", "2.0.0")]).await;
+    let (status, _, err) = run_cli(
+        &pg,
+        &["schema", "migrate", "--force"],
+        &[(env::SERVER_VERSION, "2.0.0")],
+    )
+    .await;
     assert!(status.success(), "{err}");
     assert_eq!(contract::schema_version(&db).await.unwrap(), 2);
 }

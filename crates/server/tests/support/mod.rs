@@ -6,7 +6,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use orchestrator_contract as contract;
+use orchestrator_contract::{self as contract, env};
 use testing_postgres::TestPostgres;
 use tokio::process::{Child, Command};
 use tokio_postgres::{Client, NoTls};
@@ -14,13 +14,13 @@ use tokio_postgres::{Client, NoTls};
 static NEXT_IP: AtomicU32 = AtomicU32::new(2);
 
 /// A fresh loopback address for one server.
-pub fn next_ip() -> String {
+pub(crate) fn next_ip() -> String {
     let n = NEXT_IP.fetch_add(1, Ordering::SeqCst) + (std::process::id() % 200) * 256;
     format!("127.3.{}.{}", n / 256 % 256, n % 256)
 }
 
 /// Connects as the application user.
-pub async fn connect(pg: &TestPostgres) -> Client {
+pub(crate) async fn connect(pg: &TestPostgres) -> Client {
     let (client, connection) = tokio_postgres::connect(&pg.url(), NoTls)
         .await
         .expect("connect to the test database");
@@ -29,7 +29,7 @@ pub async fn connect(pg: &TestPostgres) -> Client {
 }
 
 /// A database at the latest schema.
-pub async fn migrated() -> (TestPostgres, Client) {
+pub(crate) async fn migrated() -> (TestPostgres, Client) {
     let pg = TestPostgres::start();
     let mut db = connect(&pg).await;
     contract::migrations::migrate(&mut db, contract::LATEST_SCHEMA, false)
@@ -39,18 +39,18 @@ pub async fn migrated() -> (TestPostgres, Client) {
 }
 
 /// The server binary with the database settings of `pg`.
-pub fn server_command(pg: &TestPostgres) -> Command {
+pub(crate) fn server_command(pg: &TestPostgres) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator-server"));
     command
         .envs(pg.env())
-        .env("RUST_LOG", "info")
+        .env(env::RUST_LOG, "info")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     command
 }
 
 /// Runs `orchestrator-server ARGS` to completion: exit status, stdout and stderr.
-pub async fn run_cli(pg: &TestPostgres, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
+pub(crate) async fn run_cli(pg: &TestPostgres, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
     let output = server_command(pg)
         .args(args)
         .envs(env.iter().copied())
@@ -67,26 +67,26 @@ pub async fn run_cli(pg: &TestPostgres, args: &[&str], env: &[(&str, &str)]) -> 
 }
 
 /// A running server process.
-pub struct Server {
+pub(crate) struct Server {
     /// Its id in the database.
-    pub id: String,
+    pub(crate) id: String,
     /// Its address.
-    pub ip: String,
+    pub(crate) ip: String,
     /// The process.
-    pub child: Child,
+    pub(crate) child: Child,
     log: std::path::PathBuf,
 }
 
 /// Options of a test server.
-pub struct ServerOptions {
+pub(crate) struct ServerOptions {
     /// Concurrent jobs.
-    pub workers: u32,
+    pub(crate) workers: u32,
     /// Friendly-shutdown limit.
-    pub drain_timeout_seconds: u32,
+    pub(crate) drain_timeout_seconds: u32,
     /// Job lease.
-    pub lease_ms: u32,
+    pub(crate) lease_ms: u32,
     /// Version (selects the schema it needs).
-    pub version: &'static str,
+    pub(crate) version: &'static str,
 }
 
 impl Default for ServerOptions {
@@ -102,20 +102,20 @@ impl Default for ServerOptions {
 
 impl Server {
     /// Starts server `id`; does not wait for it to be ready.
-    pub fn spawn(pg: &TestPostgres, id: &str, options: &ServerOptions) -> Self {
+    pub(crate) fn spawn(pg: &TestPostgres, id: &str, options: &ServerOptions) -> Self {
         let ip = next_ip();
         let log = pg.dir().join(format!("{id}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = server_command(pg)
             .arg("serve")
-            .env("SERVER_ID", id)
-            .env("SERVER_VERSION", options.version)
-            .env("POD_IP", &ip)
-            .env("WORKERS", options.workers.to_string())
-            .env("DRAIN_TIMEOUT_SECONDS", options.drain_timeout_seconds.to_string())
-            .env("LEASE_MILLISECONDS", options.lease_ms.to_string())
-            .env("HEARTBEAT_MILLISECONDS", "300")
-            .env("IDLE_POLL_MILLISECONDS", "20")
+            .env(env::SERVER_ID, id)
+            .env(env::SERVER_VERSION, options.version)
+            .env(env::POD_IP, &ip)
+            .env(env::WORKERS, options.workers.to_string())
+            .env(env::DRAIN_TIMEOUT_SECONDS, options.drain_timeout_seconds.to_string())
+            .env(env::LEASE_MILLISECONDS, options.lease_ms.to_string())
+            .env(env::HEARTBEAT_MILLISECONDS, "300")
+            .env(env::IDLE_POLL_MILLISECONDS, "20")
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
             .spawn()
@@ -129,7 +129,7 @@ impl Server {
     }
 
     /// Starts server `id` and waits until `/readyz` answers 200.
-    pub async fn start(pg: &TestPostgres, id: &str, options: &ServerOptions) -> Self {
+    pub(crate) async fn start(pg: &TestPostgres, id: &str, options: &ServerOptions) -> Self {
         let mut server = Self::spawn(pg, id, options);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -151,17 +151,17 @@ impl Server {
     }
 
     /// URL of `path` on its web service.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}:8080{path}", self.ip)
     }
 
     /// Its log so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Sends `signal` to the process.
-    pub fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("running").to_string();
         let status = std::process::Command::new("kill")
             .args(["-s", signal, &pid])
@@ -171,7 +171,7 @@ impl Server {
     }
 
     /// Waits for the process to exit within `timeout`.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+    pub(crate) async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(status) => status.unwrap(),
             Err(_) => panic!("server {} did not exit within {timeout:?}:\n{}", self.id, self.log()),
@@ -180,7 +180,7 @@ impl Server {
 }
 
 /// Submits `count` jobs of `kind` in batch `batch` straight into the database.
-pub async fn submit(db: &Client, batch: &str, count: usize, kind: &str, ms: u64) -> Vec<i64> {
+pub(crate) async fn submit(db: &Client, batch: &str, count: usize, kind: &str, ms: u64) -> Vec<i64> {
     let mut ids = Vec::with_capacity(count);
     for seq in 0..count {
         let payload = serde_json::json!({"batch": batch, "seq": seq, "ms": ms});
@@ -190,7 +190,7 @@ pub async fn submit(db: &Client, batch: &str, count: usize, kind: &str, ms: u64)
 }
 
 /// Waits until every job of `batch` finished; returns the outcome.
-pub async fn settle(db: &Client, batch: &str, timeout: Duration) -> contract::Outcome {
+pub(crate) async fn settle(db: &Client, batch: &str, timeout: Duration) -> contract::Outcome {
     let deadline = Instant::now() + timeout;
     loop {
         let outcome = contract::batch_outcome(db, batch).await.unwrap();
@@ -206,7 +206,7 @@ pub async fn settle(db: &Client, batch: &str, timeout: Duration) -> contract::Ou
 }
 
 /// Waits until `server_id` runs at least one job; returns the ids it owns.
-pub async fn owned_jobs(db: &Client, server_id: &str, timeout: Duration) -> Vec<i64> {
+pub(crate) async fn owned_jobs(db: &Client, server_id: &str, timeout: Duration) -> Vec<i64> {
     let deadline = Instant::now() + timeout;
     loop {
         let rows = db
@@ -228,7 +228,7 @@ pub async fn owned_jobs(db: &Client, server_id: &str, timeout: Duration) -> Vec<
 }
 
 /// The state of a server's row.
-pub async fn server_state(db: &Client, server_id: &str) -> Option<String> {
+pub(crate) async fn server_state(db: &Client, server_id: &str) -> Option<String> {
     db.query_opt("SELECT state FROM servers WHERE server_id = $1", &[&server_id])
         .await
         .unwrap()
