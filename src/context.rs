@@ -9,27 +9,29 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
 use crate::database::preflight::Preflight;
-use crate::metrics::Metrics;
-use crate::resources::BuildSettings;
+use crate::metrics::{ClusterLabels, Metrics};
+use crate::reconcile::object_key;
+use crate::validate::BuildSettings;
 
 /// Field manager of every server-side apply the operator makes.
-pub const FIELD_MANAGER: &str = "orchestrator-operator";
+pub(crate) const FIELD_MANAGER: &str = "orchestrator-operator";
 
 /// How long a database preflight result is reused (unless the Secret changes).
-pub const PREFLIGHT_TTL: Duration = Duration::from_secs(10);
+pub(crate) const PREFLIGHT_TTL: Duration = Duration::from_secs(10);
 
 /// First retry delay after a failed reconcile; it doubles per consecutive failure.
-pub const BACKOFF_BASE: Duration = Duration::from_secs(5);
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// Longest retry delay after failed reconciles.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 /// Shared state of the controller.
 pub struct Context {
     /// Kubernetes API client.
     pub client: Client,
-    /// Client for evictions: it returns a PodDisruptionBudget's 429 instead of retrying it, so
-    /// that a refused eviction is a wait of the roll, not a blocked reconcile.
-    pub eviction_client: Client,
+    /// Client for evictions: built without kube's retry of 429 answers, it returns a
+    /// PodDisruptionBudget's refusal at once, so that a refused eviction is a wait of the roll,
+    /// not a blocked reconcile.
+    pub(crate) eviction_client: Client,
     /// The one Event recorder of the process.
     pub recorder: Recorder,
     /// Operator metrics.
@@ -37,12 +39,13 @@ pub struct Context {
     /// Settings the builders need.
     pub settings: BuildSettings,
     /// The database preflight and its cache.
-    pub preflight: Preflight,
+    pub(crate) preflight: Preflight,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    /// A context for `client`, reporting Events as `instance` of the operator.
+    /// A context for `client`, reporting Events as `instance` of the operator. Evictions use
+    /// `client` too until [`Context::with_eviction_client`] gives them their own.
     pub fn new(client: Client, metrics: Arc<Metrics>, settings: BuildSettings, instance: Option<String>) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -67,8 +70,16 @@ impl Context {
         }
     }
 
+    /// Forgets everything kept about a deleted cluster: its cached database connection, its
+    /// back-off entry and its metric series.
+    pub(crate) fn forget(&self, cluster: &impl kube::Resource) {
+        self.preflight.forget(cluster);
+        self.reset_backoff(&object_key(cluster));
+        self.metrics.forget_cluster(&ClusterLabels::of(cluster));
+    }
+
     /// Records a failure of `key` and returns how long to wait before retrying it.
-    pub fn next_backoff(&self, key: &str) -> Duration {
+    pub(crate) fn next_backoff(&self, key: &str) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let count = failures.entry(key.to_string()).or_insert(0);
         *count = count.saturating_add(1);
@@ -76,13 +87,13 @@ impl Context {
     }
 
     /// Forgets the failures of `key` after a successful reconcile.
-    pub fn reset_backoff(&self, key: &str) {
+    pub(crate) fn reset_backoff(&self, key: &str) {
         self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 }
 
 /// Delay before the retry that follows `failures` consecutive failures.
-pub fn backoff_for(failures: u32) -> Duration {
+fn backoff_for(failures: u32) -> Duration {
     let exponent = failures.saturating_sub(1).min(16);
     BACKOFF_BASE.saturating_mul(1 << exponent).min(BACKOFF_MAX)
 }

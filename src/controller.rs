@@ -11,19 +11,16 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::DynamicObject;
-use kube::core::ApiResource;
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
 use crate::context::Context;
-use crate::crd::OrchestratorCluster;
-use crate::reconcile::{error_policy, reconcile};
+use crate::reconcile::{Watched, error_policy, reconcile};
 use crate::resources::MANAGED_BY;
 
 /// Label selector of the objects the operator owns, so that owned-kind watches skip the rest.
-pub fn owned_selector() -> String {
+fn owned_selector() -> String {
     format!("app.kubernetes.io/managed-by={MANAGED_BY}")
 }
 
@@ -44,23 +41,27 @@ async fn run_one(
 ) {
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
-    let ar = ApiResource::erase::<OrchestratorCluster>(&());
-    let clusters: Api<DynamicObject> = match ns {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-        None => Api::all_with(client.clone(), &ar),
-    };
+    let clusters = scoped::<Watched>(&client, ns);
     let owned = watcher::Config::default().labels(&owned_selector());
     tracing::info!(namespace = ns.unwrap_or("<all>"), "starting controller");
     // Status writes (heartbeat ages change on every reconcile) must not trigger reconciles:
     // only spec changes (generation) and the owned objects do, plus the requeue timer.
-    let writer = reflector::store::Writer::new(ar.clone());
+    let writer = reflector::store::Writer::default();
     let reader = writer.as_reader();
+    let forget = ctx.clone();
     let trigger = watcher::watcher(clusters, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
+        // A deleted cluster leaves nothing behind: its cached database connection, its
+        // back-off entry and its metric series go with it.
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Delete(gone)) = event {
+                forget.forget(gone);
+            }
+        })
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
-    Controller::for_stream_with(trigger, reader, ar)
+    Controller::for_stream(trigger, reader)
         .owns(scoped::<StatefulSet>(&client, ns), owned.clone())
         .owns(scoped::<Service>(&client, ns), owned.clone())
         .owns(scoped::<ConfigMap>(&client, ns), owned.clone())

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 /// True when every field of `desired` is present in `live` with the same value. Objects may
 /// have extra keys in `live`; arrays must have the same length and match element by element.
-pub fn is_contained(desired: &Value, live: &Value) -> bool {
+pub(crate) fn is_contained(desired: &Value, live: &Value) -> bool {
     match (desired, live) {
         (Value::Object(want), Value::Object(have)) => want.iter().all(|(key, value)| match have.get(key) {
             Some(live) => is_contained(value, live),

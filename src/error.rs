@@ -1,6 +1,7 @@
 //! The operator's one error type, with a metric label per variant.
 
 use crate::crd::SpecError;
+use crate::vocabulary::Reason;
 
 /// Everything a reconcile can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -47,15 +48,15 @@ impl Error {
 impl Error {
     /// Reason of the Warning Event a failed reconcile publishes on the resource (distinct per
     /// kind of failure, since Events of one reason are merged under the first note).
-    pub fn event_reason(&self) -> &'static str {
+    pub fn event_reason(&self) -> Reason {
         match self {
-            Error::Kube(kube::Error::Api(status)) if status.code == 403 => "ApiForbidden",
-            Error::Kube(kube::Error::Api(status)) if status.code == 409 || status.code == 422 => "ApiRejected",
-            Error::Kube(_) => "ApiUnavailable",
-            Error::InvalidSpec(_) => "InvalidSpec",
-            Error::Malformed(_) => "Malformed",
-            Error::Database(_) => "DatabaseWriteFailed",
-            Error::Serialization { .. } => "SerializationFailed",
+            Error::Kube(kube::Error::Api(status)) if status.code == 403 => Reason::ApiForbidden,
+            Error::Kube(kube::Error::Api(status)) if status.code == 409 || status.code == 422 => Reason::ApiRejected,
+            Error::Kube(_) => Reason::ApiUnavailable,
+            Error::InvalidSpec(_) => Reason::InvalidSpec,
+            Error::Malformed(_) => Reason::Malformed,
+            Error::Database(_) => Reason::DatabaseWriteFailed,
+            Error::Serialization { .. } => Reason::SerializationFailed,
         }
     }
 }

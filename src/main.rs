@@ -8,12 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::{ArgAction, Parser, ValueEnum};
 use futures::FutureExt;
 use kube::Client;
-use orchestrator_operator::context::Context;
-use orchestrator_operator::controller;
 use orchestrator_operator::http::{self, HttpState};
 use orchestrator_operator::leader::{self, LeaderSettings};
-use orchestrator_operator::metrics::Metrics;
-use orchestrator_operator::resources::BuildSettings;
+use orchestrator_operator::{BuildSettings, Context, Metrics, run_controllers};
 use tracing_subscriber::EnvFilter;
 
 /// Log output format.
@@ -132,12 +129,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = BuildSettings {
         server_image_repository: args.server_image_repository.clone(),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        settings,
-        Some(identity.clone()),
-    ));
+    // Evictions get a client without kube's retry of 429 answers: a PodDisruptionBudget's
+    // refusal is a wait of the roll, not a reconcile blocked in retries.
+    let mut eviction_config = kube::Config::infer().await?;
+    eviction_config.default_retry = false;
+    let ctx = Arc::new(
+        Context::new(client.clone(), metrics.clone(), settings, Some(identity.clone()))
+            .with_eviction_client(Client::try_from(eviction_config)?),
+    );
     ready.store(true, Ordering::Relaxed);
 
     let mut lost_leadership = false;
@@ -162,12 +161,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         metrics.leader.set(1);
         let lost = leader::until_lost(channel).shared();
         let stop = futures::future::select(terminate.clone(), lost.clone()).map(|_| ());
-        controller::run(ctx, args.watch_namespaces.clone(), stop).await;
+        run_controllers(ctx, args.watch_namespaces.clone(), stop).await;
         metrics.leader.set(0);
         lost_leadership = lost.now_or_never().is_some() && terminate.clone().now_or_never().is_none();
     } else {
         metrics.leader.set(1);
-        controller::run(ctx, args.watch_namespaces.clone(), terminate.clone()).await;
+        run_controllers(ctx, args.watch_namespaces.clone(), terminate.clone()).await;
     }
     finish(http_task, lost_leadership).await
 }

@@ -13,7 +13,19 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::error::Error;
-use crate::reconcile::plan::Finished;
+use crate::vocabulary::RollStage;
+
+/// A maintenance stage or step that ended, for the metrics. A reconcile that read an older
+/// status can report the same one again: `key` tells them apart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finished {
+    /// The stage (for a step: the stage it ended in).
+    pub(crate) stage: RollStage,
+    /// Server and start time: the same stage or step always has the same key.
+    pub(crate) key: String,
+    /// How long it took.
+    pub(crate) seconds: f64,
+}
 
 /// Label set of the reconcile errors counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,6 +41,16 @@ pub struct ClusterLabels {
     pub namespace: String,
     /// Name of the cluster.
     pub cluster: String,
+}
+
+impl ClusterLabels {
+    /// The labels of `cr`.
+    pub(crate) fn of(cr: &impl kube::Resource) -> Self {
+        Self {
+            namespace: cr.meta().namespace.clone().unwrap_or_default(),
+            cluster: cr.meta().name.clone().unwrap_or_default(),
+        }
+    }
 }
 
 /// What a reconcile saw of one cluster, for its gauges.
@@ -220,7 +242,7 @@ impl Metrics {
             recorded.0 = stage.key.clone();
             self.maintenance_stage_duration
                 .get_or_create(&StageLabels {
-                    stage: stage.stage.into(),
+                    stage: stage.stage.as_str().into(),
                 })
                 .observe(stage.seconds);
         }
@@ -231,6 +253,26 @@ impl Metrics {
                 .get_or_create(labels)
                 .observe(step.seconds);
         }
+    }
+
+    /// Drops every series of a deleted cluster, so that its gauges do not stay behind.
+    pub(crate) fn forget_cluster(&self, labels: &ClusterLabels) {
+        for family in [
+            &self.servers_desired,
+            &self.servers_joined,
+            &self.servers_draining,
+            &self.server_problems,
+            &self.database_reachable,
+            &self.maintenance_held,
+        ] {
+            family.remove(labels);
+        }
+        self.maintenance_steps.remove(labels);
+        self.maintenance_step_duration.remove(labels);
+        self.last_recorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(labels);
     }
 
     /// The metrics in Prometheus text format.
@@ -266,12 +308,12 @@ mod tests {
             cluster: "prod".into(),
         };
         let stage = Finished {
-            stage: "Draining",
+            stage: RollStage::Draining,
             key: "prod-0@t0".into(),
             seconds: 3.0,
         };
         let step = Finished {
-            stage: "WaitingReady",
+            stage: RollStage::WaitingReady,
             key: "prod-0@t0".into(),
             seconds: 12.0,
         };
@@ -291,6 +333,18 @@ mod tests {
                 r#"orchestrator_operator_maintenance_step_duration_seconds_sum{namespace="ns",cluster="prod"} 12.0"#
             ),
             "{text}"
+        );
+        metrics.record_cluster(&labels, ClusterFigures::default());
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"servers_joined{namespace="ns",cluster="prod"}"#)
+        );
+        metrics.forget_cluster(&labels);
+        let text = metrics.encode();
+        assert!(
+            !text.contains(r#"cluster="prod""#),
+            "a deleted cluster leaves no series: {text}"
         );
     }
 }

@@ -15,17 +15,19 @@ use orchestrator_contract::tls;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
-use super::{DatabaseState, reasons};
+use super::DatabaseState;
 use crate::crd::OrchestratorCluster;
 use crate::error::Result;
+use crate::reconcile::object_key as key;
+use crate::vocabulary::{Hold, Reason};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Key of the credentials Secret holding the CA of the database's certificate (optional).
-pub const CA_KEY: &str = "ca.crt";
+pub(crate) const CA_KEY: &str = "ca.crt";
 
 /// The preflight with its per-cluster cache.
-pub struct Preflight {
+pub(crate) struct Preflight {
     ttl: Duration,
     cache: Mutex<HashMap<String, Cached>>,
 }
@@ -33,11 +35,11 @@ pub struct Preflight {
 struct Cached {
     fingerprint: u64,
     checked: Instant,
-    outcome: Result<Arc<Client>, (&'static str, String)>,
+    outcome: Result<Arc<Client>, Hold>,
 }
 
 /// A preflight outcome: the state for the plan, and the connection when usable.
-pub struct Observation {
+pub(crate) struct Observation {
     /// What the plan sees.
     pub state: DatabaseState,
     /// Connection for the reconcile's database writes.
@@ -48,7 +50,7 @@ pub struct Observation {
 
 /// Removes the database password from text before it reaches status or Events.
 #[derive(Clone, Default)]
-pub struct Redactor(Option<String>);
+pub(crate) struct Redactor(Option<String>);
 
 impl std::fmt::Debug for Redactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,7 +60,7 @@ impl std::fmt::Debug for Redactor {
 
 impl Redactor {
     /// `text` with every occurrence of the password replaced.
-    pub fn redact(&self, text: &str) -> String {
+    pub(crate) fn redact(&self, text: &str) -> String {
         match &self.0 {
             Some(password) => redact(text.to_string(), password),
             None => text.to_string(),
@@ -66,7 +68,7 @@ impl Redactor {
     }
 }
 
-fn not_ready(reason: &'static str, message: String) -> Observation {
+fn not_ready(reason: Reason, message: String) -> Observation {
     Observation {
         state: DatabaseState::NotReady { reason, message },
         client: None,
@@ -74,13 +76,9 @@ fn not_ready(reason: &'static str, message: String) -> Observation {
     }
 }
 
-fn key(cr: &OrchestratorCluster) -> String {
-    format!("{}/{}", cr.namespace().unwrap_or_default(), cr.name_any())
-}
-
 impl Preflight {
     /// A preflight whose successful checks are reused for `ttl`.
-    pub fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         Self {
             ttl,
             cache: Mutex::default(),
@@ -88,12 +86,12 @@ impl Preflight {
     }
 
     /// Forgets a cluster (deleted).
-    pub fn forget(&self, cr: &OrchestratorCluster) {
-        self.cache.lock().unwrap().remove(&key(cr));
+    pub(crate) fn forget(&self, cluster: &impl kube::Resource) {
+        self.cache.lock().unwrap().remove(&key(cluster));
     }
 
     /// Checks the database of `cr` (or reuses a recent check) and reads its membership.
-    pub async fn observe(&self, kube: &kube::Client, cr: &OrchestratorCluster) -> Result<Observation> {
+    pub(crate) async fn observe(&self, kube: &kube::Client, cr: &OrchestratorCluster) -> Result<Observation> {
         let db = &cr.spec.database;
         let namespace = cr.namespace().unwrap_or_default();
         let secret_ref = &db.credentials_secret;
@@ -102,7 +100,7 @@ impl Preflight {
             .await?
         else {
             return Ok(not_ready(
-                reasons::SECRET_MISSING,
+                Reason::SecretMissing,
                 format!("secret {} does not exist in namespace {namespace}", secret_ref.name),
             ));
         };
@@ -116,7 +114,7 @@ impl Preflight {
         };
         let Some(user) = value(&secret_ref.username_key) else {
             return Ok(not_ready(
-                reasons::SECRET_KEY_MISSING,
+                Reason::SecretKeyMissing,
                 format!(
                     "secret {} has no key '{}' (the database user)",
                     secret_ref.name, secret_ref.username_key
@@ -125,7 +123,7 @@ impl Preflight {
         };
         let Some(password) = value(&secret_ref.password_key) else {
             return Ok(not_ready(
-                reasons::SECRET_KEY_MISSING,
+                Reason::SecretKeyMissing,
                 format!(
                     "secret {} has no key '{}' (the database password)",
                     secret_ref.name, secret_ref.password_key
@@ -170,7 +168,7 @@ impl Preflight {
         };
         let client = match outcome {
             Ok(client) => client,
-            Err((reason, message)) => {
+            Err(Hold { reason, message }) => {
                 return Ok(Observation {
                     redactor: Redactor(Some(password.clone())),
                     ..not_ready(reason, redact(message, &password))
@@ -194,7 +192,7 @@ impl Preflight {
             Err(error) => {
                 self.cache.lock().unwrap().remove(&key(cr));
                 Ok(not_ready(
-                    reasons::QUERY_FAILED,
+                    Reason::QueryFailed,
                     redact(format!("reading the servers table failed: {error}"), &password),
                 ))
             }
@@ -217,42 +215,42 @@ async fn check(
     user: &str,
     password: &str,
     ca_pem: Option<&[u8]>,
-) -> Result<Arc<Client>, (&'static str, String)> {
+) -> Result<Arc<Client>, Hold> {
     let db = &cr.spec.database;
-    let port =
-        u16::try_from(db.port).map_err(|_| (reasons::UNREACHABLE, format!("port {} is out of range", db.port)))?;
+    let port = u16::try_from(db.port)
+        .map_err(|_| Hold::new(Reason::Unreachable, format!("port {} is out of range", db.port)))?;
     let addresses = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((db.host.as_str(), port)))
         .await
         .map_err(|_| {
-            (
-                reasons::HOST_UNRESOLVABLE,
+            Hold::new(
+                Reason::HostUnresolvable,
                 format!("host {} did not resolve within 3s", db.host),
             )
         })?
         .map_err(|e| {
-            (
-                reasons::HOST_UNRESOLVABLE,
+            Hold::new(
+                Reason::HostUnresolvable,
                 format!("host {} does not resolve: {e}", db.host),
             )
         })?
         .collect::<Vec<_>>();
     let Some(address) = addresses.first() else {
-        return Err((
-            reasons::HOST_UNRESOLVABLE,
+        return Err(Hold::new(
+            Reason::HostUnresolvable,
             format!("host {} resolves to no address", db.host),
         ));
     };
     tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
         .await
         .map_err(|_| {
-            (
-                reasons::UNREACHABLE,
+            Hold::new(
+                Reason::Unreachable,
                 format!("no answer from {}:{port} within 3s", db.host),
             )
         })?
         .map_err(|e| {
-            (
-                reasons::UNREACHABLE,
+            Hold::new(
+                Reason::Unreachable,
                 format!("cannot connect to {}:{port}: {e}", db.host),
             )
         })?;
@@ -269,14 +267,14 @@ async fn check(
         .ssl_mode
         .as_str()
         .parse()
-        .map_err(|e: tls::ConnectError| (reasons::TLS_FAILED, e.to_string()))?;
+        .map_err(|e: tls::ConnectError| Hold::new(Reason::TlsFailed, e.to_string()))?;
     let client = match tls::connect(&config, mode, ca_pem).await {
         Ok(client) => client,
         Err(tls::ConnectError::Postgres(e)) => return Err(classify_login(&e, cr, user)),
         Err(e) => {
             let secret = &db.credentials_secret.name;
-            return Err((
-                reasons::TLS_FAILED,
+            return Err(Hold::new(
+                Reason::TlsFailed,
                 format!(
                     "{e} (sslMode {}, CA from key {CA_KEY} of secret {secret})",
                     db.ssl_mode.as_str()
@@ -286,10 +284,10 @@ async fn check(
     };
     let version = contract::schema_version(&client)
         .await
-        .map_err(|e| (reasons::QUERY_FAILED, format!("reading the schema version failed: {e}")))?;
+        .map_err(|e| Hold::new(Reason::QueryFailed, format!("reading the schema version failed: {e}")))?;
     if version == 0 {
-        return Err((
-            reasons::SCHEMA_MISSING,
+        return Err(Hold::new(
+            Reason::SchemaMissing,
             format!(
                 "database {} has no orchestrator schema yet; run `orchestrator-server schema migrate`",
                 db.name
@@ -302,35 +300,35 @@ async fn check(
             &[],
         )
         .await
-        .map_err(|e| (reasons::QUERY_FAILED, format!("checking privileges failed: {e}")))?
+        .map_err(|e| Hold::new(Reason::QueryFailed, format!("checking privileges failed: {e}")))?
         .get(0);
     if !privileged {
-        return Err((
-            reasons::INSUFFICIENT_PRIVILEGES,
+        return Err(Hold::new(
+            Reason::InsufficientPrivileges,
             format!("user {user} needs SELECT, UPDATE and DELETE on table servers and SELECT on table jobs"),
         ));
     }
     Ok(Arc::new(client))
 }
 
-fn classify_login(error: &tokio_postgres::Error, cr: &OrchestratorCluster, user: &str) -> (&'static str, String) {
+fn classify_login(error: &tokio_postgres::Error, cr: &OrchestratorCluster, user: &str) -> Hold {
     let db = &cr.spec.database;
     match error.code() {
         Some(code) if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
-            (
-                reasons::LOGIN_FAILED,
+            Hold::new(
+                Reason::LoginFailed,
                 format!(
                     "login as {user} to {}:{} was refused: check the password in secret {}",
                     db.host, db.port, db.credentials_secret.name
                 ),
             )
         }
-        Some(code) if *code == SqlState::INVALID_CATALOG_NAME => (
-            reasons::DATABASE_MISSING,
+        Some(code) if *code == SqlState::INVALID_CATALOG_NAME => Hold::new(
+            Reason::DatabaseMissing,
             format!("database {} does not exist on {}:{}", db.name, db.host, db.port),
         ),
-        _ => (
-            reasons::UNREACHABLE,
+        _ => Hold::new(
+            Reason::Unreachable,
             format!("cannot open a session on {}:{}: {error}", db.host, db.port),
         ),
     }

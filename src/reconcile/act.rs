@@ -1,18 +1,64 @@
-//! Act: server-side apply the planned writes with the operator's one field manager.
+//! Act: carry out a plan — server-side apply the writes with the operator's one field manager,
+//! the database steps (drain, withdraw a drain, remove rows), and an eviction.
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::Eviction;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta, Preconditions};
 use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::object_key;
 use super::plan::{Child, Plan, Write};
-use crate::context::FIELD_MANAGER;
+use super::report;
+use crate::context::{Context, FIELD_MANAGER};
+use crate::crd::OrchestratorCluster;
 use crate::error::{Error, Result};
+use crate::vocabulary::Reason;
+
+/// Carries out `plan` for `cr`: writes (with an `Applied` Event saying what changed), then the
+/// database steps when the database is usable, then the eviction.
+pub(crate) async fn act(
+    ctx: &Context,
+    cr: &OrchestratorCluster,
+    plan: &Plan,
+    database: Option<&tokio_postgres::Client>,
+) -> Result<()> {
+    let object = object_key(cr);
+    let namespace = cr.namespace().unwrap_or_default();
+    if !plan.writes.is_empty() {
+        apply_writes(&ctx.client, &namespace, &plan.writes).await?;
+        let summary = plan
+            .writes
+            .iter()
+            .map(|w| {
+                format!(
+                    "{} {} {}",
+                    if w.creates { "created" } else { "corrected" },
+                    w.child.kind(),
+                    w.child.name()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::info!(%object, %summary, "applied owned objects");
+        report::publish(ctx, &cr.object_ref(&()), EventType::Normal, Reason::Applied, summary).await;
+    }
+    if let Some(database) = database {
+        database_steps(database, plan).await?;
+    }
+    if let Some((pod, uid)) = &plan.evict {
+        tracing::info!(%object, %pod, uid = uid.as_deref().unwrap_or("<none>"), "evicting");
+        if !evict(&ctx.eviction_client, &namespace, pod, uid.clone()).await? {
+            tracing::info!(%object, %pod, "eviction refused by the PodDisruptionBudget for now; waiting");
+        }
+    }
+    Ok(())
+}
 
 async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<()>
 where
@@ -29,7 +75,7 @@ where
 }
 
 /// Applies every write in order (settings and Services before the StatefulSet that uses them).
-pub async fn apply_writes(client: &Client, namespace: &str, writes: &[Write]) -> Result<()> {
+async fn apply_writes(client: &Client, namespace: &str, writes: &[Write]) -> Result<()> {
     for write in writes {
         match &write.child {
             Child::ConfigMap(o) => apply(client, namespace, o).await?,
@@ -44,7 +90,7 @@ pub async fn apply_writes(client: &Client, namespace: &str, writes: &[Write]) ->
 
 /// Asks servers for a friendly shutdown, withdraws requests of servers wanted again, and
 /// removes the rows of gone servers.
-pub async fn database_steps(db: &tokio_postgres::Client, plan: &Plan) -> Result<()> {
+async fn database_steps(db: &tokio_postgres::Client, plan: &Plan) -> Result<()> {
     let (drain, undrain, remove_rows) = (&plan.drain, &plan.undrain, &plan.remove_rows);
     for server in undrain {
         orchestrator_contract::cancel_drain(db, server)

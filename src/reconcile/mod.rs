@@ -1,153 +1,93 @@
-//! The reconcile pipeline: `observe` → `plan` (pure) → `act` → `report`.
+//! The reconcile pipeline, one module per step:
+//!
+//! ```text
+//! validate (pure) → observe → plan (pure) → act → report
+//! ```
+//!
+//! `validate` comes first: it needs only the resource, `observe` needs the release it wants,
+//! and a spec that cannot be used costs no API or database read. A spec error is reported here
+//! and nowhere else; only transport failures are errors.
 
-pub mod act;
-pub mod observe;
-pub mod plan;
-pub mod report;
+pub(crate) mod act;
+pub(crate) mod observe;
+pub(crate) mod plan;
+pub(crate) mod report;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::DynamicObject;
+use kube::Resource;
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
 
 use crate::context::Context;
 use crate::crd::OrchestratorCluster;
 use crate::error::{Error, Result};
-use crate::metrics::ClusterLabels;
-use report::event_reasons;
+use crate::validate::{BuildSettings, validate};
+use observe::Observed;
+use plan::Plan;
 
-fn object_key(obj: &DynamicObject) -> String {
-    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+/// The watched resource: an object that does not deserialize is kept (with its metadata) so
+/// that it gets a Warning Event instead of breaking the watch.
+pub type Watched = DeserializeGuard<OrchestratorCluster>;
+
+/// `namespace/name` of a watched object, for logs and back-off.
+pub(crate) fn object_key(obj: &impl Resource) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default()
+    )
 }
 
-/// Reconciles one `OrchestratorCluster`. The controller watches it as a `DynamicObject` so that
-/// an object the operator cannot deserialize gets a warning Event instead of breaking the watch.
-pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action> {
+/// Reconciles one `OrchestratorCluster`.
+pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let result = reconcile_inner(&obj, &ctx).await;
+    let result = match &obj.0 {
+        Ok(cr) => reconcile_cluster(cr, &ctx).await,
+        Err(invalid) => report::malformed(&ctx, &obj, invalid).await,
+    };
     ctx.metrics.record_duration(started.elapsed());
     match &result {
-        Ok(_) => ctx.reset_backoff(&object_key(&obj)),
+        Ok(_) => ctx.reset_backoff(&object_key(obj.as_ref())),
         // Said on the resource too, not only in the operator's log: a missing permission or an
         // API refusal is something its owner can act on.
-        Err(error) => {
-            let reference = obj.object_ref(&kube::core::ApiResource::erase::<OrchestratorCluster>(&()));
-            report::publish(
-                &ctx,
-                &reference,
-                EventType::Warning,
-                error.event_reason(),
-                format!("reconcile failed, retrying with back-off: {error}"),
-            )
-            .await;
-        }
+        Err(error) => report::failed(&ctx, obj.as_ref(), error).await,
     }
     result
 }
 
-async fn reconcile_inner(obj: &DynamicObject, ctx: &Context) -> Result<Action> {
-    let ar = kube::core::ApiResource::erase::<OrchestratorCluster>(&());
-    let cr: OrchestratorCluster = match obj.clone().try_parse() {
-        Ok(cr) => cr,
-        Err(error) => {
-            let error = Error::Malformed(error.to_string());
-            tracing::warn!(object = %object_key(obj), %error, "cannot read object; waiting for a change");
-            ctx.metrics.record_failure(&error);
-            report::publish(
-                ctx,
-                &obj.object_ref(&ar),
-                EventType::Warning,
-                event_reasons::MALFORMED,
-                error.to_string(),
-            )
-            .await;
-            return Ok(Action::await_change());
-        }
-    };
+async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Action> {
     if cr.meta().deletion_timestamp.is_some() {
         // Owned objects carry owner references: garbage collection removes them.
         return Ok(Action::await_change());
     }
-    let reference = cr.object_ref(&());
     let now = Time(Timestamp::now());
-    let (observed, database) = observe::observe(ctx, &cr).await?;
-    let plan = match plan::plan(&cr, &observed, &ctx.settings, &now) {
-        Ok(plan) => plan,
-        Err(Error::InvalidSpec(spec_error)) => {
-            tracing::warn!(object = %object_key(obj), error = %spec_error, "invalid spec; waiting for a change");
-            ctx.metrics.record_failure(&Error::InvalidSpec(spec_error.clone()));
-            report::update_status(&ctx.client, &cr, &plan::invalid_spec_status(&cr, &spec_error, &now)).await?;
-            report::publish(
-                ctx,
-                &reference,
-                EventType::Warning,
-                event_reasons::INVALID_SPEC,
-                spec_error.to_string(),
-            )
-            .await;
-            return Ok(Action::await_change());
-        }
-        Err(other) => return Err(other),
+    let spec = match validate(cr, &ctx.settings) {
+        Ok(spec) => spec,
+        Err(error) => return report::invalid_spec(ctx, cr, &error, &now).await,
     };
-    if !plan.writes.is_empty() {
-        act::apply_writes(&ctx.client, &cr.namespace().unwrap_or_default(), &plan.writes).await?;
-        let summary = plan
-            .writes
-            .iter()
-            .map(|w| {
-                format!(
-                    "{} {} {}",
-                    if w.creates { "created" } else { "corrected" },
-                    w.child.kind(),
-                    w.child.name()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        tracing::info!(object = %object_key(obj), %summary, "applied owned objects");
-        report::publish(ctx, &reference, EventType::Normal, event_reasons::APPLIED, summary).await;
-    }
-    if let Some(database) = database {
-        act::database_steps(&database, &plan).await?;
-    }
-    if let Some((pod, uid)) = &plan.evict {
-        let namespace = cr.namespace().unwrap_or_default();
-        tracing::info!(object = %object_key(obj), %pod, uid = uid.as_deref().unwrap_or("<none>"), "evicting");
-        if !act::evict(&ctx.eviction_client, &namespace, pod, uid.clone()).await? {
-            tracing::info!(object = %object_key(obj), %pod, "eviction refused by the PodDisruptionBudget for now; waiting");
-        }
-    }
-    for event in &plan.events {
-        let type_ = if event.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        tracing::info!(object = %object_key(obj), reason = event.reason, note = %event.note, "event");
-        report::publish(ctx, &reference, type_, event.reason, event.note.clone()).await;
-    }
-    let labels = ClusterLabels {
-        namespace: cr.namespace().unwrap_or_default(),
-        cluster: cr.name_any(),
-    };
-    ctx.metrics.record_cluster(&labels, plan.figures);
-    report::update_status(&ctx.client, &cr, &plan.status).await?;
-    // After the status write: a retried reconcile must not count the same stage twice.
-    ctx.metrics
-        .record_maintenance(&labels, plan.finished_stage.as_ref(), plan.step_done.as_ref());
+    let (observed, database) = observe::observe(ctx, &spec).await?;
+    let plan = plan::plan(&spec, &observed, &now)?;
+    act::act(ctx, cr, &plan, database.as_deref()).await?;
+    report::report(ctx, cr, &plan).await?;
     Ok(Action::requeue(plan.requeue))
 }
 
+/// What one reconcile of `cr` would do given `observed`, without any I/O: validate and plan.
+pub fn dry_run(cr: &OrchestratorCluster, observed: &Observed, settings: &BuildSettings, now: &Time) -> Result<Plan> {
+    let spec = validate(cr, settings).map_err(Error::InvalidSpec)?;
+    plan::plan(&spec, observed, now)
+}
+
 /// Retry policy after a failed reconcile: exponential back-off per object.
-pub fn error_policy(obj: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(obj: Arc<Watched>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.record_failure(error);
-    let delay = ctx.next_backoff(&object_key(&obj));
-    tracing::warn!(object = %object_key(&obj), %error, retry_in = ?delay, "reconcile failed");
+    let key = object_key(obj.as_ref());
+    let delay = ctx.next_backoff(&key);
+    tracing::warn!(object = %key, %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }

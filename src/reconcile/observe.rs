@@ -1,4 +1,5 @@
-//! Observe: read the objects the cluster owns.
+//! Observe: read the objects the cluster owns, its server pods and schema Jobs, and the
+//! database through the preflight. Every read is fresh from the API server.
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -18,10 +19,14 @@ use crate::crd::OrchestratorCluster;
 use crate::database::DatabaseState;
 use crate::database::preflight::Observation;
 use crate::error::Result;
-use crate::resources::job::{self, JobOutcome, Release, SchemaJob};
-use crate::resources::statefulset::running_release;
+use crate::planners::servers::{PodView, ordinal};
+use crate::planners::upgrade::admitted;
+use crate::release::{JobOutcome, Release, SchemaJob};
+use crate::resources::job;
+use crate::resources::statefulset::{release_of, running_release};
 use crate::resources::{Names, selector_string};
-use crate::servers::PodView;
+use crate::validate::ValidSpec;
+use crate::vocabulary::Reason;
 
 /// The owned objects as they are in the cluster (`None` when missing).
 #[derive(Clone, Debug, Default)]
@@ -60,7 +65,7 @@ pub struct SchemaJobs {
 impl Default for DatabaseState {
     fn default() -> Self {
         DatabaseState::NotReady {
-            reason: crate::database::reasons::UNREACHABLE,
+            reason: Reason::Unreachable,
             message: "not checked yet".into(),
         }
     }
@@ -73,11 +78,13 @@ where
     Ok(Api::<K>::namespaced(client.clone(), namespace).get_opt(&name).await?)
 }
 
-/// Reads every owned object of `cr`, its pods, and the database through the preflight.
-pub async fn observe(
+/// Reads every owned object of the cluster of `spec`, its pods, and the database through the
+/// preflight; also the database connection when it is usable.
+pub(crate) async fn observe(
     ctx: &Context,
-    cr: &OrchestratorCluster,
+    spec: &ValidSpec<'_>,
 ) -> Result<(Observed, Option<Arc<tokio_postgres::Client>>)> {
+    let cr = spec.cr;
     let client = &ctx.client;
     let ns = cr.namespace().unwrap_or_default();
     let selector = selector_string(cr);
@@ -87,27 +94,27 @@ pub async fn observe(
         .await?
         .items
         .iter()
-        .filter_map(|pod| PodView::from_pod(&cr.name_any(), pod, now))
+        .filter_map(|pod| pod_view(&cr.name_any(), pod, now))
         .collect();
     let started = std::time::Instant::now();
     let database = ctx.preflight.observe(client, cr).await?;
     ctx.metrics.preflight_duration.observe(started.elapsed().as_secs_f64());
     let statefulset: Option<StatefulSet> = get(client, &ns, Names::statefulset(cr)).await?;
-    let wanted = Release::wanted(cr, &ctx.settings);
+    let wanted = &spec.wanted;
     let pods: Vec<PodView> = pods;
     // The schema Jobs matter while the wanted release is not running yet, and while the
     // servers are stopped (a migration may run, even one a changed spec abandoned).
     let changing = statefulset
         .as_ref()
         .and_then(running_release)
-        .is_some_and(|running| running != wanted)
-        && !crate::upgrade::admitted(&wanted, &pods);
+        .is_some_and(|running| running != *wanted)
+        && !admitted(wanted, &pods);
     let stopped = statefulset
         .as_ref()
         .and_then(|s| s.spec.as_ref())
         .is_some_and(|s| s.replicas == Some(0));
     let schema_jobs = if changing || stopped {
-        schema_jobs(ctx, cr, &wanted, &database).await?
+        schema_jobs(ctx, cr, wanted, &database).await?
     } else {
         SchemaJobs::default()
     };
@@ -170,5 +177,37 @@ async fn schema_jobs(
         migrate: outcome(SchemaJob::Migrate),
         migration_running,
         migrated,
+    })
+}
+
+/// Reads a pod of cluster `cluster`; `None` for a pod that is not one of its servers.
+fn pod_view(cluster: &str, pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Option<PodView> {
+    let name = pod.name_any();
+    let ordinal = ordinal(cluster, &name)?;
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let container = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first());
+    // A clean exit (a drained server) is not a problem; a crash is.
+    let last_exit_seconds = container
+        .and_then(|c| c.last_state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+        .filter(|t| t.exit_code != 0)
+        .and_then(|t| t.finished_at.as_ref())
+        .map(|t| now.duration_since(t.0).as_secs());
+    Some(PodView {
+        name,
+        ordinal,
+        ready,
+        revision: pod.labels().get("controller-revision-hash").cloned(),
+        restarts: container.map(|c| c.restart_count).unwrap_or(0),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        last_exit_seconds,
+        created_at: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        uid: pod.uid(),
+        release: pod.spec.as_ref().and_then(release_of),
     })
 }

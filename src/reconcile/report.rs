@@ -1,30 +1,100 @@
-//! Report: the status subresource and Events.
+//! Report: the Events of a plan, the per-cluster metrics and the status subresource; also
+//! what a reconcile that cannot plan reports (an unusable spec, an unreadable object, a
+//! failure).
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
+use kube::core::error_boundary::InvalidObject;
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
+use super::plan::{Plan, invalid_spec_status};
+use super::{Watched, object_key};
 use crate::context::{Context, FIELD_MANAGER};
-use crate::crd::{OrchestratorCluster, OrchestratorClusterStatus};
-use crate::error::Result;
+use crate::crd::{OrchestratorCluster, OrchestratorClusterStatus, SpecError};
+use crate::error::{Error, Result};
+use crate::metrics::ClusterLabels;
+use crate::vocabulary::Reason;
 
-/// Reasons of the Events the operator publishes.
-pub mod event_reasons {
-    /// Owned objects were created or corrected.
-    pub const APPLIED: &str = "Applied";
-    /// The spec cannot be used; nothing changes until it is fixed.
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    /// The object cannot be read as an `OrchestratorCluster`.
-    pub const MALFORMED: &str = "Malformed";
+/// Reports what a reconcile did: its Events, the cluster's gauges, the status, then the
+/// maintenance stages that ended (after the status write: a retried reconcile must not count
+/// the same stage twice).
+pub(crate) async fn report(ctx: &Context, cr: &OrchestratorCluster, plan: &Plan) -> Result<()> {
+    let object = object_key(cr);
+    let reference = cr.object_ref(&());
+    for event in &plan.events {
+        let type_ = if event.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        tracing::info!(%object, reason = %event.reason, note = %event.note, "event");
+        publish(ctx, &reference, type_, event.reason, event.note.clone()).await;
+    }
+    let labels = ClusterLabels::of(cr);
+    ctx.metrics.record_cluster(&labels, plan.figures);
+    update_status(&ctx.client, cr, &plan.status).await?;
+    ctx.metrics
+        .record_maintenance(&labels, plan.finished_stage.as_ref(), plan.step_done.as_ref());
+    Ok(())
+}
+
+/// A spec the operator cannot use: the `InvalidSpec` status and a Warning Event; nothing else
+/// changes until the spec does.
+pub(crate) async fn invalid_spec(
+    ctx: &Context,
+    cr: &OrchestratorCluster,
+    error: &SpecError,
+    now: &Time,
+) -> Result<Action> {
+    tracing::warn!(object = %object_key(cr), %error, "invalid spec; waiting for a change");
+    ctx.metrics.record_failure(&Error::InvalidSpec(error.clone()));
+    update_status(&ctx.client, cr, &invalid_spec_status(cr, error, now)).await?;
+    publish(
+        ctx,
+        &cr.object_ref(&()),
+        EventType::Warning,
+        Reason::InvalidSpec,
+        error.to_string(),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// An object that cannot be read as an `OrchestratorCluster`: a Warning Event on it, and a wait
+/// for a change.
+pub(crate) async fn malformed(ctx: &Context, obj: &Watched, invalid: &InvalidObject) -> Result<Action> {
+    let error = Error::Malformed(invalid.error.clone());
+    tracing::warn!(object = %object_key(obj), %error, "cannot read object; waiting for a change");
+    ctx.metrics.record_failure(&error);
+    publish(
+        ctx,
+        &obj.object_ref(&()),
+        EventType::Warning,
+        Reason::Malformed,
+        error.to_string(),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// A failed reconcile, said on the resource (a missing permission or an API refusal is
+/// something its owner can act on).
+pub(crate) async fn failed(ctx: &Context, obj: &Watched, error: &Error) {
+    publish(
+        ctx,
+        &obj.object_ref(&()),
+        EventType::Warning,
+        error.event_reason(),
+        format!("reconcile failed, retrying with back-off: {error}"),
+    )
+    .await;
 }
 
 /// Writes `status` to the status subresource unless it is already there.
-pub async fn update_status(
-    client: &Client,
-    cr: &OrchestratorCluster,
-    status: &OrchestratorClusterStatus,
-) -> Result<()> {
+async fn update_status(client: &Client, cr: &OrchestratorCluster, status: &OrchestratorClusterStatus) -> Result<()> {
     if cr.status.as_ref() == Some(status) {
         return Ok(());
     }
@@ -62,22 +132,22 @@ fn shorten(note: String, limit: usize) -> String {
 
 /// Publishes an Event about `reference` (its note cut to what the API server accepts). A
 /// failure to publish is logged, not fatal: Events are best-effort in Kubernetes.
-pub async fn publish(
+pub(crate) async fn publish(
     ctx: &Context,
     reference: &k8s_openapi::api::core::v1::ObjectReference,
     type_: EventType,
-    reason: &str,
+    reason: Reason,
     note: String,
 ) {
     let event = Event {
         type_,
-        reason: reason.into(),
+        reason: reason.as_str().into(),
         note: Some(shorten(note, NOTE_LIMIT)),
         action: "Reconcile".into(),
         secondary: None,
     };
     if let Err(error) = ctx.recorder.publish(&event, reference).await {
-        tracing::warn!(%error, reason, "could not publish event");
+        tracing::warn!(%error, %reason, "could not publish event");
     }
 }
 

@@ -7,13 +7,13 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
 
 use super::{HTTP_PORT, METRICS_PORT, Names, owned_meta};
-use crate::crd::{OrchestratorCluster, SpecError};
+use crate::validate::ValidSpec;
 
 /// The server settings as environment-style keys (no secrets: the login comes from the Secret).
-pub fn server_settings(cr: &OrchestratorCluster) -> Result<BTreeMap<String, String>, SpecError> {
-    let db = &cr.spec.database;
-    let drain_seconds = cr.spec.maintenance.drain_timeout()?.as_secs().max(1);
-    Ok(BTreeMap::from([
+pub(crate) fn server_settings(spec: &ValidSpec) -> BTreeMap<String, String> {
+    let db = &spec.cr.spec.database;
+    let drain_seconds = spec.drain.timeout.as_secs().max(1);
+    BTreeMap::from([
         ("DATABASE_HOST".to_string(), db.host.clone()),
         ("DATABASE_PORT".to_string(), db.port.to_string()),
         ("DATABASE_NAME".to_string(), db.name.clone()),
@@ -22,20 +22,20 @@ pub fn server_settings(cr: &OrchestratorCluster) -> Result<BTreeMap<String, Stri
         ("METRICS_PORT".to_string(), METRICS_PORT.to_string()),
         // A friendly shutdown waits this long for running jobs, then hands them back.
         ("DRAIN_TIMEOUT_SECONDS".to_string(), drain_seconds.to_string()),
-    ]))
+    ])
 }
 
 /// Builds the ConfigMap.
-pub fn build(cr: &OrchestratorCluster) -> Result<ConfigMap, SpecError> {
-    Ok(ConfigMap {
-        metadata: owned_meta(cr, Names::configmap(cr)),
-        data: Some(server_settings(cr)?),
+pub(crate) fn build(spec: &ValidSpec) -> ConfigMap {
+    ConfigMap {
+        metadata: owned_meta(spec.cr, Names::configmap(spec.cr)),
+        data: Some(server_settings(spec)),
         ..ConfigMap::default()
-    })
+    }
 }
 
 /// A short, stable hash of the ConfigMap's data (keys are sorted by the BTreeMap).
-pub fn data_hash(configmap: &ConfigMap) -> String {
+pub(crate) fn data_hash(configmap: &ConfigMap) -> String {
     let mut hasher = Sha256::new();
     for (key, value) in configmap.data.iter().flatten() {
         hasher.update(key.as_bytes());
@@ -49,11 +49,11 @@ pub fn data_hash(configmap: &ConfigMap) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::fixtures;
+    use crate::testing::{fixtures, valid};
 
     #[test]
     fn holds_database_settings_but_no_credentials() {
-        let cm = build(&fixtures::full()).unwrap();
+        let cm = build(&valid(&fixtures::full()));
         let data = cm.data.unwrap();
         assert_eq!(data["DATABASE_HOST"], "db.example.internal");
         assert_eq!(data["DATABASE_PORT"], "5433");
@@ -67,14 +67,14 @@ mod tests {
     #[test]
     fn hash_follows_the_data_only() {
         let cr = fixtures::minimal();
-        let base = data_hash(&build(&cr).unwrap());
+        let base = data_hash(&build(&valid(&cr)));
         assert_eq!(base.len(), 16);
         let mut scaled = cr.clone();
         scaled.spec.replicas = 7;
         scaled.spec.maintenance.paused = true;
-        assert_eq!(data_hash(&build(&scaled).unwrap()), base);
+        assert_eq!(data_hash(&build(&valid(&scaled))), base);
         let mut moved = cr.clone();
         moved.spec.database.port = 6432;
-        assert_ne!(data_hash(&build(&moved).unwrap()), base);
+        assert_ne!(data_hash(&build(&valid(&moved))), base);
     }
 }

@@ -10,83 +10,28 @@ use k8s_openapi::api::batch::v1::{
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use sha2::{Digest, Sha256};
 
 use super::statefulset::{CONTAINER_NAME, pod_template};
-use super::{BuildSettings, MANAGED_BY, Names, owned_meta, server_image};
-use crate::crd::{OrchestratorCluster, SpecError};
+use super::{MANAGED_BY, Names, owned_meta};
+use crate::crd::OrchestratorCluster;
+use crate::release::{JobOutcome, Release, SchemaJob};
+use crate::validate::ValidSpec;
 
-/// Exit code of `schema check` when the database needs a migration first.
-pub const EXIT_MIGRATION_NEEDED: i32 = 10;
-/// Exit code of `schema check|migrate` when the database is newer than the release.
-pub const EXIT_DATABASE_NEWER: i32 = 11;
 /// Label value of `app.kubernetes.io/name` on the schema Jobs' pods (not the servers' value, so
 /// that they are never taken for servers).
-pub const SCHEMA_APP_NAME: &str = "orchestrator-schema";
+pub(crate) const SCHEMA_APP_NAME: &str = "orchestrator-schema";
 /// Label on the schema Jobs naming their action (`check` or `migrate`).
-pub const ACTION_LABEL: &str = "orchestrator.dev/schema-action";
+pub(crate) const ACTION_LABEL: &str = "orchestrator.dev/schema-action";
 /// Retries of a Job whose pod fails for another reason than its answer (a network hiccup).
 const BACKOFF_LIMIT: i32 = 3;
 /// A schema check that has not answered after this long has failed. A migration has no such
 /// deadline: stopping it half-way while every server is down would be worse than waiting.
 const CHECK_DEADLINE_SECONDS: i64 = 600;
 
-/// What a schema Job does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SchemaJob {
-    /// `schema check`: exit 0 compatible, 10 migration needed, 11 database newer.
-    Check,
-    /// `schema migrate`: bring the database to the release's schema.
-    Migrate,
-}
-
-impl SchemaJob {
-    /// The server subcommand's action.
-    pub fn action(self) -> &'static str {
-        match self {
-            SchemaJob::Check => "check",
-            SchemaJob::Migrate => "migrate",
-        }
-    }
-
-    /// Exit codes that are the command's answer, not a failure to retry.
-    fn final_exit_codes(self) -> Vec<i32> {
-        match self {
-            SchemaJob::Check => vec![EXIT_MIGRATION_NEEDED, EXIT_DATABASE_NEWER],
-            SchemaJob::Migrate => vec![EXIT_DATABASE_NEWER],
-        }
-    }
-}
-
-/// A server version and the image that runs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Release {
-    /// `spec.version` (the server's `SERVER_VERSION`).
-    pub version: String,
-    /// The container image.
-    pub image: String,
-}
-
-impl Release {
-    /// The release `cr`'s spec asks for.
-    pub fn wanted(cr: &OrchestratorCluster, settings: &BuildSettings) -> Self {
-        Self {
-            version: cr.spec.version.clone(),
-            image: server_image(cr, settings),
-        }
-    }
-
-    /// A short stable hash of version, image and the database schema it is checked against.
-    fn hash(&self, schema: i32) -> String {
-        let digest = Sha256::digest(format!("{}\n{}\n{schema}", self.version, self.image));
-        digest[..5].iter().map(|b| format!("{b:02x}")).collect()
-    }
-}
-
 /// Name of the `kind` Job of `release` against database schema `schema` (at most 63
 /// characters, the limit of the `job-name` label). A schema that changed since (another
 /// migration) makes a new name, so an old answer is never reused.
-pub fn name(cr: &OrchestratorCluster, kind: SchemaJob, release: &Release, schema: i32) -> String {
+pub(crate) fn name(cr: &OrchestratorCluster, kind: SchemaJob, release: &Release, schema: i32) -> String {
     let suffix = format!("-schema-{}-{}", kind.action(), release.hash(schema));
     let mut prefix = Names::statefulset(cr);
     prefix.truncate(63 - suffix.len());
@@ -94,7 +39,7 @@ pub fn name(cr: &OrchestratorCluster, kind: SchemaJob, release: &Release, schema
 }
 
 /// Whether `job` has finished (completed or failed for good).
-pub fn finished(job: &Job) -> bool {
+pub(crate) fn finished(job: &Job) -> bool {
     job.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -105,7 +50,7 @@ pub fn finished(job: &Job) -> bool {
 }
 
 /// The label selector of the schema Jobs' pods of `cr`.
-pub fn pod_selector(cr: &OrchestratorCluster) -> String {
+pub(crate) fn pod_selector(cr: &OrchestratorCluster) -> String {
     pod_labels(cr)
         .iter()
         .filter(|(k, _)| !k.ends_with("managed-by"))
@@ -115,7 +60,7 @@ pub fn pod_selector(cr: &OrchestratorCluster) -> String {
 }
 
 /// Labels of the schema Jobs' pods.
-pub fn pod_labels(cr: &OrchestratorCluster) -> BTreeMap<String, String> {
+pub(crate) fn pod_labels(cr: &OrchestratorCluster) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), SCHEMA_APP_NAME.to_string()),
         ("app.kubernetes.io/instance".to_string(), cr.name_any()),
@@ -123,16 +68,11 @@ pub fn pod_labels(cr: &OrchestratorCluster) -> BTreeMap<String, String> {
     ])
 }
 
-/// Builds the `kind` Job for the release `cr`'s spec asks for, against database schema `schema`.
-pub fn build(
-    cr: &OrchestratorCluster,
-    settings: &BuildSettings,
-    kind: SchemaJob,
-    schema: i32,
-    config_hash: &str,
-) -> Result<Job, SpecError> {
-    let release = Release::wanted(cr, settings);
-    let mut template = pod_template(cr, settings, config_hash)?;
+/// Builds the `kind` Job for the release the spec asks for, against database schema `schema`.
+pub(crate) fn build(spec: &ValidSpec, kind: SchemaJob, schema: i32, config_hash: &str) -> Job {
+    let cr = spec.cr;
+    let release = &spec.wanted;
+    let mut template = pod_template(spec, release, config_hash);
     if let Some(meta) = template.metadata.as_mut() {
         meta.labels = Some(pod_labels(cr));
     }
@@ -149,12 +89,12 @@ pub fn build(
             container.termination_message_policy = Some("FallbackToLogsOnError".into());
         }
     }
-    let mut metadata = owned_meta(cr, name(cr, kind, &release, schema));
+    let mut metadata = owned_meta(cr, name(cr, kind, release, schema));
     metadata
         .labels
         .get_or_insert_with(Default::default)
         .insert(ACTION_LABEL.into(), kind.action().into());
-    Ok(Job {
+    Job {
         metadata,
         spec: Some(JobSpec {
             backoff_limit: Some(BACKOFF_LIMIT),
@@ -174,7 +114,7 @@ pub fn build(
             ..JobSpec::default()
         }),
         ..Job::default()
-    })
+    }
 }
 
 /// Waiting reasons of a container that will not start without a change (a wrong image, a
@@ -187,24 +127,8 @@ const CANNOT_START: [&str; 5] = [
     "CreateContainerError",
 ];
 
-/// What became of a schema Job.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum JobOutcome {
-    /// Not finished yet.
-    Running,
-    /// Exited 0.
-    Succeeded,
-    /// Gave up: the last pod's exit code and the tail of its log.
-    Failed {
-        /// Exit code of the last failed pod, when one terminated.
-        exit_code: Option<i32>,
-        /// Why, for a person: the log tail, or the Job's own message.
-        message: String,
-    },
-}
-
 /// The outcome of `job` from its status and its pods.
-pub fn outcome(job: &Job, pods: &[Pod]) -> JobOutcome {
+pub(crate) fn outcome(job: &Job, pods: &[Pod]) -> JobOutcome {
     let conditions = job
         .status
         .as_ref()
@@ -269,19 +193,19 @@ pub fn outcome(job: &Job, pods: &[Pod]) -> JobOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::fixtures;
     use crate::resources::selector_labels;
+    use crate::testing::{fixtures, valid};
     use serde_json::json;
 
     #[test]
     fn the_job_runs_the_new_image_schema_command_and_is_never_taken_for_a_server() {
         let cr = fixtures::minimal();
-        let settings = BuildSettings::default();
-        let job = build(&cr, &settings, SchemaJob::Check, 1, "hash").unwrap();
+        let spec = valid(&cr);
+        let job = build(&spec, SchemaJob::Check, 1, "hash");
         let template = job.spec.as_ref().unwrap().template.clone();
         let container = &template.spec.as_ref().unwrap().containers[0];
         assert_eq!(container.args, Some(vec!["schema".into(), "check".into()]));
-        assert_eq!(container.image, Some(server_image(&cr, &settings)));
+        assert_eq!(container.image, Some(spec.wanted.image.clone()));
         assert!(container.readiness_probe.is_none() && container.ports.is_none());
         let labels = template.metadata.unwrap().labels.unwrap();
         assert!(selector_labels(&cr).iter().any(|(k, v)| labels.get(k) != Some(v)));
@@ -291,18 +215,13 @@ mod tests {
     #[test]
     fn names_follow_the_release_and_fit_the_label_limit() {
         let mut cr = fixtures::minimal();
-        let settings = BuildSettings::default();
-        let a = name(&cr, SchemaJob::Check, &Release::wanted(&cr, &settings), 1);
-        assert_ne!(
-            a,
-            name(&cr, SchemaJob::Check, &Release::wanted(&cr, &settings), 2),
-            "another schema"
-        );
+        let a = name(&cr, SchemaJob::Check, &valid(&cr).wanted, 1);
+        assert_ne!(a, name(&cr, SchemaJob::Check, &valid(&cr).wanted, 2), "another schema");
         cr.spec.version = "9.9.9".into();
-        let b = name(&cr, SchemaJob::Check, &Release::wanted(&cr, &settings), 1);
+        let b = name(&cr, SchemaJob::Check, &valid(&cr).wanted, 1);
         assert_ne!(a, b);
         cr.metadata.name = Some("x".repeat(60));
-        let long = name(&cr, SchemaJob::Migrate, &Release::wanted(&cr, &settings), 1);
+        let long = name(&cr, SchemaJob::Migrate, &valid(&cr).wanted, 1);
         assert!(long.len() <= 63 && long.contains("-schema-migrate-"), "{long}");
     }
 

@@ -9,7 +9,7 @@ use super::{Names, owned_meta, selector_labels};
 use crate::crd::OrchestratorCluster;
 
 /// Builds the PodDisruptionBudget (`maxUnavailable: 1`).
-pub fn build(cr: &OrchestratorCluster) -> PodDisruptionBudget {
+pub(crate) fn build(cr: &OrchestratorCluster) -> PodDisruptionBudget {
     PodDisruptionBudget {
         metadata: owned_meta(cr, Names::pdb(cr)),
         spec: Some(PodDisruptionBudgetSpec {
@@ -27,7 +27,7 @@ pub fn build(cr: &OrchestratorCluster) -> PodDisruptionBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::fixtures;
+    use crate::testing::fixtures;
 
     #[test]
     fn allows_one_server_down() {

@@ -22,7 +22,7 @@ fn ports() -> Vec<ServicePort> {
 
 /// The headless Service named in the StatefulSet's `serviceName`. It publishes servers that
 /// are not ready yet too, so that peers and the operator can reach a joining server.
-pub fn build_headless(cr: &OrchestratorCluster) -> Service {
+pub(crate) fn build_headless(cr: &OrchestratorCluster) -> Service {
     Service {
         metadata: owned_meta(cr, Names::headless_service(cr)),
         spec: Some(ServiceSpec {
@@ -37,7 +37,7 @@ pub fn build_headless(cr: &OrchestratorCluster) -> Service {
 }
 
 /// The client Service: the web-service front, routing only to ready servers.
-pub fn build_client(cr: &OrchestratorCluster) -> Service {
+pub(crate) fn build_client(cr: &OrchestratorCluster) -> Service {
     Service {
         metadata: owned_meta(cr, Names::client_service(cr)),
         spec: Some(ServiceSpec {
@@ -53,7 +53,7 @@ pub fn build_client(cr: &OrchestratorCluster) -> Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::fixtures;
+    use crate::testing::fixtures;
 
     #[test]
     fn headless_and_client_select_the_same_pods() {

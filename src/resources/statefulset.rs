@@ -12,26 +12,23 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::job::Release;
 use super::{
-    BuildSettings, CONFIG_HASH_ANNOTATION, GRACE_MARGIN_SECONDS, HTTP_PORT, METRICS_PORT, Names, owned_meta,
-    selector_labels, server_image,
+    CONFIG_HASH_ANNOTATION, GRACE_MARGIN_SECONDS, HTTP_PORT, METRICS_PORT, Names, owned_meta, selector_labels,
 };
-use crate::crd::{OrchestratorCluster, SpecError};
+use crate::crd::OrchestratorCluster;
+use crate::release::Release;
+use crate::validate::ValidSpec;
 
 /// User id the server runs as (non-root, as Pod Security "restricted" requires).
-pub const SERVER_UID: i64 = 65532;
+pub(crate) const SERVER_UID: i64 = 65532;
 /// Name of the server container.
-pub const CONTAINER_NAME: &str = "server";
+pub(crate) const CONTAINER_NAME: &str = "server";
 
-/// Builds the StatefulSet with `replicas` pods and the ConfigMap hash in its pod template.
-pub fn build(
-    cr: &OrchestratorCluster,
-    settings: &BuildSettings,
-    replicas: i32,
-    config_hash: &str,
-) -> Result<StatefulSet, SpecError> {
-    Ok(StatefulSet {
+/// Builds the StatefulSet running `release` with `replicas` pods and the ConfigMap hash in its
+/// pod template (the release is the wanted one once the schema gate lets it through).
+pub(crate) fn build(spec: &ValidSpec, release: &Release, replicas: i32, config_hash: &str) -> StatefulSet {
+    let cr = spec.cr;
+    StatefulSet {
         metadata: owned_meta(cr, Names::statefulset(cr)),
         spec: Some(StatefulSetSpec {
             replicas: Some(replicas),
@@ -45,20 +42,20 @@ pub fn build(
                 match_labels: Some(selector_labels(cr)),
                 ..LabelSelector::default()
             },
-            template: pod_template(cr, settings, config_hash)?,
+            template: pod_template(spec, release, config_hash),
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
-    })
+    }
 }
 
 /// The release the live StatefulSet's pod template runs (`None` without a server container).
-pub fn running_release(statefulset: &StatefulSet) -> Option<Release> {
+pub(crate) fn running_release(statefulset: &StatefulSet) -> Option<Release> {
     release_of(statefulset.spec.as_ref()?.template.spec.as_ref()?)
 }
 
 /// The release a server pod spec runs: its server container's image and `SERVER_VERSION`.
-pub fn release_of(pod: &PodSpec) -> Option<Release> {
+pub(crate) fn release_of(pod: &PodSpec) -> Option<Release> {
     let container = pod.containers.iter().find(|c| c.name == CONTAINER_NAME)?;
     let version = container
         .env
@@ -74,25 +71,22 @@ pub fn release_of(pod: &PodSpec) -> Option<Release> {
 }
 
 /// The servers' pod template (also the base of the schema Jobs' pods).
-pub(crate) fn pod_template(
-    cr: &OrchestratorCluster,
-    settings: &BuildSettings,
-    config_hash: &str,
-) -> Result<PodTemplateSpec, SpecError> {
+pub(crate) fn pod_template(spec: &ValidSpec, release: &Release, config_hash: &str) -> PodTemplateSpec {
+    let cr = spec.cr;
     let template = &cr.spec.template;
-    let drain_seconds = i64::try_from(cr.spec.maintenance.drain_timeout()?.as_secs()).unwrap_or(i64::MAX / 2);
+    let drain_seconds = i64::try_from(spec.drain.timeout.as_secs()).unwrap_or(i64::MAX / 2);
     let mut labels = template.labels.clone();
     labels.extend(selector_labels(cr));
     let mut annotations = template.annotations.clone();
     annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
-    Ok(PodTemplateSpec {
+    PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
             annotations: Some(annotations),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
-            containers: vec![server_container(cr, settings)],
+            containers: vec![server_container(cr, release)],
             termination_grace_period_seconds: Some(drain_seconds + GRACE_MARGIN_SECONDS),
             automount_service_account_token: Some(false),
             security_context: Some(PodSecurityContext {
@@ -117,14 +111,14 @@ pub(crate) fn pod_template(
             priority_class_name: template.priority_class_name.clone(),
             ..PodSpec::default()
         }),
-    })
+    }
 }
 
 fn non_empty(map: BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {
     (!map.is_empty()).then_some(map)
 }
 
-fn server_container(cr: &OrchestratorCluster, settings: &BuildSettings) -> Container {
+fn server_container(cr: &OrchestratorCluster, release: &Release) -> Container {
     let probe = |path: &str, period, failures, initial_delay| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -140,7 +134,7 @@ fn server_container(cr: &OrchestratorCluster, settings: &BuildSettings) -> Conta
     };
     Container {
         name: CONTAINER_NAME.into(),
-        image: Some(server_image(cr, settings)),
+        image: Some(release.image.clone()),
         args: Some(vec!["serve".into()]),
         ports: Some(vec![
             container_port("http", HTTP_PORT),
@@ -153,7 +147,7 @@ fn server_container(cr: &OrchestratorCluster, settings: &BuildSettings) -> Conta
             }),
             ..EnvFromSource::default()
         }]),
-        env: Some(server_env(cr)),
+        env: Some(server_env(cr, release)),
         readiness_probe: Some(probe("/readyz", 2, 3, 1)),
         liveness_probe: Some(probe("/livez", 10, 6, 10)),
         resources: cr.spec.template.resources.clone(),
@@ -191,7 +185,7 @@ fn container_port(name: &str, port: i32) -> ContainerPort {
 
 /// Environment of the server container: identity from the pod, credentials by reference to
 /// the Secret (never their values), then the user's extra variables.
-fn server_env(cr: &OrchestratorCluster) -> Vec<EnvVar> {
+fn server_env(cr: &OrchestratorCluster, release: &Release) -> Vec<EnvVar> {
     let field = |name: &str, path: &str| EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
@@ -223,7 +217,7 @@ fn server_env(cr: &OrchestratorCluster) -> Vec<EnvVar> {
         field("POD_IP", "status.podIP"),
         EnvVar {
             name: "SERVER_VERSION".into(),
-            value: Some(cr.spec.version.clone()),
+            value: Some(release.version.clone()),
             ..EnvVar::default()
         },
         secret_key("DATABASE_USER", &secret.username_key, false),
@@ -238,11 +232,13 @@ fn server_env(cr: &OrchestratorCluster) -> Vec<EnvVar> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::{configmap, fixtures};
+    use crate::resources::configmap;
+    use crate::testing::{fixtures, valid};
 
     fn build_for(cr: &OrchestratorCluster) -> StatefulSet {
-        let hash = configmap::data_hash(&configmap::build(cr).unwrap());
-        build(cr, &BuildSettings::default(), cr.spec.replicas, &hash).unwrap()
+        let spec = valid(cr);
+        let hash = configmap::data_hash(&configmap::build(&spec));
+        build(&spec, &spec.wanted, cr.spec.replicas, &hash)
     }
 
     fn pod_spec(sts: &StatefulSet) -> PodSpec {
@@ -253,7 +249,7 @@ mod tests {
     fn the_running_release_is_read_back_from_the_template() {
         let cr = fixtures::full();
         let release = running_release(&build_for(&cr)).unwrap();
-        assert_eq!(release, Release::wanted(&cr, &BuildSettings::default()));
+        assert_eq!(release, valid(&cr).wanted);
         assert_eq!(running_release(&StatefulSet::default()), None);
     }
 

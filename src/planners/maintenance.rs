@@ -3,7 +3,7 @@
 //! replacement to join) or the reason it must wait. One operator-initiated disruption at a
 //! time; never while another server is unready; unready outdated servers first, then the
 //! least busy, highest ordinal on ties. A pure function: the step in progress comes from the
-//! cluster's status, so a restarted operator continues the same roll.
+//! cluster's status, so a restarted operator continues the same roll. Does not need a client.
 
 use std::cmp::Reverse;
 use std::time::Duration;
@@ -11,67 +11,17 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use orchestrator_contract::server_state;
 
+use super::windows::{elapsed, gate};
 use crate::crd::DrainTimeoutPolicy;
-
-/// What started a roll.
-pub mod triggers {
-    /// The pod template changed (version, image, settings, resources).
-    pub const TEMPLATE_CHANGE: &str = "TemplateChange";
-    /// `maintenance.restartRequestedAt` is after a server started.
-    pub const RESTART_REQUESTED: &str = "RestartRequested";
-    /// A new version or image waits for its schema check (or a migration) before the roll.
-    pub const VERSION_CHANGE: &str = "VersionChange";
-}
-
-/// Why a roll waits or halts.
-pub mod reasons {
-    /// `maintenance.paused` is set.
-    pub const PAUSED: &str = "Paused";
-    /// Maintenance windows are set and none is open.
-    pub const OUTSIDE_WINDOW: &str = "OutsideWindow";
-    /// The database preflight fails.
-    pub const DATABASE_NOT_READY: &str = "DatabaseNotReady";
-    /// Another server is not joined; replacing one now would take two down.
-    pub const SERVER_NOT_JOINED: &str = "ServerNotJoined";
-    /// A server did not finish draining in time and the policy is Halt.
-    pub const DRAIN_TIMEOUT: &str = "DrainTimeout";
-    /// A replacement did not join within `readyTimeout`.
-    pub const READY_TIMEOUT: &str = "ReadyTimeout";
-    /// Servers are being added or removed; maintenance waits for that to finish.
-    pub const SCALING: &str = "Scaling";
-    /// Every server is stopped for a schema migration; no step starts meanwhile.
-    pub const SCHEMA_MIGRATION: &str = "SchemaMigration";
-}
-
-/// Stage of the step in progress.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    /// Friendly shutdown requested through the database; waiting for `stopped`.
-    Draining,
-    /// Evicting the pod through the Eviction API (a PDB refusal is a wait).
-    Evicting,
-    /// Waiting for the replacement to be ready and joined on the new revision.
-    WaitingReady,
-}
-
-impl Stage {
-    /// The name shown in `status.maintenance.stage`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Draining => "Draining",
-            Stage::Evicting => "Evicting",
-            Stage::WaitingReady => "WaitingReady",
-        }
-    }
-}
+use crate::vocabulary::{Hold, Reason, RollStage, Trigger};
 
 /// The step in progress, as persisted in the cluster's status.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Step {
+pub(crate) struct Step {
     /// Server being replaced.
     pub server: String,
     /// Its stage.
-    pub stage: Stage,
+    pub stage: RollStage,
     /// When the stage began.
     pub since: Timestamp,
     /// When the step began (its first stage).
@@ -83,7 +33,7 @@ pub struct Step {
 
 /// One server as the planner needs it.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct ServerView {
+pub(crate) struct ServerView {
     /// Server id (pod name).
     pub name: String,
     /// StatefulSet ordinal.
@@ -110,7 +60,7 @@ pub struct ServerView {
 
 /// Everything the planner reads.
 #[derive(Clone, Debug)]
-pub struct MaintenanceInput<'a> {
+pub(crate) struct MaintenanceInput<'a> {
     /// Every server.
     pub servers: &'a [ServerView],
     /// The StatefulSet's update revision.
@@ -125,9 +75,9 @@ pub struct MaintenanceInput<'a> {
     pub next_window: Option<Timestamp>,
     /// Whether the database preflight passes.
     pub database_ready: bool,
-    /// `(reason, message)` when something else must finish before a step starts (a capacity
-    /// change, a schema migration).
-    pub hold: Option<(&'static str, String)>,
+    /// Something else that must finish before a step starts (a capacity change, a schema
+    /// migration).
+    pub hold: Option<Hold>,
     /// The step in progress.
     pub step: Option<Step>,
     /// `maintenance.drainTimeout`.
@@ -142,7 +92,7 @@ pub struct MaintenanceInput<'a> {
 
 /// What to do now.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum MaintenanceAction {
     /// Nothing.
     None,
     /// Ask this server for a friendly shutdown.
@@ -153,65 +103,43 @@ pub enum Action {
 
 /// The planner's decision.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Decision {
+pub(crate) struct MaintenanceDecision {
     /// The action to take now.
-    pub action: Action,
+    pub action: MaintenanceAction,
     /// The step to persist (`None`: no step in progress).
     pub step: Option<Step>,
-    /// `(reason, message)` when the roll waits (it resumes by itself).
-    pub waiting: Option<(&'static str, String)>,
-    /// `(reason, message)` when the roll halted on a failure (a fix or a new spec resumes it).
-    pub blocked: Option<(&'static str, String)>,
+    /// Why the roll waits (it resumes by itself).
+    pub waiting: Option<Hold>,
+    /// Why the roll halted on a failure (a fix or a new spec resumes it).
+    pub blocked: Option<Hold>,
     /// What triggers the roll, if anything is outdated.
-    pub trigger: Option<&'static str>,
+    pub trigger: Option<Trigger>,
     /// Servers outdated, the one in progress included.
     pub outdated: usize,
 }
 
-fn is_outdated(server: &ServerView, input: &MaintenanceInput) -> Option<&'static str> {
+fn is_outdated(server: &ServerView, input: &MaintenanceInput) -> Option<Trigger> {
     if server.pod_exists && input.update_revision.is_some() && server.revision.as_deref() != input.update_revision {
-        return Some(triggers::TEMPLATE_CHANGE);
+        return Some(Trigger::TemplateChange);
     }
     match (input.restart_requested_at, server.started_at) {
         (Some(requested), Some(started)) if started < requested && requested <= input.now => {
-            Some(triggers::RESTART_REQUESTED)
+            Some(Trigger::RestartRequested)
         }
         _ => None,
     }
 }
 
-fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
-    Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO)
-}
-
-/// `(reason, message)` when a person (`paused`) or the calendar (`windows`) holds back every
-/// disruptive step.
-pub fn gate(paused: bool, window_open: bool, next_window: Option<Timestamp>) -> Option<(&'static str, String)> {
-    if paused {
-        Some((reasons::PAUSED, "maintenance.paused is set".to_string()))
-    } else if !window_open {
-        Some((
-            reasons::OUTSIDE_WINDOW,
-            match next_window {
-                Some(opens) => format!("no maintenance window is open; the next opens at {opens}"),
-                None => "no maintenance window is open".to_string(),
-            },
-        ))
-    } else {
-        None
-    }
-}
-
-/// Plans the next step of the roll.
-pub fn plan(input: &MaintenanceInput) -> Decision {
+/// Decides the next step of the roll.
+pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
     let outdated: Vec<&ServerView> = input
         .servers
         .iter()
         .filter(|s| is_outdated(s, input).is_some())
         .collect();
     let trigger = outdated.iter().find_map(|s| is_outdated(s, input));
-    let mut decision = Decision {
-        action: Action::None,
+    let mut decision = MaintenanceDecision {
+        action: MaintenanceAction::None,
         step: None,
         waiting: None,
         blocked: None,
@@ -230,7 +158,7 @@ pub fn plan(input: &MaintenanceInput) -> Decision {
     let gate = if let Some(gate) = gate(input.paused, input.window_open, input.next_window) {
         Some(gate)
     } else if !input.database_ready {
-        Some((reasons::DATABASE_NOT_READY, "the database preflight fails".to_string()))
+        Some(Hold::new(Reason::DatabaseNotReady, "the database preflight fails"))
     } else {
         input.hold.clone()
     };
@@ -248,8 +176,8 @@ pub fn plan(input: &MaintenanceInput) -> Decision {
         .map(|s| s.name.as_str())
         .collect();
     if !others_down.is_empty() {
-        decision.waiting = Some((
-            reasons::SERVER_NOT_JOINED,
+        decision.waiting = Some(Hold::new(
+            Reason::ServerNotJoined,
             format!(
                 "{} not joined; replacing {} now would take two servers down",
                 others_down.join(", "),
@@ -260,9 +188,12 @@ pub fn plan(input: &MaintenanceInput) -> Decision {
     }
     // A server that is not serving costs no availability: no drain, straight to eviction.
     let (stage, action) = if candidate.joined {
-        (Stage::Draining, Action::RequestDrain(candidate.name.clone()))
+        (
+            RollStage::Draining,
+            MaintenanceAction::RequestDrain(candidate.name.clone()),
+        )
     } else {
-        (Stage::Evicting, Action::Evict(candidate.name.clone()))
+        (RollStage::Evicting, MaintenanceAction::Evict(candidate.name.clone()))
     };
     decision.action = action;
     decision.step = Some(Step {
@@ -275,7 +206,7 @@ pub fn plan(input: &MaintenanceInput) -> Decision {
     decision
 }
 
-fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Decision) {
+fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut MaintenanceDecision) {
     let server = input.servers.iter().find(|s| s.name == step.server);
     let next = |stage| {
         let pod_uid = step.pod_uid.clone().or_else(|| server.and_then(|s| s.uid.clone()));
@@ -289,26 +220,28 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Decision)
     };
     let in_stage = elapsed(step.since, input.now);
     match step.stage {
-        Stage::Draining if server.is_some_and(|s| s.pod_exists && step.pod_uid.is_some() && s.uid != step.pod_uid) => {
+        RollStage::Draining
+            if server.is_some_and(|s| s.pod_exists && step.pod_uid.is_some() && s.uid != step.pod_uid) =>
+        {
             // The drained pod was already replaced (this status was read before the last write
             // of it reached the cache): never evict the replacement.
-            decision.step = next(Stage::WaitingReady);
+            decision.step = next(RollStage::WaitingReady);
         }
-        Stage::Draining => {
+        RollStage::Draining => {
             let stopped = server.is_none_or(|s| {
                 !s.pod_exists || !matches!(s.state.as_deref(), Some(server_state::ACTIVE | server_state::DRAINING))
             });
             if stopped {
-                decision.action = Action::Evict(step.server.clone());
-                decision.step = next(Stage::Evicting);
+                decision.action = MaintenanceAction::Evict(step.server.clone());
+                decision.step = next(RollStage::Evicting);
             } else if in_stage >= input.drain_timeout {
                 if input.on_drain_timeout == DrainTimeoutPolicy::Proceed {
-                    decision.action = Action::Evict(step.server.clone());
-                    decision.step = next(Stage::Evicting);
+                    decision.action = MaintenanceAction::Evict(step.server.clone());
+                    decision.step = next(RollStage::Evicting);
                 } else {
                     decision.step = Some(step.clone());
-                    decision.blocked = Some((
-                        reasons::DRAIN_TIMEOUT,
+                    decision.blocked = Some(Hold::new(
+                        Reason::DrainTimeout,
                         format!(
                             "{} did not finish draining within {:?}; onDrainTimeout is Halt",
                             step.server, input.drain_timeout
@@ -316,27 +249,27 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Decision)
                     ));
                 }
             } else {
-                decision.action = Action::RequestDrain(step.server.clone());
+                decision.action = MaintenanceAction::RequestDrain(step.server.clone());
                 decision.step = Some(step.clone());
             }
         }
-        Stage::Evicting => {
+        RollStage::Evicting => {
             let replaced = server.is_none_or(|s| !s.pod_exists || s.uid != step.pod_uid);
             if replaced {
-                decision.step = next(Stage::WaitingReady);
+                decision.step = next(RollStage::WaitingReady);
             } else {
-                decision.action = Action::Evict(step.server.clone());
+                decision.action = MaintenanceAction::Evict(step.server.clone());
                 decision.step = Some(step.clone());
             }
         }
-        Stage::WaitingReady => {
+        RollStage::WaitingReady => {
             let joined = server.is_some_and(|s| s.joined && is_outdated(s, input).is_none());
             if joined {
                 decision.step = None;
             } else if in_stage >= input.ready_timeout {
                 decision.step = Some(step.clone());
-                decision.blocked = Some((
-                    reasons::READY_TIMEOUT,
+                decision.blocked = Some(Hold::new(
+                    Reason::ReadyTimeout,
                     format!(
                         "the replacement of {} did not join within {:?}; the roll halts here",
                         step.server, input.ready_timeout
@@ -347,64 +280,6 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Decision)
             }
         }
     }
-}
-
-/// Whether one of `windows` is open at `now` (UTC); no windows means always.
-pub fn window_open(windows: &[crate::crd::MaintenanceWindow], now: Timestamp) -> bool {
-    windows.is_empty()
-        || openings(windows, now)
-            .iter()
-            .any(|(opens, length)| *opens <= now && elapsed(*opens, now) < *length)
-}
-
-/// When the next of `windows` opens after `now` (`None` without windows).
-pub fn next_window(windows: &[crate::crd::MaintenanceWindow], now: Timestamp) -> Option<Timestamp> {
-    openings(windows, now)
-        .into_iter()
-        .map(|(opens, _)| opens)
-        .filter(|opens| *opens > now)
-        .min()
-}
-
-/// Every opening of `windows` from a week before `now` to a week after, with its length (a
-/// long window may have opened days ago). Windows that cannot be read never open.
-fn openings(windows: &[crate::crd::MaintenanceWindow], now: Timestamp) -> Vec<(Timestamp, Duration)> {
-    use crate::crd::Weekday;
-    use k8s_openapi::jiff::{Span, civil, tz::TimeZone};
-    let weekday = |date: civil::Date| match date.weekday() {
-        civil::Weekday::Monday => Weekday::Mon,
-        civil::Weekday::Tuesday => Weekday::Tue,
-        civil::Weekday::Wednesday => Weekday::Wed,
-        civil::Weekday::Thursday => Weekday::Thu,
-        civil::Weekday::Friday => Weekday::Fri,
-        civil::Weekday::Saturday => Weekday::Sat,
-        civil::Weekday::Sunday => Weekday::Sun,
-    };
-    let today = now.to_zoned(TimeZone::UTC).date();
-    let mut out = Vec::new();
-    for window in windows {
-        let (Some((h, m)), Ok(length)) = (
-            window
-                .start
-                .split_once(':')
-                .and_then(|(h, m)| Some((h.parse::<i8>().ok()?, m.parse::<i8>().ok()?))),
-            crate::crd::parse_duration("window", &window.duration),
-        ) else {
-            continue;
-        };
-        for offset in -7..=7i64 {
-            let Ok(date) = today.checked_add(Span::new().days(offset)) else {
-                continue;
-            };
-            if !window.days.is_empty() && !window.days.contains(&weekday(date)) {
-                continue;
-            }
-            if let Ok(opens) = date.at(h, m, 0, 0).to_zoned(TimeZone::UTC) {
-                out.push((opens.timestamp(), length));
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -458,17 +333,17 @@ mod tests {
             server(2, "old", true, 1),
             server(3, "new", true, 0),
         ];
-        let d = plan(&input(&servers, None, 10));
-        assert_eq!(d.action, Action::RequestDrain("prod-2".into()));
-        assert_eq!(d.trigger, Some(triggers::TEMPLATE_CHANGE));
+        let d = decide(&input(&servers, None, 10));
+        assert_eq!(d.action, MaintenanceAction::RequestDrain("prod-2".into()));
+        assert_eq!(d.trigger, Some(Trigger::TemplateChange));
         assert_eq!(d.outdated, 3);
         let mut with_unready = servers.clone();
         with_unready[0].joined = false;
         with_unready[0].ready = false;
-        let d = plan(&input(&with_unready, None, 10));
+        let d = decide(&input(&with_unready, None, 10));
         assert_eq!(
             d.action,
-            Action::Evict("prod-0".into()),
+            MaintenanceAction::Evict("prod-0".into()),
             "the unready one first, without a drain"
         );
     }
@@ -476,29 +351,33 @@ mod tests {
     #[test]
     fn gates_and_other_unready_servers_make_it_wait_with_a_reason() {
         let servers = [server(0, "old", true, 0), server(1, "new", false, 0)];
-        let d = plan(&input(&servers, None, 0));
+        let d = decide(&input(&servers, None, 0));
         assert_eq!(
-            (d.action.clone(), d.waiting.unwrap().0),
-            (Action::None, reasons::SERVER_NOT_JOINED)
+            (d.action.clone(), d.waiting.unwrap().reason),
+            (MaintenanceAction::None, Reason::ServerNotJoined)
         );
         let all = [server(0, "old", true, 0), server(1, "old", true, 0)];
         let mut paused = input(&all, None, 0);
         paused.paused = true;
-        assert_eq!(plan(&paused).waiting.unwrap().0, reasons::PAUSED);
+        assert_eq!(decide(&paused).waiting.unwrap().reason, Reason::Paused);
         let mut closed = input(&all, None, 0);
         closed.window_open = false;
-        assert_eq!(plan(&closed).waiting.unwrap().0, reasons::OUTSIDE_WINDOW);
+        assert_eq!(decide(&closed).waiting.unwrap().reason, Reason::OutsideWindow);
         let mut held = input(&all, None, 0);
-        held.hold = Some((reasons::SCALING, "servers are being added".into()));
-        let d = plan(&held);
+        held.hold = Some(Hold::new(Reason::Scaling, "servers are being added"));
+        let d = decide(&held);
         assert_eq!(
-            (d.action, d.outdated, d.waiting.unwrap().0),
-            (Action::None, 2, reasons::SCALING)
+            (d.action, d.outdated, d.waiting.unwrap().reason),
+            (MaintenanceAction::None, 2, Reason::Scaling)
         );
         let current = [server(0, "new", true, 0)];
         let mut held_but_current = input(&current, None, 0);
-        held_but_current.hold = Some((reasons::SCALING, "servers are being added".into()));
-        assert_eq!(plan(&held_but_current).waiting, None, "nothing outdated: nothing waits");
+        held_but_current.hold = Some(Hold::new(Reason::Scaling, "servers are being added"));
+        assert_eq!(
+            decide(&held_but_current).waiting,
+            None,
+            "nothing outdated: nothing waits"
+        );
     }
 
     #[test]
@@ -506,30 +385,33 @@ mod tests {
         let mut servers = vec![server(0, "old", true, 0), server(1, "new", true, 0)];
         let step = Step {
             server: "prod-0".into(),
-            stage: Stage::Draining,
+            stage: RollStage::Draining,
             since: at(0),
             began: at(0),
             pod_uid: None,
         };
         assert_eq!(
-            plan(&input(&servers, Some(step.clone()), 5)).action,
-            Action::RequestDrain("prod-0".into())
+            decide(&input(&servers, Some(step.clone()), 5)).action,
+            MaintenanceAction::RequestDrain("prod-0".into())
         );
         servers[0].state = Some("stopped".into());
-        let d = plan(&input(&servers, Some(step.clone()), 6));
+        let d = decide(&input(&servers, Some(step.clone()), 6));
         assert_eq!(
             (d.action, d.step.clone().unwrap().stage),
-            (Action::Evict("prod-0".into()), Stage::Evicting)
+            (MaintenanceAction::Evict("prod-0".into()), RollStage::Evicting)
         );
         servers[0] = ServerView {
             started_at: Some(at(8)),
             ..server(0, "new", false, 0)
         };
-        let d = plan(&input(&servers, d.step, 9));
-        assert_eq!(d.step.clone().unwrap().stage, Stage::WaitingReady);
+        let d = decide(&input(&servers, d.step, 9));
+        assert_eq!(d.step.clone().unwrap().stage, RollStage::WaitingReady);
         servers[0].joined = true;
-        let done = plan(&input(&servers, d.step, 12));
-        assert_eq!((done.step, done.action, done.outdated), (None, Action::None, 0));
+        let done = decide(&input(&servers, d.step, 12));
+        assert_eq!(
+            (done.step, done.action, done.outdated),
+            (None, MaintenanceAction::None, 0)
+        );
     }
 
     #[test]
@@ -543,13 +425,16 @@ mod tests {
         ];
         let stale = Step {
             server: "prod-0".into(),
-            stage: Stage::Draining,
+            stage: RollStage::Draining,
             since: at(0),
             began: at(0),
             pod_uid: Some("uid-0-old".into()),
         };
-        let d = plan(&input(&replaced, Some(stale), 9));
-        assert_eq!((d.action, d.step.unwrap().stage), (Action::None, Stage::WaitingReady));
+        let d = decide(&input(&replaced, Some(stale), 9));
+        assert_eq!(
+            (d.action, d.step.unwrap().stage),
+            (MaintenanceAction::None, RollStage::WaitingReady)
+        );
     }
 
     #[test]
@@ -557,26 +442,29 @@ mod tests {
         let servers = [server(0, "old", true, 3), server(1, "new", true, 0)];
         let draining = Step {
             server: "prod-0".into(),
-            stage: Stage::Draining,
+            stage: RollStage::Draining,
             since: at(0),
             began: at(0),
             pod_uid: None,
         };
-        let d = plan(&input(&servers, Some(draining.clone()), 61));
-        assert_eq!((d.action, d.blocked.unwrap().0), (Action::None, reasons::DRAIN_TIMEOUT));
+        let d = decide(&input(&servers, Some(draining.clone()), 61));
+        assert_eq!(
+            (d.action, d.blocked.unwrap().reason),
+            (MaintenanceAction::None, Reason::DrainTimeout)
+        );
         let mut proceed = input(&servers, Some(draining), 61);
         proceed.on_drain_timeout = DrainTimeoutPolicy::Proceed;
-        assert_eq!(plan(&proceed).action, Action::Evict("prod-0".into()));
+        assert_eq!(decide(&proceed).action, MaintenanceAction::Evict("prod-0".into()));
         let waiting = Step {
             server: "prod-0".into(),
-            stage: Stage::WaitingReady,
+            stage: RollStage::WaitingReady,
             since: at(0),
             began: at(0),
             pod_uid: None,
         };
         let never_ready = [server(0, "new", false, 0), server(1, "new", true, 0)];
-        let d = plan(&input(&never_ready, Some(waiting), 121));
-        assert_eq!(d.blocked.unwrap().0, reasons::READY_TIMEOUT);
+        let d = decide(&input(&never_ready, Some(waiting), 121));
+        assert_eq!(d.blocked.unwrap().reason, Reason::ReadyTimeout);
         assert_eq!(d.step.unwrap().server, "prod-0", "the roll stays on the failed server");
     }
 
@@ -591,14 +479,14 @@ mod tests {
         ];
         let mut restart = input(&servers, None, 100);
         restart.restart_requested_at = Some(at(20));
-        let d = plan(&restart);
-        assert_eq!((d.trigger, d.outdated), (Some(triggers::RESTART_REQUESTED), 1));
-        assert_eq!(d.action, Action::RequestDrain("prod-0".into()));
+        let d = decide(&restart);
+        assert_eq!((d.trigger, d.outdated), (Some(Trigger::RestartRequested), 1));
+        assert_eq!(d.action, MaintenanceAction::RequestDrain("prod-0".into()));
     }
 
     /// Applies an action to a simulated cluster where everything succeeds: a drained server
     /// stops, an evicted pod comes back on the new revision and joins a tick later.
-    fn simulate(servers: &mut [ServerView], action: &Action, now: i64) {
+    fn simulate(servers: &mut [ServerView], action: &MaintenanceAction, now: i64) {
         for s in servers.iter_mut() {
             if !s.joined && s.revision.as_deref() == Some("new") && s.pod_exists {
                 s.joined = true;
@@ -607,13 +495,13 @@ mod tests {
             }
         }
         match action {
-            Action::RequestDrain(name) => {
+            MaintenanceAction::RequestDrain(name) => {
                 let s = servers.iter_mut().find(|s| &s.name == name).unwrap();
                 s.state = Some("stopped".into());
                 s.ready = false;
                 s.joined = false;
             }
-            Action::Evict(name) => {
+            MaintenanceAction::Evict(name) => {
                 let s = servers.iter_mut().find(|s| &s.name == name).unwrap();
                 *s = ServerView {
                     started_at: Some(at(now)),
@@ -621,48 +509,18 @@ mod tests {
                     ..server(s.ordinal, "new", false, 0)
                 };
             }
-            Action::None => {}
+            MaintenanceAction::None => {}
         }
     }
 
     #[test]
-    fn windows_open_by_day_and_time_in_utc() {
-        use crate::crd::{MaintenanceWindow, Weekday};
-        let window = |days: Vec<Weekday>, start: &str, duration: &str| MaintenanceWindow {
-            days,
-            start: start.into(),
-            duration: duration.into(),
-        };
-        // 2026-11-28 is a Saturday.
-        let sat_0230: Timestamp = "2026-11-28T02:30:00Z".parse().unwrap();
-        let sat_0630: Timestamp = "2026-11-28T06:30:00Z".parse().unwrap();
-        let weekend = [window(vec![Weekday::Sat, Weekday::Sun], "02:00", "4h")];
-        assert!(window_open(&weekend, sat_0230));
-        assert!(!window_open(&weekend, sat_0630));
-        assert!(!window_open(&[window(vec![Weekday::Mon], "02:00", "4h")], sat_0230));
-        let overnight = [window(vec![Weekday::Fri], "23:00", "4h")];
-        assert!(
-            window_open(&overnight, "2026-11-28T01:00:00Z".parse().unwrap()),
-            "opened Friday, still open Saturday"
-        );
-        assert!(window_open(&[], sat_0630), "no windows: always");
-        assert_eq!(
-            next_window(&weekend, sat_0630),
-            Some("2026-11-29T02:00:00Z".parse().unwrap()),
-            "Sunday's opening"
-        );
-        assert_eq!(
-            next_window(&[window(vec![Weekday::Fri], "23:00", "1h")], sat_0630),
-            Some("2026-12-04T23:00:00Z".parse().unwrap()),
-            "next week's Friday"
-        );
-        assert_eq!(next_window(&[], sat_0630), None);
+    fn outside_a_window_the_wait_names_the_next_opening() {
         let servers = [server(0, "old", true, 0)];
         let mut closed = input(&servers, None, 0);
         closed.window_open = false;
         closed.next_window = Some("2026-11-29T02:00:00Z".parse().unwrap());
-        let (reason, message) = plan(&closed).waiting.unwrap();
-        assert_eq!(reason, reasons::OUTSIDE_WINDOW);
+        let Hold { reason, message } = decide(&closed).waiting.unwrap();
+        assert_eq!(reason, Reason::OutsideWindow);
         assert!(message.contains("the next opens at 2026-11-29T02:00:00Z"), "{message}");
     }
 
@@ -675,13 +533,13 @@ mod tests {
                 layout.iter().enumerate().map(|(i, (old, jobs))| server(i as i32, if *old { "old" } else { "new" }, true, *jobs)).collect();
             let mut step = None;
             for tick in 0..(servers.len() as i64 * 4 + 4) {
-                let decision = plan(&input(&servers, step.clone(), tick));
+                let decision = decide(&input(&servers, step.clone(), tick));
                 let down = servers.iter().filter(|s| !s.joined).count();
                 prop_assert!(down <= 1, "never two servers down: {servers:?}");
-                if let Action::RequestDrain(name) | Action::Evict(name) = &decision.action {
+                if let MaintenanceAction::RequestDrain(name) | MaintenanceAction::Evict(name) = &decision.action {
                     prop_assert_eq!(Some(name), decision.step.as_ref().map(|s| &s.server), "actions only on the step's server");
                 }
-                if decision.action == Action::None && decision.step.is_none() && decision.outdated > 0 {
+                if decision.action == MaintenanceAction::None && decision.step.is_none() && decision.outdated > 0 {
                     prop_assert!(decision.waiting.is_some() || decision.blocked.is_some() || step.is_some(), "every wait has a reason");
                 }
                 prop_assert!(decision.blocked.is_none(), "nothing fails in this world");

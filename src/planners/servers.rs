@@ -1,13 +1,10 @@
 //! Every server from both views: its pod (exists, ready, revision, restarts) and its database
-//! row (state, version, heartbeat age, running jobs). Pure functions.
+//! row (state, version, heartbeat age, running jobs). Pure; does not need a client.
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
 use orchestrator_contract::{Member, server_state};
 
 use crate::crd::ServerStatus;
-use crate::resources::job::Release;
-use crate::resources::statefulset::release_of;
+use crate::release::Release;
 
 /// A server pod as the planners need it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -35,47 +32,13 @@ pub struct PodView {
 }
 
 /// The ordinal of `name` in cluster `cluster` (`prod-3` → 3).
-pub fn ordinal(cluster: &str, name: &str) -> Option<i32> {
+pub(crate) fn ordinal(cluster: &str, name: &str) -> Option<i32> {
     name.strip_prefix(cluster)?.strip_prefix('-')?.parse().ok()
-}
-
-impl PodView {
-    /// Reads a pod of cluster `cluster`; `None` for a pod that is not one of its servers.
-    pub fn from_pod(cluster: &str, pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Option<Self> {
-        let name = pod.name_any();
-        let ordinal = ordinal(cluster, &name)?;
-        let status = pod.status.as_ref();
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        let container = status
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|c| c.first());
-        // A clean exit (a drained server) is not a problem; a crash is.
-        let last_exit_seconds = container
-            .and_then(|c| c.last_state.as_ref())
-            .and_then(|s| s.terminated.as_ref())
-            .filter(|t| t.exit_code != 0)
-            .and_then(|t| t.finished_at.as_ref())
-            .map(|t| now.duration_since(t.0).as_secs());
-        Some(Self {
-            name,
-            ordinal,
-            ready,
-            revision: pod.labels().get("controller-revision-hash").cloned(),
-            restarts: container.map(|c| c.restart_count).unwrap_or(0),
-            terminating: pod.metadata.deletion_timestamp.is_some(),
-            last_exit_seconds,
-            created_at: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            uid: pod.uid(),
-            release: pod.spec.as_ref().and_then(release_of),
-        })
-    }
 }
 
 /// Thresholds of a server's health.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Health {
+pub(crate) struct Health {
     /// A heartbeat older than this is stale.
     pub stale_after_seconds: f64,
     /// A container exit younger than this is reported.
@@ -92,13 +55,13 @@ impl Default for Health {
 }
 
 /// Whether a row counts as live: active with a fresh heartbeat.
-pub fn row_active(member: &Member, health: Health) -> bool {
+pub(crate) fn row_active(member: &Member, health: Health) -> bool {
     member.state == server_state::ACTIVE && member.heartbeat_age_seconds < health.stale_after_seconds
 }
 
 /// Merges pods and rows into one status per server, ordered by ordinal. Rows of other
 /// clusters sharing the database are left out.
-pub fn merge(cluster: &str, pods: &[PodView], members: Option<&[Member]>, health: Health) -> Vec<ServerStatus> {
+pub(crate) fn merge(cluster: &str, pods: &[PodView], members: Option<&[Member]>, health: Health) -> Vec<ServerStatus> {
     let mut names: Vec<(i32, String)> = pods.iter().map(|p| (p.ordinal, p.name.clone())).collect();
     for member in members.unwrap_or_default() {
         if let Some(ordinal) = ordinal(cluster, &member.server_id)
@@ -132,7 +95,7 @@ pub fn merge(cluster: &str, pods: &[PodView], members: Option<&[Member]>, health
 
 /// Problems worth a `Degraded` condition: a ready pod whose row is missing or stale, a row
 /// without a pod, a container that restarted recently.
-pub fn problems(servers: &[ServerStatus], pods: &[PodView], health: Health) -> Vec<String> {
+pub(crate) fn problems(servers: &[ServerStatus], pods: &[PodView], health: Health) -> Vec<String> {
     let mut found = Vec::new();
     for server in servers {
         let stopped = server.state.as_deref() == Some(server_state::STOPPED);
@@ -162,29 +125,9 @@ pub fn problems(servers: &[ServerStatus], pods: &[PodView], health: Health) -> V
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    pub fn member(id: &str, state: &str, age: f64) -> Member {
-        Member {
-            server_id: id.into(),
-            version: "2.0.0".into(),
-            state: state.into(),
-            running_jobs: 1,
-            heartbeat_age_seconds: age,
-            drain_requested_seconds: None,
-            owned_jobs: 0,
-        }
-    }
-
-    pub fn pod(name: &str, ordinal: i32, ready: bool) -> PodView {
-        PodView {
-            name: name.into(),
-            ordinal,
-            ready,
-            ..PodView::default()
-        }
-    }
+    use crate::testing::{member, pod};
 
     #[test]
     fn joined_needs_a_ready_pod_and_a_fresh_active_row() {

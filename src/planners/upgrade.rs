@@ -6,51 +6,17 @@
 //! servers: `upgrade.schemaChange: Refuse` blocks with both versions in the message, `Recreate`
 //! drains every server, scales to zero, runs the `schema migrate` Job and only then starts the
 //! new release. Every stage is derived from what the cluster shows (the StatefulSet's template,
-//! the Jobs named after the release, the servers' rows), so a restarted operator resumes it.
+//! the Jobs named after the release, the servers' rows), so a restarted operator resumes it. Does not need a client.
 
-use std::time::Duration;
-
-use orchestrator_contract::server_state;
-
-use crate::crd::{DrainTimeoutPolicy, SchemaChangePolicy, ServerStatus};
-use crate::resources::job::{EXIT_MIGRATION_NEEDED, JobOutcome, Release, SchemaJob};
-use crate::servers::PodView;
-
-/// Why a version change waits or halts (`MaintenanceBlocked` reasons).
-pub mod reasons {
-    /// The new image's `schema check` Job runs.
-    pub const SCHEMA_CHECK: &str = "SchemaCheck";
-    /// The schema check waits for the database preflight to pass.
-    pub const DATABASE_NOT_READY: &str = "DatabaseNotReady";
-    /// A migration is needed and `upgrade.schemaChange` is `Refuse`.
-    pub const SCHEMA_CHANGE_REFUSED: &str = "SchemaChangeRefused";
-    /// The schema check failed for another reason than "migration needed".
-    pub const SCHEMA_CHECK_FAILED: &str = "SchemaCheckFailed";
-    /// `Recreate` waits for the maintenance step in progress before stopping every server.
-    pub const STEP_IN_PROGRESS: &str = "StepInProgress";
-    /// `Recreate` drains and stops every server.
-    pub const STOPPING_SERVERS: &str = "StoppingServers";
-    /// A server did not finish draining in time and `onDrainTimeout` is `Halt`.
-    pub const DRAIN_TIMEOUT: &str = "DrainTimeout";
-    /// The `schema migrate` Job runs.
-    pub const SCHEMA_MIGRATION: &str = "SchemaMigration";
-    /// The `schema migrate` Job failed.
-    pub const SCHEMA_MIGRATION_FAILED: &str = "SchemaMigrationFailed";
-}
-
-/// Stages of a version change before its roll, as `status.maintenance.stage` shows them.
-pub mod stages {
-    /// The new image's `schema check` Job decides.
-    pub const SCHEMA_CHECK: &str = "SchemaCheck";
-    /// `Recreate`: draining and stopping every server.
-    pub const STOPPING_SERVERS: &str = "StoppingServers";
-    /// `Recreate`: the `schema migrate` Job runs while no server does.
-    pub const MIGRATING: &str = "Migrating";
-}
+use super::drain::{self, DrainPolicy};
+use super::servers::PodView;
+use crate::crd::{SchemaChangePolicy, ServerStatus};
+use crate::release::{EXIT_MIGRATION_NEEDED, JobOutcome, Release, SchemaJob};
+use crate::vocabulary::{Hold, Reason, UpgradeStage};
 
 /// What the gate looks at.
 #[derive(Clone, Debug)]
-pub struct UpgradeInput<'a> {
+pub(crate) struct UpgradeInput<'a> {
     /// The release the StatefulSet's template runs (`None`: no StatefulSet yet).
     pub running: Option<&'a Release>,
     /// The release the spec asks for.
@@ -75,22 +41,20 @@ pub struct UpgradeInput<'a> {
     /// A `schema migrate` Job of this cluster succeeded: with the StatefulSet stopped, the
     /// running release may no longer fit the schema and must not start again.
     pub migrated: bool,
-    /// `(reason, message)` of the maintenance gates (`paused`, outside `windows`): stopping
-    /// every server waits for them like any disruptive step.
-    pub gate: Option<(&'static str, String)>,
+    /// The maintenance gates (`paused`, outside `windows`): stopping every server waits for
+    /// them like any disruptive step.
+    pub gate: Option<Hold>,
     /// Every server, from both views.
     pub servers: &'a [ServerStatus],
     /// Seconds since each draining server's drain was requested.
     pub drain_ages: &'a [(String, f64)],
-    /// `maintenance.drainTimeout`.
-    pub drain_timeout: Duration,
-    /// `maintenance.onDrainTimeout`.
-    pub on_drain_timeout: DrainTimeoutPolicy,
+    /// `maintenance.drainTimeout` and `onDrainTimeout`.
+    pub drain_policy: DrainPolicy,
 }
 
 /// The gate's decision.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct UpgradeDecision {
+pub(crate) struct UpgradeDecision {
     /// The StatefulSet may run the wanted release (otherwise it keeps the running one).
     pub release_ready: bool,
     /// A schema Job to create.
@@ -101,31 +65,31 @@ pub struct UpgradeDecision {
     pub drain: Vec<String>,
     /// Scale the StatefulSet to zero.
     pub stop_all: bool,
-    /// The stage shown in `status.maintenance.stage` (one of [`stages`]).
-    pub stage: Option<&'static str>,
-    /// `(reason, message)` while it waits for something that resolves by itself.
-    pub waiting: Option<(&'static str, String)>,
-    /// `(reason, message)` when it halted (a fix or a new spec resumes it).
-    pub blocked: Option<(&'static str, String)>,
+    /// The stage shown in `status.maintenance.stage`.
+    pub stage: Option<UpgradeStage>,
+    /// Why it waits for something that resolves by itself.
+    pub waiting: Option<Hold>,
+    /// Why it halted (a fix or a new spec resumes it).
+    pub blocked: Option<Hold>,
 }
 
 /// Whether a server pod already runs `wanted`: it was let through before, so it needs no check.
-pub fn admitted(wanted: &Release, pods: &[PodView]) -> bool {
+pub(crate) fn admitted(wanted: &Release, pods: &[PodView]) -> bool {
     pods.iter().any(|p| p.release.as_ref() == Some(wanted))
 }
 
 /// Decides the next move of a version change.
-pub fn plan(input: &UpgradeInput) -> UpgradeDecision {
+pub(crate) fn decide(input: &UpgradeInput) -> UpgradeDecision {
     let mut out = UpgradeDecision::default();
     if input.migration_running {
         // Whatever the spec says now (a new version, a revert, another policy): no server of
         // any version starts while the schema is being changed.
         out.recreate = true;
         out.stop_all = true;
-        out.stage = Some(stages::MIGRATING);
-        out.waiting = Some((
-            reasons::SCHEMA_MIGRATION,
-            "a schema migration runs; no server starts until it ends".into(),
+        out.stage = Some(UpgradeStage::Migrating);
+        out.waiting = Some(Hold::new(
+            Reason::SchemaMigration,
+            "a schema migration runs; no server starts until it ends",
         ));
         return out;
     }
@@ -137,7 +101,7 @@ pub fn plan(input: &UpgradeInput) -> UpgradeDecision {
         }
     };
     let (from, to) = (&running.version, &input.wanted.version);
-    out.stage = Some(stages::SCHEMA_CHECK);
+    out.stage = Some(UpgradeStage::SchemaCheck);
     if input.migrated && input.statefulset_stopped {
         // Stopped for a migration that is done: the old release stays stopped while the new
         // one is checked against the migrated schema.
@@ -147,20 +111,20 @@ pub fn plan(input: &UpgradeInput) -> UpgradeDecision {
     match input.check {
         None if input.database_ready => {
             out.run_job = Some(SchemaJob::Check);
-            out.waiting = Some((
-                reasons::SCHEMA_CHECK,
+            out.waiting = Some(Hold::new(
+                Reason::SchemaCheck,
                 format!("checking whether version {to} needs a schema migration"),
             ));
         }
         None => {
-            out.waiting = Some((
-                reasons::DATABASE_NOT_READY,
+            out.waiting = Some(Hold::new(
+                Reason::DatabaseNotReady,
                 format!("the schema check of version {to} waits for the database"),
             ));
         }
         Some(JobOutcome::Running) => {
-            out.waiting = Some((
-                reasons::SCHEMA_CHECK,
+            out.waiting = Some(Hold::new(
+                Reason::SchemaCheck,
                 format!("checking whether version {to} needs a schema migration"),
             ));
         }
@@ -175,8 +139,8 @@ pub fn plan(input: &UpgradeInput) -> UpgradeDecision {
             message,
         }) => match input.policy {
             SchemaChangePolicy::Refuse => {
-                out.blocked = Some((
-                    reasons::SCHEMA_CHANGE_REFUSED,
+                out.blocked = Some(Hold::new(
+                    Reason::SchemaChangeRefused,
                     format!(
                         "version {to} needs a schema migration while version {from} runs ({message}); upgrade.schemaChange is Refuse: \
                          set it to Recreate to stop every server, migrate and start {to}, or set version back to {from}"
@@ -186,8 +150,8 @@ pub fn plan(input: &UpgradeInput) -> UpgradeDecision {
             SchemaChangePolicy::Recreate => recreate(input, from, to, &mut out),
         },
         Some(JobOutcome::Failed { exit_code, message }) => {
-            out.blocked = Some((
-                reasons::SCHEMA_CHECK_FAILED,
+            out.blocked = Some(Hold::new(
+                Reason::SchemaCheckFailed,
                 format!(
                     "the schema check of version {to} failed ({}): {message}; version {from} keeps running. Fix the cause and delete the check Job to run it again, or change the version",
                     exit_description(*exit_code)
@@ -211,16 +175,16 @@ fn recreate(input: &UpgradeInput, from: &str, to: &str, out: &mut UpgradeDecisio
     }
     out.recreate = true;
     if input.step_in_progress {
-        out.waiting = Some((
-            reasons::STEP_IN_PROGRESS,
+        out.waiting = Some(Hold::new(
+            Reason::StepInProgress,
             format!("version {to} needs a schema migration; finishing the maintenance step in progress first"),
         ));
         return;
     }
     if !input.database_ready {
         // Without the servers' rows nothing says who still drains: stop nobody meanwhile.
-        out.waiting = Some((
-            reasons::DATABASE_NOT_READY,
+        out.waiting = Some(Hold::new(
+            Reason::DatabaseNotReady,
             format!("the schema migration for version {to} waits for the database"),
         ));
         return;
@@ -231,53 +195,42 @@ fn recreate(input: &UpgradeInput, from: &str, to: &str, out: &mut UpgradeDecisio
         .any(|s| input.drain_ages.iter().any(|(name, _)| *name == s.name));
     if !with_pods.is_empty()
         && !draining_started
-        && let Some((reason, message)) = &input.gate
+        && let Some(gate) = &input.gate
     {
-        out.waiting = Some((
-            reason,
-            format!("version {to} needs every server stopped for a schema migration; waiting: {message}"),
+        out.waiting = Some(Hold::new(
+            gate.reason,
+            format!(
+                "version {to} needs every server stopped for a schema migration; waiting: {}",
+                gate.message
+            ),
         ));
         return;
     }
     if !with_pods.is_empty() || !input.statefulset_stopped {
-        out.stage = Some(stages::STOPPING_SERVERS);
-        let mut still_draining = Vec::new();
-        for server in with_pods {
-            let done = server.state.is_none() || server.state.as_deref() == Some(server_state::STOPPED);
-            if done {
-                continue;
-            }
-            match input.drain_ages.iter().find(|(name, _)| *name == server.name) {
-                None => {
-                    out.drain.push(server.name.clone());
-                    still_draining.push(server.name.as_str());
-                }
-                Some((_, age)) if *age >= input.drain_timeout.as_secs_f64() => {
-                    if input.on_drain_timeout == DrainTimeoutPolicy::Halt {
-                        out.blocked = Some((
-                            reasons::DRAIN_TIMEOUT,
-                            format!(
-                                "{} did not finish draining within {:?} for the schema migration of version {to}; onDrainTimeout is Halt: finish or cancel its jobs, or set Proceed",
-                                server.name, input.drain_timeout
-                            ),
-                        ));
-                        still_draining.push(server.name.as_str());
-                    }
-                }
-                Some(_) => still_draining.push(server.name.as_str()),
-            }
+        out.stage = Some(UpgradeStage::StoppingServers);
+        let progress = drain::progress(with_pods, input.drain_ages, input.drain_policy);
+        out.drain = progress.request;
+        if let Some(server) = progress.timed_out {
+            out.blocked = Some(Hold::new(
+                Reason::DrainTimeout,
+                format!(
+                    "{server} did not finish draining within {:?} for the schema migration of version {to}; onDrainTimeout is Halt: finish or cancel its jobs, or set Proceed",
+                    input.drain_policy.timeout
+                ),
+            ));
         }
+        let still_draining = progress.still_draining;
         if still_draining.is_empty() {
             out.stop_all = true;
-            out.waiting = Some((
-                reasons::STOPPING_SERVERS,
+            out.waiting = Some(Hold::new(
+                Reason::StoppingServers,
                 format!(
                     "every server of version {from} drained; stopping them for the schema migration of version {to}"
                 ),
             ));
         } else if out.blocked.is_none() {
-            out.waiting = Some((
-                reasons::STOPPING_SERVERS,
+            out.waiting = Some(Hold::new(
+                Reason::StoppingServers,
                 format!(
                     "version {to} needs a schema migration: draining {} before stopping every server",
                     still_draining.join(", ")
@@ -286,19 +239,19 @@ fn recreate(input: &UpgradeInput, from: &str, to: &str, out: &mut UpgradeDecisio
         }
         return;
     }
-    out.stage = Some(stages::MIGRATING);
+    out.stage = Some(UpgradeStage::Migrating);
     out.stop_all = true;
     match input.migrate {
         None => {
             out.run_job = Some(SchemaJob::Migrate);
-            out.waiting = Some((
-                reasons::SCHEMA_MIGRATION,
+            out.waiting = Some(Hold::new(
+                Reason::SchemaMigration,
                 format!("migrating the schema for version {to}"),
             ));
         }
         Some(JobOutcome::Failed { exit_code, message }) => {
-            out.blocked = Some((
-                reasons::SCHEMA_MIGRATION_FAILED,
+            out.blocked = Some(Hold::new(
+                Reason::SchemaMigrationFailed,
                 format!(
                     "the schema migration for version {to} failed ({}): {message}; no server runs. Fix the cause and delete the migrate Job to run it again, or set version back to {from}",
                     exit_description(*exit_code)
@@ -306,8 +259,8 @@ fn recreate(input: &UpgradeInput, from: &str, to: &str, out: &mut UpgradeDecisio
             ));
         }
         Some(_) => {
-            out.waiting = Some((
-                reasons::SCHEMA_MIGRATION,
+            out.waiting = Some(Hold::new(
+                Reason::SchemaMigration,
                 format!("migrating the schema for version {to}"),
             ));
         }
@@ -317,7 +270,9 @@ fn recreate(input: &UpgradeInput, from: &str, to: &str, out: &mut UpgradeDecisio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::DrainTimeoutPolicy;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     fn release(version: &str) -> Release {
         Release {
@@ -344,7 +299,7 @@ mod tests {
         step_in_progress: bool,
         migration_running: bool,
         migrated: bool,
-        gate: Option<(&'static str, String)>,
+        gate: Option<Hold>,
         servers: Vec<ServerStatus>,
         drain_ages: Vec<(String, f64)>,
         on_drain_timeout: DrainTimeoutPolicy,
@@ -368,8 +323,8 @@ mod tests {
             }
         }
 
-        fn plan(&self) -> UpgradeDecision {
-            plan(&input_of(self))
+        fn decide(&self) -> UpgradeDecision {
+            decide(&input_of(self))
         }
     }
 
@@ -385,13 +340,13 @@ mod tests {
         let mut case = Case::new();
         case.wanted = case.running.clone();
         assert_eq!(
-            case.plan(),
+            case.decide(),
             UpgradeDecision {
                 release_ready: true,
                 ..UpgradeDecision::default()
             }
         );
-        let fresh = plan(&UpgradeInput {
+        let fresh = decide(&UpgradeInput {
             running: None,
             ..input_of(&Case::new())
         });
@@ -401,7 +356,7 @@ mod tests {
     #[test]
     fn a_release_a_server_already_runs_needs_no_check() {
         let case = Case::new();
-        let d = plan(&UpgradeInput {
+        let d = decide(&UpgradeInput {
             admitted: true,
             ..input_of(&case)
         });
@@ -411,19 +366,19 @@ mod tests {
     #[test]
     fn the_new_release_waits_for_its_check() {
         let mut case = Case::new();
-        let d = case.plan();
+        let d = case.decide();
         assert_eq!(
             (d.release_ready, d.run_job, d.stage),
-            (false, Some(SchemaJob::Check), Some(stages::SCHEMA_CHECK))
+            (false, Some(SchemaJob::Check), Some(UpgradeStage::SchemaCheck))
         );
         case.check = Some(JobOutcome::Running);
-        let d = case.plan();
+        let d = case.decide();
         assert_eq!(
-            (d.release_ready, d.run_job, d.waiting.unwrap().0),
-            (false, None, reasons::SCHEMA_CHECK)
+            (d.release_ready, d.run_job, d.waiting.unwrap().reason),
+            (false, None, Reason::SchemaCheck)
         );
         case.check = Some(JobOutcome::Succeeded);
-        let d = case.plan();
+        let d = case.decide();
         assert!(d.release_ready && d.stage.is_none() && d.waiting.is_none() && !d.recreate);
     }
 
@@ -432,9 +387,9 @@ mod tests {
         let mut case = Case::new();
         case.policy = SchemaChangePolicy::Refuse;
         case.check = migration_needed();
-        let d = case.plan();
-        let (reason, message) = d.blocked.clone().unwrap();
-        assert_eq!(reason, reasons::SCHEMA_CHANGE_REFUSED);
+        let d = case.decide();
+        let Hold { reason, message } = d.blocked.clone().unwrap();
+        assert_eq!(reason, Reason::SchemaChangeRefused);
         assert!(
             message.contains("1.0.0") && message.contains("2.0.0") && message.contains("schema 1"),
             "{message}"
@@ -449,8 +404,8 @@ mod tests {
             exit_code: Some(1),
             message: "error: connection refused".into(),
         });
-        let (reason, message) = case.plan().blocked.unwrap();
-        assert_eq!(reason, reasons::SCHEMA_CHECK_FAILED);
+        let Hold { reason, message } = case.decide().blocked.unwrap();
+        assert_eq!(reason, Reason::SchemaCheckFailed);
         assert!(
             message.contains("exit code 1") && message.contains("connection refused"),
             "{message}"
@@ -462,36 +417,36 @@ mod tests {
         let mut case = Case::new();
         case.check = migration_needed();
         case.step_in_progress = true;
-        let d = case.plan();
+        let d = case.decide();
         assert_eq!(
-            (d.recreate, d.drain.len(), d.waiting.unwrap().0),
-            (true, 0, reasons::STEP_IN_PROGRESS)
+            (d.recreate, d.drain.len(), d.waiting.unwrap().reason),
+            (true, 0, Reason::StepInProgress)
         );
         case.step_in_progress = false;
-        let d = case.plan();
+        let d = case.decide();
         assert_eq!(d.drain, vec!["prod-0".to_string(), "prod-1".to_string()]);
-        assert!(!d.stop_all && d.recreate && d.stage == Some(stages::STOPPING_SERVERS));
+        assert!(!d.stop_all && d.recreate && d.stage == Some(UpgradeStage::StoppingServers));
         case.drain_ages = vec![("prod-0".into(), 1.0), ("prod-1".into(), 1.0)];
         case.servers[0].state = Some("stopped".into());
-        let d = case.plan();
+        let d = case.decide();
         assert!(d.drain.is_empty() && !d.stop_all, "prod-1 still drains");
         case.servers[1].state = Some("stopped".into());
-        assert!(case.plan().stop_all);
+        assert!(case.decide().stop_all);
         case.servers.iter_mut().for_each(|s| s.pod_exists = false);
-        let d = case.plan();
+        let d = case.decide();
         assert_eq!(
             (d.stop_all, d.run_job, d.stage),
-            (true, Some(SchemaJob::Migrate), Some(stages::MIGRATING))
+            (true, Some(SchemaJob::Migrate), Some(UpgradeStage::Migrating))
         );
         case.migrate = Some(JobOutcome::Failed {
             exit_code: Some(12),
             message: "servers active".into(),
         });
-        let d = case.plan();
-        assert_eq!(d.blocked.unwrap().0, reasons::SCHEMA_MIGRATION_FAILED);
+        let d = case.decide();
+        assert_eq!(d.blocked.unwrap().reason, Reason::SchemaMigrationFailed);
         assert!(d.stop_all, "a failed migration starts no server of either version");
         case.migrate = Some(JobOutcome::Succeeded);
-        let d = case.plan();
+        let d = case.decide();
         assert!(d.release_ready && !d.stop_all && !d.recreate && d.stage.is_none());
     }
 
@@ -499,16 +454,19 @@ mod tests {
     fn recreate_waits_for_the_database_the_gates_and_an_empty_statefulset() {
         let mut case = Case::new();
         case.check = migration_needed();
-        case.gate = Some(("Paused", "maintenance.paused is set".into()));
-        let d = case.plan();
-        assert_eq!((d.drain.len(), d.stop_all, d.waiting.unwrap().0), (0, false, "Paused"));
+        case.gate = Some(Hold::new(Reason::Paused, "maintenance.paused is set"));
+        let d = case.decide();
+        assert_eq!(
+            (d.drain.len(), d.stop_all, d.waiting.unwrap().reason),
+            (0, false, Reason::Paused)
+        );
         case.drain_ages = vec![("prod-0".into(), 1.0)];
         assert_eq!(
-            case.plan().drain,
+            case.decide().drain,
             vec!["prod-1".to_string()],
             "once started, the drain goes on"
         );
-        let down = plan(&UpgradeInput {
+        let down = decide(&UpgradeInput {
             database_ready: false,
             ..input_of(&case)
         });
@@ -516,9 +474,9 @@ mod tests {
             !down.stop_all && down.drain.is_empty(),
             "no row, no proof of a finished drain"
         );
-        assert_eq!(down.waiting.unwrap().0, reasons::DATABASE_NOT_READY);
+        assert_eq!(down.waiting.unwrap().reason, Reason::DatabaseNotReady);
         case.servers.iter_mut().for_each(|s| s.pod_exists = false);
-        let not_yet_empty = plan(&UpgradeInput {
+        let not_yet_empty = decide(&UpgradeInput {
             statefulset_stopped: false,
             ..input_of(&case)
         });
@@ -533,13 +491,13 @@ mod tests {
         let mut case = Case::new();
         case.servers.iter_mut().for_each(|s| s.pod_exists = false);
         case.migrated = true;
-        let d = case.plan();
+        let d = case.decide();
         assert_eq!(
             (d.stop_all, d.run_job, d.release_ready),
             (true, Some(SchemaJob::Check), false)
         );
         case.check = Some(JobOutcome::Succeeded);
-        let d = case.plan();
+        let d = case.decide();
         assert!(d.release_ready && !d.stop_all && !d.recreate);
     }
 
@@ -549,7 +507,7 @@ mod tests {
         case.migration_running = true;
         for wanted in ["2.0.0", "1.0.0"] {
             case.wanted = release(wanted);
-            let d = case.plan();
+            let d = case.decide();
             assert!(d.stop_all && d.recreate && !d.release_ready, "{wanted}: {d:?}");
         }
     }
@@ -570,8 +528,10 @@ mod tests {
             gate: case.gate.clone(),
             servers: &case.servers,
             drain_ages: &case.drain_ages,
-            drain_timeout: Duration::from_secs(60),
-            on_drain_timeout: case.on_drain_timeout,
+            drain_policy: DrainPolicy {
+                timeout: Duration::from_secs(60),
+                on_timeout: case.on_drain_timeout,
+            },
         }
     }
 
@@ -581,11 +541,11 @@ mod tests {
         case.check = migration_needed();
         case.servers[1].state = Some("stopped".into());
         case.drain_ages = vec![("prod-0".into(), 61.0), ("prod-1".into(), 5.0)];
-        let d = case.plan();
-        assert_eq!(d.blocked.unwrap().0, reasons::DRAIN_TIMEOUT);
+        let d = case.decide();
+        assert_eq!(d.blocked.unwrap().reason, Reason::DrainTimeout);
         assert!(!d.stop_all);
         case.on_drain_timeout = DrainTimeoutPolicy::Proceed;
-        let d = case.plan();
+        let d = case.decide();
         assert!(d.blocked.is_none() && d.stop_all);
     }
 
@@ -648,7 +608,7 @@ mod tests {
                 .filter_map(|(n, (_, _, age))| age.map(|a| (format!("prod-{n}"), a)))
                 .collect();
             let policy = if recreate { SchemaChangePolicy::Recreate } else { SchemaChangePolicy::Refuse };
-            let d = plan(&UpgradeInput {
+            let d = decide(&UpgradeInput {
                 running: Some(&running),
                 wanted: &wanted,
                 admitted: false,
@@ -660,11 +620,13 @@ mod tests {
                 migration_running,
                 statefulset_stopped,
                 migrated,
-                gate: gated.then(|| ("Paused", "paused".to_string())),
+                gate: gated.then(|| Hold::new(Reason::Paused, "paused")),
                 servers: &statuses,
                 drain_ages: &drain_ages,
-                drain_timeout: Duration::from_secs(60),
-                on_drain_timeout: if proceed { DrainTimeoutPolicy::Proceed } else { DrainTimeoutPolicy::Halt },
+                drain_policy: DrainPolicy {
+                    timeout: Duration::from_secs(60),
+                    on_timeout: if proceed { DrainTimeoutPolicy::Proceed } else { DrainTimeoutPolicy::Halt },
+                },
             });
             let migration_needed = matches!(&check, Some(JobOutcome::Failed { exit_code: Some(10), .. }));
             // No server of any version runs beside a migration.

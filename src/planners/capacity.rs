@@ -1,33 +1,17 @@
 //! The capacity planner: how many servers the StatefulSet may have now, which servers to
 //! drain through the database, which rows to clean, and why adding servers must wait.
-//! A pure function of what was observed.
-
-use std::time::Duration;
+//! A pure function of what was observed; does not need a client.
 
 use orchestrator_contract::server_state;
 
-use crate::crd::{DrainTimeoutPolicy, ServerStatus};
-use crate::servers::ordinal;
-
-/// Reasons of the `CapacityBlocked` condition.
-pub mod reasons {
-    /// Nothing blocks adding servers.
-    pub const NOT_BLOCKED: &str = "NotBlocked";
-    /// The database preflight fails.
-    pub const DATABASE_NOT_READY: &str = "DatabaseNotReady";
-    /// The wanted count is above `capacity.maxReplicas`.
-    pub const ABOVE_MAX_REPLICAS: &str = "AboveMaxReplicas";
-    /// Servers exist but none has joined.
-    pub const NO_SERVER_JOINED: &str = "NoServerJoined";
-    /// An existing server's row is stale while its pod is ready.
-    pub const SERVER_UNHEALTHY: &str = "ServerUnhealthy";
-    /// A server being removed did not finish draining in time (policy Halt).
-    pub const DRAIN_TIMEOUT: &str = "DrainTimeout";
-}
+use super::drain::{self, DrainPolicy};
+use super::servers::ordinal;
+use crate::crd::ServerStatus;
+use crate::vocabulary::{Hold, Reason};
 
 /// What the capacity planner needs.
 #[derive(Clone, Debug)]
-pub struct CapacityInput<'a> {
+pub(crate) struct CapacityInput<'a> {
     /// Cluster name (servers are `<name>-<ordinal>`).
     pub cluster: &'a str,
     /// `spec.replicas`.
@@ -42,10 +26,8 @@ pub struct CapacityInput<'a> {
     pub servers: &'a [ServerStatus],
     /// `Err(message)` when the database preflight fails.
     pub database: Result<(), String>,
-    /// `maintenance.drainTimeout`.
-    pub drain_timeout: Duration,
-    /// `maintenance.onDrainTimeout`.
-    pub on_drain_timeout: DrainTimeoutPolicy,
+    /// `maintenance.drainTimeout` and `onDrainTimeout`.
+    pub drain: DrainPolicy,
     /// Seconds since a drain was requested, per server.
     pub drain_ages: &'a [(String, f64)],
     /// Jobs each row still owns.
@@ -56,7 +38,7 @@ pub struct CapacityInput<'a> {
 
 /// What the capacity planner decided.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct CapacityPlan {
+pub(crate) struct CapacityDecision {
     /// The StatefulSet's replicas to apply.
     pub replicas: i32,
     /// Servers to ask for a friendly shutdown.
@@ -65,8 +47,8 @@ pub struct CapacityPlan {
     pub remove_rows: Vec<String>,
     /// Wanted servers whose drain request must be withdrawn (a scale-down was reverted).
     pub undrain: Vec<String>,
-    /// `(reason, message)` when a change is wanted but blocked.
-    pub blocked: Option<(&'static str, String)>,
+    /// Why a wanted change is blocked.
+    pub blocked: Option<Hold>,
     /// What the change waits for, when it waits without being blocked.
     pub waiting: Option<String>,
 }
@@ -78,11 +60,11 @@ fn server<'a>(input: &'a CapacityInput, ordinal_: i32) -> Option<&'a ServerStatu
         .find(|s| ordinal(input.cluster, &s.name) == Some(ordinal_))
 }
 
-/// Plans the next capacity step.
-pub fn plan(input: &CapacityInput) -> CapacityPlan {
-    let mut out = CapacityPlan {
+/// Decides the next capacity step.
+pub(crate) fn decide(input: &CapacityInput) -> CapacityDecision {
+    let mut out = CapacityDecision {
         replicas: input.current,
-        ..CapacityPlan::default()
+        ..CapacityDecision::default()
     };
     if input.wanted > input.current {
         scale_up(input, &mut out);
@@ -108,30 +90,33 @@ pub fn plan(input: &CapacityInput) -> CapacityPlan {
     out
 }
 
-fn scale_up(input: &CapacityInput, out: &mut CapacityPlan) {
+fn scale_up(input: &CapacityInput, out: &mut CapacityDecision) {
     let existing: Vec<&ServerStatus> = (0..input.current).filter_map(|o| server(input, o)).collect();
     let joined = existing.iter().filter(|s| s.joined).count();
     if let Err(message) = &input.database {
-        out.blocked = Some((reasons::DATABASE_NOT_READY, format!("not adding servers: {message}")));
+        out.blocked = Some(Hold::new(
+            Reason::DatabaseNotReady,
+            format!("not adding servers: {message}"),
+        ));
     } else if input.wanted > input.max_replicas {
-        out.blocked = Some((
-            reasons::ABOVE_MAX_REPLICAS,
+        out.blocked = Some(Hold::new(
+            Reason::AboveMaxReplicas,
             format!(
                 "{} servers wanted but capacity.maxReplicas is {}",
                 input.wanted, input.max_replicas
             ),
         ));
     } else if input.current > 0 && joined == 0 {
-        out.blocked = Some((
-            reasons::NO_SERVER_JOINED,
+        out.blocked = Some(Hold::new(
+            Reason::NoServerJoined,
             format!(
                 "none of the {} existing servers has joined; a new server needs a running one",
                 input.current
             ),
         ));
     } else if let Some(stale) = existing.iter().find(|s| s.ready && !s.joined && s.state.is_some()) {
-        out.blocked = Some((
-            reasons::SERVER_UNHEALTHY,
+        out.blocked = Some(Hold::new(
+            Reason::ServerUnhealthy,
             format!(
                 "{} is ready but its database row is not active and fresh (state {}, heartbeat {}s ago)",
                 stale.name,
@@ -149,51 +134,35 @@ fn scale_up(input: &CapacityInput, out: &mut CapacityPlan) {
     }
 }
 
-fn scale_down(input: &CapacityInput, out: &mut CapacityPlan) {
-    let mut still_draining = Vec::new();
-    for o in (input.wanted..input.current).rev() {
-        let Some(leaving) = server(input, o) else { continue };
-        let done =
-            !leaving.pod_exists || leaving.state.is_none() || leaving.state.as_deref() == Some(server_state::STOPPED);
-        if done {
-            continue;
-        }
-        match input
-            .drain_ages
-            .iter()
-            .find(|(n, _)| *n == leaving.name)
-            .map(|(_, age)| *age)
-        {
-            None => {
-                out.drain.push(leaving.name.clone());
-                still_draining.push(leaving.name.clone());
-            }
-            Some(age) if age >= input.drain_timeout.as_secs_f64() => {
-                if input.on_drain_timeout == DrainTimeoutPolicy::Halt {
-                    out.blocked = Some((
-                        reasons::DRAIN_TIMEOUT,
-                        format!(
-                            "{} did not finish draining within {:?}; onDrainTimeout is Halt: finish or cancel its jobs, or set Proceed",
-                            leaving.name, input.drain_timeout
-                        ),
-                    ));
-                    still_draining.push(leaving.name.clone());
-                }
-            }
-            Some(_) => still_draining.push(leaving.name.clone()),
-        }
+fn scale_down(input: &CapacityInput, out: &mut CapacityDecision) {
+    let leaving = (input.wanted..input.current).rev().filter_map(|o| server(input, o));
+    let progress = drain::progress(leaving, input.drain_ages, input.drain);
+    out.drain = progress.request;
+    if let Some(server) = progress.timed_out {
+        out.blocked = Some(Hold::new(
+            Reason::DrainTimeout,
+            format!(
+                "{server} did not finish draining within {:?}; onDrainTimeout is Halt: finish or cancel its jobs, or set Proceed",
+                input.drain.timeout
+            ),
+        ));
     }
-    if still_draining.is_empty() {
+    if progress.still_draining.is_empty() {
         out.replicas = input.wanted;
     } else if out.blocked.is_none() {
-        out.waiting = Some(format!("draining {} before removing it", still_draining.join(", ")));
+        out.waiting = Some(format!(
+            "draining {} before removing it",
+            progress.still_draining.join(", ")
+        ));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::DrainTimeoutPolicy;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     fn status(name: &str, ready: bool, state: Option<&str>, age: i64) -> ServerStatus {
         let active = state == Some("active") && age < 10;
@@ -217,8 +186,10 @@ mod tests {
             current,
             servers,
             database: Ok(()),
-            drain_timeout: Duration::from_secs(60),
-            on_drain_timeout: DrainTimeoutPolicy::Halt,
+            drain: DrainPolicy {
+                timeout: Duration::from_secs(60),
+                on_timeout: DrainTimeoutPolicy::Halt,
+            },
             drain_ages: &[],
             owned_jobs: &[],
             maintenance_drain: None,
@@ -227,12 +198,12 @@ mod tests {
 
     #[test]
     fn first_server_needs_only_the_database() {
-        assert_eq!(plan(&input(3, 0, &[])).replicas, 1);
+        assert_eq!(decide(&input(3, 0, &[])).replicas, 1);
         let mut blocked = input(3, 0, &[]);
         blocked.database = Err("secret process-db does not exist".into());
-        let out = plan(&blocked);
+        let out = decide(&blocked);
         assert_eq!(out.replicas, 0);
-        assert_eq!(out.blocked.unwrap().0, reasons::DATABASE_NOT_READY);
+        assert_eq!(out.blocked.unwrap().reason, Reason::DatabaseNotReady);
     }
 
     #[test]
@@ -241,7 +212,7 @@ mod tests {
             status("prod-0", true, Some("active"), 1),
             status("prod-1", false, None, 0),
         ];
-        let out = plan(&input(3, 2, &joining));
+        let out = decide(&input(3, 2, &joining));
         assert_eq!(out.replicas, 2);
         assert_eq!(
             out.waiting.as_deref(),
@@ -251,30 +222,30 @@ mod tests {
             status("prod-0", true, Some("active"), 1),
             status("prod-1", true, Some("active"), 1),
         ];
-        assert_eq!(plan(&input(3, 2, &joined)).replicas, 3);
+        assert_eq!(decide(&input(3, 2, &joined)).replicas, 3);
         let mut several = input(6, 2, &joined);
         several.add_at_once = 3;
-        assert_eq!(plan(&several).replicas, 5);
+        assert_eq!(decide(&several).replicas, 5);
     }
 
     #[test]
     fn each_blocked_precondition_has_its_reason() {
         let none_joined = [status("prod-0", false, Some("active"), 40)];
         assert_eq!(
-            plan(&input(2, 1, &none_joined)).blocked.unwrap().0,
-            reasons::NO_SERVER_JOINED
+            decide(&input(2, 1, &none_joined)).blocked.unwrap().reason,
+            Reason::NoServerJoined
         );
         let stale = [
             status("prod-0", true, Some("active"), 1),
             status("prod-1", true, Some("active"), 30),
         ];
-        let out = plan(&input(3, 2, &stale));
-        let (reason, message) = out.blocked.unwrap();
-        assert_eq!(reason, reasons::SERVER_UNHEALTHY);
+        let out = decide(&input(3, 2, &stale));
+        let Hold { reason, message } = out.blocked.unwrap();
+        assert_eq!(reason, Reason::ServerUnhealthy);
         assert!(message.contains("prod-1") && message.contains("30s"), "{message}");
         let mut above = input(12, 2, &stale);
         above.max_replicas = 10;
-        assert_eq!(plan(&above).blocked.unwrap().0, reasons::ABOVE_MAX_REPLICAS);
+        assert_eq!(decide(&above).blocked.unwrap().reason, Reason::AboveMaxReplicas);
     }
 
     #[test]
@@ -282,7 +253,7 @@ mod tests {
         let five: Vec<_> = (0..5)
             .map(|i| status(&format!("prod-{i}"), true, Some("active"), 1))
             .collect();
-        let out = plan(&input(2, 5, &five));
+        let out = decide(&input(2, 5, &five));
         assert_eq!(out.drain, vec!["prod-4", "prod-3", "prod-2"]);
         assert_eq!(out.replicas, 5);
         let mut stopped = five.clone();
@@ -294,7 +265,7 @@ mod tests {
         let ages: Vec<(String, f64)> = (2..5).map(|i| (format!("prod-{i}"), 5.0)).collect();
         let mut draining = input(2, 5, &stopped);
         draining.drain_ages = &ages;
-        assert_eq!(plan(&draining).replicas, 2);
+        assert_eq!(decide(&draining).replicas, 2);
         let mut gone = stopped.clone();
         for s in &mut gone[2..] {
             s.pod_exists = false;
@@ -303,7 +274,7 @@ mod tests {
         let mut cleaning = input(2, 2, &gone);
         cleaning.owned_jobs = &owned;
         assert_eq!(
-            plan(&cleaning).remove_rows,
+            decide(&cleaning).remove_rows,
             vec!["prod-2", "prod-4"],
             "prod-3 still owns a job"
         );
@@ -318,10 +289,10 @@ mod tests {
         let ages = [("prod-1".to_string(), 120.0)];
         let mut halt = input(1, 2, &two);
         halt.drain_ages = &ages;
-        let out = plan(&halt);
-        assert_eq!((out.replicas, out.blocked.unwrap().0), (2, reasons::DRAIN_TIMEOUT));
-        halt.on_drain_timeout = DrainTimeoutPolicy::Proceed;
-        assert_eq!(plan(&halt).replicas, 1);
+        let out = decide(&halt);
+        assert_eq!((out.replicas, out.blocked.unwrap().reason), (2, Reason::DrainTimeout));
+        halt.drain.on_timeout = DrainTimeoutPolicy::Proceed;
+        assert_eq!(decide(&halt).replicas, 1);
     }
 
     fn arbitrary_server(i: i32) -> impl Strategy<Value = ServerStatus> {
@@ -344,7 +315,7 @@ mod tests {
             i.max_replicas = max;
             i.add_at_once = step;
             if !db_ok { i.database = Err("down".into()); }
-            let out = plan(&i);
+            let out = decide(&i);
             if out.replicas > current {
                 prop_assert!(out.replicas <= max && out.replicas <= wanted && out.replicas - current <= step);
                 prop_assert!(db_ok, "never adds while the database is not ready");

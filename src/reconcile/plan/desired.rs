@@ -1,0 +1,149 @@
+//! Desired objects and drift: what every owned object must look like after the decisions, and
+//! which of them differ from the live ones (only those are written). Pure; does not need a
+//! client.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::ResourceExt;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::decide::Decisions;
+use super::inputs::Inputs;
+use crate::database::DatabaseState;
+use crate::drift::is_contained;
+use crate::error::{Error, Result};
+use crate::reconcile::observe::Observed;
+use crate::release::Release;
+use crate::resources::{configmap, job, pdb, service, statefulset};
+use crate::validate::ValidSpec;
+
+/// An owned object to server-side apply.
+// At most six live per reconcile, so the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Child {
+    /// Server settings.
+    ConfigMap(ConfigMap),
+    /// Headless or client Service.
+    Service(Service),
+    /// The disruption budget.
+    PodDisruptionBudget(PodDisruptionBudget),
+    /// The servers.
+    StatefulSet(StatefulSet),
+    /// A schema check or migrate Job of a version change.
+    Job(Job),
+}
+
+impl Child {
+    /// Kind of the object.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Child::ConfigMap(_) => "ConfigMap",
+            Child::Service(_) => "Service",
+            Child::PodDisruptionBudget(_) => "PodDisruptionBudget",
+            Child::StatefulSet(_) => "StatefulSet",
+            Child::Job(_) => "Job",
+        }
+    }
+
+    /// Name of the object.
+    pub fn name(&self) -> String {
+        match self {
+            Child::ConfigMap(o) => o.name_any(),
+            Child::Service(o) => o.name_any(),
+            Child::PodDisruptionBudget(o) => o.name_any(),
+            Child::StatefulSet(o) => o.name_any(),
+            Child::Job(o) => o.name_any(),
+        }
+    }
+
+    fn to_value(&self) -> Result<Value> {
+        match self {
+            Child::ConfigMap(o) => value_of(self.kind(), o),
+            Child::Service(o) => value_of(self.kind(), o),
+            Child::PodDisruptionBudget(o) => value_of(self.kind(), o),
+            Child::StatefulSet(o) => value_of(self.kind(), o),
+            Child::Job(o) => value_of(self.kind(), o),
+        }
+    }
+}
+
+fn value_of(kind: &'static str, object: &impl Serialize) -> Result<Value> {
+    serde_json::to_value(object).map_err(|source| Error::Serialization { kind, source })
+}
+
+fn live<T: Serialize>(object: &Option<T>) -> Result<Option<Value>> {
+    object.as_ref().map(|o| value_of("live object", o)).transpose()
+}
+
+/// A write the reconcile must make, and whether it creates the object or corrects drift.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Write {
+    /// The desired object.
+    pub child: Child,
+    /// True when the object does not exist yet.
+    pub creates: bool,
+}
+
+/// The owned objects that are missing or differ from what the decisions want, in a fixed
+/// order (ConfigMap, Services, PDB, StatefulSet, then a schema Job). Fails only if an object
+/// cannot be serialized for the comparison.
+pub(super) fn writes(
+    spec: &ValidSpec,
+    observed: &Observed,
+    inputs: &Inputs,
+    decisions: &Decisions,
+) -> Result<Vec<Write>> {
+    let cr = spec.cr;
+    let configmap = configmap::build(spec);
+    let config_hash = configmap::data_hash(&configmap);
+    let release = deployed_release(spec, decisions, inputs.running_release.as_ref());
+    let statefulset = statefulset::build(spec, release, decisions.capacity.replicas, &config_hash);
+    // Jobs run only with the database ready, so its schema version is known.
+    let schema_job = match (decisions.upgrade.run_job, &observed.database) {
+        (Some(kind), DatabaseState::Ready { schema_version, .. }) => {
+            Some(job::build(spec, kind, *schema_version, &config_hash))
+        }
+        _ => None,
+    };
+    let desired: [(Child, Option<Value>); 5] = [
+        (Child::ConfigMap(configmap), live(&observed.configmap)?),
+        (
+            Child::Service(service::build_headless(cr)),
+            live(&observed.headless_service)?,
+        ),
+        (
+            Child::Service(service::build_client(cr)),
+            live(&observed.client_service)?,
+        ),
+        (Child::PodDisruptionBudget(pdb::build(cr)), live(&observed.pdb)?),
+        (Child::StatefulSet(statefulset), live(&observed.statefulset)?),
+    ];
+    let mut writes = Vec::new();
+    let new_job = schema_job.map(|job| (Child::Job(job), None));
+    for (child, live) in desired.into_iter().chain(new_job) {
+        let in_sync = match &live {
+            Some(live) => is_contained(&child.to_value()?, live),
+            None => false,
+        };
+        if !in_sync {
+            writes.push(Write {
+                child,
+                creates: live.is_none(),
+            });
+        }
+    }
+    Ok(writes)
+}
+
+/// The release the StatefulSet must run: the wanted one once the schema gate lets it through,
+/// the running one until then.
+fn deployed_release<'a>(spec: &'a ValidSpec, decisions: &Decisions, running: Option<&'a Release>) -> &'a Release {
+    match (decisions.upgrade.release_ready, running) {
+        (false, Some(running)) => running,
+        _ => &spec.wanted,
+    }
+}

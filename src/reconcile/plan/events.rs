@@ -1,0 +1,192 @@
+//! Events: one per step a reconcile takes (servers added, drained, removed; a stage of a roll
+//! or of a version change), and one per condition that just turned bad or changed its message.
+//! Pure; does not need a client.
+
+use kube::ResourceExt;
+
+use super::decide::Decisions;
+use super::inputs::Inputs;
+use crate::conditions::{find, status};
+use crate::crd::{OrchestratorCluster, OrchestratorClusterStatus};
+use crate::database::DatabaseState;
+use crate::reconcile::observe::Observed;
+use crate::vocabulary::{ConditionType, Reason, RollStage, UpgradeStage};
+
+/// An Event the reconcile publishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// Warning (true) or Normal.
+    pub warning: bool,
+    /// Why.
+    pub reason: Reason,
+    /// What happened, for a person.
+    pub note: String,
+}
+
+impl PlannedEvent {
+    fn normal(reason: Reason, note: String) -> Self {
+        Self {
+            warning: false,
+            reason,
+            note,
+        }
+    }
+
+    fn warning(reason: Reason, note: String) -> Self {
+        Self {
+            warning: true,
+            reason,
+            note,
+        }
+    }
+}
+
+/// Events for the steps decided, and for conditions of `status` that just turned bad.
+pub(super) fn events(
+    cr: &OrchestratorCluster,
+    observed: &Observed,
+    inputs: &Inputs,
+    decisions: &Decisions,
+    status: &OrchestratorClusterStatus,
+) -> Vec<PlannedEvent> {
+    let name = cr.name_any();
+    let wanted = cr.spec.replicas;
+    let current = inputs.current;
+    let capacity = &decisions.capacity;
+    let mut events = roll_events(cr, decisions, status);
+    if capacity.replicas > current {
+        let added: Vec<String> = (current..capacity.replicas).map(|o| format!("{name}-{o}")).collect();
+        events.push(PlannedEvent::normal(
+            Reason::ScalingUp,
+            format!(
+                "adding {} ({current} -> {} of {wanted} servers)",
+                added.join(", "),
+                capacity.replicas
+            ),
+        ));
+    }
+    if capacity.replicas < current {
+        events.push(PlannedEvent::normal(
+            Reason::ScalingDown,
+            format!("removing drained servers ({current} -> {} servers)", capacity.replicas),
+        ));
+    }
+    if !capacity.drain.is_empty() {
+        events.push(PlannedEvent::normal(
+            Reason::Draining,
+            format!("asked {} for a friendly shutdown", capacity.drain.join(", ")),
+        ));
+    }
+    if !capacity.undrain.is_empty() {
+        events.push(PlannedEvent::normal(
+            Reason::Draining,
+            format!(
+                "withdrew the drain request of {}: wanted again",
+                capacity.undrain.join(", ")
+            ),
+        ));
+    }
+    if !capacity.remove_rows.is_empty() {
+        events.push(PlannedEvent::normal(
+            Reason::RemovedServerRows,
+            format!("removed the database rows of {}", capacity.remove_rows.join(", ")),
+        ));
+    }
+    let previous = cr.status.clone().unwrap_or_default().conditions;
+    let turned = |type_: ConditionType, bad_when_true: bool| {
+        let now = find(&status.conditions, type_)?;
+        let bad = (now.status == status::TRUE) == bad_when_true;
+        let before = find(&previous, type_);
+        let changed = before.is_none_or(|b| b.status != now.status || b.message != now.message);
+        (bad && changed).then(|| now.message.clone())
+    };
+    // Events with the same reason are merged into one series that keeps the first note, so
+    // each distinct problem gets its own reason: the condition's.
+    let database_reason = match &observed.database {
+        DatabaseState::Ready { .. } => Reason::Connected,
+        DatabaseState::NotReady { reason, .. } => *reason,
+    };
+    for (type_, bad_when_true, reason) in [
+        (
+            ConditionType::CapacityBlocked,
+            true,
+            capacity.blocked.as_ref().map(|hold| hold.reason),
+        ),
+        (ConditionType::Degraded, true, Some(Reason::ServerProblems)),
+        (ConditionType::DatabaseReady, false, Some(database_reason)),
+    ] {
+        if let (Some(note), Some(reason)) = (turned(type_, bad_when_true), reason) {
+            events.push(PlannedEvent::warning(reason, note));
+        }
+    }
+    events
+}
+
+/// An Event per stage of the roll or of a version change, and one when either halts.
+fn roll_events(
+    cr: &OrchestratorCluster,
+    decisions: &Decisions,
+    status: &OrchestratorClusterStatus,
+) -> Vec<PlannedEvent> {
+    let Decisions { upgrade, roll, .. } = decisions;
+    let before = cr
+        .status
+        .as_ref()
+        .and_then(|s| s.maintenance.clone())
+        .unwrap_or_default();
+    let after = status.maintenance.clone().unwrap_or_default();
+    let mut events = Vec::new();
+    let progress = after.step.clone().unwrap_or_default();
+    let trigger = after.reason.clone().unwrap_or_default();
+    if (before.server.as_ref(), before.stage.as_ref()) != (after.server.as_ref(), after.stage.as_ref()) {
+        match (&roll.step, upgrade.stage) {
+            (Some(step), _) => events.push(PlannedEvent::normal(
+                match step.stage {
+                    RollStage::Draining => Reason::MaintenanceDraining,
+                    RollStage::Evicting => Reason::MaintenanceEvicting,
+                    RollStage::WaitingReady => Reason::MaintenanceWaitingReady,
+                },
+                format!(
+                    "{}: {} (step {progress}, {trigger})",
+                    step.server,
+                    step.stage.as_str().to_lowercase()
+                ),
+            )),
+            (None, stage) => {
+                if let Some(server) = before.server.clone() {
+                    events.push(PlannedEvent::normal(
+                        Reason::MaintenanceStepDone,
+                        format!("{server} replaced and joined"),
+                    ));
+                }
+                if let Some(stage) = stage {
+                    events.push(PlannedEvent::normal(
+                        match stage {
+                            UpgradeStage::SchemaCheck => Reason::SchemaCheck,
+                            UpgradeStage::StoppingServers => Reason::StoppingServers,
+                            UpgradeStage::Migrating => Reason::SchemaMigration,
+                        },
+                        format!(
+                            "version {}: {}",
+                            cr.spec.version,
+                            after.blocked_reason.clone().unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+        }
+        let was_migrating = before.stage.as_deref().and_then(|s| s.parse().ok()) == Some(UpgradeStage::Migrating);
+        if was_migrating && upgrade.stage != Some(UpgradeStage::Migrating) && upgrade.blocked.is_none() {
+            events.push(PlannedEvent::normal(
+                Reason::SchemaMigrated,
+                format!("schema migrated for version {}", cr.spec.version),
+            ));
+        }
+    }
+    if let Some(hold) = roll.blocked.as_ref().or(upgrade.blocked.as_ref())
+        && before.blocked_reason.as_ref() != Some(&hold.message)
+    {
+        events.push(PlannedEvent::warning(hold.reason, hold.message.clone()));
+    }
+    events
+}

@@ -1,0 +1,119 @@
+//! Inputs: what was observed, adapted once to what the planners read (both views of every
+//! server, drain ages, the step the last status recorded). Pure; does not need a client.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use kube::ResourceExt;
+use orchestrator_contract::server_state;
+
+use crate::crd::{OrchestratorCluster, ServerStatus};
+use crate::database::DatabaseState;
+use crate::planners::maintenance::{ServerView, Step};
+use crate::planners::servers::{Health, merge, ordinal, problems};
+use crate::reconcile::observe::Observed;
+use crate::release::Release;
+use crate::resources::statefulset;
+use crate::vocabulary::RollStage;
+
+/// The observation, adapted.
+#[derive(Clone, Debug)]
+pub(super) struct Inputs {
+    /// Every server from both views, by ordinal.
+    pub(super) servers: Vec<ServerStatus>,
+    /// Problems worth a `Degraded` condition, one line each.
+    pub(super) problems: Vec<String>,
+    /// The StatefulSet's `spec.replicas` (0 without a StatefulSet).
+    pub(super) current: i32,
+    /// Seconds since each draining server's drain was requested.
+    pub(super) drain_ages: Vec<(String, f64)>,
+    /// Jobs each row still owns.
+    pub(super) owned_jobs: Vec<(String, i64)>,
+    /// Rows in state `draining`.
+    pub(super) draining: i64,
+    /// The step in progress, as the last status recorded it.
+    pub(super) previous_step: Option<Step>,
+    /// The database preflight passes.
+    pub(super) database_ready: bool,
+    /// The release the StatefulSet's template runs.
+    pub(super) running_release: Option<Release>,
+    /// Every server as the rolling-maintenance planner reads it.
+    pub(super) views: Vec<ServerView>,
+    /// The StatefulSet asks for no pod and has none.
+    pub(super) statefulset_stopped: bool,
+    /// The StatefulSet's update revision.
+    pub(super) update_revision: Option<String>,
+}
+
+/// Adapts `observed` of cluster `cr`.
+pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed) -> Inputs {
+    let name = cr.name_any();
+    let health = Health::default();
+    let members = observed.database.members().unwrap_or_default();
+    let servers = merge(&name, &observed.pods, observed.database.members(), health);
+    let views = servers
+        .iter()
+        .filter_map(|s| {
+            let ordinal = ordinal(&name, &s.name)?;
+            let pod = observed.pods.iter().find(|p| p.name == s.name);
+            Some(ServerView {
+                name: s.name.clone(),
+                ordinal,
+                pod_exists: s.pod_exists,
+                uid: pod.and_then(|p| p.uid.clone()),
+                revision: s.revision.clone(),
+                started_at: pod.and_then(|p| p.created_at),
+                ready: s.ready,
+                joined: s.joined,
+                running_jobs: s.running_jobs.unwrap_or(0),
+                state: s.state.clone(),
+                drain_age_seconds: members
+                    .iter()
+                    .find(|m| m.server_id == s.name)
+                    .and_then(|m| m.drain_requested_seconds),
+            })
+        })
+        .collect();
+    let statefulset = observed.statefulset.as_ref();
+    Inputs {
+        problems: problems(&servers, &observed.pods, health),
+        current: replicas(statefulset),
+        drain_ages: members
+            .iter()
+            .filter_map(|m| m.drain_requested_seconds.map(|age| (m.server_id.clone(), age)))
+            .collect(),
+        owned_jobs: members.iter().map(|m| (m.server_id.clone(), m.owned_jobs)).collect(),
+        draining: members.iter().filter(|m| m.state == server_state::DRAINING).count() as i64,
+        previous_step: step_from_status(cr),
+        database_ready: matches!(observed.database, DatabaseState::Ready { .. }),
+        running_release: statefulset.and_then(statefulset::running_release),
+        views,
+        statefulset_stopped: statefulset.is_some_and(|s| {
+            s.spec.as_ref().and_then(|spec| spec.replicas) == Some(0)
+                && s.status.as_ref().is_none_or(|status| status.replicas == 0)
+        }),
+        update_revision: statefulset
+            .and_then(|s| s.status.as_ref())
+            .and_then(|s| s.update_revision.clone()),
+        servers,
+    }
+}
+
+fn replicas(statefulset: Option<&StatefulSet>) -> i32 {
+    statefulset
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(0)
+}
+
+/// The step in progress, as the last status recorded it (a stage of a version change is not a
+/// step: it is derived from the cluster each time).
+pub(super) fn step_from_status(cr: &OrchestratorCluster) -> Option<Step> {
+    let m = cr.status.as_ref()?.maintenance.as_ref()?;
+    let stage: RollStage = m.stage.as_deref()?.parse().ok()?;
+    Some(Step {
+        server: m.server.clone()?,
+        stage,
+        since: m.started_at.as_ref()?.0,
+        began: m.step_started_at.as_ref().or(m.started_at.as_ref())?.0,
+        pod_uid: m.pod_uid.clone(),
+    })
+}

@@ -1,0 +1,161 @@
+//! Plan: from the validated spec and what was observed, everything a reconcile does — the
+//! writes, the database steps, an eviction, the Events, the status and when to look again.
+//! A pure function; does not need a client. Each part is its own module:
+//!
+//! - [`inputs`]: the observation adapted to what the planners read;
+//! - [`decide`]: the three planners and the precedence between them;
+//! - [`desired`]: the owned objects the decisions want, and which differ from the live ones;
+//! - [`status`]: the status, conditions and step in progress;
+//! - [`events`]: the Events of the steps and of conditions that turned bad.
+
+mod decide;
+mod desired;
+mod events;
+mod inputs;
+mod status;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+pub use desired::{Child, Write};
+pub use events::PlannedEvent;
+pub(crate) use status::invalid_spec_status;
+
+use crate::conditions::{find, status as condition_status};
+use crate::crd::{OrchestratorClusterStatus, Phase};
+use crate::error::Result;
+use crate::metrics::{ClusterFigures, Finished};
+use crate::planners::maintenance::MaintenanceAction;
+use crate::reconcile::observe::Observed;
+use crate::validate::ValidSpec;
+use crate::vocabulary::{ConditionType, Reason, UpgradeStage};
+
+/// What a reconcile should do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Owned objects that are missing or differ from what the spec wants.
+    pub writes: Vec<Write>,
+    /// Servers to ask for a friendly shutdown through the database.
+    pub drain: Vec<String>,
+    /// Rows of gone servers to remove from the database.
+    pub remove_rows: Vec<String>,
+    /// Servers wanted again whose drain request is withdrawn.
+    pub undrain: Vec<String>,
+    /// Pod to evict for rolling maintenance, with the uid it must still have.
+    pub evict: Option<(String, Option<String>)>,
+    /// Events to publish.
+    pub events: Vec<PlannedEvent>,
+    /// The status to report.
+    pub status: OrchestratorClusterStatus,
+    /// Per-cluster gauges.
+    pub(crate) figures: ClusterFigures,
+    /// A maintenance stage that ended in this reconcile.
+    pub(crate) finished_stage: Option<Finished>,
+    /// The maintenance step that finished in this reconcile (a server replaced and joined),
+    /// from its drain to its replacement joining.
+    pub(crate) step_done: Option<Finished>,
+    /// When to look again (the database cannot be watched).
+    pub requeue: Duration,
+}
+
+/// Look again this soon while something changes or is wrong.
+pub(crate) const BUSY_REQUEUE: Duration = Duration::from_secs(5);
+/// Look again this soon while a maintenance step or a version change waits on the database
+/// (a drain finishing, a replacement joining): the database cannot be watched, and every
+/// second of delay here adds to every step of a roll.
+pub(crate) const STEP_REQUEUE: Duration = Duration::from_secs(1);
+/// Look again this soon when everything is settled.
+pub(crate) const IDLE_REQUEUE: Duration = Duration::from_secs(30);
+
+/// Plans the reconcile of the cluster of `spec`. Fails only if an owned object cannot be
+/// serialized for the drift comparison.
+pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<Plan> {
+    let cr = spec.cr;
+    let inputs = inputs::gather(cr, observed);
+    let decisions = decide::decide(spec, observed, &inputs, now);
+    let writes = desired::writes(spec, observed, &inputs, &decisions)?;
+    // A StatefulSet about to be written (new template or replicas) is not the one observed:
+    // nothing is settled until the StatefulSet controller has seen the written one.
+    let statefulset_current = !writes.iter().any(|w| matches!(w.child, Child::StatefulSet(_)));
+    let status = status::status(cr, observed, &inputs, &decisions, statefulset_current, now);
+    let events = events::events(cr, observed, &inputs, &decisions, &status);
+    let decide::Decisions {
+        upgrade,
+        capacity,
+        roll,
+    } = decisions;
+    let previous_step = inputs.previous_step;
+    let settled = status.phase == Phase::Ready;
+    // A step in progress, the next step due, or every server draining for a migration (not a
+    // gate that waits for a person or a window, not a halt).
+    let next_step_due = roll.outdated > 0 && roll.waiting.is_none();
+    // Jobs are watched; only drains and joins need the database polled this often.
+    let draining_all = upgrade.stage == Some(UpgradeStage::StoppingServers);
+    let stepping = (roll.step.is_some() || next_step_due || draining_all) && status.phase != Phase::Blocked;
+    let finished_stage = previous_step.as_ref().and_then(|before| {
+        let same = roll
+            .step
+            .as_ref()
+            .is_some_and(|after| after.server == before.server && after.stage == before.stage);
+        (!same).then(|| Finished {
+            stage: before.stage,
+            key: format!("{}@{}", before.server, before.since),
+            seconds: now.0.duration_since(before.since).as_secs_f64().max(0.0),
+        })
+    });
+    let held_seconds = find(&status.conditions, ConditionType::MaintenanceBlocked)
+        .filter(|c| c.status == condition_status::TRUE)
+        .map(|c| now.0.duration_since(c.last_transition_time.0).as_secs_f64().max(0.0) as i64)
+        .unwrap_or(0);
+    let joined = inputs.servers.iter().filter(|s| s.joined).count() as i64;
+    Ok(Plan {
+        step_done: previous_step
+            .as_ref()
+            .filter(|_| events.iter().any(|e| e.reason == Reason::MaintenanceStepDone))
+            .map(|step| Finished {
+                stage: step.stage,
+                key: format!("{}@{}", step.server, step.began),
+                seconds: now.0.duration_since(step.began).as_secs_f64().max(0.0),
+            }),
+        finished_stage,
+        writes,
+        drain: capacity
+            .drain
+            .iter()
+            .cloned()
+            .chain(match &roll.action {
+                MaintenanceAction::RequestDrain(server) => Some(server.clone()),
+                _ => None,
+            })
+            .chain(upgrade.drain.iter().cloned())
+            .collect(),
+        evict: match &roll.action {
+            MaintenanceAction::Evict(server) => {
+                Some((server.clone(), roll.step.as_ref().and_then(|s| s.pod_uid.clone())))
+            }
+            _ => None,
+        },
+        remove_rows: capacity.remove_rows,
+        undrain: capacity.undrain,
+        events,
+        figures: ClusterFigures {
+            desired: cr.spec.replicas.into(),
+            joined,
+            draining: inputs.draining,
+            problems: inputs.problems.len() as i64,
+            database_reachable: inputs.database_ready.into(),
+            maintenance_held_seconds: held_seconds,
+        },
+        status,
+        requeue: if settled {
+            IDLE_REQUEUE
+        } else if stepping {
+            STEP_REQUEUE
+        } else {
+            BUSY_REQUEUE
+        },
+    })
+}

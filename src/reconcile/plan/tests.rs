@@ -1,0 +1,313 @@
+//! Unit tests of the whole plan: the README's examples in the worlds a reconcile meets.
+
+mod basics {
+    use super::super::*;
+    use crate::conditions::status::TRUE;
+    use crate::crd::{OrchestratorCluster, Phase};
+    use crate::database::DatabaseState;
+    use crate::error::Error;
+    use crate::planners::servers::PodView;
+    use crate::reconcile::dry_run;
+    use crate::testing::{fixtures, member};
+    use crate::validate::BuildSettings;
+    use crate::vocabulary::{ConditionType, Reason};
+    use k8s_openapi::api::apps::v1::StatefulSetStatus;
+    use k8s_openapi::jiff::Timestamp;
+    use kube::ResourceExt;
+
+    pub(super) fn now() -> Time {
+        Time(Timestamp::from_second(1_800_000_000).unwrap())
+    }
+
+    fn ready_db(members: Vec<orchestrator_contract::Member>) -> DatabaseState {
+        DatabaseState::Ready {
+            schema_version: 2,
+            members,
+        }
+    }
+
+    /// The cluster after its objects were applied, with `current` server pods of which the
+    /// first `joined` are ready and active in the database.
+    pub(super) fn world(cr: &OrchestratorCluster, current: i32, joined: i32) -> Observed {
+        let first = dry_run(
+            cr,
+            &Observed {
+                database: ready_db(vec![]),
+                ..Observed::default()
+            },
+            &BuildSettings::default(),
+            &now(),
+        )
+        .unwrap();
+        let mut observed = Observed::default();
+        for write in first.writes {
+            match write.child {
+                Child::ConfigMap(o) => observed.configmap = Some(o),
+                Child::Service(o) if o.name_any().ends_with("-servers") => observed.headless_service = Some(o),
+                Child::Service(o) => observed.client_service = Some(o),
+                Child::PodDisruptionBudget(o) => observed.pdb = Some(o),
+                Child::StatefulSet(mut o) => {
+                    o.spec.as_mut().unwrap().replicas = Some(current);
+                    o.metadata.generation = Some(1);
+                    o.status = Some(StatefulSetStatus {
+                        observed_generation: Some(1),
+                        replicas: current,
+                        ready_replicas: Some(joined),
+                        updated_replicas: Some(current),
+                        ..StatefulSetStatus::default()
+                    });
+                    observed.statefulset = Some(o);
+                }
+                Child::Job(o) => panic!("a new cluster runs no schema Job, got {}", o.name_any()),
+            }
+        }
+        let name = cr.name_any();
+        observed.pods = (0..current)
+            .map(|o| PodView {
+                name: format!("{name}-{o}"),
+                ordinal: o,
+                ready: o < joined,
+                release: Some(crate::testing::valid(cr).wanted),
+                ..PodView::default()
+            })
+            .collect();
+        observed.database = ready_db(
+            (0..joined)
+                .map(|o| member(&format!("{name}-{o}"), "active", 1.0))
+                .collect(),
+        );
+        observed
+    }
+
+    #[test]
+    fn fresh_cluster_creates_every_owned_object_and_adds_the_first_server() {
+        let cr = fixtures::minimal();
+        let observed = Observed {
+            database: ready_db(vec![]),
+            ..Observed::default()
+        };
+        let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        let kinds: Vec<_> = plan
+            .writes
+            .iter()
+            .map(|w| (w.child.kind(), w.child.name(), w.creates))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("ConfigMap", "minimal-config".to_string(), true),
+                ("Service", "minimal-servers".to_string(), true),
+                ("Service", "minimal".to_string(), true),
+                ("PodDisruptionBudget", "minimal".to_string(), true),
+                ("StatefulSet", "minimal".to_string(), true),
+            ]
+        );
+        let Child::StatefulSet(sts) = &plan.writes[4].child else {
+            panic!()
+        };
+        assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(1), "one server at a time");
+        assert_eq!(plan.status.phase, Phase::Pending);
+        assert_eq!(plan.events[0].note, "adding minimal-0 (0 -> 1 of 3 servers)");
+        assert_eq!(
+            find(&plan.status.conditions, ConditionType::DatabaseReady)
+                .unwrap()
+                .status,
+            TRUE
+        );
+        assert_eq!(plan.requeue, BUSY_REQUEUE);
+    }
+
+    #[test]
+    fn database_not_ready_blocks_and_creates_no_server() {
+        let cr = fixtures::minimal();
+        let message = "secret process-db has no key 'password' (the database password)".to_string();
+        let observed = Observed {
+            database: DatabaseState::NotReady {
+                reason: Reason::SecretKeyMissing,
+                message: message.clone(),
+            },
+            ..Observed::default()
+        };
+        let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        let Child::StatefulSet(sts) = &plan.writes[4].child else {
+            panic!()
+        };
+        assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(0));
+        assert_eq!(plan.status.phase, Phase::Blocked);
+        let blocked = find(&plan.status.conditions, ConditionType::CapacityBlocked).unwrap();
+        assert_eq!(
+            (blocked.status.as_str(), blocked.reason.as_str()),
+            ("True", Reason::DatabaseNotReady.as_str())
+        );
+        assert!(blocked.message.contains(&message));
+        let db = find(&plan.status.conditions, ConditionType::DatabaseReady).unwrap();
+        assert_eq!(
+            (db.status.as_str(), db.reason.as_str()),
+            ("False", Reason::SecretKeyMissing.as_str())
+        );
+        let reasons: Vec<_> = plan.events.iter().map(|e| (e.warning, e.reason)).collect();
+        assert_eq!(
+            reasons,
+            vec![(true, Reason::DatabaseNotReady), (true, Reason::SecretKeyMissing)]
+        );
+    }
+
+    #[test]
+    fn unchanged_cluster_needs_no_writes_and_reports_ready() {
+        let mut cr = fixtures::full();
+        let observed = world(&cr, 4, 4);
+        let first = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(first.writes, vec![]);
+        assert_eq!(first.status.phase, Phase::Ready);
+        assert_eq!(first.status.ready_replicas, 4);
+        assert_eq!(first.status.servers.len(), 4);
+        assert!(
+            first
+                .status
+                .servers
+                .iter()
+                .all(|s| s.joined && s.state.as_deref() == Some("active"))
+        );
+        assert_eq!(first.status.current_version.as_deref(), Some("1.0.0"));
+        assert_eq!(
+            find(&first.status.conditions, ConditionType::Ready).unwrap().status,
+            TRUE
+        );
+        assert_eq!(first.requeue, IDLE_REQUEUE);
+        cr.status = Some(first.status);
+        let second = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert!(second.events.is_empty(), "{:?}", second.events);
+    }
+
+    #[test]
+    fn hand_edits_are_reverted_and_only_the_edited_object_is_written() {
+        let cr = fixtures::minimal();
+        let mut observed = world(&cr, 3, 3);
+        observed.pdb = None;
+        let pod_spec = observed
+            .statefulset
+            .as_mut()
+            .unwrap()
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap();
+        pod_spec.containers[0].image = Some("hand-edited:latest".into());
+        let second = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        let writes: Vec<_> = second.writes.iter().map(|w| (w.child.kind(), w.creates)).collect();
+        assert_eq!(writes, vec![("PodDisruptionBudget", true), ("StatefulSet", false)]);
+    }
+
+    #[test]
+    fn next_server_waits_for_the_previous_to_join() {
+        let cr = fixtures::minimal();
+        let plan = dry_run(&cr, &world(&cr, 2, 1), &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(plan.status.phase, Phase::Scaling);
+        assert!(plan.writes.is_empty(), "no new server: {:?}", plan.writes);
+        let ready = find(&plan.status.conditions, ConditionType::Ready).unwrap();
+        assert_eq!(ready.message, "1 of 3 servers joined");
+        let progressing = find(&plan.status.conditions, ConditionType::Progressing).unwrap();
+        assert_eq!(
+            progressing.message,
+            "waiting for minimal-1 to join before adding more servers"
+        );
+        assert_eq!(plan.status.current_version, None);
+    }
+
+    #[test]
+    fn unusable_spec_is_an_error_with_the_field() {
+        let mut cr = fixtures::minimal();
+        cr.spec.maintenance.drain_timeout = "10 minutes".into();
+        let err = dry_run(&cr, &Observed::default(), &BuildSettings::default(), &now()).unwrap_err();
+        let Error::InvalidSpec(spec_error) = err else {
+            panic!("wrong error {err}")
+        };
+        assert_eq!(spec_error.field, "spec.maintenance.drainTimeout");
+        let status = invalid_spec_status(&cr, &spec_error, &now());
+        assert_eq!(status.phase, Phase::Blocked);
+        let degraded = find(&status.conditions, ConditionType::Degraded).unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", Reason::InvalidSpec.as_str())
+        );
+        assert!(degraded.message.contains("drainTimeout"));
+    }
+}
+
+mod version_change {
+    use super::super::*;
+    use crate::conditions::status::TRUE;
+    use crate::crd::SchemaChangePolicy;
+    use crate::crd::{OrchestratorCluster, Phase};
+    use crate::reconcile::dry_run;
+    use crate::release::{EXIT_MIGRATION_NEEDED, JobOutcome};
+    use crate::resources::statefulset;
+    use crate::testing::fixtures;
+    use crate::validate::BuildSettings;
+    use crate::vocabulary::UpgradeStage;
+    use crate::vocabulary::{ConditionType, Reason};
+
+    fn settled(cr: &OrchestratorCluster) -> Observed {
+        super::basics::world(cr, 3, 3)
+    }
+
+    fn statefulset_version(plan: &Plan) -> Option<String> {
+        plan.writes.iter().find_map(|w| match &w.child {
+            Child::StatefulSet(s) => statefulset::running_release(s).map(|r| r.version),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_new_version_waits_for_its_schema_check_before_the_template_changes() {
+        let old = fixtures::minimal();
+        let observed = settled(&old);
+        let mut cr = old.clone();
+        cr.spec.version = "2.0.0".into();
+        let settings = BuildSettings::default();
+        let first = dry_run(&cr, &observed, &settings, &super::basics::now()).unwrap();
+        let kinds: Vec<_> = first.writes.iter().map(|w| (w.child.kind(), w.creates)).collect();
+        assert_eq!(
+            kinds,
+            vec![("Job", true)],
+            "only the check Job; the template keeps the old release"
+        );
+        assert_eq!(first.status.phase, Phase::Maintaining);
+        let maintenance = first.status.maintenance.clone().unwrap();
+        assert_eq!(maintenance.stage.as_deref(), Some(UpgradeStage::SchemaCheck.as_str()));
+
+        let mut checked = observed.clone();
+        checked.schema_jobs.check = Some(JobOutcome::Succeeded);
+        let second = dry_run(&cr, &checked, &settings, &super::basics::now()).unwrap();
+        assert_eq!(statefulset_version(&second), Some("2.0.0".into()));
+    }
+
+    #[test]
+    fn a_refused_schema_change_blocks_and_disrupts_nothing() {
+        let old = fixtures::minimal();
+        let mut observed = settled(&old);
+        observed.schema_jobs.check = Some(JobOutcome::Failed {
+            exit_code: Some(EXIT_MIGRATION_NEEDED),
+            message: "migration needed: database schema 1, version 2.0.0 needs 2".into(),
+        });
+        let mut cr = old.clone();
+        cr.spec.version = "2.0.0".into();
+        let refused = dry_run(&cr, &observed, &BuildSettings::default(), &super::basics::now()).unwrap();
+        assert!(refused.writes.is_empty() && refused.drain.is_empty() && refused.evict.is_none());
+        assert_eq!(refused.status.phase, Phase::Blocked);
+        let blocked = find(&refused.status.conditions, ConditionType::MaintenanceBlocked).unwrap();
+        assert_eq!(
+            (blocked.status.as_str(), blocked.reason.as_str()),
+            (TRUE, Reason::SchemaChangeRefused.as_str())
+        );
+        assert!(refused.events.iter().any(|e| e.warning && e.note.contains("needs 2")));
+
+        cr.spec.upgrade.schema_change = SchemaChangePolicy::Recreate;
+        let recreate = dry_run(&cr, &observed, &BuildSettings::default(), &super::basics::now()).unwrap();
+        assert_eq!(recreate.drain.len(), 3, "{:?}", recreate.drain);
+        assert!(recreate.undrain.is_empty() && recreate.writes.is_empty());
+    }
+}

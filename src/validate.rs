@@ -1,0 +1,107 @@
+//! Validate: the resource as one [`ValidSpec`], every value the later steps need parsed once
+//! (durations, maintenance windows, the wanted release). A spec the CRD schema accepted but the
+//! operator cannot use is a [`SpecError`] here and nowhere else; builders and planners that
+//! take a `ValidSpec` cannot fail. Does not need a client.
+
+use std::time::Duration;
+
+use crate::crd::{OrchestratorCluster, SpecError};
+use crate::planners::drain::DrainPolicy;
+use crate::planners::windows::Calendar;
+use crate::release::Release;
+
+/// Operator-wide settings that complete a spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildSettings {
+    /// Image repository used with `spec.version` as the tag when `spec.image` is unset.
+    pub server_image_repository: String,
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        Self {
+            server_image_repository: "ghcr.io/orchestrator-dev/orchestrator-server".into(),
+        }
+    }
+}
+
+/// An `OrchestratorCluster` whose spec the operator can act on, with its values parsed.
+#[derive(Clone, Debug)]
+pub(crate) struct ValidSpec<'a> {
+    /// The resource as read.
+    pub(crate) cr: &'a OrchestratorCluster,
+    /// `maintenance.drainTimeout` and `onDrainTimeout`.
+    pub(crate) drain: DrainPolicy,
+    /// `maintenance.readyTimeout`.
+    pub(crate) ready_timeout: Duration,
+    /// `maintenance.windows`.
+    pub(crate) calendar: Calendar,
+    /// The release the spec asks for: `version` and the image that runs it.
+    pub(crate) wanted: Release,
+}
+
+/// Validates `cr`, completing it with the operator's `settings`.
+pub(crate) fn validate<'a>(cr: &'a OrchestratorCluster, settings: &BuildSettings) -> Result<ValidSpec<'a>, SpecError> {
+    let maintenance = &cr.spec.maintenance;
+    Ok(ValidSpec {
+        cr,
+        drain: DrainPolicy {
+            timeout: maintenance.drain_timeout()?,
+            on_timeout: maintenance.on_drain_timeout,
+        },
+        ready_timeout: maintenance.ready_timeout()?,
+        calendar: Calendar::parse(&maintenance.windows)?,
+        wanted: Release {
+            version: cr.spec.version.clone(),
+            image: cr
+                .spec
+                .image
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", settings.server_image_repository, cr.spec.version)),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::fixtures;
+
+    #[test]
+    fn the_wanted_release_uses_the_operator_repository_without_an_image() {
+        let settings = BuildSettings::default();
+        let minimal = fixtures::minimal();
+        let spec = validate(&minimal, &settings).unwrap();
+        assert_eq!(spec.wanted.image, "ghcr.io/orchestrator-dev/orchestrator-server:1.0.0");
+        assert_eq!(spec.drain.timeout, Duration::from_secs(600));
+        let full = fixtures::full();
+        assert_eq!(
+            validate(&full, &settings).unwrap().wanted.image,
+            "registry.example/orchestrator-server:1.0.0"
+        );
+    }
+
+    #[test]
+    fn each_unusable_value_names_its_field() {
+        let settings = BuildSettings::default();
+        let mut cr = fixtures::minimal();
+        cr.spec.maintenance.drain_timeout = "10 minutes".into();
+        assert_eq!(
+            validate(&cr, &settings).unwrap_err().field,
+            "spec.maintenance.drainTimeout"
+        );
+        let mut cr = fixtures::minimal();
+        cr.spec.maintenance.ready_timeout = "soon".into();
+        assert_eq!(
+            validate(&cr, &settings).unwrap_err().field,
+            "spec.maintenance.readyTimeout"
+        );
+        let mut cr = fixtures::minimal();
+        cr.spec.maintenance.windows = vec![crate::crd::MaintenanceWindow {
+            days: vec![],
+            start: "noon".into(),
+            duration: "1h".into(),
+        }];
+        assert_eq!(validate(&cr, &settings).unwrap_err().field, "spec.maintenance.windows");
+    }
+}
