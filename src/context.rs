@@ -8,9 +8,9 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
+use crate::crd::object_key;
 use crate::database::preflight::Preflight;
 use crate::metrics::{ClusterLabels, Metrics};
-use crate::reconcile::object_key;
 use crate::validate::BuildSettings;
 
 /// Field manager of every server-side apply the operator makes.

@@ -14,23 +14,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Environment variable names the operator sets itself; `spec.template.env` may not override them.
-pub const RESERVED_ENV_NAMES: [&str; 14] = [
-    "SERVER_ID",
-    "POD_IP",
-    "SERVER_VERSION",
-    "POD_NAMESPACE",
-    "DATABASE_HOST",
-    "DATABASE_PORT",
-    "DATABASE_NAME",
-    "DATABASE_SSLMODE",
-    "DATABASE_USER",
-    "DATABASE_PASSWORD",
-    "DATABASE_CA",
-    "HTTP_PORT",
-    "METRICS_PORT",
-    "DRAIN_TIMEOUT_SECONDS",
-];
+/// Environment variable names the operator sets itself; `spec.template.env` may not override
+/// them (the CRD's CEL rule on `template` lists them; a test keeps the two equal).
+pub const RESERVED_ENV_NAMES: [&str; 14] = orchestrator_contract::env::OPERATOR_SET;
 
 /// Desired state of a highly available cluster of orchestration servers sharing one database.
 // printcolumn(...) repeats `type_` per column, which clippy reads as a duplicated attribute.
@@ -604,6 +590,16 @@ impl MaintenanceSpec {
     pub fn ready_timeout(&self) -> Result<Duration, SpecError> {
         parse_duration("spec.maintenance.readyTimeout", &self.ready_timeout)
     }
+}
+
+/// `namespace/name` of a cluster (or of an object that would not parse as one), for logs, the
+/// back-off and the preflight cache.
+pub(crate) fn object_key(obj: &impl kube::Resource) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default()
+    )
 }
 
 /// The CRD as the YAML document checked in under `crds/`.

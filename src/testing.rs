@@ -50,20 +50,9 @@ impl Cluster {
         Self(fixtures::minimal())
     }
 
-    /// `examples/full.yaml`.
-    pub(crate) fn full() -> Self {
-        Self(fixtures::full())
-    }
-
     /// `spec.version`.
     pub(crate) fn version(mut self, version: &str) -> Self {
         self.0.spec.version = version.into();
-        self
-    }
-
-    /// `spec.replicas`.
-    pub(crate) fn replicas(mut self, replicas: i32) -> Self {
-        self.0.spec.replicas = replicas;
         self
     }
 
@@ -88,12 +77,6 @@ impl Row {
             drain_requested_seconds: None,
             owned_jobs: 0,
         })
-    }
-
-    /// A drain was requested `seconds` ago.
-    pub(crate) fn drain_requested(mut self, seconds: f64) -> Self {
-        self.0.drain_requested_seconds = Some(seconds);
-        self
     }
 
     /// The row.

@@ -17,8 +17,8 @@ use tokio_postgres::error::SqlState;
 
 use super::DatabaseState;
 use crate::crd::OrchestratorCluster;
+use crate::crd::object_key as key;
 use crate::error::Result;
-use crate::reconcile::object_key as key;
 use crate::vocabulary::{Hold, Reason};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

@@ -137,16 +137,8 @@ fn scale_up(input: &CapacityInput, out: &mut CapacityDecision) {
 fn scale_down(input: &CapacityInput, out: &mut CapacityDecision) {
     let leaving = (input.wanted..input.current).rev().filter_map(|o| server(input, o));
     let progress = drain::progress(leaving, input.drain_ages, input.drain);
+    out.blocked = progress.halt(input.drain, "");
     out.drain = progress.request;
-    if let Some(server) = progress.timed_out {
-        out.blocked = Some(Hold::new(
-            Reason::DrainTimeout,
-            format!(
-                "{server} did not finish draining within {:?}; onDrainTimeout is Halt: finish or cancel its jobs, or set Proceed",
-                input.drain.timeout
-            ),
-        ));
-    }
     if progress.still_draining.is_empty() {
         out.replicas = input.wanted;
     } else if out.blocked.is_none() {

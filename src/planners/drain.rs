@@ -8,6 +8,7 @@ use std::time::Duration;
 use orchestrator_contract::server_state;
 
 use crate::crd::{DrainTimeoutPolicy, ServerStatus};
+use crate::vocabulary::{Hold, Reason};
 
 /// Where the drains of a set of leaving servers stand.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -18,6 +19,22 @@ pub(crate) struct DrainProgress {
     pub(crate) still_draining: Vec<String>,
     /// The last server (in the caller's order) that overran `drainTimeout` under `Halt`.
     pub(crate) timed_out: Option<String>,
+}
+
+impl DrainProgress {
+    /// The `DrainTimeout` hold when a server overran `drainTimeout` under `Halt`; `purpose`
+    /// says what the drain was for (empty for a scale-down).
+    pub(crate) fn halt(&self, policy: DrainPolicy, purpose: &str) -> Option<Hold> {
+        self.timed_out.as_ref().map(|server| {
+            Hold::new(
+                Reason::DrainTimeout,
+                format!(
+                    "{server} did not finish draining within {:?}{purpose}; onDrainTimeout is Halt: finish or cancel its jobs, or set Proceed",
+                    policy.timeout
+                ),
+            )
+        })
+    }
 }
 
 /// The drain settings of the spec.

@@ -209,16 +209,11 @@ fn recreate(input: &UpgradeInput, from: &str, to: &str, out: &mut UpgradeDecisio
     if !with_pods.is_empty() || !input.statefulset_stopped {
         out.stage = Some(UpgradeStage::StoppingServers);
         let progress = drain::progress(with_pods, input.drain_ages, input.drain_policy);
+        out.blocked = progress.halt(
+            input.drain_policy,
+            &format!(" for the schema migration of version {to}"),
+        );
         out.drain = progress.request;
-        if let Some(server) = progress.timed_out {
-            out.blocked = Some(Hold::new(
-                Reason::DrainTimeout,
-                format!(
-                    "{server} did not finish draining within {:?} for the schema migration of version {to}; onDrainTimeout is Halt: finish or cancel its jobs, or set Proceed",
-                    input.drain_policy.timeout
-                ),
-            ));
-        }
         let still_draining = progress.still_draining;
         if still_draining.is_empty() {
             out.stop_all = true;

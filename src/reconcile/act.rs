@@ -12,11 +12,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::object_key;
 use super::plan::{Child, Plan, Write};
 use super::report;
 use crate::context::{Context, FIELD_MANAGER};
-use crate::crd::OrchestratorCluster;
+use crate::crd::{OrchestratorCluster, object_key};
 use crate::error::{Error, Result};
 use crate::vocabulary::Reason;
 

@@ -23,7 +23,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 
 use crate::context::Context;
-use crate::crd::OrchestratorCluster;
+use crate::crd::{OrchestratorCluster, object_key};
 use crate::error::{Error, Result};
 use crate::validate::{BuildSettings, validate};
 use observe::Observed;
@@ -32,15 +32,6 @@ use plan::Plan;
 /// The watched resource: an object that does not deserialize is kept (with its metadata) so
 /// that it gets a Warning Event instead of breaking the watch.
 pub type Watched = DeserializeGuard<OrchestratorCluster>;
-
-/// `namespace/name` of a watched object, for logs and back-off.
-pub(crate) fn object_key(obj: &impl Resource) -> String {
-    format!(
-        "{}/{}",
-        obj.meta().namespace.clone().unwrap_or_default(),
-        obj.meta().name.clone().unwrap_or_default()
-    )
-}
 
 /// Reconciles one `OrchestratorCluster`.
 pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {

@@ -10,10 +10,10 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
+use super::Watched;
 use super::plan::{Plan, invalid_spec_status};
-use super::{Watched, object_key};
 use crate::context::{Context, FIELD_MANAGER};
-use crate::crd::{OrchestratorCluster, OrchestratorClusterStatus, SpecError};
+use crate::crd::{OrchestratorCluster, OrchestratorClusterStatus, SpecError, object_key};
 use crate::error::{Error, Result};
 use crate::metrics::ClusterLabels;
 use crate::vocabulary::Reason;

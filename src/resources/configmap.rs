@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use orchestrator_contract::env;
 use sha2::{Digest, Sha256};
 
 use super::{HTTP_PORT, METRICS_PORT, Names, owned_meta};
@@ -14,14 +15,14 @@ pub(crate) fn server_settings(spec: &ValidSpec) -> BTreeMap<String, String> {
     let db = &spec.cr.spec.database;
     let drain_seconds = spec.drain.timeout.as_secs().max(1);
     BTreeMap::from([
-        ("DATABASE_HOST".to_string(), db.host.clone()),
-        ("DATABASE_PORT".to_string(), db.port.to_string()),
-        ("DATABASE_NAME".to_string(), db.name.clone()),
-        ("DATABASE_SSLMODE".to_string(), db.ssl_mode.as_str().to_string()),
-        ("HTTP_PORT".to_string(), HTTP_PORT.to_string()),
-        ("METRICS_PORT".to_string(), METRICS_PORT.to_string()),
+        (env::DATABASE_HOST.to_string(), db.host.clone()),
+        (env::DATABASE_PORT.to_string(), db.port.to_string()),
+        (env::DATABASE_NAME.to_string(), db.name.clone()),
+        (env::DATABASE_SSLMODE.to_string(), db.ssl_mode.as_str().to_string()),
+        (env::HTTP_PORT.to_string(), HTTP_PORT.to_string()),
+        (env::METRICS_PORT.to_string(), METRICS_PORT.to_string()),
         // A friendly shutdown waits this long for running jobs, then hands them back.
-        ("DRAIN_TIMEOUT_SECONDS".to_string(), drain_seconds.to_string()),
+        (env::DRAIN_TIMEOUT_SECONDS.to_string(), drain_seconds.to_string()),
     ])
 }
 

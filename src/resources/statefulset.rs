@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use orchestrator_contract::env;
 
 use super::{
     CONFIG_HASH_ANNOTATION, GRACE_MARGIN_SECONDS, HTTP_PORT, METRICS_PORT, Names, owned_meta, selector_labels,
@@ -61,7 +62,7 @@ pub(crate) fn release_of(pod: &PodSpec) -> Option<Release> {
         .env
         .iter()
         .flatten()
-        .find(|e| e.name == "SERVER_VERSION")?
+        .find(|e| e.name == env::SERVER_VERSION)?
         .value
         .clone()?;
     Some(Release {
@@ -211,19 +212,19 @@ fn server_env(cr: &OrchestratorCluster, release: &Release) -> Vec<EnvVar> {
         ..EnvVar::default()
     };
     let mut env = vec![
-        field("SERVER_ID", "metadata.name"),
-        field("POD_NAMESPACE", "metadata.namespace"),
+        field(env::SERVER_ID, "metadata.name"),
+        field(env::POD_NAMESPACE, "metadata.namespace"),
         // The server binds its HTTP and metrics ports on the pod IP.
-        field("POD_IP", "status.podIP"),
+        field(env::POD_IP, "status.podIP"),
         EnvVar {
-            name: "SERVER_VERSION".into(),
+            name: env::SERVER_VERSION.into(),
             value: Some(release.version.clone()),
             ..EnvVar::default()
         },
-        secret_key("DATABASE_USER", &secret.username_key, false),
-        secret_key("DATABASE_PASSWORD", &secret.password_key, false),
+        secret_key(env::DATABASE_USER, &secret.username_key, false),
+        secret_key(env::DATABASE_PASSWORD, &secret.password_key, false),
         // The CA of the database's certificate, for sslMode verify-ca / verify-full.
-        secret_key("DATABASE_CA", crate::database::preflight::CA_KEY, true),
+        secret_key(env::DATABASE_CA, crate::database::preflight::CA_KEY, true),
     ];
     env.extend(cr.spec.template.env.iter().cloned());
     env
@@ -306,6 +307,23 @@ mod tests {
         assert_eq!(by_name("WORKERS").value.as_deref(), Some("8"));
         let text = serde_json::to_string(&sts).unwrap();
         assert!(!text.contains("change-me-too") && !text.contains("orchestrator_prod"));
+    }
+
+    #[test]
+    fn the_builders_set_exactly_the_reserved_names() {
+        let mut cr = fixtures::full();
+        // The user's own variables are not the operator's.
+        cr.spec.template.env.clear();
+        let spec = valid(&cr);
+        let configmap = configmap::build(&spec);
+        let container = pod_spec(&build_for(&cr)).containers[0].clone();
+        let mut emitted: Vec<String> = container.env.unwrap().into_iter().map(|e| e.name).collect();
+        emitted.extend(configmap.data.unwrap().into_keys());
+        emitted.sort();
+        let mut reserved: Vec<String> = env::OPERATOR_SET.iter().map(|n| n.to_string()).collect();
+        reserved.sort();
+        assert_eq!(emitted, reserved);
+        assert_eq!(crate::crd::RESERVED_ENV_NAMES, env::OPERATOR_SET);
     }
 
     #[test]

@@ -239,6 +239,7 @@ mod basics {
 
 mod version_change {
     use super::super::*;
+    use crate::testing::Cluster;
     use crate::conditions::status::TRUE;
     use crate::crd::SchemaChangePolicy;
     use crate::crd::{OrchestratorCluster, Phase};
@@ -263,10 +264,8 @@ mod version_change {
 
     #[test]
     fn a_new_version_waits_for_its_schema_check_before_the_template_changes() {
-        let old = fixtures::minimal();
-        let observed = settled(&old);
-        let mut cr = old.clone();
-        cr.spec.version = "2.0.0".into();
+        let observed = settled(&fixtures::minimal());
+        let cr = Cluster::minimal().version("2.0.0").build();
         let settings = BuildSettings::default();
         let first = dry_run(&cr, &observed, &settings, &super::basics::now()).unwrap();
         let kinds: Vec<_> = first.writes.iter().map(|w| (w.child.kind(), w.creates)).collect();
@@ -287,14 +286,12 @@ mod version_change {
 
     #[test]
     fn a_refused_schema_change_blocks_and_disrupts_nothing() {
-        let old = fixtures::minimal();
-        let mut observed = settled(&old);
+        let mut observed = settled(&fixtures::minimal());
         observed.schema_jobs.check = Some(JobOutcome::Failed {
             exit_code: Some(EXIT_MIGRATION_NEEDED),
             message: "migration needed: database schema 1, version 2.0.0 needs 2".into(),
         });
-        let mut cr = old.clone();
-        cr.spec.version = "2.0.0".into();
+        let mut cr = Cluster::minimal().version("2.0.0").build();
         let refused = dry_run(&cr, &observed, &BuildSettings::default(), &super::basics::now()).unwrap();
         assert!(refused.writes.is_empty() && refused.drain.is_empty() && refused.evict.is_none());
         assert_eq!(refused.status.phase, Phase::Blocked);
