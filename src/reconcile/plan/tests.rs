@@ -239,13 +239,13 @@ mod basics {
 
 mod version_change {
     use super::super::*;
-    use crate::testing::Cluster;
     use crate::conditions::status::TRUE;
     use crate::crd::SchemaChangePolicy;
     use crate::crd::{OrchestratorCluster, Phase};
     use crate::reconcile::dry_run;
     use crate::release::{EXIT_MIGRATION_NEEDED, JobOutcome};
     use crate::resources::statefulset;
+    use crate::testing::Cluster;
     use crate::testing::fixtures;
     use crate::validate::BuildSettings;
     use crate::vocabulary::UpgradeStage;
