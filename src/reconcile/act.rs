@@ -147,7 +147,9 @@ pub async fn evict(client: &Client, namespace: &str, pod: &str, uid: Option<Stri
         Ok(_) => Ok(true),
         // Gone, or already replaced by a pod with another uid.
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 429 => Ok(false),
+        // Refused by a PodDisruptionBudget for now, or the API server is briefly unavailable
+        // (the eviction client does not retry): the roll waits and tries again.
+        Err(kube::Error::Api(e)) if matches!(e.code, 429 | 503 | 504) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }

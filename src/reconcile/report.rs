@@ -35,7 +35,15 @@ pub(crate) async fn report(ctx: &Context, cr: &OrchestratorCluster, plan: &Plan)
     }
     let labels = ClusterLabels::of(cr);
     ctx.metrics.record_cluster(&labels, plan.figures);
-    update_status(&ctx.client, cr, &plan.status).await?;
+    match update_status(&ctx.client, cr, &plan.status).await {
+        // Deleted while this reconcile ran (after the watch's Delete made the operator forget
+        // it): forget again what this reconcile put back.
+        Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {
+            ctx.forget(cr);
+            return Ok(());
+        }
+        other => other?,
+    }
     ctx.metrics
         .record_maintenance(&labels, plan.finished_stage.as_ref(), plan.step_done.as_ref());
     Ok(())
