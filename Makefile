@@ -1,13 +1,33 @@
 # Entry points; each target is a script under hack/ so that CI and people run the same thing.
-.PHONY: demo test bench bench-roll build crds tools cluster-up cluster-down lint
+# `make` alone lists them: the `## ` line above a target is what `make help` prints for it.
+.DEFAULT_GOAL := help
+.PHONY: help test lint unit e2e demo bench bench-roll build crds tools cluster-up cluster-down
+
+## List the targets and what they do (the default target).
+help:
+	@awk '/^## / { desc = substr($$0, 4); next } \
+	     /^[a-z][a-z0-9-]*:/ { sub(/:.*/, "", $$1); printf "  make %-13s %s\n", $$1, desc } \
+	     { desc = "" }' $(firstword $(MAKEFILE_LIST))
+
+## Everything CI runs (.ci/run): lint, unit, e2e, installing what is missing and starting the local cluster.
+test:
+	bash hack/test.sh
+
+## The one list of checks: fmt, clippy (all targets/features, warnings denied), CRD drift, import cycles, hadolint, helm.
+lint:
+	bash hack/lint.sh
+
+## Tests that need no cluster: unit, property, mock-API and PostgreSQL tests (cargo test --workspace).
+unit:
+	bash hack/unit.sh
+
+## The end-to-end suites (cargo test --features e2e --test e2e), starting the local cluster if needed.
+e2e:
+	bash hack/e2e.sh
 
 ## Run the demo: local cluster, operator, a cluster of three servers (left running).
 demo:
 	bash hack/demo.sh
-
-## Run every check and test, setting up what is missing (toolchains, PostgreSQL, local cluster).
-test:
-	bash hack/test.sh
 
 ## Throughput of the reference server against a one-connection baseline (prints ratios).
 bench:
@@ -38,10 +58,3 @@ cluster-up:
 ## Stop the local cluster.
 cluster-down:
 	bash hack/cluster-down.sh
-
-## Format check, clippy, hadolint, helm lint.
-lint:
-	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets --locked -- -D warnings
-	hadolint Dockerfile
-	bash hack/helm-check.sh

@@ -11,6 +11,6 @@ export KUBECONFIG="$root/.local/kubeconfig"
 mkdir -p .local
 bash hack/cluster-up.sh >.local/bench-roll-cluster.log 2>&1 || { cat .local/bench-roll-cluster.log; exit 1; }
 for run in $(seq 1 "${RUNS:-3}"); do
-  cargo test --quiet --test e2e_maintenance version_bump -- --nocapture 2>&1 \
+  cargo test --quiet --locked --features e2e --test e2e maintenance::version_bump -- --nocapture 2>&1 \
     | grep -E "roll measure|test result" | sed "s/^/[run $run] /"
 done

@@ -2,6 +2,10 @@
 //! serves a set of existing objects and records every request, then asserts on the method,
 //! path, field manager and body of each.
 
+#[path = "support/spec.rs"]
+#[allow(dead_code)] // the settings of the e2e suites
+mod spec;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +26,7 @@ use orchestrator_operator::reconcile::plan::{Child, plan};
 use orchestrator_operator::reconcile::reconcile;
 use orchestrator_operator::resources::BuildSettings;
 use serde_json::{Value, json};
+use spec::ClusterSpec;
 
 const NS: &str = "automation";
 
@@ -49,16 +54,15 @@ enum Scenario {
     Forbidden,
 }
 
+/// Cluster `prod` (version 1.0.0, a database host no one answers at) as the API server holds
+/// it: namespaced, with a uid, a generation and a resource version.
 fn cluster() -> OrchestratorCluster {
-    let mut cr: OrchestratorCluster = serde_json::from_value(json!({
-        "apiVersion": "orchestrator.dev/v1alpha1",
-        "kind": "OrchestratorCluster",
-        "metadata": {"name": "prod", "namespace": NS, "uid": "5f1c7a52-0000-4000-8000-000000000002", "generation": 2},
-        "spec": {"replicas": 3, "version": "1.0.0",
-                 "database": {"host": "db.internal", "name": "process", "credentialsSecret": {"name": "process-db"}}}
-    }))
-    .unwrap();
-    cr.meta_mut().resource_version = Some("100".into());
+    let mut cr = ClusterSpec::on_host(3, "db.internal").version("1.0.0").build();
+    let meta = cr.meta_mut();
+    meta.namespace = Some(NS.into());
+    meta.uid = Some("5f1c7a52-0000-4000-8000-000000000002".into());
+    meta.generation = Some(2);
+    meta.resource_version = Some("100".into());
     cr
 }
 

@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::e2e::root;
 
 /// A JSON value as a Lua table constructor (`null` becomes `nil`, arrays are 1-indexed).
-pub fn lua_literal(value: &Value) -> String {
+pub(crate) fn lua_literal(value: &Value) -> String {
     match value {
         Value::Null => "nil".into(),
         Value::Bool(b) => b.to_string(),
@@ -49,7 +49,7 @@ fn lua_string(s: &str) -> String {
 
 /// The health Argo CD would show for `object` (any serializable Kubernetes object):
 /// `(status, message)`.
-pub fn health(object: &impl serde::Serialize) -> (String, String) {
+pub(crate) fn health(object: &impl serde::Serialize) -> (String, String) {
     let value = serde_json::to_value(object).unwrap();
     let script = root().join("docs/argocd-health.lua");
     let program = format!(

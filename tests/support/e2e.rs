@@ -14,6 +14,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{Condition, await_condition, conditions};
 use kube::{Api, Client, Resource};
+use orchestrator_operator::crd::{OrchestratorCluster, Phase};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -21,25 +22,30 @@ use testing_postgres::TestPostgres;
 use tokio::process::{Child, Command};
 use tokio::sync::OnceCell;
 
+use super::spec::ClusterSpec;
+
+/// The unit of most deadlines.
+pub(crate) const MINUTE: Duration = Duration::from_secs(60);
+
 /// The project's root folder.
-pub fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A connection to `pg` as the application user.
-pub async fn db(pg: &TestPostgres) -> tokio_postgres::Client {
+pub(crate) async fn db(pg: &TestPostgres) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
     client
 }
 
 /// The `orchestrator-server` binary (built beside the operator's, by `hack/agent-up.sh`).
-pub fn server_binary() -> PathBuf {
+pub(crate) fn server_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_orchestrator-operator")).with_file_name("orchestrator-server")
 }
 
 /// A client of the local cluster. Panics with instructions when none is reachable.
-pub async fn client() -> Client {
+pub(crate) async fn client() -> Client {
     let hint =
         "the end-to-end suite needs the local cluster: run `make test` (or `eval $(make cluster-up)`); it never skips";
     assert!(
@@ -58,7 +64,7 @@ pub async fn client() -> Client {
 
 /// A client that returns 429 and 503 answers instead of retrying them (kube's default client
 /// retries them, which would hide an eviction refused by a PodDisruptionBudget).
-pub async fn client_without_retry() -> Client {
+pub(crate) async fn client_without_retry() -> Client {
     let mut config = kube::Config::infer().await.expect("KUBECONFIG is readable");
     config.default_retry = false;
     Client::try_from(config).unwrap()
@@ -67,7 +73,7 @@ pub async fn client_without_retry() -> Client {
 static CRD: OnceCell<()> = OnceCell::const_new();
 
 /// Installs `crds/orchestratorclusters.yaml` (once per test binary) and waits until it is served.
-pub async fn ensure_crd(client: &Client) {
+pub(crate) async fn ensure_crd(client: &Client) {
     CRD.get_or_init(|| async {
         let text = std::fs::read_to_string(root().join("crds/orchestratorclusters.yaml")).unwrap();
         let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
@@ -86,16 +92,16 @@ pub async fn ensure_crd(client: &Client) {
 }
 
 /// A namespace of one test, deleted when the value is dropped.
-pub struct TestNamespace {
+pub(crate) struct TestNamespace {
     /// Client of the cluster.
-    pub client: Client,
+    pub(crate) client: Client,
     /// Name of the namespace.
-    pub name: String,
+    pub(crate) name: String,
 }
 
 impl TestNamespace {
     /// Creates `e2e-<prefix>-<random>`, with the CRD installed.
-    pub async fn new(prefix: &str) -> Self {
+    pub(crate) async fn new(prefix: &str) -> Self {
         let client = client().await;
         ensure_crd(&client).await;
         let suffix: String = format!(
@@ -119,7 +125,7 @@ impl TestNamespace {
     }
 
     /// An API of kind `K` in this namespace.
-    pub fn api<K>(&self) -> Api<K>
+    pub(crate) fn api<K>(&self) -> Api<K>
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
     {
@@ -127,7 +133,7 @@ impl TestNamespace {
     }
 
     /// Creates an object from JSON in this namespace.
-    pub async fn create<K>(&self, value: serde_json::Value) -> K
+    pub(crate) async fn create<K>(&self, value: serde_json::Value) -> K
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
     {
@@ -136,7 +142,7 @@ impl TestNamespace {
     }
 
     /// Creates the database credentials Secret the examples use.
-    pub async fn create_db_secret(&self, name: &str, username: &str, password: &str) -> Secret {
+    pub(crate) async fn create_db_secret(&self, name: &str, username: &str, password: &str) -> Secret {
         self.create(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
                            "stringData": {"username": username, "password": password}}))
             .await
@@ -144,13 +150,13 @@ impl TestNamespace {
 
     /// Starts a PostgreSQL at the latest schema and creates Secret `process-db` with its
     /// application login.
-    pub async fn database(&self) -> TestPostgres {
+    pub(crate) async fn database(&self) -> TestPostgres {
         self.database_at_schema(orchestrator_contract::LATEST_SCHEMA).await
     }
 
     /// Starts a PostgreSQL at schema `schema` (what server versions `schema.x.y` run) and
     /// creates Secret `process-db` with its application login.
-    pub async fn database_at_schema(&self, schema: i32) -> TestPostgres {
+    pub(crate) async fn database_at_schema(&self, schema: i32) -> TestPostgres {
         let pg = TestPostgres::start();
         let mut db = db(&pg).await;
         orchestrator_contract::migrations::migrate(&mut db, schema, false)
@@ -161,8 +167,16 @@ impl TestNamespace {
         pg
     }
 
+    /// Creates the cluster `spec` in this namespace.
+    pub(crate) async fn create_cluster(&self, spec: &ClusterSpec) -> OrchestratorCluster {
+        self.api::<OrchestratorCluster>()
+            .create(&PostParams::default(), &spec.build())
+            .await
+            .unwrap()
+    }
+
     /// The log file the node agent writes for `container` of `pod`.
-    pub fn pod_log(&self, pod: &str, container: &str) -> String {
+    pub(crate) fn pod_log(&self, pod: &str, container: &str) -> String {
         let path = root().join(format!(".local/agent/pods/{}_{pod}/{container}.log", self.name));
         std::fs::read_to_string(&path).unwrap_or_default()
     }
@@ -192,7 +206,7 @@ impl Drop for TestNamespace {
 
 /// Waits until `condition` holds for object `name`, or fails after `timeout` naming `what`
 /// and showing the object's last state.
-pub async fn wait_for<K>(
+pub(crate) async fn wait_for<K>(
     api: &Api<K>,
     name: &str,
     what: &str,
@@ -215,18 +229,19 @@ where
     }
 }
 
-/// The operator binary running on the host for one namespace (no leader election).
-pub struct Operator {
-    child: Child,
+/// The operator binary running on the host for one namespace (no leader election); killed
+/// when dropped.
+pub(crate) struct Operator {
+    _child: Child,
     /// Its log file.
-    pub log: PathBuf,
+    pub(crate) log: PathBuf,
     /// Its `/metrics` URL.
-    pub metrics_url: String,
+    pub(crate) metrics_url: String,
 }
 
 impl Operator {
     /// Starts the operator watching `namespace`, with `image_repository` for servers.
-    pub async fn start(namespace: &str, image_repository: &str) -> Self {
+    pub(crate) async fn start(namespace: &str, image_repository: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -251,14 +266,14 @@ impl Operator {
             .spawn()
             .expect("start the operator binary");
         Self {
-            child,
+            _child: child,
             log,
             metrics_url: format!("http://127.0.0.1:{port}/metrics"),
         }
     }
 
     /// The operator's metrics in Prometheus text format.
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         reqwest::get(&self.metrics_url)
             .await
             .and_then(|r| r.error_for_status())
@@ -269,33 +284,35 @@ impl Operator {
     }
 
     /// The operator's log so far.
-    pub fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Whether the process still runs.
-    pub fn running(&mut self) -> bool {
-        self.child.try_wait().map(|s| s.is_none()).unwrap_or(false)
     }
 }
 
 /// Condition `type_` of the cluster's status.
-pub fn condition<'a>(
-    cr: &'a orchestrator_operator::crd::OrchestratorCluster,
+pub(crate) fn condition<'a>(
+    cr: &'a OrchestratorCluster,
     type_: &str,
 ) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     cr.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// Merge-patches the spec of cluster `prod` with `spec`; returns the patched cluster.
+pub(crate) async fn patch_spec(ns: &TestNamespace, spec: serde_json::Value) -> OrchestratorCluster {
+    ns.api::<OrchestratorCluster>()
+        .patch("prod", &PatchParams::default(), &Patch::Merge(&json!({"spec": spec})))
+        .await
+        .unwrap()
+}
+
 /// Waits until condition `type_` of cluster `prod` has `status` and `reason`; returns it.
-pub async fn wait_condition(
+pub(crate) async fn wait_condition(
     ns: &TestNamespace,
     type_: &'static str,
     status: &'static str,
     reason: &'static str,
     timeout: Duration,
-) -> orchestrator_operator::crd::OrchestratorCluster {
-    use orchestrator_operator::crd::OrchestratorCluster;
+) -> OrchestratorCluster {
     let what = format!("{type_}={status} ({reason})");
     wait_for(
         &ns.api::<OrchestratorCluster>(),
@@ -311,20 +328,36 @@ pub async fn wait_condition(
     .unwrap()
 }
 
+/// Waits (two minutes at most) until cluster `prod` is in phase Ready with `replicas` servers
+/// joined.
+pub(crate) async fn wait_ready(ns: &TestNamespace, replicas: i32) -> OrchestratorCluster {
+    wait_for(
+        &ns.api::<OrchestratorCluster>(),
+        "prod",
+        "Ready",
+        2 * MINUTE,
+        move |c: Option<&OrchestratorCluster>| {
+            c.and_then(|c| c.status.as_ref())
+                .is_some_and(|s| s.phase == Phase::Ready && s.ready_replicas == replicas)
+        },
+    )
+    .await
+    .unwrap()
+}
+
 /// Waits until cluster `prod` is Ready with `replicas` servers joined (on `version`, when
 /// given), no maintenance in progress, and a status that describes the current generation.
-pub async fn wait_settled(
+pub(crate) async fn wait_settled(
     ns: &TestNamespace,
     replicas: i32,
     version: Option<&'static str>,
-) -> orchestrator_operator::crd::OrchestratorCluster {
-    use orchestrator_operator::crd::{OrchestratorCluster, Phase};
+) -> OrchestratorCluster {
     let what = format!("Ready with {replicas} servers on {}", version.unwrap_or("any version"));
     wait_for(
         &ns.api::<OrchestratorCluster>(),
         "prod",
         &what,
-        Duration::from_secs(180),
+        3 * MINUTE,
         move |c: Option<&OrchestratorCluster>| {
             c.is_some_and(|c| {
                 c.status.as_ref().is_some_and(|s| {

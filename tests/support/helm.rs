@@ -17,16 +17,16 @@ use tokio::sync::OnceCell;
 use super::e2e::{TestNamespace, root, wait_for};
 
 /// Name of the Helm release in every test namespace.
-pub const RELEASE: &str = "orc";
+pub(crate) const RELEASE: &str = "orc";
 /// Name of the release's objects (Deployment, ServiceAccount, Lease, Roles).
-pub const FULLNAME: &str = "orc-orchestrator-operator";
+pub(crate) const FULLNAME: &str = "orc-orchestrator-operator";
 /// Label selector of the operator's pods.
-pub const OPERATOR_PODS: &str = "app.kubernetes.io/name=orchestrator-operator,app.kubernetes.io/instance=orc";
+pub(crate) const OPERATOR_PODS: &str = "app.kubernetes.io/name=orchestrator-operator,app.kubernetes.io/instance=orc";
 
 static TOOLS: OnceCell<PathBuf> = OnceCell::const_new();
 
 /// The folder of the local cluster's tools (`hack/build-tools.sh`, seconds when warm).
-pub async fn tools() -> PathBuf {
+pub(crate) async fn tools() -> PathBuf {
     TOOLS
         .get_or_init(|| async {
             let out = Command::new("bash")
@@ -48,7 +48,7 @@ pub async fn tools() -> PathBuf {
 
 /// Runs a tool of the local cluster (`kubectl`, `helm`) from the project's root; returns its
 /// output whatever the exit code.
-pub async fn run(tool: &str, args: &[&str]) -> Output {
+pub(crate) async fn run(tool: &str, args: &[&str]) -> Output {
     Command::new(tools().await.join(tool))
         .args(args)
         .current_dir(root())
@@ -58,7 +58,7 @@ pub async fn run(tool: &str, args: &[&str]) -> Output {
 }
 
 /// Runs `tool args`, fails the test unless it succeeds, returns its stdout.
-pub async fn ok(tool: &str, args: &[&str]) -> String {
+pub(crate) async fn ok(tool: &str, args: &[&str]) -> String {
     let out = run(tool, args).await;
     assert!(
         out.status.success(),
@@ -72,12 +72,12 @@ pub async fn ok(tool: &str, args: &[&str]) -> String {
 }
 
 /// `kubectl args`, which must succeed; its stdout.
-pub async fn kubectl(args: &[&str]) -> String {
+pub(crate) async fn kubectl(args: &[&str]) -> String {
     ok("kubectl", args).await
 }
 
 /// Runs `tool args` with `stdin` as its standard input; returns its output.
-pub async fn run_with_stdin(tool: &str, args: &[&str], stdin: &str) -> Output {
+pub(crate) async fn run_with_stdin(tool: &str, args: &[&str], stdin: &str) -> Output {
     use tokio::io::AsyncWriteExt;
     let mut child = Command::new(tools().await.join(tool))
         .args(args)
@@ -96,7 +96,7 @@ pub async fn run_with_stdin(tool: &str, args: &[&str], stdin: &str) -> Output {
 /// The values every test installs with: the image names the node agent maps to the operator
 /// and server binaries, and the release's own namespace as the only one watched (tests run
 /// in parallel, each with its own operator).
-pub fn local_values(namespace: &str) -> Vec<String> {
+pub(crate) fn local_values(namespace: &str) -> Vec<String> {
     vec![
         "image.repository=orchestrator-operator".into(),
         "serverImageRepository=orchestrator-server".into(),
@@ -120,12 +120,12 @@ async fn helm_release(command: &str, ns: &TestNamespace, values: &[String], extr
 
 /// `helm install` of the chart into `ns` with the local values plus `values`; waits until
 /// the operator's Deployment is available. Returns helm's output (the NOTES).
-pub async fn install(ns: &TestNamespace, values: &[&str]) -> String {
+pub(crate) async fn install(ns: &TestNamespace, values: &[&str]) -> String {
     install_with(ns, values, &[]).await
 }
 
 /// [`install`] with raw helm arguments `extra` (e.g. `--set-json`).
-pub async fn install_with(ns: &TestNamespace, values: &[&str], extra: &[&str]) -> String {
+pub(crate) async fn install_with(ns: &TestNamespace, values: &[&str], extra: &[&str]) -> String {
     let mut all = local_values(&ns.name);
     all.extend(values.iter().map(|v| v.to_string()));
     let notes = helm_release("install", ns, &all, extra).await;
@@ -134,7 +134,7 @@ pub async fn install_with(ns: &TestNamespace, values: &[&str], extra: &[&str]) -
 }
 
 /// `helm upgrade --reuse-values` with `values`; waits until the new pods replaced the old.
-pub async fn upgrade(ns: &TestNamespace, values: &[&str]) -> String {
+pub(crate) async fn upgrade(ns: &TestNamespace, values: &[&str]) -> String {
     let values: Vec<String> = values.iter().map(|v| v.to_string()).collect();
     let out = helm_release("upgrade", ns, &values, &["--reuse-values"]).await;
     wait_rolled_out(ns).await;
@@ -142,13 +142,13 @@ pub async fn upgrade(ns: &TestNamespace, values: &[&str]) -> String {
 }
 
 /// `helm uninstall`.
-pub async fn uninstall(ns: &TestNamespace) -> String {
+pub(crate) async fn uninstall(ns: &TestNamespace) -> String {
     ok("helm", &["uninstall", RELEASE, "--namespace", &ns.name, "--wait"]).await
 }
 
 /// Waits until the operator's Deployment has rolled out: every wanted replica updated and
 /// ready, no old pod left.
-pub async fn wait_rolled_out(ns: &TestNamespace) -> Deployment {
+pub(crate) async fn wait_rolled_out(ns: &TestNamespace) -> Deployment {
     wait_for(
         &ns.api::<Deployment>(),
         FULLNAME,
@@ -173,7 +173,7 @@ pub async fn wait_rolled_out(ns: &TestNamespace) -> Deployment {
 }
 
 /// The operator's pods (not being deleted), by name.
-pub async fn operator_pods(ns: &TestNamespace) -> Vec<Pod> {
+pub(crate) async fn operator_pods(ns: &TestNamespace) -> Vec<Pod> {
     let mut pods: Vec<Pod> = ns
         .api::<Pod>()
         .list(&ListParams::default().labels(OPERATOR_PODS))
@@ -188,12 +188,12 @@ pub async fn operator_pods(ns: &TestNamespace) -> Vec<Pod> {
 }
 
 /// The log the node agent keeps of operator pod `pod`.
-pub fn operator_log(ns: &TestNamespace, pod: &str) -> String {
+pub(crate) fn operator_log(ns: &TestNamespace, pod: &str) -> String {
     ns.pod_log(pod, "operator")
 }
 
 /// Waits until operator pod `pod`'s log contains `text`.
-pub async fn wait_log(ns: &TestNamespace, pod: &str, text: &str, timeout: Duration) {
+pub(crate) async fn wait_log(ns: &TestNamespace, pod: &str, text: &str, timeout: Duration) {
     // The log is a file written by the node agent; nothing to watch but the file itself.
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -207,104 +207,4 @@ pub async fn wait_log(ns: &TestNamespace, pod: &str, text: &str, timeout: Durati
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Label selector of the server pods of cluster `name`.
-pub fn server_pods(name: &str) -> String {
-    format!("app.kubernetes.io/name=orchestrator-server,app.kubernetes.io/instance={name}")
-}
-
-/// Waits (on a watch of the pods matching `selector`) until `condition` holds for the set of
-/// pods not being deleted; returns them by name. Fails after `timeout` showing the last set.
-pub async fn wait_pods(
-    ns: &TestNamespace,
-    selector: &str,
-    what: &str,
-    timeout: Duration,
-    condition: impl Fn(&std::collections::BTreeMap<String, Pod>) -> bool,
-) -> std::collections::BTreeMap<String, Pod> {
-    use futures::StreamExt;
-    use kube::runtime::watcher::{self, Event};
-    let mut pods = std::collections::BTreeMap::new();
-    let mut listed = std::collections::BTreeMap::new();
-    let mut synced = false;
-    let config = watcher::Config::default().labels(selector);
-    let mut events = std::pin::pin!(watcher::watcher(ns.api::<Pod>(), config));
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let event = match tokio::time::timeout_at(deadline, events.next()).await {
-            Ok(Some(Ok(event))) => event,
-            Ok(Some(Err(_))) => continue,
-            Ok(None) => panic!("the pod watch ended"),
-            Err(_) => {
-                let summary: Vec<String> = pods.values().map(describe_pod).collect();
-                panic!("timed out after {timeout:?} waiting for {what}; pods ({selector}):\n{summary:#?}")
-            }
-        };
-        match event {
-            Event::Init => listed.clear(),
-            Event::InitApply(pod) => {
-                listed.insert(pod.name_any(), pod);
-            }
-            Event::InitDone => {
-                pods = std::mem::take(&mut listed);
-                synced = true;
-            }
-            Event::Apply(pod) => {
-                pods.insert(pod.name_any(), pod);
-            }
-            Event::Delete(pod) => {
-                pods.remove(&pod.name_any());
-            }
-        }
-        if !synced {
-            continue;
-        }
-        let live: std::collections::BTreeMap<String, Pod> = pods
-            .iter()
-            .filter(|(_, p)| p.metadata.deletion_timestamp.is_none())
-            .map(|(n, p)| (n.clone(), p.clone()))
-            .collect();
-        if condition(&live) {
-            return live;
-        }
-    }
-}
-
-/// Whether `pod` is ready and not being deleted.
-pub fn pod_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// Container restarts of `pod`.
-pub fn restarts(pod: &Pod) -> i32 {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .map(|c| c.iter().map(|c| c.restart_count).sum())
-        .unwrap_or(0)
-}
-
-/// `name uid ready restarts` of a pod, for failure messages.
-pub fn describe_pod(pod: &Pod) -> String {
-    format!(
-        "{} uid={} ready={} restarts={} deleting={}",
-        pod.name_any(),
-        pod.uid().unwrap_or_default(),
-        pod_ready(pod),
-        restarts(pod),
-        pod.metadata.deletion_timestamp.is_some()
-    )
-}
-
-/// Pod uids by name.
-pub fn uids(pods: &std::collections::BTreeMap<String, Pod>) -> std::collections::BTreeMap<String, String> {
-    pods.iter()
-        .map(|(n, p)| (n.clone(), p.uid().unwrap_or_default()))
-        .collect()
 }

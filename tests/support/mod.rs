@@ -1,7 +1,10 @@
-//! Shared helpers of the integration tests.
-#![allow(dead_code)]
+//! Shared helpers of the integration tests. The e2e binary (`tests/e2e/main.rs`) includes this
+//! whole tree; the tests that need no cluster include single files of it (`spec.rs`,
+//! `invalid_specs.rs`) with `#[path]`.
 
-pub mod argocd;
-pub mod e2e;
-pub mod helm;
-pub mod invalid_specs;
+pub(crate) mod argocd;
+pub(crate) mod e2e;
+pub(crate) mod helm;
+pub(crate) mod invalid_specs;
+pub(crate) mod pods;
+pub(crate) mod spec;

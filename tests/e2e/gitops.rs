@@ -4,8 +4,6 @@
 //! refused at admission and the running cluster is untouched; and the Argo CD health check
 //! (`docs/argocd-health.lua`) judges real status objects at every stage.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,42 +12,25 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
 use kube::runtime::watcher::{self, Event};
 use orchestrator_operator::crd::OrchestratorCluster;
 use serde_json::json;
-use support::argocd::health;
-use support::e2e::{TestNamespace, root, wait_for, wait_settled};
-use support::helm::{self, kubectl, pod_ready, server_pods, uids, wait_pods};
 use testing_postgres::TestPostgres;
 
-const MINUTE: Duration = Duration::from_secs(60);
+use crate::support::argocd::health;
+use crate::support::e2e::{MINUTE, TestNamespace, condition, patch_spec, root, wait_for, wait_settled};
+use crate::support::helm::{self, kubectl};
+use crate::support::pods::{pod_ready, server_pods, uids, wait_pods};
+use crate::support::spec::ClusterSpec;
+
 /// How fast a hand edit must be reverted.
 const REVERT: Duration = Duration::from_secs(15);
 
+/// What a GitOps repository holds for cluster `prod` of `replicas` servers.
 fn manifest(pg: &TestPostgres, replicas: i32) -> String {
-    format!(
-        r#"# What a GitOps repository holds for this cluster.
-apiVersion: orchestrator.dev/v1alpha1
-kind: OrchestratorCluster
-metadata:
-  name: prod
-spec:
-  replicas: {replicas}
-  version: "2.0.0"
-  database:
-    host: 127.0.0.1
-    port: {port}
-    name: process
-    sslMode: disable
-    credentialsSecret:
-      name: process-db
-  maintenance:
-    drainTimeout: 20s
-    readyTimeout: 60s
-"#,
-        port = pg.port
-    )
+    let spec = ClusterSpec::new(replicas, pg).drain_timeout("20s").ready_timeout("60s");
+    format!("# What a GitOps repository holds for this cluster.\n{}", spec.yaml())
 }
 
 fn write(ns: &TestNamespace, name: &str, text: &str) -> String {
@@ -58,15 +39,6 @@ fn write(ns: &TestNamespace, name: &str, text: &str) -> String {
     let path = dir.join(format!("{}-{name}", ns.name));
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
-}
-
-fn condition_reason(cr: &OrchestratorCluster, type_: &str) -> Option<(String, String)> {
-    cr.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
 /// Records every version of the cluster object the API server publishes.
@@ -263,25 +235,12 @@ async fn reapplying_changes_nothing_hand_edits_are_reverted_invalid_specs_are_re
     // Health of the other stages, on real objects: a spec not yet observed, a paused roll, a
     // roll in progress, and done.
     let api = ns.api::<OrchestratorCluster>();
-    let patched = api
-        .patch(
-            "prod",
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": {"maintenance": {"paused": true}}})),
-        )
-        .await
-        .unwrap();
+    let patched = patch_spec(&ns, json!({"maintenance": {"paused": true}})).await;
     let (status, message) = health(&patched);
     assert_eq!(status, "Progressing", "{message}");
     assert!(message.contains("observe generation"), "{message}");
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    api.patch(
-        "prod",
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"maintenance": {"restartRequestedAt": now}}})),
-    )
-    .await
-    .unwrap();
+    patch_spec(&ns, json!({"maintenance": {"restartRequestedAt": now}})).await;
     let paused = wait_for(
         &api,
         "prod",
@@ -290,7 +249,7 @@ async fn reapplying_changes_nothing_hand_edits_are_reverted_invalid_specs_are_re
         |c: Option<&OrchestratorCluster>| {
             c.is_some_and(|c| {
                 c.status.as_ref().and_then(|s| s.observed_generation) == c.metadata.generation
-                    && condition_reason(c, "MaintenanceBlocked") == Some(("True".into(), "Paused".into()))
+                    && condition(c, "MaintenanceBlocked").is_some_and(|c| c.status == "True" && c.reason == "Paused")
             })
         },
     )
@@ -298,13 +257,7 @@ async fn reapplying_changes_nothing_hand_edits_are_reverted_invalid_specs_are_re
     .unwrap();
     let (status, message) = health(&paused);
     assert_eq!(status, "Suspended", "{message}");
-    api.patch(
-        "prod",
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"maintenance": {"paused": false}}})),
-    )
-    .await
-    .unwrap();
+    patch_spec(&ns, json!({"maintenance": {"paused": false}})).await;
     let rolling = wait_for(
         &api,
         "prod",
@@ -324,24 +277,4 @@ async fn reapplying_changes_nothing_hand_edits_are_reverted_invalid_specs_are_re
     let done = wait_settled(&ns, 2, None).await;
     let (status, message) = health(&done);
     assert_eq!(status, "Healthy", "{message}");
-}
-
-#[test]
-fn the_readme_shows_the_tested_health_check() {
-    let script = std::fs::read_to_string(root().join("docs/argocd-health.lua")).unwrap();
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let indented: String = script
-        .lines()
-        .map(|l| {
-            if l.is_empty() {
-                "\n".to_string()
-            } else {
-                format!("    {l}\n")
-            }
-        })
-        .collect();
-    assert!(
-        readme.contains(&indented),
-        "README.md's argocd-cm block must hold docs/argocd-health.lua verbatim (indented 4 spaces)"
-    );
 }

@@ -3,72 +3,38 @@
 //! rolling restart; pause; a replacement that never becomes ready halts the roll; a version
 //! that needs a schema migration is refused, or recreated with every server stopped.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::ListParams;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
 use orchestrator_operator::crd::{OrchestratorCluster, Phase};
 use serde_json::{Value, json};
-use support::e2e::{Operator, TestNamespace, db, server_binary, wait_condition, wait_for, wait_settled};
 use testing_postgres::TestPostgres;
 
-const MINUTE: Duration = Duration::from_secs(60);
-/// Selects the server pods (not the schema Jobs' pods).
-const SERVER_PODS: &str = "app.kubernetes.io/name=orchestrator-server";
+use crate::support::e2e::{
+    MINUTE, Operator, TestNamespace, condition, db, patch_spec, server_binary, wait_condition, wait_for, wait_settled,
+};
+use crate::support::pods::{self, pod_ready, server_pods, uids};
+use crate::support::spec::ClusterSpec;
 
-fn server_pods() -> ListParams {
-    ListParams::default().labels(SERVER_PODS)
+/// The cluster of these tests: short drain and ready timeouts.
+fn cluster(replicas: i32, pg: &TestPostgres) -> ClusterSpec {
+    ClusterSpec::new(replicas, pg).drain_timeout("30s").ready_timeout("20s")
 }
 
-fn cluster(replicas: i32, pg: &TestPostgres) -> OrchestratorCluster {
-    cluster_on("2.0.0", replicas, pg)
-}
-
-fn cluster_on(version: &str, replicas: i32, pg: &TestPostgres) -> OrchestratorCluster {
-    serde_json::from_value(json!({
-        "apiVersion": "orchestrator.dev/v1alpha1",
-        "kind": "OrchestratorCluster",
-        "metadata": {"name": "prod"},
-        "spec": {
-            "replicas": replicas,
-            "version": version,
-            "database": {"host": "127.0.0.1", "port": pg.port, "name": "process", "sslMode": "disable",
-                         "credentialsSecret": {"name": "process-db"}},
-            "maintenance": {"drainTimeout": "30s", "readyTimeout": "20s"}
-        }
-    }))
-    .unwrap()
-}
-
-async fn patch_spec(ns: &TestNamespace, spec: Value) {
-    let patch = json!({"spec": spec});
-    ns.api::<OrchestratorCluster>()
-        .patch("prod", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+/// The server pods of cluster `prod` (not its schema Jobs' pods) by name, with their uids.
+async fn server_uids(ns: &TestNamespace) -> BTreeMap<String, String> {
+    uids(&pods::list(ns, &server_pods("prod")).await)
 }
 
 async fn ready_cluster(ns: &TestNamespace, pg: &TestPostgres, replicas: i32) {
-    ns.api::<OrchestratorCluster>()
-        .create(&PostParams::default(), &cluster(replicas, pg))
-        .await
-        .unwrap();
+    ns.create_cluster(&cluster(replicas, pg)).await;
     wait_settled(ns, replicas, Some("2.0.0")).await;
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        && pod.metadata.deletion_timestamp.is_none()
 }
 
 /// Watches the pods and records the most servers ever unavailable at once, and the order in
@@ -94,7 +60,7 @@ impl Watcher {
         let task = tokio::spawn(async move {
             let mut state: BTreeMap<String, (String, bool)> = BTreeMap::new();
             let mut listed = false;
-            let config = watcher::Config::default().labels(SERVER_PODS);
+            let config = watcher::Config::default().labels(&server_pods("prod"));
             let mut events = std::pin::pin!(watcher::watcher(pods, config));
             while let Some(Ok(event)) = events.next().await {
                 match event {
@@ -105,10 +71,10 @@ impl Watcher {
                         }
                         let uid = pod.uid().unwrap_or_default();
                         let first = first_uids.entry(pod.name_any()).or_insert_with(|| uid.clone());
-                        if *first != uid && ready(&pod) {
+                        if *first != uid && pod_ready(&pod) {
                             b.lock().unwrap().entry(pod.name_any()).or_insert_with(Instant::now);
                         }
-                        let previous = state.insert(pod.name_any(), (uid.clone(), ready(&pod)));
+                        let previous = state.insert(pod.name_any(), (uid.clone(), pod_ready(&pod)));
                         if previous.is_some_and(|(old, _)| old != uid) {
                             r.lock().unwrap().push(pod.name_any());
                         }
@@ -247,12 +213,7 @@ async fn version_bump_replaces_one_server_at_a_time_and_loses_no_job() {
     let pg = ns.database().await;
     let operator = Operator::start(&ns.name, "orchestrator-server").await;
     ready_cluster(&ns, &pg, 4).await;
-    let uids = |pods: Vec<Pod>| {
-        pods.iter()
-            .map(|p| (p.name_any(), p.uid().unwrap()))
-            .collect::<BTreeMap<_, _>>()
-    };
-    let before = uids(ns.api::<Pod>().list(&server_pods()).await.unwrap().items);
+    let before = server_uids(&ns).await;
     let watcher = Watcher::start(&ns, 4);
     let (timelines, poller) = poll_timelines(&pg).await;
     let started = Instant::now();
@@ -271,7 +232,7 @@ async fn version_bump_replaces_one_server_at_a_time_and_loses_no_job() {
         "never two servers unavailable; saw {}",
         watcher.worst()
     );
-    let after = uids(ns.api::<Pod>().list(&server_pods()).await.unwrap().items);
+    let after = server_uids(&ns).await;
     assert!(
         before
             .iter()
@@ -308,24 +269,15 @@ async fn restart_requested_at_restarts_every_server_one_at_a_time() {
     let _operator = Operator::start(&ns.name, "orchestrator-server").await;
     ready_cluster(&ns, &pg, 3).await;
     let watcher = Watcher::start(&ns, 3);
-    let before: BTreeMap<String, String> = ns
-        .api::<Pod>()
-        .list(&server_pods())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|p| (p.name_any(), p.uid().unwrap()))
-        .collect();
+    let before = server_uids(&ns).await;
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     patch_spec(&ns, json!({"maintenance": {"restartRequestedAt": now}})).await;
-    let pods = ns.api::<Pod>();
     let deadline = std::time::Instant::now() + 3 * MINUTE;
     loop {
-        let current = pods.list(&server_pods()).await.unwrap().items;
+        let current = pods::list(&ns, &server_pods("prod")).await;
         let renewed = current
             .iter()
-            .filter(|p| before.get(&p.name_any()) != p.uid().as_ref() && ready(p))
+            .filter(|(name, p)| before.get(*name) != p.uid().as_ref() && pod_ready(p))
             .count();
         if renewed == 3 {
             break;
@@ -367,15 +319,10 @@ async fn pause_stops_the_roll_until_unpaused() {
     .await;
     patch_spec(&ns, json!({"maintenance": {"paused": true}})).await;
     wait_condition(&ns, "MaintenanceBlocked", "True", "Paused", MINUTE).await;
-    let snapshot = |pods: Vec<Pod>| {
-        pods.iter()
-            .map(|p| (p.name_any(), p.uid().unwrap()))
-            .collect::<BTreeMap<_, _>>()
-    };
-    let paused = snapshot(ns.api::<Pod>().list(&server_pods()).await.unwrap().items);
+    let paused = server_uids(&ns).await;
     // A negative check needs a window: three reconcile periods of the busy requeue.
     tokio::time::sleep(Duration::from_secs(15)).await;
-    let later = snapshot(ns.api::<Pod>().list(&server_pods()).await.unwrap().items);
+    let later = server_uids(&ns).await;
     assert_eq!(paused, later, "no server replaced while paused");
     patch_spec(&ns, json!({"maintenance": {"paused": false}})).await;
     wait_settled(&ns, 3, Some("2.1.0")).await;
@@ -401,11 +348,11 @@ async fn a_replacement_that_never_becomes_ready_halts_the_roll() {
     assert_eq!(joined.len(), 2, "the other two keep serving: {:?}", status.servers);
     let broken = status.maintenance.unwrap().server.unwrap();
     assert!(!joined.contains(&broken));
-    let pods = ns.api::<Pod>().list(&server_pods()).await.unwrap().items;
+    let pods = pods::list(&ns, &server_pods("prod")).await;
     let old_image = pods
         .iter()
-        .filter(|p| p.name_any() != broken)
-        .all(|p| p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("orchestrator-server:2.0.0"));
+        .filter(|(name, _)| **name != broken)
+        .all(|(_, p)| p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("orchestrator-server:2.0.0"));
     assert!(old_image, "only one server was touched");
 }
 
@@ -415,12 +362,7 @@ async fn a_drain_that_never_finishes_halts_until_the_policy_says_proceed() {
     let pg = ns.database().await;
     let db = db(&pg).await;
     let _operator = Operator::start(&ns.name, "orchestrator-server").await;
-    let mut spec = cluster(2, &pg);
-    spec.spec.maintenance.drain_timeout = "5s".into();
-    ns.api::<OrchestratorCluster>()
-        .create(&PostParams::default(), &spec)
-        .await
-        .unwrap();
+    ns.create_cluster(&cluster(2, &pg).drain_timeout("5s")).await;
     wait_settled(&ns, 2, Some("2.0.0")).await;
     // Long enough to outlast replacing the idle server first, even on a busy machine.
     let payload = json!({"batch": "long", "ms": 45000});
@@ -560,36 +502,16 @@ async fn a_schema_changing_version_is_refused_then_recreated_without_losing_a_jo
     let pg = ns.database_at_schema(1).await;
     let db = db(&pg).await;
     let _operator = Operator::start(&ns.name, "orchestrator-server").await;
-    let api = ns.api::<OrchestratorCluster>();
-    api.create(&PostParams::default(), &cluster_on("1.0.0", 2, &pg))
-        .await
-        .unwrap();
+    ns.create_cluster(&cluster(2, &pg).version("1.0.0")).await;
     wait_settled(&ns, 2, Some("1.0.0")).await;
-    let snapshot = |pods: Vec<Pod>| {
-        pods.iter()
-            .map(|p| (p.name_any(), p.uid().unwrap()))
-            .collect::<BTreeMap<_, _>>()
-    };
-    let before = snapshot(ns.api::<Pod>().list(&server_pods()).await.unwrap().items);
+    let before = server_uids(&ns).await;
 
     patch_spec(&ns, json!({"version": "2.0.0"})).await;
-    let refused = wait_condition(&ns, "MaintenanceBlocked", "True", "SchemaChangeRefused", 2 * MINUTE)
-        .await
-        .status
-        .unwrap();
-    let message = &refused
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "MaintenanceBlocked")
-        .unwrap()
-        .message;
+    let refused = wait_condition(&ns, "MaintenanceBlocked", "True", "SchemaChangeRefused", 2 * MINUTE).await;
+    let message = &condition(&refused, "MaintenanceBlocked").unwrap().message;
     assert!(message.contains("1.0.0") && message.contains("2.0.0"), "{message}");
-    assert_eq!(refused.phase, Phase::Blocked);
-    assert_eq!(
-        snapshot(ns.api::<Pod>().list(&server_pods()).await.unwrap().items),
-        before,
-        "Refuse disrupts nothing"
-    );
+    assert_eq!(refused.status.unwrap().phase, Phase::Blocked);
+    assert_eq!(server_uids(&ns).await, before, "Refuse disrupts nothing");
     let template = ns
         .api::<k8s_openapi::api::apps::v1::StatefulSet>()
         .get("prod")

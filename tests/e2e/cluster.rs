@@ -3,8 +3,6 @@
 //! pods, the PodDisruptionBudget through the Eviction API, garbage collection, and the
 //! node agent's process lifecycle.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -15,56 +13,20 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, EvictParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
-use orchestrator_operator::crd::{OrchestratorCluster, Phase};
+use orchestrator_operator::crd::OrchestratorCluster;
 use serde_json::{Value, json};
-use support::e2e::{Operator, TestNamespace, client_without_retry, wait_for};
-use support::invalid_specs::{Check, cases, merge, valid_base};
 use testing_postgres::TestPostgres;
 
-const MINUTE: Duration = Duration::from_secs(60);
+use crate::support::e2e::{MINUTE, Operator, TestNamespace, client_without_retry, wait_for, wait_ready};
+use crate::support::invalid_specs::{Check, cases, merge, valid_base};
+use crate::support::pods::pod_ready;
+use crate::support::spec::ClusterSpec;
 
-fn cluster(name: &str, replicas: i32, pg: &TestPostgres) -> Value {
-    json!({
-        "apiVersion": "orchestrator.dev/v1alpha1",
-        "kind": "OrchestratorCluster",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "version": "2.0.0",
-            "database": {"host": "127.0.0.1", "port": pg.port, "name": "process", "sslMode": "disable",
-                         "credentialsSecret": {"name": "process-db"}},
-            "maintenance": {"drainTimeout": "5s"}
-        }
-    })
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-async fn ready_cluster(ns: &TestNamespace, pg: &TestPostgres, name: &str, replicas: i32) -> OrchestratorCluster {
-    let api = ns.api::<OrchestratorCluster>();
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(cluster(name, replicas, pg)).unwrap(),
-    )
-    .await
-    .unwrap();
-    wait_for(
-        &api,
-        name,
-        "Ready phase",
-        2 * MINUTE,
-        move |c: Option<&OrchestratorCluster>| {
-            c.and_then(|c| c.status.as_ref())
-                .is_some_and(|s| s.phase == Phase::Ready && s.ready_replicas == replicas)
-        },
-    )
-    .await
-    .unwrap()
+/// Creates cluster `prod` of `replicas` servers (5 s drains) and waits until it is Ready.
+async fn ready_cluster(ns: &TestNamespace, pg: &TestPostgres, replicas: i32) -> OrchestratorCluster {
+    ns.create_cluster(&ClusterSpec::new(replicas, pg).drain_timeout("5s"))
+        .await;
+    wait_ready(ns, replicas).await
 }
 
 /// Dotted field path as the API server writes it: `/spec/windows/0/start` → `spec.windows[0].start`.
@@ -133,7 +95,7 @@ async fn operator_creates_owned_objects_and_the_pods_become_ready() {
     let ns = TestNamespace::new("owned").await;
     let pg = ns.database().await;
     let _operator = Operator::start(&ns.name, "orchestrator-server").await;
-    let cr = ready_cluster(&ns, &pg, "prod", 2).await;
+    let cr = ready_cluster(&ns, &pg, 2).await;
     let uid = cr.uid().unwrap();
     let owned_by_cluster = |refs: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>| {
         refs.is_some_and(|r| r.iter().any(|r| r.uid == uid && r.controller == Some(true)))
@@ -180,7 +142,7 @@ async fn pdb_allows_one_eviction_and_refuses_the_second_with_429() {
     let ns = TestNamespace::new("pdb").await;
     let pg = ns.database().await;
     let _operator = Operator::start(&ns.name, "orchestrator-server").await;
-    ready_cluster(&ns, &pg, "prod", 3).await;
+    ready_cluster(&ns, &pg, 3).await;
     let pdbs = ns.api::<PodDisruptionBudget>();
     wait_for(
         &pdbs,
@@ -211,7 +173,7 @@ async fn deleting_the_cluster_garbage_collects_what_it_owned() {
     let ns = TestNamespace::new("gc").await;
     let pg = ns.database().await;
     let _operator = Operator::start(&ns.name, "orchestrator-server").await;
-    let cr = ready_cluster(&ns, &pg, "prod", 1).await;
+    let cr = ready_cluster(&ns, &pg, 1).await;
     ns.api::<OrchestratorCluster>()
         .delete("prod", &DeleteParams::default())
         .await

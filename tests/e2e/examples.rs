@@ -4,22 +4,18 @@
 //! a person what they need; the Argo CD health check judges a cluster whose database is
 //! unusable as Degraded.
 
-mod support;
-
-use std::time::Duration;
-
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
 use kube::ResourceExt;
 use kube::api::ListParams;
 use orchestrator_operator::crd::{OrchestratorCluster, Phase};
 use serde_json::{Value, json};
-use support::argocd::health;
-use support::e2e::{TestNamespace, db, root, wait_for};
-use support::helm::{self, kubectl, pod_ready, server_pods, wait_pods};
 use testing_postgres::TestPostgres;
 
-const MINUTE: Duration = Duration::from_secs(60);
+use crate::support::argocd::health;
+use crate::support::e2e::{MINUTE, TestNamespace, db, root, wait_for};
+use crate::support::helm::{self, kubectl};
+use crate::support::pods::{pod_ready, server_pods, wait_pods};
 
 fn words(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")

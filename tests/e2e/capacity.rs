@@ -3,8 +3,6 @@
 //! its own reason and recovers by itself, scale-down drains through the database, a killed
 //! server shows up as Degraded, and the password never leaks.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -14,50 +12,22 @@ use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use orchestrator_contract as contract;
-use orchestrator_operator::crd::{OrchestratorCluster, Phase};
+use orchestrator_operator::crd::OrchestratorCluster;
 use serde_json::{Value, json};
-use support::e2e::{Operator, TestNamespace, condition, db, server_binary, wait_condition, wait_for};
 use testing_postgres::TestPostgres;
 
-const MINUTE: Duration = Duration::from_secs(60);
+use crate::support::e2e::{
+    MINUTE, Operator, TestNamespace, condition, db, patch_spec, server_binary, wait_condition, wait_for, wait_ready,
+};
+use crate::support::spec::ClusterSpec;
 
-fn cluster(replicas: i32, pg: &TestPostgres) -> OrchestratorCluster {
-    serde_json::from_value(json!({
-        "apiVersion": "orchestrator.dev/v1alpha1",
-        "kind": "OrchestratorCluster",
-        "metadata": {"name": "prod"},
-        "spec": {
-            "replicas": replicas,
-            "version": "2.0.0",
-            "database": {"host": "127.0.0.1", "port": pg.port, "name": "process", "sslMode": "disable",
-                         "credentialsSecret": {"name": "process-db"}},
-            "maintenance": {"drainTimeout": "20s"}
-        }
-    }))
-    .unwrap()
-}
-
-async fn wait_ready(ns: &TestNamespace, replicas: i32) -> OrchestratorCluster {
-    wait_for(
-        &ns.api::<OrchestratorCluster>(),
-        "prod",
-        "Ready",
-        2 * MINUTE,
-        move |c: Option<&OrchestratorCluster>| {
-            c.and_then(|c| c.status.as_ref())
-                .is_some_and(|s| s.phase == Phase::Ready && s.ready_replicas == replicas)
-        },
-    )
-    .await
-    .unwrap()
+/// The cluster of these tests: 20 s drains.
+fn cluster(replicas: i32, pg: &TestPostgres) -> ClusterSpec {
+    ClusterSpec::new(replicas, pg).drain_timeout("20s")
 }
 
 async fn set_replicas(ns: &TestNamespace, replicas: i32) {
-    let patch = json!({"spec": {"replicas": replicas}});
-    ns.api::<OrchestratorCluster>()
-        .patch("prod", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    patch_spec(ns, json!({"replicas": replicas})).await;
 }
 
 async fn pods(ns: &TestNamespace) -> Vec<Pod> {
@@ -83,10 +53,7 @@ async fn servers_join_one_by_one_and_status_shows_both_views() {
     let statefulsets = ns.api::<StatefulSet>();
     let config = watcher::Config::default().fields("metadata.name=prod");
     let mut events = std::pin::pin!(watcher::watcher(statefulsets, config));
-    ns.api::<OrchestratorCluster>()
-        .create(&PostParams::default(), &cluster(3, &pg))
-        .await
-        .unwrap();
+    ns.create_cluster(&cluster(3, &pg)).await;
     let mut seen = 0;
     let deadline = Instant::now() + 2 * MINUTE;
     while seen < 3 {
@@ -140,16 +107,12 @@ async fn servers_join_one_by_one_and_status_shows_both_views() {
 async fn credentials_problems_block_with_their_reason_and_recover_and_never_leak() {
     let ns = TestNamespace::new("creds").await;
     let pg = TestPostgres::start();
-    let (mut admin, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let mut admin = db(&pg).await;
     contract::migrations::migrate(&mut admin, contract::LATEST_SCHEMA, false)
         .await
         .unwrap();
     let operator = Operator::start(&ns.name, "orchestrator-server").await;
-    ns.api::<OrchestratorCluster>()
-        .create(&PostParams::default(), &cluster(1, &pg))
-        .await
-        .unwrap();
+    ns.create_cluster(&cluster(1, &pg)).await;
 
     let cr = wait_condition(&ns, "DatabaseReady", "False", "SecretMissing", MINUTE).await;
     assert_eq!(condition(&cr, "CapacityBlocked").unwrap().reason, "DatabaseNotReady");
@@ -212,10 +175,7 @@ async fn runtime_preconditions_block_scale_up_and_recover() {
     let pg = ns.database().await;
     let db = db(&pg).await;
     let _operator = Operator::start(&ns.name, "orchestrator-server").await;
-    ns.api::<OrchestratorCluster>()
-        .create(&PostParams::default(), &cluster(1, &pg))
-        .await
-        .unwrap();
+    ns.create_cluster(&cluster(1, &pg)).await;
     wait_ready(&ns, 1).await;
 
     // prod-0's heartbeats stop reaching the database (its row freezes) while its pod stays ready.
@@ -270,10 +230,7 @@ async fn scale_up_and_down_under_load_loses_nothing() {
     let pg = ns.database().await;
     let db = db(&pg).await;
     let _operator = Operator::start(&ns.name, "orchestrator-server").await;
-    ns.api::<OrchestratorCluster>()
-        .create(&PostParams::default(), &cluster(3, &pg))
-        .await
-        .unwrap();
+    ns.create_cluster(&cluster(3, &pg)).await;
     wait_ready(&ns, 3).await;
     let urls: Vec<String> = pods(&ns)
         .await
@@ -362,10 +319,7 @@ async fn killed_server_shows_as_degraded_and_rejoins() {
     let ns = TestNamespace::new("kill").await;
     let pg = ns.database().await;
     let _operator = Operator::start(&ns.name, "orchestrator-server").await;
-    ns.api::<OrchestratorCluster>()
-        .create(&PostParams::default(), &cluster(2, &pg))
-        .await
-        .unwrap();
+    ns.create_cluster(&cluster(2, &pg)).await;
     wait_ready(&ns, 2).await;
     let pid = server_pid(&ns.name, "prod-1").expect("the server process of prod-1");
     let status = std::process::Command::new("kill")
@@ -404,20 +358,14 @@ async fn killed_server_shows_as_degraded_and_rejoins() {
 async fn tls_verify_full_needs_the_ca_and_then_works_for_operator_and_servers() {
     let ns = TestNamespace::new("tls").await;
     let pg = TestPostgres::start_with_tls();
-    let (mut admin, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let mut admin = db(&pg).await;
     contract::migrations::migrate(&mut admin, contract::LATEST_SCHEMA, false)
         .await
         .unwrap();
     ns.create_db_secret("process-db", testing_postgres::USER, &pg.password)
         .await;
     let _operator = Operator::start(&ns.name, "orchestrator-server").await;
-    let mut spec = cluster(1, &pg);
-    spec.spec.database.ssl_mode = orchestrator_operator::crd::SslMode::VerifyFull;
-    ns.api::<OrchestratorCluster>()
-        .create(&PostParams::default(), &spec)
-        .await
-        .unwrap();
+    ns.create_cluster(&cluster(1, &pg).ssl_mode("verify-full")).await;
 
     let cr = wait_condition(&ns, "DatabaseReady", "False", "TlsFailed", MINUTE).await;
     let message = &condition(&cr, "DatabaseReady").unwrap().message;

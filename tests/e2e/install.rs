@@ -5,8 +5,6 @@
 //! restarts the operator and no server; `helm uninstall` leaves the servers running; of two
 //! replicas only the Lease holder acts, and a killed holder hands over within the lease time.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -16,48 +14,24 @@ use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::api::rbac::v1::Role;
 use kube::ResourceExt;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams};
 use orchestrator_contract as contract;
 use orchestrator_operator::crd::OrchestratorCluster;
 use serde_json::{Value, json};
-use support::e2e::{TestNamespace, db, wait_for, wait_settled};
-use support::helm::{self, FULLNAME, OPERATOR_PODS, pod_ready, restarts, server_pods, uids, wait_pods};
 use testing_postgres::TestPostgres;
 
-const MINUTE: Duration = Duration::from_secs(60);
+use crate::support::e2e::{MINUTE, TestNamespace, db, patch_spec, wait_for, wait_settled};
+use crate::support::helm::{self, FULLNAME, OPERATOR_PODS};
+use crate::support::pods::{self, pod_ready, restarts, server_pods, uids, wait_pods};
+use crate::support::spec::ClusterSpec;
 
-fn cluster(replicas: i32, pg: &TestPostgres) -> OrchestratorCluster {
-    serde_json::from_value(json!({
-        "apiVersion": "orchestrator.dev/v1alpha1",
-        "kind": "OrchestratorCluster",
-        "metadata": {"name": "prod"},
-        "spec": {
-            "replicas": replicas,
-            "version": "2.0.0",
-            "database": {"host": "127.0.0.1", "port": pg.port, "name": "process", "sslMode": "disable",
-                         "credentialsSecret": {"name": "process-db"}},
-            "maintenance": {"drainTimeout": "20s", "readyTimeout": "60s"}
-        }
-    }))
-    .unwrap()
-}
-
-async fn patch_spec(ns: &TestNamespace, spec: Value) {
-    ns.api::<OrchestratorCluster>()
-        .patch("prod", &PatchParams::default(), &Patch::Merge(&json!({"spec": spec})))
-        .await
-        .unwrap();
+/// The cluster of these tests.
+fn cluster(replicas: i32, pg: &TestPostgres) -> ClusterSpec {
+    ClusterSpec::new(replicas, pg).drain_timeout("20s").ready_timeout("60s")
 }
 
 async fn servers(ns: &TestNamespace) -> BTreeMap<String, Pod> {
-    ns.api::<Pod>()
-        .list(&ListParams::default().labels(&server_pods("prod")))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|p| (p.name_any(), p))
-        .collect()
+    pods::list(ns, &server_pods("prod")).await
 }
 
 fn holder(lease: &Lease) -> String {
@@ -253,10 +227,7 @@ async fn helm_installed_operator_runs_a_cluster_and_survives_upgrade_and_uninsta
     assert_eq!(leader_gauge(&operator).await, "1");
 
     // Create: two servers join.
-    ns.api::<OrchestratorCluster>()
-        .create(&PostParams::default(), &cluster(2, &pg))
-        .await
-        .unwrap();
+    ns.create_cluster(&cluster(2, &pg)).await;
     wait_settled(&ns, 2, Some("2.0.0")).await;
 
     // Scale: a third server joins.
@@ -397,10 +368,7 @@ async fn two_replicas_only_the_lease_holder_acts_and_a_killed_holder_hands_over(
         "the standby reports it does not lead"
     );
 
-    ns.api::<OrchestratorCluster>()
-        .create(&PostParams::default(), &cluster(2, &pg))
-        .await
-        .unwrap();
+    ns.create_cluster(&cluster(2, &pg)).await;
     wait_settled(&ns, 2, Some("2.0.0")).await;
     let standby_log = helm::operator_log(&ns, &standby.name_any());
     assert!(

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The end-to-end suites (README: `make e2e`): starts the local cluster unless it is running
+# (with CI=true it is torn down at exit), then runs the one e2e test binary,
+# `cargo test --features e2e --test e2e`. Arguments are test-name filters
+# (`bash hack/e2e.sh maintenance::`). Ends with the cargo test summaries (log:
+# .local/e2e-test.log).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+step() { echo; echo "==> $*"; }
+
+step "prerequisites"
+bash hack/setup.sh
+bin="$(bash hack/build-tools.sh | tail -n 1)"
+export PATH="$bin:$PATH"
+
+step "local cluster"
+if [ "${CI:-}" = "true" ]; then
+  # CI leaves nothing running behind it.
+  trap 'bash "$root/hack/cluster-down.sh" >/dev/null 2>&1 || true' EXIT
+fi
+start=$(date +%s)
+eval "$(bash hack/cluster-up.sh)"
+echo "cluster and node agent up in $(( $(date +%s) - start ))s"
+echo "KUBECONFIG=$KUBECONFIG"
+
+step "cargo test --features e2e (end-to-end)"
+# The end-to-end tests mostly wait on watches: run more of them at once than there are cores
+# (but not so many that two cores cannot keep every server's heartbeat on time).
+mkdir -p .local
+set +e
+cargo test --locked --features e2e --test e2e --no-fail-fast -- --test-threads 4 "$@" 2>&1 \
+  | tee .local/e2e-test.log
+status=${PIPESTATUS[0]}
+set -e
+step "cargo test summaries (e2e)"
+grep -E "^test result:|Running " .local/e2e-test.log || true
+exit "$status"

@@ -1,0 +1,101 @@
+//! The one builder of the `OrchestratorCluster` objects the tests declare (the e2e suites, the
+//! mock-API tests, the invalid-spec table): a cluster `prod` of version 2.0.0 on database
+//! `process` with the login of Secret `process-db`, and one chainable setting per thing a test
+//! changes. Only what is set is written, so the object is exactly what a person would declare.
+
+use orchestrator_operator::crd::OrchestratorCluster;
+use serde_json::{Map, Value, json};
+use testing_postgres::TestPostgres;
+
+/// An `OrchestratorCluster` being built: `ClusterSpec::new(3, &pg).version("2.1.0").build()`.
+#[derive(Clone, Debug)]
+pub(crate) struct ClusterSpec {
+    name: String,
+    replicas: i32,
+    version: String,
+    database: Map<String, Value>,
+    maintenance: Map<String, Value>,
+}
+
+impl ClusterSpec {
+    /// `replicas` servers on the test's PostgreSQL `pg` (127.0.0.1, its port, `sslMode: disable`).
+    pub(crate) fn new(replicas: i32, pg: &TestPostgres) -> Self {
+        Self::on_host(replicas, "127.0.0.1")
+            .database("port", pg.port)
+            .ssl_mode("disable")
+    }
+
+    /// `replicas` servers of a database at `host` with the default port and `sslMode` (tests
+    /// where no database answers).
+    pub(crate) fn on_host(replicas: i32, host: &str) -> Self {
+        let database = json!({"host": host, "name": "process", "credentialsSecret": {"name": "process-db"}});
+        Self {
+            name: "prod".into(),
+            replicas,
+            version: "2.0.0".into(),
+            database: database.as_object().unwrap().clone(),
+            maintenance: Map::new(),
+        }
+    }
+
+    /// `metadata.name` (default `prod`).
+    pub(crate) fn name(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// `spec.version` (default 2.0.0).
+    pub(crate) fn version(mut self, version: &str) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// `spec.database.sslMode` (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`).
+    pub(crate) fn ssl_mode(self, mode: &str) -> Self {
+        self.database("sslMode", mode)
+    }
+
+    /// `spec.maintenance.drainTimeout` (`30s`, `10m`...).
+    pub(crate) fn drain_timeout(self, timeout: &str) -> Self {
+        self.maintenance("drainTimeout", timeout)
+    }
+
+    /// `spec.maintenance.readyTimeout`.
+    pub(crate) fn ready_timeout(self, timeout: &str) -> Self {
+        self.maintenance("readyTimeout", timeout)
+    }
+
+    fn database(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.database.insert(key.into(), value.into());
+        self
+    }
+
+    fn maintenance(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.maintenance.insert(key.into(), value.into());
+        self
+    }
+
+    /// The object as JSON.
+    pub(crate) fn json(&self) -> Value {
+        let mut spec = json!({"replicas": self.replicas, "version": self.version, "database": self.database});
+        if !self.maintenance.is_empty() {
+            spec["maintenance"] = Value::Object(self.maintenance.clone());
+        }
+        json!({
+            "apiVersion": "orchestrator.dev/v1alpha1",
+            "kind": "OrchestratorCluster",
+            "metadata": {"name": self.name},
+            "spec": spec
+        })
+    }
+
+    /// The object as a manifest, as a git repository holds it for `kubectl apply -f`.
+    pub(crate) fn yaml(&self) -> String {
+        serde_yaml::to_string(&self.json()).unwrap()
+    }
+
+    /// The typed object.
+    pub(crate) fn build(&self) -> OrchestratorCluster {
+        serde_json::from_value(self.json()).unwrap()
+    }
+}
