@@ -14,17 +14,13 @@ use http::{Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::StatefulSetStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::DynamicObject;
 use kube::client::Body;
 use kube::{Client, Resource};
-use orchestrator_operator::context::Context;
 use orchestrator_operator::crd::OrchestratorCluster;
-use orchestrator_operator::database::{DatabaseState, reasons};
-use orchestrator_operator::metrics::Metrics;
-use orchestrator_operator::reconcile::observe::Observed;
-use orchestrator_operator::reconcile::plan::{Child, plan};
-use orchestrator_operator::reconcile::reconcile;
-use orchestrator_operator::resources::BuildSettings;
+use orchestrator_operator::vocabulary::Reason;
+use orchestrator_operator::{
+    BuildSettings, Child, Context, DatabaseState, Metrics, Observed, Watched, dry_run, reconcile,
+};
 use serde_json::{Value, json};
 use spec::ClusterSpec;
 
@@ -85,10 +81,10 @@ fn in_sync_world(mut cr: OrchestratorCluster) -> (OrchestratorCluster, BTreeMap<
     let now = Time(Timestamp::from_second(1_800_000_000).unwrap());
     // What the preflight reports when the credentials Secret does not exist (the fake has none).
     let database = DatabaseState::NotReady {
-        reason: reasons::SECRET_MISSING,
+        reason: Reason::SecretMissing,
         message: format!("secret process-db does not exist in namespace {NS}"),
     };
-    let first = plan(
+    let first = dry_run(
         &cr,
         &Observed {
             database: database.clone(),
@@ -138,7 +134,7 @@ fn in_sync_world(mut cr: OrchestratorCluster) -> (OrchestratorCluster, BTreeMap<
             Child::Job(_) => panic!("a new cluster runs no schema Job"),
         }
     }
-    cr.status = Some(plan(&cr, &observed, &BuildSettings::default(), &now).unwrap().status);
+    cr.status = Some(dry_run(&cr, &observed, &BuildSettings::default(), &now).unwrap().status);
     (cr, objects)
 }
 
@@ -156,17 +152,19 @@ fn not_found(path: &str) -> Value {
 }
 
 /// Runs one reconcile of `object` against a fake API server holding it and `objects`.
-async fn run(object: DynamicObject, objects: BTreeMap<String, Value>) -> Vec<Recorded> {
+async fn run(object: Value, objects: BTreeMap<String, Value>) -> Vec<Recorded> {
     run_with(object, objects, false).await
 }
 
 /// [`run`], answering 403 to ConfigMap writes when `forbid` (the reconcile then fails).
-async fn run_with(object: DynamicObject, mut objects: BTreeMap<String, Value>, forbid: bool) -> Vec<Recorded> {
+async fn run_with(object: Value, mut objects: BTreeMap<String, Value>, forbid: bool) -> Vec<Recorded> {
     let cluster_path = format!(
         "/apis/orchestrator.dev/v1alpha1/namespaces/{NS}/orchestratorclusters/{}",
-        object.metadata.name.clone().unwrap()
+        object["metadata"]["name"].as_str().unwrap()
     );
-    objects.insert(cluster_path, serde_json::to_value(&object).unwrap());
+    objects.insert(cluster_path, object.clone());
+    // The resource as the watch delivers it: parsed if it can be, its metadata kept if not.
+    let object: Watched = serde_json::from_value(object).unwrap();
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(async move {
         let mut recorded = Vec::new();
@@ -228,28 +226,24 @@ async fn run_with(object: DynamicObject, mut objects: BTreeMap<String, Value>, f
     server.await.unwrap()
 }
 
-fn dynamic(value: Value) -> DynamicObject {
-    serde_json::from_value(value).unwrap()
-}
-
 async fn scenario(scenario: Scenario) -> Vec<Recorded> {
     match scenario {
-        Scenario::Fresh => run(dynamic(serde_json::to_value(cluster()).unwrap()), BTreeMap::new()).await,
+        Scenario::Fresh => run(serde_json::to_value(cluster()).unwrap(), BTreeMap::new()).await,
         Scenario::InSync => {
             let (cr, objects) = in_sync_world(cluster());
-            run(dynamic(serde_json::to_value(cr).unwrap()), objects).await
+            run(serde_json::to_value(cr).unwrap(), objects).await
         }
         Scenario::Deleting => {
             let mut cr = cluster();
             cr.meta_mut().deletion_timestamp = Some(Time(Timestamp::from_second(1_800_000_000).unwrap()));
-            run(dynamic(serde_json::to_value(cr).unwrap()), BTreeMap::new()).await
+            run(serde_json::to_value(cr).unwrap(), BTreeMap::new()).await
         }
         Scenario::Malformed => {
             let mut value = serde_json::to_value(cluster()).unwrap();
             value["spec"]["replicas"] = json!("three");
-            run(dynamic(value), BTreeMap::new()).await
+            run(value, BTreeMap::new()).await
         }
-        Scenario::Forbidden => run_with(dynamic(serde_json::to_value(cluster()).unwrap()), BTreeMap::new(), true).await,
+        Scenario::Forbidden => run_with(serde_json::to_value(cluster()).unwrap(), BTreeMap::new(), true).await,
     }
 }
 
@@ -374,7 +368,12 @@ async fn malformed_object_gets_a_warning_event_and_nothing_else() {
     );
     assert_eq!(event.body["reason"], "Malformed");
     assert!(
-        event.body["note"].as_str().unwrap().contains("invalid type"),
+        // kube's DeserializeGuard words it "Invalid type string \"three\". Expected i32".
+        event.body["note"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("invalid type"),
         "{}",
         event.body["note"]
     );

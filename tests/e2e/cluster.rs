@@ -371,7 +371,7 @@ async fn an_eviction_with_a_stale_uid_never_evicts_the_pod_now_under_that_name()
     let uid = pod.uid();
     let client = client_without_retry().await;
     // What the roll does when its step recorded a pod that has since been replaced.
-    let stale = orchestrator_operator::reconcile::act::evict(&client, &ns.name, "server", Some("an-old-uid".into()))
+    let stale = orchestrator_operator::evict(&client, &ns.name, "server", Some("an-old-uid".into()))
         .await
         .unwrap();
     assert!(stale, "a uid mismatch reads as already replaced");
@@ -380,7 +380,7 @@ async fn an_eviction_with_a_stale_uid_never_evicts_the_pod_now_under_that_name()
         current.metadata.deletion_timestamp.is_none(),
         "the uid precondition protects the pod now under that name"
     );
-    orchestrator_operator::reconcile::act::evict(&client, &ns.name, "server", uid)
+    orchestrator_operator::evict(&client, &ns.name, "server", uid)
         .await
         .unwrap();
     let evicted = pods.get_opt("server").await.unwrap();
