@@ -4,13 +4,8 @@
 # `cargo test --features e2e --test e2e`. Arguments are test-name filters
 # (`bash hack/e2e.sh maintenance::`). Ends with the cargo test summaries (log:
 # .local/e2e-test.log).
-set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-step() { echo; echo "==> $*"; }
-
-step "prerequisites"
-bash hack/setup.sh
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
 bin="$(bash hack/build-tools.sh | tail -n 1)"
 export PATH="$bin:$PATH"
 

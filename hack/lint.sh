@@ -3,13 +3,8 @@
 # on every target and feature (the e2e suites included) with warnings denied, the checked-in
 # CRD against the code, no import cycles between modules, hadolint, helm lint and the chart's
 # values schema. Installs what is missing first (hack/setup.sh, seconds when warm).
-set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-step() { echo; echo "==> $*"; }
-
-step "prerequisites"
-bash hack/setup.sh
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -3,13 +3,8 @@
 # unit and property tests, the mock API server, the CRD schema table and the PostgreSQL tests
 # of crates/ (hack/setup.sh installs PostgreSQL). The e2e suites are not even built: they need
 # `--features e2e` (hack/e2e.sh). Ends with the cargo test summaries (log: .local/unit-test.log).
-set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-step() { echo; echo "==> $*"; }
-
-step "prerequisites"
-bash hack/setup.sh
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 step "cargo test (unit, property, mock API, PostgreSQL)"
 mkdir -p .local

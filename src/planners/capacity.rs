@@ -135,6 +135,14 @@ fn scale_up(input: &CapacityInput, out: &mut CapacityDecision) {
 }
 
 fn scale_down(input: &CapacityInput, out: &mut CapacityDecision) {
+    if let Err(message) = &input.database {
+        // Unknown is not stopped: without the rows nothing says who still drains.
+        out.blocked = Some(Hold::new(
+            Reason::DatabaseNotReady,
+            format!("not removing servers: {message}"),
+        ));
+        return;
+    }
     let leaving = (input.wanted..input.current).rev().filter_map(|o| server(input, o));
     let progress = drain::progress(leaving, input.drain_ages, input.drain);
     out.blocked = progress.halt(input.drain, "");
@@ -270,6 +278,19 @@ mod tests {
             vec!["prod-2", "prod-4"],
             "prod-3 still owns a job"
         );
+    }
+
+    #[test]
+    fn no_server_is_removed_while_the_database_cannot_be_read() {
+        // What the merge gives when the preflight fails: pods, but no rows.
+        let unknown: Vec<ServerStatus> = (0..3).map(|o| status(&format!("prod-{o}"), true, None, 0)).collect();
+        let mut down = input(1, 3, &unknown);
+        down.database = Err("cannot connect to 127.0.0.1:5432".into());
+        let out = decide(&down);
+        assert_eq!((out.replicas, out.drain.len()), (3, 0), "{out:?}");
+        let Hold { reason, message } = out.blocked.unwrap();
+        assert_eq!(reason, Reason::DatabaseNotReady);
+        assert!(message.contains("not removing servers"), "{message}");
     }
 
     #[test]

@@ -186,24 +186,61 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
         ));
         return decision;
     }
-    // A server that is not serving costs no availability: no drain, straight to eviction.
-    let (stage, action) = if candidate.joined {
+    // A server that is not serving costs no availability: no drain, straight to eviction. But
+    // a server whose drain was asked before (a step whose status write was lost, a previous
+    // operator) may still be finishing its jobs: that drain is adopted as the step, with its
+    // time, never skipped.
+    let (stage, action, since) = if let Some(asked) = adopted_drain(candidate, input.now) {
         (
             RollStage::Draining,
             MaintenanceAction::RequestDrain(candidate.name.clone()),
+            asked,
+        )
+    } else if candidate.joined {
+        (
+            RollStage::Draining,
+            MaintenanceAction::RequestDrain(candidate.name.clone()),
+            input.now,
         )
     } else {
-        (RollStage::Evicting, MaintenanceAction::Evict(candidate.name.clone()))
+        (
+            RollStage::Evicting,
+            MaintenanceAction::Evict(candidate.name.clone()),
+            input.now,
+        )
     };
     decision.action = action;
     decision.step = Some(Step {
         server: candidate.name.clone(),
         stage,
-        since: input.now,
-        began: input.now,
+        since,
+        began: since,
         pod_uid: candidate.uid.clone(),
     });
     decision
+}
+
+/// When the drain of `server` was asked, if it is draining or asked to and its pod still runs.
+fn adopted_drain(server: &ServerView, now: Timestamp) -> Option<Timestamp> {
+    let state = server.state.as_deref();
+    let draining = state == Some(server_state::DRAINING)
+        || (state == Some(server_state::ACTIVE) && server.drain_age_seconds.is_some());
+    if !server.pod_exists || !draining {
+        return None;
+    }
+    let age = Duration::try_from_secs_f64(server.drain_age_seconds.unwrap_or(0.0)).unwrap_or(Duration::ZERO);
+    Some(now.checked_sub(age).unwrap_or(now))
+}
+
+/// The hold of a step that must see the database to go on.
+fn unknown(step: &Step, what: &str) -> Option<Hold> {
+    Some(Hold::new(
+        Reason::DatabaseNotReady,
+        format!(
+            "{}: {what} cannot be read while the database is unreachable; the step waits for it",
+            step.server
+        ),
+    ))
 }
 
 fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut MaintenanceDecision) {
@@ -226,6 +263,11 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Maintenan
             // The drained pod was already replaced (this status was read before the last write
             // of it reached the cache): never evict the replacement.
             decision.step = next(RollStage::WaitingReady);
+        }
+        RollStage::Draining if !input.database_ready => {
+            // Unknown is not stopped: no drain is judged finished, no timeout proceeds.
+            decision.step = Some(step.clone());
+            decision.waiting = unknown(step, "whether its drain finished");
         }
         RollStage::Draining => {
             let stopped = server.is_none_or(|s| {
@@ -266,6 +308,10 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Maintenan
             let joined = server.is_some_and(|s| s.joined && is_outdated(s, input).is_none());
             if joined {
                 decision.step = None;
+            } else if !input.database_ready {
+                // Joining needs an active row: no "did not join" halt on what cannot be read.
+                decision.step = Some(step.clone());
+                decision.waiting = unknown(step, "whether its replacement joined");
             } else if in_stage >= input.ready_timeout {
                 decision.step = Some(step.clone());
                 decision.blocked = Some(Hold::new(
@@ -285,6 +331,7 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Maintenan
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::planners::servers::ordinal;
     use proptest::prelude::*;
 
     fn at(seconds: i64) -> Timestamp {
@@ -412,6 +459,66 @@ mod tests {
             (done.step, done.action, done.outdated),
             (None, MaintenanceAction::None, 0)
         );
+    }
+
+    #[test]
+    fn a_drain_asked_before_is_adopted_as_the_step_never_skipped() {
+        // The step that asked prod-1 to drain was lost (its status write failed): prod-1 is
+        // draining in the database and no longer ready.
+        let mut servers = vec![server(0, "old", true, 0), server(1, "old", false, 2)];
+        servers[1].state = Some("draining".into());
+        servers[1].drain_age_seconds = Some(4.0);
+        let d = decide(&input(&servers, None, 10));
+        assert_eq!(
+            d.action,
+            MaintenanceAction::RequestDrain("prod-1".into()),
+            "not evicted"
+        );
+        let step = d.step.unwrap();
+        assert_eq!((step.server.as_str(), step.stage), ("prod-1", RollStage::Draining));
+        assert_eq!(step.since, at(6), "the drain's own time counts against drainTimeout");
+        // Asked but not picked up yet: adopted too.
+        servers[1].state = Some("active".into());
+        let d = decide(&input(&servers, None, 10));
+        assert_eq!(d.step.unwrap().stage, RollStage::Draining);
+    }
+
+    #[test]
+    fn a_draining_step_waits_while_the_database_cannot_be_read() {
+        let mut servers = vec![server(0, "old", true, 0), server(1, "new", true, 0)];
+        // What the merge gives when the preflight fails: no row, so no state and not joined.
+        for s in servers.iter_mut() {
+            s.state = None;
+            s.joined = false;
+        }
+        let step = Step {
+            server: "prod-0".into(),
+            stage: RollStage::Draining,
+            since: at(0),
+            began: at(0),
+            pod_uid: Some("uid-0-old".into()),
+        };
+        for proceed in [false, true] {
+            let mut down = input(&servers, Some(step.clone()), 600);
+            down.database_ready = false;
+            if proceed {
+                down.on_drain_timeout = DrainTimeoutPolicy::Proceed;
+            }
+            let d = decide(&down);
+            assert_eq!(d.action, MaintenanceAction::None, "no eviction, even past drainTimeout");
+            assert_eq!(d.step, Some(step.clone()));
+            assert_eq!(d.waiting.unwrap().reason, Reason::DatabaseNotReady);
+            assert!(d.blocked.is_none());
+        }
+        let waiting = Step {
+            stage: RollStage::WaitingReady,
+            ..step
+        };
+        let mut down = input(&servers, Some(waiting.clone()), 600);
+        down.database_ready = false;
+        let d = decide(&down);
+        assert!(d.blocked.is_none(), "no false ReadyTimeout: {d:?}");
+        assert_eq!(d.step, Some(waiting));
     }
 
     #[test]
@@ -547,6 +654,104 @@ mod tests {
                 step = decision.step;
             }
             prop_assert!(servers.iter().all(|s| s.revision.as_deref() == Some("new") && s.joined), "the roll completes: {servers:?}");
+        }
+    }
+
+    /// A server as it really is (the planner sees it only through the database and the pods).
+    #[derive(Clone, Debug)]
+    struct Truth {
+        revision: &'static str,
+        /// `active`, `draining` (ticks left) or `stopped`.
+        state: &'static str,
+        drain_left: u32,
+        drain_asked_at: Option<i64>,
+        uid: u32,
+    }
+
+    /// What the planner sees of `truth` at `tick`: with the database down, no row at all.
+    fn seen(truth: &[Truth], db_up: bool, tick: i64) -> Vec<ServerView> {
+        truth
+            .iter()
+            .enumerate()
+            .map(|(o, t)| {
+                let serving = matches!(t.state, "active" | "draining");
+                ServerView {
+                    name: format!("prod-{o}"),
+                    ordinal: o as i32,
+                    pod_exists: true,
+                    uid: Some(t.uid.to_string()),
+                    revision: Some(t.revision.into()),
+                    started_at: Some(at(0)),
+                    ready: t.state == "active",
+                    joined: db_up && t.state == "active",
+                    running_jobs: 1,
+                    state: db_up.then(|| t.state.to_string()),
+                    drain_age_seconds: t.drain_asked_at.filter(|_| db_up && serving).map(|a| (tick - a) as f64),
+                }
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Unknown is not stopped: whatever the database outages, no server is evicted while it
+        /// still serves (active or draining), never two are down, and the roll completes once
+        /// the database is back.
+        #[test]
+        fn no_server_is_evicted_while_it_may_still_serve(
+            servers in 1usize..5,
+            drain_ticks in 1u32..6,
+            outages in prop::collection::vec(any::<bool>(), 0..40),
+        ) {
+            let mut truth: Vec<Truth> = (0..servers)
+                .map(|o| Truth { revision: "old", state: "active", drain_left: 0, drain_asked_at: None, uid: o as u32 })
+                .collect();
+            let mut step = None;
+            let mut next_uid = 100;
+            let ticks = outages.len() as i64 + servers as i64 * (drain_ticks as i64 + 4) + 4;
+            for tick in 0..ticks {
+                // Outages only in the first part: the end is a database that answers.
+                let db_up = outages.get(tick as usize).is_none_or(|down| !down);
+                let views = seen(&truth, db_up, tick);
+                let mut roll = input(&views, step.clone(), tick);
+                roll.database_ready = db_up;
+                roll.drain_timeout = Duration::from_secs(3600);
+                let decision = decide(&roll);
+                match &decision.action {
+                    MaintenanceAction::RequestDrain(name) => {
+                        let t = &mut truth[ordinal("prod", name).unwrap() as usize];
+                        if t.state == "active" && t.drain_asked_at.is_none() {
+                            t.state = "draining";
+                            t.drain_left = drain_ticks;
+                            t.drain_asked_at = Some(tick);
+                        }
+                    }
+                    MaintenanceAction::Evict(name) => {
+                        let t = &mut truth[ordinal("prod", name).unwrap() as usize];
+                        prop_assert!(
+                            !matches!(t.state, "active" | "draining"),
+                            "{name} evicted while {} (database up: {db_up})", t.state
+                        );
+                        *t = Truth { revision: "new", state: "joining", drain_left: 0, drain_asked_at: None, uid: next_uid };
+                        next_uid += 1;
+                    }
+                    MaintenanceAction::None => {}
+                }
+                let down = truth.iter().filter(|t| t.state != "active").count();
+                prop_assert!(down <= 1, "never two servers down: {truth:?}");
+                for t in truth.iter_mut() {
+                    match t.state {
+                        "draining" if t.drain_left <= 1 => t.state = "stopped",
+                        "draining" => t.drain_left -= 1,
+                        "joining" => t.state = "active",
+                        _ => {}
+                    }
+                }
+                step = decision.step;
+            }
+            prop_assert!(
+                truth.iter().all(|t| t.revision == "new" && t.state == "active"),
+                "the roll completes: {truth:?}"
+            );
         }
     }
 }
