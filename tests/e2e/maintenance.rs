@@ -431,6 +431,102 @@ async fn a_drain_that_never_finishes_halts_until_the_policy_says_proceed() {
     assert!(attempts >= 2, "handed back and claimed again, {attempts} attempts");
 }
 
+/// Waits until the job `id` is claimed and its owner's heartbeat reports it running; the owner.
+async fn claimed(db: &tokio_postgres::Client, id: i64) -> String {
+    let deadline = Instant::now() + MINUTE;
+    loop {
+        assert!(Instant::now() < deadline, "job {id} was not claimed within a minute");
+        let owner: Option<String> = db
+            .query_one("SELECT owner FROM jobs WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        if let Some(owner) = owner {
+            let members = orchestrator_contract::membership(db).await.unwrap();
+            if members.iter().any(|m| m.server_id == owner && m.running_jobs > 0) {
+                return owner;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_database_outage_mid_drain_evicts_nobody_until_the_drain_is_seen_finished() {
+    let ns = TestNamespace::new("outage").await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    ns.create_cluster(&cluster(2, &pg).drain_timeout("2m")).await;
+    wait_settled(&ns, 2, Some("2.0.0")).await;
+    // Both servers busy for 25 s: whichever drains first is mid-drain when PostgreSQL stops,
+    // and its job outlives the outage (shorter than the 15 s job lease: no job changes hands).
+    let db = db(&pg).await;
+    let mut jobs = Vec::new();
+    for _ in 0..2 {
+        let payload = json!({"batch": "outage", "ms": 25000});
+        jobs.push(orchestrator_contract::submit_job(&db, "sleep", &payload).await.unwrap());
+    }
+    for job in &jobs {
+        claimed(&db, *job).await;
+    }
+    patch_spec(&ns, json!({"version": "2.1.0"})).await;
+    let api = ns.api::<OrchestratorCluster>();
+    let deadline = Instant::now() + 2 * MINUTE;
+    let draining = loop {
+        assert!(Instant::now() < deadline, "no server began to drain");
+        let maintenance = api.get("prod").await.unwrap().status.and_then(|s| s.maintenance);
+        if let Some(m) = maintenance
+            && m.stage.as_deref() == Some("Draining")
+        {
+            break m.server.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let pods = ns.api::<Pod>();
+    let uid = pods.get(&draining).await.unwrap().uid();
+    drop(db);
+
+    pg.stop();
+    let stopped = Instant::now();
+    let mut seen = BTreeSet::new();
+    while stopped.elapsed() < Duration::from_secs(8) {
+        let pod = pods.get(&draining).await.unwrap();
+        assert!(
+            pod.uid() == uid && pod.metadata.deletion_timestamp.is_none(),
+            "{draining} was evicted {:?} into the outage, mid-drain",
+            stopped.elapsed()
+        );
+        let cr = api.get("prod").await.unwrap();
+        if let Some(c) = condition(&cr, "MaintenanceBlocked") {
+            seen.insert((c.status.clone(), c.reason.clone()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    pg.start_again();
+    pg.wait_accepting(Duration::from_secs(30));
+    assert!(
+        seen.contains(&("True".to_string(), "DatabaseNotReady".to_string())),
+        "the roll said it waits for the database: {seen:?}"
+    );
+
+    wait_settled(&ns, 2, Some("2.1.0")).await;
+    let db = crate::support::e2e::db(&pg).await;
+    let outcome = orchestrator_contract::batch_outcome(&db, "outage").await.unwrap();
+    assert_eq!(
+        (outcome.completed, outcome.unfinished, outcome.executed_more_than_once),
+        (2, 0, 0),
+        "{outcome:?}"
+    );
+    for job in &jobs {
+        let attempts: i32 = db
+            .query_one("SELECT attempts FROM jobs WHERE id = $1", &[job])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(attempts, 1, "job {job} ran once, on the server that drained");
+    }
+}
+
 #[tokio::test]
 async fn an_operator_killed_at_each_stage_resumes_the_same_roll() {
     let ns = TestNamespace::new("resume").await;
