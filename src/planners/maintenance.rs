@@ -50,6 +50,10 @@ pub(crate) struct ServerView {
     pub ready: bool,
     /// Pod ready and row active with a fresh heartbeat.
     pub joined: bool,
+    /// The row says the process may still run jobs (active or draining, with a heartbeat under
+    /// a minute old or jobs it owns): such a server is drained before its pod goes, even when
+    /// its pod is unready or its heartbeat briefly stale.
+    pub serving: bool,
     /// Jobs running on it.
     pub running_jobs: i32,
     /// Row state.
@@ -123,7 +127,9 @@ fn is_outdated(server: &ServerView, input: &MaintenanceInput) -> Option<Trigger>
         return Some(Trigger::TemplateChange);
     }
     match (input.restart_requested_at, server.started_at) {
-        (Some(requested), Some(started)) if started < requested && requested <= input.now => {
+        // Pod creation times have whole seconds: a pod created in the second of the request
+        // counts as restarted, or its replacement would look outdated for ever.
+        (Some(requested), Some(started)) if started.as_second() < requested.as_second() && requested <= input.now => {
             Some(Trigger::RestartRequested)
         }
         _ => None,
@@ -186,21 +192,15 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
         ));
         return decision;
     }
-    // A server that is not serving costs no availability: no drain, straight to eviction. But
-    // a server whose drain was asked before (a step whose status write was lost, a previous
-    // operator) may still be finishing its jobs: that drain is adopted as the step, with its
-    // time, never skipped.
-    let (stage, action, since) = if let Some(asked) = adopted_drain(candidate, input.now) {
+    // A server that serves nothing costs no availability: no drain, straight to eviction. One
+    // whose row says it may still run jobs is drained first, even if its pod is unready; a
+    // drain asked before (a step whose status write was lost, a previous operator) is adopted
+    // with its own time, never skipped.
+    let (stage, action, since) = if candidate.joined || candidate.serving {
         (
             RollStage::Draining,
             MaintenanceAction::RequestDrain(candidate.name.clone()),
-            asked,
-        )
-    } else if candidate.joined {
-        (
-            RollStage::Draining,
-            MaintenanceAction::RequestDrain(candidate.name.clone()),
-            input.now,
+            drain_asked(candidate, input.now).unwrap_or(input.now),
         )
     } else {
         (
@@ -220,15 +220,9 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
     decision
 }
 
-/// When the drain of `server` was asked, if it is draining or asked to and its pod still runs.
-fn adopted_drain(server: &ServerView, now: Timestamp) -> Option<Timestamp> {
-    let state = server.state.as_deref();
-    let draining = state == Some(server_state::DRAINING)
-        || (state == Some(server_state::ACTIVE) && server.drain_age_seconds.is_some());
-    if !server.pod_exists || !draining {
-        return None;
-    }
-    let age = Duration::try_from_secs_f64(server.drain_age_seconds.unwrap_or(0.0)).unwrap_or(Duration::ZERO);
+/// When the drain of `server` was asked, if it was.
+fn drain_asked(server: &ServerView, now: Timestamp) -> Option<Timestamp> {
+    let age = Duration::try_from_secs_f64(server.drain_age_seconds?).unwrap_or(Duration::ZERO);
     Some(now.checked_sub(age).unwrap_or(now))
 }
 
@@ -270,8 +264,13 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Maintenan
             decision.waiting = unknown(step, "whether its drain finished");
         }
         RollStage::Draining => {
+            // A row that says so, or no pod: a pod without a row (a row removed by hand, a
+            // database that lost it) is not proof of a finished drain; drainTimeout bounds it.
             let stopped = server.is_none_or(|s| {
-                !s.pod_exists || !matches!(s.state.as_deref(), Some(server_state::ACTIVE | server_state::DRAINING))
+                !s.pod_exists
+                    || s.state
+                        .as_deref()
+                        .is_some_and(|state| !matches!(state, server_state::ACTIVE | server_state::DRAINING))
             });
             if stopped {
                 decision.action = MaintenanceAction::Evict(step.server.clone());
@@ -309,8 +308,12 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Maintenan
             if joined {
                 decision.step = None;
             } else if !input.database_ready {
-                // Joining needs an active row: no "did not join" halt on what cannot be read.
-                decision.step = Some(step.clone());
+                // Joining needs an active row: no "did not join" halt on what cannot be read,
+                // and the replacement gets its whole readyTimeout once the database is back.
+                decision.step = Some(Step {
+                    since: input.now,
+                    ..step.clone()
+                });
                 decision.waiting = unknown(step, "whether its replacement joined");
             } else if in_stage >= input.ready_timeout {
                 decision.step = Some(step.clone());
@@ -350,6 +353,7 @@ mod tests {
             joined,
             running_jobs: jobs,
             state: Some(if joined { "active" } else { "joining" }.into()),
+            serving: joined,
             drain_age_seconds: None,
         }
     }
@@ -387,6 +391,9 @@ mod tests {
         let mut with_unready = servers.clone();
         with_unready[0].joined = false;
         with_unready[0].ready = false;
+        // Serving nothing: no row of a live process (an unready pod whose row is active is
+        // drained first; a_drain_asked_before_is_adopted_as_the_step_never_skipped).
+        with_unready[0].serving = false;
         let d = decide(&input(&with_unready, None, 10));
         assert_eq!(
             d.action,
@@ -467,6 +474,7 @@ mod tests {
         // draining in the database and no longer ready.
         let mut servers = vec![server(0, "old", true, 0), server(1, "old", false, 2)];
         servers[1].state = Some("draining".into());
+        servers[1].serving = true;
         servers[1].drain_age_seconds = Some(4.0);
         let d = decide(&input(&servers, None, 10));
         assert_eq!(
@@ -481,6 +489,26 @@ mod tests {
         servers[1].state = Some("active".into());
         let d = decide(&input(&servers, None, 10));
         assert_eq!(d.step.unwrap().stage, RollStage::Draining);
+        // Active with jobs, its pod briefly unready, never asked: drained, not evicted.
+        servers[1].drain_age_seconds = None;
+        let d = decide(&input(&servers, None, 10));
+        assert_eq!(d.action, MaintenanceAction::RequestDrain("prod-1".into()));
+        assert_eq!(d.step.unwrap().since, at(10));
+        // Its process gone (no heartbeat for a minute, no job owned): nothing to drain.
+        servers[1].serving = false;
+        let d = decide(&input(&servers, None, 10));
+        assert_eq!(d.action, MaintenanceAction::Evict("prod-1".into()));
+    }
+
+    #[test]
+    fn a_pod_created_in_the_second_of_a_restart_request_counts_as_restarted() {
+        let mut servers = vec![server(0, "new", true, 0)];
+        servers[0].started_at = Some(at(10));
+        let mut restart = input(&servers, None, 20);
+        restart.restart_requested_at = Some(at(10).checked_add(Duration::from_millis(600)).unwrap());
+        assert_eq!(decide(&restart).outdated, 0, "its creation time has whole seconds");
+        restart.restart_requested_at = Some(at(11));
+        assert_eq!(decide(&restart).outdated, 1);
     }
 
     #[test]
@@ -518,7 +546,14 @@ mod tests {
         down.database_ready = false;
         let d = decide(&down);
         assert!(d.blocked.is_none(), "no false ReadyTimeout: {d:?}");
-        assert_eq!(d.step, Some(waiting));
+        assert_eq!(
+            d.step,
+            Some(Step {
+                since: at(600),
+                ..waiting
+            }),
+            "readyTimeout starts again once the database is back"
+        );
     }
 
     #[test]
@@ -666,6 +701,8 @@ mod tests {
         drain_left: u32,
         drain_asked_at: Option<i64>,
         uid: u32,
+        /// Ticks until its pod is ready again after an outage (readiness needs the database).
+        unready_for: u32,
     }
 
     /// What the planner sees of `truth` at `tick`: with the database down, no row at all.
@@ -682,9 +719,10 @@ mod tests {
                     uid: Some(t.uid.to_string()),
                     revision: Some(t.revision.into()),
                     started_at: Some(at(0)),
-                    ready: t.state == "active",
-                    joined: db_up && t.state == "active",
-                    running_jobs: 1,
+                    ready: t.state == "active" && t.unready_for == 0,
+                    joined: db_up && t.state == "active" && t.unready_for == 0,
+                    running_jobs: if db_up { 1 } else { 0 },
+                    serving: db_up && serving,
                     state: db_up.then(|| t.state.to_string()),
                     drain_age_seconds: t.drain_asked_at.filter(|_| db_up && serving).map(|a| (tick - a) as f64),
                 }
@@ -701,9 +739,10 @@ mod tests {
             servers in 1usize..5,
             drain_ticks in 1u32..6,
             outages in prop::collection::vec(any::<bool>(), 0..40),
+            lags in prop::collection::vec(0u32..4, 5),
         ) {
             let mut truth: Vec<Truth> = (0..servers)
-                .map(|o| Truth { revision: "old", state: "active", drain_left: 0, drain_asked_at: None, uid: o as u32 })
+                .map(|o| Truth { revision: "old", state: "active", drain_left: 0, drain_asked_at: None, uid: o as u32, unready_for: 0 })
                 .collect();
             let mut step = None;
             let mut next_uid = 100;
@@ -731,14 +770,20 @@ mod tests {
                             !matches!(t.state, "active" | "draining"),
                             "{name} evicted while {} (database up: {db_up})", t.state
                         );
-                        *t = Truth { revision: "new", state: "joining", drain_left: 0, drain_asked_at: None, uid: next_uid };
+                        *t = Truth { revision: "new", state: "joining", drain_left: 0, drain_asked_at: None, uid: next_uid, unready_for: 0 };
                         next_uid += 1;
                     }
                     MaintenanceAction::None => {}
                 }
                 let down = truth.iter().filter(|t| t.state != "active").count();
                 prop_assert!(down <= 1, "never two servers down: {truth:?}");
-                for t in truth.iter_mut() {
+                for (o, t) in truth.iter_mut().enumerate() {
+                    // Pods lose readiness in an outage and get it back one by one after it.
+                    if db_up {
+                        t.unready_for = t.unready_for.saturating_sub(1);
+                    } else {
+                        t.unready_for = lags[o];
+                    }
                     match t.state {
                         "draining" if t.drain_left <= 1 => t.state = "stopped",
                         "draining" => t.drain_left -= 1,

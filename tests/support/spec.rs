@@ -15,6 +15,7 @@ pub(crate) struct ClusterSpec {
     version: String,
     database: Map<String, Value>,
     maintenance: Map<String, Value>,
+    env: Vec<Value>,
 }
 
 impl ClusterSpec {
@@ -35,6 +36,7 @@ impl ClusterSpec {
             version: "2.0.0".into(),
             database: database.as_object().unwrap().clone(),
             maintenance: Map::new(),
+            env: Vec::new(),
         }
     }
 
@@ -65,6 +67,12 @@ impl ClusterSpec {
         self.maintenance("readyTimeout", timeout)
     }
 
+    /// A variable of `spec.template.env` (a server setting such as `WORKERS`).
+    pub(crate) fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push(json!({"name": name, "value": value}));
+        self
+    }
+
     fn database(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.database.insert(key.into(), value.into());
         self
@@ -80,6 +88,9 @@ impl ClusterSpec {
         let mut spec = json!({"replicas": self.replicas, "version": self.version, "database": self.database});
         if !self.maintenance.is_empty() {
             spec["maintenance"] = Value::Object(self.maintenance.clone());
+        }
+        if !self.env.is_empty() {
+            spec["template"] = json!({"env": self.env});
         }
         json!({
             "apiVersion": "orchestrator.dev/v1alpha1",

@@ -111,6 +111,10 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         on_drain_timeout: spec.drain.on_timeout,
         now: now.0,
     });
+    // The server the roll drains keeps its drain, even one adopted in this very reconcile.
+    if let Some(step) = &roll.step {
+        capacity.undrain.retain(|server| *server != step.server);
+    }
     Decisions {
         upgrade,
         capacity,

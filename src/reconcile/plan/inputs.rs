@@ -14,6 +14,11 @@ use crate::release::Release;
 use crate::resources::statefulset;
 use crate::vocabulary::RollStage;
 
+/// A row whose heartbeat is younger than this may still have a process running jobs (the
+/// heartbeat that makes a server joined must be younger than 10 s; this is the margin for a
+/// server whose heartbeats were held up, e.g. by a database blip).
+const SERVING_HEARTBEAT_SECONDS: f64 = 60.0;
+
 /// The observation, adapted.
 #[derive(Clone, Debug)]
 pub(super) struct Inputs {
@@ -54,7 +59,12 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed) -> Inputs {
         .filter_map(|s| {
             let ordinal = ordinal(&name, &s.name)?;
             let pod = observed.pods.iter().find(|p| p.name == s.name);
+            let member = members.iter().find(|m| m.server_id == s.name);
             Some(ServerView {
+                serving: member.is_some_and(|m| {
+                    matches!(m.state.as_str(), server_state::ACTIVE | server_state::DRAINING)
+                        && (m.heartbeat_age_seconds < SERVING_HEARTBEAT_SECONDS || m.owned_jobs > 0)
+                }),
                 name: s.name.clone(),
                 ordinal,
                 pod_exists: s.pod_exists,
@@ -65,10 +75,7 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed) -> Inputs {
                 joined: s.joined,
                 running_jobs: s.running_jobs.unwrap_or(0),
                 state: s.state.clone(),
-                drain_age_seconds: members
-                    .iter()
-                    .find(|m| m.server_id == s.name)
-                    .and_then(|m| m.drain_requested_seconds),
+                drain_age_seconds: member.and_then(|m| m.drain_requested_seconds),
             })
         })
         .collect();
