@@ -22,6 +22,10 @@ use crate::error::Result;
 use crate::vocabulary::{Hold, Reason};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest time a whole check (resolve, connect, TLS, login, privileges, schema) or a read of
+/// the servers may take: a database that accepts connections and never answers stalls only its
+/// own cluster's status, which says so.
+pub(crate) const DATABASE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Key of the credentials Secret holding the CA of the database's certificate (optional).
 pub(crate) const CA_KEY: &str = "ca.crt";
@@ -154,7 +158,20 @@ impl Preflight {
             Some(Err(failure)) => Err(failure),
             _ => {
                 let ca = value(CA_KEY);
-                let fresh = check(cr, &user, &password, ca.as_deref().map(str::as_bytes)).await;
+                let fresh = tokio::time::timeout(
+                    DATABASE_DEADLINE,
+                    check(cr, &user, &password, ca.as_deref().map(str::as_bytes)),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Hold::new(
+                        Reason::Unreachable,
+                        format!(
+                            "{}:{} accepted no session within {DATABASE_DEADLINE:?} (connection, TLS and login)",
+                            db.host, db.port
+                        ),
+                    ))
+                });
                 self.cache.lock().unwrap().insert(
                     key(cr),
                     Cached {
@@ -180,7 +197,12 @@ impl Preflight {
             let members = contract::membership(&*client).await?;
             Ok::<_, contract::ContractError>((schema_version, members))
         };
-        match read.await {
+        let read = tokio::time::timeout(DATABASE_DEADLINE, read).await.unwrap_or_else(|_| {
+            Err(contract::ContractError::Timeout(format!(
+                "no answer within {DATABASE_DEADLINE:?}"
+            )))
+        });
+        match read {
             Ok((schema_version, members)) => Ok(Observation {
                 state: DatabaseState::Ready {
                     schema_version,

@@ -16,6 +16,7 @@ use super::plan::{Child, Plan, Write};
 use super::report;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::crd::{OrchestratorCluster, object_key};
+use crate::database::preflight::DATABASE_DEADLINE;
 use crate::error::{Error, Result};
 use crate::vocabulary::Reason;
 
@@ -48,7 +49,13 @@ pub(crate) async fn act(
         report::publish(ctx, &cr.object_ref(&()), EventType::Normal, Reason::Applied, summary).await;
     }
     if let Some(database) = database {
-        database_steps(database, plan).await?;
+        tokio::time::timeout(DATABASE_DEADLINE, database_steps(database, plan))
+            .await
+            .map_err(|_| {
+                Error::Database(orchestrator_contract::ContractError::Timeout(format!(
+                    "drain requests and row removals did not finish within {DATABASE_DEADLINE:?}"
+                )))
+            })??;
     }
     if let Some((pod, uid)) = &plan.evict {
         tracing::info!(%object, %pod, uid = uid.as_deref().unwrap_or("<none>"), "evicting");

@@ -26,6 +26,9 @@ pub enum ContractError {
     /// A job payload that the contract refuses.
     #[error("invalid job: {0}")]
     InvalidJob(String),
+    /// The database did not answer in time (the caller's deadline).
+    #[error("database: {0}")]
+    Timeout(String),
 }
 
 /// Result of the contract's queries.

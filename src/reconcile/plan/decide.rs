@@ -111,8 +111,9 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         on_drain_timeout: spec.drain.on_timeout,
         now: now.0,
     });
-    // The server the roll drains keeps its drain, even one adopted in this very reconcile.
-    if let Some(step) = &roll.step {
+    // The server the roll drains keeps its drain, even one adopted in this very reconcile; its
+    // replacement (WaitingReady) gets it withdrawn, or it would never rejoin.
+    if let Some(step) = roll.step.as_ref().filter(|s| s.stage != RollStage::WaitingReady) {
         capacity.undrain.retain(|server| *server != step.server);
     }
     Decisions {

@@ -218,6 +218,39 @@ mod basics {
     }
 
     #[test]
+    fn the_replacement_of_a_step_gets_its_drain_withdrawn_the_drained_server_keeps_it() {
+        use crate::crd::MaintenanceStatus;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let mut cr = fixtures::minimal();
+        let mut observed = world(&cr, 3, 2);
+        // minimal-2 was drained by the roll; its replacement pod runs and waits for the drain to
+        // be withdrawn.
+        let mut row = crate::testing::Row::new("minimal-2", "stopped", 1.0).build();
+        row.drain_requested_seconds = Some(30.0);
+        if let DatabaseState::Ready { members, .. } = &mut observed.database {
+            members.push(row);
+        }
+        for (stage, withdrawn) in [("WaitingReady", true), ("Draining", false), ("Evicting", false)] {
+            cr.status = Some(crate::crd::OrchestratorClusterStatus {
+                maintenance: Some(MaintenanceStatus {
+                    server: Some("minimal-2".into()),
+                    stage: Some(stage.into()),
+                    started_at: Some(Time(now().0)),
+                    ..MaintenanceStatus::default()
+                }),
+                ..Default::default()
+            });
+            let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+            assert_eq!(
+                plan.undrain.contains(&"minimal-2".to_string()),
+                withdrawn,
+                "{stage}: {:?}",
+                plan.undrain
+            );
+        }
+    }
+
+    #[test]
     fn unusable_spec_is_an_error_with_the_field() {
         let mut cr = fixtures::minimal();
         cr.spec.maintenance.drain_timeout = "10 minutes".into();
