@@ -175,18 +175,11 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
     let mut candidates = outdated.clone();
     candidates.sort_by_key(|s| (s.joined, s.running_jobs, Reverse(s.ordinal)));
     let candidate = candidates[0];
-    let others_down: Vec<&str> = input
-        .servers
-        .iter()
-        .filter(|s| s.name != candidate.name && !s.joined)
-        .map(|s| s.name.as_str())
-        .collect();
-    if !others_down.is_empty() {
+    if let Some(others) = others_down(input, &candidate.name) {
         decision.waiting = Some(Hold::new(
             Reason::ServerNotJoined,
             format!(
-                "{} not joined; replacing {} now would take two servers down",
-                others_down.join(", "),
+                "{others} not joined; replacing {} now would take two servers down",
                 candidate.name
             ),
         ));
@@ -218,6 +211,17 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
         pod_uid: candidate.uid.clone(),
     });
     decision
+}
+
+/// The servers other than `server` that are not joined, if any, as a list for a message.
+fn others_down(input: &MaintenanceInput, server: &str) -> Option<String> {
+    let down: Vec<&str> = input
+        .servers
+        .iter()
+        .filter(|s| s.name != server && !s.joined)
+        .map(|s| s.name.as_str())
+        .collect();
+    (!down.is_empty()).then(|| down.join(", "))
 }
 
 /// When the drain of `server` was asked, if it was.
@@ -304,8 +308,15 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Maintenan
             }
         }
         RollStage::WaitingReady => {
-            let joined = server.is_some_and(|s| s.joined && is_outdated(s, input).is_none());
+            // The replacement is the pod with another uid; it may already be outdated again (a
+            // second template change or restart request meanwhile): the next step replaces it.
+            let joined = server.is_some_and(|s| {
+                s.joined && (is_outdated(s, input).is_none() || (step.pod_uid.is_some() && s.uid != step.pod_uid))
+            });
             if joined {
+                decision.step = None;
+            } else if server.is_none() && input.database_ready {
+                // Neither pod nor row: a scale-down removed the server; nothing is to join.
                 decision.step = None;
             } else if !input.database_ready {
                 // Joining needs an active row: no "did not join" halt on what cannot be read,
@@ -554,6 +565,36 @@ mod tests {
             }),
             "readyTimeout starts again once the database is back"
         );
+    }
+
+    #[test]
+    fn a_step_ends_without_a_halt_when_the_template_changes_again_or_its_server_goes() {
+        let step = Step {
+            server: "prod-0".into(),
+            stage: RollStage::WaitingReady,
+            since: at(0),
+            began: at(0),
+            pod_uid: Some("uid-0-old".into()),
+        };
+        // The replacement joined on revision "new", but the template changed again meanwhile.
+        let servers = vec![server(0, "new", true, 0), server(1, "newer", true, 0)];
+        let mut again = input(&servers, Some(step.clone()), 5);
+        again.update_revision = Some("newer");
+        let d = decide(&again);
+        assert_eq!(
+            (d.step, d.blocked),
+            (None, None),
+            "the step is done; the next one rolls it"
+        );
+        assert_eq!(d.outdated, 1);
+        // A scale-down removed prod-1 while it waited for its replacement: no pod, no row.
+        let gone = Step {
+            server: "prod-1".into(),
+            ..step
+        };
+        let servers = vec![server(0, "new", true, 0)];
+        let d = decide(&input(&servers, Some(gone), 500));
+        assert_eq!((d.step, d.blocked), (None, None), "no false ReadyTimeout");
     }
 
     #[test]
