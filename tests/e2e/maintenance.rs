@@ -13,11 +13,11 @@ use kube::api::ListParams;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
 use orchestrator_operator::crd::{OrchestratorCluster, Phase};
-use serde_json::{Value, json};
+use serde_json::json;
 use testing_postgres::TestPostgres;
 
 use crate::support::e2e::{
-    MINUTE, Operator, TestNamespace, condition, db, patch_spec, server_binary, wait_condition, wait_for, wait_settled,
+    MINUTE, Operator, TestNamespace, condition, db, load, patch_spec, wait_condition, wait_for, wait_settled,
 };
 use crate::support::pods::{self, pod_ready, server_pods, uids};
 use crate::support::spec::ClusterSpec;
@@ -579,21 +579,6 @@ async fn an_operator_killed_at_each_stage_resumes_the_same_roll() {
         watcher.worst()
     );
     println!("operator killed at: {kills:?}");
-}
-
-/// Runs the load generator for `seconds` (submitting `rate` jobs a second of `sleep_ms` each)
-/// and returns its JSON report once every job settled.
-async fn load(pg: &TestPostgres, batch: &str, rate: u32, seconds: u32, sleep_ms: u32) -> Value {
-    let output = tokio::process::Command::new(server_binary())
-        .args(["loadgen", "--kind", "sleep", "--batch", batch])
-        .args(["--rate", &rate.to_string(), "--duration", &seconds.to_string()])
-        .args(["--sleep-ms", &sleep_ms.to_string()])
-        .envs(pg.env())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)))
 }
 
 async fn event_reasons(ns: &TestNamespace) -> Vec<(String, String)> {

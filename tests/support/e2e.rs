@@ -373,3 +373,18 @@ pub(crate) async fn wait_settled(
     .await
     .unwrap()
 }
+
+/// Runs the load generator for `seconds` (submitting `rate` jobs a second of `sleep_ms` each)
+/// and returns its JSON report once every job settled.
+pub(crate) async fn load(pg: &TestPostgres, batch: &str, rate: u32, seconds: u32, sleep_ms: u32) -> serde_json::Value {
+    let output = tokio::process::Command::new(server_binary())
+        .args(["loadgen", "--kind", "sleep", "--batch", batch])
+        .args(["--rate", &rate.to_string(), "--duration", &seconds.to_string()])
+        .args(["--sleep-ms", &sleep_ms.to_string()])
+        .envs(pg.env())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)))
+}

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use futures::TryStreamExt;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -120,7 +120,16 @@ async fn watch_pods(agent: Arc<pod::Agent>) -> anyhow::Result<()> {
     let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
     let mut listed: BTreeSet<String> = BTreeSet::new();
     let mut events = std::pin::pin!(watcher::watcher(pods, config).default_backoff());
-    while let Some(event) = events.try_next().await? {
+    while let Some(event) = events.next().await {
+        // Losing the API server is a wait, not an exit (a kubelet survives a control plane
+        // restart): the watcher retries with back-off, running pods keep running.
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(%error, "watching pods failed; retrying");
+                continue;
+            }
+        };
         workers.retain(|_, sender| !sender.is_closed());
         match event {
             Event::Init => listed.clear(),

@@ -107,7 +107,12 @@ struct Worker {
     ready_since: Time,
     started: Time,
     last_state: Option<ContainerState>,
+    /// A status the API server did not take (it was away): posted again until it is.
+    unpublished: Option<(String, ContainerState)>,
 }
+
+/// How often a status the API server did not take is posted again while the container runs.
+const REPUBLISH: Duration = Duration::from_secs(2);
 
 /// Runs the pod whose latest version `updates` carries (`None` once it is gone).
 pub async fn run(agent: Arc<Agent>, mut updates: watch::Receiver<Option<Pod>>) {
@@ -135,6 +140,7 @@ pub async fn run(agent: Arc<Agent>, mut updates: watch::Receiver<Option<Pod>>) {
         ready_since: now.clone(),
         started: now,
         last_state: None,
+        unpublished: None,
     };
     worker.run(&mut updates).await;
     agent.ips.lock().unwrap().release(&uid);
@@ -415,6 +421,7 @@ impl Worker {
             liveness.as_ref().map_or(far, |p| p.period),
         );
         let (mut ready_state, mut live_state) = (ProbeState::default(), ProbeState::default());
+        let mut republish = interval_at(start + REPUBLISH, REPUBLISH);
         if readiness.is_none() {
             self.set_ready(true).await;
         }
@@ -430,6 +437,11 @@ impl Worker {
                     let result = probe.run(&self.agent.http, &self.ip).await;
                     if let Some(passing) = ready_state.record(probe, result.is_ok()) {
                         self.set_ready(passing).await;
+                    }
+                }
+                _ = republish.tick(), if self.unpublished.is_some() => {
+                    if let Some((phase, state)) = self.unpublished.take() {
+                        self.publish(&phase, state).await;
                     }
                 }
                 _ = live_tick.tick(), if liveness.is_some() => {
@@ -473,8 +485,29 @@ impl Worker {
         }
     }
 
-    /// Writes the pod status: phase, IPs, conditions and the container's status.
-    async fn publish(&self, phase: &str, state: ContainerState) {
+    /// Writes the pod status; one the API server does not take (it is away, as in a control
+    /// plane restart) is kept and posted again, as a kubelet does.
+    async fn publish(&mut self, phase: &str, state: ContainerState) {
+        let status = self.status_of(phase, &state);
+        let pods = Api::<Pod>::namespaced(self.agent.client.clone(), &self.pod.namespace().unwrap_or_default());
+        match pods
+            .patch_status(
+                &self.pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
+            .await
+        {
+            Ok(_) => self.unpublished = None,
+            Err(error) => {
+                tracing::warn!(pod = %self.name(), %error, "cannot update pod status; posting it again later");
+                self.unpublished = Some((phase.to_string(), state));
+            }
+        }
+    }
+
+    /// The pod status: phase, IPs, conditions and the container's status.
+    fn status_of(&self, phase: &str, state: &ContainerState) -> serde_json::Value {
         let container = self.container();
         let running = state.running.is_some();
         let ready = self.ready && running;
@@ -486,7 +519,7 @@ impl Worker {
             ..PodCondition::default()
         };
         let created = self.pod.metadata.creation_timestamp.clone().unwrap_or_else(now);
-        let status = json!({
+        json!({
             "phase": phase,
             "hostIP": "127.0.0.1",
             "hostIPs": [{"ip": "127.0.0.1"}],
@@ -507,22 +540,11 @@ impl Worker {
                 ready,
                 started: Some(running),
                 restart_count: self.restarts,
-                state: Some(state),
+                state: Some(state.clone()),
                 last_state: self.last_state.clone(),
                 ..ContainerStatus::default()
             }],
-        });
-        let pods = Api::<Pod>::namespaced(self.agent.client.clone(), &self.pod.namespace().unwrap_or_default());
-        if let Err(error) = pods
-            .patch_status(
-                &self.pod.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
-            )
-            .await
-        {
-            tracing::warn!(pod = %self.name(), %error, "cannot update pod status");
-        }
+        })
     }
 
     /// A pod that will not run again: wait for its deletion, then complete it.
