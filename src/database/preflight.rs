@@ -22,10 +22,14 @@ use crate::error::Result;
 use crate::vocabulary::{Hold, Reason};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Longest time a whole check (resolve, connect, TLS, login, privileges, schema) or a read of
-/// the servers may take: a database that accepts connections and never answers stalls only its
-/// own cluster's status, which says so.
+/// Longest time a read of the servers, or the drain requests and row removals of a reconcile,
+/// may take: a database that accepts connections and never answers stalls only its own
+/// cluster's status, which says so. The server applies the same limit to each statement
+/// (`statement_timeout`, `lock_timeout`), so a statement given up here does not land later.
 pub(crate) const DATABASE_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest time a whole check may take: resolving, the TCP probe and the session (TLS and
+/// login) have `CONNECT_TIMEOUT` each, then the privilege and schema queries.
+const CHECK_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Key of the credentials Secret holding the CA of the database's certificate (optional).
 pub(crate) const CA_KEY: &str = "ca.crt";
@@ -159,7 +163,7 @@ impl Preflight {
             _ => {
                 let ca = value(CA_KEY);
                 let fresh = tokio::time::timeout(
-                    DATABASE_DEADLINE,
+                    CHECK_DEADLINE,
                     check(cr, &user, &password, ca.as_deref().map(str::as_bytes)),
                 )
                 .await
@@ -167,7 +171,7 @@ impl Preflight {
                     Err(Hold::new(
                         Reason::Unreachable,
                         format!(
-                            "{}:{} accepted no session within {DATABASE_DEADLINE:?} (connection, TLS and login)",
+                            "{}:{} did not complete the preflight (connection, TLS, login, privileges, schema) within {CHECK_DEADLINE:?}",
                             db.host, db.port
                         ),
                     ))
@@ -284,6 +288,10 @@ async fn check(
         .user(user)
         .password(password)
         .application_name("orchestrator-operator")
+        .options(format!(
+            "-c statement_timeout={ms} -c lock_timeout={ms}",
+            ms = DATABASE_DEADLINE.as_millis()
+        ))
         .connect_timeout(CONNECT_TIMEOUT);
     let mode: tls::SslMode = db
         .ssl_mode

@@ -8,16 +8,16 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::{Names, owned_meta, selector_labels};
 use crate::crd::OrchestratorCluster;
 
-/// Builds the PodDisruptionBudget (`maxUnavailable: 1`). An unready server can always be
-/// evicted (`unhealthyPodEvictionPolicy: AlwaysAllow`): it serves nothing, so replacing it costs
-/// no availability, and a drained server (unready by design) or a crash-looping one must never
-/// be stuck behind a budget that another unready pod has used up.
+/// Builds the PodDisruptionBudget (`maxUnavailable: 1`). The unhealthy-pod policy stays the
+/// default (`IfHealthyBudget`), not `AlwaysAllow`: readiness needs the database, so in a
+/// database outage every server is unready, and `AlwaysAllow` would let a node drain evict them
+/// all at once. The operator's own eviction of a drained (unready) server goes through as long
+/// as the others are healthy, and waits (a 429) otherwise, which is never two servers down.
 pub(crate) fn build(cr: &OrchestratorCluster) -> PodDisruptionBudget {
     PodDisruptionBudget {
         metadata: owned_meta(cr, Names::pdb(cr)),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
             selector: Some(LabelSelector {
                 match_labels: Some(selector_labels(cr)),
                 ..LabelSelector::default()
@@ -39,7 +39,6 @@ mod tests {
         let spec = pdb.spec.unwrap();
         assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
         assert_eq!(spec.min_available, None);
-        assert_eq!(spec.unhealthy_pod_eviction_policy.as_deref(), Some("AlwaysAllow"));
         assert_eq!(
             spec.selector.unwrap().match_labels.unwrap()["app.kubernetes.io/instance"],
             "prod"

@@ -422,6 +422,8 @@ impl Worker {
         );
         let (mut ready_state, mut live_state) = (ProbeState::default(), ProbeState::default());
         let mut republish = interval_at(start + REPUBLISH, REPUBLISH);
+        // Not polled while nothing waits: no burst of missed ticks when something does.
+        republish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if readiness.is_none() {
             self.set_ready(true).await;
         }
@@ -494,7 +496,9 @@ impl Worker {
             .patch_status(
                 &self.pod.name_any(),
                 &PatchParams::default(),
-                &Patch::Merge(json!({"status": status})),
+                // The uid makes the API server refuse a status meant for an earlier pod of
+                // the same name.
+                &Patch::Merge(json!({"metadata": {"uid": self.pod.uid()}, "status": status})),
             )
             .await
         {
@@ -550,7 +554,15 @@ impl Worker {
     /// A pod that will not run again: wait for its deletion, then complete it.
     async fn finish(&mut self, updates: &mut watch::Receiver<Option<Pod>>) {
         while !self.deleting() {
-            if !self.next_update(updates).await {
+            // A final status the API server did not take (it was away) is posted again.
+            let alive = match self.unpublished.take() {
+                Some((phase, state)) => {
+                    self.publish(&phase, state).await;
+                    self.wait_update_or(updates, REPUBLISH).await
+                }
+                None => self.next_update(updates).await,
+            };
+            if !alive {
                 return;
             }
         }

@@ -63,7 +63,7 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed) -> Inputs {
             Some(ServerView {
                 serving: member.is_some_and(|m| {
                     matches!(m.state.as_str(), server_state::ACTIVE | server_state::DRAINING)
-                        && (m.heartbeat_age_seconds < SERVING_HEARTBEAT_SECONDS || m.owned_jobs > 0)
+                        && m.heartbeat_age_seconds < SERVING_HEARTBEAT_SECONDS
                 }),
                 name: s.name.clone(),
                 ordinal,
