@@ -1,5 +1,5 @@
-//! Shared unit-test fixtures: the README's examples as structs, chainable builders of a
-//! cluster, of server rows and of server pods, and the validated spec of a cluster.
+//! Shared unit-test fixtures: the README's examples as structs, a chainable builder of a
+//! cluster, server rows and pods, and the validated spec of a cluster.
 
 use orchestrator_contract::Member;
 use serde::Deserialize;
@@ -62,32 +62,18 @@ impl Cluster {
     }
 }
 
-/// A row of the `servers` table, changed step by step.
-pub(crate) struct Row(Member);
-
-impl Row {
-    /// Server `id` in `state`, its heartbeat `age` seconds old, one job running.
-    pub(crate) fn new(id: &str, state: &str, age: f64) -> Self {
-        Self(Member {
-            server_id: id.into(),
-            version: "2.0.0".into(),
-            state: state.into(),
-            running_jobs: 1,
-            heartbeat_age_seconds: age,
-            drain_requested_seconds: None,
-            owned_jobs: 0,
-        })
-    }
-
-    /// The row.
-    pub(crate) fn build(self) -> Member {
-        self.0
-    }
-}
-
-/// Server `id` in `state`, its heartbeat `age` seconds old (shorthand of [`Row`]).
+/// A row of the `servers` table: server `id` in `state`, its heartbeat `age` seconds old, one
+/// job running.
 pub(crate) fn member(id: &str, state: &str, age: f64) -> Member {
-    Row::new(id, state, age).build()
+    Member {
+        server_id: id.into(),
+        version: "2.0.0".into(),
+        state: state.into(),
+        running_jobs: 1,
+        heartbeat_age_seconds: age,
+        drain_requested_seconds: None,
+        owned_jobs: 0,
+    }
 }
 
 /// A server pod `name` with `ordinal`, ready or not.

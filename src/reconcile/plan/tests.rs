@@ -225,7 +225,7 @@ mod basics {
         let mut observed = world(&cr, 3, 2);
         // minimal-2 was drained by the roll; its replacement pod runs and waits for the drain to
         // be withdrawn.
-        let mut row = crate::testing::Row::new("minimal-2", "stopped", 1.0).build();
+        let mut row = member("minimal-2", "stopped", 1.0);
         row.drain_requested_seconds = Some(30.0);
         if let DatabaseState::Ready { members, .. } = &mut observed.database {
             members.push(row);
