@@ -139,6 +139,9 @@ words! {
         ServerNotJoined,
         /// A replacement did not join within `readyTimeout`.
         ReadyTimeout,
+        /// An eviction has been refused for a while (a PodDisruptionBudget that allows no
+        /// disruption now); the step keeps trying.
+        EvictionRefused,
         /// The new image's `schema check` Job runs (also its Event: the Job was started).
         SchemaCheck,
         /// A migration is needed and `upgrade.schemaChange` is `Refuse`.
@@ -171,6 +174,9 @@ words! {
         MaintenanceWaitingReady,
         /// A server was replaced and joined.
         MaintenanceStepDone,
+        /// A step ended without its server replaced (another server went down mid-drain, a
+        /// scale-down removed the server); the note says why.
+        MaintenanceStepAbandoned,
         /// `Recreate`: the schema was migrated; the new version starts.
         SchemaMigrated,
         /// Owned objects were created or corrected.

@@ -252,7 +252,7 @@ fn writes(recorded: &[Recorded]) -> Vec<&Recorded> {
 }
 
 #[tokio::test]
-async fn fresh_cluster_applies_every_owned_object_then_status() {
+async fn fresh_cluster_stores_its_status_then_applies_every_owned_object() {
     let recorded = scenario(Scenario::Fresh).await;
     let gets = recorded.iter().filter(|r| r.method == "GET").count();
     assert_eq!(
@@ -299,7 +299,10 @@ async fn fresh_cluster_applies_every_owned_object_then_status() {
         sts.body["spec"]["replicas"], 0,
         "no server while the database preflight fails"
     );
-    let event = writes.iter().find(|r| r.method == "POST").expect("an Event");
+    let event = writes
+        .iter()
+        .find(|r| r.method == "POST" && r.body["reason"] == "Applied")
+        .expect("an Applied Event");
     assert_eq!(event.path, "/apis/events.k8s.io/v1/namespaces/automation/events");
     assert_eq!(event.body["reason"], "Applied");
     assert!(
@@ -308,10 +311,16 @@ async fn fresh_cluster_applies_every_owned_object_then_status() {
             .unwrap()
             .contains("created StatefulSet prod")
     );
-    let status = writes.last().unwrap();
+    // The status comes first: what the reconcile decided is stored before it acts.
+    let status = writes.first().unwrap();
     assert_eq!(
         status.path,
         "/apis/orchestrator.dev/v1alpha1/namespaces/automation/orchestratorclusters/prod/status"
+    );
+    assert!(
+        status.body["metadata"]["resourceVersion"].is_null(),
+        "no precondition for a plan that touches no server: {}",
+        status.body
     );
     assert_eq!(status.body["status"]["observedGeneration"], 2);
     assert_eq!(status.body["status"]["phase"], "Blocked");
@@ -382,9 +391,15 @@ async fn malformed_object_gets_a_warning_event_and_nothing_else() {
 #[tokio::test]
 async fn a_refused_write_is_reported_on_the_resource_not_only_in_the_log() {
     let recorded = scenario(Scenario::Forbidden).await;
+    assert!(
+        recorded
+            .iter()
+            .any(|r| r.method == "PATCH" && r.path.ends_with("/prod/status")),
+        "the status is stored before the refused write: {recorded:#?}"
+    );
     let event = recorded
         .iter()
-        .find(|r| r.method == "POST" && r.path.ends_with("/events"))
+        .find(|r| r.method == "POST" && r.body["reason"] == "ApiForbidden")
         .expect("a Warning Event");
     assert_eq!(event.body["type"], "Warning");
     assert_eq!(event.body["reason"], "ApiForbidden");

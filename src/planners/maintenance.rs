@@ -11,6 +11,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use orchestrator_contract::server_state;
 
+use super::servers::ordinal;
 use super::windows::{elapsed, gate};
 use crate::crd::DrainTimeoutPolicy;
 use crate::vocabulary::{Hold, Reason, RollStage, Trigger};
@@ -63,9 +64,18 @@ pub(crate) struct ServerView {
     pub drain_age_seconds: Option<f64>,
 }
 
+/// How long an eviction may keep being refused (a PodDisruptionBudget that allows no
+/// disruption now, an API server that does not answer) before the roll says so with
+/// `EvictionRefused`; it keeps trying.
+pub(crate) const EVICTION_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Everything the planner reads.
 #[derive(Clone, Debug)]
 pub(crate) struct MaintenanceInput<'a> {
+    /// The cluster's name (its servers are `<name>-<ordinal>`).
+    pub cluster: &'a str,
+    /// `spec.replicas`: a step on a server at or above it is abandoned (a scale-down removes it).
+    pub wanted: i32,
     /// Every server.
     pub servers: &'a [ServerView],
     /// The StatefulSet's update revision.
@@ -104,6 +114,8 @@ pub(crate) enum MaintenanceAction {
     RequestDrain(String),
     /// Evict this server's pod.
     Evict(String),
+    /// Withdraw this server's drain request: it goes back to work.
+    WithdrawDrain(String),
 }
 
 /// The planner's decision.
@@ -117,6 +129,9 @@ pub(crate) struct MaintenanceDecision {
     pub waiting: Option<Hold>,
     /// Why the roll halted on a failure (a fix or a new spec resumes it).
     pub blocked: Option<Hold>,
+    /// Why the step in progress ended without its server replaced (the next step starts from
+    /// a fresh look at every server).
+    pub abandoned: Option<Hold>,
     /// What triggers the roll, if anything is outdated.
     pub trigger: Option<Trigger>,
     /// Servers outdated, the one in progress included.
@@ -151,6 +166,7 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
         step: None,
         waiting: None,
         blocked: None,
+        abandoned: None,
         trigger,
         outdated: outdated.len(),
     };
@@ -226,6 +242,18 @@ fn others_down(input: &MaintenanceInput, server: &str) -> Option<String> {
     (!down.is_empty()).then(|| down.join(", "))
 }
 
+/// The servers other than `server` that were serving and are not joined now, if any: a server
+/// without a row (a new one not registered yet) has not fallen.
+fn others_fallen(input: &MaintenanceInput, server: &str) -> Option<String> {
+    let fallen: Vec<&str> = input
+        .servers
+        .iter()
+        .filter(|s| s.name != server && !s.joined && s.state.is_some())
+        .map(|s| s.name.as_str())
+        .collect();
+    (!fallen.is_empty()).then(|| fallen.join(", "))
+}
+
 /// When the drain of `server` was asked, if it was.
 fn drain_asked(server: &ServerView, now: Timestamp) -> Option<Timestamp> {
     let age = Duration::try_from_secs_f64(server.drain_age_seconds?).unwrap_or(Duration::ZERO);
@@ -256,6 +284,17 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Maintenan
         })
     };
     let in_stage = elapsed(step.since, input.now);
+    if ordinal(input.cluster, &step.server).is_some_and(|o| o >= input.wanted) {
+        // A scale-down removes the server: its replacement will never come.
+        decision.abandoned = Some(Hold::new(
+            Reason::Scaling,
+            format!(
+                "{}: the step ends without a replacement, a scale-down to {} servers removes it",
+                step.server, input.wanted
+            ),
+        ));
+        return;
+    }
     match step.stage {
         RollStage::Draining
             if server.is_some_and(|s| s.pod_exists && step.pod_uid.is_some() && s.uid != step.pod_uid) =>
@@ -282,6 +321,16 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Maintenan
             if stopped {
                 decision.action = MaintenanceAction::Evict(step.server.clone());
                 decision.step = next(RollStage::Evicting);
+            } else if let Some(others) = others_fallen(input, &step.server) {
+                // Finishing this drain would leave two servers down: it is given back, and the
+                // step starts again once every other server has joined.
+                let message = format!(
+                    "{others} went down while {} drained; its drain is withdrawn and it goes back to work",
+                    step.server
+                );
+                decision.action = MaintenanceAction::WithdrawDrain(step.server.clone());
+                decision.abandoned = Some(Hold::new(Reason::ServerNotJoined, message.clone()));
+                decision.waiting = Some(Hold::new(Reason::ServerNotJoined, message));
             } else if in_stage >= input.drain_timeout {
                 if input.on_drain_timeout == DrainTimeoutPolicy::Proceed {
                     decision.action = MaintenanceAction::Evict(step.server.clone());
@@ -308,6 +357,20 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Maintenan
             } else {
                 decision.action = MaintenanceAction::Evict(step.server.clone());
                 decision.step = Some(step.clone());
+                if in_stage >= EVICTION_PATIENCE {
+                    let why = others_down(input, &step.server).map_or_else(
+                        || "the PodDisruptionBudget allows no disruption now".to_string(),
+                        |others| format!("{others} not joined"),
+                    );
+                    decision.waiting = Some(Hold::new(
+                        Reason::EvictionRefused,
+                        format!(
+                            "the eviction of {} has been refused for {}s ({why}); the step keeps trying",
+                            step.server,
+                            in_stage.as_secs()
+                        ),
+                    ));
+                }
             }
         }
         RollStage::WaitingReady => {
@@ -367,6 +430,8 @@ mod tests {
 
     fn input(servers: &[ServerView], step: Option<Step>, now: i64) -> MaintenanceInput<'_> {
         MaintenanceInput {
+            cluster: "prod",
+            wanted: servers.len() as i32,
             servers,
             update_revision: Some("new"),
             restart_requested_at: None,
@@ -567,6 +632,84 @@ mod tests {
         assert_eq!(d.outdated, 1);
     }
 
+    fn step_of(server: &str, stage: RollStage, since: i64) -> Step {
+        Step {
+            server: server.into(),
+            stage,
+            since: at(since),
+            began: at(since),
+            pod_uid: Some(format!("uid-{}-old", &server[5..])),
+        }
+    }
+
+    #[test]
+    fn a_drain_is_withdrawn_when_another_server_falls_mid_step() {
+        let mut draining = server(1, "old", false, 1);
+        (draining.state, draining.serving) = (Some("draining".into()), true);
+        let mut fallen = server(0, "old", true, 0);
+        (fallen.joined, fallen.ready) = (false, false);
+        let servers = [fallen.clone(), draining.clone(), server(2, "old", true, 0)];
+        let d = decide(&input(&servers, Some(step_of("prod-1", RollStage::Draining, 0)), 5));
+        assert_eq!(d.action, MaintenanceAction::WithdrawDrain("prod-1".into()));
+        assert_eq!(
+            (d.step, d.abandoned.map(|h| h.reason)),
+            (None, Some(Reason::ServerNotJoined))
+        );
+        assert_eq!(d.waiting.unwrap().reason, Reason::ServerNotJoined);
+        // A new server that has not registered yet has not fallen; a drained server that
+        // already stopped is not given back either.
+        let newcomer = ServerView { state: None, ..fallen };
+        let d = decide(&input(
+            &[newcomer.clone(), draining.clone()],
+            Some(step_of("prod-1", RollStage::Draining, 0)),
+            5,
+        ));
+        assert_eq!(d.action, MaintenanceAction::RequestDrain("prod-1".into()));
+        let stopped = ServerView {
+            state: Some("stopped".into()),
+            serving: false,
+            ..draining
+        };
+        let d = decide(&input(
+            &[server(0, "old", false, 0), stopped],
+            Some(step_of("prod-1", RollStage::Draining, 0)),
+            5,
+        ));
+        assert_eq!(d.action, MaintenanceAction::Evict("prod-1".into()));
+    }
+
+    #[test]
+    fn a_step_on_a_server_that_a_scale_down_removes_is_abandoned() {
+        let servers = [server(0, "new", true, 0), server(1, "new", true, 0)];
+        for stage in RollStage::ALL {
+            let mut smaller = input(&servers[..1], Some(step_of("prod-1", *stage, 0)), 500);
+            smaller.wanted = 1;
+            let d = decide(&smaller);
+            assert_eq!((d.step, d.blocked), (None, None), "{stage}: no halt");
+            assert_eq!(d.abandoned.unwrap().reason, Reason::Scaling);
+        }
+    }
+
+    #[test]
+    fn an_eviction_refused_for_long_says_so_and_keeps_trying() {
+        let mut stopped = server(1, "old", false, 0);
+        stopped.state = Some("stopped".into());
+        let mut down = server(0, "old", false, 0);
+        down.ready = false;
+        let servers = [down, stopped];
+        let step = step_of("prod-1", RollStage::Evicting, 0);
+        let early = decide(&input(&servers, Some(step.clone()), 10));
+        assert_eq!(
+            (early.action, early.waiting),
+            (MaintenanceAction::Evict("prod-1".into()), None)
+        );
+        let late = decide(&input(&servers, Some(step), EVICTION_PATIENCE.as_secs() as i64));
+        assert_eq!(late.action, MaintenanceAction::Evict("prod-1".into()));
+        let Hold { reason, message } = late.waiting.unwrap();
+        assert_eq!(reason, Reason::EvictionRefused);
+        assert!(message.contains("prod-0 not joined"), "{message}");
+    }
+
     #[test]
     fn a_replaced_pod_is_never_evicted_again_even_from_a_stale_step() {
         let replaced = [
@@ -661,6 +804,12 @@ mod tests {
                     state: None,
                     ..server(s.ordinal, "new", false, 0)
                 };
+            }
+            MaintenanceAction::WithdrawDrain(name) => {
+                let s = servers.iter_mut().find(|s| &s.name == name).unwrap();
+                s.state = Some("active".into());
+                s.ready = true;
+                s.joined = true;
             }
             MaintenanceAction::None => {}
         }
@@ -783,6 +932,14 @@ mod tests {
                         );
                         *t = Truth { revision: "new", state: "joining", drain_left: 0, drain_asked_at: None, uid: next_uid, unready_for: 0 };
                         next_uid += 1;
+                    }
+                    MaintenanceAction::WithdrawDrain(name) => {
+                        let t = &mut truth[ordinal("prod", name).unwrap() as usize];
+                        prop_assert!(db_up, "{name}'s drain withdrawn while the database is unknown");
+                        if t.state == "draining" {
+                            t.state = "active";
+                        }
+                        t.drain_asked_at = None;
                     }
                     MaintenanceAction::None => {}
                 }

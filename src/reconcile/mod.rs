@@ -1,12 +1,15 @@
 //! The reconcile pipeline, one module per step:
 //!
 //! ```text
-//! validate (pure) → observe → plan (pure) → act → report
+//! validate (pure) → observe → plan (pure) → report → act
 //! ```
 //!
 //! `validate` comes first: it needs only the resource, `observe` needs the release it wants,
 //! and a spec that cannot be used costs no API or database read. A spec error is reported here
-//! and nowhere else; only transport failures are errors.
+//! and nowhere else; only transport failures are errors. `report` comes before `act`: the step
+//! a plan asks for is stored in the status (against the resourceVersion it was planned from)
+//! before any server is drained or evicted, so a failed status write or a stale read acts on
+//! nothing.
 
 pub(crate) mod act;
 pub(crate) mod observe;
@@ -63,8 +66,12 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
     };
     let (observed, database) = observe::observe(ctx, &spec).await?;
     let plan = plan::plan(&spec, &observed, &now)?;
+    match report::report(ctx, cr, &plan).await? {
+        report::Stored::Stored => {}
+        report::Stored::Stale => return Ok(Action::requeue(plan::STEP_REQUEUE)),
+        report::Stored::Gone => return Ok(Action::await_change()),
+    }
     act::act(ctx, cr, &plan, database.as_deref()).await?;
-    report::report(ctx, cr, &plan).await?;
     Ok(Action::requeue(plan.requeue))
 }
 

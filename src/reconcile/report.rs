@@ -1,4 +1,5 @@
-//! Report: the Events of a plan, the per-cluster metrics and the status subresource; also
+//! Report: the status subresource, the Events of a plan and the per-cluster metrics, before the
+//! plan is acted on; also
 //! what a reconcile that cannot plan reports (an unusable spec, an unreadable object, a
 //! failure).
 
@@ -18,11 +19,40 @@ use crate::error::{Error, Result};
 use crate::metrics::ClusterLabels;
 use crate::vocabulary::Reason;
 
-/// Reports what a reconcile did: its Events, the cluster's gauges, the status, then the
-/// maintenance stages that ended (after the status write: a retried reconcile must not count
-/// the same stage twice).
-pub(crate) async fn report(ctx: &Context, cr: &OrchestratorCluster, plan: &Plan) -> Result<()> {
+/// What became of a plan's status write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// The status holds the plan's step: the plan may be acted on.
+    Stored,
+    /// The resource changed since it was read (a newer status, a new spec): the plan was made
+    /// from a stale view and is dropped; the change's own watch event plans again.
+    Stale,
+    /// The resource is gone.
+    Gone,
+}
+
+/// Reports a plan before it is acted on: the status first (the step it asks for is stored
+/// before any drain or eviction happens), then its Events and the cluster's metrics.
+///
+/// A plan that touches servers (a drain asked or withdrawn, an eviction, a row removed) is
+/// stored with the resourceVersion it was made from as a precondition: a plan made from a
+/// stale cache, or whose status write fails, acts on nothing.
+pub(crate) async fn report(ctx: &Context, cr: &OrchestratorCluster, plan: &Plan) -> Result<Stored> {
     let object = object_key(cr);
+    let precondition = plan.touches_servers().then(|| cr.resource_version()).flatten();
+    match update_status(&ctx.client, cr, &plan.status, precondition.as_deref()).await {
+        // Deleted while this reconcile ran (after the watch's Delete made the operator forget
+        // it): forget again what this reconcile put back.
+        Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {
+            ctx.forget(cr);
+            return Ok(Stored::Gone);
+        }
+        Err(Error::Kube(kube::Error::Api(status))) if status.code == 409 && precondition.is_some() => {
+            tracing::info!(%object, "the resource changed since it was read; planning again from the new one");
+            return Ok(Stored::Stale);
+        }
+        other => other?,
+    }
     let reference = cr.object_ref(&());
     for event in &plan.events {
         let type_ = if event.warning {
@@ -35,18 +65,10 @@ pub(crate) async fn report(ctx: &Context, cr: &OrchestratorCluster, plan: &Plan)
     }
     let labels = ClusterLabels::of(cr);
     ctx.metrics.record_cluster(&labels, plan.figures);
-    match update_status(&ctx.client, cr, &plan.status).await {
-        // Deleted while this reconcile ran (after the watch's Delete made the operator forget
-        // it): forget again what this reconcile put back.
-        Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {
-            ctx.forget(cr);
-            return Ok(());
-        }
-        other => other?,
-    }
+    // Counted once: a retried reconcile reads the stage this write stored.
     ctx.metrics
         .record_maintenance(&labels, plan.finished_stage.as_ref(), plan.step_done.as_ref());
-    Ok(())
+    Ok(Stored::Stored)
 }
 
 /// A spec the operator cannot use: the `InvalidSpec` status and a Warning Event; nothing else
@@ -59,7 +81,7 @@ pub(crate) async fn invalid_spec(
 ) -> Result<Action> {
     tracing::warn!(object = %object_key(cr), %error, "invalid spec; waiting for a change");
     ctx.metrics.record_failure(&Error::InvalidSpec(error.clone()));
-    update_status(&ctx.client, cr, &invalid_spec_status(cr, error, now)).await?;
+    update_status(&ctx.client, cr, &invalid_spec_status(cr, error, now), None).await?;
     publish(
         ctx,
         &cr.object_ref(&()),
@@ -101,17 +123,27 @@ pub(crate) async fn failed(ctx: &Context, obj: &Watched, error: &Error) {
     .await;
 }
 
-/// Writes `status` to the status subresource unless it is already there.
-async fn update_status(client: &Client, cr: &OrchestratorCluster, status: &OrchestratorClusterStatus) -> Result<()> {
-    if cr.status.as_ref() == Some(status) {
+/// Writes `status` to the status subresource unless it is already there. With
+/// `resource_version`, the write is refused (409) unless the resource still has that version,
+/// and it is made even when the status looks unchanged: it proves the view is current.
+async fn update_status(
+    client: &Client,
+    cr: &OrchestratorCluster,
+    status: &OrchestratorClusterStatus,
+    resource_version: Option<&str>,
+) -> Result<()> {
+    if resource_version.is_none() && cr.status.as_ref() == Some(status) {
         return Ok(());
     }
     let api = Api::<OrchestratorCluster>::namespaced(client.clone(), &cr.namespace().unwrap_or_default());
-    let patch = json!({
+    let mut patch = json!({
         "apiVersion": OrchestratorCluster::api_version(&()),
         "kind": OrchestratorCluster::kind(&()),
         "status": status,
     });
+    if let Some(version) = resource_version {
+        patch["metadata"] = json!({"resourceVersion": version});
+    }
     api.patch_status(
         &cr.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),

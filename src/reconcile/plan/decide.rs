@@ -97,6 +97,8 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         };
     }
     let roll = maintenance::decide(&MaintenanceInput {
+        cluster: &name,
+        wanted: cr.spec.replicas,
         servers: &inputs.views,
         update_revision: inputs.update_revision.as_deref(),
         restart_requested_at: maintenance.restart_requested_at.as_ref().map(|t| t.0),

@@ -153,11 +153,16 @@ fn roll_events(
                 ),
             )),
             (None, stage) => {
-                if let Some(server) = before.server.clone() {
-                    events.push(PlannedEvent::normal(
+                match (before.server.clone(), &roll.abandoned) {
+                    (Some(_), Some(hold)) => events.push(PlannedEvent::warning(
+                        Reason::MaintenanceStepAbandoned,
+                        hold.message.clone(),
+                    )),
+                    (Some(server), None) => events.push(PlannedEvent::normal(
                         Reason::MaintenanceStepDone,
                         format!("{server} replaced and joined"),
-                    ));
+                    )),
+                    (None, _) => {}
                 }
                 if let Some(stage) = stage {
                     events.push(PlannedEvent::normal(

@@ -61,6 +61,14 @@ pub struct Plan {
     pub requeue: Duration,
 }
 
+impl Plan {
+    /// Whether the plan acts on servers (a drain asked or withdrawn, an eviction, a row
+    /// removed): such a plan is stored with a resourceVersion precondition before it acts.
+    pub(crate) fn touches_servers(&self) -> bool {
+        !self.drain.is_empty() || !self.undrain.is_empty() || !self.remove_rows.is_empty() || self.evict.is_some()
+    }
+}
+
 /// Look again this soon while something changes or is wrong.
 pub(crate) const BUSY_REQUEUE: Duration = Duration::from_secs(5);
 /// Look again this soon while a maintenance step or a version change waits on the database
@@ -139,7 +147,14 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
             _ => None,
         },
         remove_rows: capacity.remove_rows,
-        undrain: capacity.undrain,
+        undrain: capacity
+            .undrain
+            .into_iter()
+            .chain(match roll.action {
+                MaintenanceAction::WithdrawDrain(server) => Some(server),
+                _ => None,
+            })
+            .collect(),
         events,
         figures: ClusterFigures {
             desired: cr.spec.replicas.into(),
