@@ -150,80 +150,110 @@ impl Preflight {
             .hash(&mut hasher);
         let fingerprint = hasher.finish();
 
-        let cached = {
-            let cache = self.cache.lock().unwrap();
-            cache
-                .get(&key(cr))
-                .filter(|c| c.fingerprint == fingerprint && c.checked.elapsed() < self.ttl)
-                .map(|c| c.outcome.clone())
-        };
-        let outcome = match cached {
-            Some(Ok(client)) if !client.is_closed() => Ok(client),
-            Some(Err(failure)) => Err(failure),
-            _ => {
-                let ca = value(CA_KEY);
-                let fresh = tokio::time::timeout(
-                    CHECK_DEADLINE,
-                    check(cr, &user, &password, ca.as_deref().map(str::as_bytes)),
-                )
+        // A single failed read is not an outage: a read on a cached connection that fails is
+        // tried once more on a fresh connection before the database is called not ready.
+        let mut reuse = true;
+        loop {
+            let (client, fresh) = match self
+                .connect(cr, fingerprint, reuse, &user, &password, value(CA_KEY))
                 .await
-                .unwrap_or_else(|_| {
-                    Err(Hold::new(
-                        Reason::Unreachable,
-                        format!(
-                            "{}:{} did not complete the preflight (connection, TLS, login, privileges, schema) within {CHECK_DEADLINE:?}",
-                            db.host, db.port
-                        ),
-                    ))
-                });
-                self.cache.lock().unwrap().insert(
-                    key(cr),
-                    Cached {
-                        fingerprint,
-                        checked: Instant::now(),
-                        outcome: fresh.clone(),
-                    },
-                );
-                fresh
-            }
-        };
-        let client = match outcome {
-            Ok(client) => client,
-            Err(Hold { reason, message }) => {
-                return Ok(Observation {
-                    redactor: Redactor(Some(password.clone())),
-                    ..not_ready(reason, redact(message, &password))
-                });
-            }
-        };
-        let read = async {
-            let schema_version = contract::schema_version(&*client).await?;
-            let members = contract::membership(&*client).await?;
-            Ok::<_, contract::ContractError>((schema_version, members))
-        };
-        let read = tokio::time::timeout(DATABASE_DEADLINE, read).await.unwrap_or_else(|_| {
-            Err(contract::ContractError::Timeout(format!(
-                "no answer within {DATABASE_DEADLINE:?}"
-            )))
-        });
-        match read {
-            Ok((schema_version, members)) => Ok(Observation {
-                state: DatabaseState::Ready {
-                    schema_version,
-                    members,
-                },
-                client: Some(client),
-                redactor: Redactor(Some(password)),
-            }),
-            Err(error) => {
-                self.cache.lock().unwrap().remove(&key(cr));
-                Ok(not_ready(
-                    Reason::QueryFailed,
-                    redact(format!("reading the servers table failed: {error}"), &password),
-                ))
+            {
+                Ok(connected) => connected,
+                Err(Hold { reason, message }) => {
+                    return Ok(Observation {
+                        redactor: Redactor(Some(password.clone())),
+                        ..not_ready(reason, redact(message, &password))
+                    });
+                }
+            };
+            match read(&client).await {
+                Ok((schema_version, members)) => {
+                    return Ok(Observation {
+                        state: DatabaseState::Ready {
+                            schema_version,
+                            members,
+                        },
+                        client: Some(client),
+                        redactor: Redactor(Some(password)),
+                    });
+                }
+                Err(error) => {
+                    self.cache.lock().unwrap().remove(&key(cr));
+                    if !fresh {
+                        tracing::debug!(cluster = %key(cr), %error, "a read on the cached connection failed; checking again");
+                        reuse = false;
+                        continue;
+                    }
+                    return Ok(not_ready(
+                        Reason::QueryFailed,
+                        redact(format!("reading the servers table failed: {error}"), &password),
+                    ));
+                }
             }
         }
     }
+
+    /// A connection that passed the preflight: the cached one when `reuse` allows it (and it is
+    /// recent and of the same settings), else a fresh check. `true` with a fresh connection.
+    async fn connect(
+        &self,
+        cr: &OrchestratorCluster,
+        fingerprint: u64,
+        reuse: bool,
+        user: &str,
+        password: &str,
+        ca: Option<String>,
+    ) -> Result<(Arc<Client>, bool), Hold> {
+        let cached = reuse
+            .then(|| {
+                let cache = self.cache.lock().unwrap();
+                cache
+                    .get(&key(cr))
+                    .filter(|c| c.fingerprint == fingerprint && c.checked.elapsed() < self.ttl)
+                    .map(|c| c.outcome.clone())
+            })
+            .flatten();
+        match cached {
+            Some(Ok(client)) if !client.is_closed() => return Ok((client, false)),
+            Some(Err(failure)) => return Err(failure),
+            _ => {}
+        }
+        let db = &cr.spec.database;
+        let fresh = tokio::time::timeout(CHECK_DEADLINE, check(cr, user, password, ca.as_deref().map(str::as_bytes)))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Hold::new(
+                    Reason::Unreachable,
+                    format!(
+                        "{}:{} did not complete the preflight (connection, TLS, login, privileges, schema) within {CHECK_DEADLINE:?}",
+                        db.host, db.port
+                    ),
+                ))
+            });
+        self.cache.lock().unwrap().insert(
+            key(cr),
+            Cached {
+                fingerprint,
+                checked: Instant::now(),
+                outcome: fresh.clone(),
+            },
+        );
+        fresh.map(|client| (client, true))
+    }
+}
+
+/// The schema version and every server's row, within [`DATABASE_DEADLINE`].
+async fn read(client: &Client) -> Result<(i32, Vec<contract::Member>), contract::ContractError> {
+    let read = async {
+        let schema_version = contract::schema_version(client).await?;
+        let members = contract::membership(client).await?;
+        Ok((schema_version, members))
+    };
+    tokio::time::timeout(DATABASE_DEADLINE, read).await.unwrap_or_else(|_| {
+        Err(contract::ContractError::Timeout(format!(
+            "no answer within {DATABASE_DEADLINE:?}"
+        )))
+    })
 }
 
 /// Removes the password from a message, whatever produced it.

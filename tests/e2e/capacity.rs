@@ -19,6 +19,7 @@ use testing_postgres::TestPostgres;
 use crate::support::e2e::{
     MINUTE, Operator, TestNamespace, condition, db, patch_spec, server_binary, wait_condition, wait_for, wait_ready,
 };
+use crate::support::pods::server_pid;
 use crate::support::spec::ClusterSpec;
 
 /// The cluster of these tests: 20 s drains.
@@ -299,19 +300,6 @@ async fn scale_up_and_down_under_load_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// The pid of the server process of `server` in `namespace` (the node agent runs it locally).
-fn server_pid(namespace: &str, server: &str) -> Option<i32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-        let environ = std::fs::read(entry.path().join("environ")).ok()?;
-        let environ = String::from_utf8_lossy(&environ);
-        let vars: Vec<&str> = environ.split('\0').collect();
-        (vars.contains(&format!("SERVER_ID={server}").as_str())
-            && vars.contains(&format!("POD_NAMESPACE={namespace}").as_str()))
-        .then_some(pid)
-    })
 }
 
 #[tokio::test]

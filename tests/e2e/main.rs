@@ -11,6 +11,7 @@ mod support;
 mod capacity;
 mod cluster;
 mod examples;
+mod faults;
 mod gitops;
 mod install;
 mod maintenance;

@@ -23,7 +23,7 @@ use crate::support::pods::{self, pod_ready, server_pods, uids};
 use crate::support::spec::ClusterSpec;
 
 /// The cluster of these tests: short drain and ready timeouts.
-fn cluster(replicas: i32, pg: &TestPostgres) -> ClusterSpec {
+pub(crate) fn cluster(replicas: i32, pg: &TestPostgres) -> ClusterSpec {
     ClusterSpec::new(replicas, pg).drain_timeout("30s").ready_timeout("20s")
 }
 
@@ -39,7 +39,7 @@ async fn ready_cluster(ns: &TestNamespace, pg: &TestPostgres, replicas: i32) {
 
 /// Watches the pods and records the most servers ever unavailable at once, and the order in
 /// which pods were replaced.
-struct Watcher {
+pub(crate) struct Watcher {
     worst: Arc<Mutex<usize>>,
     replaced: Arc<Mutex<Vec<String>>>,
     going: Arc<Mutex<BTreeMap<String, Instant>>>,
@@ -48,7 +48,7 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn start(ns: &TestNamespace, servers: usize) -> Self {
+    pub(crate) fn start(ns: &TestNamespace, servers: usize) -> Self {
         let (worst, replaced) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(Vec::new())));
         let (going, back) = (
             Arc::new(Mutex::new(BTreeMap::new())),
@@ -104,12 +104,12 @@ impl Watcher {
     }
 
     /// When each server's replacement pod first became ready, by server name.
-    fn back(&self) -> BTreeMap<String, Instant> {
+    pub(crate) fn back(&self) -> BTreeMap<String, Instant> {
         self.back.lock().unwrap().clone()
     }
 
     /// When each server's first pod began to go (eviction seen), by server name.
-    fn going(&self) -> BTreeMap<String, Instant> {
+    pub(crate) fn going(&self) -> BTreeMap<String, Instant> {
         self.going.lock().unwrap().clone()
     }
 
@@ -432,7 +432,7 @@ async fn a_drain_that_never_finishes_halts_until_the_policy_says_proceed() {
 }
 
 /// Waits until the job `id` is claimed and its owner's heartbeat reports it running; the owner.
-async fn claimed(db: &tokio_postgres::Client, id: i64) -> String {
+pub(crate) async fn claimed(db: &tokio_postgres::Client, id: i64) -> String {
     let deadline = Instant::now() + MINUTE;
     loop {
         assert!(Instant::now() < deadline, "job {id} was not claimed within a minute");
@@ -448,97 +448,6 @@ async fn claimed(db: &tokio_postgres::Client, id: i64) -> String {
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-#[tokio::test]
-async fn a_database_outage_mid_drain_evicts_nobody_until_the_drain_is_seen_finished() {
-    let ns = TestNamespace::new("outage").await;
-    let pg = ns.database().await;
-    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
-    // One job per server at a time, and a job lease far longer than the outage: no job changes
-    // hands for a reason of the server's.
-    let spec = cluster(2, &pg)
-        .drain_timeout("3m")
-        .env("WORKERS", "1")
-        .env("LEASE_MILLISECONDS", "60000");
-    ns.create_cluster(&spec).await;
-    wait_settled(&ns, 2, Some("2.0.0")).await;
-    // The roll waits, paused, while each server takes a 60 s job.
-    patch_spec(&ns, json!({"maintenance": {"paused": true}})).await;
-    patch_spec(&ns, json!({"version": "2.1.0"})).await;
-    wait_condition(&ns, "MaintenanceBlocked", "True", "Paused", 2 * MINUTE).await;
-    let db = db(&pg).await;
-    let mut jobs = Vec::new();
-    for _ in 0..2 {
-        let payload = json!({"batch": "outage", "ms": 60000});
-        jobs.push(orchestrator_contract::submit_job(&db, "sleep", &payload).await.unwrap());
-    }
-    let mut owners = BTreeSet::new();
-    for job in &jobs {
-        owners.insert(claimed(&db, *job).await);
-    }
-    assert_eq!(owners.len(), 2, "one job on each server");
-    patch_spec(&ns, json!({"maintenance": {"paused": false}})).await;
-    // The server the roll drains has picked the drain up and still runs its job.
-    let deadline = Instant::now() + 2 * MINUTE;
-    let draining = loop {
-        assert!(Instant::now() < deadline, "no server began to drain");
-        let row = db
-            .query_opt(
-                "SELECT server_id FROM servers WHERE state = 'draining' AND running_jobs > 0",
-                &[],
-            )
-            .await
-            .unwrap();
-        if let Some(row) = row {
-            break row.get::<_, String>(0);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let pods = ns.api::<Pod>();
-    let uid = pods.get(&draining).await.unwrap().uid();
-    drop(db);
-
-    let api = ns.api::<OrchestratorCluster>();
-    pg.stop();
-    let stopped = Instant::now();
-    let mut seen = BTreeSet::new();
-    while stopped.elapsed() < Duration::from_secs(10) {
-        let pod = pods.get_opt(&draining).await.unwrap();
-        assert!(
-            pod.as_ref()
-                .is_some_and(|p| p.uid() == uid && p.metadata.deletion_timestamp.is_none()),
-            "{draining} was evicted {:?} into the outage, mid-drain",
-            stopped.elapsed()
-        );
-        let cr = api.get("prod").await.unwrap();
-        if let Some(c) = condition(&cr, "MaintenanceBlocked") {
-            seen.insert((c.status.clone(), c.reason.clone()));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    pg.start_again();
-    assert!(
-        seen.contains(&("True".to_string(), "DatabaseNotReady".to_string())),
-        "the roll said it waits for the database: {seen:?}"
-    );
-
-    wait_settled(&ns, 2, Some("2.1.0")).await;
-    let db = crate::support::e2e::db(&pg).await;
-    let outcome = orchestrator_contract::batch_outcome(&db, "outage").await.unwrap();
-    assert_eq!(
-        (outcome.completed, outcome.unfinished, outcome.executed_more_than_once),
-        (2, 0, 0),
-        "{outcome:?}"
-    );
-    for job in &jobs {
-        let attempts: i32 = db
-            .query_one("SELECT attempts FROM jobs WHERE id = $1", &[job])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(attempts, 1, "job {job} ran once, on the server that drained");
     }
 }
 

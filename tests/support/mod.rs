@@ -7,4 +7,5 @@ pub(crate) mod e2e;
 pub(crate) mod helm;
 pub(crate) mod invalid_specs;
 pub(crate) mod pods;
+pub(crate) mod proxy;
 pub(crate) mod spec;

@@ -121,3 +121,16 @@ pub(crate) fn uids(pods: &BTreeMap<String, Pod>) -> BTreeMap<String, String> {
         .map(|(n, p)| (n.clone(), p.uid().unwrap_or_default()))
         .collect()
 }
+
+/// The pid of the server process of `server` in `namespace` (the node agent runs it locally).
+pub(crate) fn server_pid(namespace: &str, server: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+        let environ = std::fs::read(entry.path().join("environ")).ok()?;
+        let environ = String::from_utf8_lossy(&environ);
+        let vars: Vec<&str> = environ.split('\0').collect();
+        (vars.contains(&format!("SERVER_ID={server}").as_str())
+            && vars.contains(&format!("POD_NAMESPACE={namespace}").as_str()))
+        .then_some(pid)
+    })
+}

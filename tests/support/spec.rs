@@ -57,6 +57,11 @@ impl ClusterSpec {
         self.database("sslMode", mode)
     }
 
+    /// `spec.database.port` (a fault-injecting proxy in front of the test's PostgreSQL).
+    pub(crate) fn port(self, port: u16) -> Self {
+        self.database("port", port)
+    }
+
     /// `spec.maintenance.drainTimeout` (`30s`, `10m`...).
     pub(crate) fn drain_timeout(self, timeout: &str) -> Self {
         self.maintenance("drainTimeout", timeout)
