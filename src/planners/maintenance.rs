@@ -90,6 +90,9 @@ pub(crate) struct MaintenanceInput<'a> {
     pub next_window: Option<Timestamp>,
     /// Whether the database preflight passes.
     pub database_ready: bool,
+    /// A newer release is wanted and waits for its schema check: the StatefulSet's template is
+    /// about to change again.
+    pub superseded: bool,
     /// Something else that must finish before a step starts (a capacity change, a schema
     /// migration).
     pub hold: Option<Hold>,
@@ -260,6 +263,19 @@ fn drain_asked(server: &ServerView, now: Timestamp) -> Option<Timestamp> {
     Some(now.checked_sub(age).unwrap_or(now))
 }
 
+/// Why a replacement that has not joined is no longer worth waiting for: a newer release waits
+/// for its schema check, or the template changed again after the replacement was created.
+fn superseded(input: &MaintenanceInput, step: &Step, server: Option<&ServerView>) -> Option<&'static str> {
+    let replacement = server.filter(|s| s.pod_exists && step.pod_uid.is_some() && s.uid != step.pod_uid);
+    if input.superseded {
+        Some("a newer version is wanted and waits for its schema check")
+    } else if replacement.is_some_and(|s| is_outdated(s, input).is_some()) {
+        Some("the template changed again after it was created")
+    } else {
+        None
+    }
+}
+
 /// The hold of a step that must see the database to go on.
 fn unknown(step: &Step, what: &str) -> Option<Hold> {
     Some(Hold::new(
@@ -385,6 +401,13 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Maintenan
                 // Joining needs an active row: no "did not join" halt on what cannot be read.
                 decision.step = Some(step.clone());
                 decision.waiting = unknown(step, "whether its replacement joined");
+            } else if let Some(why) = superseded(input, step, server) {
+                // What the replacement runs is no longer wanted: it is not waited for; the next
+                // step replaces it (unready and outdated, it goes first).
+                decision.abandoned = Some(Hold::new(
+                    Reason::ServersNotReady,
+                    format!("{}: the step ends before its replacement joined, {why}", step.server),
+                ));
             } else if in_stage >= input.ready_timeout {
                 decision.step = Some(step.clone());
                 decision.blocked = Some(Hold::new(
@@ -439,6 +462,7 @@ mod tests {
             window_open: true,
             next_window: None,
             database_ready: true,
+            superseded: false,
             hold: None,
             step,
             drain_timeout: Duration::from_secs(60),
@@ -688,6 +712,34 @@ mod tests {
             assert_eq!((d.step, d.blocked), (None, None), "{stage}: no halt");
             assert_eq!(d.abandoned.unwrap().reason, Reason::Scaling);
         }
+    }
+
+    #[test]
+    fn a_replacement_no_longer_wanted_is_not_waited_for() {
+        let unready = ServerView {
+            started_at: Some(at(5)),
+            ..server(0, "new", false, 0)
+        };
+        let servers = [unready, server(1, "old", true, 0)];
+        let step = step_of("prod-0", RollStage::WaitingReady, 5);
+        let mut waiting = input(&servers, Some(step.clone()), 10);
+        assert_eq!(
+            (decide(&waiting).step, decide(&waiting).abandoned),
+            (Some(step.clone()), None)
+        );
+        // A newer version waits for its schema check, or the template changed again.
+        waiting.superseded = true;
+        let d = decide(&waiting);
+        assert_eq!((d.step, d.blocked), (None, None));
+        assert!(d.abandoned.unwrap().message.contains("schema check"));
+        let mut changed = input(&servers, Some(step), 10);
+        changed.update_revision = Some("newer");
+        let d = decide(&changed);
+        assert_eq!((d.step, d.blocked), (None, None));
+        assert!(d.abandoned.unwrap().message.contains("template changed again"));
+        // The next look replaces the unready, outdated replacement first, without a drain.
+        let next = decide(&input(&servers, None, 11));
+        assert_eq!(next.action, MaintenanceAction::None, "prod-0 is new and prod-0 is down");
     }
 
     #[test]

@@ -605,3 +605,87 @@ async fn a_failing_schema_check_blocks_with_its_log_tail_and_disrupts_nothing() 
         "nothing disrupted"
     );
 }
+
+/// Waits until the step in progress of cluster `prod` is at `stage`; the server it replaces.
+async fn step_at(ns: &TestNamespace, stage: &'static str) -> String {
+    let cr = wait_for(
+        &ns.api::<OrchestratorCluster>(),
+        "prod",
+        stage,
+        2 * MINUTE,
+        move |c: Option<&OrchestratorCluster>| {
+            c.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.maintenance.as_ref())
+                .is_some_and(|m| m.stage.as_deref() == Some(stage))
+        },
+    )
+    .await
+    .unwrap();
+    cr.status.unwrap().maintenance.unwrap().server.unwrap()
+}
+
+/// Asserts that no Event of cluster `prod` says the roll halted.
+async fn never_halted(ns: &TestNamespace) {
+    let halts: Vec<_> = event_reasons(ns)
+        .await
+        .into_iter()
+        .filter(|(reason, _)| matches!(reason.as_str(), "ReadyTimeout" | "DrainTimeout"))
+        .collect();
+    assert!(halts.is_empty(), "the roll halted: {halts:?}");
+}
+
+#[tokio::test]
+async fn a_second_version_while_a_replacement_joins_ends_without_a_halt() {
+    let ns = TestNamespace::new("again").await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    ready_cluster(&ns, &pg, 2).await;
+    // Its replacement never becomes ready: the step stays in WaitingReady until the next version.
+    patch_spec(&ns, json!({"version": "2.1.0-unready"})).await;
+    step_at(&ns, "WaitingReady").await;
+    patch_spec(&ns, json!({"version": "2.1.1"})).await;
+    wait_settled(&ns, 2, Some("2.1.1")).await;
+    never_halted(&ns).await;
+    let events = event_reasons(&ns).await;
+    assert!(
+        events.iter().any(|(reason, _)| reason == "MaintenanceStepAbandoned"),
+        "the step said why it ended: {events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_scale_down_that_removes_the_steps_server_ends_the_step_without_a_halt() {
+    let ns = TestNamespace::new("shrink").await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    ready_cluster(&ns, &pg, 3).await;
+    patch_spec(&ns, json!({"version": "2.1.0-unready"})).await;
+    // Idle servers: the highest ordinal goes first, and its replacement never becomes ready.
+    let server = step_at(&ns, "WaitingReady").await;
+    assert_eq!(server, "prod-2");
+    patch_spec(&ns, json!({"replicas": 2})).await;
+    wait_for(
+        &ns.api::<OrchestratorCluster>(),
+        "prod",
+        "the step ended",
+        MINUTE,
+        |c: Option<&OrchestratorCluster>| {
+            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+                s.maintenance
+                    .as_ref()
+                    .is_none_or(|m| m.server.as_deref() != Some("prod-2"))
+            })
+        },
+    )
+    .await;
+    patch_spec(&ns, json!({"version": "2.0.0"})).await;
+    wait_settled(&ns, 2, Some("2.0.0")).await;
+    never_halted(&ns).await;
+    let events = event_reasons(&ns).await;
+    assert!(
+        events
+            .iter()
+            .any(|(reason, note)| reason == "MaintenanceStepAbandoned" && note.contains("scale-down")),
+        "the step said why it ended: {events:?}"
+    );
+}

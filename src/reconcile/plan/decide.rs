@@ -106,6 +106,7 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         window_open,
         next_window,
         database_ready: inputs.database_ready,
+        superseded: !upgrade.release_ready,
         hold: roll_hold(cr.spec.replicas, &capacity, &upgrade, inputs.current),
         step: inputs.previous_step.clone(),
         drain_timeout: spec.drain.timeout,
