@@ -162,7 +162,11 @@ fn most_replaced_at_once(watcher: &Watcher) -> usize {
         .unwrap_or(0)
 }
 
-/// A two-server roll whose first drain meets `fault` for 15 s (PostgreSQL stopped, or a proxy
+/// How long each fault lasts: well under the 60 s job lease, and long enough for a hung
+/// database to be told from a slow one (a read has 5 s, a fresh check up to 15 s).
+const FAULT: Duration = Duration::from_secs(25);
+
+/// A two-server roll whose first drain meets `fault` for [`FAULT`] (PostgreSQL stopped, or a proxy
 /// in front of it that refuses or hangs): nothing is evicted while the database is unknown,
 /// the drain completes after, each job runs once.
 async fn fault_mid_drain(prefix: &str, fault: Option<Mode>) {
@@ -185,7 +189,7 @@ async fn fault_mid_drain(prefix: &str, fault: Option<Mode>) {
         Some(mode) => proxy.set(mode),
         None => pg.stop(),
     }
-    let seen = nothing_moves(&ns, &server, &uid, 2, Duration::from_secs(15), "MaintenanceBlocked").await;
+    let seen = nothing_moves(&ns, &server, &uid, 2, FAULT, "MaintenanceBlocked").await;
     match fault {
         Some(_) => proxy.set(Mode::Pass),
         None => pg.start_again(),
@@ -199,7 +203,7 @@ async fn fault_mid_drain(prefix: &str, fault: Option<Mode>) {
     let at_once = most_replaced_at_once(&watcher);
     assert!(at_once <= 1, "one server replaced at a time, {at_once} at once");
     println!(
-        "FAULT {prefix}: 15 s fault mid-drain; roll finished {:?} after it began; evictions during the fault 0; \
+        "FAULT {prefix}: {FAULT:?} fault mid-drain; roll finished {:?} after it began; evictions during the fault 0; \
          jobs lost 0, started twice 0; servers replaced at once {at_once}",
         began.elapsed()
     );
@@ -235,7 +239,7 @@ async fn a_database_gone_during_a_scale_down_removes_nobody_until_it_is_back() {
     let uid = ns.api::<Pod>().get(&server).await.unwrap().uid().unwrap();
     let began = Instant::now();
     proxy.set(Mode::Refuse);
-    let seen = nothing_moves(&ns, &server, &uid, 3, Duration::from_secs(15), "CapacityBlocked").await;
+    let seen = nothing_moves(&ns, &server, &uid, 3, FAULT, "CapacityBlocked").await;
     proxy.set(Mode::Pass);
     assert!(
         seen.contains(&("True".to_string(), "DatabaseNotReady".to_string())),
@@ -244,7 +248,7 @@ async fn a_database_gone_during_a_scale_down_removes_nobody_until_it_is_back() {
     wait_settled(&ns, 2, Some("2.0.0")).await;
     ran_once(&pg, "gone", &jobs).await;
     println!(
-        "FAULT scale-down: 15 s refused mid-drain; scale-down finished {:?} after it began; removals during the fault 0; \
+        "FAULT scale-down: {FAULT:?} refused mid-drain; scale-down finished {:?} after it began; removals during the fault 0; \
          jobs lost 0, started twice 0",
         began.elapsed()
     );
