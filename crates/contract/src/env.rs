@@ -122,8 +122,9 @@ pub const WORKERS: &str = "WORKERS";
 /// Time between a server's heartbeats (which also renew its jobs' leases); a server is not
 /// ready when its last successful heartbeat is older than three of them.
 ///
-/// Not set by the operator. Milliseconds, a decimal integer; the reference server defaults to
-/// `2000`.
+/// Not set by the operator. Milliseconds, a decimal integer, more than 0 and at most half of
+/// [`LEASE_MILLISECONDS`] less its safety margin (`max(lease / 5, 1 s)`, at most half the
+/// lease); the reference server defaults to `2000` and refuses to start otherwise.
 pub const HEARTBEAT_MILLISECONDS: &str = "HEARTBEAT_MILLISECONDS";
 
 /// Lease of a claimed job: another server may claim the job once the lease expired.
@@ -137,6 +138,22 @@ pub const LEASE_MILLISECONDS: &str = "LEASE_MILLISECONDS";
 /// Not set by the operator. Milliseconds, a decimal integer; the reference server defaults to
 /// `100`.
 pub const IDLE_POLL_MILLISECONDS: &str = "IDLE_POLL_MILLISECONDS";
+
+/// The size of a server process's (or the load generator's) connection pool to the process
+/// database, shared by its workers and its web service. A server opens one more connection,
+/// its heartbeat's own: `DATABASE_MAX_CONNECTIONS + 1` in all.
+///
+/// Not set by the operator. A decimal integer of at least 1; the reference server defaults to
+/// `4`. Size the database's `max_connections` for it (see the database contract's sizing note).
+pub const DATABASE_MAX_CONNECTIONS: &str = "DATABASE_MAX_CONNECTIONS";
+
+/// Claims a job may have before it is dead-lettered: a job whose lease expired (its server
+/// died or lost the database) after this many claims is marked `failed` instead of being run
+/// again.
+///
+/// Not set by the operator. A decimal integer of at least 1; the reference server defaults to
+/// `3`.
+pub const JOB_MAX_ATTEMPTS: &str = "JOB_MAX_ATTEMPTS";
 
 /// Host name of the container, the fallback for [`SERVER_ID`].
 ///
@@ -171,11 +188,13 @@ pub const OPERATOR_SET: [&str; 14] = [
 /// The other names the reference server reads: the operator never sets them, each has a
 /// default in the server (or, for [`HOSTNAME`], is set by the container runtime), and a user
 /// may set them through `spec.template.env`.
-pub const NOT_OPERATOR_SET: [&str; 6] = [
+pub const NOT_OPERATOR_SET: [&str; 8] = [
     WORKERS,
     HEARTBEAT_MILLISECONDS,
     LEASE_MILLISECONDS,
     IDLE_POLL_MILLISECONDS,
+    DATABASE_MAX_CONNECTIONS,
+    JOB_MAX_ATTEMPTS,
     HOSTNAME,
     RUST_LOG,
 ];

@@ -74,7 +74,7 @@ pub async fn schema_version(db: &impl GenericClient) -> Result<i32> {
 /// What a server registers about itself.
 #[derive(Clone, Debug)]
 pub struct Registration<'a> {
-    /// Server id (the pod name).
+    /// Server id (`<namespace>/<pod>`, see [`server_identity`]).
     pub server_id: &'a str,
     /// Server version.
     pub version: &'a str,
@@ -119,14 +119,54 @@ pub async fn heartbeat(db: &impl GenericClient, server_id: &str, running_jobs: i
     })
 }
 
-/// Sets the state of a server's row.
-pub async fn set_state(db: &impl GenericClient, server_id: &str, state: &str) -> Result<()> {
-    db.execute(
-        "UPDATE servers SET state = $2, heartbeat_at = now() WHERE server_id = $1",
-        &[&server_id, &state],
-    )
-    .await?;
-    Ok(())
+/// Sets the state of a server's row; returns the rows written: 0 when the row is gone (deleted),
+/// which is not a withdrawn drain request.
+pub async fn set_state(db: &impl GenericClient, server_id: &str, state: &str) -> Result<u64> {
+    Ok(db
+        .execute(
+            "UPDATE servers SET state = $2, heartbeat_at = now() WHERE server_id = $1",
+            &[&server_id, &state],
+        )
+        .await?)
+}
+
+/// What [`set_state_if_drain`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateWrite {
+    /// The state is written.
+    Written,
+    /// Nothing written: the drain request was not as required (withdrawn, or made again).
+    Refused,
+    /// Nothing written: the server has no row.
+    NoRow,
+}
+
+/// Writes `state` into the server's row only while a drain request is pending
+/// (`drain_requested` true) or only while none is (false), in one statement: a withdrawal or a
+/// new request that the server's heartbeat has not reported yet is never overwritten. A server
+/// ends a drain the database asked for with `stopped` only while the request still holds, and
+/// takes work again after a withdrawal with `active` only while no request is pending.
+pub async fn set_state_if_drain(
+    db: &impl GenericClient,
+    server_id: &str,
+    state: &str,
+    drain_requested: bool,
+) -> Result<StateWrite> {
+    let row = db
+        .query_opt(
+            "UPDATE servers SET
+                 state = CASE WHEN (drain_requested_at IS NOT NULL) = $3 THEN $2 ELSE state END,
+                 heartbeat_at = CASE WHEN (drain_requested_at IS NOT NULL) = $3 THEN now() ELSE heartbeat_at END
+             WHERE server_id = $1
+             RETURNING (drain_requested_at IS NOT NULL) = $3",
+            &[&server_id, &state, &drain_requested],
+        )
+        .await?;
+    Ok(match row.map(|r| r.get::<_, bool>(0)) {
+        Some(true) => StateWrite::Written,
+        Some(false) => StateWrite::Refused,
+        None => StateWrite::NoRow,
+    })
 }
 
 /// Asks a server for a friendly shutdown (keeps the first request's time).
@@ -180,6 +220,27 @@ pub struct Member {
     pub drain_requested_seconds: Option<f64>,
     /// Jobs it currently owns (running with its lease).
     pub owned_jobs: i64,
+}
+
+/// The id of a server's row: `<namespace>/<pod>`, so that clusters of the same name in different
+/// namespaces that share one database never share, drain or remove each other's rows. A server
+/// that knows no namespace (outside Kubernetes) uses its name alone; so did every server before
+/// this rule (a *legacy* id).
+pub fn server_identity(namespace: Option<&str>, name: &str) -> String {
+    match namespace.filter(|n| !n.is_empty()) {
+        Some(namespace) => format!("{namespace}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// The pod name a row of `server_id` stands for, seen from `namespace`: `Some((pod, false))`
+/// for an id of that namespace, `Some((pod, true))` for a legacy id without a namespace, `None`
+/// for a row of another namespace.
+pub fn row_in_namespace<'a>(namespace: &str, server_id: &'a str) -> Option<(&'a str, bool)> {
+    match server_id.split_once('/') {
+        Some((ns, pod)) => (ns == namespace).then_some((pod, false)),
+        None => Some((server_id, true)),
+    }
 }
 
 /// Every registered server.
@@ -284,42 +345,130 @@ pub struct ClaimedJob {
 /// Claims the oldest claimable job: queued, or running under an expired lease (its server
 /// died). Concurrent claimers skip each other's locked rows. Only a registered, active server
 /// without a drain request can claim: the contract itself stops a draining server's claims.
+///
+/// This claim has no attempt limit; [`claim_job_bounded`] dead-letters poison jobs.
 pub async fn claim_job(db: &impl GenericClient, server_id: &str, lease: Duration) -> Result<Option<ClaimedJob>> {
+    // Without a limit nothing is dead-lettered: every claim is a job to run.
+    Ok(match claim_next(db, server_id, lease, None).await? {
+        Some(Claim::Run(job)) => Some(job),
+        Some(Claim::DeadLettered { .. }) | None => None,
+    })
+}
+
+/// What [`claim_job_bounded`] did with the oldest claimable job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Claim {
+    /// The job is the caller's to run, under its lease.
+    Run(ClaimedJob),
+    /// The job's lease had expired after `attempts` counted claims, as many as the limit
+    /// allows: it is now `failed` with the result `{"error": "dead-lettered after N attempts",
+    /// "deadLettered": true}`, owner and lease cleared, and nobody runs it again. The caller
+    /// claims again for work.
+    DeadLettered {
+        /// Job id.
+        id: i64,
+        /// Counted claims it had: each ended by an expired lease (a claim that was handed back
+        /// or released is not counted, see [`hand_back_jobs`] and [`release_job`]).
+        attempts: i32,
+    },
+}
+
+/// Like [`claim_job`], but a job whose lease expired (its server died or lost it) after
+/// `max_attempts` counted claims or more is dead-lettered instead of run again: a job that
+/// keeps crashing servers stops. Queued jobs (new, handed back or released) are always run, and
+/// claims that were handed back or released do not count (`attempts` went down again).
+pub async fn claim_job_bounded(
+    db: &impl GenericClient,
+    server_id: &str,
+    lease: Duration,
+    max_attempts: i32,
+) -> Result<Option<Claim>> {
+    claim_next(db, server_id, lease, Some(max_attempts)).await
+}
+
+async fn claim_next(
+    db: &impl GenericClient,
+    server_id: &str,
+    lease: Duration,
+    max_attempts: Option<i32>,
+) -> Result<Option<Claim>> {
     let lease_seconds = lease.as_secs_f64();
     let row = db
         .query_opt(
-            "UPDATE jobs SET state = 'running', owner = $1, lease_until = now() + make_interval(secs => $2),
-                    attempts = attempts + 1, started_at = coalesce(started_at, now())
-             WHERE id = (SELECT id FROM jobs
-                         WHERE (state = 'queued' OR (state = 'running' AND lease_until < now()))
-                           AND EXISTS (SELECT 1 FROM servers s WHERE s.server_id = $1
-                                       AND s.state = 'active' AND s.drain_requested_at IS NULL)
-                         ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
-             RETURNING id, kind, payload, attempts",
-            &[&server_id, &lease_seconds],
+            "WITH next AS (
+                 SELECT id, (state = 'running' AND $3::int IS NOT NULL AND attempts >= $3::int) AS dead
+                 FROM jobs
+                 WHERE (state = 'queued' OR (state = 'running' AND lease_until < now()))
+                   AND EXISTS (SELECT 1 FROM servers s WHERE s.server_id = $1
+                               AND s.state = 'active' AND s.drain_requested_at IS NULL)
+                 ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1)
+             UPDATE jobs j SET
+                 state = CASE WHEN next.dead THEN 'failed' ELSE 'running' END,
+                 owner = CASE WHEN next.dead THEN NULL ELSE $1 END,
+                 lease_until = CASE WHEN next.dead THEN NULL ELSE now() + make_interval(secs => $2) END,
+                 attempts = CASE WHEN next.dead THEN j.attempts ELSE j.attempts + 1 END,
+                 started_at = coalesce(j.started_at, now()),
+                 finished_at = CASE WHEN next.dead THEN now() ELSE j.finished_at END,
+                 result = CASE WHEN next.dead
+                     THEN jsonb_build_object('error', format('dead-lettered after %s attempts', j.attempts),
+                                             'deadLettered', true)
+                     ELSE j.result END
+             FROM next WHERE j.id = next.id
+             RETURNING j.id, j.kind, j.payload, j.attempts, next.dead",
+            &[&server_id, &lease_seconds, &max_attempts],
         )
         .await?;
-    Ok(row.map(|r| ClaimedJob {
-        id: r.get(0),
-        kind: r.get(1),
-        payload: r.get(2),
-        attempt: r.get(3),
+    Ok(row.map(|r| {
+        if r.get(4) {
+            Claim::DeadLettered {
+                id: r.get(0),
+                attempts: r.get(3),
+            }
+        } else {
+            Claim::Run(ClaimedJob {
+                id: r.get(0),
+                kind: r.get(1),
+                payload: r.get(2),
+                attempt: r.get(3),
+            })
+        }
     }))
 }
 
-/// Extends the leases of the server's running jobs.
+/// Extends the leases of the server's running jobs; returns how many it still owns.
 pub async fn renew_leases(db: &impl GenericClient, server_id: &str, ids: &[i64], lease: Duration) -> Result<u64> {
-    Ok(db
-        .execute(
+    Ok(renew_owned_leases(db, server_id, ids, lease).await?.len() as u64)
+}
+
+/// Extends the leases of the server's running jobs; returns the ids among `ids` that it still
+/// owns (their leases now end `lease` after the statement's `now()`). A job missing from the
+/// answer is no longer the server's: it finished, was handed back, or its lease expired and
+/// another server claimed it. The server must stop running it at once.
+pub async fn renew_owned_leases(
+    db: &impl GenericClient,
+    server_id: &str,
+    ids: &[i64],
+    lease: Duration,
+) -> Result<Vec<i64>> {
+    let rows = db
+        .query(
             "UPDATE jobs SET lease_until = now() + make_interval(secs => $3)
-             WHERE id = ANY($2) AND owner = $1 AND state = 'running'",
+             WHERE id = ANY($2) AND owner = $1 AND state = 'running'
+             RETURNING id",
             &[&server_id, &ids, &lease.as_secs_f64()],
         )
-        .await?)
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Records that a server ran a job to its end (whatever the outcome), then finishes the job
 /// if the server still owns it. False when the lease was lost to another server.
+///
+/// Safe to retry: a try whose COMMIT went through but whose answer was lost left the
+/// execution row of `(job, server, attempt)`, which a retry does not write again; and a job
+/// already finished by that row (the same transaction wrote both, so they share `finished_at`)
+/// counts as finished by this call. No schema change: the insert checks for the row itself,
+/// which is safe since only the server of the attempt writes it, one try at a time.
 pub async fn complete_job(
     db: &mut Client,
     server_id: &str,
@@ -328,11 +477,15 @@ pub async fn complete_job(
     result: &serde_json::Value,
 ) -> Result<bool> {
     let tx = db.transaction().await?;
-    tx.execute(
-        "INSERT INTO job_executions (job_id, server_id, attempt, finished_at) VALUES ($1, $2, $3, now())",
-        &[&job.id, &server_id, &job.attempt],
-    )
-    .await?;
+    let recorded = tx
+        .execute(
+            "INSERT INTO job_executions (job_id, server_id, attempt, finished_at)
+             SELECT $1::bigint, $2::text, $3::integer, now()
+             WHERE NOT EXISTS (SELECT 1 FROM job_executions
+                               WHERE job_id = $1 AND server_id = $2 AND attempt = $3)",
+            &[&job.id, &server_id, &job.attempt],
+        )
+        .await?;
     let state = if succeeded {
         job_state::SUCCEEDED
     } else {
@@ -345,19 +498,53 @@ pub async fn complete_job(
             &[&job.id, &server_id, &state, result],
         )
         .await?;
+    let finished = if n == 1 {
+        true
+    } else if recorded == 0 {
+        // A retry: did the first try, whose answer was lost, finish the job?
+        tx.query_one(
+            "SELECT EXISTS (SELECT 1 FROM jobs j JOIN job_executions e ON e.job_id = j.id
+                            WHERE j.id = $1 AND e.server_id = $2 AND e.attempt = $3
+                              AND j.state IN ('succeeded', 'failed') AND j.finished_at = e.finished_at)",
+            &[&job.id, &server_id, &job.attempt],
+        )
+        .await?
+        .get(0)
+    } else {
+        false
+    };
     tx.commit().await?;
-    Ok(n == 1)
+    Ok(finished)
 }
 
-/// Hands back every job the server still runs: owner and lease cleared, queued again.
+/// Hands back every job the server still runs: owner and lease cleared, queued again, and its
+/// claim no longer counted toward the dead-letter limit (`attempts - 1`): a hand-back is not a
+/// crash.
 pub async fn hand_back_jobs(db: &impl GenericClient, server_id: &str) -> Result<u64> {
     Ok(db
         .execute(
-            "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL
+            "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, attempts = greatest(attempts - 1, 0)
              WHERE owner = $1 AND state = 'running'",
             &[&server_id],
         )
         .await?)
+}
+
+/// Releases one job that the server stopped running by itself (its local lease deadline passed
+/// while the database could not be reached, or its completion could not be recorded in time):
+/// queued again at once instead of waiting for its lease to expire, its claim not counted
+/// toward the dead-letter limit. Only while the row still is the server's claim `attempt` of
+/// the job: a job claimed again since (by anyone, this server too) is left alone. True if
+/// released.
+pub async fn release_job(db: &impl GenericClient, server_id: &str, id: i64, attempt: i32) -> Result<bool> {
+    let n = db
+        .execute(
+            "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, attempts = greatest(attempts - 1, 0)
+             WHERE id = $1 AND owner = $2 AND state = 'running' AND attempts = $3",
+            &[&id, &server_id, &attempt],
+        )
+        .await?;
+    Ok(n == 1)
 }
 
 /// Jobs waiting to be claimed.
@@ -379,7 +566,7 @@ pub struct JobView {
     pub state: String,
     /// Server running or last running it.
     pub owner: Option<String>,
-    /// Claims so far.
+    /// Counted claims so far (hand-backs and releases take theirs back).
     pub attempts: i32,
     /// Outcome, once finished.
     pub result: Option<serde_json::Value>,
@@ -443,4 +630,22 @@ pub async fn batch_outcome(db: &impl GenericClient, batch: &str) -> Result<Outco
         executed_more_than_once: row.get(4),
         extra_executions: row.get(5),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_told_apart_by_namespace_and_legacy_ids_are_kept() {
+        assert_eq!(server_identity(Some("automation"), "prod-0"), "automation/prod-0");
+        assert_eq!(server_identity(Some(""), "prod-0"), "prod-0");
+        assert_eq!(server_identity(None, "prod-0"), "prod-0");
+        assert_eq!(
+            row_in_namespace("automation", "automation/prod-0"),
+            Some(("prod-0", false))
+        );
+        assert_eq!(row_in_namespace("automation", "staging/prod-0"), None);
+        assert_eq!(row_in_namespace("automation", "prod-0"), Some(("prod-0", true)));
+    }
 }

@@ -18,6 +18,7 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::{Client, Config, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -197,45 +198,94 @@ fn client_config(mode: SslMode, ca_pem: Option<&[u8]>) -> Result<ClientConfig, C
         .with_no_client_auth())
 }
 
-/// A failed TLS handshake (untrusted or misnamed certificate) becomes `Tls` with the cause.
-fn handshake_error(error: tokio_postgres::Error) -> ConnectError {
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        let inner = cause
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|e| e as &dyn std::error::Error);
-        if let Some(tls) = cause
-            .downcast_ref::<rustls::Error>()
-            .or_else(|| inner?.downcast_ref::<rustls::Error>())
-        {
-            return ConnectError::Tls(format!("TLS handshake with the database failed: {tls}"));
+impl ConnectError {
+    /// The error of a failed connection attempt: a failed TLS handshake (untrusted or misnamed
+    /// certificate) becomes `Tls` with the cause, anything else stays `Postgres`.
+    pub fn from_connect(error: tokio_postgres::Error) -> Self {
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            let inner = cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|e| e as &dyn std::error::Error);
+            if let Some(tls) = cause
+                .downcast_ref::<rustls::Error>()
+                .or_else(|| inner?.downcast_ref::<rustls::Error>())
+            {
+                return ConnectError::Tls(format!("TLS handshake with the database failed: {tls}"));
+            }
+            source = cause.source();
         }
-        source = cause.source();
+        ConnectError::Postgres(error)
     }
-    ConnectError::Postgres(error)
+}
+
+/// Opens connections with one `sslmode`: the TLS settings are checked and built once, when the
+/// connector is made, and reused by every connection (a connection pool's connector).
+#[derive(Clone)]
+pub struct Connector {
+    mode: SslMode,
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// A connector for `mode`, with the CA `ca_pem` (PEM) for `verify-ca` and `verify-full`
+    /// (else the system's roots). Fails when the CA or the TLS settings are unusable.
+    pub fn new(mode: SslMode, ca_pem: Option<&[u8]>) -> Result<Self, ConnectError> {
+        let tls = match mode {
+            SslMode::Disable => None,
+            _ => Some(MakeRustlsConnect::new(client_config(mode, ca_pem)?)),
+        };
+        Ok(Self { mode, tls })
+    }
+
+    /// Opens a connection and spawns its driver task; returns the client and the driver's
+    /// handle. [`ConnectError::from_connect`] tells a TLS failure in the error apart.
+    pub async fn open(&self, config: &Config) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
+        let mut config = config.clone();
+        config.ssl_mode(match self.mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
+        });
+        match &self.tls {
+            None => {
+                let (client, connection) = config.connect(NoTls).await?;
+                Ok((client, drive(connection)))
+            }
+            Some(tls) => {
+                let (client, connection) = config.connect(tls.clone()).await?;
+                Ok((client, drive(connection)))
+            }
+        }
+    }
+
+    /// Opens a connection whose driver runs in the background.
+    pub async fn connect(&self, config: &Config) -> Result<Client, ConnectError> {
+        let (client, _driver) = self.open(config).await.map_err(ConnectError::from_connect)?;
+        Ok(client)
+    }
+}
+
+/// Runs a connection's driver in the background until the connection ends.
+fn drive<F>(connection: F) -> JoinHandle<()>
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let _ = connection.await;
+    })
 }
 
 /// Opens a connection with `mode`; the connection's driver runs in the background.
 pub async fn connect(config: &Config, mode: SslMode, ca_pem: Option<&[u8]>) -> Result<Client, ConnectError> {
-    let mut config = config.clone();
-    if mode == SslMode::Disable {
-        config.ssl_mode(PgSslMode::Disable);
-        let (client, connection) = config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        return Ok(client);
-    }
-    config.ssl_mode(if mode == SslMode::Prefer {
-        PgSslMode::Prefer
-    } else {
-        PgSslMode::Require
-    });
-    let tls = MakeRustlsConnect::new(client_config(mode, ca_pem)?);
-    let (client, connection) = config.connect(tls).await.map_err(handshake_error)?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    Connector::new(mode, ca_pem)?.connect(config).await
 }

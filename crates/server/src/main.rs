@@ -6,6 +6,7 @@
 mod config;
 mod db;
 mod http;
+mod lease;
 mod loadgen;
 mod metrics;
 mod serve;
@@ -84,6 +85,10 @@ async fn main() -> ExitCode {
             Err(error) => fail(EXIT_CONFIG, &error),
             Ok(settings) => match serve::run(settings).await {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(error) if error.is::<serve::Interrupted>() => {
+                    tracing::info!("{error}");
+                    ExitCode::SUCCESS
+                }
                 Err(error) => match error.downcast_ref::<serve::Refusal>() {
                     Some(refusal) => fail(refusal.code, &error),
                     None => fail(1, &error),
@@ -101,14 +106,15 @@ async fn main() -> ExitCode {
                     println!("{}", serde_json::to_string(&report).expect("report serializes"));
                     let o = &report.outcome;
                     eprintln!(
-                        "batch {}: submitted {} (failed to submit {}), completed {}, failed {}, lost {}, executed more than once {}",
+                        "batch {}: submitted {} (failed to submit {}), completed {}, failed {}, lost {}, executed more than once {}, database errors {}",
                         report.batch,
                         report.acknowledged,
                         report.submit_failed,
                         o.completed,
                         o.failed,
                         report.lost,
-                        o.executed_more_than_once
+                        o.executed_more_than_once,
+                        report.database_errors
                     );
                     let clean = report.lost == 0 && o.executed_more_than_once == 0 && report.submit_failed == 0;
                     if strict && !clean {

@@ -23,6 +23,16 @@ pub(crate) struct Metrics {
     pub(crate) heartbeat_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// 1 while the server drains.
     pub(crate) draining: Gauge,
+    /// Jobs stopped here unfinished because their lease was lost (local deadline passed, or
+    /// the database said another server owns them); their completion is not recorded.
+    pub(crate) abandoned: Counter,
+    /// Jobs this server dead-lettered when claiming them.
+    pub(crate) dead_lettered: Counter,
+    /// Database operations retried after a failure (a connection refused or lost, a query
+    /// that failed or did not answer in time).
+    pub(crate) database_retries: Counter,
+    /// Connections open now: the pool's and the heartbeat's.
+    pub(crate) database_connections: Gauge,
     registry: Registry,
 }
 
@@ -37,6 +47,10 @@ impl Default for Metrics {
             claim_latency: Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
             heartbeat_age: Gauge::default(),
             draining: Gauge::default(),
+            abandoned: Counter::default(),
+            dead_lettered: Counter::default(),
+            database_retries: Counter::default(),
+            database_connections: Gauge::default(),
             registry: Registry::with_prefix("orchestrator_server"),
         };
         let mut registry = Registry::with_prefix("orchestrator_server");
@@ -60,6 +74,26 @@ impl Default for Metrics {
             m.heartbeat_age.clone(),
         );
         registry.register("draining", "1 while the server drains", m.draining.clone());
+        registry.register(
+            "jobs_abandoned",
+            "Jobs stopped unfinished because their lease was lost; not recorded as finished",
+            m.abandoned.clone(),
+        );
+        registry.register(
+            "jobs_dead_lettered",
+            "Jobs marked failed at a claim after too many expired leases",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "database_retries",
+            "Database operations retried after a failure",
+            m.database_retries.clone(),
+        );
+        registry.register(
+            "database_connections",
+            "Database connections open now, the pool's and the heartbeat's",
+            m.database_connections.clone(),
+        );
         Self { registry, ..m }
     }
 }

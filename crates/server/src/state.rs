@@ -2,14 +2,15 @@
 //! that `serve` (which builds it and starts the web service) and `http` (whose handlers read
 //! it) both depend on it and not on each other.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Mutex;
+use orchestrator_contract::ContractError;
 
 use crate::config::ServerSettings;
-use crate::db::Conn;
+use crate::db::Database;
+use crate::lease::Leases;
 use crate::metrics::Metrics;
 
 /// State shared by the workers, the heartbeat and the HTTP handlers.
@@ -18,14 +19,20 @@ pub(crate) struct Shared {
     pub(crate) settings: ServerSettings,
     /// Metrics.
     pub(crate) metrics: Metrics,
-    /// Connection of the HTTP handlers.
-    pub(crate) api_db: Mutex<Conn>,
-    /// Set once the server drains: no new claims.
+    /// The process's connection pool (workers and web service; the heartbeat has its own
+    /// connection).
+    pub(crate) db: Database,
+    /// Set while the server drains (or has not started taking work): not ready.
     pub(crate) draining: AtomicBool,
-    /// Jobs running here (their leases are renewed with each heartbeat).
-    pub(crate) running: std::sync::Mutex<BTreeSet<i64>>,
+    /// Jobs running here and their leases (renewed with each heartbeat).
+    pub(crate) running: Leases,
     /// When the last heartbeat succeeded.
     pub(crate) last_heartbeat: std::sync::Mutex<Instant>,
+    /// Jobs stopped here unfinished (lease lost by the local deadline, or completion not
+    /// recorded in time) whose rows may still say this server runs them, by id with the claim's
+    /// attempt: the heartbeat releases them once the database answers again, so that they do
+    /// not wait for their leases to expire.
+    pub(crate) unreleased: std::sync::Mutex<BTreeMap<i64, i32>>,
 }
 
 impl Shared {
@@ -44,12 +51,12 @@ impl Shared {
         if age > self.settings.heartbeat * 3 {
             return Err(format!("last successful heartbeat {:.1}s ago", age.as_secs_f64()));
         }
-        let mut conn = self.api_db.lock().await;
-        let client = conn.get().await.map_err(|e| format!("database unreachable: {e:#}"))?;
-        tokio::time::timeout(Duration::from_secs(1), client.simple_query("SELECT 1"))
+        self.db
+            .run_within(Duration::from_secs(1), async |client| {
+                client.simple_query("SELECT 1").await.map_err(ContractError::from)
+            })
             .await
-            .map_err(|_| "database did not answer within 1s".to_string())?
-            .map_err(|e| format!("database unreachable: {e}"))?;
+            .map_err(|e| format!("database unreachable: {e:#}"))?;
         Ok(())
     }
 }

@@ -87,6 +87,8 @@ pub(crate) struct ServerOptions {
     pub(crate) lease_ms: u32,
     /// Version (selects the schema it needs).
     pub(crate) version: &'static str,
+    /// More environment, set last (overrides the rest).
+    pub(crate) env: Vec<(&'static str, String)>,
 }
 
 impl Default for ServerOptions {
@@ -96,6 +98,7 @@ impl Default for ServerOptions {
             drain_timeout_seconds: 30,
             lease_ms: 3000,
             version: "2.0.0",
+            env: Vec::new(),
         }
     }
 }
@@ -116,6 +119,7 @@ impl Server {
             .env(env::LEASE_MILLISECONDS, options.lease_ms.to_string())
             .env(env::HEARTBEAT_MILLISECONDS, "300")
             .env(env::IDLE_POLL_MILLISECONDS, "20")
+            .envs(options.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
             .spawn()
@@ -131,22 +135,59 @@ impl Server {
     /// Starts server `id` and waits until `/readyz` answers 200.
     pub(crate) async fn start(pg: &TestPostgres, id: &str, options: &ServerOptions) -> Self {
         let mut server = Self::spawn(pg, id, options);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        server.wait_ready(Duration::from_secs(20)).await;
+        server
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub(crate) async fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(r) = reqwest::get(server.url("/readyz")).await
+            if let Ok(r) = reqwest::get(self.url("/readyz")).await
                 && r.status().is_success()
             {
-                return server;
+                return;
             }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("server {id} exited with {status} before ready:\n{}", server.log());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("server {} exited with {status} before ready:\n{}", self.id, self.log());
             }
             assert!(
                 Instant::now() < deadline,
-                "server {id} not ready within 20s:\n{}",
-                server.log()
+                "server {} not ready within {timeout:?}:\n{}",
+                self.id,
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The value of metric `name` (its full name, as `/metrics` shows it), 0 when absent.
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}:9090/metrics", self.ip))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until metric `name` reaches `value`; returns when it did.
+    pub(crate) async fn wait_metric(&self, name: &str, value: f64, timeout: Duration) -> Instant {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.metric(name).await >= value {
+                return Instant::now();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} of {} did not reach {value} within {timeout:?}:\n{}",
+                self.id,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -225,6 +266,46 @@ pub(crate) async fn owned_jobs(db: &Client, server_id: &str, timeout: Duration) 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the row of `server_id` is in `state`.
+pub(crate) async fn wait_state(db: &Client, server_id: &str, state: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while server_state(db, server_id).await.as_deref() != Some(state) {
+        assert!(
+            Instant::now() < deadline,
+            "{server_id} not {state} within {timeout:?}: {:?}",
+            server_state(db, server_id).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Creates login `name` with the application user's privileges (a member of it), so that a
+/// test can cut one server off the database without cutting off the others.
+pub(crate) fn create_login(pg: &TestPostgres, name: &str) -> Vec<(&'static str, String)> {
+    let password = format!("pw-{name}-{}", pg.port);
+    pg.psql_as_superuser(
+        "postgres",
+        &format!(
+            "CREATE ROLE {name} LOGIN PASSWORD '{password}' IN ROLE {}",
+            testing_postgres::USER
+        ),
+    );
+    vec![
+        (env::DATABASE_USER, name.to_string()),
+        (env::DATABASE_PASSWORD, password),
+    ]
+}
+
+/// Stops PostgreSQL (fast shutdown: connections are closed) from async code.
+pub(crate) fn stop_database(pg: &TestPostgres) {
+    tokio::task::block_in_place(|| pg.stop());
+}
+
+/// Starts PostgreSQL again on the same port from async code.
+pub(crate) fn start_database(pg: &TestPostgres) {
+    tokio::task::block_in_place(|| pg.start_again());
 }
 
 /// The state of a server's row.

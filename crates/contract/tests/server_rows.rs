@@ -1,0 +1,89 @@
+//! Writes of a server's own row against a real PostgreSQL: a deleted row is told apart from a
+//! withdrawn drain request, and the drain's state writes never overwrite a request or a
+//! withdrawal that the server has not heard of yet.
+
+use orchestrator_contract::{self as contract, Registration, StateWrite, server_state};
+use testing_postgres::TestPostgres;
+use tokio_postgres::{Client, NoTls};
+
+async fn registered() -> (TestPostgres, Client) {
+    let pg = TestPostgres::start();
+    let (mut db, connection) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
+    tokio::spawn(connection);
+    contract::migrations::migrate(&mut db, contract::LATEST_SCHEMA, false)
+        .await
+        .unwrap();
+    let server = Registration {
+        server_id: "ns/s-0",
+        version: "2.0.0",
+        schema: contract::schema_range_for_version("2.0.0"),
+    };
+    contract::register(&db, &server).await.unwrap();
+    (pg, db)
+}
+
+async fn state(db: &Client) -> String {
+    db.query_one("SELECT state FROM servers WHERE server_id = 'ns/s-0'", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn drain_state_writes_follow_the_request_in_the_database() {
+    let (_pg, db) = registered().await;
+    let id = "ns/s-0";
+    assert!(contract::request_drain(&db, id).await.unwrap());
+    assert_eq!(
+        contract::set_state_if_drain(&db, id, server_state::DRAINING, true)
+            .await
+            .unwrap(),
+        StateWrite::Written
+    );
+    // The request is withdrawn just as the drain ends: `stopped` is refused.
+    assert!(contract::cancel_drain(&db, id).await.unwrap());
+    assert_eq!(
+        contract::set_state_if_drain(&db, id, server_state::STOPPED, true)
+            .await
+            .unwrap(),
+        StateWrite::Refused
+    );
+    assert_eq!(state(&db).await, server_state::DRAINING);
+    // And asked for again before the server wrote `active`: `active` is refused.
+    assert!(contract::request_drain(&db, id).await.unwrap());
+    assert_eq!(
+        contract::set_state_if_drain(&db, id, server_state::ACTIVE, false)
+            .await
+            .unwrap(),
+        StateWrite::Refused
+    );
+    assert_eq!(state(&db).await, server_state::DRAINING);
+    assert_eq!(
+        contract::set_state_if_drain(&db, id, server_state::STOPPED, true)
+            .await
+            .unwrap(),
+        StateWrite::Written
+    );
+    assert_eq!(state(&db).await, server_state::STOPPED);
+}
+
+#[tokio::test]
+async fn a_deleted_row_is_not_a_withdrawn_drain() {
+    let (_pg, db) = registered().await;
+    let id = "ns/s-0";
+    assert!(contract::request_drain(&db, id).await.unwrap());
+    assert_eq!(contract::set_state(&db, id, server_state::DRAINING).await.unwrap(), 1);
+    db.execute("DELETE FROM servers WHERE server_id = $1", &[&id])
+        .await
+        .unwrap();
+    let reply = contract::heartbeat(&db, id, 1).await.unwrap();
+    assert!(!reply.registered);
+    assert_eq!(contract::set_state(&db, id, server_state::STOPPED).await.unwrap(), 0);
+    for (state, requested) in [(server_state::STOPPED, true), (server_state::ACTIVE, false)] {
+        assert_eq!(
+            contract::set_state_if_drain(&db, id, state, requested).await.unwrap(),
+            StateWrite::NoRow,
+            "{state}"
+        );
+    }
+}
