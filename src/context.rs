@@ -1,5 +1,6 @@
-//! The state shared by every reconcile: API client, event recorder, metrics, settings and the
-//! per-object failure counts that drive the error back-off.
+//! The state shared by every reconcile: API clients, event recorder, metrics, settings, the
+//! leadership check and the per-object failure counts that drive the error back-off; and the
+//! deadlines of API requests and of a whole reconcile.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use kube::runtime::events::{Recorder, Reporter};
 
 use crate::crd::object_key;
 use crate::database::preflight::Preflight;
+use crate::leader::Leadership;
 use crate::metrics::{ClusterLabels, Metrics};
 use crate::validate::BuildSettings;
 
@@ -24,10 +26,31 @@ pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// Longest retry delay after failed reconciles.
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
+/// Longest a whole reconcile may take; past it the reconcile is cancelled and fails with
+/// [`crate::Error::Timeout`], so the error policy backs off.
+pub(crate) const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest the API server may stay silent on a request (not a watch) before the request fails.
+/// It is the socket's read timeout: it restarts with every byte read and with every write.
+pub(crate) const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest a request may take to be written to the API server.
+pub(crate) const REQUEST_WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest a connection to the API server may take to open.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read timeout of the watch client: longer than a watch stays silent when healthy (the API
+/// server ends it after kube's `timeoutSeconds=290`; kube-runtime's own idle timeout is 295 s),
+/// so it never cuts a watch and still ends a list or a connection that hangs for good.
+pub(crate) const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(330);
+
 /// Shared state of the controller.
 pub struct Context {
-    /// Kubernetes API client.
+    /// Kubernetes API client of requests (not watches), with [`Context::request_config`]'s
+    /// timeouts in the binary.
     pub client: Client,
+    /// Client of the controllers' watches, without the request read timeout (a watch stays
+    /// silent for minutes); `client` until [`Context::with_watch_client`] gives watches their
+    /// own.
+    pub(crate) watch_client: Client,
     /// Client for evictions: built without kube's retry of 429 answers, it returns a
     /// PodDisruptionBudget's refusal at once, so that a refused eviction is a wait of the roll,
     /// not a blocked reconcile.
@@ -38,14 +61,19 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Settings the builders need.
     pub settings: BuildSettings,
+    /// Whether this replica may write: check it ([`Leadership::ensure`]) right before every
+    /// write. Always leading until [`Context::with_leadership`] says otherwise.
+    pub leadership: Leadership,
     /// The database preflight and its cache.
     pub(crate) preflight: Preflight,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    /// A context for `client`, reporting Events as `instance` of the operator. Evictions use
-    /// `client` too until [`Context::with_eviction_client`] gives them their own.
+    /// A context for `client`, reporting Events as `instance` of the operator. Evictions and
+    /// watches use `client` too until [`Context::with_eviction_client`] and
+    /// [`Context::with_watch_client`] give them their own; it always leads until
+    /// [`Context::with_leadership`].
     pub fn new(client: Client, metrics: Arc<Metrics>, settings: BuildSettings, instance: Option<String>) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -54,9 +82,11 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             eviction_client: client.clone(),
+            watch_client: client.clone(),
             client,
             metrics,
             settings,
+            leadership: Leadership::always(),
             preflight: Preflight::new(PREFLIGHT_TTL),
             failures: Mutex::default(),
         }
@@ -68,6 +98,40 @@ impl Context {
             eviction_client: client,
             ..self
         }
+    }
+
+    /// Uses `client` for the controllers' watches: one without [`Context::request_config`]'s
+    /// read timeout, which would cut every watch.
+    pub fn with_watch_client(self, client: Client) -> Self {
+        Self {
+            watch_client: client,
+            ..self
+        }
+    }
+
+    /// Acts only while `leadership` says this replica leads.
+    pub fn with_leadership(self, leadership: Leadership) -> Self {
+        Self { leadership, ..self }
+    }
+
+    /// `config` with the deadlines of requests: connect, write and read timeouts, the read
+    /// timeout restarted by every write (else the time a pooled connection sat idle would count
+    /// against the next answer). For the client of requests, never of watches.
+    pub fn request_config(mut config: kube::Config) -> kube::Config {
+        config.connect_timeout = Some(CONNECT_TIMEOUT);
+        config.write_timeout = Some(REQUEST_WRITE_TIMEOUT);
+        config.read_timeout = Some(REQUEST_READ_TIMEOUT);
+        config.reset_reader_on_write = true;
+        config
+    }
+
+    /// `config` for the client of watches: a read timeout only past the longest a healthy watch
+    /// stays silent.
+    pub fn watch_config(mut config: kube::Config) -> kube::Config {
+        config.connect_timeout = Some(CONNECT_TIMEOUT);
+        config.read_timeout = Some(WATCH_READ_TIMEOUT);
+        config.reset_reader_on_write = true;
+        config
     }
 
     /// Forgets everything kept about a deleted cluster: its cached database connection, its
@@ -101,6 +165,42 @@ fn backoff_for(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_have_deadlines_that_watches_do_not() {
+        let config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
+        let requests = Context::request_config(config.clone());
+        assert_eq!(requests.read_timeout, Some(REQUEST_READ_TIMEOUT));
+        assert_eq!(requests.write_timeout, Some(REQUEST_WRITE_TIMEOUT));
+        assert_eq!(requests.connect_timeout, Some(CONNECT_TIMEOUT));
+        assert!(requests.reset_reader_on_write, "pooled idle time does not count");
+        // A request that hangs fails well within a reconcile's deadline.
+        assert!(CONNECT_TIMEOUT + REQUEST_WRITE_TIMEOUT + REQUEST_READ_TIMEOUT < RECONCILE_TIMEOUT);
+        // A watch stays silent up to its timeoutSeconds (290 s), plus kube-runtime's 5 s margin.
+        let watches = Context::watch_config(config);
+        assert!(watches.read_timeout.unwrap() > Duration::from_secs(295));
+    }
+
+    #[test]
+    fn the_chart_gives_a_graceful_stop_the_time_to_finish() {
+        let path = format!(
+            "{}/charts/orchestrator-operator/templates/deployment.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let deployment = std::fs::read_to_string(path).unwrap();
+        let grace = deployment
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("terminationGracePeriodSeconds:"))
+            .map(|seconds| Duration::from_secs(seconds.trim().parse().unwrap()))
+            .expect("a grace period");
+        // The reconciles in flight finish (each within its deadline), then the leader releases
+        // the Lease (giving up after a renewal period), before the kubelet's SIGKILL.
+        let release = crate::leader::Timing::for_lease(crate::leader::DEFAULT_LEASE).retry;
+        assert!(
+            grace >= RECONCILE_TIMEOUT + release + Duration::from_secs(5),
+            "{grace:?}"
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

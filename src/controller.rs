@@ -1,5 +1,7 @@
 //! Wires the reconcile pipeline into kube-runtime controllers: one per watched namespace (or
-//! one for all namespaces), each watching `OrchestratorCluster`s and the kinds they own.
+//! one for all namespaces), each watching `OrchestratorCluster`s and the kinds they own. The
+//! controllers run only while this replica leads (each reconcile has a deadline of its own,
+//! [`crate::reconcile::reconcile`]).
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -11,11 +13,13 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::controller::Action;
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
 use crate::context::Context;
+use crate::error::Result;
 use crate::reconcile::{Watched, error_policy, reconcile};
 use crate::resources::MANAGED_BY;
 
@@ -34,12 +38,20 @@ where
     }
 }
 
+/// [`reconcile`], only while this replica leads: a replica that does not lead starts none.
+async fn reconcile_while_leading(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.leadership.ensure()?;
+    reconcile(obj, ctx).await
+}
+
 async fn run_one(
     ctx: Arc<Context>,
     namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
+    // Watches (and their lists) go through the watch client: the request client's read timeout
+    // would cut them.
+    let client = ctx.watch_client.clone();
     let ns = namespace.as_deref();
     let clusters = scoped::<Watched>(&client, ns);
     let owned = watcher::Config::default().labels(&owned_selector());
@@ -68,7 +80,7 @@ async fn run_one(
         .owns(scoped::<PodDisruptionBudget>(&client, ns), owned.clone())
         .owns(scoped::<Job>(&client, ns), owned)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile_while_leading, error_policy, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(object = %object.name, "reconciled"),
@@ -78,13 +90,35 @@ async fn run_one(
         .await;
 }
 
-/// Runs the controllers until `shutdown` completes. An empty `namespaces` watches all.
-pub async fn run(ctx: Arc<Context>, namespaces: Vec<String>, shutdown: impl Future<Output = ()> + Send + 'static) {
+/// Why the controllers stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// `shutdown` completed and every reconcile in flight finished.
+    Shutdown,
+    /// This replica stopped leading: the controllers were dropped at once, which aborts their
+    /// reconciles in flight (kube-runtime runs each in a task it aborts when dropped).
+    LostLeadership,
+}
+
+/// Runs the controllers until `shutdown` completes (a graceful stop: reconciles in flight
+/// finish, each within its deadline) or `ctx.leadership` is lost (no reconcile is awaited). An
+/// empty `namespaces` watches all.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespaces: Vec<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> StopReason {
     let shutdown = shutdown.boxed().shared();
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {
         namespaces.into_iter().map(Some).collect()
     };
-    futures::future::join_all(scopes.into_iter().map(|ns| run_one(ctx.clone(), ns, shutdown.clone()))).await;
+    let leadership = ctx.leadership.clone();
+    let controllers =
+        futures::future::join_all(scopes.into_iter().map(|ns| run_one(ctx.clone(), ns, shutdown.clone())));
+    match leadership.while_leading(controllers).await {
+        Ok(_) => StopReason::Shutdown,
+        Err(_) => StopReason::LostLeadership,
+    }
 }

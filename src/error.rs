@@ -1,6 +1,9 @@
 //! The operator's one error type, with a metric label per variant.
 
+use std::time::Duration;
+
 use crate::crd::SpecError;
+use crate::leader::NotLeading;
 use crate::vocabulary::Reason;
 
 /// Everything a reconcile can fail with.
@@ -30,6 +33,20 @@ pub enum Error {
         /// The serializer's error.
         source: serde_json::Error,
     },
+
+    /// A step did not finish within its deadline (it was cancelled where it stood).
+    #[error("{step} did not finish within {} s; cancelled", .after.as_secs())]
+    Timeout {
+        /// What timed out, e.g. `reconcile`.
+        step: &'static str,
+        /// The deadline.
+        after: Duration,
+    },
+
+    /// This replica does not hold the leader Lease (lost, or its renewal deadline passed), so
+    /// it must not write.
+    #[error("{0}")]
+    NotLeading(#[from] NotLeading),
 }
 
 impl Error {
@@ -41,6 +58,8 @@ impl Error {
             Error::Malformed(_) => "malformed",
             Error::Database(_) => "database",
             Error::Serialization { .. } => "serialization",
+            Error::Timeout { .. } => "timeout",
+            Error::NotLeading(_) => "not_leading",
         }
     }
 }
@@ -57,6 +76,9 @@ impl Error {
             Error::Malformed(_) => Reason::Malformed,
             Error::Database(_) => Reason::DatabaseWriteFailed,
             Error::Serialization { .. } => Reason::SerializationFailed,
+            Error::Timeout { .. } => Reason::ReconcileTimeout,
+            // Not to be published: a replica that does not lead writes no Event.
+            Error::NotLeading(_) => Reason::ApiUnavailable,
         }
     }
 }

@@ -29,7 +29,7 @@ mod testing;
 mod validate;
 
 pub use context::Context;
-pub use controller::run as run_controllers;
+pub use controller::{StopReason, run as run_controllers};
 pub use database::DatabaseState;
 pub use error::{Error, Result};
 pub use metrics::Metrics;

@@ -9,8 +9,8 @@ use clap::{ArgAction, Parser, ValueEnum};
 use futures::FutureExt;
 use kube::Client;
 use orchestrator_operator::http::{self, HttpState};
-use orchestrator_operator::leader::{self, LeaderSettings};
-use orchestrator_operator::{BuildSettings, Context, Metrics, run_controllers};
+use orchestrator_operator::leader::{self, LeaderSettings, Leadership};
+use orchestrator_operator::{BuildSettings, Context, Metrics, StopReason, run_controllers};
 use tracing_subscriber::EnvFilter;
 
 /// Log output format.
@@ -50,11 +50,20 @@ struct Args {
     #[arg(long, env = "LEADER_ELECTION_LEASE", default_value = "orchestrator-operator")]
     leader_election_lease: String,
 
-    /// Seconds the leader keeps the Lease without renewing it.
-    #[arg(long, env = "LEADER_ELECTION_LEASE_SECONDS", default_value_t = leader::DEFAULT_LEASE.as_secs())]
+    /// Seconds the leader keeps the Lease without renewing it: a standby takes over this long
+    /// after the last renewal. At least 18, so that the margin the leader keeps before it
+    /// (a third) covers the 6 s a database write may take to land after the leader's last
+    /// check (API writes carry preconditions instead); smaller values are refused.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_LEASE_SECONDS",
+        default_value_t = leader::DEFAULT_LEASE.as_secs(),
+        value_parser = lease_seconds,
+    )]
     leader_election_lease_seconds: u64,
 
-    /// This replica's identity for leader election and Events (the pod name).
+    /// This replica's identity for leader election and Events (the pod name). The Lease names
+    /// each process as this identity, `_` and a random suffix.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
 
@@ -67,9 +76,18 @@ struct Args {
     server_image_repository: String,
 }
 
+/// Parses `--leader-election-lease-seconds`, refusing a lease shorter than
+/// [`leader::MIN_LEASE`].
+fn lease_seconds(value: &str) -> Result<u64, String> {
+    let seconds = value
+        .parse::<u64>()
+        .map_err(|error| format!("{value:?} is not a number of seconds: {error}"))?;
+    leader::check_lease(seconds).map_err(|error| error.to_string())?;
+    Ok(seconds)
+}
+
 fn init_tracing(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn,kube_lease_manager=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),
@@ -108,7 +126,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let client = Client::try_default().await?;
+    // Three kinds of API traffic, each with its own client (and connection pool): requests,
+    // with deadlines; watches, which stay silent for minutes when all is well; and the leader
+    // Lease, whose renewals must not queue behind reconcile traffic.
+    let config = kube::Config::infer().await?;
+    let client = Client::try_from(Context::request_config(config.clone()))?;
+    let watch_client = Client::try_from(Context::watch_config(config.clone()))?;
     let version = client.apiserver_version().await?;
     tracing::info!(server = %version.git_version, "connected to the Kubernetes API");
 
@@ -131,16 +154,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     // Evictions get a client without kube's retry of 429 answers: a PodDisruptionBudget's
     // refusal is a wait of the roll, not a reconcile blocked in retries.
-    let mut eviction_config = kube::Config::infer().await?;
+    let mut eviction_config = Context::request_config(config.clone());
     eviction_config.default_retry = false;
-    let ctx = Arc::new(
-        Context::new(client.clone(), metrics.clone(), settings, Some(identity.clone()))
-            .with_eviction_client(Client::try_from(eviction_config)?),
-    );
-    ready.store(true, Ordering::Relaxed);
 
-    let mut lost_leadership = false;
-    if args.leader_election {
+    let campaign = if args.leader_election {
         let leader_settings = LeaderSettings {
             lease_name: args.leader_election_lease.clone(),
             namespace: args
@@ -148,38 +165,99 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .clone()
                 .or(args.pod_namespace.clone())
                 .unwrap_or_else(|| "default".into()),
-            identity,
+            identity: identity.clone(),
             lease_seconds: args.leader_election_lease_seconds,
         };
-        let mut channel = leader::campaign(client.clone(), &leader_settings).await?;
-        tracing::info!(lease = %leader_settings.lease_name, namespace = %leader_settings.namespace, "waiting to lead");
-        tokio::select! {
-            leading = leader::until_leading(&mut channel) => leading?,
-            _ = terminate.clone() => return finish(http_task, false).await,
-        }
-        tracing::info!("leading: starting controllers");
-        metrics.leader.set(1);
-        let lost = leader::until_lost(channel).shared();
-        let stop = futures::future::select(terminate.clone(), lost.clone()).map(|_| ());
-        run_controllers(ctx, args.watch_namespaces.clone(), stop).await;
-        metrics.leader.set(0);
-        lost_leadership = lost.now_or_never().is_some() && terminate.clone().now_or_never().is_none();
+        let lease_client = Client::try_from(Context::request_config(config))?;
+        let campaign = leader::campaign(lease_client, &leader_settings)?;
+        tracing::info!(
+            lease = %leader_settings.lease_name,
+            namespace = %leader_settings.namespace,
+            identity = %campaign.holder_identity(),
+            "waiting to lead"
+        );
+        Some(campaign)
     } else {
-        metrics.leader.set(1);
-        run_controllers(ctx, args.watch_namespaces.clone(), terminate.clone()).await;
+        None
+    };
+    let leadership = campaign
+        .as_ref()
+        .map_or_else(Leadership::always, leader::Campaign::leadership);
+    let ctx = Arc::new(
+        Context::new(client, metrics.clone(), settings, Some(identity))
+            .with_eviction_client(Client::try_from(eviction_config)?)
+            .with_watch_client(watch_client)
+            .with_leadership(leadership),
+    );
+    ready.store(true, Ordering::Relaxed);
+
+    let campaign = match campaign {
+        None => None,
+        // A termination request while still a standby ends the campaign (and clears the Lease
+        // if a take of this process landed), like a clean stop of the leader.
+        Some(campaign) => match campaign.until_leading(terminate.clone()).await? {
+            Some(campaign) => {
+                tracing::info!("leading: starting controllers");
+                Some(campaign)
+            }
+            None => return finish(http_task).await,
+        },
+    };
+    metrics.leader.set(1);
+    let stopped = run_controllers(ctx, args.watch_namespaces.clone(), terminate.clone()).await;
+    metrics.leader.set(0);
+    match stopped {
+        StopReason::LostLeadership => {
+            // Exit now, whatever the API server answers (or does not): requests still in
+            // flight die with the process, and the restart campaigns again from scratch (as a
+            // standby: the Lease names this process, not the next).
+            tracing::error!("lost the leader Lease (taken over, or not renewed before the local deadline); exiting");
+            std::process::exit(1);
+        }
+        StopReason::Shutdown => {
+            // Every reconcile has finished: nothing writes any more, so the Lease can go to a
+            // standby at once instead of after a lease duration.
+            if let Some(campaign) = campaign {
+                campaign.release().await;
+            }
+            finish(http_task).await
+        }
     }
-    finish(http_task, lost_leadership).await
 }
 
-async fn finish(
-    http_task: tokio::task::JoinHandle<std::io::Result<()>>,
-    lost_leadership: bool,
-) -> anyhow::Result<ExitCode> {
-    if lost_leadership {
-        tracing::error!("lost the leader Lease; exiting so that a restart campaigns again");
-        http_task.abort();
-        return Ok(ExitCode::FAILURE);
-    }
+async fn finish(http_task: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<ExitCode> {
     http_task.await??;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn a_lease_shorter_than_the_minimum_is_refused_at_startup() {
+        let minimum = leader::MIN_LEASE.as_secs();
+        let parse = |seconds: u64| {
+            Args::try_parse_from([
+                "orchestrator-operator",
+                "--leader-election-lease-seconds",
+                &seconds.to_string(),
+            ])
+        };
+        assert_eq!(parse(minimum).unwrap().leader_election_lease_seconds, minimum);
+        let refused = parse(minimum - 1).unwrap_err().to_string();
+        assert!(refused.contains(&format!("at least {minimum} s")), "{refused}");
+        let help = Args::command()
+            .get_arguments()
+            .find(|arg| arg.get_id() == "leader_election_lease_seconds")
+            .and_then(|arg| arg.get_help().map(ToString::to_string))
+            .unwrap();
+        assert!(help.contains(&format!("At least {minimum},")), "{help}");
+        assert!(
+            help.contains(&format!("the {} s a database write", leader::LONGEST_WRITE.as_secs())),
+            "{help}"
+        );
+    }
 }

@@ -195,6 +195,9 @@ words! {
         DatabaseWriteFailed,
         /// An object the operator built could not be serialized.
         SerializationFailed,
+        /// A reconcile did not finish within its deadline and was cancelled where it stood;
+        /// the next one plans again from what it observes.
+        ReconcileTimeout,
     }
 }
 

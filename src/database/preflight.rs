@@ -3,7 +3,7 @@
 //! check is cached for a short time (and its connection reused) unless the Secret or the
 //! connection settings change.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use orchestrator_contract::tls;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
-use super::DatabaseState;
+use super::{DatabaseState, rows_of};
 use crate::crd::OrchestratorCluster;
 use crate::crd::object_key as key;
 use crate::error::Result;
@@ -54,6 +54,8 @@ pub(crate) struct Observation {
     pub client: Option<Arc<Client>>,
     /// Removes the credentials from text the operator did not write (a Job's log tail).
     pub redactor: Redactor,
+    /// Servers whose row has a legacy id (no namespace).
+    pub legacy_rows: BTreeSet<String>,
 }
 
 /// Removes the database password from text before it reaches status or Events.
@@ -81,6 +83,7 @@ fn not_ready(reason: Reason, message: String) -> Observation {
         state: DatabaseState::NotReady { reason, message },
         client: None,
         redactor: Redactor::default(),
+        legacy_rows: BTreeSet::new(),
     }
 }
 
@@ -167,7 +170,8 @@ impl Preflight {
                 }
             };
             match read(&client).await {
-                Ok((schema_version, members)) => {
+                Ok((schema_version, rows)) => {
+                    let (members, legacy_rows) = rows_of(&namespace, rows);
                     return Ok(Observation {
                         state: DatabaseState::Ready {
                             schema_version,
@@ -175,6 +179,7 @@ impl Preflight {
                         },
                         client: Some(client),
                         redactor: Redactor(Some(password)),
+                        legacy_rows,
                     });
                 }
                 Err(error) => {

@@ -35,7 +35,7 @@ pub(crate) struct Step {
 /// One server as the planner needs it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct ServerView {
-    /// Server id (pod name).
+    /// The server (its pod name; its row id adds the namespace).
     pub name: String,
     /// StatefulSet ordinal.
     pub ordinal: i32,

@@ -16,6 +16,7 @@ use super::plan::{Child, Plan, Write};
 use super::report;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::crd::{OrchestratorCluster, object_key};
+use crate::database::ServerRows;
 use crate::database::preflight::DATABASE_DEADLINE;
 use crate::error::{Error, Result};
 use crate::vocabulary::Reason;
@@ -26,12 +27,12 @@ pub(crate) async fn act(
     ctx: &Context,
     cr: &OrchestratorCluster,
     plan: &Plan,
-    database: Option<&tokio_postgres::Client>,
+    database: Option<&ServerRows>,
 ) -> Result<()> {
     let object = object_key(cr);
     let namespace = cr.namespace().unwrap_or_default();
     if !plan.writes.is_empty() {
-        apply_writes(&ctx.client, &namespace, &plan.writes).await?;
+        apply_writes(ctx, &namespace, &plan.writes).await?;
         let summary = plan
             .writes
             .iter()
@@ -49,7 +50,9 @@ pub(crate) async fn act(
         report::publish(ctx, &cr.object_ref(&()), EventType::Normal, Reason::Applied, summary).await;
     }
     if let Some(database) = database {
-        tokio::time::timeout(DATABASE_DEADLINE, database_steps(database, plan))
+        // The steps may land up to DATABASE_DEADLINE from now: all of it before the deadline.
+        ctx.leadership.ensure_for(DATABASE_DEADLINE)?;
+        tokio::time::timeout(DATABASE_DEADLINE, database_steps(ctx, database, plan))
             .await
             .map_err(|_| {
                 Error::Database(orchestrator_contract::ContractError::Timeout(format!(
@@ -59,6 +62,9 @@ pub(crate) async fn act(
     }
     if let Some((pod, uid)) = &plan.evict {
         tracing::info!(%object, %pod, uid = uid.as_deref().unwrap_or("<none>"), "evicting");
+        // A late eviction is harmless: its uid precondition names the pod of the stored step,
+        // which a new leader would evict too, and never its replacement.
+        ctx.leadership.ensure()?;
         if !evict(&ctx.eviction_client, &namespace, pod, uid.clone()).await? {
             tracing::info!(%object, %pod, "eviction refused by the PodDisruptionBudget for now; waiting");
         }
@@ -66,7 +72,8 @@ pub(crate) async fn act(
     Ok(())
 }
 
-async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<()>
+/// Server-side applies `object`, only while this replica leads.
+async fn apply<K>(ctx: &Context, namespace: &str, object: &K) -> Result<()>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -74,42 +81,47 @@ where
         + DeserializeOwned
         + std::fmt::Debug,
 {
-    let api = Api::<K>::namespaced(client.clone(), namespace);
+    ctx.leadership.ensure()?;
+    let api = Api::<K>::namespaced(ctx.client.clone(), namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     api.patch(&object.name_any(), &params, &Patch::Apply(object)).await?;
     Ok(())
 }
 
 /// Applies every write in order (settings and Services before the StatefulSet that uses them).
-async fn apply_writes(client: &Client, namespace: &str, writes: &[Write]) -> Result<()> {
+async fn apply_writes(ctx: &Context, namespace: &str, writes: &[Write]) -> Result<()> {
     for write in writes {
         match &write.child {
-            Child::ConfigMap(o) => apply(client, namespace, o).await?,
-            Child::Service(o) => apply(client, namespace, o).await?,
-            Child::PodDisruptionBudget(o) => apply(client, namespace, o).await?,
-            Child::StatefulSet(o) => apply(client, namespace, o).await?,
-            Child::Job(o) => apply(client, namespace, o).await?,
+            Child::ConfigMap(o) => apply(ctx, namespace, o).await?,
+            Child::Service(o) => apply(ctx, namespace, o).await?,
+            Child::PodDisruptionBudget(o) => apply(ctx, namespace, o).await?,
+            Child::StatefulSet(o) => apply(ctx, namespace, o).await?,
+            Child::Job(o) => apply(ctx, namespace, o).await?,
         }
     }
     Ok(())
 }
 
 /// Asks servers for a friendly shutdown, withdraws requests of servers wanted again, and
-/// removes the rows of gone servers.
-async fn database_steps(db: &tokio_postgres::Client, plan: &Plan) -> Result<()> {
+/// removes the rows of gone servers; each write only while this replica leads.
+async fn database_steps(ctx: &Context, rows: &ServerRows, plan: &Plan) -> Result<()> {
     let (drain, undrain, remove_rows) = (&plan.drain, &plan.undrain, &plan.remove_rows);
+    let db = &*rows.client;
     for server in undrain {
-        orchestrator_contract::cancel_drain(db, server)
+        ctx.leadership.ensure()?;
+        orchestrator_contract::cancel_drain(db, &rows.id(server))
             .await
             .map_err(Error::Database)?;
     }
     for server in drain {
-        orchestrator_contract::request_drain(db, server)
+        ctx.leadership.ensure()?;
+        orchestrator_contract::request_drain(db, &rows.id(server))
             .await
             .map_err(Error::Database)?;
     }
     for server in remove_rows {
-        orchestrator_contract::remove_server(db, server)
+        ctx.leadership.ensure()?;
+        orchestrator_contract::remove_server(db, &rows.id(server))
             .await
             .map_err(Error::Database)?;
     }
@@ -117,7 +129,7 @@ async fn database_steps(db: &tokio_postgres::Client, plan: &Plan) -> Result<()> 
 }
 
 /// How long an eviction request may take before the roll tries again at its next look.
-const EVICTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+pub(crate) const EVICTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Evicts `pod` through the Eviction API, only while it still has `uid` (its replacement is
 /// never evicted). `Ok(false)` when a PodDisruptionBudget refuses it for now (429) or the API

@@ -16,8 +16,9 @@ pub(crate) mod observe;
 pub(crate) mod plan;
 pub(crate) mod report;
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -25,7 +26,7 @@ use kube::Resource;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 
-use crate::context::Context;
+use crate::context::{Context, RECONCILE_TIMEOUT};
 use crate::crd::{OrchestratorCluster, object_key};
 use crate::error::{Error, Result};
 use crate::validate::{BuildSettings, validate};
@@ -36,22 +37,37 @@ use plan::Plan;
 /// that it gets a Warning Event instead of breaking the watch.
 pub type Watched = DeserializeGuard<OrchestratorCluster>;
 
-/// Reconciles one `OrchestratorCluster`.
+/// Reconciles one `OrchestratorCluster`, within [`RECONCILE_TIMEOUT`]: past it the reconcile
+/// is cancelled where it stands and fails with [`Error::Timeout`], reported like any failure
+/// (its duration, a Warning Event, the back-off).
 pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let result = match &obj.0 {
-        Ok(cr) => reconcile_cluster(cr, &ctx).await,
+        Ok(cr) => within(RECONCILE_TIMEOUT, reconcile_cluster(cr, &ctx)).await,
         Err(invalid) => report::malformed(&ctx, &obj, invalid).await,
     };
     ctx.metrics.record_duration(started.elapsed());
     match &result {
         Ok(_) => ctx.reset_backoff(&object_key(obj.as_ref())),
+        // A replica that stopped leading stopped on purpose: nothing to say on the resource.
+        Err(Error::NotLeading(_)) => {}
         // Said on the resource too, not only in the operator's log: a missing permission or an
         // API refusal is something its owner can act on.
         Err(error) => report::failed(&ctx, obj.as_ref(), error).await,
     }
     result
+}
+
+/// `reconcile` if it finishes within `deadline`; else it is cancelled where it stands and the
+/// result is [`Error::Timeout`], so the error policy backs off.
+async fn within(deadline: Duration, reconcile: impl Future<Output = Result<Action>>) -> Result<Action> {
+    tokio::time::timeout(deadline, reconcile)
+        .await
+        .unwrap_or(Err(Error::Timeout {
+            step: "reconcile",
+            after: deadline,
+        }))
 }
 
 async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Action> {
@@ -67,11 +83,11 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
     let (observed, database) = observe::observe(ctx, &spec).await?;
     let plan = plan::plan(&spec, &observed, &now)?;
     match report::report(ctx, cr, &plan).await? {
-        report::Stored::Stored => {}
-        report::Stored::Stale => return Ok(Action::requeue(plan::STEP_REQUEUE)),
-        report::Stored::Gone => return Ok(Action::await_change()),
+        report::StatusWrite::Stored => {}
+        report::StatusWrite::Stale => return Ok(Action::requeue(plan::STEP_REQUEUE)),
+        report::StatusWrite::Gone => return Ok(Action::await_change()),
     }
-    act::act(ctx, cr, &plan, database.as_deref()).await?;
+    act::act(ctx, cr, &plan, database.as_ref()).await?;
     Ok(Action::requeue(plan.requeue))
 }
 
@@ -88,4 +104,102 @@ pub fn error_policy(obj: Arc<Watched>, error: &Error, ctx: Arc<Context>) -> Acti
     let delay = ctx.next_backoff(&key);
     tracing::warn!(object = %key, %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use http::{Request, Response, StatusCode};
+    use kube::Client;
+    use kube::client::Body;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::testing::fixtures;
+    use crate::vocabulary::Reason;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconcile_that_hangs_fails_with_a_timeout_at_its_deadline() {
+        let started = tokio::time::Instant::now();
+        let result = within(RECONCILE_TIMEOUT, std::future::pending()).await;
+        assert!(
+            matches!(result, Err(Error::Timeout { step: "reconcile", after }) if after == RECONCILE_TIMEOUT),
+            "{result:?}"
+        );
+        assert_eq!(started.elapsed(), RECONCILE_TIMEOUT);
+        let error = result.unwrap_err();
+        assert_eq!(error.to_string(), "reconcile did not finish within 60 s; cancelled");
+        assert_eq!(error.event_reason(), Reason::ReconcileTimeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconcile_in_time_is_untouched() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = finished.clone();
+        let result = within(RECONCILE_TIMEOUT, async move {
+            tokio::time::sleep(RECONCILE_TIMEOUT - Duration::from_millis(1)).await;
+            flag.store(true, Ordering::SeqCst);
+            Ok(Action::await_change())
+        })
+        .await;
+        assert!(result.is_ok());
+        assert!(finished.load(Ordering::SeqCst));
+    }
+
+    /// An API server that answers Events (and keeps their bodies) and nothing else.
+    fn events_only() -> (Client, Arc<Mutex<Vec<Value>>>) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let recorded = events.clone();
+        tokio::spawn(async move {
+            let mut unanswered = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                if !(parts.method == "POST" && parts.uri.path().ends_with("/events")) {
+                    unanswered.push(send);
+                    continue;
+                }
+                let body: Value = serde_json::from_slice(&body.collect_bytes().await.unwrap()).unwrap();
+                recorded.lock().unwrap().push(body.clone());
+                let response = Response::builder()
+                    .status(StatusCode::CREATED)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap();
+                send.send_response(response);
+            }
+        });
+        (Client::new(service, "automation"), events)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconcile_past_its_deadline_is_reported_like_any_failure() {
+        let (client, events) = events_only();
+        let metrics = Arc::new(Metrics::default());
+        let ctx = Arc::new(Context::new(
+            client,
+            metrics.clone(),
+            BuildSettings::default(),
+            Some("test".into()),
+        ));
+        let cluster = Arc::new(DeserializeGuard(Ok(fixtures::minimal())));
+        let started = tokio::time::Instant::now();
+        let result = tokio::time::timeout(RECONCILE_TIMEOUT * 2, reconcile(cluster, ctx))
+            .await
+            .expect("the reconcile ends at its own deadline");
+        assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+        assert_eq!(started.elapsed(), RECONCILE_TIMEOUT);
+        let events = events.lock().unwrap();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["type"], "Warning");
+        assert_eq!(events[0]["reason"], Reason::ReconcileTimeout.as_str());
+        let text = metrics.encode();
+        assert!(
+            text.contains("orchestrator_operator_reconcile_duration_seconds_count 1"),
+            "{text}"
+        );
+    }
 }

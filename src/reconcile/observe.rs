@@ -7,7 +7,6 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -16,8 +15,8 @@ use serde::de::DeserializeOwned;
 
 use crate::context::Context;
 use crate::crd::OrchestratorCluster;
-use crate::database::DatabaseState;
 use crate::database::preflight::Observation;
+use crate::database::{DatabaseState, ServerRows};
 use crate::error::Result;
 use crate::planners::servers::{PodView, ordinal};
 use crate::planners::upgrade::admitted;
@@ -80,10 +79,7 @@ where
 
 /// Reads every owned object of the cluster of `spec`, its pods, and the database through the
 /// preflight; also the database connection when it is usable.
-pub(crate) async fn observe(
-    ctx: &Context,
-    spec: &ValidSpec<'_>,
-) -> Result<(Observed, Option<Arc<tokio_postgres::Client>>)> {
+pub(crate) async fn observe(ctx: &Context, spec: &ValidSpec<'_>) -> Result<(Observed, Option<ServerRows>)> {
     let cr = spec.cr;
     let client = &ctx.client;
     let ns = cr.namespace().unwrap_or_default();
@@ -128,7 +124,12 @@ pub(crate) async fn observe(
         client_service: get(client, &ns, Names::client_service(cr)).await?,
         pdb: get(client, &ns, Names::pdb(cr)).await?,
     };
-    Ok((observed, database.client))
+    let rows = database.client.map(|client| ServerRows {
+        client,
+        namespace: ns,
+        legacy: database.legacy_rows,
+    });
+    Ok((observed, rows))
 }
 
 /// The cluster's schema Jobs: the outcomes of the wanted release's (against the database's

@@ -8,7 +8,7 @@ use kube::api::{Patch, PatchParams};
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::Watched;
@@ -21,7 +21,7 @@ use crate::vocabulary::Reason;
 
 /// What became of a plan's status write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Stored {
+pub(crate) enum StatusWrite {
     /// The status holds the plan's step: the plan may be acted on.
     Stored,
     /// The resource changed since it was read (a newer status, a new spec): the plan was made
@@ -37,19 +37,19 @@ pub(crate) enum Stored {
 /// A plan that touches servers (a drain asked or withdrawn, an eviction, a row removed) is
 /// stored with the resourceVersion it was made from as a precondition: a plan made from a
 /// stale cache, or whose status write fails, acts on nothing.
-pub(crate) async fn report(ctx: &Context, cr: &OrchestratorCluster, plan: &Plan) -> Result<Stored> {
+pub(crate) async fn report(ctx: &Context, cr: &OrchestratorCluster, plan: &Plan) -> Result<StatusWrite> {
     let object = object_key(cr);
     let precondition = plan.touches_servers().then(|| cr.resource_version()).flatten();
-    match update_status(&ctx.client, cr, &plan.status, precondition.as_deref()).await {
+    match update_status(ctx, cr, &plan.status, precondition.as_deref()).await {
         // Deleted while this reconcile ran (after the watch's Delete made the operator forget
         // it): forget again what this reconcile put back.
         Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {
             ctx.forget(cr);
-            return Ok(Stored::Gone);
+            return Ok(StatusWrite::Gone);
         }
         Err(Error::Kube(kube::Error::Api(status))) if status.code == 409 && precondition.is_some() => {
             tracing::info!(%object, "the resource changed since it was read; planning again from the new one");
-            return Ok(Stored::Stale);
+            return Ok(StatusWrite::Stale);
         }
         other => other?,
     }
@@ -68,7 +68,7 @@ pub(crate) async fn report(ctx: &Context, cr: &OrchestratorCluster, plan: &Plan)
     // Counted once: a retried reconcile reads the stage this write stored.
     ctx.metrics
         .record_maintenance(&labels, plan.finished_stage.as_ref(), plan.step_done.as_ref());
-    Ok(Stored::Stored)
+    Ok(StatusWrite::Stored)
 }
 
 /// A spec the operator cannot use: the `InvalidSpec` status and a Warning Event; nothing else
@@ -81,7 +81,7 @@ pub(crate) async fn invalid_spec(
 ) -> Result<Action> {
     tracing::warn!(object = %object_key(cr), %error, "invalid spec; waiting for a change");
     ctx.metrics.record_failure(&Error::InvalidSpec(error.clone()));
-    update_status(&ctx.client, cr, &invalid_spec_status(cr, error, now), None).await?;
+    update_status(ctx, cr, &invalid_spec_status(cr, error, now), None).await?;
     publish(
         ctx,
         &cr.object_ref(&()),
@@ -127,7 +127,7 @@ pub(crate) async fn failed(ctx: &Context, obj: &Watched, error: &Error) {
 /// `resource_version`, the write is refused (409) unless the resource still has that version,
 /// and it is made even when the status looks unchanged: it proves the view is current.
 async fn update_status(
-    client: &Client,
+    ctx: &Context,
     cr: &OrchestratorCluster,
     status: &OrchestratorClusterStatus,
     resource_version: Option<&str>,
@@ -135,7 +135,8 @@ async fn update_status(
     if resource_version.is_none() && cr.status.as_ref() == Some(status) {
         return Ok(());
     }
-    let api = Api::<OrchestratorCluster>::namespaced(client.clone(), &cr.namespace().unwrap_or_default());
+    ctx.leadership.ensure()?;
+    let api = Api::<OrchestratorCluster>::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
     let mut patch = json!({
         "apiVersion": OrchestratorCluster::api_version(&()),
         "kind": OrchestratorCluster::kind(&()),
@@ -179,6 +180,10 @@ pub(crate) async fn publish(
     reason: Reason,
     note: String,
 ) {
+    // Events are writes too: a replica that does not lead says nothing.
+    if !ctx.leadership.is_leading() {
+        return;
+    }
     let event = Event {
         type_,
         reason: reason.as_str().into(),

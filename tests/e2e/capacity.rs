@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 use testing_postgres::TestPostgres;
 
 use crate::support::e2e::{
-    MINUTE, Operator, TestNamespace, condition, db, patch_spec, server_binary, wait_condition, wait_for, wait_ready,
+    MINUTE, Operator, TestNamespace, condition, db, patch_spec, pod_of, server_binary, wait_condition, wait_for,
+    wait_ready,
 };
 use crate::support::pods::server_pid;
 use crate::support::spec::ClusterSpec;
@@ -41,7 +42,7 @@ async fn active_rows(db: &tokio_postgres::Client) -> Vec<String> {
         .unwrap()
         .into_iter()
         .filter(|m| m.state == "active")
-        .map(|m| m.server_id)
+        .map(|m| pod_of(&m.server_id))
         .collect()
 }
 
@@ -184,7 +185,7 @@ async fn runtime_preconditions_block_scale_up_and_recover() {
         "CREATE FUNCTION freeze_heartbeat() RETURNS trigger LANGUAGE plpgsql AS
            $$ BEGIN NEW.heartbeat_at := OLD.heartbeat_at; RETURN NEW; END $$;
          CREATE TRIGGER freeze_row BEFORE UPDATE ON servers FOR EACH ROW
-           WHEN (NEW.server_id = 'prod-0' AND NEW.state = 'active') EXECUTE FUNCTION freeze_heartbeat();",
+           WHEN (NEW.server_id LIKE '%/prod-0' AND NEW.state = 'active') EXECUTE FUNCTION freeze_heartbeat();",
     )
     .await
     .unwrap();
@@ -204,7 +205,7 @@ async fn runtime_preconditions_block_scale_up_and_recover() {
     // An existing server's row is stale while another has joined: still blocked, by that server.
     db.batch_execute(
         "CREATE TRIGGER freeze_row BEFORE UPDATE ON servers FOR EACH ROW
-           WHEN (NEW.server_id = 'prod-1' AND NEW.state = 'active') EXECUTE FUNCTION freeze_heartbeat();",
+           WHEN (NEW.server_id LIKE '%/prod-1' AND NEW.state = 'active') EXECUTE FUNCTION freeze_heartbeat();",
     )
     .await
     .unwrap();
@@ -289,7 +290,7 @@ async fn scale_up_and_down_under_load_loses_nothing() {
             .await
             .unwrap()
             .into_iter()
-            .map(|m| m.server_id)
+            .map(|m| pod_of(&m.server_id))
             .collect();
         if rows == ["prod-0", "prod-1"] {
             break;

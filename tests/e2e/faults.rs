@@ -19,7 +19,7 @@ use testing_postgres::TestPostgres;
 
 use crate::maintenance::{Watcher, claimed, cluster};
 use crate::support::e2e::{
-    MINUTE, Operator, TestNamespace, client, condition, db, patch_spec, wait_condition, wait_settled,
+    MINUTE, Operator, POD_OF_SERVER_ID, TestNamespace, client, condition, db, patch_spec, wait_condition, wait_settled,
 };
 use crate::support::pods::server_pid;
 use crate::support::proxy::{Mode, Proxy};
@@ -27,7 +27,7 @@ use crate::support::spec::ClusterSpec;
 
 /// Servers that run one job at a time, with a job lease far longer than any fault here: no job
 /// changes hands for a reason of the servers'.
-fn patient(spec: ClusterSpec) -> ClusterSpec {
+pub(crate) fn patient(spec: ClusterSpec) -> ClusterSpec {
     spec.drain_timeout("3m")
         .env("WORKERS", "1")
         .env("LEASE_MILLISECONDS", "60000")
@@ -36,7 +36,7 @@ fn patient(spec: ClusterSpec) -> ClusterSpec {
 /// Starts `spec`'s cluster (version 2.0.0), pauses its maintenance, asks for version 2.1.0 and
 /// gives each of its `servers` servers one `job_ms` job of `batch`; returns the jobs once every
 /// server runs one.
-async fn busy_roll(
+pub(crate) async fn busy_roll(
     ns: &TestNamespace,
     pg: &TestPostgres,
     spec: &ClusterSpec,
@@ -69,14 +69,14 @@ async fn busy(pg: &TestPostgres, servers: usize, batch: &str, job_ms: u64) -> Ve
 }
 
 /// Waits until a server has picked up its drain and still runs a job; its name.
-async fn draining_server(pg: &TestPostgres) -> String {
+pub(crate) async fn draining_server(pg: &TestPostgres) -> String {
     let db = db(pg).await;
     let deadline = Instant::now() + 2 * MINUTE;
     loop {
         assert!(Instant::now() < deadline, "no server began to drain");
         let row = db
             .query_opt(
-                "SELECT server_id FROM servers WHERE state = 'draining' AND running_jobs > 0",
+                &format!("SELECT {POD_OF_SERVER_ID} FROM servers WHERE state = 'draining' AND running_jobs > 0"),
                 &[],
             )
             .await
@@ -128,7 +128,7 @@ async fn nothing_moves(
 }
 
 /// Asserts that every job of `batch` finished exactly once: none lost, none started twice.
-async fn ran_once(pg: &TestPostgres, batch: &str, jobs: &[i64]) {
+pub(crate) async fn ran_once(pg: &TestPostgres, batch: &str, jobs: &[i64]) {
     let db = db(pg).await;
     let outcome = orchestrator_contract::batch_outcome(&db, batch).await.unwrap();
     assert_eq!(
@@ -151,8 +151,8 @@ async fn ran_once(pg: &TestPostgres, batch: &str, jobs: &[i64]) {
 fn most_replaced_at_once(watcher: &Watcher) -> usize {
     let (going, back) = (watcher.going(), watcher.back());
     going
-        .iter()
-        .map(|(_, went)| {
+        .values()
+        .map(|went| {
             going
                 .iter()
                 .filter(|(other, other_went)| *other_went <= went && back.get(*other).is_none_or(|b| b > went))
@@ -333,7 +333,10 @@ async fn a_refused_status_write_mid_step_evicts_nobody() {
     loop {
         assert!(Instant::now() < deadline, "{server} did not finish its drain");
         let state: String = db
-            .query_one("SELECT state FROM servers WHERE server_id = $1", &[&server])
+            .query_one(
+                &format!("SELECT state FROM servers WHERE {POD_OF_SERVER_ID} = $1"),
+                &[&server],
+            )
             .await
             .unwrap()
             .get(0);
@@ -381,7 +384,7 @@ async fn another_server_killed_mid_drain_gets_the_drain_withdrawn() {
         );
         let row = db
             .query_one(
-                "SELECT state, drain_requested_at IS NULL FROM servers WHERE server_id = $1",
+                &format!("SELECT state, drain_requested_at IS NULL FROM servers WHERE {POD_OF_SERVER_ID} = $1"),
                 &[&server],
             )
             .await
@@ -398,7 +401,10 @@ async fn another_server_killed_mid_drain_gets_the_drain_withdrawn() {
     // other job ran once, the withdrawn server's included.
     for job in &jobs {
         let row = db
-            .query_one("SELECT owner, state, attempts FROM jobs WHERE id = $1", &[job])
+            .query_one(
+                "SELECT regexp_replace(owner, '^.*/', ''), state, attempts FROM jobs WHERE id = $1",
+                &[job],
+            )
             .await
             .unwrap();
         let (owner, state, attempts): (Option<String>, String, i32) = (row.get(0), row.get(1), row.get(2));
@@ -415,4 +421,79 @@ async fn another_server_killed_mid_drain_gets_the_drain_withdrawn() {
         "FAULT server killed mid-drain: {victim} killed; {server}'s drain withdrawn {withdrawn:?} after; roll finished {:?} after",
         killed.elapsed()
     );
+}
+
+#[tokio::test]
+async fn same_named_clusters_of_two_namespaces_on_one_database_never_touch_each_other() {
+    let (a, b) = (TestNamespace::new("twin-a").await, TestNamespace::new("twin-b").await);
+    let pg = a.database().await;
+    b.create_db_secret("process-db", testing_postgres::USER, &pg.password)
+        .await;
+    let (_operator_a, _operator_b) = (
+        Operator::start(&a.name, "orchestrator-server").await,
+        Operator::start(&b.name, "orchestrator-server").await,
+    );
+    for ns in [&a, &b] {
+        ns.create_cluster(&cluster(2, &pg)).await;
+    }
+    for ns in [&a, &b] {
+        wait_settled(ns, 2, Some("2.0.0")).await;
+    }
+    let db = db(&pg).await;
+    let rows = |ns: &TestNamespace| vec![format!("{}/prod-0", ns.name), format!("{}/prod-1", ns.name)];
+    let mut ids: Vec<String> = db
+        .query(
+            "SELECT server_id FROM servers WHERE state = 'active' ORDER BY server_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [rows(&a), rows(&b)].concat(), "one row per server of each cluster");
+
+    // a rolls while b waits paused with the same change pending: nothing of b moves.
+    patch_spec(&b, json!({"maintenance": {"paused": true}})).await;
+    patch_spec(&b, json!({"version": "2.1.0"})).await;
+    wait_condition(&b, "MaintenanceBlocked", "True", "Paused", 2 * MINUTE).await;
+    let b_uids =
+        crate::support::pods::uids(&crate::support::pods::list(&b, &crate::support::pods::server_pods("prod")).await);
+    patch_spec(&a, json!({"version": "2.1.0"})).await;
+    let clusters = a.api::<OrchestratorCluster>();
+    let deadline = Instant::now() + 3 * MINUTE;
+    loop {
+        assert!(Instant::now() < deadline, "a did not finish its roll");
+        let untouched: i64 = db
+            .query_one(
+                "SELECT count(*) FROM servers WHERE server_id = ANY($1) AND state = 'active' AND drain_requested_at IS NULL",
+                &[&rows(&b)],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            untouched, 2,
+            "b's servers stay active, never asked to drain, while a rolls"
+        );
+        let cr = clusters.get("prod").await.unwrap();
+        let done = cr.status.as_ref().is_some_and(|s| {
+            s.phase == orchestrator_operator::crd::Phase::Ready
+                && s.servers
+                    .iter()
+                    .all(|server| server.version.as_deref() == Some("2.1.0"))
+                && s.servers.len() == 2
+        });
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let b_after =
+        crate::support::pods::uids(&crate::support::pods::list(&b, &crate::support::pods::server_pods("prod")).await);
+    assert_eq!(b_uids, b_after, "no pod of b was replaced by a's roll");
+    patch_spec(&b, json!({"maintenance": {"paused": false}})).await;
+    wait_settled(&b, 2, Some("2.1.0")).await;
+    wait_settled(&a, 2, Some("2.1.0")).await;
 }

@@ -14,4 +14,5 @@ mod examples;
 mod faults;
 mod gitops;
 mod install;
+mod leader;
 mod maintenance;

@@ -17,7 +17,8 @@ use serde_json::json;
 use testing_postgres::TestPostgres;
 
 use crate::support::e2e::{
-    MINUTE, Operator, TestNamespace, condition, db, load, patch_spec, wait_condition, wait_for, wait_settled,
+    MINUTE, Operator, POD_OF_SERVER_ID, TestNamespace, condition, db, load, patch_spec, pod_of, wait_condition,
+    wait_for, wait_settled,
 };
 use crate::support::pods::{self, pod_ready, server_pods, uids};
 use crate::support::spec::ClusterSpec;
@@ -145,7 +146,7 @@ async fn poll_timelines(pg: &TestPostgres) -> (Arc<Mutex<BTreeMap<String, Timeli
         loop {
             let rows = db
                 .query(
-                    "SELECT server_id, state, drain_requested_at IS NOT NULL, started_at::text FROM servers",
+                    &format!("SELECT {POD_OF_SERVER_ID}, state, drain_requested_at IS NOT NULL, started_at::text FROM servers"),
                     &[],
                 )
                 .await
@@ -369,7 +370,10 @@ async fn a_drain_that_never_finishes_halts_until_the_policy_says_proceed() {
     let job = orchestrator_contract::submit_job(&db, "sleep", &payload).await.unwrap();
     let owner = loop {
         let owner: Option<String> = db
-            .query_one("SELECT owner FROM jobs WHERE id = $1", &[&job])
+            .query_one(
+                "SELECT regexp_replace(owner, '^.*/', '') FROM jobs WHERE id = $1",
+                &[&job],
+            )
             .await
             .unwrap()
             .get(0);
@@ -381,7 +385,10 @@ async fn a_drain_that_never_finishes_halts_until_the_policy_says_proceed() {
     // Its heartbeat reports the running job, so the roll knows it is the busy one.
     loop {
         let members = orchestrator_contract::membership(&db).await.unwrap();
-        if members.iter().any(|m| m.server_id == owner && m.running_jobs > 0) {
+        if members
+            .iter()
+            .any(|m| pod_of(&m.server_id) == owner && m.running_jobs > 0)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -437,13 +444,19 @@ pub(crate) async fn claimed(db: &tokio_postgres::Client, id: i64) -> String {
     loop {
         assert!(Instant::now() < deadline, "job {id} was not claimed within a minute");
         let owner: Option<String> = db
-            .query_one("SELECT owner FROM jobs WHERE id = $1", &[&id])
+            .query_one(
+                "SELECT regexp_replace(owner, '^.*/', '') FROM jobs WHERE id = $1",
+                &[&id],
+            )
             .await
             .unwrap()
             .get(0);
         if let Some(owner) = owner {
             let members = orchestrator_contract::membership(db).await.unwrap();
-            if members.iter().any(|m| m.server_id == owner && m.running_jobs > 0) {
+            if members
+                .iter()
+                .any(|m| pod_of(&m.server_id) == owner && m.running_jobs > 0)
+            {
                 return owner;
             }
         }

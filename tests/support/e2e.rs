@@ -24,6 +24,14 @@ use tokio::sync::OnceCell;
 
 use super::spec::ClusterSpec;
 
+/// The pod name of a server's row id (`<namespace>/<pod>`).
+pub(crate) fn pod_of(server_id: &str) -> String {
+    server_id.rsplit('/').next().unwrap_or(server_id).to_string()
+}
+
+/// SQL for the pod name of a row id column (`<namespace>/<pod>`).
+pub(crate) const POD_OF_SERVER_ID: &str = "regexp_replace(server_id, '^.*/', '')";
+
 /// The unit of most deadlines.
 pub(crate) const MINUTE: Duration = Duration::from_secs(60);
 
@@ -229,19 +237,41 @@ where
     }
 }
 
-/// The operator binary running on the host for one namespace (no leader election); killed
-/// when dropped.
+/// The operator binary running on the host for one namespace; killed when dropped.
 pub(crate) struct Operator {
-    _child: Child,
+    child: Child,
     /// Its log file.
     pub(crate) log: PathBuf,
     /// Its `/metrics` URL.
     pub(crate) metrics_url: String,
 }
 
+/// One operator replica of a leader-election test.
+pub(crate) struct Replica<'a> {
+    /// Its identity (`--identity`), also the name of its log.
+    pub(crate) identity: &'a str,
+    /// The Lease it campaigns for, in the watched namespace.
+    pub(crate) lease: &'a str,
+    /// Lease duration in seconds.
+    pub(crate) lease_seconds: u64,
+    /// The kubeconfig it uses (`KUBECONFIG` when `None`): one whose server is a proxy cuts it
+    /// off from the API on command.
+    pub(crate) kubeconfig: Option<PathBuf>,
+}
+
 impl Operator {
-    /// Starts the operator watching `namespace`, with `image_repository` for servers.
+    /// Starts the operator watching `namespace`, with `image_repository` for servers, without
+    /// leader election.
     pub(crate) async fn start(namespace: &str, image_repository: &str) -> Self {
+        Self::spawn(namespace, image_repository, None)
+    }
+
+    /// Starts one replica of `replica` watching `namespace`, with leader election.
+    pub(crate) fn replica(namespace: &str, replica: &Replica) -> Self {
+        Self::spawn(namespace, "orchestrator-server", Some(replica))
+    }
+
+    fn spawn(namespace: &str, image_repository: &str, replica: Option<&Replica>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -249,16 +279,32 @@ impl Operator {
             .port();
         let dir = root().join(".local/e2e");
         std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join(format!("{namespace}-operator.log"));
+        let log = match replica {
+            Some(r) => dir.join(format!("{namespace}-operator-{}.log", r.identity)),
+            None => dir.join(format!("{namespace}-operator.log")),
+        };
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_orchestrator-operator"))
-            .args(["--watch-namespaces", namespace, "--leader-election", "false"])
-            .args([
-                "--http-addr",
-                &format!("127.0.0.1:{port}"),
-                "--server-image-repository",
-                image_repository,
-            ])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator-operator"));
+        command.args(["--watch-namespaces", namespace]).args([
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--server-image-repository",
+            image_repository,
+        ]);
+        match replica {
+            None => {
+                command.args(["--leader-election", "false"]);
+            }
+            Some(r) => {
+                command.args(["--leader-election", "true", "--leader-election-namespace", namespace]);
+                command.args(["--leader-election-lease", r.lease, "--identity", r.identity]);
+                command.args(["--leader-election-lease-seconds", &r.lease_seconds.to_string()]);
+                if let Some(kubeconfig) = &r.kubeconfig {
+                    command.env("KUBECONFIG", kubeconfig);
+                }
+            }
+        }
+        let child = command
             .env("RUST_LOG", "info,orchestrator_operator=debug,kube=warn")
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
@@ -266,10 +312,15 @@ impl Operator {
             .spawn()
             .expect("start the operator binary");
         Self {
-            _child: child,
+            child,
             log,
             metrics_url: format!("http://127.0.0.1:{port}/metrics"),
         }
+    }
+
+    /// Its exit status, once it has exited.
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     /// The operator's metrics in Prometheus text format.
