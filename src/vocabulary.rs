@@ -137,6 +137,9 @@ words! {
         OutsideWindow,
         /// Another server is not joined; replacing one now would take two down.
         ServerNotJoined,
+        /// The StatefulSet is being written (a drift corrected, a new template): which servers
+        /// are outdated is known once the written one is observed.
+        StatefulSetChanging,
         /// A replacement did not join within `readyTimeout`.
         ReadyTimeout,
         /// An eviction has been refused for a while (a PodDisruptionBudget that allows no

@@ -327,7 +327,14 @@ async fn check(
             "-c statement_timeout={ms} -c lock_timeout={ms}",
             ms = DATABASE_DEADLINE.as_millis()
         ))
-        .connect_timeout(CONNECT_TIMEOUT);
+        .connect_timeout(CONNECT_TIMEOUT)
+        // A connection whose peer went silent (a partition, a failover that moved the address)
+        // is closed within seconds, not after the kernel's retransmissions (about 15 minutes).
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(15));
     let mode: tls::SslMode = db
         .ssl_mode
         .as_str()

@@ -497,3 +497,66 @@ async fn same_named_clusters_of_two_namespaces_on_one_database_never_touch_each_
     wait_settled(&b, 2, Some("2.1.0")).await;
     wait_settled(&a, 2, Some("2.1.0")).await;
 }
+
+#[tokio::test]
+async fn an_outage_longer_than_the_lease_stops_each_job_before_it_runs_again_once() {
+    let ns = TestNamespace::new("longout").await;
+    let pg = ns.database().await;
+    let proxy = Proxy::start(pg.port).await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    // A 10 s lease (heartbeat 2 s): each server stops its job on its own about 8 s into the
+    // outage, before the database would let another server claim it.
+    let spec = cluster(2, &pg)
+        .port(proxy.port)
+        .env("WORKERS", "1")
+        .env("LEASE_MILLISECONDS", "10000");
+    ns.create_cluster(&spec).await;
+    wait_settled(&ns, 2, Some("2.0.0")).await;
+    let jobs = busy(&pg, 2, "longout", 20_000).await;
+    proxy.set(Mode::Refuse);
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    proxy.set(Mode::Pass);
+    let db = db(&pg).await;
+    let deadline = Instant::now() + 2 * MINUTE;
+    loop {
+        assert!(Instant::now() < deadline, "the jobs did not finish after the outage");
+        let outcome = orchestrator_contract::batch_outcome(&db, "longout").await.unwrap();
+        if outcome.completed == jobs.len() as i64 {
+            assert_eq!(
+                (outcome.unfinished, outcome.executed_more_than_once),
+                (0, 0),
+                "{outcome:?}"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Each job's first run was stopped by its server (no completion recorded), the second ran
+    // to the end: one execution each.
+    let runs: Vec<i64> = db
+        .query(
+            "SELECT count(*) FROM job_executions WHERE job_id = ANY($1) GROUP BY job_id",
+            &[&jobs],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(runs, vec![1, 1], "one recorded execution per job");
+    let stopped: usize = ["prod-0", "prod-1"]
+        .iter()
+        .map(|pod| {
+            ns.pod_log(pod, "server")
+                .matches("lease lost: job stopped here")
+                .count()
+        })
+        .sum();
+    assert_eq!(
+        stopped, 2,
+        "each server stopped its job when its lease could have expired"
+    );
+    println!(
+        "FAULT outage longer than the lease: 25 s refused, 10 s lease; {stopped} jobs stopped by their servers, each ran to completion once"
+    );
+}

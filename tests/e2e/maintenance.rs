@@ -435,7 +435,9 @@ async fn a_drain_that_never_finishes_halts_until_the_policy_says_proceed() {
         .await
         .unwrap()
         .get(0);
-    assert!(attempts >= 2, "handed back and claimed again, {attempts} attempts");
+    // Handed back at the drain timeout and run again to the end; a hand-back is the operator's
+    // doing, not the job's, so it does not count toward the job's dead-letter limit.
+    assert_eq!(attempts, 1, "a hand-back is not an attempt");
 }
 
 /// Waits until the job `id` is claimed and its owner's heartbeat reports it running; the owner.

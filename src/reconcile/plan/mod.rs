@@ -31,7 +31,7 @@ use crate::metrics::{ClusterFigures, Finished};
 use crate::planners::maintenance::MaintenanceAction;
 use crate::reconcile::observe::Observed;
 use crate::validate::ValidSpec;
-use crate::vocabulary::{ConditionType, Reason, UpgradeStage};
+use crate::vocabulary::{ConditionType, Hold, Reason, UpgradeStage};
 
 /// What a reconcile should do.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,11 +83,22 @@ pub(crate) const IDLE_REQUEUE: Duration = Duration::from_secs(30);
 pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<Plan> {
     let cr = spec.cr;
     let inputs = inputs::gather(cr, observed);
-    let decisions = decide::decide(spec, observed, &inputs, now);
+    let mut decisions = decide::decide(spec, observed, &inputs, now);
     let writes = desired::writes(spec, observed, &inputs, &decisions)?;
     // A StatefulSet about to be written (new template or replicas) is not the one observed:
     // nothing is settled until the StatefulSet controller has seen the written one.
     let statefulset_current = !writes.iter().any(|w| matches!(w.child, Child::StatefulSet(_)));
+    if !statefulset_current && inputs.previous_step.is_none() && decisions.roll.step.is_some() {
+        // Which servers are outdated is read from the observed StatefulSet's update revision:
+        // one about to be overwritten (a hand edit being reverted) says nothing. No step starts
+        // until the written one is observed.
+        decisions.roll.action = MaintenanceAction::None;
+        decisions.roll.step = None;
+        decisions.roll.waiting = Some(Hold::new(
+            Reason::StatefulSetChanging,
+            "the StatefulSet is being written; the roll looks again once it is current",
+        ));
+    }
     let status = status::status(cr, observed, &inputs, &decisions, statefulset_current, now);
     let events = events::events(cr, observed, &inputs, &decisions, &status);
     let decide::Decisions {

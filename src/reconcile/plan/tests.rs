@@ -202,6 +202,51 @@ mod basics {
     }
 
     #[test]
+    fn a_hand_edited_template_being_reverted_starts_no_step() {
+        let cr = fixtures::minimal();
+        let mut observed = world(&cr, 3, 3);
+        for pod in &mut observed.pods {
+            pod.revision = Some("prod-original".into());
+        }
+        // The hand edit's revision is already the update revision: every pod looks outdated.
+        let sts = observed.statefulset.as_mut().unwrap();
+        sts.status.as_mut().unwrap().update_revision = Some("prod-edited".into());
+        sts.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image =
+            Some("hand-edited:latest".into());
+        let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert!(
+            plan.writes.iter().any(|w| w.child.kind() == "StatefulSet"),
+            "the edit is reverted"
+        );
+        assert_eq!(
+            (plan.drain.clone(), plan.evict.clone()),
+            (vec![], None),
+            "no server is touched"
+        );
+        assert!(
+            plan.status.maintenance.as_ref().is_none_or(|m| m.server.is_none()),
+            "no step stored"
+        );
+        // Once the reverted StatefulSet is observed (its update revision is the pods' again),
+        // nothing is outdated.
+        let sts = observed.statefulset.as_mut().unwrap();
+        sts.status.as_mut().unwrap().update_revision = Some("prod-original".into());
+        sts.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image = world(&cr, 3, 3)
+            .statefulset
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0]
+            .image
+            .clone();
+        let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert_eq!((plan.writes.len(), plan.drain.len()), (0, 0));
+    }
+
+    #[test]
     fn next_server_waits_for_the_previous_to_join() {
         let cr = fixtures::minimal();
         let plan = dry_run(&cr, &world(&cr, 2, 1), &BuildSettings::default(), &now()).unwrap();
