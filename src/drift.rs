@@ -10,16 +10,76 @@ use serde_json::Value;
 /// True when every field of `desired` is present in `live` with the same value. Objects may
 /// have extra keys in `live`; arrays must have the same length and match element by element.
 pub(crate) fn is_contained(desired: &Value, live: &Value) -> bool {
+    contained(desired, live, false)
+}
+
+/// [`is_contained`]; `quantities`: the values are resource quantities (under `requests` or
+/// `limits`), which the API server stores in canonical form (`0.5` becomes `500m`, `1024Mi`
+/// becomes `1Gi`): equal amounts are no drift, or a spec that writes one another way would be
+/// written again at every reconcile.
+fn contained(desired: &Value, live: &Value, quantities: bool) -> bool {
     match (desired, live) {
         (Value::Object(want), Value::Object(have)) => want.iter().all(|(key, value)| match have.get(key) {
-            Some(live) => is_contained(value, live),
+            Some(live) => contained(value, live, quantities || key == "requests" || key == "limits"),
             None => is_empty(value),
         }),
         (Value::Array(want), Value::Array(have)) => {
-            want.len() == have.len() && want.iter().zip(have).all(|(w, h)| is_contained(w, h))
+            want.len() == have.len() && want.iter().zip(have).all(|(w, h)| contained(w, h, quantities))
+        }
+        (Value::String(want), Value::String(have)) if quantities && want != have => {
+            matches!((quantity(want), quantity(have)), (Some(w), Some(h)) if (w - h).abs() <= w.abs().max(h.abs()) * 1e-12)
         }
         (want, have) => want == have,
     }
+}
+
+/// The amount of a Kubernetes quantity (`500m`, `1Gi`, `1e3`, `2`), if it is one.
+fn quantity(text: &str) -> Option<f64> {
+    const BINARY: [(&str, f64); 6] = [
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("Ei", 1_152_921_504_606_846_976.0),
+    ];
+    const DECIMAL: [(char, f64); 9] = [
+        ('n', 1e-9),
+        ('u', 1e-6),
+        ('m', 1e-3),
+        ('k', 1e3),
+        ('M', 1e6),
+        ('G', 1e9),
+        ('T', 1e12),
+        ('P', 1e15),
+        ('E', 1e18),
+    ];
+    let number = |digits: &str| {
+        (!digits.is_empty()
+            && digits
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, '.' | '+' | '-')))
+        .then(|| digits.parse::<f64>().ok())
+        .flatten()
+    };
+    if let Some((digits, factor)) = BINARY
+        .iter()
+        .find_map(|(suffix, f)| Some((text.strip_suffix(suffix)?, *f)))
+    {
+        return number(digits).map(|n| n * factor);
+    }
+    if let Some((digits, factor)) = DECIMAL
+        .iter()
+        .find_map(|(suffix, f)| Some((text.strip_suffix(*suffix)?, *f)))
+    {
+        return number(digits).map(|n| n * factor);
+    }
+    // A plain number, or one with a decimal exponent (`1e3`, `5E-3`).
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, exponent.parse::<i32>().ok()?),
+        None => (text, 0),
+    };
+    number(mantissa).map(|n| n * 10f64.powi(exponent))
 }
 
 /// Values the API server drops when they are applied (empty maps and lists, null).
@@ -45,6 +105,24 @@ mod tests {
             "template": {"containers": [{"name": "server", "imagePullPolicy": "IfNotPresent"}]}},
             "status": {"replicas": 3}});
         assert!(is_contained(&desired, &live));
+    }
+
+    #[test]
+    fn equal_quantities_written_another_way_are_not_drift() {
+        let desired = json!({"resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"}, "limits": {"cpu": "2", "memory": "1e3"}}});
+        let live = json!({"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1k"}}});
+        assert!(is_contained(&desired, &live));
+        let more = json!({"resources": {"requests": {"cpu": "600m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1k"}}});
+        assert!(!is_contained(&desired, &more), "another amount is drift");
+        // Elsewhere strings compare as written.
+        assert!(!is_contained(
+            &json!({"env": [{"value": "0.5"}]}),
+            &json!({"env": [{"value": "500m"}]})
+        ));
+        assert_eq!(quantity("1.5Gi"), Some(1.5 * 1_073_741_824.0));
+        assert_eq!(quantity("5E-3"), Some(0.005));
+        assert_eq!(quantity("2E"), Some(2e18));
+        assert_eq!((quantity("abc"), quantity("Mi"), quantity("")), (None, None, None));
     }
 
     #[test]

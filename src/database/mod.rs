@@ -3,10 +3,10 @@
 
 pub(crate) mod preflight;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use orchestrator_contract::Member;
+use orchestrator_contract::{Member, server_state};
 
 use crate::vocabulary::Reason;
 
@@ -40,56 +40,68 @@ impl DatabaseState {
 }
 
 /// The connection of a reconcile's database writes, and the ids of the rows it writes: a
-/// server's row is `<namespace>/<pod>` ([`orchestrator_contract::server_identity`]), or its pod
-/// name alone when the read found it under that legacy id.
+/// server's row is `<namespace>/<pod>` ([`orchestrator_contract::server_identity`]), or the
+/// exact id the read found for it (a legacy id, without the namespace).
 #[derive(Clone)]
 pub(crate) struct ServerRows {
     /// The connection that passed the preflight.
     pub(crate) client: Arc<tokio_postgres::Client>,
     /// The cluster's namespace.
     pub(crate) namespace: String,
-    /// Servers whose row has a legacy id (written by a server that knew no namespace).
-    pub(crate) legacy: BTreeSet<String>,
+    /// The row id the read found for each server (pod) it saw.
+    pub(crate) ids: BTreeMap<String, String>,
 }
 
 impl ServerRows {
     /// The id of the row of server (pod) `server`.
     pub(crate) fn id(&self, server: &str) -> String {
-        if self.legacy.contains(server) {
-            server.to_string()
-        } else {
-            orchestrator_contract::server_identity(Some(&self.namespace), server)
-        }
+        self.ids
+            .get(server)
+            .cloned()
+            .unwrap_or_else(|| orchestrator_contract::server_identity(Some(&self.namespace), server))
     }
 }
 
-/// The rows of `namespace` among `rows`, each named by its pod, and the pods whose row has a
-/// legacy id. A server with both (restarted since it last knew no namespace) is its namespaced
-/// row; rows of other namespaces are not this cluster's and are dropped.
-pub(crate) fn rows_of(namespace: &str, rows: Vec<Member>) -> (Vec<Member>, BTreeSet<String>) {
-    let namespaced: BTreeSet<String> = rows
-        .iter()
-        .filter_map(|m| orchestrator_contract::row_in_namespace(namespace, &m.server_id))
-        .filter(|(_, legacy)| !legacy)
-        .map(|(pod, _)| pod.to_string())
-        .collect();
-    let mut legacy = BTreeSet::new();
-    let members = rows
-        .into_iter()
-        .filter_map(|mut m| {
-            let (pod, is_legacy) = orchestrator_contract::row_in_namespace(namespace, &m.server_id)?;
-            let pod = pod.to_string();
-            if is_legacy {
-                if namespaced.contains(&pod) {
-                    return None;
-                }
-                legacy.insert(pod.clone());
+/// The rows of the cluster in `namespace` among `rows`, each named by its pod, and the row id
+/// of each. A row of another namespace is not this cluster's. A legacy row (no namespace: a
+/// server that knew none) is this cluster's only while a pod of that name runs here: a
+/// same-named cluster of another namespace may own it. A server with two rows (it restarted
+/// under the other kind of id: an upgrade, or a rollback) is the one that is not stopped and
+/// beat last.
+pub(crate) fn rows_of(
+    namespace: &str,
+    pods: &BTreeSet<String>,
+    rows: Vec<Member>,
+) -> (Vec<Member>, BTreeMap<String, String>) {
+    let mut chosen: BTreeMap<String, Member> = BTreeMap::new();
+    for row in rows {
+        let Some((pod, legacy)) = orchestrator_contract::row_in_namespace(namespace, &row.server_id) else {
+            continue;
+        };
+        if legacy && !pods.contains(pod) {
+            continue;
+        }
+        let pod = pod.to_string();
+        let liveness = |m: &Member| (m.state != server_state::STOPPED, -m.heartbeat_age_seconds);
+        match chosen.get(&pod) {
+            Some(other) if liveness(other) >= liveness(&row) => {}
+            _ => {
+                chosen.insert(pod, row);
             }
+        }
+    }
+    let ids = chosen
+        .iter()
+        .map(|(pod, m)| (pod.clone(), m.server_id.clone()))
+        .collect();
+    let members = chosen
+        .into_iter()
+        .map(|(pod, mut m)| {
             m.server_id = pod;
-            Some(m)
+            m
         })
         .collect();
-    (members, legacy)
+    (members, ids)
 }
 
 #[cfg(test)]
@@ -98,19 +110,37 @@ mod tests {
     use crate::testing::member;
 
     #[test]
-    fn a_cluster_sees_its_namespaces_rows_and_legacy_ones_by_pod_name() {
+    fn a_cluster_sees_its_namespaces_rows_and_legacy_ones_of_its_pods() {
+        let pods = BTreeSet::from(["prod-0".to_string(), "prod-1".to_string()]);
         let rows = vec![
             member("automation/prod-0", "active", 1.0),
             member("staging/prod-0", "active", 1.0),
             member("prod-1", "active", 1.0),
             member("prod-0", "stopped", 1.0),
+            // A legacy row of a pod that does not run here: another namespace's.
+            member("prod-2", "active", 1.0),
         ];
-        let (members, legacy) = rows_of("automation", rows);
+        let (members, ids) = rows_of("automation", &pods, rows);
         let names: Vec<(&str, &str)> = members
             .iter()
             .map(|m| (m.server_id.as_str(), m.state.as_str()))
             .collect();
         assert_eq!(names, vec![("prod-0", "active"), ("prod-1", "active")]);
-        assert_eq!(legacy, BTreeSet::from(["prod-1".to_string()]));
+        assert_eq!(ids["prod-0"], "automation/prod-0");
+        assert_eq!(ids["prod-1"], "prod-1");
+    }
+
+    #[test]
+    fn after_a_rollback_to_legacy_ids_the_live_row_wins() {
+        let pods = BTreeSet::from(["prod-0".to_string()]);
+        let rows = vec![
+            member("automation/prod-0", "stopped", 30.0),
+            member("prod-0", "active", 1.0),
+        ];
+        let (members, ids) = rows_of("automation", &pods, rows);
+        assert_eq!(
+            (members[0].state.as_str(), ids["prod-0"].as_str()),
+            ("active", "prod-0")
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! check is cached for a short time (and its connection reused) unless the Secret or the
 //! connection settings change.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,8 +54,8 @@ pub(crate) struct Observation {
     pub client: Option<Arc<Client>>,
     /// Removes the credentials from text the operator did not write (a Job's log tail).
     pub redactor: Redactor,
-    /// Servers whose row has a legacy id (no namespace).
-    pub legacy_rows: BTreeSet<String>,
+    /// The row id of each server the read found.
+    pub row_ids: BTreeMap<String, String>,
 }
 
 /// Removes the database password from text before it reaches status or Events.
@@ -83,7 +83,7 @@ fn not_ready(reason: Reason, message: String) -> Observation {
         state: DatabaseState::NotReady { reason, message },
         client: None,
         redactor: Redactor::default(),
-        legacy_rows: BTreeSet::new(),
+        row_ids: BTreeMap::new(),
     }
 }
 
@@ -102,7 +102,13 @@ impl Preflight {
     }
 
     /// Checks the database of `cr` (or reuses a recent check) and reads its membership.
-    pub(crate) async fn observe(&self, kube: &kube::Client, cr: &OrchestratorCluster) -> Result<Observation> {
+    /// Legacy rows are read as the cluster's only for `pods` (the server pods running here).
+    pub(crate) async fn observe(
+        &self,
+        kube: &kube::Client,
+        cr: &OrchestratorCluster,
+        pods: &BTreeSet<String>,
+    ) -> Result<Observation> {
         let db = &cr.spec.database;
         let namespace = cr.namespace().unwrap_or_default();
         let secret_ref = &db.credentials_secret;
@@ -171,7 +177,7 @@ impl Preflight {
             };
             match read(&client).await {
                 Ok((schema_version, rows)) => {
-                    let (members, legacy_rows) = rows_of(&namespace, rows);
+                    let (members, row_ids) = rows_of(&namespace, pods, rows);
                     return Ok(Observation {
                         state: DatabaseState::Ready {
                             schema_version,
@@ -179,7 +185,7 @@ impl Preflight {
                         },
                         client: Some(client),
                         redactor: Redactor(Some(password)),
-                        legacy_rows,
+                        row_ids,
                     });
                 }
                 Err(error) => {

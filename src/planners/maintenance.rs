@@ -245,13 +245,16 @@ fn others_down(input: &MaintenanceInput, server: &str) -> Option<String> {
     (!down.is_empty()).then(|| down.join(", "))
 }
 
-/// The servers other than `server` that were serving and are not joined now, if any: a server
-/// without a row (a new one not registered yet) has not fallen.
+/// The servers other than `server` that fell, if any: a row (it served) and now an unready pod,
+/// or a row that no longer serves (stopped, or a heartbeat a minute old). A heartbeat only late
+/// (not joined, still serving, pod ready) has not fallen: withdrawing a drain for every wobble
+/// would restart the step again and again. A server without a row (a new one not registered
+/// yet) has not fallen either.
 fn others_fallen(input: &MaintenanceInput, server: &str) -> Option<String> {
     let fallen: Vec<&str> = input
         .servers
         .iter()
-        .filter(|s| s.name != server && !s.joined && s.state.is_some())
+        .filter(|s| s.name != server && s.state.is_some() && !s.joined && (!s.ready || !s.serving))
         .map(|s| s.name.as_str())
         .collect();
     (!fallen.is_empty()).then(|| fallen.join(", "))
@@ -680,6 +683,19 @@ mod tests {
             (None, Some(Reason::ServerNotJoined))
         );
         assert_eq!(d.waiting.unwrap().reason, Reason::ServerNotJoined);
+        // A heartbeat only late (pod ready, row still serving) has not fallen.
+        let late = ServerView {
+            joined: false,
+            ready: true,
+            serving: true,
+            ..server(0, "old", true, 0)
+        };
+        let d = decide(&input(
+            &[late, draining.clone()],
+            Some(step_of("prod-1", RollStage::Draining, 0)),
+            5,
+        ));
+        assert_eq!(d.action, MaintenanceAction::RequestDrain("prod-1".into()));
         // A new server that has not registered yet has not fallen; a drained server that
         // already stopped is not given back either.
         let newcomer = ServerView { state: None, ..fallen };

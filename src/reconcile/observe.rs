@@ -1,14 +1,13 @@
 //! Observe: read the objects the cluster owns, its server pods and schema Jobs, and the
 //! database through the preflight. Every read is fresh from the API server.
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -85,7 +84,7 @@ pub(crate) async fn observe(ctx: &Context, spec: &ValidSpec<'_>) -> Result<(Obse
     let ns = cr.namespace().unwrap_or_default();
     let selector = selector_string(cr);
     let now = k8s_openapi::jiff::Timestamp::now();
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+    let pods: Vec<PodView> = Api::<Pod>::namespaced(client.clone(), &ns)
         .list(&ListParams::default().labels(&selector))
         .await?
         .items
@@ -93,11 +92,11 @@ pub(crate) async fn observe(ctx: &Context, spec: &ValidSpec<'_>) -> Result<(Obse
         .filter_map(|pod| pod_view(&cr.name_any(), pod, now))
         .collect();
     let started = std::time::Instant::now();
-    let database = ctx.preflight.observe(client, cr).await?;
+    let names: BTreeSet<String> = pods.iter().map(|p| p.name.clone()).collect();
+    let database = ctx.preflight.observe(client, cr, &names).await?;
     ctx.metrics.preflight_duration.observe(started.elapsed().as_secs_f64());
     let statefulset: Option<StatefulSet> = get(client, &ns, Names::statefulset(cr)).await?;
     let wanted = &spec.wanted;
-    let pods: Vec<PodView> = pods;
     // The schema Jobs matter while the wanted release is not running yet, and while the
     // servers are stopped (a migration may run, even one a changed spec abandoned).
     let changing = statefulset
@@ -127,7 +126,7 @@ pub(crate) async fn observe(ctx: &Context, spec: &ValidSpec<'_>) -> Result<(Obse
     let rows = database.client.map(|client| ServerRows {
         client,
         namespace: ns,
-        legacy: database.legacy_rows,
+        ids: database.row_ids,
     });
     Ok((observed, rows))
 }

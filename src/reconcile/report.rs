@@ -25,7 +25,7 @@ pub(crate) enum StatusWrite {
     /// The status holds the plan's step: the plan may be acted on.
     Stored,
     /// The resource changed since it was read (a newer status, a new spec): the plan was made
-    /// from a stale view and is dropped; the change's own watch event plans again.
+    /// from a stale view and is dropped; the reconcile looks again a second later.
     Stale,
     /// The resource is gone.
     Gone,

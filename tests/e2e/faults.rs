@@ -364,6 +364,7 @@ async fn another_server_killed_mid_drain_gets_the_drain_withdrawn() {
     let jobs = busy_roll(&ns, &pg, &patient(cluster(3, &pg)), 3, "fallen", 40_000).await;
     patch_spec(&ns, json!({"maintenance": {"paused": false}})).await;
     let server = draining_server(&pg).await;
+    let uid = ns.api::<Pod>().get(&server).await.unwrap().uid();
     let victim = ["prod-0", "prod-1", "prod-2"]
         .into_iter()
         .find(|s| *s != server)
@@ -391,6 +392,12 @@ async fn another_server_killed_mid_drain_gets_the_drain_withdrawn() {
             .unwrap();
         let (state, withdrawn): (String, bool) = (row.get(0), row.get(1));
         if state == "active" && withdrawn {
+            // The same process went back to work: not a replacement that registered anew.
+            assert_eq!(
+                ns.api::<Pod>().get(&server).await.unwrap().uid(),
+                uid,
+                "{server} was replaced, not resumed"
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

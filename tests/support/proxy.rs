@@ -70,6 +70,7 @@ async fn listen(mut listener: Option<TcpListener>, port: u16, upstream: SocketAd
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            assert!(listener.is_some(), "the proxy could not listen on port {port} again");
         }
         tokio::select! {
             accepted = async { listener.as_ref().unwrap().accept().await }, if listener.is_some() => {

@@ -31,7 +31,7 @@ use crate::planners::upgrade::{self, UpgradeDecision, UpgradeInput};
 use crate::planners::windows::gate;
 use crate::reconcile::observe::Observed;
 use crate::validate::ValidSpec;
-use crate::vocabulary::{Hold, Reason, RollStage};
+use crate::vocabulary::{Hold, Reason, RollStage, UpgradeStage};
 
 /// The three planners' decisions, after arbitration.
 #[derive(Clone, Debug)]
@@ -106,7 +106,9 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         window_open,
         next_window,
         database_ready: inputs.database_ready,
-        superseded: !upgrade.release_ready,
+        // Only while a newer release's schema check runs, or Recreate replaces every server: a
+        // refused or failed check keeps the template, and its replacement is waited for.
+        superseded: upgrade.recreate || (upgrade.stage == Some(UpgradeStage::SchemaCheck) && upgrade.blocked.is_none()),
         hold: roll_hold(cr.spec.replicas, &capacity, &upgrade, inputs.current),
         step: inputs.previous_step.clone(),
         drain_timeout: spec.drain.timeout,
