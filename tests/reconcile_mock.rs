@@ -153,11 +153,27 @@ fn not_found(path: &str) -> Value {
 
 /// Runs one reconcile of `object` against a fake API server holding it and `objects`.
 async fn run(object: Value, objects: BTreeMap<String, Value>) -> Vec<Recorded> {
-    run_with(object, objects, false).await
+    run_with(object, objects, Faults::default()).await
 }
 
-/// [`run`], answering 403 to ConfigMap writes when `forbid` (the reconcile then fails).
-async fn run_with(object: Value, mut objects: BTreeMap<String, Value>, forbid: bool) -> Vec<Recorded> {
+/// What the fake API server does besides answering.
+#[derive(Default)]
+struct Faults {
+    /// Answer 403 to ConfigMap writes (the reconcile then fails).
+    forbid: bool,
+    /// Answer 409 to status writes that carry a resourceVersion (the object changed since).
+    status_conflict: bool,
+    /// The server pods it lists.
+    pods: Vec<Value>,
+}
+
+/// [`run`], with `faults`.
+async fn run_with(object: Value, mut objects: BTreeMap<String, Value>, faults: Faults) -> Vec<Recorded> {
+    let Faults {
+        forbid,
+        status_conflict,
+        pods,
+    } = faults;
     let cluster_path = format!(
         "/apis/orchestrator.dev/v1alpha1/namespaces/{NS}/orchestratorclusters/{}",
         object["metadata"]["name"].as_str().unwrap()
@@ -182,8 +198,19 @@ async fn run_with(object: Value, mut objects: BTreeMap<String, Value>, forbid: b
                 ),
                 ("GET", _) if path == format!("/api/v1/namespaces/{NS}/pods") => respond(
                     StatusCode::OK,
-                    &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}),
+                    &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": pods}),
                 ),
+                ("PATCH", _)
+                    if status_conflict
+                        && path.ends_with("/status")
+                        && !body["metadata"]["resourceVersion"].is_null() =>
+                {
+                    respond(
+                        StatusCode::CONFLICT,
+                        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                "message": "the object has been modified", "reason": "Conflict", "code": 409}),
+                    )
+                }
                 ("GET", Some(object)) => respond(StatusCode::OK, object),
                 ("GET", None) => respond(StatusCode::NOT_FOUND, &not_found(&path)),
                 ("POST", _) => respond(StatusCode::CREATED, &body),
@@ -243,7 +270,13 @@ async fn scenario(scenario: Scenario) -> Vec<Recorded> {
             value["spec"]["replicas"] = json!("three");
             run(value, BTreeMap::new()).await
         }
-        Scenario::Forbidden => run_with(serde_json::to_value(cluster()).unwrap(), BTreeMap::new(), true).await,
+        Scenario::Forbidden => {
+            let faults = Faults {
+                forbid: true,
+                ..Faults::default()
+            };
+            run_with(serde_json::to_value(cluster()).unwrap(), BTreeMap::new(), faults).await
+        }
     }
 }
 
@@ -409,4 +442,62 @@ async fn a_refused_write_is_reported_on_the_resource_not_only_in_the_log() {
         event.body
     );
     assert_eq!(event.body["regarding"]["name"], "prod");
+}
+
+/// The in-sync cluster with a roll step of `prod-2` at Evicting, and its pod still there: the
+/// plan evicts it.
+async fn evicting(status_conflict: bool) -> Vec<Recorded> {
+    let (cr, objects) = in_sync_world(cluster());
+    let mut object = serde_json::to_value(cr).unwrap();
+    object["status"]["maintenance"] = json!({
+        "reason": "TemplateChange", "server": "prod-2", "stage": "Evicting", "podUid": "uid-2",
+        "startedAt": "2027-01-15T08:00:00Z", "stepStartedAt": "2027-01-15T07:59:00Z"
+    });
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "prod-2", "namespace": NS, "uid": "uid-2",
+                     "labels": {"controller-revision-hash": "prod-old"}},
+        "status": {"phase": "Running"}});
+    let faults = Faults {
+        status_conflict,
+        pods: vec![pod],
+        ..Faults::default()
+    };
+    run_with(object, objects, faults).await
+}
+
+fn eviction(recorded: &[Recorded]) -> Option<&Recorded> {
+    recorded.iter().find(|r| r.method == "POST" && r.path.ends_with("/pods/prod-2/eviction"))
+}
+
+#[tokio::test]
+async fn an_eviction_is_sent_only_after_its_step_is_stored_against_the_version_read() {
+    let recorded = evicting(false).await;
+    let status = recorded
+        .iter()
+        .position(|r| r.method == "PATCH" && r.path.ends_with("/prod/status"))
+        .expect("the status is written");
+    assert_eq!(
+        recorded[status].body["metadata"]["resourceVersion"], "100",
+        "stored against the resourceVersion the plan was made from"
+    );
+    let evict = eviction(&recorded).expect("the step's pod is evicted");
+    assert!(
+        recorded.iter().position(|r| std::ptr::eq(r, evict)).unwrap() > status,
+        "the eviction comes after the status write"
+    );
+    assert_eq!(evict.body["deleteOptions"]["preconditions"]["uid"], "uid-2");
+}
+
+#[tokio::test]
+async fn a_plan_from_a_stale_view_is_dropped_before_it_evicts() {
+    let recorded = evicting(true).await;
+    assert!(
+        recorded.iter().any(|r| r.method == "PATCH" && r.path.ends_with("/prod/status")),
+        "the status write was tried: {recorded:#?}"
+    );
+    assert!(eviction(&recorded).is_none(), "nothing evicted after a 409: {recorded:#?}");
+    assert!(
+        recorded.iter().all(|r| r.method == "GET" || r.path.ends_with("/status")),
+        "no write but the refused status: {recorded:#?}"
+    );
 }
