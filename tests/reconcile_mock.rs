@@ -466,7 +466,9 @@ async fn evicting(status_conflict: bool) -> Vec<Recorded> {
 }
 
 fn eviction(recorded: &[Recorded]) -> Option<&Recorded> {
-    recorded.iter().find(|r| r.method == "POST" && r.path.ends_with("/pods/prod-2/eviction"))
+    recorded
+        .iter()
+        .find(|r| r.method == "POST" && r.path.ends_with("/pods/prod-2/eviction"))
 }
 
 #[tokio::test]
@@ -492,12 +494,19 @@ async fn an_eviction_is_sent_only_after_its_step_is_stored_against_the_version_r
 async fn a_plan_from_a_stale_view_is_dropped_before_it_evicts() {
     let recorded = evicting(true).await;
     assert!(
-        recorded.iter().any(|r| r.method == "PATCH" && r.path.ends_with("/prod/status")),
+        recorded
+            .iter()
+            .any(|r| r.method == "PATCH" && r.path.ends_with("/prod/status")),
         "the status write was tried: {recorded:#?}"
     );
-    assert!(eviction(&recorded).is_none(), "nothing evicted after a 409: {recorded:#?}");
     assert!(
-        recorded.iter().all(|r| r.method == "GET" || r.path.ends_with("/status")),
+        eviction(&recorded).is_none(),
+        "nothing evicted after a 409: {recorded:#?}"
+    );
+    assert!(
+        recorded
+            .iter()
+            .all(|r| r.method == "GET" || r.path.ends_with("/status")),
         "no write but the refused status: {recorded:#?}"
     );
 }
