@@ -605,11 +605,8 @@ async fn a_failing_schema_check_blocks_with_its_log_tail_and_disrupts_nothing() 
     let cr = wait_condition(&ns, "MaintenanceBlocked", "True", "SchemaCheckFailed", 2 * MINUTE).await;
     let blocked = cr.status.unwrap().maintenance.unwrap().blocked_reason.unwrap();
     assert!(blocked.contains("exit code 11"), "{blocked}");
-    let events = event_reasons(&ns).await;
-    let (_, note) = events
-        .iter()
-        .find(|(reason, _)| reason == "SchemaCheckFailed")
-        .expect("a Warning Event");
+    // The Event follows the status write that stored the halt.
+    let note = wait_event(&ns, "SchemaCheckFailed").await;
     assert!(
         note.contains("database newer: database schema 2, version 1.5.0 supports up to 1"),
         "the Event quotes the check's log tail: {note}"
@@ -619,6 +616,18 @@ async fn a_failing_schema_check_blocks_with_its_log_tail_and_disrupts_nothing() 
         before,
         "nothing disrupted"
     );
+}
+
+/// Waits (30 s at most) for an Event of `reason` in the test namespace; its note.
+async fn wait_event(ns: &TestNamespace, reason: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((_, note)) = event_reasons(ns).await.into_iter().find(|(r, _)| r == reason) {
+            return note;
+        }
+        assert!(Instant::now() < deadline, "no {reason} Event within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits until the step in progress of cluster `prod` is at `stage`; the server it replaces.
