@@ -545,13 +545,8 @@ async fn a_schema_changing_version_is_refused_then_recreated_without_losing_a_jo
         Some("orchestrator-server:1.0.0"),
         "the StatefulSet keeps the running release"
     );
-    assert!(
-        event_reasons(&ns)
-            .await
-            .iter()
-            .any(|(reason, _)| reason == "SchemaChangeRefused"),
-        "a Warning Event says why"
-    );
+    // A Warning Event says why (it follows the status write that stored the halt).
+    wait_event(&ns, "SchemaChangeRefused").await;
 
     let recreate = async {
         patch_spec(&ns, json!({"upgrade": {"schemaChange": "Recreate"}})).await;
