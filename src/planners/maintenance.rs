@@ -234,15 +234,20 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
     decision
 }
 
-/// The servers other than `server` that are not joined, if any, as a list for a message.
-fn others_down(input: &MaintenanceInput, server: &str) -> Option<String> {
-    let down: Vec<&str> = input
+/// The servers other than `server` for which `matches` holds, if any, as a list for a message.
+fn others(input: &MaintenanceInput, server: &str, matches: impl Fn(&ServerView) -> bool) -> Option<String> {
+    let names: Vec<&str> = input
         .servers
         .iter()
-        .filter(|s| s.name != server && !s.joined)
+        .filter(|s| s.name != server && matches(s))
         .map(|s| s.name.as_str())
         .collect();
-    (!down.is_empty()).then(|| down.join(", "))
+    (!names.is_empty()).then(|| names.join(", "))
+}
+
+/// The servers other than `server` that are not joined, if any.
+fn others_down(input: &MaintenanceInput, server: &str) -> Option<String> {
+    others(input, server, |s| !s.joined)
 }
 
 /// The servers other than `server` that fell, if any: a row (it served) and now an unready pod,
@@ -251,13 +256,9 @@ fn others_down(input: &MaintenanceInput, server: &str) -> Option<String> {
 /// would restart the step again and again. A server without a row (a new one not registered
 /// yet) has not fallen either.
 fn others_fallen(input: &MaintenanceInput, server: &str) -> Option<String> {
-    let fallen: Vec<&str> = input
-        .servers
-        .iter()
-        .filter(|s| s.name != server && s.state.is_some() && !s.joined && (!s.ready || !s.serving))
-        .map(|s| s.name.as_str())
-        .collect();
-    (!fallen.is_empty()).then(|| fallen.join(", "))
+    others(input, server, |s| {
+        s.state.is_some() && !s.joined && (!s.ready || !s.serving)
+    })
 }
 
 /// When the drain of `server` was asked, if it was.

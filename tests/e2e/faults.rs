@@ -19,7 +19,7 @@ use testing_postgres::TestPostgres;
 
 use crate::maintenance::{Watcher, claimed, cluster};
 use crate::support::e2e::{
-    MINUTE, Operator, POD_OF_SERVER_ID, TestNamespace, client, condition, db, patch_spec, wait_condition, wait_settled,
+    MINUTE, Operator, TestNamespace, client, condition, db, patch_spec, pod_of_column, wait_condition, wait_settled,
 };
 use crate::support::pods::server_pid;
 use crate::support::proxy::{Mode, Proxy};
@@ -76,7 +76,10 @@ pub(crate) async fn draining_server(pg: &TestPostgres) -> String {
         assert!(Instant::now() < deadline, "no server began to drain");
         let row = db
             .query_opt(
-                &format!("SELECT {POD_OF_SERVER_ID} FROM servers WHERE state = 'draining' AND running_jobs > 0"),
+                &format!(
+                    "SELECT {pod} FROM servers WHERE state = 'draining' AND running_jobs > 0",
+                    pod = pod_of_column("server_id")
+                ),
                 &[],
             )
             .await
@@ -334,7 +337,10 @@ async fn a_refused_status_write_mid_step_evicts_nobody() {
         assert!(Instant::now() < deadline, "{server} did not finish its drain");
         let state: String = db
             .query_one(
-                &format!("SELECT state FROM servers WHERE {POD_OF_SERVER_ID} = $1"),
+                &format!(
+                    "SELECT state FROM servers WHERE {pod} = $1",
+                    pod = pod_of_column("server_id")
+                ),
                 &[&server],
             )
             .await
@@ -385,7 +391,10 @@ async fn another_server_killed_mid_drain_gets_the_drain_withdrawn() {
         );
         let row = db
             .query_one(
-                &format!("SELECT state, drain_requested_at IS NULL FROM servers WHERE {POD_OF_SERVER_ID} = $1"),
+                &format!(
+                    "SELECT state, drain_requested_at IS NULL FROM servers WHERE {pod} = $1",
+                    pod = pod_of_column("server_id")
+                ),
                 &[&server],
             )
             .await
@@ -409,7 +418,10 @@ async fn another_server_killed_mid_drain_gets_the_drain_withdrawn() {
     for job in &jobs {
         let row = db
             .query_one(
-                "SELECT regexp_replace(owner, '^.*/', ''), state, attempts FROM jobs WHERE id = $1",
+                &format!(
+                    "SELECT {}, state, attempts FROM jobs WHERE id = $1",
+                    pod_of_column("owner")
+                ),
                 &[job],
             )
             .await

@@ -20,7 +20,7 @@ use orchestrator_operator::crd::OrchestratorCluster;
 use serde_json::{Value, json};
 use testing_postgres::TestPostgres;
 
-use crate::support::e2e::{MINUTE, TestNamespace, db, patch_spec, pod_of, wait_for, wait_settled};
+use crate::support::e2e::{MINUTE, TestNamespace, db, lease_holder, patch_spec, pod_of, wait_for, wait_settled};
 use crate::support::helm::{self, FULLNAME, OPERATOR_PODS};
 use crate::support::pods::{self, pod_ready, restarts, server_pods, uids, wait_pods};
 use crate::support::spec::ClusterSpec;
@@ -32,19 +32,6 @@ fn cluster(replicas: i32, pg: &TestPostgres) -> ClusterSpec {
 
 async fn servers(ns: &TestNamespace) -> BTreeMap<String, Pod> {
     pods::list(ns, &server_pods("prod")).await
-}
-
-/// The pod of the Lease's holder: each operator process names itself `<pod>_<random suffix>`.
-fn holder(lease: &Lease) -> String {
-    let identity = lease
-        .spec
-        .as_ref()
-        .and_then(|s| s.holder_identity.clone())
-        .unwrap_or_default();
-    match identity.rsplit_once('_') {
-        Some((pod, _)) => pod.to_string(),
-        None => identity,
-    }
 }
 
 /// The `orchestrator_operator_leader` gauge of operator pod `pod`, from its /metrics.
@@ -358,11 +345,11 @@ async fn two_replicas_only_the_lease_holder_acts_and_a_killed_holder_hands_over(
     let pods = helm::operator_pods(&ns).await;
     assert_eq!(pods.len(), 2, "two operator pods, both ready");
     let lease = wait_for(&ns.api::<Lease>(), FULLNAME, "a holder", MINUTE, |l: Option<&Lease>| {
-        l.is_some_and(|l| !holder(l).is_empty())
+        l.is_some_and(|l| !lease_holder(l).is_empty())
     })
     .await
     .unwrap();
-    let first = holder(&lease);
+    let first = lease_holder(&lease);
     let (leading, standby): (Vec<Pod>, Vec<Pod>) = pods.into_iter().partition(|p| p.name_any() == first);
     let (leading, standby) = (leading[0].clone(), standby[0].clone());
     helm::wait_log(&ns, &first, "leading: starting controllers", MINUTE).await;
@@ -400,14 +387,14 @@ async fn two_replicas_only_the_lease_holder_acts_and_a_killed_holder_hands_over(
         FULLNAME,
         "the standby taking the Lease",
         Duration::from_secs(3 * LEASE_SECONDS),
-        |l: Option<&Lease>| l.is_some_and(|l| holder(l) != first && !holder(l).is_empty()),
+        |l: Option<&Lease>| l.is_some_and(|l| lease_holder(l) != first && !lease_holder(l).is_empty()),
     )
     .await
     .unwrap();
     let handover = killed_at.elapsed();
     // The standby or the Deployment's replacement pod, whichever campaigns first once the
     // Lease expired.
-    let second = holder(&lease);
+    let second = lease_holder(&lease);
     let candidates: Vec<String> = helm::operator_pods(&ns).await.iter().map(|p| p.name_any()).collect();
     assert!(
         second == standby.name_any() || candidates.contains(&second),

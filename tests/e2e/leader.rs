@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::faults::{busy_roll, draining_server, patient, ran_once};
 use crate::maintenance::cluster;
-use crate::support::e2e::{MINUTE, Operator, Replica, TestNamespace, patch_spec, root, wait_settled};
+use crate::support::e2e::{MINUTE, Operator, Replica, TestNamespace, lease_holder, patch_spec, root, wait_settled};
 use crate::support::proxy::{Mode, Proxy};
 
 /// Seconds of the Lease in this test.
@@ -45,13 +45,7 @@ async fn kubeconfig_through_proxy(name: &str) -> (PathBuf, Proxy) {
 /// The holder of Lease `orc` of the test namespace.
 async fn holder(ns: &TestNamespace) -> Option<String> {
     let lease = ns.api::<Lease>().get_opt("orc").await.unwrap()?;
-    // Holders are `<identity>_<random per process>`.
-    let holder = lease.spec?.holder_identity.filter(|h| !h.is_empty())?;
-    Some(
-        holder
-            .rsplit_once('_')
-            .map_or(holder.clone(), |(identity, _)| identity.to_string()),
-    )
+    Some(lease_holder(&lease)).filter(|h| !h.is_empty())
 }
 
 #[tokio::test]

@@ -17,8 +17,8 @@ use serde_json::json;
 use testing_postgres::TestPostgres;
 
 use crate::support::e2e::{
-    MINUTE, Operator, POD_OF_SERVER_ID, TestNamespace, condition, db, load, patch_spec, pod_of, wait_condition,
-    wait_for, wait_settled,
+    MINUTE, Operator, TestNamespace, condition, db, load, patch_spec, pod_of, pod_of_column, wait_condition, wait_for,
+    wait_settled,
 };
 use crate::support::pods::{self, pod_ready, server_pods, uids};
 use crate::support::spec::ClusterSpec;
@@ -146,7 +146,10 @@ async fn poll_timelines(pg: &TestPostgres) -> (Arc<Mutex<BTreeMap<String, Timeli
         loop {
             let rows = db
                 .query(
-                    &format!("SELECT {POD_OF_SERVER_ID}, state, drain_requested_at IS NOT NULL, started_at::text FROM servers"),
+                    &format!(
+                        "SELECT {pod}, state, drain_requested_at IS NOT NULL, started_at::text FROM servers",
+                        pod = pod_of_column("server_id")
+                    ),
                     &[],
                 )
                 .await
@@ -368,31 +371,8 @@ async fn a_drain_that_never_finishes_halts_until_the_policy_says_proceed() {
     // Long enough to outlast replacing the idle server first, even on a busy machine.
     let payload = json!({"batch": "long", "ms": 45000});
     let job = orchestrator_contract::submit_job(&db, "sleep", &payload).await.unwrap();
-    let owner = loop {
-        let owner: Option<String> = db
-            .query_one(
-                "SELECT regexp_replace(owner, '^.*/', '') FROM jobs WHERE id = $1",
-                &[&job],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if let Some(owner) = owner {
-            break owner;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    // Its heartbeat reports the running job, so the roll knows it is the busy one.
-    loop {
-        let members = orchestrator_contract::membership(&db).await.unwrap();
-        if members
-            .iter()
-            .any(|m| pod_of(&m.server_id) == owner && m.running_jobs > 0)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Claimed, and its owner's heartbeat reports it running: the roll knows it is the busy one.
+    let owner = claimed(&db, job).await;
     let pods = ns.api::<Pod>();
     let busy_uid = pods.get(&owner).await.unwrap().uid();
     patch_spec(&ns, json!({"version": "2.1.0"})).await;
@@ -447,7 +427,7 @@ pub(crate) async fn claimed(db: &tokio_postgres::Client, id: i64) -> String {
         assert!(Instant::now() < deadline, "job {id} was not claimed within a minute");
         let owner: Option<String> = db
             .query_one(
-                "SELECT regexp_replace(owner, '^.*/', '') FROM jobs WHERE id = $1",
+                &format!("SELECT {} FROM jobs WHERE id = $1", pod_of_column("owner")),
                 &[&id],
             )
             .await

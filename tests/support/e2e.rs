@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -29,8 +30,25 @@ pub(crate) fn pod_of(server_id: &str) -> String {
     server_id.rsplit('/').next().unwrap_or(server_id).to_string()
 }
 
-/// SQL for the pod name of a row id column (`<namespace>/<pod>`).
-pub(crate) const POD_OF_SERVER_ID: &str = "regexp_replace(server_id, '^.*/', '')";
+/// SQL for the pod name in `column`, a server's row id (`<namespace>/<pod>`): `server_id`,
+/// or a job's `owner`.
+pub(crate) fn pod_of_column(column: &str) -> String {
+    format!("regexp_replace({column}, '^.*/', '')")
+}
+
+/// The pod of a Lease's holder ("" without one): each operator process names itself
+/// `<pod>_<random suffix>`.
+pub(crate) fn lease_holder(lease: &Lease) -> String {
+    let identity = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.clone())
+        .unwrap_or_default();
+    match identity.rsplit_once('_') {
+        Some((pod, _)) => pod.to_string(),
+        None => identity,
+    }
+}
 
 /// The unit of most deadlines.
 pub(crate) const MINUTE: Duration = Duration::from_secs(60);

@@ -4,30 +4,16 @@
 
 use std::time::Duration;
 
-use orchestrator_contract::{self as contract, Claim, Registration, job_state};
-use testing_postgres::TestPostgres;
-use tokio_postgres::{Client, NoTls};
+use orchestrator_contract::{self as contract, Claim, job_state};
+use tokio_postgres::Client;
+
+mod support;
+use support::registered;
 
 /// A lease that expires while the test waits.
 const SHORT: Duration = Duration::from_millis(100);
 /// A lease that holds for the whole test.
 const LONG: Duration = Duration::from_secs(600);
-
-async fn migrated() -> (TestPostgres, Client) {
-    let pg = TestPostgres::start();
-    let (mut db, connection) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
-    tokio::spawn(connection);
-    contract::migrations::migrate(&mut db, contract::LATEST_SCHEMA, false)
-        .await
-        .unwrap();
-    let server = Registration {
-        server_id: "s",
-        version: "2.0.0",
-        schema: contract::schema_range_for_version("2.0.0"),
-    };
-    contract::register(&db, &server).await.unwrap();
-    (pg, db)
-}
 
 /// Claims with the limit `max_attempts` and `lease`, expecting a job to run.
 async fn claim_run(db: &Client, lease: Duration, max_attempts: i32) -> contract::ClaimedJob {
@@ -44,7 +30,7 @@ async fn expire() {
 
 #[tokio::test]
 async fn a_job_whose_lease_keeps_expiring_is_dead_lettered_after_the_limit() {
-    let (_pg, db) = migrated().await;
+    let (_pg, db) = registered("s").await;
     let poison = contract::submit_job(&db, "noop", &serde_json::json!({"batch": "p"}))
         .await
         .unwrap();
@@ -112,7 +98,7 @@ async fn a_job_whose_lease_keeps_expiring_is_dead_lettered_after_the_limit() {
 
 #[tokio::test]
 async fn handed_back_and_unbounded_claims_never_dead_letter() {
-    let (_pg, db) = migrated().await;
+    let (_pg, db) = registered("s").await;
     let handed = contract::submit_job(&db, "noop", &serde_json::json!({})).await.unwrap();
     // Three claims, each handed back (a drain timeout), not expired: none of them counts.
     for _ in 1..=3 {
@@ -136,7 +122,7 @@ async fn handed_back_and_unbounded_claims_never_dead_letter() {
 
 #[tokio::test]
 async fn a_released_job_is_queued_again_without_counting_its_claim() {
-    let (_pg, db) = migrated().await;
+    let (_pg, db) = registered("s").await;
     let id = contract::submit_job(&db, "noop", &serde_json::json!({})).await.unwrap();
     let job = claim_run(&db, LONG, 1).await;
     assert_eq!((job.id, job.attempt), (id, 1));
@@ -162,7 +148,7 @@ async fn a_released_job_is_queued_again_without_counting_its_claim() {
 
 #[tokio::test]
 async fn a_completion_retried_after_its_answer_was_lost_counts_once() {
-    let (_pg, mut db) = migrated().await;
+    let (_pg, mut db) = registered("s").await;
     let id = contract::submit_job(&db, "noop", &serde_json::json!({})).await.unwrap();
     let job = claim_run(&db, LONG, 3).await;
     let result = serde_json::json!({"ok": true});

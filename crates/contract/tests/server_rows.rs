@@ -2,25 +2,11 @@
 //! withdrawn drain request, and the drain's state writes never overwrite a request or a
 //! withdrawal that the server has not heard of yet.
 
-use orchestrator_contract::{self as contract, Registration, StateWrite, server_state};
-use testing_postgres::TestPostgres;
-use tokio_postgres::{Client, NoTls};
+use orchestrator_contract::{self as contract, StateWrite, server_state};
+use tokio_postgres::Client;
 
-async fn registered() -> (TestPostgres, Client) {
-    let pg = TestPostgres::start();
-    let (mut db, connection) = tokio_postgres::connect(&pg.url(), NoTls).await.unwrap();
-    tokio::spawn(connection);
-    contract::migrations::migrate(&mut db, contract::LATEST_SCHEMA, false)
-        .await
-        .unwrap();
-    let server = Registration {
-        server_id: "ns/s-0",
-        version: "2.0.0",
-        schema: contract::schema_range_for_version("2.0.0"),
-    };
-    contract::register(&db, &server).await.unwrap();
-    (pg, db)
-}
+mod support;
+use support::registered;
 
 async fn state(db: &Client) -> String {
     db.query_one("SELECT state FROM servers WHERE server_id = 'ns/s-0'", &[])
@@ -31,7 +17,7 @@ async fn state(db: &Client) -> String {
 
 #[tokio::test]
 async fn drain_state_writes_follow_the_request_in_the_database() {
-    let (_pg, db) = registered().await;
+    let (_pg, db) = registered("ns/s-0").await;
     let id = "ns/s-0";
     assert!(contract::request_drain(&db, id).await.unwrap());
     assert_eq!(
@@ -69,7 +55,7 @@ async fn drain_state_writes_follow_the_request_in_the_database() {
 
 #[tokio::test]
 async fn a_deleted_row_is_not_a_withdrawn_drain() {
-    let (_pg, db) = registered().await;
+    let (_pg, db) = registered("ns/s-0").await;
     let id = "ns/s-0";
     assert!(contract::request_drain(&db, id).await.unwrap());
     assert_eq!(contract::set_state(&db, id, server_state::DRAINING).await.unwrap(), 1);

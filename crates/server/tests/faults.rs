@@ -531,10 +531,7 @@ async fn the_load_generator_keeps_going_through_a_database_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pooled_connections_keep_tls() {
     let pg = testing_postgres::TestPostgres::start_with_tls();
-    let mut db = connect(&pg).await;
-    contract::migrations::migrate(&mut db, contract::LATEST_SCHEMA, false)
-        .await
-        .unwrap();
+    let db = support::migrate(&pg).await;
     let options = ServerOptions {
         env: vec![
             (env::DATABASE_SSLMODE, "verify-full".into()),

@@ -31,11 +31,17 @@ pub(crate) async fn connect(pg: &TestPostgres) -> Client {
 /// A database at the latest schema.
 pub(crate) async fn migrated() -> (TestPostgres, Client) {
     let pg = TestPostgres::start();
-    let mut db = connect(&pg).await;
+    let db = migrate(&pg).await;
+    (pg, db)
+}
+
+/// Migrates `pg` to the latest schema; a connection to it.
+pub(crate) async fn migrate(pg: &TestPostgres) -> Client {
+    let mut db = connect(pg).await;
     contract::migrations::migrate(&mut db, contract::LATEST_SCHEMA, false)
         .await
         .unwrap();
-    (pg, db)
+    db
 }
 
 /// The server binary with the database settings of `pg`.
