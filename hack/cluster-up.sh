@@ -15,7 +15,8 @@ kubeconfig="$root/.local/kubeconfig"
 mkdir -p "$KWOK_WORKDIR"
 
 if kwokctl get clusters 2>/dev/null | grep -qx "$name" \
-  && kubectl --kubeconfig "$kubeconfig" get --raw /readyz >/dev/null 2>&1; then
+  && kubectl --kubeconfig "$kubeconfig" get --raw /readyz >/dev/null 2>&1 \
+  && [ -f "$KWOK_WORKDIR/clusters/$name/logs/audit.log" ]; then
   echo "[cluster-up] cluster $name already running" >&2
 else
   kwokctl delete cluster --name "$name" >/dev/null 2>&1 || true
@@ -33,6 +34,9 @@ options:
   etcdBinary: $bin/etcd
   kwokControllerBinary: $bin/kwok
   nodeLeaseDurationSeconds: 20
+  # The API server's audit log (.local/kwok/clusters/<name>/logs/audit.log): the tests count
+  # the operator's requests from it.
+  kubeAuditPolicy: $root/hack/audit-policy.yaml
   kubeControllerManagerNodeMonitorGracePeriodMilliseconds: 30000
 componentsPatches:
   # kwok's binary runtime manages every node by default; it must leave the node agent's

@@ -9,6 +9,7 @@ use std::time::Duration;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
+use crate::caches::Caches;
 use crate::crd::object_key;
 use crate::database::preflight::Preflight;
 use crate::leader::Leadership;
@@ -18,8 +19,14 @@ use crate::validate::BuildSettings;
 /// Field manager of every server-side apply the operator makes.
 pub(crate) const FIELD_MANAGER: &str = "orchestrator-operator";
 
-/// How long a database preflight result is reused (unless the Secret changes).
-pub(crate) const PREFLIGHT_TTL: Duration = Duration::from_secs(10);
+/// How long a successful database preflight (and its connection) is reused unless a read on it
+/// fails or the Secret changes: privileges and the schema are checked again this often.
+pub(crate) const PREFLIGHT_TTL: Duration = Duration::from_secs(300);
+
+/// Reconciles that run at once unless the operator is told otherwise: enough to keep a few
+/// database round trips in flight, few enough that a fleet's start does not flood the API
+/// server or the databases.
+pub const DEFAULT_CONCURRENT_RECONCILES: u16 = 16;
 
 /// First retry delay after a failed reconcile; it doubles per consecutive failure.
 pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(5);
@@ -66,6 +73,11 @@ pub struct Context {
     pub leadership: Leadership,
     /// The database preflight and its cache.
     pub(crate) preflight: Preflight,
+    /// What the watches saw: every read of a reconcile but the database's.
+    pub caches: Caches,
+    /// Reconciles that may run at once (of different clusters; one cluster is never reconciled
+    /// twice at once).
+    pub(crate) max_concurrent_reconciles: u16,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -88,6 +100,8 @@ impl Context {
             settings,
             leadership: Leadership::always(),
             preflight: Preflight::new(PREFLIGHT_TTL),
+            caches: Caches::default(),
+            max_concurrent_reconciles: DEFAULT_CONCURRENT_RECONCILES,
             failures: Mutex::default(),
         }
     }
@@ -109,6 +123,14 @@ impl Context {
         }
     }
 
+    /// Runs at most `limit` reconciles at once (0: no limit).
+    pub fn with_max_concurrent_reconciles(self, limit: u16) -> Self {
+        Self {
+            max_concurrent_reconciles: limit,
+            ..self
+        }
+    }
+
     /// Acts only while `leadership` says this replica leads.
     pub fn with_leadership(self, leadership: Leadership) -> Self {
         Self { leadership, ..self }
@@ -118,6 +140,7 @@ impl Context {
     /// timeout restarted by every write (else the time a pooled connection sat idle would count
     /// against the next answer). For the client of requests, never of watches.
     pub fn request_config(mut config: kube::Config) -> kube::Config {
+        identify(&mut config);
         config.connect_timeout = Some(CONNECT_TIMEOUT);
         config.write_timeout = Some(REQUEST_WRITE_TIMEOUT);
         config.read_timeout = Some(REQUEST_READ_TIMEOUT);
@@ -128,6 +151,7 @@ impl Context {
     /// `config` for the client of watches: a read timeout only past the longest a healthy watch
     /// stays silent.
     pub fn watch_config(mut config: kube::Config) -> kube::Config {
+        identify(&mut config);
         config.connect_timeout = Some(CONNECT_TIMEOUT);
         config.read_timeout = Some(WATCH_READ_TIMEOUT);
         config.reset_reader_on_write = true;
@@ -156,6 +180,18 @@ impl Context {
     }
 }
 
+/// The operator's User-Agent: `orchestrator-operator/<version>`, what the API server's audit
+/// log and its request metrics name the operator's requests by.
+pub const USER_AGENT: &str = concat!("orchestrator-operator/", env!("CARGO_PKG_VERSION"));
+
+/// Names the operator in every request of `config` ([`USER_AGENT`]).
+fn identify(config: &mut kube::Config) {
+    config.headers.retain(|(name, _)| name != http::header::USER_AGENT);
+    config
+        .headers
+        .push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
+}
+
 /// Delay before the retry that follows `failures` consecutive failures.
 fn backoff_for(failures: u32) -> Duration {
     let exponent = failures.saturating_sub(1).min(16);
@@ -179,6 +215,15 @@ mod tests {
         // A watch stays silent up to its timeoutSeconds (290 s), plus kube-runtime's 5 s margin.
         let watches = Context::watch_config(config);
         assert!(watches.read_timeout.unwrap() > Duration::from_secs(295));
+        for config in [&requests, &watches] {
+            let agents: Vec<_> = config
+                .headers
+                .iter()
+                .filter(|(name, _)| name == http::header::USER_AGENT)
+                .collect();
+            assert_eq!(agents.len(), 1);
+            assert!(agents[0].1.to_str().unwrap().starts_with("orchestrator-operator/"));
+        }
     }
 
     #[test]

@@ -1,31 +1,42 @@
 //! Wires the reconcile pipeline into kube-runtime controllers: one per watched namespace (or
-//! one for all namespaces), each watching `OrchestratorCluster`s and the kinds they own. The
-//! controllers run only while this replica leads (each reconcile has a deadline of its own,
-//! [`crate::reconcile::reconcile`]).
+//! one for all namespaces), each watching `OrchestratorCluster`s, the kinds they own, their
+//! pods and the Secrets' metadata. Each watch feeds a store of [`crate::caches`] (what the
+//! reconciles read) and triggers the reconciles of the clusters it concerns. The controllers
+//! run only while this replica leads (each reconcile has a deadline of its own,
+//! [`crate::reconcile::reconcile`]), at most `max_concurrent_reconciles` at once.
 
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::runtime::controller::Action;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{self, Action};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
+use crate::caches::Scope;
 use crate::context::Context;
 use crate::error::Result;
 use crate::reconcile::{Watched, error_policy, reconcile};
-use crate::resources::MANAGED_BY;
+use crate::resources::job::SCHEMA_APP_NAME;
+use crate::resources::{APP_NAME, INSTANCE_LABEL, MANAGED_BY};
 
 /// Label selector of the objects the operator owns, so that owned-kind watches skip the rest.
 fn owned_selector() -> String {
     format!("app.kubernetes.io/managed-by={MANAGED_BY}")
+}
+
+/// Label selector of the pods a reconcile reads: server pods and schema Job pods.
+fn pod_selector() -> String {
+    format!("app.kubernetes.io/name in ({APP_NAME},{SCHEMA_APP_NAME})")
 }
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -38,10 +49,32 @@ where
     }
 }
 
+/// The objects of `api` selected by `config`, kept in the store of `writer`; every object added,
+/// changed or deleted is passed on as a trigger.
+fn reflected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watcher::watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
+}
+
 /// [`reconcile`], only while this replica leads: a replica that does not lead starts none.
 async fn reconcile_while_leading(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
     ctx.leadership.ensure()?;
     reconcile(obj, ctx).await
+}
+
+/// The cluster a pod belongs to (server pods and schema Job pods carry its name).
+fn cluster_of_pod(pod: Pod) -> Option<ObjectRef<Watched>> {
+    let cluster = pod.labels().get(INSTANCE_LABEL)?;
+    Some(ObjectRef::new(cluster).within(&pod.namespace()?))
 }
 
 async fn run_one(
@@ -56,8 +89,10 @@ async fn run_one(
     let clusters = scoped::<Watched>(&client, ns);
     let owned = watcher::Config::default().labels(&owned_selector());
     tracing::info!(namespace = ns.unwrap_or("<all>"), "starting controller");
-    // Status writes (heartbeat ages change on every reconcile) must not trigger reconciles:
-    // only spec changes (generation) and the owned objects do, plus the requeue timer.
+    let (scope, writers) = Scope::new(namespace.clone());
+    ctx.caches.add(scope);
+    // Status writes must not trigger reconciles: only spec changes (generation) do, plus the
+    // owned objects, the pods, the Secrets, the database's notifications and the timers.
     let writer = reflector::store::Writer::default();
     let reader = writer.as_reader();
     let forget = ctx.clone();
@@ -73,12 +108,63 @@ async fn run_one(
         })
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
+    // A Secret's change triggers the clusters that name it as their credentials.
+    let named = reader.clone();
+    let secret_users = move |secret: PartialObjectMeta<Secret>| {
+        let namespace = secret.namespace();
+        named
+            .state()
+            .iter()
+            .filter(|cluster| {
+                cluster.namespace() == namespace
+                    && cluster
+                        .0
+                        .as_ref()
+                        .is_ok_and(|c| c.spec.database.credentials_secret.name == secret.name_any())
+            })
+            .map(|cluster| ObjectRef::from_obj(cluster.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    // Metadata only: no Secret's data is streamed to the operator or held in its memory.
+    let secrets = reflected(
+        scoped::<PartialObjectMeta<Secret>>(&client, ns),
+        watcher::Config::default(),
+        writers.secrets,
+    );
+    let config = controller::Config::default().concurrency(ctx.max_concurrent_reconciles);
     Controller::for_stream(trigger, reader)
-        .owns(scoped::<StatefulSet>(&client, ns), owned.clone())
-        .owns(scoped::<Service>(&client, ns), owned.clone())
-        .owns(scoped::<ConfigMap>(&client, ns), owned.clone())
-        .owns(scoped::<PodDisruptionBudget>(&client, ns), owned.clone())
-        .owns(scoped::<Job>(&client, ns), owned)
+        .with_config(config)
+        .owns_stream(reflected(
+            scoped::<StatefulSet>(&client, ns),
+            owned.clone(),
+            writers.statefulsets,
+        ))
+        .owns_stream(reflected(
+            scoped::<Service>(&client, ns),
+            owned.clone(),
+            writers.services,
+        ))
+        .owns_stream(reflected(
+            scoped::<ConfigMap>(&client, ns),
+            owned.clone(),
+            writers.configmaps,
+        ))
+        .owns_stream(reflected(
+            scoped::<PodDisruptionBudget>(&client, ns),
+            owned.clone(),
+            writers.pdbs,
+        ))
+        .owns_stream(reflected(scoped::<Job>(&client, ns), owned, writers.jobs))
+        .watches_stream(
+            reflected(
+                scoped::<Pod>(&client, ns),
+                watcher::Config::default().labels(&pod_selector()),
+                writers.pods,
+            ),
+            cluster_of_pod,
+        )
+        .watches_stream(secrets, secret_users)
+        .reconcile_on(ctx.preflight.listeners.triggers())
         .graceful_shutdown_on(shutdown)
         .run(reconcile_while_leading, error_policy, ctx)
         .for_each(|result| async move {

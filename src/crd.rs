@@ -462,9 +462,6 @@ pub struct DatabaseStatus {
     /// Schema version read from the database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_version: Option<i32>,
-    /// When the database was last checked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checked_at: Option<Time>,
 }
 
 /// One server, as seen by Kubernetes and by the database.
@@ -491,12 +488,12 @@ pub struct ServerStatus {
     /// State in the database: joining, active, draining or stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
-    /// Jobs the server is running.
+    /// When the server last beat, by the database clock; shown only once its heartbeat is late
+    /// (older than the 10 s that keeps a server joined), so the status does not change with
+    /// every beat. Heartbeat ages and running jobs are metrics
+    /// (`orchestrator_operator_oldest_heartbeat_seconds`, `orchestrator_operator_running_jobs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub running_jobs: Option<i32>,
-    /// Seconds since the last heartbeat, by the database clock.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heartbeat_age_seconds: Option<i64>,
+    pub last_heartbeat_time: Option<Time>,
     /// The server has joined: pod ready and row active with a fresh heartbeat.
     #[serde(default)]
     pub joined: bool,

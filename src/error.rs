@@ -47,6 +47,11 @@ pub enum Error {
     /// it must not write.
     #[error("{0}")]
     NotLeading(#[from] NotLeading),
+
+    /// The operator keeps no view of this namespace (it is not watched, or its watches
+    /// stopped), so it cannot reconcile what is in it.
+    #[error("namespace {0} is not watched by this operator")]
+    NotWatched(String),
 }
 
 impl Error {
@@ -60,6 +65,7 @@ impl Error {
             Error::Serialization { .. } => "serialization",
             Error::Timeout { .. } => "timeout",
             Error::NotLeading(_) => "not_leading",
+            Error::NotWatched(_) => "not_watched",
         }
     }
 }
@@ -79,6 +85,7 @@ impl Error {
             Error::Timeout { .. } => Reason::ReconcileTimeout,
             // Not to be published: a replica that does not lead writes no Event.
             Error::NotLeading(_) => Reason::ApiUnavailable,
+            Error::NotWatched(_) => Reason::ApiUnavailable,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! use; everything else is private so that the compiler finds dead wiring. The pipeline lives
 //! in `reconcile`; the pure planners in `planners`; the words in [`vocabulary`].
 
+pub mod caches;
 // kube's `KubeSchema` derive copies each struct into a private scope, where `unreachable_pub`
 // misfires on the copies.
 #[allow(unreachable_pub)]
@@ -28,7 +29,7 @@ mod resources;
 mod testing;
 mod validate;
 
-pub use context::Context;
+pub use context::{Context, DEFAULT_CONCURRENT_RECONCILES, USER_AGENT};
 pub use controller::{StopReason, run as run_controllers};
 pub use database::DatabaseState;
 pub use error::{Error, Result};

@@ -10,7 +10,9 @@ use futures::FutureExt;
 use kube::Client;
 use orchestrator_operator::http::{self, HttpState};
 use orchestrator_operator::leader::{self, LeaderSettings, Leadership};
-use orchestrator_operator::{BuildSettings, Context, Metrics, StopReason, run_controllers};
+use orchestrator_operator::{
+    BuildSettings, Context, DEFAULT_CONCURRENT_RECONCILES, Metrics, StopReason, run_controllers,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Log output format.
@@ -37,6 +39,10 @@ struct Args {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+
+    /// Reconciles that may run at once, each of a different cluster (0: no limit).
+    #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = DEFAULT_CONCURRENT_RECONCILES)]
+    max_concurrent_reconciles: u16,
 
     /// Take a Lease before acting, so that only one of several replicas writes.
     #[arg(long, env = "LEADER_ELECTION", action = ArgAction::Set, default_value_t = true)]
@@ -187,6 +193,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Context::new(client, metrics.clone(), settings, Some(identity))
             .with_eviction_client(Client::try_from(eviction_config)?)
             .with_watch_client(watch_client)
+            .with_max_concurrent_reconciles(args.max_concurrent_reconciles)
             .with_leadership(leadership),
     );
     ready.store(true, Ordering::Relaxed);

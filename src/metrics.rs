@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
 use crate::error::Error;
 use crate::vocabulary::RollStage;
@@ -54,7 +55,7 @@ impl ClusterLabels {
 }
 
 /// What a reconcile saw of one cluster, for its gauges.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ClusterFigures {
     /// `spec.replicas`.
     pub desired: i64,
@@ -68,6 +69,10 @@ pub struct ClusterFigures {
     pub database_reachable: i64,
     /// Seconds `MaintenanceBlocked` has been true (0 while it is false).
     pub maintenance_held_seconds: i64,
+    /// Jobs the servers reported running at their last heartbeats.
+    pub running_jobs: i64,
+    /// Age of the oldest heartbeat of a server that is not stopped, by the database clock.
+    pub oldest_heartbeat_seconds: f64,
 }
 
 /// Label set of the maintenance stage histogram.
@@ -105,8 +110,14 @@ pub struct Metrics {
     pub maintenance_stage_duration: Family<StageLabels, Histogram>,
     /// Seconds the roll of each cluster has been held (`MaintenanceBlocked`).
     pub maintenance_held: Family<ClusterLabels, Gauge>,
+    /// Jobs the servers of each cluster reported running.
+    pub running_jobs: Family<ClusterLabels, Gauge>,
+    /// Age of the oldest heartbeat of each cluster's servers (not stopped), in seconds.
+    pub oldest_heartbeat: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
     /// Seconds a database preflight (with its membership read) takes.
     pub preflight_duration: Histogram,
+    /// Connections listening for the servers' notifications (one per database).
+    pub database_listeners: Gauge,
     /// The registry all of the above are registered in.
     pub registry: Registry,
     /// Keys of the last stage and step recorded per cluster.
@@ -124,11 +135,14 @@ impl Default for Metrics {
         let servers_draining = Family::<ClusterLabels, Gauge>::default();
         let server_problems = Family::<ClusterLabels, Gauge>::default();
         let database_reachable = Family::<ClusterLabels, Gauge>::default();
+        let database_listeners = Gauge::default();
         let preflight_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 3.0, 10.0]);
         let maintenance_steps = Family::<ClusterLabels, Counter>::default();
         let maintenance_stage_duration =
             Family::<StageLabels, Histogram>::new_with_constructor(stage_histogram as fn() -> Histogram);
         let maintenance_held = Family::<ClusterLabels, Gauge>::default();
+        let running_jobs = Family::<ClusterLabels, Gauge>::default();
+        let oldest_heartbeat = Family::<ClusterLabels, Gauge<f64, AtomicU64>>::default();
         let maintenance_step_duration =
             Family::<ClusterLabels, Histogram>::new_with_constructor(stage_histogram as fn() -> Histogram);
         let mut registry = Registry::with_prefix("orchestrator_operator");
@@ -148,6 +162,11 @@ impl Default for Metrics {
             "database_reachable",
             "1 when the database preflight passes",
             database_reachable.clone(),
+        );
+        registry.register(
+            "database_listeners",
+            "Connections listening for the servers' notifications, one per database",
+            database_listeners.clone(),
         );
         registry.register(
             "preflight_duration_seconds",
@@ -174,6 +193,16 @@ impl Default for Metrics {
             "Seconds the roll has been held (MaintenanceBlocked true), per cluster",
             maintenance_held.clone(),
         );
+        registry.register(
+            "running_jobs",
+            "Jobs the servers reported running at their last heartbeats, per cluster",
+            running_jobs.clone(),
+        );
+        registry.register(
+            "oldest_heartbeat_seconds",
+            "Age of the oldest heartbeat of a server that is not stopped, per cluster (database clock)",
+            oldest_heartbeat.clone(),
+        );
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register("reconcile_errors", "Reconcile failures by reason", failures.clone());
         registry.register("reconcile_duration_seconds", "Reconcile duration", duration.clone());
@@ -189,10 +218,13 @@ impl Default for Metrics {
             server_problems,
             database_reachable,
             preflight_duration,
+            database_listeners,
             maintenance_steps,
             maintenance_stage_duration,
             maintenance_step_duration,
             maintenance_held,
+            running_jobs,
+            oldest_heartbeat,
             registry,
             last_recorded: Mutex::default(),
         }
@@ -231,6 +263,10 @@ impl Metrics {
         self.maintenance_held
             .get_or_create(labels)
             .set(figures.maintenance_held_seconds);
+        self.running_jobs.get_or_create(labels).set(figures.running_jobs);
+        self.oldest_heartbeat
+            .get_or_create(labels)
+            .set(figures.oldest_heartbeat_seconds);
     }
 
     /// Records the end of a maintenance stage and, when a server was replaced, its step; each
@@ -264,9 +300,11 @@ impl Metrics {
             &self.server_problems,
             &self.database_reachable,
             &self.maintenance_held,
+            &self.running_jobs,
         ] {
             family.remove(labels);
         }
+        self.oldest_heartbeat.remove(labels);
         self.maintenance_steps.remove(labels);
         self.maintenance_step_duration.remove(labels);
         self.last_recorded

@@ -62,8 +62,11 @@ impl Cluster {
     }
 }
 
-/// A row of the `servers` table: server `id` in `state`, its heartbeat `age` seconds old, one
-/// job running.
+/// The database clock of [`member`]'s rows, in seconds since the Unix epoch.
+pub(crate) const NOW: f64 = 1_800_000_000.0;
+
+/// A row of the `servers` table: server `id` in `state`, its heartbeat `age` seconds old (at
+/// [`NOW`]), one job running.
 pub(crate) fn member(id: &str, state: &str, age: f64) -> Member {
     Member {
         server_id: id.into(),
@@ -71,6 +74,7 @@ pub(crate) fn member(id: &str, state: &str, age: f64) -> Member {
         state: state.into(),
         running_jobs: 1,
         heartbeat_age_seconds: age,
+        heartbeat_at: NOW - age,
         drain_requested_seconds: None,
         owned_jobs: 0,
     }

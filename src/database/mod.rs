@@ -1,6 +1,7 @@
 //! The operator's view of the shared process database: the preflight (can the cluster's
 //! credentials reach, log in, use and read the database?) and the membership it reads.
 
+pub(crate) mod listener;
 pub(crate) mod preflight;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,7 +1,9 @@
 //! The database preflight: Secret, keys, host, connection, login, privileges, schema. Each
-//! failure is a `DatabaseReady` reason with a message a person can act on. A successful
-//! check is cached for a short time (and its connection reused) unless the Secret or the
-//! connection settings change.
+//! failure is a `DatabaseReady` reason with a message a person can act on. A successful check
+//! is kept (and its connection reused for the reads of later reconciles) until a read on it
+//! fails, the Secret or the connection settings change, or [`Preflight`]'s `ttl` passes; a
+//! failed one is kept for a few seconds. The Secret's data is read from the API server once per
+//! change of the Secret (its resourceVersion comes from the metadata cache).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -15,6 +17,7 @@ use orchestrator_contract::tls;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
+use super::listener::{Listeners, Session, Target};
 use super::{DatabaseState, rows_of};
 use crate::crd::OrchestratorCluster;
 use crate::crd::object_key as key;
@@ -38,6 +41,21 @@ pub(crate) const CA_KEY: &str = "ca.crt";
 pub(crate) struct Preflight {
     ttl: Duration,
     cache: Mutex<HashMap<String, Cached>>,
+    credentials: Mutex<HashMap<String, Credentials>>,
+    /// The listening connections of the databases that passed.
+    pub(crate) listeners: Listeners,
+}
+
+/// How long a failed check is reused: a fixed password or a created database is seen soon.
+const FAILED_TTL: Duration = Duration::from_secs(10);
+
+/// The credentials read from one version of a cluster's Secret.
+#[derive(Clone)]
+struct Credentials {
+    /// Secret name and resourceVersion they were read from.
+    source: (String, String),
+    /// `NotReady` state when the Secret lacks a key.
+    outcome: Result<(String, String, Option<String>), (Reason, String)>,
 }
 
 struct Cached {
@@ -93,80 +111,93 @@ impl Preflight {
         Self {
             ttl,
             cache: Mutex::default(),
+            credentials: Mutex::default(),
+            listeners: Listeners::default(),
         }
     }
 
-    /// Forgets a cluster (deleted).
+    /// Forgets a cluster (deleted): its credentials, and its connection, which closes.
     pub(crate) fn forget(&self, cluster: &impl kube::Resource) {
         self.cache.lock().unwrap().remove(&key(cluster));
+        self.credentials.lock().unwrap().remove(&key(cluster));
+        self.listeners.forget(&cluster_of(cluster));
+    }
+
+    /// The user, password and CA of `cr` from version `version` of its Secret: remembered from
+    /// the last read of that version, else read from the API server.
+    async fn credentials(
+        &self,
+        kube: &kube::Client,
+        cr: &OrchestratorCluster,
+        version: &str,
+    ) -> Result<Result<(String, String, Option<String>), (Reason, String)>> {
+        let secret_ref = &cr.spec.database.credentials_secret;
+        let source = (secret_ref.name.clone(), version.to_string());
+        if let Some(known) = self
+            .credentials
+            .lock()
+            .unwrap()
+            .get(&key(cr))
+            .filter(|c| c.source == source)
+        {
+            return Ok(known.outcome.clone());
+        }
+        let namespace = cr.namespace().unwrap_or_default();
+        let Some(secret) = Api::<Secret>::namespaced(kube.clone(), &namespace)
+            .get_opt(&secret_ref.name)
+            .await?
+        else {
+            return Ok(Err((
+                Reason::SecretMissing,
+                format!("secret {} does not exist in namespace {namespace}", secret_ref.name),
+            )));
+        };
+        let outcome = read_credentials(cr, &secret);
+        // Remembered for the version read, which may be newer than the cached one.
+        let source = (secret_ref.name.clone(), secret.resource_version().unwrap_or_default());
+        self.credentials.lock().unwrap().insert(
+            key(cr),
+            Credentials {
+                source,
+                outcome: outcome.clone(),
+            },
+        );
+        Ok(outcome)
     }
 
     /// Checks the database of `cr` (or reuses a recent check) and reads its membership.
-    /// Legacy rows are read as the cluster's only for `pods` (the server pods running here).
+    /// `secret_version` is the resourceVersion of its credentials Secret (`None`: there is no
+    /// such Secret). Legacy rows are read as the cluster's only for `pods` (the server pods
+    /// running here).
     pub(crate) async fn observe(
         &self,
         kube: &kube::Client,
         cr: &OrchestratorCluster,
+        secret_version: Option<&str>,
         pods: &BTreeSet<String>,
     ) -> Result<Observation> {
         let db = &cr.spec.database;
         let namespace = cr.namespace().unwrap_or_default();
         let secret_ref = &db.credentials_secret;
-        let Some(secret) = Api::<Secret>::namespaced(kube.clone(), &namespace)
-            .get_opt(&secret_ref.name)
-            .await?
-        else {
+        let Some(version) = secret_version else {
             return Ok(not_ready(
                 Reason::SecretMissing,
                 format!("secret {} does not exist in namespace {namespace}", secret_ref.name),
             ));
         };
-        let value = |key: &str| {
-            secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let Some(user) = value(&secret_ref.username_key) else {
-            return Ok(not_ready(
-                Reason::SecretKeyMissing,
-                format!(
-                    "secret {} has no key '{}' (the database user)",
-                    secret_ref.name, secret_ref.username_key
-                ),
-            ));
-        };
-        let Some(password) = value(&secret_ref.password_key) else {
-            return Ok(not_ready(
-                Reason::SecretKeyMissing,
-                format!(
-                    "secret {} has no key '{}' (the database password)",
-                    secret_ref.name, secret_ref.password_key
-                ),
-            ));
+        let (user, password, ca) = match self.credentials(kube, cr, version).await? {
+            Ok(credentials) => credentials,
+            Err((reason, message)) => return Ok(not_ready(reason, message)),
         };
         let mut hasher = DefaultHasher::new();
-        (
-            secret.resource_version(),
-            &db.host,
-            db.port,
-            &db.name,
-            db.ssl_mode.as_str(),
-            &user,
-        )
-            .hash(&mut hasher);
+        (version, &db.host, db.port, &db.name, db.ssl_mode.as_str(), &user).hash(&mut hasher);
         let fingerprint = hasher.finish();
 
         // A single failed read is not an outage: a read on a cached connection that fails is
         // tried once more on a fresh connection before the database is called not ready.
         let mut reuse = true;
         loop {
-            let (client, fresh) = match self
-                .connect(cr, fingerprint, reuse, &user, &password, value(CA_KEY))
-                .await
-            {
+            let (client, fresh) = match self.connect(cr, fingerprint, reuse, &user, &password, ca.clone()).await {
                 Ok(connected) => connected,
                 Err(Hold { reason, message }) => {
                     return Ok(Observation {
@@ -177,6 +208,7 @@ impl Preflight {
             };
             match read(&client).await {
                 Ok((schema_version, rows)) => {
+                    self.listen(cr, &user, &password, ca.as_deref());
                     let (members, row_ids) = rows_of(&namespace, pods, rows);
                     return Ok(Observation {
                         state: DatabaseState::Ready {
@@ -204,6 +236,29 @@ impl Preflight {
         }
     }
 
+    /// Listens for the notifications of `cr`'s servers on its database (one connection per
+    /// database, shared by its clusters).
+    fn listen(&self, cr: &OrchestratorCluster, user: &str, password: &str, ca: Option<&str>) {
+        let db = &cr.spec.database;
+        let Ok(port) = u16::try_from(db.port) else {
+            return;
+        };
+        let Ok(mode) = db.ssl_mode.as_str().parse::<tls::SslMode>() else {
+            return;
+        };
+        let mut hasher = DefaultHasher::new();
+        (password, ca).hash(&mut hasher);
+        let target = Target {
+            address: (db.host.clone(), port, db.name.clone(), user.to_string()),
+            security: (db.ssl_mode.as_str().to_string(), hasher.finish()),
+        };
+        self.listeners.watch(&cluster_of(cr), target, || Session {
+            config: session_config(cr, port, user, password),
+            mode,
+            ca: ca.map(str::to_string),
+        });
+    }
+
     /// A connection that passed the preflight: the cached one when `reuse` allows it (and it is
     /// recent and of the same settings), else a fresh check. `true` with a fresh connection.
     async fn connect(
@@ -220,7 +275,10 @@ impl Preflight {
                 let cache = self.cache.lock().unwrap();
                 cache
                     .get(&key(cr))
-                    .filter(|c| c.fingerprint == fingerprint && c.checked.elapsed() < self.ttl)
+                    .filter(|c| {
+                        let ttl = if c.outcome.is_ok() { self.ttl } else { FAILED_TTL };
+                        c.fingerprint == fingerprint && c.checked.elapsed() < ttl
+                    })
                     .map(|c| c.outcome.clone())
             })
             .flatten();
@@ -253,6 +311,49 @@ impl Preflight {
     }
 }
 
+/// Namespace and name of `cluster`.
+fn cluster_of(cluster: &impl kube::Resource) -> (String, String) {
+    (
+        cluster.meta().namespace.clone().unwrap_or_default(),
+        cluster.meta().name.clone().unwrap_or_default(),
+    )
+}
+
+/// The user, password and CA (optional) in `secret`, the cluster's credentials Secret.
+fn read_credentials(
+    cr: &OrchestratorCluster,
+    secret: &Secret,
+) -> Result<(String, String, Option<String>), (Reason, String)> {
+    let secret_ref = &cr.spec.database.credentials_secret;
+    let value = |key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let user = value(&secret_ref.username_key).ok_or_else(|| {
+        (
+            Reason::SecretKeyMissing,
+            format!(
+                "secret {} has no key '{}' (the database user)",
+                secret_ref.name, secret_ref.username_key
+            ),
+        )
+    })?;
+    let password = value(&secret_ref.password_key).ok_or_else(|| {
+        (
+            Reason::SecretKeyMissing,
+            format!(
+                "secret {} has no key '{}' (the database password)",
+                secret_ref.name, secret_ref.password_key
+            ),
+        )
+    })?;
+    Ok((user, password, value(CA_KEY)))
+}
+
 /// The schema version and every server's row, within [`DATABASE_DEADLINE`].
 async fn read(client: &Client) -> Result<(i32, Vec<contract::Member>), contract::ContractError> {
     let read = async {
@@ -274,6 +375,33 @@ pub(crate) fn redact(message: String, password: &str) -> String {
     } else {
         message.replace(password, "<redacted>")
     }
+}
+
+/// The settings of a session of `cr`'s database as `user`: statement and lock timeouts of
+/// [`DATABASE_DEADLINE`], keepalives, and the operator's application name.
+fn session_config(cr: &OrchestratorCluster, port: u16, user: &str, password: &str) -> tokio_postgres::Config {
+    let db = &cr.spec.database;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&db.host)
+        .port(port)
+        .dbname(&db.name)
+        .user(user)
+        .password(password)
+        .application_name("orchestrator-operator")
+        .options(format!(
+            "-c statement_timeout={ms} -c lock_timeout={ms}",
+            ms = DATABASE_DEADLINE.as_millis()
+        ))
+        .connect_timeout(CONNECT_TIMEOUT)
+        // A connection whose peer went silent (a partition, a failover that moved the address)
+        // is closed within seconds, not after the kernel's retransmissions (about 15 minutes).
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(15));
+    config
 }
 
 /// The uncached check, step by step.
@@ -301,46 +429,15 @@ async fn check(
             )
         })?
         .collect::<Vec<_>>();
-    let Some(address) = addresses.first() else {
+    if addresses.is_empty() {
         return Err(Hold::new(
             Reason::HostUnresolvable,
             format!("host {} resolves to no address", db.host),
         ));
-    };
-    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
-        .await
-        .map_err(|_| {
-            Hold::new(
-                Reason::Unreachable,
-                format!("no answer from {}:{port} within 3s", db.host),
-            )
-        })?
-        .map_err(|e| {
-            Hold::new(
-                Reason::Unreachable,
-                format!("cannot connect to {}:{port}: {e}", db.host),
-            )
-        })?;
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(&db.host)
-        .port(port)
-        .dbname(&db.name)
-        .user(user)
-        .password(password)
-        .application_name("orchestrator-operator")
-        .options(format!(
-            "-c statement_timeout={ms} -c lock_timeout={ms}",
-            ms = DATABASE_DEADLINE.as_millis()
-        ))
-        .connect_timeout(CONNECT_TIMEOUT)
-        // A connection whose peer went silent (a partition, a failover that moved the address)
-        // is closed within seconds, not after the kernel's retransmissions (about 15 minutes).
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(10))
-        .keepalives_interval(Duration::from_secs(5))
-        .keepalives_retries(3)
-        .tcp_user_timeout(Duration::from_secs(15));
+    }
+    // No bare TCP probe: the session's own connection attempt (with its connect timeout) says
+    // whether the host answers, and costs the database one connection, not two.
+    let config = session_config(cr, port, user, password);
     let mode: tls::SslMode = db
         .ssl_mode
         .as_str()
@@ -348,7 +445,7 @@ async fn check(
         .map_err(|e: tls::ConnectError| Hold::new(Reason::TlsFailed, e.to_string()))?;
     let client = match tls::connect(&config, mode, ca_pem).await {
         Ok(client) => client,
-        Err(tls::ConnectError::Postgres(e)) => return Err(classify_login(&e, cr, user)),
+        Err(tls::ConnectError::Postgres(e)) => return Err(classify_login(&e, cr)),
         Err(e) => {
             let secret = &db.credentials_secret.name;
             return Err(Hold::new(
@@ -383,20 +480,23 @@ async fn check(
     if !privileged {
         return Err(Hold::new(
             Reason::InsufficientPrivileges,
-            format!("user {user} needs SELECT, UPDATE and DELETE on table servers and SELECT on table jobs"),
+            format!(
+                "the user in secret {} needs SELECT, UPDATE and DELETE on table servers and SELECT on table jobs",
+                db.credentials_secret.name
+            ),
         ));
     }
     Ok(Arc::new(client))
 }
 
-fn classify_login(error: &tokio_postgres::Error, cr: &OrchestratorCluster, user: &str) -> Hold {
+fn classify_login(error: &tokio_postgres::Error, cr: &OrchestratorCluster) -> Hold {
     let db = &cr.spec.database;
     match error.code() {
         Some(code) if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
             Hold::new(
                 Reason::LoginFailed,
                 format!(
-                    "login as {user} to {}:{} was refused: check the password in secret {}",
+                    "login to {}:{} was refused: check the user and password in secret {}",
                     db.host, db.port, db.credentials_secret.name
                 ),
             )
@@ -407,7 +507,7 @@ fn classify_login(error: &tokio_postgres::Error, cr: &OrchestratorCluster, user:
         ),
         _ => Hold::new(
             Reason::Unreachable,
-            format!("cannot open a session on {}:{}: {error}", db.host, db.port),
+            format!("cannot connect to {}:{}: {error}", db.host, db.port),
         ),
     }
 }

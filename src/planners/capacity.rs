@@ -32,6 +32,8 @@ pub(crate) struct CapacityInput<'a> {
     pub drain_ages: &'a [(String, f64)],
     /// Jobs each row still owns.
     pub owned_jobs: &'a [(String, i64)],
+    /// Seconds since each row's last heartbeat, by the database clock.
+    pub heartbeat_ages: &'a [(String, f64)],
     /// A server whose drain rolling maintenance keeps (never withdrawn here).
     pub maintenance_drain: Option<&'a str>,
 }
@@ -83,7 +85,13 @@ pub(crate) fn decide(input: &CapacityInput) -> CapacityDecision {
         .iter()
         .filter(|s| !s.pod_exists && s.state.is_some())
         .filter(|s| ordinal(input.cluster, &s.name).is_some_and(|o| o >= out.replicas))
-        .filter(|s| s.state.as_deref() == Some(server_state::STOPPED) || s.heartbeat_age_seconds.unwrap_or(0) > 60)
+        .filter(|s| {
+            s.state.as_deref() == Some(server_state::STOPPED)
+                || input
+                    .heartbeat_ages
+                    .iter()
+                    .any(|(name, age)| *name == s.name && *age > 60.0)
+        })
         .filter(|s| input.owned_jobs.iter().all(|(name, n)| *name != s.name || *n == 0))
         .map(|s| s.name.clone())
         .collect();
@@ -118,10 +126,14 @@ fn scale_up(input: &CapacityInput, out: &mut CapacityDecision) {
         out.blocked = Some(Hold::new(
             Reason::ServerUnhealthy,
             format!(
-                "{} is ready but its database row is not active and fresh (state {}, heartbeat {}s ago)",
+                "{} is ready but its database row is not active and fresh (state {}{})",
                 stale.name,
                 stale.state.clone().unwrap_or_default(),
-                stale.heartbeat_age_seconds.unwrap_or_default()
+                stale
+                    .last_heartbeat_time
+                    .as_ref()
+                    .map(|t| format!(", last heartbeat at {}", t.0))
+                    .unwrap_or_default()
             ),
         ));
     } else if let Some(pending) = (0..input.current).find(|o| !server(input, *o).is_some_and(|s| s.joined)) {
@@ -161,6 +173,8 @@ fn scale_down(input: &CapacityInput, out: &mut CapacityDecision) {
 mod tests {
     use super::*;
     use crate::crd::DrainTimeoutPolicy;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
     use proptest::prelude::*;
     use std::time::Duration;
 
@@ -171,7 +185,8 @@ mod tests {
             pod_exists: true,
             ready,
             state: state.map(String::from),
-            heartbeat_age_seconds: state.map(|_| age),
+            last_heartbeat_time: (state.is_some() && age >= 10)
+                .then(|| Time(Timestamp::from_second(crate::testing::NOW as i64 - age).unwrap())),
             joined: ready && active,
             ..ServerStatus::default()
         }
@@ -192,6 +207,7 @@ mod tests {
             },
             drain_ages: &[],
             owned_jobs: &[],
+            heartbeat_ages: &[],
             maintenance_drain: None,
         }
     }
@@ -242,7 +258,11 @@ mod tests {
         let out = decide(&input(3, 2, &stale));
         let Hold { reason, message } = out.blocked.unwrap();
         assert_eq!(reason, Reason::ServerUnhealthy);
-        assert!(message.contains("prod-1") && message.contains("30s"), "{message}");
+        let late = Timestamp::from_second(crate::testing::NOW as i64 - 30).unwrap();
+        assert!(
+            message.contains("prod-1") && message.contains(&format!("last heartbeat at {late}")),
+            "{message}"
+        );
         let mut above = input(12, 2, &stale);
         above.max_replicas = 10;
         assert_eq!(decide(&above).blocked.unwrap().reason, Reason::AboveMaxReplicas);

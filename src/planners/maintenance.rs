@@ -385,9 +385,8 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Maintenan
                     decision.waiting = Some(Hold::new(
                         Reason::EvictionRefused,
                         format!(
-                            "the eviction of {} has been refused for {}s ({why}); the step keeps trying",
-                            step.server,
-                            in_stage.as_secs()
+                            "the eviction of {} has been refused since {} ({why}); the step keeps trying",
+                            step.server, step.since
                         ),
                     ));
                 }

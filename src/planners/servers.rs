@@ -1,6 +1,10 @@
 //! Every server from both views: its pod (exists, ready, revision, restarts) and its database
-//! row (state, version, heartbeat age, running jobs). Pure; does not need a client.
+//! row (state, version, heartbeat). Pure; does not need a client.
 
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use orchestrator_contract::{Member, server_state};
 
 use crate::crd::ServerStatus;
@@ -21,8 +25,8 @@ pub struct PodView {
     pub restarts: i32,
     /// Being deleted.
     pub terminating: bool,
-    /// Seconds since the container last exited, if it restarted.
-    pub last_exit_seconds: Option<i64>,
+    /// When the container last exited with a failure, if it did.
+    pub last_exit_at: Option<Timestamp>,
     /// When the pod was created.
     pub created_at: Option<k8s_openapi::jiff::Timestamp>,
     /// Uid of the pod.
@@ -42,16 +46,50 @@ pub(crate) struct Health {
     /// A heartbeat older than this is stale.
     pub stale_after_seconds: f64,
     /// A container exit younger than this is reported.
-    pub recent_restart_seconds: i64,
+    pub recent_restart: Duration,
 }
 
 impl Default for Health {
     fn default() -> Self {
         Self {
             stale_after_seconds: 10.0,
-            recent_restart_seconds: 60,
+            recent_restart: Duration::from_secs(60),
         }
     }
+}
+
+/// The time of a row's last heartbeat, to the second (the database clock).
+fn heartbeat_time(member: &Member) -> Option<Time> {
+    Timestamp::from_second(member.heartbeat_at.floor() as i64)
+        .ok()
+        .map(Time)
+}
+
+/// Time from `at` to `now`, zero when `at` is later (another node's clock).
+fn since(at: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(at)).unwrap_or_default()
+}
+
+/// Whether a container exit at `at` is recent at `now`.
+fn recent(at: Timestamp, now: Timestamp, health: Health) -> bool {
+    since(at, now) < health.recent_restart
+}
+
+/// How long until time alone changes what [`merge`] and [`problems`] say of these servers: the
+/// first fresh heartbeat that goes stale if no new one comes, or the first recent restart that
+/// stops being recent. `None` when nothing changes by waiting. The operator looks again then,
+/// instead of polling.
+pub(crate) fn next_expiry(pods: &[PodView], members: &[Member], health: Health, now: Timestamp) -> Option<Duration> {
+    let heartbeats = members
+        .iter()
+        .filter(|m| m.state != server_state::STOPPED && m.heartbeat_age_seconds < health.stale_after_seconds)
+        .map(|m| Duration::from_secs_f64((health.stale_after_seconds - m.heartbeat_age_seconds).max(0.0)));
+    let restarts = pods
+        .iter()
+        .filter_map(|p| p.last_exit_at)
+        .filter(|at| recent(*at, now, health))
+        .map(|at| health.recent_restart.saturating_sub(since(at, now)));
+    heartbeats.chain(restarts).min()
 }
 
 /// Whether a row counts as live: active with a fresh heartbeat.
@@ -85,8 +123,9 @@ pub(crate) fn merge(cluster: &str, pods: &[PodView], members: Option<&[Member]>,
                 restarts: pod.map(|p| p.restarts).unwrap_or(0),
                 version: member.map(|m| m.version.clone()),
                 state: member.map(|m| m.state.clone()),
-                running_jobs: member.map(|m| m.running_jobs),
-                heartbeat_age_seconds: member.map(|m| m.heartbeat_age_seconds.round() as i64),
+                last_heartbeat_time: member
+                    .filter(|m| m.heartbeat_age_seconds >= health.stale_after_seconds)
+                    .and_then(heartbeat_time),
                 joined: ready && member.is_some_and(|m| row_active(m, health)),
             }
         })
@@ -94,18 +133,26 @@ pub(crate) fn merge(cluster: &str, pods: &[PodView], members: Option<&[Member]>,
 }
 
 /// Problems worth a `Degraded` condition: a ready pod whose row is missing or stale, a row
-/// without a pod, a container that restarted recently.
-pub(crate) fn problems(servers: &[ServerStatus], pods: &[PodView], health: Health) -> Vec<String> {
+/// without a pod, a container that restarted recently. The messages hold times, not ages: they
+/// do not change while the problem lasts.
+pub(crate) fn problems(servers: &[ServerStatus], pods: &[PodView], health: Health, now: Timestamp) -> Vec<String> {
     let mut found = Vec::new();
     for server in servers {
         let stopped = server.state.as_deref() == Some(server_state::STOPPED);
-        let age = server.heartbeat_age_seconds.unwrap_or_default();
         match (server.pod_exists, &server.state) {
             (true, None) if server.ready => {
                 found.push(format!("{}: pod ready but no row in the database", server.name))
             }
-            (true, Some(_)) if server.ready && !stopped && age as f64 >= health.stale_after_seconds => {
-                found.push(format!("{}: pod ready but its heartbeat is {age}s old", server.name))
+            (true, Some(_)) if server.ready && !stopped && server.last_heartbeat_time.is_some() => {
+                let last = server
+                    .last_heartbeat_time
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default();
+                found.push(format!(
+                    "{}: pod ready but its last heartbeat was at {last}",
+                    server.name
+                ))
             }
             (false, Some(state)) if !stopped => {
                 found.push(format!("{}: {state} in the database but has no pod", server.name))
@@ -113,10 +160,10 @@ pub(crate) fn problems(servers: &[ServerStatus], pods: &[PodView], health: Healt
             _ => {}
         }
         if let Some(pod) = pods.iter().find(|p| p.name == server.name)
-            && let Some(seconds) = pod.last_exit_seconds.filter(|s| *s < health.recent_restart_seconds)
+            && let Some(at) = pod.last_exit_at.filter(|at| recent(*at, now, health))
         {
             found.push(format!(
-                "{}: process exited {seconds}s ago and was restarted ({} restarts)",
+                "{}: process exited at {at} and was restarted ({} restarts)",
                 server.name, pod.restarts
             ));
         }
@@ -127,7 +174,7 @@ pub(crate) fn problems(servers: &[ServerStatus], pods: &[PodView], health: Healt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{member, pod};
+    use crate::testing::{NOW, member, pod};
 
     #[test]
     fn joined_needs_a_ready_pod_and_a_fresh_active_row() {
@@ -140,7 +187,21 @@ mod tests {
         let servers = merge("prod", &pods, Some(&members), Health::default());
         let joined: Vec<_> = servers.iter().map(|s| (s.name.as_str(), s.joined)).collect();
         assert_eq!(joined, vec![("prod-0", true), ("prod-1", false), ("prod-2", false)]);
-        assert_eq!(servers[1].heartbeat_age_seconds, Some(30));
+        // Only the late heartbeat is shown, as the time it was (which does not move).
+        let shown: Vec<_> = servers.iter().map(|s| s.last_heartbeat_time.clone()).collect();
+        let late = Timestamp::from_second((NOW - 30.0) as i64).unwrap();
+        assert_eq!(shown, vec![None, Some(Time(late)), None]);
+    }
+
+    #[test]
+    fn a_late_heartbeat_reads_the_same_on_every_look() {
+        let pods = [pod("prod-0", 0, true)];
+        let mut first = member("prod-0", "active", 30.2);
+        first.heartbeat_at = NOW - 30.2;
+        let mut later = first.clone();
+        later.heartbeat_age_seconds = 47.9;
+        let look = |m: &Member| merge("prod", &pods, Some(std::slice::from_ref(m)), Health::default());
+        assert_eq!(look(&first), look(&later));
     }
 
     #[test]
@@ -156,27 +217,58 @@ mod tests {
         assert!(!servers[1].pod_exists);
     }
 
+    fn now() -> Timestamp {
+        Timestamp::from_second(NOW as i64).unwrap()
+    }
+
     #[test]
     fn problems_name_each_server() {
         let mut restarted = pod("prod-2", 2, true);
-        restarted.last_exit_seconds = Some(4);
+        restarted.last_exit_at = Some(now() - Duration::from_secs(4));
         restarted.restarts = 1;
-        let pods = [pod("prod-0", 0, true), pod("prod-1", 1, true), restarted];
+        let mut long_ago = pod("prod-3", 3, true);
+        long_ago.last_exit_at = Some(now() - Duration::from_secs(60));
+        let pods = [pod("prod-0", 0, true), pod("prod-1", 1, true), restarted, long_ago];
         let members = [
             member("prod-0", "active", 1.0),
             member("prod-1", "active", 25.0),
             member("prod-2", "active", 1.0),
+            member("prod-3", "active", 1.0),
             member("prod-5", "active", 2.0),
             member("prod-6", "stopped", 90.0),
         ];
         let servers = merge("prod", &pods, Some(&members), Health::default());
+        let late = Timestamp::from_second((NOW - 25.0) as i64).unwrap();
+        let exited = now() - Duration::from_secs(4);
         assert_eq!(
-            problems(&servers, &pods, Health::default()),
+            problems(&servers, &pods, Health::default(), now()),
             vec![
-                "prod-1: pod ready but its heartbeat is 25s old".to_string(),
-                "prod-2: process exited 4s ago and was restarted (1 restarts)".to_string(),
+                format!("prod-1: pod ready but its last heartbeat was at {late}"),
+                format!("prod-2: process exited at {exited} and was restarted (1 restarts)"),
                 "prod-5: active in the database but has no pod".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn the_next_look_is_when_a_heartbeat_can_go_stale_or_a_restart_stops_being_recent() {
+        let health = Health::default();
+        let members = [
+            member("prod-0", "active", 3.0),
+            member("prod-1", "active", 6.5),
+            // Already stale, or stopped: waiting changes nothing for them.
+            member("prod-2", "active", 30.0),
+            member("prod-3", "stopped", 1.0),
+        ];
+        let next = next_expiry(&[], &members, health, now()).unwrap();
+        assert_eq!(next, Duration::from_secs_f64(3.5));
+        let mut restarted = pod("prod-0", 0, true);
+        restarted.last_exit_at = Some(now() - Duration::from_secs(58));
+        assert_eq!(
+            next_expiry(&[restarted.clone()], &members, health, now()),
+            Some(Duration::from_secs(2))
+        );
+        restarted.last_exit_at = Some(now() - Duration::from_secs(61));
+        assert_eq!(next_expiry(&[restarted], &members[2..], health, now()), None);
     }
 }

@@ -30,7 +30,7 @@ use crate::context::{Context, RECONCILE_TIMEOUT};
 use crate::crd::{OrchestratorCluster, object_key};
 use crate::error::{Error, Result};
 use crate::validate::{BuildSettings, validate};
-use observe::Observed;
+use observe::{Freshness, Observed};
 use plan::Plan;
 
 /// The watched resource: an object that does not deserialize is kept (with its metadata) so
@@ -80,15 +80,32 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
         Ok(spec) => spec,
         Err(error) => return report::invalid_spec(ctx, cr, &error, &now).await,
     };
-    let (observed, database) = observe::observe(ctx, &spec).await?;
-    let plan = plan::plan(&spec, &observed, &now)?;
+    let (observed, mut database) = observe::observe(ctx, &spec, Freshness::Cached).await?;
+    let mut plan = plan::plan(&spec, &observed, &now)?;
+    if plan.touches_servers() {
+        // A drain, an eviction or a row removal is decided again from the pods as the API
+        // server has them now: a pod cache one watch event behind (a server that just went
+        // down) must not start a step.
+        let (fresh, fresh_database) = observe::observe(ctx, &spec, Freshness::Quorum).await?;
+        plan = plan::plan(&spec, &fresh, &now)?;
+        database = fresh_database;
+    }
     match report::report(ctx, cr, &plan).await? {
         report::StatusWrite::Stored => {}
         report::StatusWrite::Stale => return Ok(Action::requeue(plan::STEP_REQUEUE)),
         report::StatusWrite::Gone => return Ok(Action::await_change()),
     }
     act::act(ctx, cr, &plan, database.as_ref()).await?;
-    Ok(Action::requeue(plan.requeue))
+    Ok(Action::requeue(jittered(plan.requeue)))
+}
+
+/// `delay` lengthened by up to a tenth, at random: clusters that settled together (an operator
+/// restart, a fleet-wide change) do not all look again in the same instant.
+fn jittered(delay: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // `RandomState` draws new keys per instance: its hash of nothing is a fresh random number.
+    let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    delay + delay.mul_f64((random % 1000) as f64 / 10_000.0)
 }
 
 /// What one reconcile of `cr` would do given `observed`, without any I/O: validate and plan.
@@ -133,6 +150,17 @@ mod tests {
         let error = result.unwrap_err();
         assert_eq!(error.to_string(), "reconcile did not finish within 60 s; cancelled");
         assert_eq!(error.event_reason(), Reason::ReconcileTimeout);
+    }
+
+    #[test]
+    fn requeues_are_spread_over_a_tenth_of_their_delay() {
+        let delay = Duration::from_secs(10);
+        let spread: std::collections::BTreeSet<Duration> = (0..50).map(|_| jittered(delay)).collect();
+        assert!(
+            spread.iter().all(|d| *d >= delay && *d < delay + delay / 10),
+            "{spread:?}"
+        );
+        assert!(spread.len() > 10, "not spread: {spread:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -185,6 +213,9 @@ mod tests {
             BuildSettings::default(),
             Some("test".into()),
         ));
+        // Caches that never fill (their watches never answer): the reconcile waits for them.
+        let (scope, _writers) = crate::caches::Scope::new(None);
+        ctx.caches.add(scope);
         let cluster = Arc::new(DeserializeGuard(Ok(fixtures::minimal())));
         let started = tokio::time::Instant::now();
         let result = tokio::time::timeout(RECONCILE_TIMEOUT * 2, reconcile(cluster, ctx))

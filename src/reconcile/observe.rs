@@ -1,17 +1,21 @@
 //! Observe: read the objects the cluster owns, its server pods and schema Jobs, and the
-//! database through the preflight. Every read is fresh from the API server.
+//! database through the preflight. Kubernetes objects are read from the operator's caches
+//! ([`crate::caches`]), with one exception: [`Freshness::Quorum`] lists the server pods from
+//! the API server, which the reconcile asks for before it acts on a server (a drain, an
+//! eviction, a row removed), so that a step never rests on a pod cache that lags a pod that
+//! just went down.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::ListParams;
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::core::PartialObjectMeta;
+use kube::{Api, ResourceExt};
 
+use crate::caches::Cached;
 use crate::context::Context;
 use crate::crd::OrchestratorCluster;
 use crate::database::preflight::Observation;
@@ -22,7 +26,7 @@ use crate::planners::upgrade::admitted;
 use crate::release::{JobOutcome, Release, SchemaJob};
 use crate::resources::job;
 use crate::resources::statefulset::{release_of, running_release};
-use crate::resources::{Names, selector_string};
+use crate::resources::{INSTANCE_LABEL, Names, selector_labels, selector_string};
 use crate::validate::ValidSpec;
 use crate::vocabulary::Reason;
 
@@ -69,33 +73,60 @@ impl Default for DatabaseState {
     }
 }
 
-async fn get<K>(client: &Client, namespace: &str, name: String) -> Result<Option<K>>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    Ok(Api::<K>::namespaced(client.clone(), namespace).get_opt(&name).await?)
+/// Where the server pods are read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    /// The caches: what the watches delivered so far.
+    Cached,
+    /// A list from the API server (a quorum read), for a plan about to act on a server.
+    Quorum,
 }
 
-/// Reads every owned object of the cluster of `spec`, its pods, and the database through the
-/// preflight; also the database connection when it is usable.
-pub(crate) async fn observe(ctx: &Context, spec: &ValidSpec<'_>) -> Result<(Observed, Option<ServerRows>)> {
+/// The cached `name` of kind `K` in `namespace`, as an owned object.
+fn get<K: Cached>(ctx: &Context, namespace: &str, name: String) -> Result<Option<K>> {
+    Ok(ctx.caches.get::<K>(namespace, &name)?.map(|k| K::clone(&k)))
+}
+
+/// Reads every owned object of the cluster of `spec`, its pods (from where `freshness` says),
+/// and the database through the preflight; also the database connection when it is usable.
+pub(crate) async fn observe(
+    ctx: &Context,
+    spec: &ValidSpec<'_>,
+    freshness: Freshness,
+) -> Result<(Observed, Option<ServerRows>)> {
     let cr = spec.cr;
-    let client = &ctx.client;
     let ns = cr.namespace().unwrap_or_default();
-    let selector = selector_string(cr);
-    let now = k8s_openapi::jiff::Timestamp::now();
-    let pods: Vec<PodView> = Api::<Pod>::namespaced(client.clone(), &ns)
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-        .iter()
-        .filter_map(|pod| pod_view(&cr.name_any(), pod, now))
-        .collect();
+    ctx.caches.ready(&ns).await?;
+    let pods: Vec<Pod> = match freshness {
+        Freshness::Cached => ctx
+            .caches
+            .list::<Pod>(&ns, &selector_labels(cr))?
+            .iter()
+            .map(|pod| Pod::clone(pod))
+            .collect(),
+        Freshness::Quorum => {
+            Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                .list(&ListParams::default().labels(&selector_string(cr)))
+                .await?
+                .items
+        }
+    };
+    let pods: Vec<PodView> = pods.iter().filter_map(|pod| pod_view(&cr.name_any(), pod)).collect();
     let started = std::time::Instant::now();
     let names: BTreeSet<String> = pods.iter().map(|p| p.name.clone()).collect();
-    let database = ctx.preflight.observe(client, cr, &names).await?;
+    let secret_version = ctx
+        .caches
+        .get::<PartialObjectMeta<Secret>>(&ns, &cr.spec.database.credentials_secret.name)?
+        .map(|secret| secret.resource_version().unwrap_or_default());
+    let database = ctx
+        .preflight
+        .observe(&ctx.client, cr, secret_version.as_deref(), &names)
+        .await?;
     ctx.metrics.preflight_duration.observe(started.elapsed().as_secs_f64());
-    let statefulset: Option<StatefulSet> = get(client, &ns, Names::statefulset(cr)).await?;
+    ctx.metrics
+        .database_listeners
+        .set(ctx.preflight.listeners.count() as i64);
+    let statefulset: Option<StatefulSet> = get(ctx, &ns, Names::statefulset(cr))?;
     let wanted = &spec.wanted;
     // The schema Jobs matter while the wanted release is not running yet, and while the
     // servers are stopped (a migration may run, even one a changed spec abandoned).
@@ -109,7 +140,7 @@ pub(crate) async fn observe(ctx: &Context, spec: &ValidSpec<'_>) -> Result<(Obse
         .and_then(|s| s.spec.as_ref())
         .is_some_and(|s| s.replicas == Some(0));
     let schema_jobs = if changing || stopped {
-        schema_jobs(ctx, cr, wanted, &database).await?
+        schema_jobs(ctx, cr, wanted, &database)?
     } else {
         SchemaJobs::default()
     };
@@ -118,10 +149,10 @@ pub(crate) async fn observe(ctx: &Context, spec: &ValidSpec<'_>) -> Result<(Obse
         statefulset,
         pods,
         database: database.state,
-        configmap: get(client, &ns, Names::configmap(cr)).await?,
-        headless_service: get(client, &ns, Names::headless_service(cr)).await?,
-        client_service: get(client, &ns, Names::client_service(cr)).await?,
-        pdb: get(client, &ns, Names::pdb(cr)).await?,
+        configmap: get(ctx, &ns, Names::configmap(cr))?,
+        headless_service: get(ctx, &ns, Names::headless_service(cr))?,
+        client_service: get(ctx, &ns, Names::client_service(cr))?,
+        pdb: get(ctx, &ns, Names::pdb(cr))?,
     };
     let rows = database.client.map(|client| ServerRows {
         client,
@@ -133,25 +164,30 @@ pub(crate) async fn observe(ctx: &Context, spec: &ValidSpec<'_>) -> Result<(Obse
 
 /// The cluster's schema Jobs: the outcomes of the wanted release's (against the database's
 /// current schema), and whether any migration still runs. Log tails are redacted.
-async fn schema_jobs(
+fn schema_jobs(
     ctx: &Context,
     cr: &OrchestratorCluster,
     wanted: &Release,
     database: &Observation,
 ) -> Result<SchemaJobs> {
     let ns = cr.namespace().unwrap_or_default();
-    let selector = format!("app.kubernetes.io/instance={},{}", cr.name_any(), job::ACTION_LABEL);
-    let jobs = Api::<Job>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items;
+    let instance = BTreeMap::from([(INSTANCE_LABEL.to_string(), cr.name_any())]);
+    let jobs: Vec<Job> = ctx
+        .caches
+        .list::<Job>(&ns, &instance)?
+        .iter()
+        .filter(|j| j.labels().contains_key(job::ACTION_LABEL))
+        .map(|j| Job::clone(j))
+        .collect();
     if jobs.is_empty() {
         return Ok(SchemaJobs::default());
     }
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default().labels(&job::pod_selector(cr)))
-        .await?
-        .items;
+    let pods: Vec<Pod> = ctx
+        .caches
+        .list::<Pod>(&ns, &job::pod_selector_labels(cr))?
+        .iter()
+        .map(|p| Pod::clone(p))
+        .collect();
     let migrations: Vec<&Job> = jobs
         .iter()
         .filter(|j| j.labels().get(job::ACTION_LABEL).map(String::as_str) == Some(SchemaJob::Migrate.action()))
@@ -181,7 +217,7 @@ async fn schema_jobs(
 }
 
 /// Reads a pod of cluster `cluster`; `None` for a pod that is not one of its servers.
-fn pod_view(cluster: &str, pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Option<PodView> {
+fn pod_view(cluster: &str, pod: &Pod) -> Option<PodView> {
     let name = pod.name_any();
     let ordinal = ordinal(cluster, &name)?;
     let status = pod.status.as_ref();
@@ -192,12 +228,12 @@ fn pod_view(cluster: &str, pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Opti
         .and_then(|s| s.container_statuses.as_ref())
         .and_then(|c| c.first());
     // A clean exit (a drained server) is not a problem; a crash is.
-    let last_exit_seconds = container
+    let last_exit_at = container
         .and_then(|c| c.last_state.as_ref())
         .and_then(|s| s.terminated.as_ref())
         .filter(|t| t.exit_code != 0)
         .and_then(|t| t.finished_at.as_ref())
-        .map(|t| now.duration_since(t.0).as_secs());
+        .map(|t| t.0);
     Some(PodView {
         name,
         ordinal,
@@ -205,7 +241,7 @@ fn pod_view(cluster: &str, pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Opti
         revision: pod.labels().get("controller-revision-hash").cloned(),
         restarts: container.map(|c| c.restart_count).unwrap_or(0),
         terminating: pod.metadata.deletion_timestamp.is_some(),
-        last_exit_seconds,
+        last_exit_at,
         created_at: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
         uid: pod.uid(),
         release: pod.spec.as_ref().and_then(release_of),

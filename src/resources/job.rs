@@ -49,21 +49,18 @@ pub(crate) fn finished(job: &Job) -> bool {
         })
 }
 
-/// The label selector of the schema Jobs' pods of `cr`.
-pub(crate) fn pod_selector(cr: &OrchestratorCluster) -> String {
-    pod_labels(cr)
-        .iter()
-        .filter(|(k, _)| !k.ends_with("managed-by"))
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+/// The labels that select the schema Jobs' pods of `cr`.
+pub(crate) fn pod_selector_labels(cr: &OrchestratorCluster) -> BTreeMap<String, String> {
+    let mut labels = pod_labels(cr);
+    labels.retain(|k, _| !k.ends_with("managed-by"));
+    labels
 }
 
 /// Labels of the schema Jobs' pods.
 pub(crate) fn pod_labels(cr: &OrchestratorCluster) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), SCHEMA_APP_NAME.to_string()),
-        ("app.kubernetes.io/instance".to_string(), cr.name_any()),
+        (super::INSTANCE_LABEL.to_string(), cr.name_any()),
         ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
     ])
 }

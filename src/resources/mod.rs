@@ -54,11 +54,14 @@ impl Names {
     }
 }
 
+/// Label naming the cluster an object or pod belongs to.
+pub(crate) const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+
 /// Labels that select the cluster's server pods.
 pub(crate) fn selector_labels(cr: &OrchestratorCluster) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), APP_NAME.to_string()),
-        ("app.kubernetes.io/instance".to_string(), cr.name_any()),
+        (INSTANCE_LABEL.to_string(), cr.name_any()),
     ])
 }
 

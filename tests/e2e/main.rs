@@ -16,3 +16,4 @@ mod gitops;
 mod install;
 mod leader;
 mod maintenance;
+mod steady;

@@ -3,6 +3,7 @@
 //! `invalid_specs.rs`) with `#[path]`.
 
 pub(crate) mod argocd;
+pub(crate) mod audit;
 pub(crate) mod e2e;
 pub(crate) mod helm;
 pub(crate) mod invalid_specs;

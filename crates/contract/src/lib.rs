@@ -34,6 +34,31 @@ pub enum ContractError {
 /// Result of the contract's queries.
 pub type Result<T, E = ContractError> = std::result::Result<T, E>;
 
+/// The PostgreSQL notification channel of server rows: every contract function that changes a
+/// row of `servers` in a way the operator cares about (`register`, `set_state`,
+/// `set_state_if_drain`, `request_drain`, `cancel_drain`, `remove_server`) sends
+/// `pg_notify(SERVER_CHANNEL, server_id)` in the same statement, so only when a row really
+/// changed and only when the write commits. [`heartbeat`] does not notify. The payload is the
+/// row's `server_id` (`<namespace>/<pod>`, or a legacy bare pod name). A notification is a
+/// trigger to read the table again, never the data: see [`listen`].
+pub const SERVER_CHANNEL: &str = "orchestrator_servers";
+
+/// Subscribes the session of `db` to [`SERVER_CHANNEL`] (`LISTEN "orchestrator_servers"`).
+/// The notifications arrive on the connection itself (see
+/// [`tls::Connector::connect_with_notifications`]); inside a transaction the subscription starts when it
+/// commits. A listener must still read the table after subscribing and whenever its connection
+/// was lost: notifications sent while nobody listened are not kept.
+pub async fn listen(db: &impl GenericClient) -> Result<()> {
+    db.batch_execute(&format!("LISTEN {}", quote_identifier(SERVER_CHANNEL)))
+        .await?;
+    Ok(())
+}
+
+/// `name` as a quoted SQL identifier (`"name"`, inner quotes doubled).
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// States of a server row.
 pub mod server_state {
     /// Registered, not yet taking work.
@@ -82,14 +107,24 @@ pub struct Registration<'a> {
     pub schema: SchemaRange,
 }
 
-/// Registers (or re-registers) a server as active, clearing any old drain request.
+/// Registers (or re-registers) a server as active, clearing any old drain request. Notifies
+/// [`SERVER_CHANNEL`].
 pub async fn register(db: &impl GenericClient, server: &Registration<'_>) -> Result<()> {
     db.execute(
-        "INSERT INTO servers (server_id, version, schema_min, schema_max, state, heartbeat_at, drain_requested_at, running_jobs, started_at)
-         VALUES ($1, $2, $3, $4, 'active', now(), NULL, 0, now())
-         ON CONFLICT (server_id) DO UPDATE SET version = $2, schema_min = $3, schema_max = $4, state = 'active',
-             heartbeat_at = now(), drain_requested_at = NULL, running_jobs = 0, started_at = now()",
-        &[&server.server_id, &server.version, &server.schema.min, &server.schema.max],
+        "WITH changed AS (
+             INSERT INTO servers (server_id, version, schema_min, schema_max, state, heartbeat_at, drain_requested_at, running_jobs, started_at)
+             VALUES ($1, $2, $3, $4, 'active', now(), NULL, 0, now())
+             ON CONFLICT (server_id) DO UPDATE SET version = $2, schema_min = $3, schema_max = $4, state = 'active',
+                 heartbeat_at = now(), drain_requested_at = NULL, running_jobs = 0, started_at = now()
+             RETURNING server_id)
+         SELECT pg_notify($5, server_id) FROM changed",
+        &[
+            &server.server_id,
+            &server.version,
+            &server.schema.min,
+            &server.schema.max,
+            &SERVER_CHANNEL,
+        ],
     )
     .await?;
     Ok(())
@@ -104,7 +139,8 @@ pub struct HeartbeatReply {
     pub drain_requested: bool,
 }
 
-/// Records a heartbeat and the number of running jobs.
+/// Records a heartbeat and the number of running jobs. Does not notify [`SERVER_CHANNEL`]: it
+/// runs every 2 s per server and changes only the heartbeat's time and the job count.
 pub async fn heartbeat(db: &impl GenericClient, server_id: &str, running_jobs: i32) -> Result<HeartbeatReply> {
     let row = db
         .query_opt(
@@ -120,12 +156,16 @@ pub async fn heartbeat(db: &impl GenericClient, server_id: &str, running_jobs: i
 }
 
 /// Sets the state of a server's row; returns the rows written: 0 when the row is gone (deleted),
-/// which is not a withdrawn drain request.
+/// which is not a withdrawn drain request. Notifies [`SERVER_CHANNEL`] when a row was written.
 pub async fn set_state(db: &impl GenericClient, server_id: &str, state: &str) -> Result<u64> {
+    // A SELECT's count is the number of rows it returned: one per row written.
     Ok(db
         .execute(
-            "UPDATE servers SET state = $2, heartbeat_at = now() WHERE server_id = $1",
-            &[&server_id, &state],
+            "WITH changed AS (
+                 UPDATE servers SET state = $2, heartbeat_at = now() WHERE server_id = $1
+                 RETURNING server_id)
+             SELECT pg_notify($3, server_id) FROM changed",
+            &[&server_id, &state, &SERVER_CHANNEL],
         )
         .await?)
 }
@@ -146,6 +186,7 @@ pub enum StateWrite {
 /// new request that the server's heartbeat has not reported yet is never overwritten. A server
 /// ends a drain the database asked for with `stopped` only while the request still holds, and
 /// takes work again after a withdrawal with `active` only while no request is pending.
+/// Notifies [`SERVER_CHANNEL`] only when the state is written.
 pub async fn set_state_if_drain(
     db: &impl GenericClient,
     server_id: &str,
@@ -154,12 +195,14 @@ pub async fn set_state_if_drain(
 ) -> Result<StateWrite> {
     let row = db
         .query_opt(
-            "UPDATE servers SET
-                 state = CASE WHEN (drain_requested_at IS NOT NULL) = $3 THEN $2 ELSE state END,
-                 heartbeat_at = CASE WHEN (drain_requested_at IS NOT NULL) = $3 THEN now() ELSE heartbeat_at END
-             WHERE server_id = $1
-             RETURNING (drain_requested_at IS NOT NULL) = $3",
-            &[&server_id, &state, &drain_requested],
+            "WITH changed AS (
+                 UPDATE servers SET
+                     state = CASE WHEN (drain_requested_at IS NOT NULL) = $3 THEN $2 ELSE state END,
+                     heartbeat_at = CASE WHEN (drain_requested_at IS NOT NULL) = $3 THEN now() ELSE heartbeat_at END
+                 WHERE server_id = $1
+                 RETURNING server_id, (drain_requested_at IS NOT NULL) = $3 AS written)
+             SELECT written, CASE WHEN written THEN pg_notify($4, server_id) END FROM changed",
+            &[&server_id, &state, &drain_requested, &SERVER_CHANNEL],
         )
         .await?;
     Ok(match row.map(|r| r.get::<_, bool>(0)) {
@@ -169,12 +212,20 @@ pub async fn set_state_if_drain(
     })
 }
 
-/// Asks a server for a friendly shutdown (keeps the first request's time).
+/// Asks a server for a friendly shutdown (keeps the first request's time). True if the server
+/// has a row. Notifies [`SERVER_CHANNEL`] only when no request was pending: a repeated request
+/// changes nothing, and the operator's own repeats must not wake it up again.
 pub async fn request_drain(db: &impl GenericClient, server_id: &str) -> Result<bool> {
+    // RETURNING sees the new row only: the request is new when it holds this transaction's
+    // `now()`, which a request of an earlier transaction never holds (but for one that began
+    // in the same microsecond: one notification too many, harmless).
     let n = db
         .execute(
-            "UPDATE servers SET drain_requested_at = coalesce(drain_requested_at, now()) WHERE server_id = $1",
-            &[&server_id],
+            "WITH changed AS (
+                 UPDATE servers SET drain_requested_at = coalesce(drain_requested_at, now()) WHERE server_id = $1
+                 RETURNING server_id, drain_requested_at = now() AS is_new)
+             SELECT CASE WHEN is_new THEN pg_notify($2, server_id) END FROM changed",
+            &[&server_id, &SERVER_CHANNEL],
         )
         .await?;
     Ok(n == 1)
@@ -192,12 +243,16 @@ pub async fn drain_pending(db: &impl GenericClient, server_id: &str) -> Result<b
     Ok(row.is_some_and(|r| r.get(0)))
 }
 
-/// Withdraws a drain request (the server is wanted again). True if one was pending.
+/// Withdraws a drain request (the server is wanted again). True if one was pending; only then
+/// notifies [`SERVER_CHANNEL`].
 pub async fn cancel_drain(db: &impl GenericClient, server_id: &str) -> Result<bool> {
     let n = db
         .execute(
-            "UPDATE servers SET drain_requested_at = NULL WHERE server_id = $1 AND drain_requested_at IS NOT NULL",
-            &[&server_id],
+            "WITH changed AS (
+                 UPDATE servers SET drain_requested_at = NULL WHERE server_id = $1 AND drain_requested_at IS NOT NULL
+                 RETURNING server_id)
+             SELECT pg_notify($2, server_id) FROM changed",
+            &[&server_id, &SERVER_CHANNEL],
         )
         .await?;
     Ok(n == 1)
@@ -216,6 +271,9 @@ pub struct Member {
     pub running_jobs: i32,
     /// Seconds since its last heartbeat, by the database clock.
     pub heartbeat_age_seconds: f64,
+    /// When its last heartbeat was, in seconds since the Unix epoch, by the database clock: a
+    /// value that stays put while the server is silent (an age moves with every read).
+    pub heartbeat_at: f64,
     /// Seconds since a drain was requested, by the database clock (`None`: not requested).
     pub drain_requested_seconds: Option<f64>,
     /// Jobs it currently owns (running with its lease).
@@ -250,7 +308,8 @@ pub async fn membership(db: &impl GenericClient) -> Result<Vec<Member>> {
             "SELECT s.server_id, s.version, s.state, s.running_jobs,
                     extract(epoch FROM now() - s.heartbeat_at)::float8,
                     extract(epoch FROM now() - s.drain_requested_at)::float8,
-                    (SELECT count(*) FROM jobs j WHERE j.owner = s.server_id AND j.state = 'running')
+                    (SELECT count(*) FROM jobs j WHERE j.owner = s.server_id AND j.state = 'running'),
+                    extract(epoch FROM s.heartbeat_at)::float8
              FROM servers s ORDER BY s.server_id",
             &[],
         )
@@ -265,17 +324,22 @@ pub async fn membership(db: &impl GenericClient) -> Result<Vec<Member>> {
             heartbeat_age_seconds: r.get(4),
             drain_requested_seconds: r.get(5),
             owned_jobs: r.get(6),
+            heartbeat_at: r.get(7),
         })
         .collect())
 }
 
-/// Removes the row of a server that is gone, only if it owns no running job. True if removed.
+/// Removes the row of a server that is gone, only if it owns no running job. True if removed;
+/// only then notifies [`SERVER_CHANNEL`].
 pub async fn remove_server(db: &impl GenericClient, server_id: &str) -> Result<bool> {
     let n = db
         .execute(
-            "DELETE FROM servers WHERE server_id = $1
-             AND NOT EXISTS (SELECT 1 FROM jobs WHERE owner = $1 AND state = 'running')",
-            &[&server_id],
+            "WITH changed AS (
+                 DELETE FROM servers WHERE server_id = $1
+                 AND NOT EXISTS (SELECT 1 FROM jobs WHERE owner = $1 AND state = 'running')
+                 RETURNING server_id)
+             SELECT pg_notify($2, server_id) FROM changed",
+            &[&server_id, &SERVER_CHANNEL],
         )
         .await?;
     Ok(n == 1)

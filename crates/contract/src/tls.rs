@@ -18,9 +18,11 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::config::SslMode as PgSslMode;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Config, Connection, NoTls, Notification};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The `sslmode` values.
@@ -250,12 +252,7 @@ impl Connector {
     /// Opens a connection and spawns its driver task; returns the client and the driver's
     /// handle. [`ConnectError::from_connect`] tells a TLS failure in the error apart.
     pub async fn open(&self, config: &Config) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
-        let mut config = config.clone();
-        config.ssl_mode(match self.mode {
-            SslMode::Disable => PgSslMode::Disable,
-            SslMode::Prefer => PgSslMode::Prefer,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
-        });
+        let config = self.with_mode(config);
         match &self.tls {
             None => {
                 let (client, connection) = config.connect(NoTls).await?;
@@ -273,6 +270,42 @@ impl Connector {
         let (client, _driver) = self.open(config).await.map_err(ConnectError::from_connect)?;
         Ok(client)
     }
+
+    /// Opens a connection like [`Connector::connect`] whose background driver also hands over
+    /// the notifications the session receives (after a `LISTEN`, see [`crate::listen`]), in
+    /// the order they arrive. The receiver ends (`recv` answers `None`) once the connection is
+    /// closed: the client was dropped, the server ended the session, or the connection failed;
+    /// a listener then connects again and reads the table, since notifications sent meanwhile
+    /// are lost. The channel is unbounded: its owner keeps reading it. Dropping the receiver
+    /// does not close the connection.
+    pub async fn connect_with_notifications(
+        &self,
+        config: &Config,
+    ) -> Result<(Client, mpsc::UnboundedReceiver<Notification>), ConnectError> {
+        let config = self.with_mode(config);
+        let opened = match &self.tls {
+            None => config
+                .connect(NoTls)
+                .await
+                .map(|(client, connection)| (client, drive_notifications(connection))),
+            Some(tls) => config
+                .connect(tls.clone())
+                .await
+                .map(|(client, connection)| (client, drive_notifications(connection))),
+        };
+        opened.map_err(ConnectError::from_connect)
+    }
+
+    /// `config` with the `sslmode` of the connection attempt: verification is this connector's.
+    fn with_mode(&self, config: &Config) -> Config {
+        let mut config = config.clone();
+        config.ssl_mode(match self.mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
+        });
+        config
+    }
 }
 
 /// Runs a connection's driver in the background until the connection ends.
@@ -285,7 +318,48 @@ where
     })
 }
 
+/// Runs a connection's driver in the background until the connection ends, forwarding its
+/// notifications to the receiver it returns (which ends with the connection).
+fn drive_notifications<S, T>(mut connection: Connection<S, T>) -> mpsc::UnboundedReceiver<Notification>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // `poll_message` drives the connection (the client's queries too) as awaiting it would,
+        // and yields what the server sends unasked.
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                // A dropped receiver is no reason to close the client's connection.
+                Ok(AsyncMessage::Notification(notification)) => {
+                    let _ = sender.send(notification);
+                }
+                Ok(AsyncMessage::Notice(notice)) => {
+                    tracing::info!("{}: {}", notice.severity(), notice.message());
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!("database connection ended: {error}");
+                    break;
+                }
+            }
+        }
+    });
+    receiver
+}
+
 /// Opens a connection with `mode`; the connection's driver runs in the background.
 pub async fn connect(config: &Config, mode: SslMode, ca_pem: Option<&[u8]>) -> Result<Client, ConnectError> {
     Connector::new(mode, ca_pem)?.connect(config).await
+}
+
+/// Opens a connection with `mode` whose notifications arrive on the receiver, see
+/// [`Connector::connect_with_notifications`].
+pub async fn connect_with_notifications(
+    config: &Config,
+    mode: SslMode,
+    ca_pem: Option<&[u8]>,
+) -> Result<(Client, mpsc::UnboundedReceiver<Notification>), ConnectError> {
+    Connector::new(mode, ca_pem)?.connect_with_notifications(config).await
 }

@@ -82,6 +82,7 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         drain: spec.drain,
         drain_ages: &inputs.drain_ages,
         owned_jobs: &inputs.owned_jobs,
+        heartbeat_ages: &inputs.heartbeat_ages,
         maintenance_drain: inputs
             .previous_step
             .as_ref()

@@ -1,14 +1,17 @@
 //! Inputs: what was observed, adapted once to what the planners read (both views of every
 //! server, drain ages, the step the last status recorded). Pure; does not need a client.
 
+use std::time::Duration;
+
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use orchestrator_contract::server_state;
 
 use crate::crd::{OrchestratorCluster, ServerStatus};
 use crate::database::DatabaseState;
 use crate::planners::maintenance::{ServerView, Step};
-use crate::planners::servers::{Health, merge, ordinal, problems};
+use crate::planners::servers::{Health, merge, next_expiry, ordinal, problems};
 use crate::reconcile::observe::Observed;
 use crate::release::Release;
 use crate::resources::statefulset;
@@ -26,12 +29,21 @@ pub(super) struct Inputs {
     pub(super) servers: Vec<ServerStatus>,
     /// Problems worth a `Degraded` condition, one line each.
     pub(super) problems: Vec<String>,
+    /// How long until time alone changes the servers' view (a heartbeat goes stale, a restart
+    /// stops being recent).
+    pub(super) next_expiry: Option<Duration>,
+    /// Jobs the cluster's servers reported running.
+    pub(super) running_jobs: i64,
+    /// Age of the oldest heartbeat of a server not stopped, in seconds.
+    pub(super) oldest_heartbeat_seconds: f64,
     /// The StatefulSet's `spec.replicas` (0 without a StatefulSet).
     pub(super) current: i32,
     /// Seconds since each draining server's drain was requested.
     pub(super) drain_ages: Vec<(String, f64)>,
     /// Jobs each row still owns.
     pub(super) owned_jobs: Vec<(String, i64)>,
+    /// Seconds since each row's last heartbeat.
+    pub(super) heartbeat_ages: Vec<(String, f64)>,
     /// Rows in state `draining`.
     pub(super) draining: i64,
     /// The step in progress, as the last status recorded it.
@@ -49,7 +61,7 @@ pub(super) struct Inputs {
 }
 
 /// Adapts `observed` of cluster `cr`.
-pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed) -> Inputs {
+pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed, now: Timestamp) -> Inputs {
     let name = cr.name_any();
     let health = Health::default();
     let members = observed.database.members().unwrap_or_default();
@@ -73,7 +85,7 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed) -> Inputs {
                 started_at: pod.and_then(|p| p.created_at),
                 ready: s.ready,
                 joined: s.joined,
-                running_jobs: s.running_jobs.unwrap_or(0),
+                running_jobs: member.map(|m| m.running_jobs).unwrap_or(0),
                 state: s.state.clone(),
                 drain_age_seconds: member.and_then(|m| m.drain_requested_seconds),
             })
@@ -81,13 +93,24 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed) -> Inputs {
         .collect();
     let statefulset = observed.statefulset.as_ref();
     Inputs {
-        problems: problems(&servers, &observed.pods, health),
+        problems: problems(&servers, &observed.pods, health, now),
+        next_expiry: next_expiry(&observed.pods, members, health, now),
+        running_jobs: members.iter().map(|m| i64::from(m.running_jobs)).sum(),
+        oldest_heartbeat_seconds: members
+            .iter()
+            .filter(|m| m.state != server_state::STOPPED)
+            .map(|m| m.heartbeat_age_seconds)
+            .fold(0.0, f64::max),
         current: replicas(statefulset),
         drain_ages: members
             .iter()
             .filter_map(|m| m.drain_requested_seconds.map(|age| (m.server_id.clone(), age)))
             .collect(),
         owned_jobs: members.iter().map(|m| (m.server_id.clone(), m.owned_jobs)).collect(),
+        heartbeat_ages: members
+            .iter()
+            .map(|m| (m.server_id.clone(), m.heartbeat_age_seconds))
+            .collect(),
         draining: members.iter().filter(|m| m.state == server_state::DRAINING).count() as i64,
         previous_step: step_from_status(cr),
         database_ready: matches!(observed.database, DatabaseState::Ready { .. }),

@@ -57,7 +57,8 @@ pub struct Plan {
     /// The maintenance step that finished in this reconcile (a server replaced and joined),
     /// from its drain to its replacement joining.
     pub(crate) step_done: Option<Finished>,
-    /// When to look again (the database cannot be watched).
+    /// When to look again if nothing is notified before: the moment time alone changes what
+    /// the reconcile would see, or a step's poll.
     pub requeue: Duration,
 }
 
@@ -75,14 +76,17 @@ pub(crate) const BUSY_REQUEUE: Duration = Duration::from_secs(5);
 /// (a drain finishing, a replacement joining): the database cannot be watched, and every
 /// second of delay here adds to every step of a roll.
 pub(crate) const STEP_REQUEUE: Duration = Duration::from_secs(1);
-/// Look again this soon when everything is settled.
-pub(crate) const IDLE_REQUEUE: Duration = Duration::from_secs(30);
+/// Look again at the latest this late when everything is settled (and no heartbeat can go
+/// stale before): a safety net, every change is watched or notified.
+pub(crate) const IDLE_REQUEUE: Duration = Duration::from_secs(300);
+/// Looked at this long after a heartbeat can go stale, it surely is (or a newer one came).
+const EXPIRY_MARGIN: Duration = Duration::from_millis(250);
 
 /// Plans the reconcile of the cluster of `spec`. Fails only if an owned object cannot be
 /// serialized for the drift comparison.
 pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<Plan> {
     let cr = spec.cr;
-    let inputs = inputs::gather(cr, observed);
+    let inputs = inputs::gather(cr, observed, now.0);
     let mut decisions = decide::decide(spec, observed, &inputs, now);
     let writes = desired::writes(spec, observed, &inputs, &decisions)?;
     // A StatefulSet about to be written (new template or replicas) is not the one observed:
@@ -174,10 +178,16 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
             problems: inputs.problems.len() as i64,
             database_reachable: inputs.database_ready.into(),
             maintenance_held_seconds: held_seconds,
+            running_jobs: inputs.running_jobs,
+            oldest_heartbeat_seconds: inputs.oldest_heartbeat_seconds,
         },
         status,
         requeue: if settled {
-            IDLE_REQUEUE
+            // Settled, nothing is polled: the look comes when a heartbeat can go stale (a
+            // server's state changes are notified and its pod is watched).
+            inputs
+                .next_expiry
+                .map_or(IDLE_REQUEUE, |expiry| (expiry + EXPIRY_MARGIN).min(IDLE_REQUEUE))
         } else if stepping {
             STEP_REQUEUE
         } else {

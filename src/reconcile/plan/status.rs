@@ -161,7 +161,6 @@ pub(super) fn status(
         database: Some(DatabaseStatus {
             reachable,
             schema_version,
-            checked_at: Some(now.clone()),
         }),
         servers: servers.to_vec(),
         maintenance: maintenance_status(roll, upgrade, servers.len(), &previous),

@@ -173,10 +173,22 @@ mod basics {
             find(&first.status.conditions, ConditionType::Ready).unwrap().status,
             TRUE
         );
-        assert_eq!(first.requeue, IDLE_REQUEUE);
-        cr.status = Some(first.status);
+        // Nothing polled: the next look is when the heartbeats (1 s old, stale at 10 s) can
+        // have gone stale, just after.
+        assert_eq!(first.requeue, Duration::from_millis(9_250));
+        assert!(first.requeue < IDLE_REQUEUE);
+        cr.status = Some(first.status.clone());
         let second = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
         assert!(second.events.is_empty(), "{:?}", second.events);
+        // The next look finds the same status (no age in it): nothing to write.
+        let mut later = observed.clone();
+        if let DatabaseState::Ready { members, .. } = &mut later.database {
+            for m in members.iter_mut() {
+                m.heartbeat_age_seconds = 7.5;
+            }
+        }
+        let third = dry_run(&cr, &later, &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(third.status, first.status);
     }
 
     #[test]

@@ -1,0 +1,196 @@
+//! The operator's view of the cluster: one reflector store per kind a reconcile reads, fed by
+//! the same watches that trigger reconciles. A reconcile reads these stores, not the API
+//! server: at steady state the operator sends no request beyond its watches and its Lease.
+//!
+//! Kinds and what they hold, per watched namespace (a *scope*; one scope for all namespaces
+//! when none is named):
+//! - the owned kinds (StatefulSet, Services, ConfigMap, PodDisruptionBudget, schema Jobs),
+//!   selected by the `managed-by` label;
+//! - the server pods and the schema Jobs' pods, selected by their `app.kubernetes.io/name`;
+//! - the Secrets' metadata only (a metadata watch: no Secret data is streamed or held), so that
+//!   a changed credentials Secret triggers the clusters that name it, and its data is read once
+//!   per change ([`crate::database::preflight`]).
+//!
+//! A store is read only once its first list has completed ([`Caches::ready`]): a store that is
+//! still filling would show objects as missing. Where a decision must not rest on a store that
+//! may lag by a watch event, the reconcile reads the API server instead (see
+//! [`crate::reconcile::observe`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+
+use crate::error::{Error, Result};
+
+/// The stores of one watched namespace (or of all namespaces).
+#[derive(Clone)]
+pub struct Scope {
+    namespace: Option<String>,
+    statefulsets: Store<StatefulSet>,
+    services: Store<Service>,
+    configmaps: Store<ConfigMap>,
+    pdbs: Store<PodDisruptionBudget>,
+    jobs: Store<Job>,
+    pods: Store<Pod>,
+    secrets: Store<PartialObjectMeta<Secret>>,
+}
+
+/// The writers of a [`Scope`]'s stores: each goes to the watch that feeds its store.
+pub struct Writers {
+    /// StatefulSets.
+    pub statefulsets: Writer<StatefulSet>,
+    /// Services.
+    pub services: Writer<Service>,
+    /// ConfigMaps.
+    pub configmaps: Writer<ConfigMap>,
+    /// PodDisruptionBudgets.
+    pub pdbs: Writer<PodDisruptionBudget>,
+    /// Schema Jobs.
+    pub jobs: Writer<Job>,
+    /// Server pods and schema Job pods.
+    pub pods: Writer<Pod>,
+    /// Secrets' metadata.
+    pub secrets: Writer<PartialObjectMeta<Secret>>,
+}
+
+impl Scope {
+    /// Empty stores for `namespace` (`None`: every namespace) and the writers that fill them.
+    pub fn new(namespace: Option<String>) -> (Self, Writers) {
+        let writers = Writers {
+            statefulsets: Writer::default(),
+            services: Writer::default(),
+            configmaps: Writer::default(),
+            pdbs: Writer::default(),
+            jobs: Writer::default(),
+            pods: Writer::default(),
+            secrets: Writer::default(),
+        };
+        let scope = Scope {
+            namespace,
+            statefulsets: writers.statefulsets.as_reader(),
+            services: writers.services.as_reader(),
+            configmaps: writers.configmaps.as_reader(),
+            pdbs: writers.pdbs.as_reader(),
+            jobs: writers.jobs.as_reader(),
+            pods: writers.pods.as_reader(),
+            secrets: writers.secrets.as_reader(),
+        };
+        (scope, writers)
+    }
+
+    fn covers(&self, namespace: &str) -> bool {
+        self.namespace.as_deref().is_none_or(|ns| ns == namespace)
+    }
+}
+
+impl Writers {
+    /// Fills every store with `objects` at once (a completed first list), for tests that run a
+    /// reconcile without watches. Objects of kinds the stores do not hold are ignored.
+    pub fn fill(mut self, objects: &[serde_json::Value]) {
+        fn load<K>(writer: &mut Writer<K>, objects: &[serde_json::Value])
+        where
+            K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned,
+        {
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for object in objects.iter().filter(|o| o["kind"] == K::kind(&()).as_ref()) {
+                if let Ok(object) = serde_json::from_value::<K>(object.clone()) {
+                    writer.apply_watcher_event(&watcher::Event::InitApply(object));
+                }
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+        }
+        load(&mut self.statefulsets, objects);
+        load(&mut self.services, objects);
+        load(&mut self.configmaps, objects);
+        load(&mut self.pdbs, objects);
+        load(&mut self.jobs, objects);
+        load(&mut self.pods, objects);
+        load(&mut self.secrets, objects);
+    }
+}
+
+/// A kind held in a [`Scope`].
+pub trait Cached: Resource<DynamicType = ()> + Clone + 'static {
+    /// The store of this kind in `scope`.
+    fn store(scope: &Scope) -> &Store<Self>;
+}
+
+macro_rules! cached {
+    ($($kind:ty => $field:ident),* $(,)?) => {
+        $(impl Cached for $kind {
+            fn store(scope: &Scope) -> &Store<Self> {
+                &scope.$field
+            }
+        })*
+    };
+}
+
+cached! {
+    StatefulSet => statefulsets,
+    Service => services,
+    ConfigMap => configmaps,
+    PodDisruptionBudget => pdbs,
+    Job => jobs,
+    Pod => pods,
+    PartialObjectMeta<Secret> => secrets,
+}
+
+/// Every scope's stores.
+#[derive(Default)]
+pub struct Caches {
+    scopes: RwLock<Vec<Scope>>,
+}
+
+impl Caches {
+    /// Adds the stores of a watched scope.
+    pub fn add(&self, scope: Scope) {
+        self.scopes.write().unwrap_or_else(|e| e.into_inner()).push(scope);
+    }
+
+    fn scope(&self, namespace: &str) -> Result<Scope> {
+        self.scopes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|s| s.covers(namespace))
+            .cloned()
+            .ok_or_else(|| Error::NotWatched(namespace.to_string()))
+    }
+
+    /// Waits until every store of `namespace`'s scope has completed its first list.
+    pub(crate) async fn ready(&self, namespace: &str) -> Result<()> {
+        let scope = self.scope(namespace)?;
+        let stopped = |_| Error::NotWatched(namespace.to_string());
+        scope.statefulsets.wait_until_ready().await.map_err(stopped)?;
+        scope.services.wait_until_ready().await.map_err(stopped)?;
+        scope.configmaps.wait_until_ready().await.map_err(stopped)?;
+        scope.pdbs.wait_until_ready().await.map_err(stopped)?;
+        scope.jobs.wait_until_ready().await.map_err(stopped)?;
+        scope.pods.wait_until_ready().await.map_err(stopped)?;
+        scope.secrets.wait_until_ready().await.map_err(stopped)?;
+        Ok(())
+    }
+
+    /// The cached `name` of kind `K` in `namespace`.
+    pub(crate) fn get<K: Cached>(&self, namespace: &str, name: &str) -> Result<Option<Arc<K>>> {
+        let scope = self.scope(namespace)?;
+        Ok(K::store(&scope).get(&ObjectRef::new(name).within(namespace)))
+    }
+
+    /// The cached objects of kind `K` in `namespace` that carry every label of `labels`.
+    pub(crate) fn list<K: Cached>(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Result<Vec<Arc<K>>> {
+        let scope = self.scope(namespace)?;
+        Ok(K::store(&scope).state_filter(|object| {
+            object.namespace().as_deref() == Some(namespace)
+                && labels.iter().all(|(k, v)| object.labels().get(k) == Some(v))
+        }))
+    }
+}

@@ -1,0 +1,101 @@
+//! The local cluster's API server audit log (`hack/audit-policy.yaml`: every request but
+//! watches, metadata only): what the API server itself recorded of a client's requests, so that
+//! a test counts the operator's requests without trusting the operator's own counters.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::e2e::root;
+
+/// One request as the audit log recorded it.
+#[derive(Clone, Debug)]
+pub(crate) struct Request {
+    /// `get`, `list`, `create`, `update`, `patch`, `delete`, ...
+    pub(crate) verb: String,
+    /// The client's User-Agent.
+    pub(crate) user_agent: String,
+    /// Namespace of the object (empty for cluster-scoped requests).
+    pub(crate) namespace: String,
+    /// Resource, with its subresource after a `/` (`orchestratorclusters/status`).
+    pub(crate) resource: String,
+    /// Name of the object (empty for a list).
+    pub(crate) name: String,
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {}/{} ({})",
+            self.verb, self.namespace, self.resource, self.name, self.user_agent
+        )
+    }
+}
+
+/// The requests, one per line.
+pub(crate) fn lines(requests: &[&Request]) -> String {
+    requests.iter().map(|r| format!("  {r}\n")).collect()
+}
+
+impl Request {
+    /// Whether the request changes something.
+    pub(crate) fn is_write(&self) -> bool {
+        matches!(
+            self.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        )
+    }
+}
+
+/// The audit log file of the local cluster.
+pub(crate) struct AuditLog {
+    path: PathBuf,
+}
+
+impl AuditLog {
+    /// The log of the running local cluster; fails the test when the cluster keeps none.
+    pub(crate) fn open() -> Self {
+        let name = std::env::var("ORC_CLUSTER_NAME").unwrap_or_else(|_| "orchestrator".into());
+        let path = root().join(format!(".local/kwok/clusters/{name}/logs/audit.log"));
+        assert!(
+            path.exists(),
+            "{} does not exist: start the local cluster with `make cluster-up` (it enables the audit log)",
+            path.display()
+        );
+        Self { path }
+    }
+
+    /// Where the log ends now: [`AuditLog::since`] reads what comes after.
+    pub(crate) fn mark(&self) -> u64 {
+        std::fs::metadata(&self.path).unwrap().len()
+    }
+
+    /// Every request recorded after `mark` (the stage `ResponseComplete` of each).
+    pub(crate) fn since(&self, mark: u64) -> Vec<Request> {
+        let mut file = std::fs::File::open(&self.path).unwrap();
+        file.seek(SeekFrom::Start(mark)).unwrap();
+        let mut text = String::new();
+        file.read_to_string(&mut text).unwrap();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|event| event["stage"] == "ResponseComplete")
+            .map(|event| {
+                let object = &event["objectRef"];
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                let mut resource = text(&object["resource"]);
+                if let Some(sub) = object["subresource"].as_str() {
+                    resource = format!("{resource}/{sub}");
+                }
+                Request {
+                    verb: text(&event["verb"]),
+                    user_agent: text(&event["userAgent"]),
+                    namespace: text(&object["namespace"]),
+                    resource,
+                    name: text(&object["name"]),
+                }
+            })
+            .collect()
+    }
+}
