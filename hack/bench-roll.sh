@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Rolling-maintenance benchmark on the local cluster: the version-bump e2e test (4 servers,
 # real PostgreSQL, load generator running) prints the roll's wall time against the sum of what
-# no operator can avoid (each server's drain + restart-to-joined), as a ratio from the same run.
-# Runs it RUNS times (default 3) because these machines are shared and noisy.
+# no operator can avoid (each server's drain + restart-to-joined), as a ratio from the same run;
+# then the anchor, the same servers and PodDisruptionBudget in a plain StatefulSet rolled by
+# the StatefulSet controller (RollingUpdate), prints the same figures. The two run one after
+# the other, RUNS times (default 3), because these machines are shared and noisy.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -11,6 +13,7 @@ export KUBECONFIG="$root/.local/kubeconfig"
 mkdir -p .local
 bash hack/cluster-up.sh >.local/bench-roll-cluster.log 2>&1 || { cat .local/bench-roll-cluster.log; exit 1; }
 for run in $(seq 1 "${RUNS:-3}"); do
-  cargo test --quiet --locked --features e2e --test e2e maintenance::version_bump -- --nocapture 2>&1 \
+  cargo test --quiet --locked --features e2e --test e2e -- --test-threads 1 --nocapture \
+    maintenance::version_bump maintenance::statefulset_rolling_update_anchor 2>&1 \
     | grep -E "roll measure|test result" | sed "s/^/[run $run] /"
 done

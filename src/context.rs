@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
@@ -78,7 +78,7 @@ pub struct Context {
     /// Reconciles that may run at once (of different clusters; one cluster is never reconciled
     /// twice at once).
     pub(crate) max_concurrent_reconciles: u16,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Mutex<HashMap<String, Failures>>,
 }
 
 impl Context {
@@ -166,12 +166,23 @@ impl Context {
         self.metrics.forget_cluster(&ClusterLabels::of(cluster));
     }
 
-    /// Records a failure of `key` and returns how long to wait before retrying it.
+    /// Records a failure of `key` and returns how long to wait before retrying it. Only a
+    /// failure of the retry itself lengthens the back-off: a reconcile that a watch event or a
+    /// notification triggered before the retry was due fails without doubling it, so that a
+    /// busy cluster's many triggers during an outage do not push its retry out to minutes.
     pub(crate) fn next_backoff(&self, key: &str) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let count = failures.entry(key.to_string()).or_insert(0);
-        *count = count.saturating_add(1);
-        backoff_for(*count)
+        let now = Instant::now();
+        let entry = failures.entry(key.to_string()).or_insert(Failures {
+            count: 0,
+            retry_at: now,
+        });
+        if entry.count == 0 || now >= entry.retry_at {
+            entry.count = entry.count.saturating_add(1);
+        }
+        let delay = backoff_for(entry.count);
+        entry.retry_at = now + delay;
+        delay
     }
 
     /// Forgets the failures of `key` after a successful reconcile.
@@ -190,6 +201,12 @@ fn identify(config: &mut kube::Config) {
     config
         .headers
         .push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
+}
+
+/// The consecutive failures of one object, and when its retry is due.
+struct Failures {
+    count: u32,
+    retry_at: Instant,
 }
 
 /// Delay before the retry that follows `failures` consecutive failures.
@@ -245,6 +262,28 @@ mod tests {
             grace >= RECONCILE_TIMEOUT + release + Duration::from_secs(5),
             "{grace:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn only_a_failed_retry_doubles_the_backoff() {
+        let ctx = Context::new(
+            kube::Client::new(
+                tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>().0,
+                "default",
+            ),
+            std::sync::Arc::new(crate::metrics::Metrics::default()),
+            crate::validate::BuildSettings::default(),
+            None,
+        );
+        assert_eq!(ctx.next_backoff("a"), BACKOFF_BASE);
+        // Triggered again at once, failing again: the retry is not pushed further out.
+        assert_eq!(ctx.next_backoff("a"), BACKOFF_BASE);
+        assert_eq!(ctx.next_backoff("a"), BACKOFF_BASE);
+        // The retry itself failing doubles it.
+        ctx.failures.lock().unwrap().get_mut("a").unwrap().retry_at = Instant::now();
+        assert_eq!(ctx.next_backoff("a"), BACKOFF_BASE * 2);
+        ctx.reset_backoff("a");
+        assert_eq!(ctx.next_backoff("a"), BACKOFF_BASE);
     }
 
     #[test]

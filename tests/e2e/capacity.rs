@@ -159,7 +159,7 @@ async fn credentials_problems_block_with_their_reason_and_recover_and_never_leak
     let events = serde_json::to_string(&ns.api::<CoreEvent>().list(&ListParams::default()).await.unwrap()).unwrap();
     let logs = operator.logs();
     assert!(
-        events.contains("was refused: check the password"),
+        events.contains("was refused: check the user and password in secret process-db"),
         "the test saw the failure it checks for leaks: {events}"
     );
     for (what, text) in [("status", &status), ("events", &events), ("operator log", &logs)] {
@@ -194,7 +194,7 @@ async fn runtime_preconditions_block_scale_up_and_recover() {
         condition(&cr, "Degraded")
             .unwrap()
             .message
-            .contains("prod-0: pod ready but its heartbeat")
+            .contains("prod-0: pod ready but its last heartbeat was at")
     );
     set_replicas(&ns, 2).await;
     wait_condition(&ns, "CapacityBlocked", "True", "NoServerJoined", MINUTE).await;

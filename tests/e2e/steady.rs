@@ -53,11 +53,21 @@ async fn reconciles(operator: &Operator) -> u64 {
 async fn an_idle_ready_cluster_sends_no_api_request_and_keeps_its_status() {
     let ns = TestNamespace::new("idle").await;
     let pg = ns.database().await;
+    let audit = AuditLog::open();
+    let start = audit.mark();
     let operator = Operator::start(&ns.name, "orchestrator-server").await;
     ns.create_cluster(&ClusterSpec::new(2, &pg)).await;
     wait_settled(&ns, 2, None).await;
-    let audit = AuditLog::open();
     let mark = quiet(&audit, &ns.name, Duration::from_secs(10)).await;
+    // The log does name the operator's requests: bringing the cluster up took some.
+    let setup = operator_requests(&audit, start, &ns.name);
+    assert!(
+        setup
+            .iter()
+            .any(|r| r.is_write() && r.resource == "orchestratorclusters/status"),
+        "the audit log shows no status write of the operator while the cluster came up:\n{}",
+        lines(&setup.iter().collect::<Vec<_>>())
+    );
     let before = ns.api::<OrchestratorCluster>().get("prod").await.unwrap();
     let reconciles_before = reconciles(&operator).await;
 
