@@ -164,7 +164,7 @@ async fn run_one(
             cluster_of_pod,
         )
         .watches_stream(secrets, secret_users)
-        .reconcile_on(ctx.preflight.listeners.triggers())
+        .reconcile_on(ctx.preflight.databases.triggers())
         .graceful_shutdown_on(shutdown)
         .run(reconcile_while_leading, error_policy, ctx)
         .for_each(|result| async move {

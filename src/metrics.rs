@@ -118,6 +118,8 @@ pub struct Metrics {
     pub preflight_duration: Histogram,
     /// Connections listening for the servers' notifications (one per database).
     pub database_listeners: Gauge,
+    /// Pooled database connections open, over every database.
+    pub database_connections: Gauge,
     /// The registry all of the above are registered in.
     pub registry: Registry,
     /// Keys of the last stage and step recorded per cluster.
@@ -136,6 +138,7 @@ impl Default for Metrics {
         let server_problems = Family::<ClusterLabels, Gauge>::default();
         let database_reachable = Family::<ClusterLabels, Gauge>::default();
         let database_listeners = Gauge::default();
+        let database_connections = Gauge::default();
         let preflight_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 3.0, 10.0]);
         let maintenance_steps = Family::<ClusterLabels, Counter>::default();
         let maintenance_stage_duration =
@@ -167,6 +170,11 @@ impl Default for Metrics {
             "database_listeners",
             "Connections listening for the servers' notifications, one per database",
             database_listeners.clone(),
+        );
+        registry.register(
+            "database_connections",
+            "Pooled database connections open, over every database (listening ones aside)",
+            database_connections.clone(),
         );
         registry.register(
             "preflight_duration_seconds",
@@ -219,6 +227,7 @@ impl Default for Metrics {
             database_reachable,
             preflight_duration,
             database_listeners,
+            database_connections,
             maintenance_steps,
             maintenance_stage_duration,
             maintenance_step_duration,

@@ -1,8 +1,8 @@
 //! The operator's view of the shared process database: the preflight (can the cluster's
 //! credentials reach, log in, use and read the database?) and the membership it reads.
 
-pub(crate) mod listener;
 pub(crate) mod preflight;
+pub(crate) mod shared;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -46,7 +46,7 @@ impl DatabaseState {
 #[derive(Clone)]
 pub(crate) struct ServerRows {
     /// The connection that passed the preflight.
-    pub(crate) client: Arc<tokio_postgres::Client>,
+    pub(crate) client: Arc<deadpool_postgres::Object>,
     /// The cluster's namespace.
     pub(crate) namespace: String,
     /// The row id the read found for each server (pod) it saw.

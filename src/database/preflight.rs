@@ -10,14 +10,16 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use deadpool_postgres::{Object, Pool, PoolError};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 use orchestrator_contract as contract;
 use orchestrator_contract::tls;
+use orchestrator_contract::tls::Connector;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
-use super::listener::{Listeners, Session, Target};
+use super::shared::{Databases, Session, Target};
 use super::{DatabaseState, rows_of};
 use crate::crd::OrchestratorCluster;
 use crate::crd::object_key as key;
@@ -42,8 +44,8 @@ pub(crate) struct Preflight {
     ttl: Duration,
     cache: Mutex<HashMap<String, Cached>>,
     credentials: Mutex<HashMap<String, Credentials>>,
-    /// The listening connections of the databases that passed.
-    pub(crate) listeners: Listeners,
+    /// The databases in use: pools and listening connections.
+    pub(crate) databases: Databases,
 }
 
 /// How long a failed check is reused: a fixed password or a created database is seen soon.
@@ -61,7 +63,7 @@ struct Credentials {
 struct Cached {
     fingerprint: u64,
     checked: Instant,
-    outcome: Result<Arc<Client>, Hold>,
+    outcome: Result<(), Hold>,
 }
 
 /// A preflight outcome: the state for the plan, and the connection when usable.
@@ -69,7 +71,7 @@ pub(crate) struct Observation {
     /// What the plan sees.
     pub state: DatabaseState,
     /// Connection for the reconcile's database writes.
-    pub client: Option<Arc<Client>>,
+    pub client: Option<Arc<Object>>,
     /// Removes the credentials from text the operator did not write (a Job's log tail).
     pub redactor: Redactor,
     /// The row id of each server the read found.
@@ -112,7 +114,7 @@ impl Preflight {
             ttl,
             cache: Mutex::default(),
             credentials: Mutex::default(),
-            listeners: Listeners::default(),
+            databases: Databases::default(),
         }
     }
 
@@ -120,7 +122,7 @@ impl Preflight {
     pub(crate) fn forget(&self, cluster: &impl kube::Resource) {
         self.cache.lock().unwrap().remove(&key(cluster));
         self.credentials.lock().unwrap().remove(&key(cluster));
-        self.listeners.forget(&cluster_of(cluster));
+        self.databases.forget(&cluster_of(cluster));
     }
 
     /// The user, password and CA of `cr` from version `version` of its Secret: remembered from
@@ -192,39 +194,45 @@ impl Preflight {
         let mut hasher = DefaultHasher::new();
         (version, &db.host, db.port, &db.name, db.ssl_mode.as_str(), &user).hash(&mut hasher);
         let fingerprint = hasher.finish();
-
-        // A single failed read is not an outage: a read on a cached connection that fails is
-        // tried once more on a fresh connection before the database is called not ready.
-        let mut reuse = true;
+        let failed = |Hold { reason, message }: Hold| Observation {
+            redactor: Redactor(Some(password.clone())),
+            ..not_ready(reason, redact(message, &password))
+        };
+        let pool = match self.pool(cr, &user, &password, ca.as_deref()) {
+            Ok(pool) => pool,
+            Err(hold) => return Ok(failed(hold)),
+        };
+        if let Err(hold) = self.checked(cr, fingerprint, &pool).await {
+            return Ok(failed(hold));
+        }
+        // A single failed read is not an outage: a read that fails is tried once more on
+        // another connection (its own is closed) before the database is called not ready.
+        let mut tries = 0;
         loop {
-            let (client, fresh) = match self.connect(cr, fingerprint, reuse, &user, &password, ca.clone()).await {
-                Ok(connected) => connected,
-                Err(Hold { reason, message }) => {
-                    return Ok(Observation {
-                        redactor: Redactor(Some(password.clone())),
-                        ..not_ready(reason, redact(message, &password))
-                    });
-                }
+            tries += 1;
+            let connection = match connection(&pool, cr).await {
+                Ok(connection) => connection,
+                Err(hold) => return Ok(failed(hold)),
             };
-            match read(&client).await {
+            match read(&connection).await {
                 Ok((schema_version, rows)) => {
-                    self.listen(cr, &user, &password, ca.as_deref());
                     let (members, row_ids) = rows_of(&namespace, pods, rows);
                     return Ok(Observation {
                         state: DatabaseState::Ready {
                             schema_version,
                             members,
                         },
-                        client: Some(client),
+                        client: Some(Arc::new(connection)),
                         redactor: Redactor(Some(password)),
                         row_ids,
                     });
                 }
                 Err(error) => {
+                    // Closed, not returned to the pool: it may hang or hold a late answer.
+                    drop(Object::take(connection));
                     self.cache.lock().unwrap().remove(&key(cr));
-                    if !fresh {
-                        tracing::debug!(cluster = %key(cr), %error, "a read on the cached connection failed; checking again");
-                        reuse = false;
+                    if tries < 2 {
+                        tracing::debug!(cluster = %key(cr), %error, "a read failed; trying another connection");
                         continue;
                     }
                     return Ok(not_ready(
@@ -236,59 +244,50 @@ impl Preflight {
         }
     }
 
-    /// Listens for the notifications of `cr`'s servers on its database (one connection per
-    /// database, shared by its clusters).
-    fn listen(&self, cr: &OrchestratorCluster, user: &str, password: &str, ca: Option<&str>) {
+    /// The connection pool of `cr`'s database (shared with the other clusters on it, with its
+    /// listening connection), as `user`.
+    fn pool(&self, cr: &OrchestratorCluster, user: &str, password: &str, ca: Option<&str>) -> Result<Pool, Hold> {
         let db = &cr.spec.database;
-        let Ok(port) = u16::try_from(db.port) else {
-            return;
-        };
-        let Ok(mode) = db.ssl_mode.as_str().parse::<tls::SslMode>() else {
-            return;
-        };
+        let port = u16::try_from(db.port)
+            .map_err(|_| Hold::new(Reason::Unreachable, format!("port {} is out of range", db.port)))?;
         let mut hasher = DefaultHasher::new();
         (password, ca).hash(&mut hasher);
         let target = Target {
             address: (db.host.clone(), port, db.name.clone(), user.to_string()),
             security: (db.ssl_mode.as_str().to_string(), hasher.finish()),
         };
-        self.listeners.watch(&cluster_of(cr), target, || Session {
-            config: session_config(cr, port, user, password),
-            mode,
-            ca: ca.map(str::to_string),
-        });
+        self.databases.join(&cluster_of(cr), target, || {
+            let mode: tls::SslMode = db
+                .ssl_mode
+                .as_str()
+                .parse()
+                .map_err(|e: tls::ConnectError| Hold::new(Reason::TlsFailed, e.to_string()))?;
+            let connector = Connector::new(mode, ca.map(str::as_bytes)).map_err(|e| connect_failure(cr, e))?;
+            Ok(Session {
+                config: session_config(cr, port, user, password),
+                connector,
+            })
+        })
     }
 
-    /// A connection that passed the preflight: the cached one when `reuse` allows it (and it is
-    /// recent and of the same settings), else a fresh check. `true` with a fresh connection.
-    async fn connect(
-        &self,
-        cr: &OrchestratorCluster,
-        fingerprint: u64,
-        reuse: bool,
-        user: &str,
-        password: &str,
-        ca: Option<String>,
-    ) -> Result<(Arc<Client>, bool), Hold> {
-        let cached = reuse
-            .then(|| {
-                let cache = self.cache.lock().unwrap();
-                cache
-                    .get(&key(cr))
-                    .filter(|c| {
-                        let ttl = if c.outcome.is_ok() { self.ttl } else { FAILED_TTL };
-                        c.fingerprint == fingerprint && c.checked.elapsed() < ttl
-                    })
-                    .map(|c| c.outcome.clone())
+    /// Whether `cr` passed the check (login, privileges, schema) on `pool`: a recent outcome
+    /// of the same settings, else a fresh check.
+    async fn checked(&self, cr: &OrchestratorCluster, fingerprint: u64, pool: &Pool) -> Result<(), Hold> {
+        let cached = self
+            .cache
+            .lock()
+            .unwrap()
+            .get(&key(cr))
+            .filter(|c| {
+                let ttl = if c.outcome.is_ok() { self.ttl } else { FAILED_TTL };
+                c.fingerprint == fingerprint && c.checked.elapsed() < ttl
             })
-            .flatten();
-        match cached {
-            Some(Ok(client)) if !client.is_closed() => return Ok((client, false)),
-            Some(Err(failure)) => return Err(failure),
-            _ => {}
+            .map(|c| c.outcome.clone());
+        if let Some(outcome) = cached {
+            return outcome;
         }
         let db = &cr.spec.database;
-        let fresh = tokio::time::timeout(CHECK_DEADLINE, check(cr, user, password, ca.as_deref().map(str::as_bytes)))
+        let outcome = tokio::time::timeout(CHECK_DEADLINE, check(cr, pool))
             .await
             .unwrap_or_else(|_| {
                 Err(Hold::new(
@@ -304,10 +303,10 @@ impl Preflight {
             Cached {
                 fingerprint,
                 checked: Instant::now(),
-                outcome: fresh.clone(),
+                outcome: outcome.clone(),
             },
         );
-        fresh.map(|client| (client, true))
+        outcome
     }
 }
 
@@ -404,13 +403,9 @@ fn session_config(cr: &OrchestratorCluster, port: u16, user: &str, password: &st
     config
 }
 
-/// The uncached check, step by step.
-async fn check(
-    cr: &OrchestratorCluster,
-    user: &str,
-    password: &str,
-    ca_pem: Option<&[u8]>,
-) -> Result<Arc<Client>, Hold> {
+/// The uncached check, step by step: the host resolves, a pooled connection opens (TLS and
+/// login), the schema exists, the user has the privileges the operator needs.
+async fn check(cr: &OrchestratorCluster, pool: &Pool) -> Result<(), Hold> {
     let db = &cr.spec.database;
     let port = u16::try_from(db.port)
         .map_err(|_| Hold::new(Reason::Unreachable, format!("port {} is out of range", db.port)))?;
@@ -428,36 +423,16 @@ async fn check(
                 format!("host {} does not resolve: {e}", db.host),
             )
         })?
-        .collect::<Vec<_>>();
-    if addresses.is_empty() {
+        .count();
+    if addresses == 0 {
         return Err(Hold::new(
             Reason::HostUnresolvable,
             format!("host {} resolves to no address", db.host),
         ));
     }
-    // No bare TCP probe: the session's own connection attempt (with its connect timeout) says
-    // whether the host answers, and costs the database one connection, not two.
-    let config = session_config(cr, port, user, password);
-    let mode: tls::SslMode = db
-        .ssl_mode
-        .as_str()
-        .parse()
-        .map_err(|e: tls::ConnectError| Hold::new(Reason::TlsFailed, e.to_string()))?;
-    let client = match tls::connect(&config, mode, ca_pem).await {
-        Ok(client) => client,
-        Err(tls::ConnectError::Postgres(e)) => return Err(classify_login(&e, cr)),
-        Err(e) => {
-            let secret = &db.credentials_secret.name;
-            return Err(Hold::new(
-                Reason::TlsFailed,
-                format!(
-                    "{e} (sslMode {}, CA from key {CA_KEY} of secret {secret})",
-                    db.ssl_mode.as_str()
-                ),
-            ));
-        }
-    };
-    let version = contract::schema_version(&client)
+    // No bare TCP probe: the session's own connection attempt says whether the host answers.
+    let client = connection(pool, cr).await?;
+    let version = contract::schema_version(&**client)
         .await
         .map_err(|e| Hold::new(Reason::QueryFailed, format!("reading the schema version failed: {e}")))?;
     if version == 0 {
@@ -486,7 +461,39 @@ async fn check(
             ),
         ));
     }
-    Ok(Arc::new(client))
+    Ok(())
+}
+
+/// A connection of `pool`, or why none could be opened, for a person.
+async fn connection(pool: &Pool, cr: &OrchestratorCluster) -> Result<Object, Hold> {
+    let db = &cr.spec.database;
+    pool.get().await.map_err(|error| match error {
+        PoolError::Backend(e) => connect_failure(cr, tls::ConnectError::from_connect(e)),
+        PoolError::Timeout(_) => Hold::new(
+            Reason::Unreachable,
+            format!("no connection to {}:{} could be opened in time", db.host, db.port),
+        ),
+        other => Hold::new(
+            Reason::Unreachable,
+            format!("no connection to {}:{}: {other}", db.host, db.port),
+        ),
+    })
+}
+
+/// Why a connection to `cr`'s database could not be opened, for a person.
+fn connect_failure(cr: &OrchestratorCluster, error: tls::ConnectError) -> Hold {
+    let db = &cr.spec.database;
+    match error {
+        tls::ConnectError::Postgres(e) => classify_login(&e, cr),
+        other => Hold::new(
+            Reason::TlsFailed,
+            format!(
+                "{other} (sslMode {}, CA from key {CA_KEY} of secret {})",
+                db.ssl_mode.as_str(),
+                db.credentials_secret.name
+            ),
+        ),
+    }
 }
 
 fn classify_login(error: &tokio_postgres::Error, cr: &OrchestratorCluster) -> Hold {

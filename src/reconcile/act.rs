@@ -106,7 +106,7 @@ async fn apply_writes(ctx: &Context, namespace: &str, writes: &[Write]) -> Resul
 /// removes the rows of gone servers; each write only while this replica leads.
 async fn database_steps(ctx: &Context, rows: &ServerRows, plan: &Plan) -> Result<()> {
     let (drain, undrain, remove_rows) = (&plan.drain, &plan.undrain, &plan.remove_rows);
-    let db = &*rows.client;
+    let db: &tokio_postgres::Client = &rows.client;
     for server in undrain {
         ctx.leadership.ensure()?;
         orchestrator_contract::cancel_drain(db, &rows.id(server))

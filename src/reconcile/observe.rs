@@ -123,9 +123,12 @@ pub(crate) async fn observe(
         .observe(&ctx.client, cr, secret_version.as_deref(), &names)
         .await?;
     ctx.metrics.preflight_duration.observe(started.elapsed().as_secs_f64());
+    let databases = &ctx.preflight.databases;
+    databases.close_idle();
+    ctx.metrics.database_listeners.set(databases.count() as i64);
     ctx.metrics
-        .database_listeners
-        .set(ctx.preflight.listeners.count() as i64);
+        .database_connections
+        .set(databases.pooled_connections() as i64);
     let statefulset: Option<StatefulSet> = get(ctx, &ns, Names::statefulset(cr))?;
     let wanted = &spec.wanted;
     // The schema Jobs matter while the wanted release is not running yet, and while the

@@ -198,8 +198,9 @@ fn report_roll_time(
     let (going, back) = (watcher.going(), watcher.back());
     let (mut drain, mut restart) = (0.0, 0.0);
     for (server, t) in timelines {
+        // A server with nothing to finish may stop between two polls: a drain of no length.
         match (
-            t.drain_began,
+            t.drain_began.or(t.stopped),
             t.stopped,
             going.get(server),
             t.rejoined,
@@ -308,6 +309,7 @@ async fn statefulset_rolling_update_anchor_of_the_roll_benchmark() {
     let watcher = Watcher::start(&ns, 4);
     let (timelines, poller) = poll_timelines(&pg).await;
     let started = Instant::now();
+    let old_revision = sts.status.as_ref().and_then(|s| s.update_revision.clone());
     let roll = async {
         api.replace("prod", &PostParams::default(), &sts).await.unwrap();
         let rolled = wait_for(
@@ -315,12 +317,16 @@ async fn statefulset_rolling_update_anchor_of_the_roll_benchmark() {
             "prod",
             "rolled to 2.1.0",
             5 * MINUTE,
-            |s: Option<&StatefulSet>| {
-                s.and_then(|s| s.status.as_ref()).is_some_and(|st| {
-                    st.update_revision.is_some()
-                        && st.current_revision == st.update_revision
-                        && st.updated_replicas == Some(4)
-                        && st.ready_replicas == Some(4)
+            move |s: Option<&StatefulSet>| {
+                s.is_some_and(|s| {
+                    s.status.as_ref().is_some_and(|st| {
+                        st.observed_generation >= s.metadata.generation
+                            && st.update_revision.is_some()
+                            && st.update_revision != old_revision
+                            && st.current_revision == st.update_revision
+                            && st.updated_replicas == Some(4)
+                            && st.ready_replicas == Some(4)
+                    })
                 })
             },
         );

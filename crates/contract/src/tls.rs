@@ -363,3 +363,17 @@ pub async fn connect_with_notifications(
 ) -> Result<(Client, mpsc::UnboundedReceiver<Notification>), ConnectError> {
     Connector::new(mode, ca_pem)?.connect_with_notifications(config).await
 }
+
+/// A connector opens the connections of a `deadpool-postgres` pool with its `sslmode` and CA
+/// (`Manager::from_connect`).
+impl deadpool_postgres::Connect for Connector {
+    fn connect(
+        &self,
+        config: &Config,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(Client, JoinHandle<()>), tokio_postgres::Error>> + Send + '_>,
+    > {
+        let config = config.clone();
+        Box::pin(async move { self.open(&config).await })
+    }
+}

@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType};
-use futures::future::BoxFuture;
 use orchestrator_contract::ContractError;
 use orchestrator_contract::tls::{ConnectError, Connector};
 use prometheus_client::metrics::counter::Counter;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -90,19 +88,6 @@ pub(crate) struct Unavailable {
     message: String,
 }
 
-/// Opens the pool's connections with the process's `sslmode` and CA.
-struct Dial(Connector);
-
-impl deadpool_postgres::Connect for Dial {
-    fn connect(
-        &self,
-        config: &tokio_postgres::Config,
-    ) -> BoxFuture<'_, Result<(Client, JoinHandle<()>), tokio_postgres::Error>> {
-        let config = config.clone();
-        Box::pin(async move { self.0.open(&config).await })
-    }
-}
-
 /// How a pool is made.
 #[derive(Clone, Debug)]
 pub(crate) struct PoolOptions {
@@ -176,7 +161,7 @@ impl Database {
         }
         let manager = Manager::from_connect(
             config,
-            Dial(connector),
+            connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Verified,
             },
