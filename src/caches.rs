@@ -16,7 +16,7 @@
 //! may lag by a watch event, the reconcile reads the API server instead (see
 //! [`crate::reconcile::observe`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -28,12 +28,15 @@ use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
+use crate::crd::object_key;
 use crate::error::{Error, Result};
+use crate::reconcile::Watched;
 
 /// The stores of one watched namespace (or of all namespaces).
 #[derive(Clone)]
 pub struct Scope {
     namespace: Option<String>,
+    clusters: Store<Watched>,
     statefulsets: Store<StatefulSet>,
     services: Store<Service>,
     configmaps: Store<ConfigMap>,
@@ -45,6 +48,8 @@ pub struct Scope {
 
 /// The writers of a [`Scope`]'s stores: each goes to the watch that feeds its store.
 pub struct Writers {
+    /// The clusters themselves (the controller's own store).
+    pub clusters: Writer<Watched>,
     /// StatefulSets.
     pub statefulsets: Writer<StatefulSet>,
     /// Services.
@@ -65,6 +70,7 @@ impl Scope {
     /// Empty stores for `namespace` (`None`: every namespace) and the writers that fill them.
     pub fn new(namespace: Option<String>) -> (Self, Writers) {
         let writers = Writers {
+            clusters: Writer::default(),
             statefulsets: Writer::default(),
             services: Writer::default(),
             configmaps: Writer::default(),
@@ -75,6 +81,7 @@ impl Scope {
         };
         let scope = Scope {
             namespace,
+            clusters: writers.clusters.as_reader(),
             statefulsets: writers.statefulsets.as_reader(),
             services: writers.services.as_reader(),
             configmaps: writers.configmaps.as_reader(),
@@ -183,6 +190,25 @@ impl Caches {
     pub(crate) fn get<K: Cached>(&self, namespace: &str, name: &str) -> Result<Option<Arc<K>>> {
         let scope = self.scope(namespace)?;
         Ok(K::store(&scope).get(&ObjectRef::new(name).within(namespace)))
+    }
+
+    /// The clusters (`namespace/name`) whose status records a roll step in progress, in every
+    /// scope: what a restarted operator knows of the rolls under way.
+    pub(crate) fn rolling(&self) -> BTreeSet<String> {
+        let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
+        scopes
+            .iter()
+            .flat_map(|scope| scope.clusters.state())
+            .filter(|cluster| {
+                cluster.0.as_ref().is_ok_and(|c| {
+                    c.status
+                        .as_ref()
+                        .and_then(|s| s.maintenance.as_ref())
+                        .is_some_and(|m| m.server.is_some())
+                })
+            })
+            .map(|cluster| object_key(cluster.as_ref()))
+            .collect()
     }
 
     /// The cached objects of kind `K` in `namespace` that carry every label of `labels`.

@@ -14,6 +14,7 @@ use crate::crd::object_key;
 use crate::database::preflight::Preflight;
 use crate::leader::Leadership;
 use crate::metrics::{ClusterLabels, Metrics};
+use crate::rolls::{DEFAULT_CONCURRENT_ROLLS, Rolls};
 use crate::validate::BuildSettings;
 
 /// Field manager of every server-side apply the operator makes.
@@ -78,6 +79,8 @@ pub struct Context {
     /// Reconciles that may run at once (of different clusters; one cluster is never reconciled
     /// twice at once).
     pub(crate) max_concurrent_reconciles: u16,
+    /// The fleet-wide limit on clusters rolling at once.
+    pub(crate) rolls: Rolls,
     failures: Mutex<HashMap<String, Failures>>,
 }
 
@@ -102,6 +105,7 @@ impl Context {
             preflight: Preflight::new(PREFLIGHT_TTL),
             caches: Caches::default(),
             max_concurrent_reconciles: DEFAULT_CONCURRENT_RECONCILES,
+            rolls: Rolls::new(DEFAULT_CONCURRENT_ROLLS),
             failures: Mutex::default(),
         }
     }
@@ -127,6 +131,14 @@ impl Context {
     pub fn with_max_concurrent_reconciles(self, limit: u16) -> Self {
         Self {
             max_concurrent_reconciles: limit,
+            ..self
+        }
+    }
+
+    /// Rolls at most `limit` clusters at once (0: no limit).
+    pub fn with_max_concurrent_rolls(self, limit: usize) -> Self {
+        Self {
+            rolls: Rolls::new(limit),
             ..self
         }
     }
@@ -162,6 +174,7 @@ impl Context {
     /// back-off entry and its metric series.
     pub(crate) fn forget(&self, cluster: &impl kube::Resource) {
         self.preflight.forget(cluster);
+        self.rolls.settle(&object_key(cluster), false);
         self.reset_backoff(&object_key(cluster));
         self.metrics.forget_cluster(&ClusterLabels::of(cluster));
     }

@@ -93,7 +93,7 @@ async fn run_one(
     ctx.caches.add(scope);
     // Status writes must not trigger reconciles: only spec changes (generation) do, plus the
     // owned objects, the pods, the Secrets, the database's notifications and the timers.
-    let writer = reflector::store::Writer::default();
+    let writer = writers.clusters;
     let reader = writer.as_reader();
     let forget = ctx.clone();
     let trigger = watcher::watcher(clusters, watcher::Config::default())

@@ -25,6 +25,7 @@ mod planners;
 mod reconcile;
 mod release;
 mod resources;
+mod rolls;
 #[cfg(test)]
 mod testing;
 mod validate;
@@ -38,4 +39,5 @@ pub use reconcile::act::evict;
 pub use reconcile::observe::Observed;
 pub use reconcile::plan::{Child, Plan, PlannedEvent, Write};
 pub use reconcile::{Watched, dry_run, error_policy, reconcile};
+pub use rolls::DEFAULT_CONCURRENT_ROLLS;
 pub use validate::BuildSettings;

@@ -11,7 +11,8 @@ use kube::Client;
 use orchestrator_operator::http::{self, HttpState};
 use orchestrator_operator::leader::{self, LeaderSettings, Leadership};
 use orchestrator_operator::{
-    BuildSettings, Context, DEFAULT_CONCURRENT_RECONCILES, Metrics, StopReason, run_controllers,
+    BuildSettings, Context, DEFAULT_CONCURRENT_RECONCILES, DEFAULT_CONCURRENT_ROLLS, Metrics, StopReason,
+    run_controllers,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -39,6 +40,11 @@ struct Args {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+
+    /// Clusters whose servers are replaced at once by rolling maintenance (0: no limit); the
+    /// others wait their turn with MaintenanceBlocked/RollLimit.
+    #[arg(long, env = "MAX_CONCURRENT_ROLLS", default_value_t = DEFAULT_CONCURRENT_ROLLS)]
+    max_concurrent_rolls: usize,
 
     /// Reconciles that may run at once, each of a different cluster (0: no limit).
     #[arg(long, env = "MAX_CONCURRENT_RECONCILES", default_value_t = DEFAULT_CONCURRENT_RECONCILES)]
@@ -194,6 +200,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_eviction_client(Client::try_from(eviction_config)?)
             .with_watch_client(watch_client)
             .with_max_concurrent_reconciles(args.max_concurrent_reconciles)
+            .with_max_concurrent_rolls(args.max_concurrent_rolls)
             .with_leadership(leadership),
     );
     ready.store(true, Ordering::Relaxed);

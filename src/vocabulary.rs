@@ -140,6 +140,9 @@ words! {
         /// The StatefulSet is being written (a drift corrected, a new template): which servers
         /// are outdated is known once the written one is observed.
         StatefulSetChanging,
+        /// As many clusters are rolling as `--max-concurrent-rolls` allows: this roll's first
+        /// step waits for one of them to finish.
+        RollLimit,
         /// A replacement did not join within `readyTimeout`.
         ReadyTimeout,
         /// An eviction has been refused for a while (a PodDisruptionBudget that allows no

@@ -29,7 +29,7 @@ use kube::runtime::controller::Action;
 use crate::context::{Context, RECONCILE_TIMEOUT};
 use crate::crd::{OrchestratorCluster, object_key};
 use crate::error::{Error, Result};
-use crate::validate::{BuildSettings, validate};
+use crate::validate::{BuildSettings, ValidSpec, validate};
 use observe::{Freshness, Observed};
 use plan::Plan;
 
@@ -81,22 +81,45 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
         Err(error) => return report::invalid_spec(ctx, cr, &error, &now).await,
     };
     let (observed, mut database) = observe::observe(ctx, &spec, Freshness::Cached).await?;
-    let mut plan = plan::plan(&spec, &observed, &now)?;
+    let mut plan = plan_in_turn(ctx, &spec, observed, &now)?;
     if plan.touches_servers() {
         // A drain, an eviction or a row removal is decided again from the pods as the API
         // server has them now: a pod cache one watch event behind (a server that just went
         // down) must not start a step.
         let (fresh, fresh_database) = observe::observe(ctx, &spec, Freshness::Quorum).await?;
-        plan = plan::plan(&spec, &fresh, &now)?;
+        plan = plan_in_turn(ctx, &spec, fresh, &now)?;
         database = fresh_database;
     }
     match report::report(ctx, cr, &plan).await? {
-        report::StatusWrite::Stored => {}
+        report::StatusWrite::Stored => {
+            let stepping = plan.status.maintenance.as_ref().is_some_and(|m| m.server.is_some());
+            ctx.rolls.settle(&crate::crd::object_key(cr), stepping);
+        }
         report::StatusWrite::Stale => return Ok(Action::requeue(plan::STEP_REQUEUE)),
         report::StatusWrite::Gone => return Ok(Action::await_change()),
     }
     act::act(ctx, cr, &plan, database.as_ref()).await?;
     Ok(Action::requeue(jittered(plan.requeue)))
+}
+
+/// The plan of `observed`; a plan that would start a roll (a first step, none recorded) takes a
+/// slot of `--max-concurrent-rolls` first, and is made again without the step when none is
+/// free.
+fn plan_in_turn(ctx: &Context, spec: &ValidSpec, mut observed: Observed, now: &Time) -> Result<Plan> {
+    let planned = plan::plan(spec, &observed, now)?;
+    let recorded = |status: Option<&crate::crd::OrchestratorClusterStatus>| {
+        status
+            .and_then(|s| s.maintenance.as_ref())
+            .is_some_and(|m| m.server.is_some())
+    };
+    if recorded(Some(&planned.status))
+        && !recorded(spec.cr.status.as_ref())
+        && let Err(limit) = ctx.rolls.reserve(&crate::crd::object_key(spec.cr), &ctx.caches)
+    {
+        observed.rolls_full = Some(limit);
+        return plan::plan(spec, &observed, now);
+    }
+    Ok(planned)
 }
 
 /// `delay` lengthened by up to a tenth, at random: clusters that settled together (an operator

@@ -49,6 +49,10 @@ pub struct Observed {
     pub database: DatabaseState,
     /// The schema Jobs of the release the spec asks for.
     pub schema_jobs: SchemaJobs,
+    /// `Some(limit)` when `--max-concurrent-rolls` (`limit`) clusters are rolling and this one
+    /// is not among them: a roll's first step must wait. Set by the reconcile when a plan would
+    /// start a roll and no slot is free (not an observation of the cluster itself).
+    pub rolls_full: Option<usize>,
 }
 
 /// Outcomes of the wanted release's schema Jobs (`None`: no such Job).
@@ -148,6 +152,7 @@ pub(crate) async fn observe(
         SchemaJobs::default()
     };
     let observed = Observed {
+        rolls_full: None,
         schema_jobs,
         statefulset,
         pods,

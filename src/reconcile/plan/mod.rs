@@ -103,6 +103,21 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
             "the StatefulSet is being written; the roll looks again once it is current",
         ));
     }
+    if let Some(limit) = observed.rolls_full
+        && inputs.previous_step.is_none()
+        && decisions.roll.step.is_some()
+    {
+        // A fleet-wide change (an operator upgrade that changes every template) rolls at most
+        // `limit` clusters at once; the others wait their turn, in the controller's queue order.
+        decisions.roll.action = MaintenanceAction::None;
+        decisions.roll.step = None;
+        decisions.roll.waiting = Some(Hold::new(
+            Reason::RollLimit,
+            format!(
+                "{limit} clusters are rolling, the most --max-concurrent-rolls allows; this roll starts when one of them finishes"
+            ),
+        ));
+    }
     let status = status::status(cr, observed, &inputs, &decisions, statefulset_current, now);
     let events = events::events(cr, observed, &inputs, &decisions, &status);
     let decide::Decisions {

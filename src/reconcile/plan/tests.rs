@@ -259,6 +259,35 @@ mod basics {
     }
 
     #[test]
+    fn a_roll_without_a_slot_waits_with_its_reason_and_touches_nothing() {
+        let cr = fixtures::minimal();
+        let mut observed = world(&cr, 3, 3);
+        for pod in &mut observed.pods {
+            pod.revision = Some("prod-old".into());
+        }
+        let sts = observed.statefulset.as_mut().unwrap();
+        sts.status.as_mut().unwrap().update_revision = Some("prod-new".into());
+        let free = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(free.drain.len(), 1, "with a slot, the first step starts");
+        observed.rolls_full = Some(2);
+        let full = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert_eq!((full.drain.clone(), full.evict.clone()), (vec![], None));
+        assert!(full.status.maintenance.as_ref().is_some_and(|m| m.server.is_none()));
+        let blocked = find(&full.status.conditions, ConditionType::MaintenanceBlocked).unwrap();
+        assert_eq!((blocked.status.as_str(), blocked.reason.as_str()), (TRUE, "RollLimit"));
+        assert!(
+            blocked.message.contains("2 clusters are rolling"),
+            "{}",
+            blocked.message
+        );
+        // A roll already under way (its step recorded) is never held back.
+        let mut rolling = cr.clone();
+        rolling.status = Some(free.status.clone());
+        let next = dry_run(&rolling, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert!(next.status.maintenance.as_ref().is_some_and(|m| m.server.is_some()));
+    }
+
+    #[test]
     fn next_server_waits_for_the_previous_to_join() {
         let cr = fixtures::minimal();
         let plan = dry_run(&cr, &world(&cr, 2, 1), &BuildSettings::default(), &now()).unwrap();

@@ -1,0 +1,83 @@
+//! The fleet-wide limit on clusters rolling at once (`--max-concurrent-rolls`): a change that
+//! reaches every cluster at once (an operator upgrade that changes every pod template, a new
+//! default) rolls a few clusters at a time, the others waiting with `MaintenanceBlocked` /
+//! `RollLimit` until a slot frees.
+//!
+//! A cluster holds a slot while its status records a step in progress (what a restarted
+//! operator reads back from the clusters' cache) or while a reconcile reserved one for the first
+//! step it is about to store. A slot is reserved atomically before planning, so that concurrent
+//! reconciles never start more rolls than the limit, and given back once the cluster's stored
+//! status shows no step.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use crate::caches::Caches;
+
+/// Clusters rolling at once unless the operator is told otherwise: enough that a fleet-wide
+/// change progresses, few enough that it is not everywhere at once.
+pub const DEFAULT_CONCURRENT_ROLLS: usize = 10;
+
+/// The slots of the rolls under way.
+pub(crate) struct Rolls {
+    limit: usize,
+    reserved: Mutex<BTreeSet<String>>,
+}
+
+impl Rolls {
+    /// At most `limit` clusters rolling at once (0: no limit).
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            reserved: Mutex::default(),
+        }
+    }
+
+    /// A slot for cluster `key` (`namespace/name`): kept if it has one, else taken if one is
+    /// free. `Err(limit)` when every slot is held by other clusters.
+    pub(crate) fn reserve(&self, key: &str, caches: &Caches) -> Result<(), usize> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut holders = caches.rolling();
+        holders.extend(reserved.iter().cloned());
+        if holders.contains(key) || holders.len() < self.limit {
+            reserved.insert(key.to_string());
+            Ok(())
+        } else {
+            Err(self.limit)
+        }
+    }
+
+    /// Gives back the reservation of `key` unless the status just stored for it records a step
+    /// (`stepping`); a deleted cluster gives it back too.
+    pub(crate) fn settle(&self, key: &str, stepping: bool) {
+        if !stepping {
+            self.reserved.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_more_clusters_roll_than_the_limit_and_a_slot_frees_when_a_roll_ends() {
+        let caches = Caches::default();
+        let rolls = Rolls::new(2);
+        assert_eq!(rolls.reserve("ns/a", &caches), Ok(()));
+        assert_eq!(rolls.reserve("ns/b", &caches), Ok(()));
+        assert_eq!(rolls.reserve("ns/c", &caches), Err(2));
+        // A cluster holding a slot keeps it.
+        assert_eq!(rolls.reserve("ns/a", &caches), Ok(()));
+        // b's reconcile found nothing to roll: its slot goes to c.
+        rolls.settle("ns/b", false);
+        assert_eq!(rolls.reserve("ns/c", &caches), Ok(()));
+        // a stored a step: it keeps its slot.
+        rolls.settle("ns/a", true);
+        assert_eq!(rolls.reserve("ns/d", &caches), Err(2));
+        assert_eq!(Rolls::new(0).reserve("ns/d", &caches), Ok(()));
+    }
+}
