@@ -192,6 +192,16 @@ impl Caches {
         Ok(K::store(&scope).get(&ObjectRef::new(name).within(namespace)))
     }
 
+    /// Every cluster (namespace, name) in every scope.
+    pub(crate) fn clusters(&self) -> BTreeSet<(String, String)> {
+        let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
+        scopes
+            .iter()
+            .flat_map(|scope| scope.clusters.state())
+            .map(|cluster| (cluster.namespace().unwrap_or_default(), cluster.name_any()))
+            .collect()
+    }
+
     /// The clusters (`namespace/name`) whose status records a roll step in progress, in every
     /// scope: what a restarted operator knows of the rolls under way.
     pub(crate) fn rolling(&self) -> BTreeSet<String> {

@@ -126,11 +126,19 @@ async fn run_one(
             .collect::<Vec<_>>()
     };
     // Metadata only: no Secret's data is streamed to the operator or held in its memory.
-    let secrets = reflected(
+    // Annotations and managed fields are dropped before the store: a Secret created with
+    // `kubectl apply` carries its data in its last-applied-configuration annotation.
+    let secrets = watcher::watcher(
         scoped::<PartialObjectMeta<Secret>>(&client, ns),
         watcher::Config::default(),
-        writers.secrets,
-    );
+    )
+    .default_backoff()
+    .modify(|secret| {
+        secret.metadata.annotations = None;
+        secret.metadata.managed_fields = None;
+    })
+    .reflect(writers.secrets)
+    .touched_objects();
     let config = controller::Config::default().concurrency(ctx.max_concurrent_reconciles);
     Controller::for_stream(trigger, reader)
         .with_config(config)

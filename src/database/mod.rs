@@ -5,7 +5,6 @@ pub(crate) mod preflight;
 pub(crate) mod shared;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use orchestrator_contract::{Member, server_state};
 
@@ -40,13 +39,14 @@ impl DatabaseState {
     }
 }
 
-/// The connection of a reconcile's database writes, and the ids of the rows it writes: a
-/// server's row is `<namespace>/<pod>` ([`orchestrator_contract::server_identity`]), or the
-/// exact id the read found for it (a legacy id, without the namespace).
+/// Where a reconcile's database writes go, and the ids of the rows it writes: a server's row is
+/// `<namespace>/<pod>` ([`orchestrator_contract::server_identity`]), or the exact id the read
+/// found for it (a legacy id, without the namespace).
 #[derive(Clone)]
 pub(crate) struct ServerRows {
-    /// The connection that passed the preflight.
-    pub(crate) client: Arc<deadpool_postgres::Object>,
+    /// The pool of the database that passed the preflight: a connection is taken only for the
+    /// writes, never held across the reconcile's API calls.
+    pub(crate) pool: deadpool_postgres::Pool,
     /// The cluster's namespace.
     pub(crate) namespace: String,
     /// The row id the read found for each server (pod) it saw.

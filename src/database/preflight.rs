@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Object, Pool, PoolError};
@@ -71,7 +71,7 @@ pub(crate) struct Observation {
     /// What the plan sees.
     pub state: DatabaseState,
     /// Connection for the reconcile's database writes.
-    pub client: Option<Arc<Object>>,
+    pub pool: Option<Pool>,
     /// Removes the credentials from text the operator did not write (a Job's log tail).
     pub redactor: Redactor,
     /// The row id of each server the read found.
@@ -101,7 +101,7 @@ impl Redactor {
 fn not_ready(reason: Reason, message: String) -> Observation {
     Observation {
         state: DatabaseState::NotReady { reason, message },
-        client: None,
+        pool: None,
         redactor: Redactor::default(),
         row_ids: BTreeMap::new(),
     }
@@ -182,6 +182,8 @@ impl Preflight {
         let namespace = cr.namespace().unwrap_or_default();
         let secret_ref = &db.credentials_secret;
         let Some(version) = secret_version else {
+            // Its database is no longer this cluster's: no session goes on with old credentials.
+            self.databases.forget(&cluster_of(cr));
             return Ok(not_ready(
                 Reason::SecretMissing,
                 format!("secret {} does not exist in namespace {namespace}", secret_ref.name),
@@ -189,7 +191,10 @@ impl Preflight {
         };
         let (user, password, ca) = match self.credentials(kube, cr, version).await? {
             Ok(credentials) => credentials,
-            Err((reason, message)) => return Ok(not_ready(reason, message)),
+            Err((reason, message)) => {
+                self.databases.forget(&cluster_of(cr));
+                return Ok(not_ready(reason, message));
+            }
         };
         let mut hasher = DefaultHasher::new();
         (version, &db.host, db.port, &db.name, db.ssl_mode.as_str(), &user).hash(&mut hasher);
@@ -203,6 +208,9 @@ impl Preflight {
             Err(hold) => return Ok(failed(hold)),
         };
         if let Err(hold) = self.checked(cr, fingerprint, &pool).await {
+            // Nothing stays open for a database that refuses this cluster (a wrong password is
+            // not retried by a listener in the background; the reconcile checks again).
+            self.databases.forget(&cluster_of(cr));
             return Ok(failed(hold));
         }
         // A single failed read is not an outage: a read that fails is tried once more on
@@ -216,13 +224,15 @@ impl Preflight {
             };
             match read(&connection).await {
                 Ok((schema_version, rows)) => {
+                    drop(connection);
+                    self.databases.listen(&cluster_of(cr));
                     let (members, row_ids) = rows_of(&namespace, pods, rows);
                     return Ok(Observation {
                         state: DatabaseState::Ready {
                             schema_version,
                             members,
                         },
-                        client: Some(Arc::new(connection)),
+                        pool: Some(pool),
                         redactor: Redactor(Some(password)),
                         row_ids,
                     });

@@ -1,14 +1,16 @@
 //! The databases the operator talks to: one entry per database ([`Target`]: host, port,
 //! database name, user and TLS settings), shared by every cluster whose servers use it, made at
-//! a cluster's first look with usable credentials and closed with its last cluster. Each entry
+//! a cluster's first look with usable credentials, and closed with its last cluster (deleted,
+//! gone from the caches, moved to other settings, or refused by the database). Each entry
 //! holds:
 //!
 //! - a bounded connection pool (`deadpool-postgres`, the pool the reference server uses too:
 //!   async and tokio-postgres native, our own connector for the TLS modes, connections checked
 //!   with a round trip before reuse) of at most [`POOL_SIZE`] connections, each closed after
 //!   [`IDLE_TIMEOUT`] unused: the reads and writes of every reconcile of its clusters;
-//! - the listening connection: the servers' notifications (`LISTEN orchestrator_servers`, see
-//!   the database contract) turned into reconcile triggers.
+//! - the listening connection, opened once a cluster's check and read passed on the pool: the
+//!   servers' notifications (`LISTEN orchestrator_servers`, see the database contract) turned
+//!   into reconcile triggers.
 //!
 //! Every connection of every entry opens under one process-wide limit of [`CONNECTS_AT_ONCE`]
 //! attempts at a time, so that an operator start over a fleet does not open hundreds of
@@ -23,7 +25,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::Stream;
@@ -53,6 +55,10 @@ const POOL_RECYCLE: Duration = Duration::from_secs(2);
 const RECONNECT_BASE: Duration = Duration::from_secs(1);
 /// Longest wait between attempts to open a listening connection.
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// How often idle connections are closed and deleted clusters forgotten.
+const SWEEP_PERIOD: Duration = Duration::from_secs(30);
+/// Longest a listening connection may take to open and subscribe.
+const LISTEN_DEADLINE: Duration = Duration::from_secs(15);
 /// Triggers buffered for a controller that is busy; past it the oldest are dropped (the
 /// controller's own queue and the reconciles' timers cover the loss).
 const TRIGGER_BUFFER: usize = 4096;
@@ -103,13 +109,18 @@ impl deadpool_postgres::Connect for Limited {
 struct Entry {
     clusters: Arc<Mutex<BTreeSet<Cluster>>>,
     pool: Pool,
-    listener: JoinHandle<()>,
+    /// How the listening connection opens.
+    session: (Config, Limited),
+    /// The listening connection's task, once started.
+    listener: Option<JoinHandle<()>>,
 }
 
 impl Drop for Entry {
     fn drop(&mut self) {
         // The listening connection closes with its task, the pooled ones with the pool.
-        self.listener.abort();
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
         self.pool.close();
     }
 }
@@ -117,6 +128,7 @@ impl Drop for Entry {
 /// Every database in use, and the triggers their notifications produce.
 pub(crate) struct Databases {
     entries: Mutex<HashMap<Target, Entry>>,
+    swept: Mutex<Option<Instant>>,
     triggers: broadcast::Sender<ObjectRef<Watched>>,
     permits: Arc<Semaphore>,
 }
@@ -125,6 +137,7 @@ impl Default for Databases {
     fn default() -> Self {
         Self {
             entries: Mutex::default(),
+            swept: Mutex::default(),
             triggers: broadcast::channel(TRIGGER_BUFFER).0,
             permits: Arc::new(Semaphore::new(CONNECTS_AT_ONCE)),
         }
@@ -148,9 +161,9 @@ impl Databases {
         })
     }
 
-    /// The pool of `target` for `cluster`: the entry of that database (made, with its pool and
-    /// its listening connection, if no other cluster uses it), which `cluster` joins, leaving
-    /// any other (its settings or credentials changed).
+    /// The pool of `target` for `cluster`: the entry of that database (made, with its pool, if
+    /// no other cluster uses it), which `cluster` joins, leaving any other (its settings or
+    /// credentials changed). When `session` fails, `cluster` is left in no entry.
     pub(crate) fn join<E>(
         &self,
         cluster: &Cluster,
@@ -172,8 +185,8 @@ impl Databases {
             }
             return Ok(pool);
         }
-        let Session { config, connector } = session()?;
         remove(&mut entries, cluster, None);
+        let Session { config, connector } = session()?;
         let limited = Limited {
             connector,
             permits: self.permits.clone(),
@@ -193,23 +206,52 @@ impl Databases {
             .recycle_timeout(Some(POOL_RECYCLE))
             .build()
             .expect("a pool with a runtime and its timeouts builds");
-        let clusters = Arc::new(Mutex::new(BTreeSet::from([cluster.clone()])));
-        let listener = tokio::spawn(listen(
-            target.clone(),
-            config,
-            limited,
-            clusters.clone(),
-            self.triggers.clone(),
-        ));
         entries.insert(
             target,
             Entry {
-                clusters,
+                clusters: Arc::new(Mutex::new(BTreeSet::from([cluster.clone()]))),
                 pool: pool.clone(),
-                listener,
+                session: (config, limited),
+                listener: None,
             },
         );
         Ok(pool)
+    }
+
+    /// Opens the listening connection of `cluster`'s database, unless it is open: called once
+    /// the cluster's check and read passed, so that a database that refuses the credentials
+    /// gets no session retried in the background.
+    pub(crate) fn listen(&self, cluster: &Cluster) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((target, entry)) = entries
+            .iter_mut()
+            .find(|(_, e)| e.clusters.lock().unwrap_or_else(|e| e.into_inner()).contains(cluster))
+        else {
+            return;
+        };
+        if entry.listener.is_none() {
+            let (config, limited) = entry.session.clone();
+            entry.listener = Some(tokio::spawn(listen(
+                target.clone(),
+                config,
+                limited,
+                entry.clusters.clone(),
+                self.triggers.clone(),
+            )));
+        }
+    }
+
+    /// Forgets every cluster not in `live` (deleted while the operator did not watch: a
+    /// relist shows no Delete); a database left without a cluster is closed.
+    fn retain_clusters(&self, live: &BTreeSet<Cluster>) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, entry| {
+                let mut clusters = entry.clusters.lock().unwrap_or_else(|e| e.into_inner());
+                clusters.retain(|c| live.contains(c));
+                !clusters.is_empty()
+            });
     }
 
     /// `cluster` (deleted) leaves its database; a database no cluster uses is closed.
@@ -221,8 +263,17 @@ impl Databases {
         );
     }
 
-    /// Closes the pooled connections unused for [`IDLE_TIMEOUT`].
-    pub(crate) fn close_idle(&self) {
+    /// At most once per [`SWEEP_PERIOD`]: closes the pooled connections unused for
+    /// [`IDLE_TIMEOUT`], and forgets the clusters `live` no longer lists.
+    pub(crate) fn sweep(&self, live: impl FnOnce() -> BTreeSet<Cluster>) {
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+            if swept.is_some_and(|at| at.elapsed() < SWEEP_PERIOD) {
+                return;
+            }
+            *swept = Some(Instant::now());
+        }
+        self.retain_clusters(&live());
         for entry in self.entries.lock().unwrap_or_else(|e| e.into_inner()).values() {
             entry.pool.retain(|_, metrics| metrics.last_used() < IDLE_TIMEOUT);
         }
@@ -260,6 +311,38 @@ fn object_ref((namespace, name): &Cluster) -> ObjectRef<Watched> {
     ObjectRef::new(name).within(namespace)
 }
 
+/// Why a listening connection could not be opened, without the database's own words (a
+/// refused login names the user).
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("no answer within {LISTEN_DEADLINE:?}")]
+    TimedOut,
+    #[error("{}", describe(.0))]
+    Connect(#[from] orchestrator_contract::tls::ConnectError),
+    #[error("{}", describe_postgres(.0))]
+    Listen(#[from] orchestrator_contract::ContractError),
+}
+
+fn describe(error: &orchestrator_contract::tls::ConnectError) -> String {
+    match error {
+        orchestrator_contract::tls::ConnectError::Postgres(e) => describe_postgres_error(e),
+        _ => "TLS setup or handshake failed".into(),
+    }
+}
+
+fn describe_postgres(error: &orchestrator_contract::ContractError) -> String {
+    match error {
+        orchestrator_contract::ContractError::Database(e) => describe_postgres_error(e),
+        _ => "LISTEN failed".into(),
+    }
+}
+
+fn describe_postgres_error(error: &tokio_postgres::Error) -> String {
+    error.code().map_or("the connection failed".into(), |code| {
+        format!("SQLSTATE {}", code.code())
+    })
+}
+
 /// The clusters among `clusters` a notification about row `server_id` concerns: the cluster of
 /// its pod (`<namespace>/<cluster>-<ordinal>`); for a legacy id without a namespace, every
 /// cluster of that name.
@@ -293,39 +376,42 @@ async fn listen(
     let (host, port, database, _) = &target.address;
     let mut delay = RECONNECT_BASE;
     loop {
-        let connected = {
+        let connected = tokio::time::timeout(LISTEN_DEADLINE, async {
             let _permit = limited.permits.acquire().await;
-            limited.connector.connect_with_notifications(&config).await
-        };
+            let (client, notifications) = limited.connector.connect_with_notifications(&config).await?;
+            contract::listen(&client).await?;
+            Ok::<_, Failure>((client, notifications))
+        })
+        .await
+        .unwrap_or(Err(Failure::TimedOut));
         match connected {
-            Ok((client, mut notifications)) => match contract::listen(&client).await {
-                Ok(()) => {
-                    tracing::info!(%host, port, %database, "listening for the servers' notifications");
-                    delay = RECONNECT_BASE;
-                    // Whatever was notified while nobody listened: every cluster looks once.
-                    let all: Vec<Cluster> = clusters
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .iter()
-                        .cloned()
-                        .collect();
-                    for cluster in &all {
+            Ok((_client, mut notifications)) => {
+                tracing::info!(%host, port, %database, "listening for the servers' notifications");
+                delay = RECONNECT_BASE;
+                // Whatever was notified while nobody listened: every cluster looks once.
+                let all: Vec<Cluster> = clusters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
+                for cluster in &all {
+                    let _ = triggers.send(object_ref(cluster));
+                }
+                while let Some(notification) = notifications.recv().await {
+                    let concerned = concerned(
+                        notification.payload(),
+                        &clusters.lock().unwrap_or_else(|e| e.into_inner()),
+                    );
+                    for cluster in &concerned {
                         let _ = triggers.send(object_ref(cluster));
                     }
-                    while let Some(notification) = notifications.recv().await {
-                        let concerned = concerned(
-                            notification.payload(),
-                            &clusters.lock().unwrap_or_else(|e| e.into_inner()),
-                        );
-                        for cluster in &concerned {
-                            let _ = triggers.send(object_ref(cluster));
-                        }
-                    }
-                    tracing::info!(%host, port, %database, "the listening connection closed; opening it again");
                 }
-                Err(error) => tracing::warn!(%host, port, %database, %error, "LISTEN failed"),
-            },
-            Err(error) => tracing::debug!(%host, port, %database, %error, "cannot open a listening connection yet"),
+                tracing::info!(%host, port, %database, "the listening connection closed; opening it again");
+            }
+            Err(failure) => {
+                tracing::debug!(%host, port, %database, why = %failure, "cannot listen yet");
+            }
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(RECONNECT_MAX);

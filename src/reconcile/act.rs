@@ -106,7 +106,23 @@ async fn apply_writes(ctx: &Context, namespace: &str, writes: &[Write]) -> Resul
 /// removes the rows of gone servers; each write only while this replica leads.
 async fn database_steps(ctx: &Context, rows: &ServerRows, plan: &Plan) -> Result<()> {
     let (drain, undrain, remove_rows) = (&plan.drain, &plan.undrain, &plan.remove_rows);
-    let db: &tokio_postgres::Client = &rows.client;
+    if drain.is_empty() && undrain.is_empty() && remove_rows.is_empty() {
+        return Ok(());
+    }
+    let connection = rows.pool.get().await.map_err(|error| {
+        // Not the error's text: a refused login names the user.
+        let why = match &error {
+            deadpool_postgres::PoolError::Timeout(_) => "none free or opened in time".to_string(),
+            deadpool_postgres::PoolError::Backend(e) => e.code().map_or("the connection failed".to_string(), |code| {
+                format!("SQLSTATE {}", code.code())
+            }),
+            _ => "the pool is closed".to_string(),
+        };
+        Error::Database(orchestrator_contract::ContractError::Timeout(format!(
+            "no connection for the drain requests and row removals: {why}"
+        )))
+    })?;
+    let db: &tokio_postgres::Client = &connection;
     for server in undrain {
         ctx.leadership.ensure()?;
         orchestrator_contract::cancel_drain(db, &rows.id(server))

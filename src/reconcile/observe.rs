@@ -1,9 +1,10 @@
 //! Observe: read the objects the cluster owns, its server pods and schema Jobs, and the
 //! database through the preflight. Kubernetes objects are read from the operator's caches
-//! ([`crate::caches`]), with one exception: [`Freshness::Quorum`] lists the server pods from
-//! the API server, which the reconcile asks for before it acts on a server (a drain, an
-//! eviction, a row removed), so that a step never rests on a pod cache that lags a pod that
-//! just went down.
+//! ([`crate::caches`]), with two exceptions: [`Freshness::Quorum`] reads the server pods and
+//! the StatefulSet from the API server, which the reconcile asks for before it acts on a
+//! server (a drain, an eviction, a row removed), so that a step never rests on a cache that
+//! lags a pod that just went down or a template that just changed; and a StatefulSet missing
+//! from the cache is looked up before it is taken as missing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -128,12 +129,23 @@ pub(crate) async fn observe(
         .await?;
     ctx.metrics.preflight_duration.observe(started.elapsed().as_secs_f64());
     let databases = &ctx.preflight.databases;
-    databases.close_idle();
+    databases.sweep(|| ctx.caches.clusters());
     ctx.metrics.database_listeners.set(databases.count() as i64);
     ctx.metrics
         .database_connections
         .set(databases.pooled_connections() as i64);
-    let statefulset: Option<StatefulSet> = get(ctx, &ns, Names::statefulset(cr))?;
+    // The StatefulSet decides how many servers there are: one missing from the cache (its
+    // managed-by label changed by hand hides it from the filtered watch) is looked up in the
+    // API server before it is created or scaled from nothing, and a plan about to act on a
+    // server reads it fresh with the pods (its update revision says which are outdated).
+    let statefulset: Option<StatefulSet> = match (freshness, get(ctx, &ns, Names::statefulset(cr))?) {
+        (Freshness::Cached, Some(cached)) => Some(cached),
+        _ => {
+            Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&Names::statefulset(cr))
+                .await?
+        }
+    };
     let wanted = &spec.wanted;
     // The schema Jobs matter while the wanted release is not running yet, and while the
     // servers are stopped (a migration may run, even one a changed spec abandoned).
@@ -162,8 +174,8 @@ pub(crate) async fn observe(
         client_service: get(ctx, &ns, Names::client_service(cr))?,
         pdb: get(ctx, &ns, Names::pdb(cr))?,
     };
-    let rows = database.client.map(|client| ServerRows {
-        client,
+    let rows = database.pool.map(|pool| ServerRows {
+        pool,
         namespace: ns,
         ids: database.row_ids,
     });
