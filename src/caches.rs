@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
@@ -190,6 +191,27 @@ impl Caches {
     pub(crate) fn get<K: Cached>(&self, namespace: &str, name: &str) -> Result<Option<Arc<K>>> {
         let scope = self.scope(namespace)?;
         Ok(K::store(&scope).get(&ObjectRef::new(name).within(namespace)))
+    }
+
+    /// Waits, at most `deadline`, until the cached cluster `name` of `namespace` is no longer at
+    /// resourceVersion `version` (the store has seen a later write, such as this operator's own
+    /// status write). `false` if it did not within the deadline.
+    pub(crate) async fn newer_than(&self, namespace: &str, name: &str, version: &str, deadline: Duration) -> bool {
+        let Ok(scope) = self.scope(namespace) else {
+            return false;
+        };
+        let key = ObjectRef::new(name).within(namespace);
+        let started = tokio::time::Instant::now();
+        loop {
+            let current = scope.clusters.get(&key);
+            if current.is_none_or(|c| c.resource_version().as_deref() != Some(version)) {
+                return true;
+            }
+            if started.elapsed() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Every cluster (namespace, name) in every scope.

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::Resource;
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
 
 use crate::context::{Context, RECONCILE_TIMEOUT};
 use crate::crd::{OrchestratorCluster, object_key};
@@ -99,6 +99,16 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
         report::StatusWrite::Gone => return Ok(Action::await_change()),
     }
     act::act(ctx, cr, &plan, database.as_ref()).await?;
+    if plan.step_done.is_some() {
+        // A step just ended; the next may start now, from a fresh look. Status writes do not
+        // trigger reconciles, and a look at the cluster before the cache has this write would
+        // see the ended step again: wait (briefly) for the cache, then look at once.
+        let (namespace, name) = (cr.namespace().unwrap_or_default(), cr.name_any());
+        let version = cr.resource_version().unwrap_or_default();
+        if ctx.caches.newer_than(&namespace, &name, &version, CACHE_CATCH_UP).await {
+            return Ok(Action::requeue(Duration::ZERO));
+        }
+    }
     Ok(Action::requeue(jittered(plan.requeue)))
 }
 
@@ -121,6 +131,9 @@ fn plan_in_turn(ctx: &Context, spec: &ValidSpec, mut observed: Observed, now: &T
     }
     Ok(planned)
 }
+
+/// Longest a reconcile waits for the cache to hold its own status write before the next look.
+const CACHE_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// `delay` lengthened by up to a tenth, at random: clusters that settled together (an operator
 /// restart, a fleet-wide change) do not all look again in the same instant.
