@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
 use orchestrator_operator::crd::{OrchestratorCluster, Phase};
@@ -347,6 +347,66 @@ async fn statefulset_rolling_update_anchor_of_the_roll_benchmark() {
         4,
         "every server replaced once by the StatefulSet controller"
     );
+}
+
+#[tokio::test]
+async fn a_fleet_wide_change_rolls_no_more_clusters_at_once_than_the_limit() {
+    let ns = TestNamespace::new("rolllimit").await;
+    let pg = ns.database().await;
+    let _operator = Operator::start_with(&ns.name, &["--max-concurrent-rolls", "1"]);
+    let api = ns.api::<OrchestratorCluster>();
+    let names = ["alpha", "beta"];
+    for name in names {
+        ns.create_cluster(&cluster(2, &pg).name(name)).await;
+    }
+    for name in names {
+        wait_for(&api, name, "Ready", 2 * MINUTE, |c: Option<&OrchestratorCluster>| {
+            c.and_then(|c| c.status.as_ref())
+                .is_some_and(|s| s.phase == Phase::Ready && s.ready_replicas == 2)
+        })
+        .await
+        .unwrap();
+    }
+    // The same change reaches both clusters at once (as an operator upgrade would).
+    for name in names {
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"version": "2.1.0"}})),
+        )
+        .await
+        .unwrap();
+    }
+    let deadline = Instant::now() + 4 * MINUTE;
+    let (mut most_rolling, mut waited) = (0, false);
+    loop {
+        let mut rolling = 0;
+        let mut done = 0;
+        for name in names {
+            let cr = api.get(name).await.unwrap();
+            let status = cr.status.clone().unwrap_or_default();
+            if status.maintenance.as_ref().is_some_and(|m| m.server.is_some()) {
+                rolling += 1;
+            }
+            if condition(&cr, "MaintenanceBlocked").is_some_and(|c| c.status == "True" && c.reason == "RollLimit") {
+                waited = true;
+            }
+            if status.phase == Phase::Ready
+                && status.current_version.as_deref() == Some("2.1.0")
+                && status.maintenance.is_none()
+            {
+                done += 1;
+            }
+        }
+        most_rolling = most_rolling.max(rolling);
+        if done == names.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both clusters did not roll to 2.1.0");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(most_rolling, 1, "never two clusters rolling at once");
+    assert!(waited, "the second cluster waited with MaintenanceBlocked/RollLimit");
 }
 
 #[tokio::test]

@@ -281,15 +281,20 @@ impl Operator {
     /// Starts the operator watching `namespace`, with `image_repository` for servers, without
     /// leader election.
     pub(crate) async fn start(namespace: &str, image_repository: &str) -> Self {
-        Self::spawn(namespace, image_repository, None)
+        Self::spawn(namespace, image_repository, None, &[])
+    }
+
+    /// Starts the operator watching `namespace` without leader election, with `flags` added.
+    pub(crate) fn start_with(namespace: &str, flags: &[&str]) -> Self {
+        Self::spawn(namespace, "orchestrator-server", None, flags)
     }
 
     /// Starts one replica of `replica` watching `namespace`, with leader election.
     pub(crate) fn replica(namespace: &str, replica: &Replica) -> Self {
-        Self::spawn(namespace, "orchestrator-server", Some(replica))
+        Self::spawn(namespace, "orchestrator-server", Some(replica), &[])
     }
 
-    fn spawn(namespace: &str, image_repository: &str, replica: Option<&Replica>) -> Self {
+    fn spawn(namespace: &str, image_repository: &str, replica: Option<&Replica>, flags: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -303,6 +308,7 @@ impl Operator {
         };
         let file = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator-operator"));
+        command.args(flags);
         command.args(["--watch-namespaces", namespace]).args([
             "--http-addr",
             &format!("127.0.0.1:{port}"),
