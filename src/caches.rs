@@ -14,7 +14,7 @@
 //! A store is read only once its first list has completed ([`Caches::ready`]): a store that is
 //! still filling would show objects as missing. Where a decision must not rest on a store that
 //! may lag by a watch event, the reconcile reads the API server instead (see
-//! [`crate::reconcile::observe`]).
+//! `crate::reconcile::observe`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -29,9 +29,10 @@ use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
+use crate::crd::Watched;
 use crate::crd::object_key;
 use crate::error::{Error, Result};
-use crate::reconcile::Watched;
+use futures::FutureExt;
 
 /// The stores of one watched namespace (or of all namespaces).
 #[derive(Clone)]
@@ -115,6 +116,7 @@ impl Writers {
             }
             writer.apply_watcher_event(&watcher::Event::InitDone);
         }
+        load(&mut self.clusters, objects);
         load(&mut self.statefulsets, objects);
         load(&mut self.services, objects);
         load(&mut self.configmaps, objects);
@@ -123,6 +125,17 @@ impl Writers {
         load(&mut self.pods, objects);
         load(&mut self.secrets, objects);
     }
+}
+
+/// Whether every scope's clusters have been listed.
+fn listed(scopes: &[Scope]) -> bool {
+    scopes.iter().all(|scope| {
+        scope
+            .clusters
+            .wait_until_ready()
+            .now_or_never()
+            .is_some_and(|r| r.is_ok())
+    })
 }
 
 /// A kind held in a [`Scope`].
@@ -193,18 +206,21 @@ impl Caches {
         Ok(K::store(&scope).get(&ObjectRef::new(name).within(namespace)))
     }
 
-    /// Waits, at most `deadline`, until the cached cluster `name` of `namespace` is no longer at
-    /// resourceVersion `version` (the store has seen a later write, such as this operator's own
-    /// status write). `false` if it did not within the deadline.
-    pub(crate) async fn newer_than(&self, namespace: &str, name: &str, version: &str, deadline: Duration) -> bool {
+    /// Waits, at most `deadline`, until the cached cluster `name` of `namespace` is at
+    /// resourceVersion `version` (this operator's own write). `false` if it was not within the
+    /// deadline (not yet, or already a later version).
+    pub(crate) async fn holds(&self, namespace: &str, name: &str, version: &str, deadline: Duration) -> bool {
         let Ok(scope) = self.scope(namespace) else {
             return false;
         };
         let key = ObjectRef::new(name).within(namespace);
         let started = tokio::time::Instant::now();
         loop {
-            let current = scope.clusters.get(&key);
-            if current.is_none_or(|c| c.resource_version().as_deref() != Some(version)) {
+            if scope
+                .clusters
+                .get(&key)
+                .is_some_and(|c| c.resource_version().as_deref() == Some(version))
+            {
                 return true;
             }
             if started.elapsed() >= deadline {
@@ -214,33 +230,37 @@ impl Caches {
         }
     }
 
-    /// Every cluster (namespace, name) in every scope.
-    pub(crate) fn clusters(&self) -> BTreeSet<(String, String)> {
+    /// Every cluster (namespace, name) in every scope; `None` until every scope's clusters are
+    /// listed.
+    pub(crate) fn clusters(&self) -> Option<BTreeSet<(String, String)>> {
         let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
-        scopes
-            .iter()
-            .flat_map(|scope| scope.clusters.state())
-            .map(|cluster| (cluster.namespace().unwrap_or_default(), cluster.name_any()))
-            .collect()
+        listed(&scopes).then(|| {
+            scopes
+                .iter()
+                .flat_map(|scope| scope.clusters.state())
+                .map(|cluster| (cluster.namespace().unwrap_or_default(), cluster.name_any()))
+                .collect()
+        })
     }
 
-    /// The clusters (`namespace/name`) whose status records a roll step in progress, in every
-    /// scope: what a restarted operator knows of the rolls under way.
-    pub(crate) fn rolling(&self) -> BTreeSet<String> {
+    /// The clusters (`namespace/name`) whose status records a roll under way, in every scope:
+    /// what a restarted operator knows of the rolls under way. `None` until every scope's
+    /// clusters are listed (a scope still listing would hide its rolls).
+    pub(crate) fn rolling(&self) -> Option<BTreeSet<String>> {
         let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
-        scopes
-            .iter()
-            .flat_map(|scope| scope.clusters.state())
-            .filter(|cluster| {
-                cluster.0.as_ref().is_ok_and(|c| {
-                    c.status
+        listed(&scopes).then(|| {
+            scopes
+                .iter()
+                .flat_map(|scope| scope.clusters.state())
+                .filter(|cluster| {
+                    cluster
+                        .0
                         .as_ref()
-                        .and_then(|s| s.maintenance.as_ref())
-                        .is_some_and(|m| m.server.is_some())
+                        .is_ok_and(|c| c.status.as_ref().is_some_and(|s| s.roll_under_way()))
                 })
-            })
-            .map(|cluster| object_key(cluster.as_ref()))
-            .collect()
+                .map(|cluster| object_key(cluster.as_ref()))
+                .collect()
+        })
     }
 
     /// The cached objects of kind `K` in `namespace` that carry every label of `labels`.

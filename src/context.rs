@@ -29,6 +29,9 @@ pub(crate) const PREFLIGHT_TTL: Duration = Duration::from_secs(300);
 /// server or the databases.
 pub const DEFAULT_CONCURRENT_RECONCILES: u16 = 16;
 
+/// How often [`Context::sweep`] forgets clusters deleted while unwatched.
+const SWEEP_PERIOD: Duration = Duration::from_secs(30);
+
 /// First retry delay after a failed reconcile; it doubles per consecutive failure.
 pub(crate) const BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// Longest retry delay after failed reconciles.
@@ -82,6 +85,7 @@ pub struct Context {
     /// The fleet-wide limit on clusters rolling at once.
     pub(crate) rolls: Rolls,
     failures: Mutex<HashMap<String, Failures>>,
+    swept: Mutex<Option<Instant>>,
 }
 
 impl Context {
@@ -106,6 +110,7 @@ impl Context {
             caches: Caches::default(),
             max_concurrent_reconciles: DEFAULT_CONCURRENT_RECONCILES,
             rolls: Rolls::new(DEFAULT_CONCURRENT_ROLLS),
+            swept: Mutex::default(),
             failures: Mutex::default(),
         }
     }
@@ -177,6 +182,32 @@ impl Context {
         self.rolls.settle(&object_key(cluster), false);
         self.reset_backoff(&object_key(cluster));
         self.metrics.forget_cluster(&ClusterLabels::of(cluster));
+    }
+
+    /// At most once per [`SWEEP_PERIOD`]: forgets what is kept about clusters the caches no
+    /// longer list (deleted while the watch was down: a relist shows no Delete), closes idle
+    /// database connections.
+    pub(crate) fn sweep(&self) {
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+            if swept.is_some_and(|at| at.elapsed() < SWEEP_PERIOD) {
+                return;
+            }
+            *swept = Some(Instant::now());
+        }
+        let Some(live) = self.caches.clusters() else {
+            return;
+        };
+        self.preflight.sweep(&live);
+        self.rolls
+            .retain(&live.iter().map(|(ns, name)| format!("{ns}/{name}")).collect());
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, _| {
+                key.split_once('/')
+                    .is_some_and(|(ns, n)| live.contains(&(ns.to_string(), n.to_string())))
+            });
     }
 
     /// Records a failure of `key` and returns how long to wait before retrying it. Only a

@@ -527,6 +527,25 @@ pub struct MaintenanceStatus {
     /// Why maintenance waits, if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_reason: Option<String>,
+    /// When the roll's first step started; kept until no server is outdated. A roll with this
+    /// set holds one of the operator's `--max-concurrent-rolls` slots, between its steps too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roll_started_at: Option<Time>,
+}
+
+/// The watched resource: an object that does not deserialize is kept (with its metadata) so
+/// that it gets a Warning Event instead of breaking the watch.
+pub type Watched = kube::core::DeserializeGuard<OrchestratorCluster>;
+
+impl OrchestratorClusterStatus {
+    /// Whether this status records a roll under way (its first step started, servers still
+    /// outdated; or a step recorded, as an operator before `rollStartedAt` stored it): such a
+    /// roll holds a slot of `--max-concurrent-rolls` until it ends.
+    pub fn roll_under_way(&self) -> bool {
+        self.maintenance
+            .as_ref()
+            .is_some_and(|m| m.roll_started_at.is_some() || m.server.is_some())
+    }
 }
 
 /// A spec value the CRD schema accepted but the operator cannot use.

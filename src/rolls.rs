@@ -3,11 +3,12 @@
 //! default) rolls a few clusters at a time, the others waiting with `MaintenanceBlocked` /
 //! `RollLimit` until a slot frees.
 //!
-//! A cluster holds a slot while its status records a step in progress (what a restarted
-//! operator reads back from the clusters' cache) or while a reconcile reserved one for the first
-//! step it is about to store. A slot is reserved atomically before planning, so that concurrent
-//! reconciles never start more rolls than the limit, and given back once the cluster's stored
-//! status shows no step.
+//! A cluster holds a slot from its roll's first step until no server is outdated
+//! (`status.maintenance.rollStartedAt`, what a restarted operator reads back from the clusters'
+//! cache; between steps too, and while a step halts), or while a reconcile reserved one for the
+//! first step it is about to store. A slot is reserved atomically, so that concurrent reconciles
+//! never start more rolls than the limit, and given back once the cluster's stored status shows
+//! no roll under way; a cluster deleted, even unseen, gives its slot back.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -40,7 +41,11 @@ impl Rolls {
             return Ok(());
         }
         let mut reserved = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-        let mut holders = caches.rolling();
+        // Until every cluster is listed (an operator start), the rolls under way are not known:
+        // none starts.
+        let Some(mut holders) = caches.rolling() else {
+            return Err(self.limit);
+        };
         holders.extend(reserved.iter().cloned());
         if holders.contains(key) || holders.len() < self.limit {
             reserved.insert(key.to_string());
@@ -50,12 +55,22 @@ impl Rolls {
         }
     }
 
-    /// Gives back the reservation of `key` unless the status just stored for it records a step
-    /// (`stepping`); a deleted cluster gives it back too.
-    pub(crate) fn settle(&self, key: &str, stepping: bool) {
-        if !stepping {
+    /// Gives back the reservation of `key` unless the status just stored for it records a roll
+    /// under way (`rolling`); a deleted cluster gives it back too.
+    pub(crate) fn settle(&self, key: &str, rolling: bool) {
+        if !rolling {
             self.reserved.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         }
+    }
+}
+
+impl Rolls {
+    /// Gives back the reservations of clusters not in `live` (deleted while unwatched).
+    pub(crate) fn retain(&self, live: &BTreeSet<String>) {
+        self.reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key| live.contains(key));
     }
 }
 
@@ -75,9 +90,12 @@ mod tests {
         // b's reconcile found nothing to roll: its slot goes to c.
         rolls.settle("ns/b", false);
         assert_eq!(rolls.reserve("ns/c", &caches), Ok(()));
-        // a stored a step: it keeps its slot.
+        // a stored its first step: it keeps its slot.
         rolls.settle("ns/a", true);
         assert_eq!(rolls.reserve("ns/d", &caches), Err(2));
         assert_eq!(Rolls::new(0).reserve("ns/d", &caches), Ok(()));
+        // a deleted while unwatched: its slot goes back.
+        rolls.retain(&BTreeSet::from(["ns/c".to_string()]));
+        assert_eq!(rolls.reserve("ns/d", &caches), Ok(()));
     }
 }

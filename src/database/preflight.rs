@@ -118,6 +118,18 @@ impl Preflight {
         }
     }
 
+    /// Forgets every cluster `live` does not list (deleted while unwatched), and closes idle
+    /// pooled connections.
+    pub(crate) fn sweep(&self, live: &BTreeSet<(String, String)>) {
+        let keep = |k: &String| {
+            k.split_once('/')
+                .is_some_and(|(ns, n)| live.contains(&(ns.to_string(), n.to_string())))
+        };
+        self.cache.lock().unwrap().retain(|k, _| keep(k));
+        self.credentials.lock().unwrap().retain(|k, _| keep(k));
+        self.databases.sweep(live);
+    }
+
     /// Forgets a cluster (deleted): its credentials, and its connection, which closes.
     pub(crate) fn forget(&self, cluster: &impl kube::Resource) {
         self.cache.lock().unwrap().remove(&key(cluster));
@@ -522,7 +534,18 @@ fn classify_login(error: &tokio_postgres::Error, cr: &OrchestratorCluster) -> Ho
             Reason::DatabaseMissing,
             format!("database {} does not exist on {}:{}", db.name, db.host, db.port),
         ),
-        _ => Hold::new(
+        // The database's own words may name the user (too many connections for role "x"):
+        // its code only.
+        Some(code) => Hold::new(
+            Reason::Unreachable,
+            format!(
+                "the database at {}:{} refused the session (SQLSTATE {})",
+                db.host,
+                db.port,
+                code.code()
+            ),
+        ),
+        None => Hold::new(
             Reason::Unreachable,
             format!("cannot connect to {}:{}: {error}", db.host, db.port),
         ),

@@ -25,7 +25,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::Stream;
@@ -36,7 +36,7 @@ use tokio::sync::{Semaphore, broadcast};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Config};
 
-use crate::reconcile::Watched;
+use crate::crd::Watched;
 
 /// Most connections of one database's pool.
 pub(crate) const POOL_SIZE: usize = 4;
@@ -55,8 +55,6 @@ const POOL_RECYCLE: Duration = Duration::from_secs(2);
 const RECONNECT_BASE: Duration = Duration::from_secs(1);
 /// Longest wait between attempts to open a listening connection.
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
-/// How often idle connections are closed and deleted clusters forgotten.
-const SWEEP_PERIOD: Duration = Duration::from_secs(30);
 /// Longest a listening connection may take to open and subscribe.
 const LISTEN_DEADLINE: Duration = Duration::from_secs(15);
 /// Triggers buffered for a controller that is busy; past it the oldest are dropped (the
@@ -128,7 +126,6 @@ impl Drop for Entry {
 /// Every database in use, and the triggers their notifications produce.
 pub(crate) struct Databases {
     entries: Mutex<HashMap<Target, Entry>>,
-    swept: Mutex<Option<Instant>>,
     triggers: broadcast::Sender<ObjectRef<Watched>>,
     permits: Arc<Semaphore>,
 }
@@ -137,7 +134,6 @@ impl Default for Databases {
     fn default() -> Self {
         Self {
             entries: Mutex::default(),
-            swept: Mutex::default(),
             triggers: broadcast::channel(TRIGGER_BUFFER).0,
             permits: Arc::new(Semaphore::new(CONNECTS_AT_ONCE)),
         }
@@ -172,6 +168,8 @@ impl Databases {
     ) -> Result<Pool, E> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = entries.get(&target) {
+            // No trigger for a cluster that joins: the reconcile that joins reads the table
+            // right after, so it has missed nothing.
             let joined = entry
                 .clusters
                 .lock()
@@ -180,8 +178,6 @@ impl Databases {
             let pool = entry.pool.clone();
             if joined {
                 remove(&mut entries, cluster, Some(&target));
-                // The new cluster may have missed notifications: it looks once.
-                let _ = self.triggers.send(object_ref(cluster));
             }
             return Ok(pool);
         }
@@ -263,23 +259,16 @@ impl Databases {
         );
     }
 
-    /// At most once per [`SWEEP_PERIOD`]: closes the pooled connections unused for
-    /// [`IDLE_TIMEOUT`], and forgets the clusters `live` no longer lists.
-    pub(crate) fn sweep(&self, live: impl FnOnce() -> BTreeSet<Cluster>) {
-        {
-            let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
-            if swept.is_some_and(|at| at.elapsed() < SWEEP_PERIOD) {
-                return;
-            }
-            *swept = Some(Instant::now());
-        }
-        self.retain_clusters(&live());
+    /// Closes the pooled connections unused for [`IDLE_TIMEOUT`], and forgets the clusters
+    /// `live` does not list.
+    pub(crate) fn sweep(&self, live: &BTreeSet<Cluster>) {
+        self.retain_clusters(live);
         for entry in self.entries.lock().unwrap_or_else(|e| e.into_inner()).values() {
             entry.pool.retain(|_, metrics| metrics.last_used() < IDLE_TIMEOUT);
         }
     }
 
-    /// Databases in use (each with one listening connection).
+    /// Databases in use (each with its listening connection once one of its clusters passed).
     pub(crate) fn count(&self) -> usize {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
     }

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
@@ -33,9 +32,7 @@ use crate::validate::{BuildSettings, ValidSpec, validate};
 use observe::{Freshness, Observed};
 use plan::Plan;
 
-/// The watched resource: an object that does not deserialize is kept (with its metadata) so
-/// that it gets a Warning Event instead of breaking the watch.
-pub type Watched = DeserializeGuard<OrchestratorCluster>;
+pub use crate::crd::Watched;
 
 /// Reconciles one `OrchestratorCluster`, within [`RECONCILE_TIMEOUT`]: past it the reconcile
 /// is cancelled where it stands and fails with [`Error::Timeout`], reported like any failure
@@ -90,22 +87,24 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
         plan = plan_in_turn(ctx, &spec, fresh, &now)?;
         database = fresh_database;
     }
-    match report::report(ctx, cr, &plan).await? {
-        report::StatusWrite::Stored => {
-            let stepping = plan.status.maintenance.as_ref().is_some_and(|m| m.server.is_some());
-            ctx.rolls.settle(&crate::crd::object_key(cr), stepping);
+    let written = match report::report(ctx, cr, &plan).await? {
+        report::StatusWrite::Stored { version } => {
+            let rolling = plan.status.roll_under_way();
+            ctx.rolls.settle(&crate::crd::object_key(cr), rolling);
+            version
         }
         report::StatusWrite::Stale => return Ok(Action::requeue(plan::STEP_REQUEUE)),
         report::StatusWrite::Gone => return Ok(Action::await_change()),
-    }
+    };
     act::act(ctx, cr, &plan, database.as_ref()).await?;
-    if plan.step_done.is_some() {
+    if plan.step_done.is_some()
+        && let Some(version) = written
+    {
         // A step just ended; the next may start now, from a fresh look. Status writes do not
-        // trigger reconciles, and a look at the cluster before the cache has this write would
-        // see the ended step again: wait (briefly) for the cache, then look at once.
+        // trigger reconciles, and a look at the cluster before the cache has this very write
+        // would see the ended step again: wait (briefly) for the cache, then look at once.
         let (namespace, name) = (cr.namespace().unwrap_or_default(), cr.name_any());
-        let version = cr.resource_version().unwrap_or_default();
-        if ctx.caches.newer_than(&namespace, &name, &version, CACHE_CATCH_UP).await {
+        if ctx.caches.holds(&namespace, &name, &version, CACHE_CATCH_UP).await {
             return Ok(Action::requeue(Duration::ZERO));
         }
     }
@@ -117,13 +116,12 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
 /// free.
 fn plan_in_turn(ctx: &Context, spec: &ValidSpec, mut observed: Observed, now: &Time) -> Result<Plan> {
     let planned = plan::plan(spec, &observed, now)?;
-    let recorded = |status: Option<&crate::crd::OrchestratorClusterStatus>| {
-        status
-            .and_then(|s| s.maintenance.as_ref())
-            .is_some_and(|m| m.server.is_some())
-    };
-    if recorded(Some(&planned.status))
-        && !recorded(spec.cr.status.as_ref())
+    if planned.status.roll_under_way()
+        && !spec
+            .cr
+            .status
+            .as_ref()
+            .is_some_and(crate::crd::OrchestratorClusterStatus::roll_under_way)
         && let Err(limit) = ctx.rolls.reserve(&crate::crd::object_key(spec.cr), &ctx.caches)
     {
         observed.rolls_full = Some(limit);
@@ -252,7 +250,7 @@ mod tests {
         // Caches that never fill (their watches never answer): the reconcile waits for them.
         let (scope, _writers) = crate::caches::Scope::new(None);
         ctx.caches.add(scope);
-        let cluster = Arc::new(DeserializeGuard(Ok(fixtures::minimal())));
+        let cluster = Arc::new(kube::core::DeserializeGuard(Ok(fixtures::minimal())));
         let started = tokio::time::Instant::now();
         let result = tokio::time::timeout(RECONCILE_TIMEOUT * 2, reconcile(cluster, ctx))
             .await

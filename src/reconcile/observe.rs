@@ -129,7 +129,7 @@ pub(crate) async fn observe(
         .await?;
     ctx.metrics.preflight_duration.observe(started.elapsed().as_secs_f64());
     let databases = &ctx.preflight.databases;
-    databases.sweep(|| ctx.caches.clusters());
+    ctx.sweep();
     ctx.metrics.database_listeners.set(databases.count() as i64);
     ctx.metrics
         .database_connections

@@ -20,10 +20,14 @@ use crate::metrics::ClusterLabels;
 use crate::vocabulary::Reason;
 
 /// What became of a plan's status write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum StatusWrite {
-    /// The status holds the plan's step: the plan may be acted on.
-    Stored,
+    /// The status holds the plan's step: the plan may be acted on. `version` is the
+    /// resourceVersion of the write (`None`: the status was already so, nothing written).
+    Stored {
+        /// The resourceVersion the write gave the resource.
+        version: Option<String>,
+    },
     /// The resource changed since it was read (a newer status, a new spec): the plan was made
     /// from a stale view and is dropped; the reconcile looks again a second later.
     Stale,
@@ -40,7 +44,7 @@ pub(crate) enum StatusWrite {
 pub(crate) async fn report(ctx: &Context, cr: &OrchestratorCluster, plan: &Plan) -> Result<StatusWrite> {
     let object = object_key(cr);
     let precondition = plan.touches_servers().then(|| cr.resource_version()).flatten();
-    match update_status(ctx, cr, &plan.status, precondition.as_deref()).await {
+    let written = match update_status(ctx, cr, &plan.status, precondition.as_deref()).await {
         // Deleted while this reconcile ran (after the watch's Delete made the operator forget
         // it): forget again what this reconcile put back.
         Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {
@@ -52,7 +56,7 @@ pub(crate) async fn report(ctx: &Context, cr: &OrchestratorCluster, plan: &Plan)
             return Ok(StatusWrite::Stale);
         }
         other => other?,
-    }
+    };
     let reference = cr.object_ref(&());
     for event in &plan.events {
         let type_ = if event.warning {
@@ -68,7 +72,7 @@ pub(crate) async fn report(ctx: &Context, cr: &OrchestratorCluster, plan: &Plan)
     // Counted once: a retried reconcile reads the stage this write stored.
     ctx.metrics
         .record_maintenance(&labels, plan.finished_stage.as_ref(), plan.step_done.as_ref());
-    Ok(StatusWrite::Stored)
+    Ok(StatusWrite::Stored { version: written })
 }
 
 /// A spec the operator cannot use: the `InvalidSpec` status and a Warning Event; nothing else
@@ -125,15 +129,16 @@ pub(crate) async fn failed(ctx: &Context, obj: &Watched, error: &Error) {
 
 /// Writes `status` to the status subresource unless it is already there. With
 /// `resource_version`, the write is refused (409) unless the resource still has that version,
-/// and it is made even when the status looks unchanged: it proves the view is current.
+/// and it is made even when the status looks unchanged: it proves the view is current. The
+/// resourceVersion the write gave the resource, if it wrote.
 async fn update_status(
     ctx: &Context,
     cr: &OrchestratorCluster,
     status: &OrchestratorClusterStatus,
     resource_version: Option<&str>,
-) -> Result<()> {
+) -> Result<Option<String>> {
     if resource_version.is_none() && cr.status.as_ref() == Some(status) {
-        return Ok(());
+        return Ok(None);
     }
     ctx.leadership.ensure()?;
     let api = Api::<OrchestratorCluster>::namespaced(ctx.client.clone(), &cr.namespace().unwrap_or_default());
@@ -145,13 +150,14 @@ async fn update_status(
     if let Some(version) = resource_version {
         patch["metadata"] = json!({"resourceVersion": version});
     }
-    api.patch_status(
-        &cr.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    let written = api
+        .patch_status(
+            &cr.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(written.resource_version())
 }
 
 /// Bytes the API server accepts in an Event's note.

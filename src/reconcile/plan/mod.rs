@@ -104,7 +104,10 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
         ));
     }
     if let Some(limit) = observed.rolls_full
-        && inputs.previous_step.is_none()
+        && !cr
+            .status
+            .as_ref()
+            .is_some_and(OrchestratorClusterStatus::roll_under_way)
         && decisions.roll.step.is_some()
     {
         // A fleet-wide change (an operator upgrade that changes every template) rolls at most

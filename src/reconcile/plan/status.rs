@@ -163,7 +163,7 @@ pub(super) fn status(
             schema_version,
         }),
         servers: servers.to_vec(),
-        maintenance: maintenance_status(roll, upgrade, servers.len(), &previous),
+        maintenance: maintenance_status(roll, upgrade, servers.len(), &previous, now),
         conditions,
     }
 }
@@ -185,6 +185,7 @@ fn maintenance_status(
     upgrade: &UpgradeDecision,
     servers: usize,
     previous: &OrchestratorClusterStatus,
+    now: &Time,
 ) -> Option<MaintenanceStatus> {
     if roll.step.is_none()
         && let Some(stage) = upgrade.stage
@@ -222,6 +223,13 @@ fn maintenance_status(
             .as_ref()
             .or(roll.waiting.as_ref())
             .map(|hold| hold.message.clone()),
+        // Set by the first step, kept between steps (and while a step halts or waits) until
+        // nothing is outdated.
+        roll_started_at: previous
+            .maintenance
+            .as_ref()
+            .and_then(|m| m.roll_started_at.clone())
+            .or_else(|| roll.step.as_ref().map(|_| now.clone())),
     })
 }
 

@@ -285,6 +285,21 @@ mod basics {
         rolling.status = Some(free.status.clone());
         let next = dry_run(&rolling, &observed, &BuildSettings::default(), &now()).unwrap();
         assert!(next.status.maintenance.as_ref().is_some_and(|m| m.server.is_some()));
+        // Between two steps of that roll (no step recorded, servers still outdated) it keeps
+        // its slot: its next step is not held back, and the roll's start is kept.
+        let started = free.status.maintenance.as_ref().unwrap().roll_started_at.clone();
+        assert!(started.is_some());
+        let mut between = rolling.clone();
+        let maintenance = between.status.as_mut().unwrap().maintenance.as_mut().unwrap();
+        (maintenance.server, maintenance.stage, maintenance.started_at) = (None, None, None);
+        let resumed = dry_run(&between, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(resumed.drain.len(), 1, "{:?}", resumed.status.maintenance);
+        assert_eq!(resumed.status.maintenance.unwrap().roll_started_at, started);
+        // Once nothing is outdated, the roll and its slot end.
+        let mut done = world(&cr, 3, 3);
+        done.rolls_full = Some(2);
+        let ended = dry_run(&between, &done, &BuildSettings::default(), &now()).unwrap();
+        assert!(ended.status.maintenance.is_none() && !ended.status.roll_under_way());
     }
 
     #[test]
