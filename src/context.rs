@@ -2,7 +2,7 @@
 //! leadership check and the per-object failure counts that drive the error back-off; and the
 //! deadlines of API requests and of a whole reconcile.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -198,16 +198,14 @@ impl Context {
         let Some(live) = self.caches.clusters() else {
             return;
         };
-        self.preflight.sweep(&live);
-        self.rolls
-            .retain(&live.iter().map(|(ns, name)| format!("{ns}/{name}")).collect());
+        let keys: BTreeSet<String> = live.iter().map(|(ns, name)| format!("{ns}/{name}")).collect();
+        self.preflight.retain(&keys);
+        self.preflight.databases.sweep(&live);
+        self.rolls.retain(&keys);
         self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|key, _| {
-                key.split_once('/')
-                    .is_some_and(|(ns, n)| live.contains(&(ns.to_string(), n.to_string())))
-            });
+            .retain(|key, _| keys.contains(key));
     }
 
     /// Records a failure of `key` and returns how long to wait before retrying it. Only a

@@ -1,8 +1,8 @@
 //! The database preflight: Secret, keys, host, connection, login, privileges, schema. Each
 //! failure is a `DatabaseReady` reason with a message a person can act on. A successful check
-//! is kept (and its connection reused for the reads of later reconciles) until a read on it
-//! fails, the Secret or the connection settings change, or [`Preflight`]'s `ttl` passes; a
-//! failed one is kept for a few seconds. The Secret's data is read from the API server once per
+//! (login, privileges, schema) is kept until a read fails, the Secret or the connection
+//! settings change, or [`Preflight`]'s `ttl` passes; a failed one is kept for a few seconds.
+//! Connections come from the database's shared pool ([`super::shared`]). The Secret's data is read from the API server once per
 //! change of the Secret (its resourceVersion comes from the metadata cache).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -118,16 +118,11 @@ impl Preflight {
         }
     }
 
-    /// Forgets every cluster `live` does not list (deleted while unwatched), and closes idle
-    /// pooled connections.
-    pub(crate) fn sweep(&self, live: &BTreeSet<(String, String)>) {
-        let keep = |k: &String| {
-            k.split_once('/')
-                .is_some_and(|(ns, n)| live.contains(&(ns.to_string(), n.to_string())))
-        };
-        self.cache.lock().unwrap().retain(|k, _| keep(k));
-        self.credentials.lock().unwrap().retain(|k, _| keep(k));
-        self.databases.sweep(live);
+    /// Forgets the checks and credentials of every cluster whose key (`namespace/name`) `live`
+    /// does not list (deleted while unwatched).
+    pub(crate) fn retain(&self, live: &BTreeSet<String>) {
+        self.cache.lock().unwrap().retain(|k, _| live.contains(k));
+        self.credentials.lock().unwrap().retain(|k, _| live.contains(k));
     }
 
     /// Forgets a cluster (deleted): its credentials, and its connection, which closes.

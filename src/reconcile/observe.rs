@@ -102,21 +102,23 @@ pub(crate) async fn observe(
     let cr = spec.cr;
     let ns = cr.namespace().unwrap_or_default();
     ctx.caches.ready(&ns).await?;
-    let pods: Vec<Pod> = match freshness {
+    let cluster = cr.name_any();
+    // Read in place: a cached pod is not copied, only its view is made.
+    let pods: Vec<PodView> = match freshness {
         Freshness::Cached => ctx
             .caches
             .list::<Pod>(&ns, &selector_labels(cr))?
             .iter()
-            .map(|pod| Pod::clone(pod))
+            .filter_map(|pod| pod_view(&cluster, pod))
             .collect(),
-        Freshness::Quorum => {
-            Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-                .list(&ListParams::default().labels(&selector_string(cr)))
-                .await?
-                .items
-        }
+        Freshness::Quorum => Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+            .list(&ListParams::default().labels(&selector_string(cr)))
+            .await?
+            .items
+            .iter()
+            .filter_map(|pod| pod_view(&cluster, pod))
+            .collect(),
     };
-    let pods: Vec<PodView> = pods.iter().filter_map(|pod| pod_view(&cr.name_any(), pod)).collect();
     let started = std::time::Instant::now();
     let names: BTreeSet<String> = pods.iter().map(|p| p.name.clone()).collect();
     let secret_version = ctx
