@@ -229,7 +229,7 @@ impl Preflight {
                 Ok(connection) => connection,
                 Err(hold) => return Ok(failed(hold)),
             };
-            match read(&connection).await {
+            match read(&connection, &namespace).await {
                 Ok((schema_version, rows)) => {
                     drop(connection);
                     self.databases.listen(&cluster_of(cr));
@@ -370,11 +370,12 @@ fn read_credentials(
     Ok((user, password, value(CA_KEY)))
 }
 
-/// The schema version and every server's row, within [`DATABASE_DEADLINE`].
-async fn read(client: &Client) -> Result<(i32, Vec<contract::Member>), contract::ContractError> {
+/// The schema version and the rows a cluster in `namespace` may own, within
+/// [`DATABASE_DEADLINE`].
+async fn read(client: &Client, namespace: &str) -> Result<(i32, Vec<contract::Member>), contract::ContractError> {
     let read = async {
         let schema_version = contract::schema_version(client).await?;
-        let members = contract::membership(client).await?;
+        let members = contract::membership_in_namespace(client, namespace).await?;
         Ok((schema_version, members))
     };
     tokio::time::timeout(DATABASE_DEADLINE, read).await.unwrap_or_else(|_| {

@@ -301,32 +301,55 @@ pub fn row_in_namespace<'a>(namespace: &str, server_id: &'a str) -> Option<(&'a 
     }
 }
 
+/// The columns a [`Member`] is read from (`s`: the `servers` row).
+const MEMBER_COLUMNS: &str = "s.server_id, s.version, s.state, s.running_jobs,
+        extract(epoch FROM now() - s.heartbeat_at)::float8,
+        extract(epoch FROM now() - s.drain_requested_at)::float8,
+        (SELECT count(*) FROM jobs j WHERE j.owner = s.server_id AND j.state = 'running'),
+        extract(epoch FROM s.heartbeat_at)::float8";
+
+/// A [`Member`] from a row of [`MEMBER_COLUMNS`].
+fn member(r: tokio_postgres::Row) -> Member {
+    Member {
+        server_id: r.get(0),
+        version: r.get(1),
+        state: r.get(2),
+        running_jobs: r.get(3),
+        heartbeat_age_seconds: r.get(4),
+        drain_requested_seconds: r.get(5),
+        owned_jobs: r.get(6),
+        heartbeat_at: r.get(7),
+    }
+}
+
 /// Every registered server.
 pub async fn membership(db: &impl GenericClient) -> Result<Vec<Member>> {
     let rows = db
         .query(
-            "SELECT s.server_id, s.version, s.state, s.running_jobs,
-                    extract(epoch FROM now() - s.heartbeat_at)::float8,
-                    extract(epoch FROM now() - s.drain_requested_at)::float8,
-                    (SELECT count(*) FROM jobs j WHERE j.owner = s.server_id AND j.state = 'running'),
-                    extract(epoch FROM s.heartbeat_at)::float8
-             FROM servers s ORDER BY s.server_id",
+            &format!("SELECT {MEMBER_COLUMNS} FROM servers s ORDER BY s.server_id"),
             &[],
         )
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Member {
-            server_id: r.get(0),
-            version: r.get(1),
-            state: r.get(2),
-            running_jobs: r.get(3),
-            heartbeat_age_seconds: r.get(4),
-            drain_requested_seconds: r.get(5),
-            owned_jobs: r.get(6),
-            heartbeat_at: r.get(7),
-        })
-        .collect())
+    Ok(rows.into_iter().map(member).collect())
+}
+
+/// The rows a cluster in `namespace` may own: those of that namespace and the legacy ones
+/// (no namespace, see [`server_identity`]). Clusters of many namespaces that share one
+/// database each read only their own rows, not the whole fleet's.
+pub async fn membership_in_namespace(db: &impl GenericClient, namespace: &str) -> Result<Vec<Member>> {
+    // A namespace is a DNS label: no `%`, `_` or backslash that LIKE would read as a pattern.
+    let prefix = format!("{namespace}/%");
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {MEMBER_COLUMNS} FROM servers s
+                 WHERE s.server_id LIKE $1 OR strpos(s.server_id, '/') = 0
+                 ORDER BY s.server_id"
+            ),
+            &[&prefix],
+        )
+        .await?;
+    Ok(rows.into_iter().map(member).collect())
 }
 
 /// Removes the row of a server that is gone, only if it owns no running job. True if removed;

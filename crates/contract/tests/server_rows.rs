@@ -73,3 +73,22 @@ async fn a_deleted_row_is_not_a_withdrawn_drain() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_namespace_reads_its_own_rows_and_the_legacy_ones() {
+    let (_pg, db) = registered("ns/s-0").await;
+    // `ns-2` starts with `ns` but is another namespace.
+    for id in ["ns-2/s-0", "other/s-0", "legacy-0"] {
+        let server = contract::Registration {
+            server_id: id,
+            version: "2.0.0",
+            schema: contract::schema_range_for_version("2.0.0"),
+        };
+        contract::register(&db, &server).await.unwrap();
+    }
+    let ids = |members: Vec<contract::Member>| -> Vec<String> { members.into_iter().map(|m| m.server_id).collect() };
+    let ns = contract::membership_in_namespace(&db, "ns").await.unwrap();
+    assert_eq!(ids(ns), ["legacy-0", "ns/s-0"]);
+    let all = contract::membership(&db).await.unwrap();
+    assert_eq!(all.len(), 4);
+}
