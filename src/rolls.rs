@@ -8,9 +8,10 @@
 //! cache; between steps too, and while a step halts), or while a reconcile reserved one for the
 //! first step it is about to store. A slot is reserved atomically, so that concurrent reconciles
 //! never start more rolls than the limit, and given back once the cluster's stored status shows
-//! no roll under way; a cluster deleted, even unseen, gives its slot back.
+//! no roll under way; a cluster deleted, even unseen, gives its slot back. The cluster that has
+//! waited longest is woken as soon as a roll ends (the others look again on their own).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Mutex;
 
 use crate::caches::Caches;
@@ -23,6 +24,8 @@ pub const DEFAULT_CONCURRENT_ROLLS: usize = 10;
 pub(crate) struct Rolls {
     limit: usize,
     reserved: Mutex<BTreeSet<String>>,
+    /// Clusters refused a slot, longest waiting first.
+    waiting: Mutex<VecDeque<String>>,
 }
 
 impl Rolls {
@@ -31,6 +34,7 @@ impl Rolls {
         Self {
             limit,
             reserved: Mutex::default(),
+            waiting: Mutex::default(),
         }
     }
 
@@ -47,10 +51,15 @@ impl Rolls {
             return Err(self.limit);
         };
         holders.extend(reserved.iter().cloned());
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
         if holders.contains(key) || holders.len() < self.limit {
             reserved.insert(key.to_string());
+            waiting.retain(|k| k != key);
             Ok(())
         } else {
+            if !waiting.iter().any(|k| k == key) {
+                waiting.push_back(key.to_string());
+            }
             Err(self.limit)
         }
     }
@@ -65,9 +74,20 @@ impl Rolls {
 }
 
 impl Rolls {
-    /// Gives back the reservations of clusters not in `live` (deleted while unwatched).
+    /// The cluster that has waited longest for a slot, taken off the queue: a roll just
+    /// ended, so it looks again now rather than at its next requeue.
+    pub(crate) fn next_waiting(&self) -> Option<String> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+    }
+
+    /// Gives back the reservations of clusters not in `live` (deleted while unwatched), and
+    /// forgets them as waiting.
     pub(crate) fn retain(&self, live: &BTreeSet<String>) {
         self.reserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key| live.contains(key));
+        self.waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|key| live.contains(key));
@@ -97,5 +117,26 @@ mod tests {
         // a deleted while unwatched: its slot goes back.
         rolls.retain(&BTreeSet::from(["ns/c".to_string()]));
         assert_eq!(rolls.reserve("ns/d", &caches), Ok(()));
+    }
+
+    #[test]
+    fn the_cluster_waiting_longest_is_woken_first_and_once() {
+        let caches = Caches::default();
+        let rolls = Rolls::new(1);
+        assert_eq!(rolls.reserve("ns/a", &caches), Ok(()));
+        assert_eq!(rolls.reserve("ns/b", &caches), Err(1));
+        assert_eq!(rolls.reserve("ns/c", &caches), Err(1));
+        // b asks again while waiting: it keeps its place.
+        assert_eq!(rolls.reserve("ns/b", &caches), Err(1));
+        assert_eq!(rolls.next_waiting().as_deref(), Some("ns/b"));
+        // a's roll ended: b takes the slot and leaves the queue; c stays.
+        rolls.settle("ns/a", false);
+        assert_eq!(rolls.reserve("ns/b", &caches), Ok(()));
+        assert_eq!(rolls.next_waiting().as_deref(), Some("ns/c"));
+        assert_eq!(rolls.next_waiting(), None);
+        // A cluster deleted while waiting is not woken.
+        assert_eq!(rolls.reserve("ns/d", &caches), Err(1));
+        rolls.retain(&BTreeSet::from(["ns/b".to_string()]));
+        assert_eq!(rolls.next_waiting(), None);
     }
 }

@@ -157,6 +157,14 @@ impl Databases {
         })
     }
 
+    /// Reconciles the cluster `key` (`namespace/name`) for a reason of its own (a roll slot
+    /// it waits for just freed), through the same trigger stream as the notifications.
+    pub(crate) fn trigger(&self, key: &str) {
+        if let Some((namespace, name)) = key.split_once('/') {
+            let _ = self.triggers.send(object_ref(&(namespace.to_string(), name.to_string())));
+        }
+    }
+
     /// The pool of `target` for `cluster`: the entry of that database (made, with its pool, if
     /// no other cluster uses it), which `cluster` joins, leaving any other (its settings or
     /// credentials changed). When `session` fails, `cluster` is left in no entry.

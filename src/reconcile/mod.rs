@@ -87,9 +87,14 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
         plan = plan_in_turn(ctx, &spec, fresh, &now)?;
         database = fresh_database;
     }
+    let rolling = plan.status.roll_under_way();
+    let roll_ended = !rolling
+        && cr
+            .status
+            .as_ref()
+            .is_some_and(crate::crd::OrchestratorClusterStatus::roll_under_way);
     let written = match report::report(ctx, cr, &plan).await? {
         report::StatusWrite::Stored { version } => {
-            let rolling = plan.status.roll_under_way();
             ctx.rolls.settle(&crate::crd::object_key(cr), rolling);
             version
         }
@@ -97,16 +102,25 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
         report::StatusWrite::Gone => return Ok(Action::await_change()),
     };
     act::act(ctx, cr, &plan, database.as_ref()).await?;
-    if plan.step_done.is_some()
-        && let Some(version) = written
-    {
-        // A step just ended; the next may start now, from a fresh look. Status writes do not
-        // trigger reconciles, and a look at the cluster before the cache has this very write
-        // would see the ended step again: wait (briefly) for the cache, then look at once.
-        let (namespace, name) = (cr.namespace().unwrap_or_default(), cr.name_any());
-        if ctx.caches.holds(&namespace, &name, &version, CACHE_CATCH_UP).await {
-            return Ok(Action::requeue(Duration::ZERO));
-        }
+    let Some(version) = written else {
+        return Ok(Action::requeue(jittered(plan.requeue)));
+    };
+    if plan.step_done.is_none() && !roll_ended {
+        return Ok(Action::requeue(jittered(plan.requeue)));
+    }
+    // A step or a whole roll just ended: the next step may start now, or another cluster's
+    // roll in the slot this one gives back. Status writes do not trigger reconciles, and a look
+    // before the cache has this very write would still see the step (or the roll holding its
+    // slot): wait (briefly) for the cache, then look at once.
+    let (namespace, name) = (cr.namespace().unwrap_or_default(), cr.name_any());
+    if !ctx.caches.holds(&namespace, &name, &version, CACHE_CATCH_UP).await {
+        return Ok(Action::requeue(jittered(plan.requeue)));
+    }
+    if roll_ended && let Some(next) = ctx.rolls.next_waiting() {
+        ctx.preflight.databases.trigger(&next);
+    }
+    if plan.step_done.is_some() {
+        return Ok(Action::requeue(Duration::ZERO));
     }
     Ok(Action::requeue(jittered(plan.requeue)))
 }

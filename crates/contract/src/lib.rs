@@ -49,9 +49,13 @@ pub const SERVER_CHANNEL: &str = "orchestrator_servers";
 /// commits. A listener must still read the table after subscribing and whenever its connection
 /// was lost: notifications sent while nobody listened are not kept.
 pub async fn listen(db: &impl GenericClient) -> Result<()> {
-    db.batch_execute(&format!("LISTEN {}", quote_identifier(SERVER_CHANNEL)))
-        .await?;
+    db.batch_execute(&listen_statement()).await?;
     Ok(())
+}
+
+/// `LISTEN` on [`SERVER_CHANNEL`].
+pub(crate) fn listen_statement() -> String {
+    format!("LISTEN {}", quote_identifier(SERVER_CHANNEL))
 }
 
 /// `name` as a quoted SQL identifier (`"name"`, inner quotes doubled).

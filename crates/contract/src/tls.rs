@@ -252,17 +252,34 @@ impl Connector {
     /// Opens a connection and spawns its driver task; returns the client and the driver's
     /// handle. [`ConnectError::from_connect`] tells a TLS failure in the error apart.
     pub async fn open(&self, config: &Config) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
+        self.open_with(config, None).await
+    }
+
+    /// [`Connector::open`], the driver sending the session's notifications to `sink` if any.
+    async fn open_with(
+        &self,
+        config: &Config,
+        sink: Option<mpsc::UnboundedSender<Notification>>,
+    ) -> Result<(Client, JoinHandle<()>), tokio_postgres::Error> {
         let config = self.with_mode(config);
         match &self.tls {
             None => {
                 let (client, connection) = config.connect(NoTls).await?;
-                Ok((client, drive(connection)))
+                Ok((client, drive_notifications(connection, sink)))
             }
             Some(tls) => {
                 let (client, connection) = config.connect(tls.clone()).await?;
-                Ok((client, drive(connection)))
+                Ok((client, drive_notifications(connection, sink)))
             }
         }
+    }
+
+    /// A connector for a pool whose connections each `LISTEN` on [`crate::SERVER_CHANNEL`]
+    /// as they open and send the notifications they receive to `sink`. The sink outlives
+    /// the connections: one the pool opens again (after a database restart) listens again,
+    /// though what was sent while none listened is lost.
+    pub fn listening(self, sink: mpsc::UnboundedSender<Notification>) -> ListeningConnector {
+        ListeningConnector { connector: self, sink }
     }
 
     /// Opens a connection whose driver runs in the background.
@@ -282,18 +299,12 @@ impl Connector {
         &self,
         config: &Config,
     ) -> Result<(Client, mpsc::UnboundedReceiver<Notification>), ConnectError> {
-        let config = self.with_mode(config);
-        let opened = match &self.tls {
-            None => config
-                .connect(NoTls)
-                .await
-                .map(|(client, connection)| (client, drive_notifications(connection))),
-            Some(tls) => config
-                .connect(tls.clone())
-                .await
-                .map(|(client, connection)| (client, drive_notifications(connection))),
-        };
-        opened.map_err(ConnectError::from_connect)
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let (client, _driver) = self
+            .open_with(config, Some(sender))
+            .await
+            .map_err(ConnectError::from_connect)?;
+        Ok((client, receiver))
     }
 
     /// `config` with the `sslmode` of the connection attempt: verification is this connector's.
@@ -308,32 +319,25 @@ impl Connector {
     }
 }
 
-/// Runs a connection's driver in the background until the connection ends.
-fn drive<F>(connection: F) -> JoinHandle<()>
-where
-    F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
-{
-    tokio::spawn(async move {
-        let _ = connection.await;
-    })
-}
-
 /// Runs a connection's driver in the background until the connection ends, forwarding its
-/// notifications to the receiver it returns (which ends with the connection).
-fn drive_notifications<S, T>(mut connection: Connection<S, T>) -> mpsc::UnboundedReceiver<Notification>
+/// notifications to `sink`, if any (a closed sink is no reason to close the connection).
+fn drive_notifications<S, T>(
+    mut connection: Connection<S, T>,
+    sink: Option<mpsc::UnboundedSender<Notification>>,
+) -> JoinHandle<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, receiver) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         // `poll_message` drives the connection (the client's queries too) as awaiting it would,
         // and yields what the server sends unasked.
         while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
-                // A dropped receiver is no reason to close the client's connection.
                 Ok(AsyncMessage::Notification(notification)) => {
-                    let _ = sender.send(notification);
+                    if let Some(sink) = &sink {
+                        let _ = sink.send(notification);
+                    }
                 }
                 Ok(AsyncMessage::Notice(notice)) => {
                     tracing::info!("{}: {}", notice.severity(), notice.message());
@@ -345,8 +349,7 @@ where
                 }
             }
         }
-    });
-    receiver
+    })
 }
 
 /// Opens a connection with `mode`; the connection's driver runs in the background.
@@ -375,5 +378,31 @@ impl deadpool_postgres::Connect for Connector {
     > {
         let config = config.clone();
         Box::pin(async move { self.open(&config).await })
+    }
+}
+
+/// A pool connector whose connections listen for server-row notifications, see
+/// [`Connector::listening`].
+#[derive(Debug)]
+pub struct ListeningConnector {
+    connector: Connector,
+    sink: mpsc::UnboundedSender<Notification>,
+}
+
+impl deadpool_postgres::Connect for ListeningConnector {
+    fn connect(
+        &self,
+        config: &Config,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(Client, JoinHandle<()>), tokio_postgres::Error>> + Send + '_>,
+    > {
+        let config = config.clone();
+        Box::pin(async move {
+            let (client, driver) = self.connector.open_with(&config, Some(self.sink.clone())).await?;
+            client
+                .batch_execute(&crate::listen_statement())
+                .await?;
+            Ok((client, driver))
+        })
     }
 }
