@@ -115,8 +115,15 @@ async fn main() {
 
     let samples = (clusters / 4).clamp(5, 50);
     let idle: Vec<&String> = fleet.iter().rev().take(samples).collect();
+    let before = operator.reconciles().await;
     let idle_times = reactions(&client, &idle).await;
-    println!("[scale N={clusters}] reaction idle: {}", percentiles(&idle_times));
+    let after = operator.reconciles().await;
+    println!(
+        "[scale N={clusters}] reaction idle: {}; meanwhile {} reconciles of {:.1} ms on average (operator's /metrics)",
+        percentiles(&idle_times),
+        after.1 - before.1,
+        (after.0 - before.0) * 1000.0 / (after.1 - before.1).max(1.0)
+    );
 
     let rolling: Vec<&String> = fleet.iter().take(clusters / 10).collect();
     stream::iter(&rolling)
@@ -130,11 +137,15 @@ async fn main() {
         })
         .await;
     let busy: Vec<&String> = fleet.iter().rev().skip(samples).take(samples).collect();
+    let before = operator.reconciles().await;
     let busy_times = reactions(&client, &busy).await;
+    let after = operator.reconciles().await;
     println!(
-        "[scale N={clusters}] reaction with {} of {clusters} rolling: {}",
+        "[scale N={clusters}] reaction with {} of {clusters} rolling: {}; meanwhile {} reconciles of {:.1} ms on average",
         rolling.len(),
-        percentiles(&busy_times)
+        percentiles(&busy_times),
+        after.1 - before.1,
+        (after.0 - before.0) * 1000.0 / (after.1 - before.1).max(1.0)
     );
     let mut rolling_left = 0;
     for ns in &rolling {
@@ -293,7 +304,7 @@ async fn templates(client: &Client, namespace: &str) -> Vec<(ApiResource, Value)
             value.as_object_mut().unwrap().remove("status");
             let meta = value["metadata"].as_object_mut().unwrap();
             meta.retain(|key, _| matches!(key.as_str(), "name" | "labels" | "annotations"));
-            if let Some(spec) = value["spec"].as_object_mut()
+            if let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut)
                 && spec.get("clusterIP").is_some_and(|ip| ip != "None")
             {
                 // Allocated by the API server for the probe's Service; each copy gets its own.
@@ -355,14 +366,21 @@ async fn baseline(client: &Client, templates: &[(ApiResource, Value)], namespace
 struct Operator {
     child: tokio::process::Child,
     log: std::path::PathBuf,
+    metrics_url: String,
 }
 
 impl Operator {
     fn start() -> Self {
         let log = e2e::root().join(".local/bench-scale-operator.log");
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestrator-operator"))
-            .args(["--http-addr", "127.0.0.1:0", "--leader-election-namespace", "bench-system"])
+            .args(["--http-addr", &format!("127.0.0.1:{port}")])
+            .args(["--leader-election-namespace", "bench-system"])
             .args(["--identity", "bench", "--server-image-repository", "example.invalid/orchestrator-server"])
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::from(file.try_clone().unwrap()))
@@ -370,7 +388,31 @@ impl Operator {
             .kill_on_drop(true)
             .spawn()
             .expect("start the operator binary");
-        Self { child, log }
+        Self {
+            child,
+            log,
+            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+        }
+    }
+
+    /// Sum and count of the reconcile durations so far (seconds), from its `/metrics`.
+    async fn reconciles(&self) -> (f64, f64) {
+        let text = reqwest::get(&self.metrics_url)
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("the operator serves /metrics")
+            .text()
+            .await
+            .unwrap();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (
+            value("orchestrator_operator_reconcile_duration_seconds_sum"),
+            value("orchestrator_operator_reconcile_duration_seconds_count"),
+        )
     }
 
     /// Resident memory (bytes) and CPU seconds (user + system) so far, from `/proc`.

@@ -2,7 +2,7 @@
 //! that a thousand clusters fit on one machine: pods run on kwok's fake nodes (no process), and
 //! this task plays what each server would do through one database connection.
 //!
-//! - A server pod that is ready registers its row (`<namespace>/<pod>`, the pod's
+//! - A server pod bound to a node registers its row (`<namespace>/<pod>`, the pod's
 //!   `SERVER_VERSION`) through the contract's `register`, which notifies the operator.
 //! - Every row it registered beats together every [`HEARTBEAT`], in one statement (a real
 //!   server's heartbeat does not notify either).
@@ -25,8 +25,8 @@ use tokio_postgres::NoTls;
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How often the simulator looks at pods and drain requests.
 const TICK: Duration = Duration::from_millis(200);
-/// Pods of the operator's servers (the baseline's pods carry other labels).
-pub(crate) const SERVER_PODS: &str = "app.kubernetes.io/name=orchestrator-server,app.kubernetes.io/managed-by=orchestrator-operator";
+/// Pods of the operator's servers (the baseline relabels its own).
+pub(crate) const SERVER_PODS: &str = "app.kubernetes.io/name=orchestrator-server";
 
 /// Plays every server pod's side of the contract against the database at `url`, forever.
 pub(crate) async fn run(client: Client, url: String) {
@@ -60,12 +60,12 @@ pub(crate) async fn run(client: Client, url: String) {
     }
 }
 
-/// The server id and version of every ready, running server pod, by pod uid.
+/// The pod uid and version of every server pod bound to a node and not terminating, by server id.
 fn live(store: &Store<Pod>) -> HashMap<String, (String, String)> {
     store
         .state()
         .iter()
-        .filter(|pod| pod.metadata.deletion_timestamp.is_none() && ready(pod))
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none() && bound(pod))
         .filter_map(|pod| {
             let version = pod
                 .spec
@@ -84,12 +84,10 @@ fn live(store: &Store<Pod>) -> HashMap<String, (String, String)> {
         .collect()
 }
 
-/// Whether the pod's Ready condition is True.
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+/// Whether the pod was bound to a node: a real server registers as soon as it starts, before
+/// its pod is ready; kwok makes a bound pod Running and Ready at once.
+fn bound(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| s.node_name.is_some())
 }
 
 /// One look: registrations, shutdowns, drains, and the heartbeat when it is due.
