@@ -39,6 +39,12 @@ options:
   kubeAuditPolicy: $root/hack/audit-policy.yaml
   kubeControllerManagerNodeMonitorGracePeriodMilliseconds: 30000
 componentsPatches:
+  # The API server's default Service range (10.0.0.0/24) holds 254 ClusterIPs; make
+  # bench-scale runs a thousand clusters, each with a client Service.
+  - name: kube-apiserver
+    extraArgs:
+      - key: service-cluster-ip-range
+        value: 10.96.0.0/16
   # kwok's binary runtime manages every node by default; it must leave the node agent's
   # Node and pods alone and only play fake nodes annotated for it (scale tests).
   - name: kwok-controller
