@@ -180,6 +180,7 @@ impl Context {
     pub(crate) fn forget(&self, cluster: &impl kube::Resource) {
         self.preflight.forget(cluster);
         self.rolls.settle(&object_key(cluster), false);
+        self.rolls.withdraw(&object_key(cluster));
         self.reset_backoff(&object_key(cluster));
         self.metrics.forget_cluster(&ClusterLabels::of(cluster));
     }

@@ -9,7 +9,8 @@
 //! first step it is about to store. A slot is reserved atomically, so that concurrent reconciles
 //! never start more rolls than the limit, and given back once the cluster's stored status shows
 //! no roll under way; a cluster deleted, even unseen, gives its slot back. The cluster that has
-//! waited longest is woken as soon as a roll ends (the others look again on their own).
+//! waited longest is woken as soon as a roll ends (the others look again on their own); it is
+//! not promised the slot, only the first look at it.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Mutex;
@@ -71,13 +72,24 @@ impl Rolls {
             self.reserved.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         }
     }
+
+    /// `key` no longer waits for a slot: its plan starts no roll (the change was reverted,
+    /// the roll started), or it was deleted.
+    pub(crate) fn withdraw(&self, key: &str) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k| k != key);
+    }
 }
 
 impl Rolls {
-    /// The cluster that has waited longest for a slot, taken off the queue: a roll just
-    /// ended, so it looks again now rather than at its next requeue.
-    pub(crate) fn next_waiting(&self) -> Option<String> {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+    /// The cluster that has waited longest for a slot, to wake when a roll ends so that it
+    /// looks again now rather than at its next requeue. It keeps its place until it takes a
+    /// slot or withdraws: woken but beaten to the slot by another cluster, it is woken first
+    /// again at the next roll's end.
+    pub(crate) fn longest_waiting(&self) -> Option<String> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).front().cloned()
     }
 
     /// Gives back the reservations of clusters not in `live` (deleted while unwatched), and
@@ -120,7 +132,7 @@ mod tests {
     }
 
     #[test]
-    fn the_cluster_waiting_longest_is_woken_first_and_once() {
+    fn the_cluster_waiting_longest_is_woken_until_it_takes_a_slot_or_withdraws() {
         let caches = Caches::default();
         let rolls = Rolls::new(1);
         assert_eq!(rolls.reserve("ns/a", &caches), Ok(()));
@@ -128,15 +140,21 @@ mod tests {
         assert_eq!(rolls.reserve("ns/c", &caches), Err(1));
         // b asks again while waiting: it keeps its place.
         assert_eq!(rolls.reserve("ns/b", &caches), Err(1));
-        assert_eq!(rolls.next_waiting().as_deref(), Some("ns/b"));
-        // a's roll ended: b takes the slot and leaves the queue; c stays.
+        assert_eq!(rolls.longest_waiting().as_deref(), Some("ns/b"));
+        // a's roll ended; c looked first and took the slot: b is still first in line.
         rolls.settle("ns/a", false);
+        assert_eq!(rolls.reserve("ns/c", &caches), Ok(()));
+        assert_eq!(rolls.longest_waiting().as_deref(), Some("ns/b"));
+        // c's roll ended; b takes the slot and leaves the queue.
+        rolls.settle("ns/c", false);
         assert_eq!(rolls.reserve("ns/b", &caches), Ok(()));
-        assert_eq!(rolls.next_waiting().as_deref(), Some("ns/c"));
-        assert_eq!(rolls.next_waiting(), None);
-        // A cluster deleted while waiting is not woken.
+        assert_eq!(rolls.longest_waiting(), None);
+        // A cluster whose change was reverted, or that was deleted, waits no more.
         assert_eq!(rolls.reserve("ns/d", &caches), Err(1));
+        assert_eq!(rolls.reserve("ns/e", &caches), Err(1));
+        rolls.withdraw("ns/d");
+        assert_eq!(rolls.longest_waiting().as_deref(), Some("ns/e"));
         rolls.retain(&BTreeSet::from(["ns/b".to_string()]));
-        assert_eq!(rolls.next_waiting(), None);
+        assert_eq!(rolls.longest_waiting(), None);
     }
 }

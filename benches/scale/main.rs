@@ -64,7 +64,10 @@ const CLIENT_CONCURRENCY: usize = 16;
 
 #[tokio::main]
 async fn main() {
-    let clusters: usize = std::env::var("CLUSTERS").ok().and_then(|n| n.parse().ok()).unwrap_or(100);
+    let clusters: usize = std::env::var("CLUSTERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
     let steady_seconds: u64 = std::env::var("STEADY_SECONDS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -88,13 +91,18 @@ async fn main() {
     create_fleet(&client, &pg, &["bench-probe".to_string()]).await;
     wait_ready(&client, 1, "bench-probe").await;
     let templates = templates(&client, "bench-probe").await;
-    drop(operator);
+    // Stopped with SIGTERM, it hands the Lease back: the next operator leads at once.
+    operator.stop().await;
 
     let started = Instant::now();
     let baseline_namespaces: Vec<String> = (0..clusters).map(|i| format!("base-{i}")).collect();
     baseline(&client, &templates, &baseline_namespaces).await;
     let baseline_time = started.elapsed();
-    println!("[scale N={clusters}] baseline: {} StatefulSets applied and ready in {:.1} s", clusters, baseline_time.as_secs_f64());
+    println!(
+        "[scale N={clusters}] baseline: {} StatefulSets applied and ready in {:.1} s",
+        clusters,
+        baseline_time.as_secs_f64()
+    );
 
     let operator = Operator::start();
     let started = Instant::now();
@@ -130,9 +138,13 @@ async fn main() {
         .for_each_concurrent(CLIENT_CONCURRENCY, |ns| {
             let api = Api::<OrchestratorCluster>::namespaced(client.clone(), ns);
             async move {
-                api.patch("c", &PatchParams::default(), &Patch::Merge(json!({"spec": {"version": "2.0.1"}})))
-                    .await
-                    .unwrap();
+                api.patch(
+                    "c",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"version": "2.0.1"}})),
+                )
+                .await
+                .unwrap();
             }
         })
         .await;
@@ -149,8 +161,14 @@ async fn main() {
     );
     let mut rolling_left = 0;
     for ns in &rolling {
-        let cr = Api::<OrchestratorCluster>::namespaced(client.clone(), ns).get("c").await.unwrap();
-        if cr.status.is_none_or(|s| s.phase != Phase::Ready) {
+        let cr = Api::<OrchestratorCluster>::namespaced(client.clone(), ns)
+            .get("c")
+            .await
+            .unwrap();
+        let done = cr.status.as_ref().is_some_and(|s| {
+            s.phase == Phase::Ready && s.observed_generation == cr.metadata.generation && !s.roll_under_way()
+        });
+        if !done {
             rolling_left += 1;
         }
     }
@@ -159,7 +177,7 @@ async fn main() {
         rolling_left,
         rolling.len()
     );
-    drop(operator);
+    operator.stop().await;
 }
 
 /// Installs the CRD and waits until it is served.
@@ -171,10 +189,13 @@ async fn install_crd(client: &Client) {
     api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&crd))
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(60), await_condition(api, &name, conditions::is_crd_established()))
-        .await
-        .expect("CRD established within 60 s")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(api, &name, conditions::is_crd_established()),
+    )
+    .await
+    .expect("CRD established within 60 s")
+    .unwrap();
 }
 
 /// A namespace object.
@@ -187,9 +208,13 @@ async fn apply<K>(api: Api<K>, object: &K)
 where
     K: Resource + serde::Serialize + serde::de::DeserializeOwned + Clone + std::fmt::Debug,
 {
-    api.patch(&object.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(object))
-        .await
-        .unwrap_or_else(|e| panic!("apply {}: {e}", object.name_any()));
+    api.patch(
+        &object.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {}: {e}", object.name_any()));
 }
 
 /// `count` fake nodes kwok plays (Ready, room for [`PODS_PER_NODE`] pods), tainted so that only
@@ -216,10 +241,13 @@ async fn fake_nodes(client: &Client, count: usize) {
             n.and_then(|n| n.status.as_ref()?.conditions.as_ref())
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         };
-        tokio::time::timeout(Duration::from_secs(60), await_condition(api, &format!("fake-{i}"), ready))
-            .await
-            .expect("kwok makes a fake node Ready within 60 s")
-            .unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            await_condition(api, &format!("fake-{i}"), ready),
+        )
+        .await
+        .expect("kwok makes a fake node Ready within 60 s")
+        .unwrap();
     }
 }
 
@@ -264,7 +292,11 @@ async fn wait_ready(client: &Client, count: usize, prefix: &str) {
     let mut events = watcher(api, watcher::Config::default()).applied_objects().boxed();
     let wait = async {
         while ready.len() < count {
-            let cr = events.try_next().await.expect("the cluster watch").expect("the watch goes on");
+            let cr = events
+                .try_next()
+                .await
+                .expect("the cluster watch")
+                .expect("the watch goes on");
             let ns = cr.namespace().unwrap_or_default();
             if !ns.starts_with(prefix) {
                 continue;
@@ -277,7 +309,10 @@ async fn wait_ready(client: &Client, count: usize, prefix: &str) {
         }
     };
     if tokio::time::timeout(DEADLINE, wait).await.is_err() {
-        panic!("only {} of {count} clusters ({prefix}*) Ready within {DEADLINE:?}", ready.len());
+        panic!(
+            "only {} of {count} clusters ({prefix}*) Ready within {DEADLINE:?}",
+            ready.len()
+        );
     }
 }
 
@@ -357,7 +392,11 @@ async fn baseline(client: &Client, templates: &[(ApiResource, Value)], namespace
         }
     };
     if tokio::time::timeout(DEADLINE, wait).await.is_err() {
-        panic!("only {} of {} baseline StatefulSets ready within {DEADLINE:?}", ready.len(), namespaces.len());
+        panic!(
+            "only {} of {} baseline StatefulSets ready within {DEADLINE:?}",
+            ready.len(),
+            namespaces.len()
+        );
     }
 }
 
@@ -372,7 +411,11 @@ struct Operator {
 impl Operator {
     fn start() -> Self {
         let log = e2e::root().join(".local/bench-scale-operator.log");
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -381,7 +424,12 @@ impl Operator {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestrator-operator"))
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(["--leader-election-namespace", "bench-system"])
-            .args(["--identity", "bench", "--server-image-repository", "example.invalid/orchestrator-server"])
+            .args([
+                "--identity",
+                "bench",
+                "--server-image-repository",
+                "example.invalid/orchestrator-server",
+            ])
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))
@@ -393,6 +441,21 @@ impl Operator {
             log,
             metrics_url: format!("http://127.0.0.1:{port}/metrics"),
         }
+    }
+
+    /// Stops it as Kubernetes would (SIGTERM), so that it hands its Lease back, and waits
+    /// for it to exit.
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = tokio::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the operator stops within 60 s of SIGTERM")
+            .unwrap();
     }
 
     /// Sum and count of the reconcile durations so far (seconds), from its `/metrics`.
@@ -441,12 +504,17 @@ async fn request_totals(client: &Client) -> BTreeMap<(String, String), f64> {
         .expect("the API server's /metrics");
     let mut totals = BTreeMap::new();
     for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-        let Some((labels, value)) = line.rsplit_once(' ') else { continue };
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        // `{a="x",b="y"}`: none of these values holds a comma or a quote.
         let label = |name: &str| {
             labels
-                .split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|rest| rest.split('"').next())
+                .trim_start_matches("apiserver_request_total{")
+                .trim_end_matches('}')
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix("=\""))
+                .and_then(|value| value.strip_suffix('"'))
                 .unwrap_or_default()
                 .to_string()
         };
@@ -495,8 +563,16 @@ async fn steady(client: &Client, operator: &Operator, pg: &TestPostgres, cluster
     }
     let ours_total = ours.iter().filter(|r| !lease(r)).count() as f64 / minutes;
     let ours_writes = ours.iter().filter(|r| !lease(r) && r.is_write()).count() as f64 / minutes;
-    let fmt = |m: &BTreeMap<String, f64>| m.iter().map(|(v, n)| format!("{v} {n:.0}")).collect::<Vec<_>>().join(", ");
-    println!("[scale N={clusters}] steady: API requests/min, every client (apiserver_request_total, watches aside): {}", fmt(&by_verb));
+    let fmt = |m: &BTreeMap<String, f64>| {
+        m.iter()
+            .map(|(v, n)| format!("{v} {n:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "[scale N={clusters}] steady: API requests/min, every client (apiserver_request_total, watches aside): {}",
+        fmt(&by_verb)
+    );
     println!(
         "[scale N={clusters}] steady: operator requests/min (audit log, Lease aside): {ours_total:.1} ({:.2} per 100 clusters), writes/min {ours_writes:.1}, by verb {:?}; Lease requests/min {:.1}",
         ours_total * 100.0 / clusters as f64,
@@ -524,17 +600,25 @@ async fn steady(client: &Client, operator: &Operator, pg: &TestPostgres, cluster
         .iter()
         .map(|r| {
             let name: String = r.get(0);
-            let name = if name.is_empty() { "(no application name)".to_string() } else { name };
+            let name = if name.is_empty() {
+                "(no application name)".to_string()
+            } else {
+                name
+            };
             format!("{name}: {} ({} listening)", r.get::<_, i64>(1), r.get::<_, i64>(2))
         })
         .collect();
-    println!("[scale N={clusters}] steady: database connections (pg_stat_activity): {}", held.join(", "));
+    println!(
+        "[scale N={clusters}] steady: database connections (pg_stat_activity): {}",
+        held.join(", ")
+    );
     println!("[scale N={clusters}] operator log: {}", operator.log.display());
 }
 
 /// For each namespace in turn: the time from a `replicas + 1` patch of its cluster to the
-/// operator's first write for it (a status write, or a change of its StatefulSet), both seen
-/// on watches opened before the patch.
+/// operator's first write for it in answer (a status that observed the patched generation, or
+/// the StatefulSet asking for the new number of servers), both seen on watches opened before
+/// the patch.
 async fn reactions(client: &Client, namespaces: &[&String]) -> Vec<Duration> {
     let mut times = Vec::new();
     for ns in namespaces {
@@ -542,57 +626,62 @@ async fn reactions(client: &Client, namespaces: &[&String]) -> Vec<Duration> {
         let sets = Api::<StatefulSet>::namespaced(client.clone(), ns);
         let cr = crs.get("c").await.unwrap();
         let set = sets.get("c").await.unwrap();
+        let replicas = cr.spec.replicas + 1;
         let params = WatchParams::default().fields("metadata.name=c");
-        let cluster_changes = crs
+        let generation = cr.metadata.generation.unwrap_or(0) + 1;
+        let observed = crs
             .watch(&params, &cr.resource_version().unwrap())
             .await
             .unwrap()
-            .filter_map(|e| future::ready(modified(e)))
+            .filter(move |e| {
+                future::ready(matches!(e, Ok(WatchEvent::Modified(c))
+                    if c.status.as_ref().and_then(|s| s.observed_generation) >= Some(generation)))
+            })
+            .map(|_| ())
             .boxed();
-        let set_changes = sets
+        let scaled = sets
             .watch(&params, &set.resource_version().unwrap())
             .await
             .unwrap()
-            .filter_map(|e| future::ready(modified(e)))
+            .filter(move |e| {
+                future::ready(matches!(e, Ok(WatchEvent::Modified(s))
+                    if s.spec.as_ref().and_then(|s| s.replicas) == Some(replicas)))
+            })
+            .map(|_| ())
             .boxed();
         let started = Instant::now();
         let patched = crs
             .patch(
                 "c",
                 &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"replicas": cr.spec.replicas + 1}})),
+                &Patch::Merge(json!({"spec": {"replicas": replicas}})),
             )
             .await
             .unwrap();
-        // The cluster's own patch comes back on its watch; any other change is the operator's.
-        let ours = patched.resource_version();
-        let theirs = cluster_changes.filter(move |version| future::ready(Some(version) != ours.as_ref()));
-        let mut writes = stream::select(theirs, set_changes);
-        match tokio::time::timeout(Duration::from_secs(60), writes.next()).await {
-            Ok(Some(_)) => times.push(started.elapsed()),
+        assert_eq!(
+            patched.metadata.generation,
+            Some(generation),
+            "{ns}/c changed by someone else meanwhile"
+        );
+        let mut answers = stream::select(observed, scaled);
+        match tokio::time::timeout(Duration::from_secs(60), answers.next()).await {
+            Ok(Some(())) => times.push(started.elapsed()),
             _ => panic!("the operator wrote nothing for {ns}/c within 60 s of replicas + 1"),
         }
     }
     times
 }
 
-/// The resourceVersion of a modified object, from a watch event.
-fn modified<K: Resource>(event: Result<WatchEvent<K>, kube::Error>) -> Option<String> {
-    match event {
-        Ok(WatchEvent::Modified(object)) => object.meta().resource_version.clone(),
-        _ => None,
-    }
-}
-
-/// `p50 … p99 … max … (n samples)` of `times`, in milliseconds.
+/// `p50, p90 and max` of `times`, in milliseconds (with fewer than 100 samples a p99 would be
+/// the max).
 fn percentiles(times: &[Duration]) -> String {
     let mut ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1000.0).collect();
     ms.sort_by(f64::total_cmp);
     let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
     format!(
-        "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples)",
+        "p50 {:.0} ms, p90 {:.0} ms, max {:.0} ms ({} samples)",
         at(0.5),
-        at(0.99),
+        at(0.9),
         ms[ms.len() - 1],
         ms.len()
     )

@@ -109,7 +109,11 @@ async fn tick(
             registered.insert(id.clone(), uid.clone());
         }
     }
-    let gone: Vec<String> = registered.keys().filter(|id| !live.contains_key(*id)).cloned().collect();
+    let gone: Vec<String> = registered
+        .keys()
+        .filter(|id| !live.contains_key(*id))
+        .cloned()
+        .collect();
     for id in gone {
         contract::set_state(db, &id, server_state::STOPPED).await?;
         registered.remove(&id);

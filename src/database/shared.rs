@@ -161,7 +161,9 @@ impl Databases {
     /// it waits for just freed), through the same trigger stream as the notifications.
     pub(crate) fn trigger(&self, key: &str) {
         if let Some((namespace, name)) = key.split_once('/') {
-            let _ = self.triggers.send(object_ref(&(namespace.to_string(), name.to_string())));
+            let _ = self
+                .triggers
+                .send(object_ref(&(namespace.to_string(), name.to_string())));
         }
     }
 

@@ -116,7 +116,7 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
     if !ctx.caches.holds(&namespace, &name, &version, CACHE_CATCH_UP).await {
         return Ok(Action::requeue(jittered(plan.requeue)));
     }
-    if roll_ended && let Some(next) = ctx.rolls.next_waiting() {
+    if roll_ended && let Some(next) = ctx.rolls.longest_waiting() {
         ctx.preflight.databases.trigger(&next);
     }
     if plan.step_done.is_some() {
@@ -130,14 +130,18 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
 /// free.
 fn plan_in_turn(ctx: &Context, spec: &ValidSpec, mut observed: Observed, now: &Time) -> Result<Plan> {
     let planned = plan::plan(spec, &observed, now)?;
-    if planned.status.roll_under_way()
+    let key = crate::crd::object_key(spec.cr);
+    let starts_roll = planned.status.roll_under_way()
         && !spec
             .cr
             .status
             .as_ref()
-            .is_some_and(crate::crd::OrchestratorClusterStatus::roll_under_way)
-        && let Err(limit) = ctx.rolls.reserve(&crate::crd::object_key(spec.cr), &ctx.caches)
-    {
+            .is_some_and(crate::crd::OrchestratorClusterStatus::roll_under_way);
+    if !starts_roll {
+        ctx.rolls.withdraw(&key);
+        return Ok(planned);
+    }
+    if let Err(limit) = ctx.rolls.reserve(&key, &ctx.caches) {
         observed.rolls_full = Some(limit);
         return plan::plan(spec, &observed, now);
     }

@@ -399,9 +399,7 @@ impl deadpool_postgres::Connect for ListeningConnector {
         let config = config.clone();
         Box::pin(async move {
             let (client, driver) = self.connector.open_with(&config, Some(self.sink.clone())).await?;
-            client
-                .batch_execute(&crate::listen_statement())
-                .await?;
+            client.batch_execute(&crate::listen_statement()).await?;
             Ok((client, driver))
         })
     }

@@ -281,3 +281,57 @@ async fn notifications_arrive_over_verified_tls() {
     assert!(contract::heartbeat(&db, "ns/s-0", 0).await.unwrap().registered);
     listener.expect_none("a heartbeat").await;
 }
+
+#[tokio::test]
+async fn a_listening_pool_hears_the_rows_and_listens_again_on_a_new_connection() {
+    let (pg, db) = registered("ns/s-0").await;
+    let (sink, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    let connector = orchestrator_contract::tls::Connector::new(SslMode::Disable, None)
+        .unwrap()
+        .listening(sink);
+    let manager = deadpool_postgres::Manager::from_connect(
+        pg.url().parse().unwrap(),
+        connector,
+        deadpool_postgres::ManagerConfig::default(),
+    );
+    let pool = deadpool_postgres::Pool::builder(manager).max_size(1).build().unwrap();
+    let mut next = async || {
+        timeout(PATIENCE, heard.recv())
+            .await
+            .expect("a notification in time")
+            .expect("the sink is open")
+    };
+
+    // The connection listens from the moment the pool hands it out.
+    let pid: i32 = pool
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(contract::request_drain(&db, "ns/s-0").await.unwrap());
+    assert_eq!(next().await.payload(), "ns/s-0");
+
+    // The database ends the session; the pool's next connection listens again.
+    let terminated: bool = db
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+    let again: i32 = loop {
+        // The pool finds its connection closed (recycling checks it) and opens another.
+        match pool.get().await {
+            Ok(client) => match client.query_one("SELECT pg_backend_pid()", &[]).await {
+                Ok(row) => break row.get(0),
+                Err(_) => drop(deadpool_postgres::Object::take(client)),
+            },
+            Err(error) => panic!("no new connection: {error}"),
+        }
+    };
+    assert_ne!(again, pid);
+    assert!(contract::cancel_drain(&db, "ns/s-0").await.unwrap());
+    assert_eq!(next().await.payload(), "ns/s-0");
+}

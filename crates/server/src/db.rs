@@ -13,8 +13,8 @@ use orchestrator_contract::tls::{ConnectError, Connector};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_postgres::{Client, Notification};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Notification};
 
 use crate::config::DatabaseSettings;
 
@@ -163,6 +163,8 @@ impl Database {
         if let Some(timeout) = options.statement_timeout {
             config.options(format!("-c statement_timeout={}", timeout.as_millis().max(1)));
         }
+        // `Verified` (a round trip before reuse) keeps a listening connection's `LISTEN`;
+        // `Clean` would run `UNLISTEN *` on every recycle and silence it.
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Verified,
         };
