@@ -49,8 +49,8 @@ where
     }
 }
 
-/// The objects of `api` selected by `config`, kept in the store of `writer`; every object added,
-/// changed or deleted is passed on as a trigger.
+/// The objects of `api` selected by `config`, kept in the store of `writer` without their
+/// managed fields; every object added, changed or deleted is passed on as a trigger.
 fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -61,8 +61,16 @@ where
 {
     watcher::watcher(api, config)
         .default_backoff()
+        .modify(drop_managed_fields)
         .reflect(writer)
         .touched_objects()
+}
+
+/// Forgets an object's `metadata.managedFields` before it is cached: the operator never reads
+/// them (its writes are server-side applies), and they are a large part of every object the
+/// caches hold, a few per cluster.
+fn drop_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 /// [`reconcile`], only while this replica leads: a replica that does not lead starts none.
@@ -98,6 +106,7 @@ async fn run_one(
     let forget = ctx.clone();
     let trigger = watcher::watcher(clusters, watcher::Config::default())
         .default_backoff()
+        .modify(drop_managed_fields)
         .reflect(writer)
         // A deleted cluster leaves nothing behind: its cached database connection, its
         // back-off entry and its metric series go with it.
@@ -135,7 +144,7 @@ async fn run_one(
     .default_backoff()
     .modify(|secret| {
         secret.metadata.annotations = None;
-        secret.metadata.managed_fields = None;
+        drop_managed_fields(secret);
     })
     .reflect(writers.secrets)
     .touched_objects();

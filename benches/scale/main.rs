@@ -35,12 +35,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt, future, stream};
+use futures::{FutureExt, StreamExt, TryStreamExt, future, stream};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DynamicObject, Patch, PatchParams, WatchEvent, WatchParams};
+use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -617,38 +617,30 @@ async fn steady(client: &Client, operator: &Operator, pg: &TestPostgres, cluster
 
 /// For each namespace in turn: the time from a `replicas + 1` patch of its cluster to the
 /// operator's first write for it in answer (a status that observed the patched generation, or
-/// the StatefulSet asking for the new number of servers), both seen on watches opened before
-/// the patch.
+/// the StatefulSet asking for the new number of servers), whichever a watch shows first. The
+/// watches start before the patch; being conditions on state, not on events, they cannot miss
+/// an answer that came before they listed.
 async fn reactions(client: &Client, namespaces: &[&String]) -> Vec<Duration> {
     let mut times = Vec::new();
     for ns in namespaces {
         let crs = Api::<OrchestratorCluster>::namespaced(client.clone(), ns);
         let sets = Api::<StatefulSet>::namespaced(client.clone(), ns);
         let cr = crs.get("c").await.unwrap();
-        let set = sets.get("c").await.unwrap();
         let replicas = cr.spec.replicas + 1;
-        let params = WatchParams::default().fields("metadata.name=c");
         let generation = cr.metadata.generation.unwrap_or(0) + 1;
-        let observed = crs
-            .watch(&params, &cr.resource_version().unwrap())
-            .await
-            .unwrap()
-            .filter(move |e| {
-                future::ready(matches!(e, Ok(WatchEvent::Modified(c))
-                    if c.status.as_ref().and_then(|s| s.observed_generation) >= Some(generation)))
-            })
-            .map(|_| ())
-            .boxed();
-        let scaled = sets
-            .watch(&params, &set.resource_version().unwrap())
-            .await
-            .unwrap()
-            .filter(move |e| {
-                future::ready(matches!(e, Ok(WatchEvent::Modified(s))
-                    if s.spec.as_ref().and_then(|s| s.replicas) == Some(replicas)))
-            })
-            .map(|_| ())
-            .boxed();
+        let observed = tokio::spawn(await_condition(
+            crs.clone(),
+            "c",
+            move |c: Option<&OrchestratorCluster>| {
+                c.and_then(|c| c.status.as_ref()?.observed_generation) >= Some(generation)
+            },
+        ));
+        let scaled = tokio::spawn(await_condition(sets, "c", move |s: Option<&StatefulSet>| {
+            s.and_then(|s| s.spec.as_ref()?.replicas) == Some(replicas)
+        }));
+        let (observed_abort, scaled_abort) = (observed.abort_handle(), scaled.abort_handle());
+        let observed = observed.map(|r| matches!(r, Ok(Ok(_)))).boxed();
+        let scaled = scaled.map(|r| matches!(r, Ok(Ok(_)))).boxed();
         let started = Instant::now();
         let patched = crs
             .patch(
@@ -663,9 +655,12 @@ async fn reactions(client: &Client, namespaces: &[&String]) -> Vec<Duration> {
             Some(generation),
             "{ns}/c changed by someone else meanwhile"
         );
-        let mut answers = stream::select(observed, scaled);
-        match tokio::time::timeout(Duration::from_secs(60), answers.next()).await {
-            Ok(Some(())) => times.push(started.elapsed()),
+        let answer = futures::future::select(observed, scaled);
+        let seen = tokio::time::timeout(Duration::from_secs(60), answer).await;
+        observed_abort.abort();
+        scaled_abort.abort();
+        match seen {
+            Ok(future::Either::Left((true, _)) | future::Either::Right((true, _))) => times.push(started.elapsed()),
             _ => panic!("the operator wrote nothing for {ns}/c within 60 s of replicas + 1"),
         }
     }
