@@ -288,31 +288,44 @@ async fn create_fleet(client: &Client, pg: &TestPostgres, namespaces: &[String])
 /// Waits until `count` clusters of namespaces starting with `prefix` are Ready.
 async fn wait_ready(client: &Client, count: usize, prefix: &str) {
     let api = Api::<OrchestratorCluster>::all(client.clone());
-    let mut ready = BTreeSet::new();
-    let mut events = watcher(api, watcher::Config::default()).applied_objects().boxed();
+    let what = format!("clusters ({prefix}*) Ready");
+    wait_for_namespaces(api, watcher::Config::default(), count, &what, |cr| {
+        let ours = cr.namespace().unwrap_or_default().starts_with(prefix);
+        ours.then(|| cr.status.as_ref().is_some_and(|s| s.phase == Phase::Ready))
+    })
+    .await;
+}
+
+/// Waits until `count` namespaces each hold an object of `api` (selected by `config`) for
+/// which `done` answers `Some(true)` (`None`: not one to count), within [`DEADLINE`].
+async fn wait_for_namespaces<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    count: usize,
+    what: &str,
+    done: impl Fn(&K) -> Option<bool>,
+) where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let mut finished = BTreeSet::new();
+    let mut events = watcher(api, config).applied_objects().boxed();
     let wait = async {
-        while ready.len() < count {
-            let cr = events
-                .try_next()
-                .await
-                .expect("the cluster watch")
-                .expect("the watch goes on");
-            let ns = cr.namespace().unwrap_or_default();
-            if !ns.starts_with(prefix) {
-                continue;
-            }
-            if cr.status.as_ref().is_some_and(|s| s.phase == Phase::Ready) {
-                ready.insert(ns);
-            } else {
-                ready.remove(&ns);
+        while finished.len() < count {
+            let object = events.try_next().await.expect("the watch").expect("the watch goes on");
+            let ns = object.namespace().unwrap_or_default();
+            match done(&object) {
+                Some(true) => {
+                    finished.insert(ns);
+                }
+                Some(false) => {
+                    finished.remove(&ns);
+                }
+                None => {}
             }
         }
     };
     if tokio::time::timeout(DEADLINE, wait).await.is_err() {
-        panic!(
-            "only {} of {count} clusters ({prefix}*) Ready within {DEADLINE:?}",
-            ready.len()
-        );
+        panic!("only {} of {count} {what} within {DEADLINE:?}", finished.len());
     }
 }
 
@@ -376,28 +389,11 @@ async fn baseline(client: &Client, templates: &[(ApiResource, Value)], namespace
         })
         .await;
     let api = Api::<StatefulSet>::all(client.clone());
-    let mut ready = BTreeSet::new();
     let config = watcher::Config::default().labels("app.kubernetes.io/managed-by=bench-baseline");
-    let mut events = watcher(api, config).applied_objects().boxed();
-    let wait = async {
-        while ready.len() < namespaces.len() {
-            let sts = events.try_next().await.expect("the watch").expect("the watch goes on");
-            let done = sts.status.as_ref().and_then(|s| s.ready_replicas) == Some(SERVERS);
-            let ns = sts.namespace().unwrap_or_default();
-            if done {
-                ready.insert(ns);
-            } else {
-                ready.remove(&ns);
-            }
-        }
-    };
-    if tokio::time::timeout(DEADLINE, wait).await.is_err() {
-        panic!(
-            "only {} of {} baseline StatefulSets ready within {DEADLINE:?}",
-            ready.len(),
-            namespaces.len()
-        );
-    }
+    wait_for_namespaces(api, config, namespaces.len(), "baseline StatefulSets ready", |set| {
+        Some(set.status.as_ref().and_then(|s| s.ready_replicas) == Some(SERVERS))
+    })
+    .await;
 }
 
 /// The operator binary of this build, run as a host process against every namespace, with

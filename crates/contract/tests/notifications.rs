@@ -219,6 +219,16 @@ async fn notifications_are_sent_on_commit_only() {
     listener.expect(id).await;
 }
 
+/// Ends session `pid` from the database's side (a restart, a failover, an administrator).
+async fn terminate(db: &Client, pid: i32) {
+    let terminated: bool = db
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+}
+
 #[tokio::test]
 async fn the_notifications_end_when_the_connection_closes() {
     let (pg, db) = registered("ns/s-0").await;
@@ -231,12 +241,7 @@ async fn the_notifications_end_when_the_connection_closes() {
         .await
         .unwrap()
         .get(0);
-    let terminated: bool = db
-        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(terminated);
+    terminate(&db, pid).await;
     let end = timeout(PATIENCE, listener.notifications.recv())
         .await
         .expect("the end in time");
@@ -315,12 +320,7 @@ async fn a_listening_pool_hears_the_rows_and_listens_again_on_a_new_connection()
     assert_eq!(next().await.payload(), "ns/s-0");
 
     // The database ends the session; the pool's next connection listens again.
-    let terminated: bool = db
-        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(terminated);
+    terminate(&db, pid).await;
     let again: i32 = loop {
         // The pool finds its connection closed (recycling checks it) and opens another.
         match pool.get().await {
