@@ -20,8 +20,9 @@ images="orc-test-server=$target/orc-test-server,orchestrator-operator=$target/or
 ORC_AGENT_IMAGES="$images" ORC_AGENT_STATE_DIR="$state" \
   nohup "$target/orc-node-agent" >"$state/agent.log" 2>&1 &
 echo $! >"$state/agent.pid"
-# `--for=condition` fails at once on a Node that does not exist yet: wait for the agent to
-# register it first.
+# `--for=condition` fails at once on a Node that does not exist yet (a first start): wait
+# for the agent to register it first. On a restart the Node exists and may still show the
+# previous agent's Ready.
 "$bin/kubectl" wait --for=create node/orc-agent-0 --timeout=60s >/dev/null
 "$bin/kubectl" wait --for=condition=Ready node/orc-agent-0 --timeout=60s >&2
 echo "[agent-up] node agent running (pid $(cat "$state/agent.pid")), images: $images" >&2

@@ -10,7 +10,8 @@
 //! never start more rolls than the limit, and given back once the cluster's stored status shows
 //! no roll under way; a cluster deleted, even unseen, gives its slot back. The cluster that has
 //! waited longest is woken as soon as a roll ends (the others look again on their own); it is
-//! not promised the slot, only the first look at it.
+//! not promised the slot: a cluster whose own requeue comes first may take it, and the one
+//! woken stays first in line for the next.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Mutex;

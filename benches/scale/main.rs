@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt, TryStreamExt, future, stream};
+use futures::{FutureExt, StreamExt, future, stream};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -59,6 +59,9 @@ const PODS_PER_NODE: usize = 500;
 const FAKE: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
 /// How long a phase may take before the bench gives up, with what it saw.
 const DEADLINE: Duration = Duration::from_secs(30 * 60);
+/// The operator's `--max-concurrent-rolls` (its default, set here so the environment cannot
+/// change it).
+const ROLL_LIMIT: usize = 10;
 /// Concurrent writes of the bench's own client (the operator's default reconcile concurrency).
 const CLIENT_CONCURRENCY: usize = 16;
 
@@ -153,7 +156,7 @@ async fn main() {
     let busy_times = reactions(&client, &busy).await;
     let after = operator.reconciles().await;
     println!(
-        "[scale N={clusters}] reaction with {} of {clusters} rolling: {}; meanwhile {} reconciles of {:.1} ms on average",
+        "[scale N={clusters}] reaction with {} of {clusters} given a new version ({ROLL_LIMIT} rolling at once): {}; meanwhile {} reconciles of {:.1} ms on average",
         rolling.len(),
         percentiles(&busy_times),
         after.1 - before.1,
@@ -173,7 +176,7 @@ async fn main() {
         }
     }
     println!(
-        "[scale N={clusters}] rolls: {} of {} not finished when the sampling ended (limit --max-concurrent-rolls 10)",
+        "[scale N={clusters}] rolls: {} of {} not finished when the sampling ended (--max-concurrent-rolls {ROLL_LIMIT})",
         rolling_left,
         rolling.len()
     );
@@ -308,10 +311,14 @@ async fn wait_for_namespaces<K>(
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let mut finished = BTreeSet::new();
-    let mut events = watcher(api, config).applied_objects().boxed();
+    let mut events = watcher(api, config).default_backoff().applied_objects().boxed();
     let wait = async {
         while finished.len() < count {
-            let object = events.try_next().await.expect("the watch").expect("the watch goes on");
+            // A watch error (a relist after a 410) is retried with back-off: skip it.
+            let Some(event) = events.next().await else {
+                panic!("the watch of {what} ended");
+            };
+            let Ok(object) = event else { continue };
             let ns = object.namespace().unwrap_or_default();
             match done(&object) {
                 Some(true) => {
@@ -420,6 +427,7 @@ impl Operator {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestrator-operator"))
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(["--leader-election-namespace", "bench-system"])
+            .args(["--max-concurrent-rolls", &ROLL_LIMIT.to_string()])
             .args([
                 "--identity",
                 "bench",

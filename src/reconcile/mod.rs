@@ -42,7 +42,11 @@ pub async fn reconcile(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciles.inc();
     let result = match &obj.0 {
         Ok(cr) => within(RECONCILE_TIMEOUT, reconcile_cluster(cr, &ctx)).await,
-        Err(invalid) => report::malformed(&ctx, &obj, invalid).await,
+        Err(invalid) => {
+            // Waits for no roll slot: it plans nothing until it is fixed.
+            ctx.rolls.withdraw(&object_key(obj.as_ref()));
+            report::malformed(&ctx, &obj, invalid).await
+        }
     };
     ctx.metrics.record_duration(started.elapsed());
     match &result {
@@ -70,12 +74,17 @@ async fn within(deadline: Duration, reconcile: impl Future<Output = Result<Actio
 async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Action> {
     if cr.meta().deletion_timestamp.is_some() {
         // Owned objects carry owner references: garbage collection removes them.
+        ctx.rolls.withdraw(&crate::crd::object_key(cr));
         return Ok(Action::await_change());
     }
     let now = Time(Timestamp::now());
     let spec = match validate(cr, &ctx.settings) {
         Ok(spec) => spec,
-        Err(error) => return report::invalid_spec(ctx, cr, &error, &now).await,
+        Err(error) => {
+            // Plans nothing, so waits for no roll slot, until the spec is fixed.
+            ctx.rolls.withdraw(&crate::crd::object_key(cr));
+            return report::invalid_spec(ctx, cr, &error, &now).await;
+        }
     };
     let (observed, mut database) = observe::observe(ctx, &spec, Freshness::Cached).await?;
     let mut plan = plan_in_turn(ctx, &spec, observed, &now)?;
