@@ -169,7 +169,6 @@ pub(crate) async fn run(settings: ServerSettings) -> anyhow::Result<()> {
             max_connections: settings.database.max_connections,
             application_name: db::APPLICATION_NAME,
             statement_timeout: Some(settings.query_timeout()),
-            notifications: None,
         },
     )?;
     // The heartbeat's own connection, outside the pool: however busy the pool is, the lease
@@ -180,7 +179,6 @@ pub(crate) async fn run(settings: ServerSettings) -> anyhow::Result<()> {
             max_connections: 1,
             application_name: db::HEARTBEAT_APPLICATION_NAME,
             statement_timeout: Some(settings.heartbeat_timeout()),
-            notifications: None,
         },
     )?;
     let range = contract::schema_range_for_version(&settings.version);
