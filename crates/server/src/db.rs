@@ -11,9 +11,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, Recycli
 use orchestrator_contract::ContractError;
 use orchestrator_contract::tls::{ConnectError, Connector};
 use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Notification};
 
 use crate::config::DatabaseSettings;
 
@@ -98,6 +99,9 @@ pub(crate) struct PoolOptions {
     /// The `statement_timeout` of its sessions (`None`: the database's default); its
     /// operations' default time limit is this plus [`SLACK`].
     pub(crate) statement_timeout: Option<Duration>,
+    /// Where its connections send the server-row notifications they `LISTEN` for (`None`:
+    /// they do not listen).
+    pub(crate) notifications: Option<mpsc::UnboundedSender<Notification>>,
 }
 
 /// The name the connections of a server's pool, and of the load generator's, show in
@@ -159,13 +163,15 @@ impl Database {
         if let Some(timeout) = options.statement_timeout {
             config.options(format!("-c statement_timeout={}", timeout.as_millis().max(1)));
         }
-        let manager = Manager::from_connect(
-            config,
-            connector,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Verified,
-            },
-        );
+        // `Verified` (a round trip before reuse) keeps a listening connection's `LISTEN`;
+        // `Clean` would run `UNLISTEN *` on every recycle and silence it.
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Verified,
+        };
+        let manager = match &options.notifications {
+            Some(sink) => Manager::from_connect(config, connector.listening(sink.clone()), manager_config),
+            None => Manager::from_connect(config, connector, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(options.max_connections)
             .runtime(Runtime::Tokio1)

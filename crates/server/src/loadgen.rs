@@ -155,6 +155,7 @@ pub(crate) async fn run(args: LoadgenArgs) -> anyhow::Result<Report> {
             max_connections: settings.max_connections,
             application_name: db::APPLICATION_NAME,
             statement_timeout: None,
+            notifications: None,
         },
     )?;
     let errors = Arc::new(Counter::default());

@@ -16,10 +16,10 @@ use anyhow::{Context, bail};
 use orchestrator_contract::{self as contract, Claim, ClaimedJob, Registration, SchemaCheck, StateWrite, server_state};
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Notification};
 
 use crate::config::ServerSettings;
 use crate::db::{self, Backoff, Database, PoolOptions};
@@ -169,16 +169,20 @@ pub(crate) async fn run(settings: ServerSettings) -> anyhow::Result<()> {
             max_connections: settings.database.max_connections,
             application_name: db::APPLICATION_NAME,
             statement_timeout: Some(settings.query_timeout()),
+            notifications: None,
         },
     )?;
     // The heartbeat's own connection, outside the pool: however busy the pool is, the lease
-    // renewals never wait for it.
+    // renewals never wait for it. It listens for server-row notifications, so that a drain
+    // request is heard when it is written rather than at the next heartbeat.
+    let (notifications, notified) = mpsc::unbounded_channel();
     let link = Database::new(
         &settings.database,
         PoolOptions {
             max_connections: 1,
             application_name: db::HEARTBEAT_APPLICATION_NAME,
             statement_timeout: Some(settings.heartbeat_timeout()),
+            notifications: Some(notifications),
         },
     )?;
     let range = contract::schema_range_for_version(&settings.version);
@@ -276,7 +280,7 @@ pub(crate) async fn run(settings: ServerSettings) -> anyhow::Result<()> {
     let mut idle = busy.subscribe();
     let (requested_tx, mut requested) = watch::channel(false);
     let requested_tx = Arc::new(requested_tx);
-    let heartbeat = tokio::spawn(heartbeat_loop(shared.clone(), link, requested_tx.clone()));
+    let heartbeat = tokio::spawn(heartbeat_loop(shared.clone(), link, notified, requested_tx.clone()));
     let crew = Crew {
         phase: phase_rx,
         cancel: cancel_rx,
@@ -543,7 +547,12 @@ async fn resume(shared: &Shared, phase: &watch::Sender<Phase>) -> bool {
 /// jobs, releases the jobs stopped here, and publishes in `requested` whether the database asks
 /// for a drain. Each heartbeat gets [`ServerSettings::heartbeat_timeout`]; one that overruns
 /// loses its connection, and the next one opens a fresh connection.
-async fn heartbeat_loop(shared: Arc<Shared>, link: Database, requested: Arc<watch::Sender<bool>>) {
+async fn heartbeat_loop(
+    shared: Arc<Shared>,
+    link: Database,
+    mut notified: mpsc::UnboundedReceiver<Notification>,
+    requested: Arc<watch::Sender<bool>>,
+) {
     let settings = &shared.settings;
     let server_id = settings.server_id.as_str();
     let limit = settings.heartbeat_timeout();
@@ -551,7 +560,16 @@ async fn heartbeat_loop(shared: Arc<Shared>, link: Database, requested: Arc<watc
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned_gone = false;
     loop {
-        tick.tick().await;
+        // A beat is due, or this server's row changed (a drain asked or withdrawn): beat now,
+        // which reads the request. Other servers' notifications are not this one's business.
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(notification) = notified.recv() => {
+                if notification.payload() != server_id {
+                    continue;
+                }
+            }
+        }
         shared
             .metrics
             .database_connections

@@ -58,6 +58,9 @@ pub(super) struct Inputs {
     pub(super) statefulset_stopped: bool,
     /// The StatefulSet's update revision.
     pub(super) update_revision: Option<String>,
+    /// The StatefulSet controller has observed the StatefulSet's latest spec, so its update
+    /// revision is that spec's (no StatefulSet: nothing to observe).
+    pub(super) statefulset_observed: bool,
 }
 
 /// Adapts `observed` of cluster `cr`.
@@ -123,6 +126,9 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed, now: Timesta
         update_revision: statefulset
             .and_then(|s| s.status.as_ref())
             .and_then(|s| s.update_revision.clone()),
+        statefulset_observed: statefulset.is_none_or(|s| {
+            s.status.as_ref().and_then(|st| st.observed_generation) >= s.metadata.generation
+        }),
         servers,
     }
 }

@@ -92,10 +92,15 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
     // A StatefulSet about to be written (new template or replicas) is not the one observed:
     // nothing is settled until the StatefulSet controller has seen the written one.
     let statefulset_current = !writes.iter().any(|w| matches!(w.child, Child::StatefulSet(_)));
-    if !statefulset_current && inputs.previous_step.is_none() && decisions.roll.step.is_some() {
+    if !(statefulset_current && inputs.statefulset_observed)
+        && inputs.previous_step.is_none()
+        && decisions.roll.step.is_some()
+    {
         // Which servers are outdated is read from the observed StatefulSet's update revision:
-        // one about to be overwritten (a hand edit being reverted) says nothing. No step starts
-        // until the written one is observed.
+        // one about to be overwritten (a hand edit being reverted) says nothing, nor does one
+        // the StatefulSet controller has not yet observed (the revert is written, but the update
+        // revision is still the hand edit's). No step starts until the written spec's revision
+        // is observed.
         decisions.roll.action = MaintenanceAction::None;
         decisions.roll.step = None;
         decisions.roll.waiting = Some(Hold::new(

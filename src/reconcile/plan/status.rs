@@ -36,11 +36,7 @@ pub(super) fn status(
     let wanted = cr.spec.replicas;
     let joined = servers.iter().filter(|s| s.joined).count() as i32;
     let pods = observed.pods.len() as i32;
-    let sts_observed = statefulset_current
-        && observed
-            .statefulset
-            .as_ref()
-            .is_some_and(|s| s.status.as_ref().and_then(|st| st.observed_generation) >= s.metadata.generation);
+    let sts_observed = statefulset_current && observed.statefulset.is_some() && inputs.statefulset_observed;
     let updated = observed
         .statefulset
         .as_ref()

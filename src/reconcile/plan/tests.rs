@@ -239,10 +239,9 @@ mod basics {
             plan.status.maintenance.as_ref().is_none_or(|m| m.server.is_none()),
             "no step stored"
         );
-        // Once the reverted StatefulSet is observed (its update revision is the pods' again),
-        // nothing is outdated.
+        // The revert is written (a new generation) but the StatefulSet controller has not yet
+        // observed it: the update revision is still the hand edit's, and says nothing.
         let sts = observed.statefulset.as_mut().unwrap();
-        sts.status.as_mut().unwrap().update_revision = Some("prod-original".into());
         sts.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image = world(&cr, 3, 3)
             .statefulset
             .unwrap()
@@ -254,6 +253,16 @@ mod basics {
             .containers[0]
             .image
             .clone();
+        let observed_generation = sts.status.as_ref().unwrap().observed_generation;
+        sts.metadata.generation = observed_generation.map(|g| g + 1);
+        let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(plan.writes.len(), 0, "the revert is already written");
+        assert_eq!((plan.drain.clone(), plan.evict.clone()), (vec![], None), "no server is touched");
+        // Once the reverted StatefulSet is observed (its update revision is the pods' again),
+        // nothing is outdated.
+        let sts = observed.statefulset.as_mut().unwrap();
+        sts.status.as_mut().unwrap().update_revision = Some("prod-original".into());
+        sts.status.as_mut().unwrap().observed_generation = sts.metadata.generation;
         let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
         assert_eq!((plan.writes.len(), plan.drain.len()), (0, 0));
     }
