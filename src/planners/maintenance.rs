@@ -41,6 +41,9 @@ pub(crate) struct ServerView {
     pub ordinal: i32,
     /// The pod exists.
     pub pod_exists: bool,
+    /// The pod is being deleted (an eviction or a deletion was accepted): it is going, and
+    /// asking again changes nothing.
+    pub terminating: bool,
     /// Uid of the pod.
     pub uid: Option<String>,
     /// StatefulSet revision of the pod.
@@ -374,6 +377,19 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Maintenan
             let replaced = server.is_none_or(|s| !s.pod_exists || s.uid != step.pod_uid);
             if replaced {
                 decision.step = next(RollStage::WaitingReady);
+            } else if server.is_some_and(|s| s.terminating) {
+                // The eviction was accepted: the pod goes once its process has stopped. Asking
+                // again would only wait on the PodDisruptionBudget, which it no longer counts.
+                decision.step = Some(step.clone());
+                if in_stage >= EVICTION_PATIENCE {
+                    decision.waiting = Some(Hold::new(
+                        Reason::PodTerminating,
+                        format!(
+                            "{} has been terminating since its eviction at {}; the step waits for it to be gone",
+                            step.server, step.since
+                        ),
+                    ));
+                }
             } else {
                 decision.action = MaintenanceAction::Evict(step.server.clone());
                 decision.step = Some(step.clone());
@@ -442,6 +458,7 @@ mod tests {
             name: format!("prod-{ordinal}"),
             ordinal,
             pod_exists: true,
+            terminating: false,
             uid: Some(format!("uid-{ordinal}-{revision}")),
             revision: Some(revision.into()),
             started_at: Some(at(0)),
@@ -779,6 +796,25 @@ mod tests {
     }
 
     #[test]
+    fn a_terminating_pod_is_not_evicted_again_and_a_long_termination_is_named() {
+        let mut going = server(1, "old", false, 0);
+        going.state = Some("stopped".into());
+        going.terminating = true;
+        let servers = [server(0, "new", true, 0), going];
+        let step = step_of("prod-1", RollStage::Evicting, 0);
+        let early = decide(&input(&servers, Some(step.clone()), 1));
+        assert_eq!(
+            (early.action, early.step, early.waiting),
+            (MaintenanceAction::None, Some(step.clone()), None)
+        );
+        let late = decide(&input(&servers, Some(step.clone()), EVICTION_PATIENCE.as_secs() as i64));
+        assert_eq!((late.action, late.step), (MaintenanceAction::None, Some(step)));
+        let Hold { reason, message } = late.waiting.unwrap();
+        assert_eq!(reason, Reason::PodTerminating);
+        assert!(message.contains("prod-1 has been terminating"), "{message}");
+    }
+
+    #[test]
     fn a_replaced_pod_is_never_evicted_again_even_from_a_stale_step() {
         let replaced = [
             ServerView {
@@ -944,6 +980,7 @@ mod tests {
                     name: format!("prod-{o}"),
                     ordinal: o as i32,
                     pod_exists: true,
+                    terminating: false,
                     uid: Some(t.uid.to_string()),
                     revision: Some(t.revision.into()),
                     started_at: Some(at(0)),

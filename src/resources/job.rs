@@ -136,10 +136,23 @@ pub(crate) fn outcome(job: &Job, pods: &[Pod]) -> JobOutcome {
         return JobOutcome::Succeeded;
     }
     let job_name = job.name_any();
+    let job_uid = job.uid();
+    // A pod of an earlier Job of the same name (deleted and created again) is not this one's.
     let pods: Vec<&Pod> = pods
         .iter()
-        .filter(|p| p.labels().get("batch.kubernetes.io/job-name") == Some(&job_name))
+        .filter(|p| {
+            p.labels().get("batch.kubernetes.io/job-name") == Some(&job_name)
+                && (job_uid.is_none() || p.labels().get("batch.kubernetes.io/controller-uid") == job_uid.as_ref())
+        })
         .collect();
+    // The pod's exit 0 is the answer; the Job's `Complete` condition follows it a second or so
+    // later (the Job controller batches pod updates), which would add to every version change.
+    if pods
+        .iter()
+        .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+    {
+        return JobOutcome::Succeeded;
+    }
     let Some(failed) = holds("Failed") else {
         // A pod that cannot start would keep the Job running until its deadline: say so now.
         return pods
@@ -259,6 +272,23 @@ mod tests {
                 exit_code: Some(10),
                 message: "migration needed: database schema 1, version 2.0.0 needs 2".into()
             }
+        );
+        let mut succeeded = pod(0, "2026-01-01T00:02:00Z", "");
+        succeeded.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert_eq!(
+            outcome(&job(None), std::slice::from_ref(&succeeded)),
+            JobOutcome::Succeeded,
+            "a pod that exited 0 answers before the Job says Complete"
+        );
+        let mut earlier_job = job(None);
+        earlier_job.metadata.uid = Some("job-2".into());
+        succeeded
+            .labels_mut()
+            .insert("batch.kubernetes.io/controller-uid".into(), "job-1".into());
+        assert_eq!(
+            outcome(&earlier_job, &[succeeded]),
+            JobOutcome::Running,
+            "the pod of an earlier Job of the same name says nothing"
         );
         let unpullable: Pod = serde_json::from_value(json!({
             "metadata": {"name": "p", "labels": {"batch.kubernetes.io/job-name": "prod-schema-check-1"}},

@@ -102,6 +102,17 @@ async fn at_startup<T>(
     }
 }
 
+/// Returns when a notification says the row of `server_id` changed (never, once the listening
+/// connection's sender is gone). Other servers' notifications are read and dropped.
+async fn own_row_changed(notified: &mut mpsc::UnboundedReceiver<Notification>, server_id: &str) {
+    while let Some(notification) = notified.recv().await {
+        if notification.payload() == server_id {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
 /// What the server registers.
 fn registration(settings: &ServerSettings) -> Registration<'_> {
     Registration {
@@ -175,7 +186,7 @@ pub(crate) async fn run(settings: ServerSettings) -> anyhow::Result<()> {
     // The heartbeat's own connection, outside the pool: however busy the pool is, the lease
     // renewals never wait for it. It listens for server-row notifications, so that a drain
     // request is heard when it is written rather than at the next heartbeat.
-    let (notifications, notified) = mpsc::unbounded_channel();
+    let (notifications, mut notified) = mpsc::unbounded_channel();
     let link = Database::new(
         &settings.database,
         PoolOptions {
@@ -240,8 +251,10 @@ pub(crate) async fn run(settings: ServerSettings) -> anyhow::Result<()> {
     tracing::info!(addr = %format!("{}:{}", settings.bind_ip, settings.http_port), "serving");
 
     // A drain requested before a restart still holds: stay out of service until it is cleared.
+    // Read on the heartbeat's listening connection, so that the clearing is heard when it is
+    // written (the operator clears it as the replacement starts), not a heartbeat later.
     let mut announced = false;
-    while at_startup(&db, &mut signals, "cannot read the drain request", async |c| {
+    while at_startup(&link, &mut signals, "cannot read the drain request", async |c| {
         contract::drain_pending(&*c, &settings.server_id).await
     })
     .await?
@@ -262,6 +275,7 @@ pub(crate) async fn run(settings: ServerSettings) -> anyhow::Result<()> {
                 return Ok(());
             }
             _ = tokio::time::sleep(settings.heartbeat) => {}
+            () = own_row_changed(&mut notified, &settings.server_id) => {}
         }
     }
 
@@ -564,11 +578,7 @@ async fn heartbeat_loop(
         // which reads the request. Other servers' notifications are not this one's business.
         tokio::select! {
             _ = tick.tick() => {}
-            Some(notification) = notified.recv() => {
-                if notification.payload() != server_id {
-                    continue;
-                }
-            }
+            () = own_row_changed(&mut notified, server_id) => {}
         }
         shared
             .metrics

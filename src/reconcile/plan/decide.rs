@@ -122,6 +122,16 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
     if let Some(step) = roll.step.as_ref().filter(|s| s.stage != RollStage::WaitingReady) {
         capacity.undrain.retain(|server| *server != step.server);
     }
+    // A step that reaches WaitingReady in this reconcile has seen its server's pod gone (or
+    // replaced): its drain is withdrawn now, not a reconcile later, since the replacement
+    // stays stopped until it is. Not while every server is being stopped for a migration.
+    if let Some(step) = roll.step.as_ref().filter(|s| s.stage == RollStage::WaitingReady)
+        && !upgrade.recreate
+        && inputs.drain_ages.iter().any(|(server, _)| *server == step.server)
+        && !capacity.undrain.contains(&step.server)
+    {
+        capacity.undrain.push(step.server.clone());
+    }
     Decisions {
         upgrade,
         capacity,

@@ -83,6 +83,7 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed, now: Timesta
                 name: s.name.clone(),
                 ordinal,
                 pod_exists: s.pod_exists,
+                terminating: pod.is_some_and(|p| p.terminating),
                 uid: pod.and_then(|p| p.uid.clone()),
                 revision: s.revision.clone(),
                 started_at: pod.and_then(|p| p.created_at),
@@ -126,9 +127,8 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed, now: Timesta
         update_revision: statefulset
             .and_then(|s| s.status.as_ref())
             .and_then(|s| s.update_revision.clone()),
-        statefulset_observed: statefulset.is_none_or(|s| {
-            s.status.as_ref().and_then(|st| st.observed_generation) >= s.metadata.generation
-        }),
+        statefulset_observed: statefulset
+            .is_none_or(|s| s.status.as_ref().and_then(|st| st.observed_generation) >= s.metadata.generation),
         servers,
     }
 }

@@ -257,7 +257,11 @@ mod basics {
         sts.metadata.generation = observed_generation.map(|g| g + 1);
         let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
         assert_eq!(plan.writes.len(), 0, "the revert is already written");
-        assert_eq!((plan.drain.clone(), plan.evict.clone()), (vec![], None), "no server is touched");
+        assert_eq!(
+            (plan.drain.clone(), plan.evict.clone()),
+            (vec![], None),
+            "no server is touched"
+        );
         // Once the reverted StatefulSet is observed (its update revision is the pods' again),
         // nothing is outdated.
         let sts = observed.statefulset.as_mut().unwrap();
@@ -329,6 +333,8 @@ mod basics {
 
     #[test]
     fn the_replacement_of_a_step_gets_its_drain_withdrawn_the_drained_server_keeps_it() {
+        // Withdrawn as soon as the step sees its pod replaced (Evicting → WaitingReady in the
+        // same reconcile), since the replacement stays stopped until then.
         use crate::crd::MaintenanceStatus;
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
         let mut cr = fixtures::minimal();
@@ -340,12 +346,21 @@ mod basics {
         if let DatabaseState::Ready { members, .. } = &mut observed.database {
             members.push(row);
         }
-        for (stage, withdrawn) in [("WaitingReady", true), ("Draining", false), ("Evicting", false)] {
+        let running = Some("the-running-pod".to_string());
+        observed.pods.iter_mut().find(|p| p.name == "minimal-2").unwrap().uid = running.clone();
+        let gone = Some("the-evicted-pod".to_string());
+        for (stage, pod_uid, withdrawn) in [
+            ("WaitingReady", None, true),
+            ("Draining", running.clone(), false),
+            ("Evicting", running, false),
+            ("Evicting", gone, true),
+        ] {
             cr.status = Some(crate::crd::OrchestratorClusterStatus {
                 maintenance: Some(MaintenanceStatus {
                     server: Some("minimal-2".into()),
                     stage: Some(stage.into()),
                     started_at: Some(Time(now().0)),
+                    pod_uid,
                     ..MaintenanceStatus::default()
                 }),
                 ..Default::default()
@@ -354,8 +369,9 @@ mod basics {
             assert_eq!(
                 plan.undrain.contains(&"minimal-2".to_string()),
                 withdrawn,
-                "{stage}: {:?}",
-                plan.undrain
+                "{stage}: {:?} {:?}",
+                plan.undrain,
+                plan.status.maintenance
             );
         }
     }
