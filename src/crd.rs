@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSONSchemaProps};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -17,6 +18,33 @@ use serde::{Deserialize, Serialize};
 /// Environment variable names the operator sets itself; `spec.template.env` may not override
 /// them (the CRD's CEL rule on `template` lists them; a test keeps the two equal).
 pub const RESERVED_ENV_NAMES: [&str; 14] = orchestrator_contract::env::OPERATOR_SET;
+
+/// A DNS subdomain (RFC 1123) as a regular expression, for CEL rules.
+macro_rules! dns_subdomain {
+    () => {
+        r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+    };
+}
+
+/// A label or annotation key (a qualified name: an optional DNS subdomain prefix and `/`, then
+/// up to 63 letters, digits, `-`, `_` and `.`, alphanumeric at both ends), for CEL rules.
+macro_rules! qualified_name {
+    () => {
+        r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+    };
+}
+
+/// A label value (empty, or up to 63 letters, digits, `-`, `_` and `.`, alphanumeric at both
+/// ends), for CEL rules.
+macro_rules! label_value {
+    () => {
+        r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+    };
+}
+
+/// CEL rule: `image`, when set, is a valid image reference: `[registry[:port]/]name[:tag][@digest]`
+/// with a lowercase name, as the container runtime parses it.
+const IMAGE_RULE: &str = r"!has(self.image) || self.image.matches('^((?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$')";
 
 /// Desired state of a highly available cluster of orchestration servers sharing one database.
 // printcolumn(...) repeats `type_` per column, which clippy reads as a duplicated attribute.
@@ -64,6 +92,10 @@ pub const RESERVED_ENV_NAMES: [&str; 14] = orchestrator_contract::env::OPERATOR_
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+#[kube(validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (lowercase letters, digits and -, starting with a letter): the Services named after the cluster need one"))]
+#[kube(validation = Rule::new("(self.spec.database.host == oldSelf.spec.database.host && self.spec.database.name == oldSelf.spec.database.name) || (self.spec.replicas == 0 && (!has(self.status) || self.status.replicas == 0))").message("spec.database.host and spec.database.name cannot change while the cluster has servers, which would split it across two databases: set spec.replicas to 0, wait for status.replicas to be 0, change the database, then scale up again"))]
+#[x_kube(validation = Rule::new("has(self.image) || self.version.matches('^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$')").message(Message::Expression("'version ' + self.version + ' is not a valid image tag (letters, digits, _ . and -, at most 128, no +): set spec.image, or use a version that is a tag'".into())))]
+#[x_kube(validation = Rule::new(IMAGE_RULE).message(Message::Expression("'image ' + self.image + ' is not a valid image reference ([registry[:port]/]name[:tag][@digest], lowercase name)'".into())))]
 #[x_kube(validation = Rule::new("self.replicas <= self.capacity.maxReplicas").message("spec.replicas must not exceed spec.capacity.maxReplicas, the owner's ceiling for adding servers; raise capacity.maxReplicas first"))]
 #[serde(rename_all = "camelCase")]
 pub struct OrchestratorClusterSpec {
@@ -81,7 +113,7 @@ pub struct OrchestratorClusterSpec {
     /// Full server image reference. Defaults to the operator's server image repository with
     /// `version` as the tag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
 
     /// The external process database every server shares.
@@ -145,6 +177,8 @@ fn default_database_port() -> i32 {
 /// Reference to the Secret holding the database login.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(concat!("self.name.matches('", dns_subdomain!(), "')")).message("database.credentialsSecret.name must be a DNS subdomain (lowercase letters, digits, - and ., starting and ending with a letter or digit), as Secret names are"))]
+#[x_kube(validation = Rule::new("self.usernameKey.matches('^[-._a-zA-Z0-9]+$') && self.passwordKey.matches('^[-._a-zA-Z0-9]+$')").message("database.credentialsSecret.usernameKey and passwordKey must be Secret keys: letters, digits, -, _ and ."))]
 pub struct CredentialsSecretRef {
     /// Name of the Secret.
     #[schemars(length(min = 1, max = 253))]
@@ -152,12 +186,12 @@ pub struct CredentialsSecretRef {
 
     /// Key in the Secret whose value is the database user name.
     #[serde(default = "default_username_key")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub username_key: String,
 
     /// Key in the Secret whose value is the database password.
     #[serde(default = "default_password_key")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253))]
     pub password_key: String,
 }
 
@@ -202,6 +236,7 @@ impl SslMode {
 /// Limits on adding servers.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.addAtOnce <= self.maxReplicas").message("capacity.addAtOnce must not exceed capacity.maxReplicas: no step can add more servers than the ceiling"))]
 pub struct CapacitySpec {
     /// The owner's permission ceiling: the operator never runs more servers than this.
     #[serde(default = "default_max_replicas")]
@@ -237,6 +272,7 @@ fn default_max_replicas() -> i32 {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("duration(self.drainTimeout) >= duration('1s') && duration(self.drainTimeout) <= duration('24h')").message("maintenance.drainTimeout must be between 1s and 24h"))]
 #[x_kube(validation = Rule::new("duration(self.readyTimeout) >= duration('1s') && duration(self.readyTimeout) <= duration('24h')").message("maintenance.readyTimeout must be between 1s and 24h"))]
+#[x_kube(validation = Rule::new("!has(self.windows) || self.windows.all(w, duration(w.duration) >= duration(self.drainTimeout) + duration(self.readyTimeout))").message("every maintenance window must last at least drainTimeout + readyTimeout, the longest one step can take: shorten the timeouts or lengthen the window"))]
 pub struct MaintenanceSpec {
     /// Stop starting new maintenance steps; a step already running finishes.
     #[serde(default)]
@@ -350,39 +386,128 @@ pub enum SchemaChangePolicy {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.env.all(e, !(e.name in ['SERVER_ID', 'POD_IP', 'SERVER_VERSION', 'POD_NAMESPACE', 'DATABASE_HOST', 'DATABASE_PORT', 'DATABASE_NAME', 'DATABASE_SSLMODE', 'DATABASE_USER', 'DATABASE_PASSWORD', 'DATABASE_CA', 'HTTP_PORT', 'METRICS_PORT', 'DRAIN_TIMEOUT_SECONDS']))").message("template.env may not set SERVER_ID, POD_IP, SERVER_VERSION, POD_NAMESPACE, HTTP_PORT, METRICS_PORT, DRAIN_TIMEOUT_SECONDS or DATABASE_*: the operator sets them from the spec"))]
+#[x_kube(validation = Rule::new(concat!("!has(self.labels) || self.labels.all(k, k.matches('", qualified_name!(), "'))")).message("template.labels keys must be qualified names: an optional DNS prefix and /, then at most 63 letters, digits, -, _ and ., alphanumeric at both ends"))]
+#[x_kube(validation = Rule::new(concat!("!has(self.labels) || self.labels.all(k, self.labels[k].matches('", label_value!(), "'))")).message("template.labels values must be at most 63 letters, digits, -, _ and ., alphanumeric at both ends"))]
+#[x_kube(validation = Rule::new("!has(self.labels) || !self.labels.exists(k, k in ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/managed-by', 'controller-revision-hash', 'statefulset.kubernetes.io/pod-name', 'apps.kubernetes.io/pod-index'] || k.startsWith('orchestrator.dev/'))").message("template.labels may not set app.kubernetes.io/name, app.kubernetes.io/instance, app.kubernetes.io/managed-by, the StatefulSet controller's pod labels or orchestrator.dev/ keys: the operator and the StatefulSet controller own them"))]
+#[x_kube(validation = Rule::new(concat!("!has(self.annotations) || self.annotations.all(k, k.matches('", qualified_name!(), "') && !k.startsWith('orchestrator.dev/'))")).message("template.annotations keys must be qualified names (an optional DNS prefix and /, then at most 63 letters, digits, -, _ and .), and orchestrator.dev/ keys are the operator's"))]
+#[x_kube(validation = Rule::new(concat!("!has(self.nodeSelector) || self.nodeSelector.all(k, k.matches('", qualified_name!(), "') && self.nodeSelector[k].matches('", label_value!(), "'))")).message("template.nodeSelector must hold node label keys (qualified names) and label values (at most 63 letters, digits, -, _ and .)"))]
+#[x_kube(validation = Rule::new("!has(self.resources) || ((!has(self.resources.limits) || self.resources.limits.all(k, isQuantity(string(self.resources.limits[k])))) && (!has(self.resources.requests) || self.resources.requests.all(k, isQuantity(string(self.resources.requests[k])))))").message("template.resources: every request and limit must be a quantity, for example 500m, 2, 256Mi or 1Gi"))]
+#[x_kube(validation = Rule::new("!has(self.resources) || !has(self.resources.requests) || !has(self.resources.limits) || self.resources.requests.all(k, !(k in self.resources.limits) || !isQuantity(string(self.resources.requests[k])) || !isQuantity(string(self.resources.limits[k])) || quantity(string(self.resources.requests[k])).compareTo(quantity(string(self.resources.limits[k]))) <= 0)").message("template.resources: a request may not exceed the limit of the same resource"))]
+#[x_kube(validation = Rule::new("self.env.all(e, e.name.matches('^[-._a-zA-Z][-._a-zA-Z0-9]*$'))").message("template.env names must consist of letters, digits, _, - and ., and not start with a digit"))]
+#[x_kube(validation = Rule::new("self.env.all(e, !(has(e.value) && e.value != '' && has(e.valueFrom)))").message("template.env: an entry sets value or valueFrom, not both"))]
+#[x_kube(validation = Rule::new("!has(self.tolerations) || self.tolerations.all(t, (!has(t.operator) || t.operator in ['Exists', 'Equal']) && (!has(t.effect) || t.effect in ['', 'NoSchedule', 'PreferNoSchedule', 'NoExecute']))").message("template.tolerations: operator must be Exists or Equal, and effect NoSchedule, PreferNoSchedule, NoExecute or empty (every effect)"))]
+#[x_kube(validation = Rule::new(concat!("!has(self.tolerations) || self.tolerations.all(t, !has(t.key) || t.key == '' || t.key.matches('", qualified_name!(), "'))")).message("template.tolerations: a key must be a qualified name, as taint keys are"))]
+#[x_kube(validation = Rule::new("!has(self.tolerations) || self.tolerations.all(t, (has(t.key) && t.key != '') || (has(t.operator) && t.operator == 'Exists'))").message("template.tolerations: a toleration without a key must use operator Exists (it then tolerates every taint)"))]
+#[x_kube(validation = Rule::new("!has(self.tolerations) || self.tolerations.all(t, !(has(t.operator) && t.operator == 'Exists' && has(t.value) && t.value != ''))").message("template.tolerations: a toleration with operator Exists has no value"))]
+#[x_kube(validation = Rule::new("!has(self.tolerations) || self.tolerations.all(t, !has(t.tolerationSeconds) || (has(t.effect) && t.effect == 'NoExecute'))").message("template.tolerations: tolerationSeconds applies only to effect NoExecute"))]
+#[x_kube(validation = Rule::new(concat!("!has(self.priorityClassName) || self.priorityClassName.matches('", dns_subdomain!(), "')")).message("template.priorityClassName must be a DNS subdomain (lowercase letters, digits, - and .), as PriorityClass names are"))]
 pub struct ServerTemplate {
     /// CPU and memory requests and limits of the server container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Extra environment variables of the server container.
+    /// Extra environment variables of the server container (names unique).
     #[serde(default)]
-    #[schemars(length(max = 64))]
+    #[schemars(schema_with = "env_schema")]
     pub env: Vec<EnvVar>,
 
     /// Node labels a server pod must match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "label_map_schema")]
     pub node_selector: BTreeMap<String, String>,
 
     /// Tolerations of the server pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "tolerations_schema")]
     pub tolerations: Vec<Toleration>,
 
     /// Affinity rules of the server pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
 
-    /// Extra annotations of the server pods.
+    /// Extra annotations of the server pods (`orchestrator.dev/` keys are the operator's).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
     pub annotations: BTreeMap<String, String>,
 
-    /// Extra labels of the server pods (the operator's own labels win on conflict).
+    /// Extra labels of the server pods. The labels that select them
+    /// (`app.kubernetes.io/name`, `app.kubernetes.io/instance`), `app.kubernetes.io/managed-by`,
+    /// the StatefulSet controller's and `orchestrator.dev/` keys are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "label_map_schema")]
     pub labels: BTreeMap<String, String>,
 
     /// Priority class of the server pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub priority_class_name: Option<String>,
+}
+
+/// `T`'s schema with `bounds` set: each a path of properties (`[]` for list items, `{}` for map
+/// values), a keyword and its value. The API server estimates the cost of a CEL rule from the
+/// longest strings, lists and maps it may see, so every one a rule reads is bounded.
+fn bounded<T: JsonSchema>(
+    generator: &mut schemars::SchemaGenerator,
+    bounds: &[(&[&str], &str, serde_json::Value)],
+) -> schemars::Schema {
+    let mut schema = serde_json::Value::from(generator.subschema_for::<T>());
+    for (path, keyword, value) in bounds {
+        let mut at = &mut schema;
+        for step in *path {
+            at = match *step {
+                "[]" => &mut at["items"],
+                "{}" => &mut at["additionalProperties"],
+                property => &mut at["properties"][property],
+            };
+        }
+        at[*keyword] = value.clone();
+    }
+    schemars::Schema::try_from(schema).expect("a schema with keywords added is a schema")
+}
+
+/// `template.resources`: at most 16 requests and limits, each a short quantity.
+fn resources_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    bounded::<Option<ResourceRequirements>>(
+        generator,
+        &[
+            (&["limits"], "maxProperties", 16.into()),
+            (&["requests"], "maxProperties", 16.into()),
+            (&["limits", "{}"], "maxLength", 64.into()),
+            (&["requests", "{}"], "maxLength", 64.into()),
+        ],
+    )
+}
+
+/// `template.env`: a list keyed by name (a repeated name is refused, and server-side apply
+/// merges entries by name), at most 64 entries with names of at most 256 characters.
+fn env_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    bounded::<Vec<EnvVar>>(
+        generator,
+        &[
+            (&[], "maxItems", 64.into()),
+            (&[], "x-kubernetes-list-type", "map".into()),
+            (&[], "x-kubernetes-list-map-keys", serde_json::json!(["name"])),
+            (&["[]", "name"], "maxLength", 256.into()),
+        ],
+    )
+}
+
+/// `template.tolerations`: at most 32, keys as long as a qualified name can be.
+fn tolerations_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    bounded::<Vec<Toleration>>(
+        generator,
+        &[(&[], "maxItems", 32.into()), (&["[]", "key"], "maxLength", 317.into())],
+    )
+}
+
+/// A map of labels (`template.labels`, `template.nodeSelector`): at most 64, values of at most
+/// 63 characters.
+fn label_map_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    bounded::<BTreeMap<String, String>>(
+        generator,
+        &[(&[], "maxProperties", 64.into()), (&["{}"], "maxLength", 63.into())],
+    )
 }
 
 /// Observed state of an `OrchestratorCluster`.
@@ -618,9 +743,38 @@ pub(crate) fn object_key(obj: &impl kube::Resource) -> String {
     )
 }
 
+/// Longest `metadata.name` of a cluster: the StatefulSet's `controller-revision-hash` label is
+/// `<name>-<hash>` (a hash of up to 10 characters) and must fit a label value's 63.
+pub const MAX_NAME_LENGTH: i64 = 52;
+
+/// The CRD: the derived one, with `metadata.name` limited to what the names derived from it
+/// allow (a CRD schema may restrict only the name of the metadata).
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = <OrchestratorCluster as kube::CustomResourceExt>::crd();
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) else {
+            continue;
+        };
+        let name = JSONSchemaProps {
+            type_: Some("string".into()),
+            max_length: Some(MAX_NAME_LENGTH),
+            ..JSONSchemaProps::default()
+        };
+        schema.properties.get_or_insert_default().insert(
+            "metadata".into(),
+            JSONSchemaProps {
+                type_: Some("object".into()),
+                properties: Some(BTreeMap::from([("name".to_string(), name)])),
+                ..JSONSchemaProps::default()
+            },
+        );
+    }
+    crd
+}
+
 /// The CRD as the YAML document checked in under `crds/`.
 pub fn crd_yaml() -> String {
-    let crd = <OrchestratorCluster as kube::CustomResourceExt>::crd();
+    let crd = crd();
     let yaml = serde_yaml::to_string(&crd).expect("the CRD serializes");
     format!("# Generated by `cargo run --bin crdgen`; do not edit.\n{yaml}")
 }
@@ -644,7 +798,7 @@ mod tests {
 
     #[test]
     fn reserved_env_names_match_the_cel_rule() {
-        let schema = serde_json::to_string(&<OrchestratorCluster as kube::CustomResourceExt>::crd()).unwrap();
+        let schema = serde_json::to_string(&crd()).unwrap();
         for name in RESERVED_ENV_NAMES {
             assert!(
                 schema.contains(&format!("'{name}'")),

@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{DeleteParams, EvictParams, PostParams};
+use kube::api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
 use orchestrator_operator::crd::OrchestratorCluster;
@@ -88,6 +88,51 @@ async fn api_server_refuses_every_invalid_spec_with_its_message() {
     api.create(&dry_run, &minimal)
         .await
         .expect("the valid base object is accepted");
+}
+
+/// The transition rule on the real API server: the database of a cluster whose status counts
+/// servers cannot move; scaled to 0 with no server left, it can. No operator runs: the status
+/// is written by the test, as the operator would.
+#[tokio::test]
+async fn api_server_refuses_moving_the_database_of_a_cluster_with_servers() {
+    const MOVE: &str = "spec.database.host and spec.database.name cannot change while the cluster has servers";
+    let ns = TestNamespace::new("move").await;
+    let api = ns.api::<OrchestratorCluster>();
+    let object: OrchestratorCluster = serde_json::from_value(valid_base()).unwrap();
+    api.create(&PostParams::default(), &object).await.unwrap();
+    let status = |servers: i32| Patch::Merge(json!({"status": {"replicas": servers}}));
+    api.patch_status("table", &PatchParams::default(), &status(3))
+        .await
+        .unwrap();
+    let spec =
+        |replicas: i32, host: &str| Patch::Merge(json!({"spec": {"replicas": replicas, "database": {"host": host}}}));
+    let refused = |result: Result<OrchestratorCluster, kube::Error>, what: &str| match result {
+        Err(kube::Error::Api(status)) => assert!(
+            status.code == 422 && status.message.contains(MOVE),
+            "{what}: {}",
+            status.message
+        ),
+        Ok(_) => panic!("{what}: accepted"),
+        Err(other) => panic!("{what}: {other}"),
+    };
+    let params = PatchParams::default();
+    refused(
+        api.patch("table", &params, &spec(3, "db2.example.internal")).await,
+        "a move with 3 servers",
+    );
+    refused(
+        api.patch("table", &params, &spec(0, "db2.example.internal")).await,
+        "a move in the same write as the scale to 0",
+    );
+    api.patch("table", &params, &spec(0, "db.example.internal"))
+        .await
+        .expect("the scale to 0 alone is accepted");
+    api.patch_status("table", &params, &status(0)).await.unwrap();
+    let moved = api
+        .patch("table", &params, &spec(0, "db2.example.internal"))
+        .await
+        .expect("with no server left, the database may move");
+    assert_eq!(moved.spec.database.host, "db2.example.internal");
 }
 
 #[tokio::test]
