@@ -148,8 +148,8 @@ words! {
         /// An eviction has been refused for a while (a PodDisruptionBudget that allows no
         /// disruption now); the step keeps trying.
         EvictionRefused,
-        /// The evicted pod has been terminating for a while (its node does not confirm the
-        /// process stopped); the step waits for it to be gone.
+        /// The evicted pod is still there well after its grace period ended (a finalizer, or a
+        /// node that does not confirm the process stopped); the step waits for it to be gone.
         PodTerminating,
         /// The new image's `schema check` Job runs (also its Event: the Job was started).
         SchemaCheck,

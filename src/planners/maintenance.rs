@@ -42,8 +42,9 @@ pub(crate) struct ServerView {
     /// The pod exists.
     pub pod_exists: bool,
     /// The pod is being deleted (an eviction or a deletion was accepted): it is going, and
-    /// asking again changes nothing.
-    pub terminating: bool,
+    /// asking again changes nothing. The time is its `deletionTimestamp`, the end of its grace
+    /// period, by which its node should have stopped it.
+    pub terminating_until: Option<Timestamp>,
     /// Uid of the pod.
     pub uid: Option<String>,
     /// StatefulSet revision of the pod.
@@ -377,16 +378,17 @@ fn continue_step(input: &MaintenanceInput, step: &Step, decision: &mut Maintenan
             let replaced = server.is_none_or(|s| !s.pod_exists || s.uid != step.pod_uid);
             if replaced {
                 decision.step = next(RollStage::WaitingReady);
-            } else if server.is_some_and(|s| s.terminating) {
-                // The eviction was accepted: the pod goes once its process has stopped. Asking
-                // again would only wait on the PodDisruptionBudget, which it no longer counts.
+            } else if let Some(until) = server.and_then(|s| s.terminating_until) {
+                // The eviction was accepted: the pod goes once its process has stopped (within
+                // its grace period, a drain's worth for a server still busy). Asking again would
+                // only wait on the PodDisruptionBudget, which no longer counts it.
                 decision.step = Some(step.clone());
-                if in_stage >= EVICTION_PATIENCE {
+                if elapsed(until, input.now) >= EVICTION_PATIENCE {
                     decision.waiting = Some(Hold::new(
                         Reason::PodTerminating,
                         format!(
-                            "{} has been terminating since its eviction at {}; the step waits for it to be gone",
-                            step.server, step.since
+                            "{} should have stopped by {until}, the end of its grace period, and its pod is still there (a finalizer, or a node that does not answer); the step waits for it to be gone",
+                            step.server
                         ),
                     ));
                 }
@@ -458,7 +460,7 @@ mod tests {
             name: format!("prod-{ordinal}"),
             ordinal,
             pod_exists: true,
-            terminating: false,
+            terminating_until: None,
             uid: Some(format!("uid-{ordinal}-{revision}")),
             revision: Some(revision.into()),
             started_at: Some(at(0)),
@@ -799,19 +801,30 @@ mod tests {
     fn a_terminating_pod_is_not_evicted_again_and_a_long_termination_is_named() {
         let mut going = server(1, "old", false, 0);
         going.state = Some("stopped".into());
-        going.terminating = true;
+        going.terminating_until = Some(at(60));
         let servers = [server(0, "new", true, 0), going];
         let step = step_of("prod-1", RollStage::Evicting, 0);
+        // Within its grace period (to 60 s) and a patience after it: waited for, quietly.
         let early = decide(&input(&servers, Some(step.clone()), 1));
         assert_eq!(
             (early.action, early.step, early.waiting),
             (MaintenanceAction::None, Some(step.clone()), None)
         );
-        let late = decide(&input(&servers, Some(step.clone()), EVICTION_PATIENCE.as_secs() as i64));
+        let busy = decide(&input(
+            &servers,
+            Some(step.clone()),
+            60 + EVICTION_PATIENCE.as_secs() as i64 - 1,
+        ));
+        assert_eq!((busy.action, busy.waiting), (MaintenanceAction::None, None));
+        let late = decide(&input(
+            &servers,
+            Some(step.clone()),
+            60 + EVICTION_PATIENCE.as_secs() as i64,
+        ));
         assert_eq!((late.action, late.step), (MaintenanceAction::None, Some(step)));
         let Hold { reason, message } = late.waiting.unwrap();
         assert_eq!(reason, Reason::PodTerminating);
-        assert!(message.contains("prod-1 has been terminating"), "{message}");
+        assert!(message.contains("prod-1 should have stopped by"), "{message}");
     }
 
     #[test]
@@ -980,7 +993,7 @@ mod tests {
                     name: format!("prod-{o}"),
                     ordinal: o as i32,
                     pod_exists: true,
-                    terminating: false,
+                    terminating_until: None,
                     uid: Some(t.uid.to_string()),
                     revision: Some(t.revision.into()),
                     started_at: Some(at(0)),

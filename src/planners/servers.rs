@@ -23,8 +23,8 @@ pub struct PodView {
     pub revision: Option<String>,
     /// Container restarts.
     pub restarts: i32,
-    /// Being deleted.
-    pub terminating: bool,
+    /// Being deleted: its `deletionTimestamp`, the end of its grace period.
+    pub terminating_until: Option<Timestamp>,
     /// When the container last exited with a failure, if it did.
     pub last_exit_at: Option<Timestamp>,
     /// When the pod was created.
@@ -114,7 +114,7 @@ pub(crate) fn merge(cluster: &str, pods: &[PodView], members: Option<&[Member]>,
         .map(|(_, name)| {
             let pod = pods.iter().find(|p| p.name == name);
             let member = members.unwrap_or_default().iter().find(|m| m.server_id == name);
-            let ready = pod.is_some_and(|p| p.ready && !p.terminating);
+            let ready = pod.is_some_and(|p| p.ready && p.terminating_until.is_none());
             ServerStatus {
                 name,
                 pod_exists: pod.is_some(),

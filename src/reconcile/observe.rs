@@ -262,7 +262,7 @@ fn pod_view(cluster: &str, pod: &Pod) -> Option<PodView> {
         ready,
         revision: pod.labels().get("controller-revision-hash").cloned(),
         restarts: container.map(|c| c.restart_count).unwrap_or(0),
-        terminating: pod.metadata.deletion_timestamp.is_some(),
+        terminating_until: pod.metadata.deletion_timestamp.as_ref().map(|t| t.0),
         last_exit_at,
         created_at: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
         uid: pod.uid(),

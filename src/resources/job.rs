@@ -145,15 +145,16 @@ pub(crate) fn outcome(job: &Job, pods: &[Pod]) -> JobOutcome {
                 && (job_uid.is_none() || p.labels().get("batch.kubernetes.io/controller-uid") == job_uid.as_ref())
         })
         .collect();
-    // The pod's exit 0 is the answer; the Job's `Complete` condition follows it a second or so
-    // later (the Job controller batches pod updates), which would add to every version change.
-    if pods
-        .iter()
-        .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
-    {
-        return JobOutcome::Succeeded;
-    }
     let Some(failed) = holds("Failed") else {
+        // The pod's exit 0 is the answer; the Job's `Complete` condition follows it a second or
+        // so later (the Job controller batches pod updates), which would add to every version
+        // change. (A migration is still counted as running until the Job says so.)
+        if pods
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+        {
+            return JobOutcome::Succeeded;
+        }
         // A pod that cannot start would keep the Job running until its deadline: say so now.
         return pods
             .iter()

@@ -190,8 +190,8 @@ async fn poll_timelines(pg: &TestPostgres) -> (Arc<Mutex<BTreeMap<String, Timeli
 /// replacement ready and its row active); with the load generator's figures and the most
 /// servers ever unavailable. The rest of the wall is split into before the first drain (for
 /// this operator: the new version's schema check), between steps (a replacement joined → the
-/// next drain) and after the last step. `who` names what rolled; `started` is when the change
-/// was written.
+/// next drain), inside steps (for this operator: a drain ending → its eviction) and after the
+/// last step. `who` names what rolled; `started` is when the change was written.
 fn report_roll_time(
     who: &str,
     started: Instant,
@@ -218,7 +218,11 @@ fn report_roll_time(
                 restart += joined.duration_since(stopped.max(*gone)).as_secs_f64();
                 // The anchor's step begins with the pod going (its SIGTERM starts the drain).
                 steps.push((began.min(*gone), joined));
-                let at = |i: Instant| i.saturating_duration_since(began).as_secs_f64();
+                // Signed: the anchor's pod goes before its drain is seen.
+                let at = |i: Instant| {
+                    i.checked_duration_since(began)
+                        .map_or_else(|| -began.duration_since(i).as_secs_f64(), |d| d.as_secs_f64())
+                };
                 println!(
                     "roll measure ({who}): {server}: from its drain, stopped at {:.2} s, pod going at {:.2} s, replacement ready at {:.2} s, row active at {:.2} s",
                     at(stopped),
@@ -236,8 +240,10 @@ fn report_roll_time(
     let between: f64 = steps.windows(2).map(|w| seconds(w[0].1, w[1].0)).sum();
     let after = steps.last().map_or(0.0, |(_, joined)| seconds(*joined, started + wall));
     let unavoidable = drain + restart;
+    // What is left is inside the steps: for this operator, a drain ending → its eviction.
+    let inside = wall.as_secs_f64() - unavoidable - before - between - after;
     println!(
-        "roll measure ({who}): {} servers, wall {:.1} s; unavoidable {unavoidable:.1} s (drain {drain:.1} s + restart-to-joined {restart:.1} s); wall / unavoidable = {:.2}; the rest: {before:.2} s before the first drain, {between:.2} s between steps, {after:.2} s after the last; jobs lost {}, started twice {}; at most {} unavailable",
+        "roll measure ({who}): {} servers, wall {:.1} s; unavoidable {unavoidable:.1} s (drain {drain:.1} s + restart-to-joined {restart:.1} s); wall / unavoidable = {:.2}; the rest: {before:.2} s before the first drain, {between:.2} s between steps, {inside:.2} s inside steps, {after:.2} s after the last; jobs lost {}, started twice {}; at most {} unavailable",
         timelines.len(),
         wall.as_secs_f64(),
         wall.as_secs_f64() / unavoidable,

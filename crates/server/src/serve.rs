@@ -253,13 +253,26 @@ pub(crate) async fn run(settings: ServerSettings) -> anyhow::Result<()> {
     // A drain requested before a restart still holds: stay out of service until it is cleared.
     // Read on the heartbeat's listening connection, so that the clearing is heard when it is
     // written (the operator clears it as the replacement starts), not a heartbeat later.
+    // A read that fails (the heartbeat connection's short time limit, a database blip) is not
+    // "no drain": the server stays out of service and reads again at the next heartbeat.
     let mut announced = false;
-    while at_startup(&link, &mut signals, "cannot read the drain request", async |c| {
-        contract::drain_pending(&*c, &settings.server_id).await
-    })
-    .await?
-    {
-        if !announced {
+    loop {
+        let pending = match at_startup(&link, &mut signals, "cannot read the drain request", async |c| {
+            contract::drain_pending(&*c, &settings.server_id).await
+        })
+        .await
+        {
+            Ok(pending) => Some(pending),
+            Err(error) if error.is::<Interrupted>() => return Err(error),
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "reading the drain request again at the next heartbeat");
+                None
+            }
+        };
+        if pending == Some(false) {
+            break;
+        }
+        if pending == Some(true) && !announced {
             tracing::info!("a drain is pending for this server: staying stopped until the request is cleared");
             at_startup(&db, &mut signals, "cannot record the state stopped", async |c| {
                 contract::set_state(&*c, &settings.server_id, server_state::STOPPED).await

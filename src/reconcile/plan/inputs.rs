@@ -83,7 +83,7 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed, now: Timesta
                 name: s.name.clone(),
                 ordinal,
                 pod_exists: s.pod_exists,
-                terminating: pod.is_some_and(|p| p.terminating),
+                terminating_until: pod.and_then(|p| p.terminating_until),
                 uid: pod.and_then(|p| p.uid.clone()),
                 revision: s.revision.clone(),
                 started_at: pod.and_then(|p| p.created_at),
