@@ -14,6 +14,7 @@ use crate::crd::object_key;
 use crate::database::preflight::Preflight;
 use crate::leader::Leadership;
 use crate::metrics::{ClusterLabels, Metrics};
+use crate::rejections::Rejections;
 use crate::rolls::{DEFAULT_CONCURRENT_ROLLS, Rolls};
 use crate::validate::BuildSettings;
 
@@ -84,6 +85,8 @@ pub struct Context {
     pub(crate) max_concurrent_reconciles: u16,
     /// The fleet-wide limit on clusters rolling at once.
     pub(crate) rolls: Rolls,
+    /// Owned objects the API server refused, per cluster.
+    pub(crate) rejections: Rejections,
     failures: Mutex<HashMap<String, Failures>>,
     swept: Mutex<Option<Instant>>,
 }
@@ -111,6 +114,7 @@ impl Context {
             max_concurrent_reconciles: DEFAULT_CONCURRENT_RECONCILES,
             rolls: Rolls::new(DEFAULT_CONCURRENT_ROLLS),
             swept: Mutex::default(),
+            rejections: Rejections::default(),
             failures: Mutex::default(),
         }
     }
@@ -182,6 +186,7 @@ impl Context {
         self.rolls.settle(&object_key(cluster), false);
         self.rolls.withdraw(&object_key(cluster));
         self.reset_backoff(&object_key(cluster));
+        self.rejections.clear(&object_key(cluster));
         self.metrics.forget_cluster(&ClusterLabels::of(cluster));
     }
 
@@ -203,6 +208,7 @@ impl Context {
         self.preflight.retain(&keys);
         self.preflight.databases.sweep(&live);
         self.rolls.retain(&keys);
+        self.rejections.retain(&keys);
         self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())

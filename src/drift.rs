@@ -82,10 +82,12 @@ fn quantity(text: &str) -> Option<f64> {
     number(mantissa).map(|n| n * 10f64.powi(exponent))
 }
 
-/// Values the API server drops when they are applied (empty maps and lists, null).
+/// Values the API server drops when they are applied (empty maps, lists and strings, null:
+/// Kubernetes' types omit them when empty, e.g. an env entry's `value: ""`).
 fn is_empty(value: &Value) -> bool {
     match value {
         Value::Null => true,
+        Value::String(text) => text.is_empty(),
         Value::Object(map) => map.values().all(is_empty),
         Value::Array(items) => items.is_empty(),
         _ => false,
@@ -123,6 +125,16 @@ mod tests {
         assert_eq!(quantity("5E-3"), Some(0.005));
         assert_eq!(quantity("2E"), Some(2e18));
         assert_eq!((quantity("abc"), quantity("Mi"), quantity("")), (None, None, None));
+    }
+
+    #[test]
+    fn an_empty_value_the_api_server_drops_is_not_drift() {
+        let desired = json!({"env": [{"name": "WORKERS", "value": ""}]});
+        assert!(is_contained(&desired, &json!({"env": [{"name": "WORKERS"}]})));
+        assert!(!is_contained(
+            &json!({"env": [{"name": "WORKERS", "value": "8"}]}),
+            &json!({"env": [{"name": "WORKERS"}]})
+        ));
     }
 
     #[test]

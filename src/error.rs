@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::crd::SpecError;
 use crate::leader::NotLeading;
+use crate::rejections::Rejection;
 use crate::vocabulary::Reason;
 
 /// Everything a reconcile can fail with.
@@ -48,6 +49,11 @@ pub enum Error {
     #[error("{0}")]
     NotLeading(#[from] NotLeading),
 
+    /// The API server refused an owned object (said in the status as `ChildRejected`; retried
+    /// with back-off, since a fix may come from outside the spec: a policy, a permission).
+    #[error("{0}")]
+    Rejected(Rejection),
+
     /// The operator keeps no view of this namespace (it is not watched, or its watches
     /// stopped), so it cannot reconcile what is in it.
     #[error("namespace {0} is not watched by this operator")]
@@ -66,6 +72,7 @@ impl Error {
             Error::Timeout { .. } => "timeout",
             Error::NotLeading(_) => "not_leading",
             Error::NotWatched(_) => "not_watched",
+            Error::Rejected(_) => "child_rejected",
         }
     }
 }
@@ -86,6 +93,7 @@ impl Error {
             // Not to be published: a replica that does not lead writes no Event.
             Error::NotLeading(_) => Reason::ApiUnavailable,
             Error::NotWatched(_) => Reason::ApiUnavailable,
+            Error::Rejected(_) => Reason::ChildRejected,
         }
     }
 }

@@ -23,6 +23,7 @@ mod error;
 mod metrics;
 mod planners;
 mod reconcile;
+pub mod rejections;
 mod release;
 mod resources;
 mod rolls;

@@ -89,6 +89,9 @@ words! {
         Stable,
         /// The spec passed the CRD schema but the operator cannot use it.
         InvalidSpec,
+        /// The API server refused an owned object the spec asks for (a value it does not
+        /// accept, an admission policy, a missing permission); the message names the object.
+        ChildRejected,
         /// No problem to report.
         AsExpected,
         /// Some servers are unhealthy; the message names them.

@@ -33,6 +33,10 @@ pub struct PodView {
     pub uid: Option<String>,
     /// The release its server container runs.
     pub release: Option<Release>,
+    /// Why the pod does not run, when nothing changes by itself: the scheduler's word for a
+    /// pod it cannot place (`Unschedulable: 0/3 nodes are available: ...`), or the waiting
+    /// reason of a container that cannot start (`InvalidImageName: ...`).
+    pub stuck: Option<String>,
 }
 
 /// The ordinal of `name` in cluster `cluster` (`prod-3` → 3).
@@ -158,6 +162,13 @@ pub(crate) fn problems(servers: &[ServerStatus], pods: &[PodView], health: Healt
                 found.push(format!("{}: {state} in the database but has no pod", server.name))
             }
             _ => {}
+        }
+        if let Some(stuck) = pods
+            .iter()
+            .find(|p| p.name == server.name)
+            .and_then(|p| p.stuck.as_ref())
+        {
+            found.push(format!("{}: {stuck}", server.name));
         }
         if let Some(pod) = pods.iter().find(|p| p.name == server.name)
             && let Some(at) = pod.last_exit_at.filter(|at| recent(*at, now, health))

@@ -19,7 +19,18 @@ use crate::crd::{OrchestratorCluster, object_key};
 use crate::database::ServerRows;
 use crate::database::preflight::DATABASE_DEADLINE;
 use crate::error::{Error, Result};
+use crate::rejections::Rejection;
 use crate::vocabulary::Reason;
+
+/// What became of a plan.
+#[derive(Debug)]
+pub(crate) enum Acted {
+    /// Carried out.
+    Done,
+    /// The API server refused one of the writes: nothing after it was done (no database step,
+    /// no eviction). The refusal is remembered for the cluster's generation.
+    Rejected(Rejection),
+}
 
 /// Carries out `plan` for `cr`: writes (with an `Applied` Event saying what changed), then the
 /// database steps when the database is usable, then the eviction.
@@ -28,11 +39,16 @@ pub(crate) async fn act(
     cr: &OrchestratorCluster,
     plan: &Plan,
     database: Option<&ServerRows>,
-) -> Result<()> {
+) -> Result<Acted> {
     let object = object_key(cr);
     let namespace = cr.namespace().unwrap_or_default();
     if !plan.writes.is_empty() {
-        apply_writes(ctx, &namespace, &plan.writes).await?;
+        if let Err(rejection) = apply_writes(ctx, &namespace, &plan.writes, cr.metadata.generation).await? {
+            tracing::warn!(%object, %rejection, "an owned object was refused");
+            ctx.rejections.record(&object, rejection.clone());
+            return Ok(Acted::Rejected(rejection));
+        }
+        ctx.rejections.clear(&object);
         let summary = plan
             .writes
             .iter()
@@ -69,7 +85,7 @@ pub(crate) async fn act(
             tracing::info!(%object, %pod, "eviction refused by the PodDisruptionBudget for now; waiting");
         }
     }
-    Ok(())
+    Ok(Acted::Done)
 }
 
 /// Server-side applies `object`, only while this replica leads.
@@ -88,18 +104,37 @@ where
     Ok(())
 }
 
-/// Applies every write in order (settings and Services before the StatefulSet that uses them).
-async fn apply_writes(ctx: &Context, namespace: &str, writes: &[Write]) -> Result<()> {
+/// Applies every write in order (settings and Services before the StatefulSet that uses them),
+/// stopping at the first the API server refuses (a 400, 403 or 422, built from the cluster's
+/// `generation`); other failures are errors.
+async fn apply_writes(
+    ctx: &Context,
+    namespace: &str,
+    writes: &[Write],
+    generation: Option<i64>,
+) -> Result<std::result::Result<(), Rejection>> {
     for write in writes {
-        match &write.child {
-            Child::ConfigMap(o) => apply(ctx, namespace, o).await?,
-            Child::Service(o) => apply(ctx, namespace, o).await?,
-            Child::PodDisruptionBudget(o) => apply(ctx, namespace, o).await?,
-            Child::StatefulSet(o) => apply(ctx, namespace, o).await?,
-            Child::Job(o) => apply(ctx, namespace, o).await?,
+        let applied = match &write.child {
+            Child::ConfigMap(o) => apply(ctx, namespace, o).await,
+            Child::Service(o) => apply(ctx, namespace, o).await,
+            Child::PodDisruptionBudget(o) => apply(ctx, namespace, o).await,
+            Child::StatefulSet(o) => apply(ctx, namespace, o).await,
+            Child::Job(o) => apply(ctx, namespace, o).await,
+        };
+        match applied {
+            Err(Error::Kube(kube::Error::Api(status))) if matches!(status.code, 400 | 403 | 422) => {
+                return Ok(Err(Rejection {
+                    generation,
+                    kind: write.child.kind(),
+                    name: write.child.name(),
+                    code: status.code,
+                    message: status.message,
+                }));
+            }
+            other => other?,
         }
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// Asks servers for a friendly shutdown, withdraws requests of servers wanted again, and

@@ -110,7 +110,12 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
         report::StatusWrite::Stale => return Ok(Action::requeue(plan::STEP_REQUEUE)),
         report::StatusWrite::Gone => return Ok(Action::await_change()),
     };
-    act::act(ctx, cr, &plan, database.as_ref()).await?;
+    if let act::Acted::Rejected(rejection) = act::act(ctx, cr, &plan, database.as_ref()).await? {
+        // Said in the status before the error backs the cluster off (unless this plan's status
+        // said it already, from the refusal remembered at this generation).
+        report::rejected(ctx, cr, &plan, &rejection, &now).await?;
+        return Err(Error::Rejected(rejection));
+    }
     let Some(version) = written else {
         return Ok(Action::requeue(jittered(plan.requeue)));
     };

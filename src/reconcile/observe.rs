@@ -24,6 +24,7 @@ use crate::database::{DatabaseState, ServerRows};
 use crate::error::Result;
 use crate::planners::servers::{PodView, ordinal};
 use crate::planners::upgrade::admitted;
+use crate::rejections::Rejection;
 use crate::release::{JobOutcome, Release, SchemaJob};
 use crate::resources::job;
 use crate::resources::statefulset::{release_of, running_release};
@@ -54,6 +55,9 @@ pub struct Observed {
     /// is not among them: a roll's first step must wait. Set by the reconcile when a plan would
     /// start a roll and no slot is free (not an observation of the cluster itself).
     pub rolls_full: Option<usize>,
+    /// The refusal of one of the cluster's objects by the API server at this generation, as
+    /// the last apply met it.
+    pub rejected: Option<Rejection>,
 }
 
 /// Outcomes of the wanted release's schema Jobs (`None`: no such Job).
@@ -167,6 +171,7 @@ pub(crate) async fn observe(
     };
     let observed = Observed {
         rolls_full: None,
+        rejected: ctx.rejections.of(&crate::crd::object_key(cr), cr.metadata.generation),
         schema_jobs,
         statefulset,
         pods,
@@ -256,7 +261,27 @@ fn pod_view(cluster: &str, pod: &Pod) -> Option<PodView> {
         .filter(|t| t.exit_code != 0)
         .and_then(|t| t.finished_at.as_ref())
         .map(|t| t.0);
+    let unschedulable = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| {
+            c.iter().find(|c| {
+                c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+            })
+        })
+        .map(|c| format!("not scheduled: {}", c.message.as_deref().unwrap_or("Unschedulable")));
+    let cannot_start = container
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.waiting.as_ref())
+        .filter(|w| w.reason.as_deref().is_some_and(|r| job::CANNOT_START.contains(&r)))
+        .map(|w| {
+            format!(
+                "cannot start: {}: {}",
+                w.reason.as_deref().unwrap_or_default(),
+                w.message.as_deref().unwrap_or_default()
+            )
+        });
     Some(PodView {
+        stuck: unschedulable.or(cannot_start),
         name,
         ordinal,
         ready,

@@ -12,11 +12,12 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::Watched;
-use super::plan::{Plan, invalid_spec_status};
+use super::plan::{Plan, invalid_spec_status, with_rejection};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::crd::{OrchestratorCluster, OrchestratorClusterStatus, SpecError, object_key};
 use crate::error::{Error, Result};
 use crate::metrics::ClusterLabels;
+use crate::rejections::Rejection;
 use crate::vocabulary::Reason;
 
 /// What became of a plan's status write.
@@ -73,6 +74,25 @@ pub(crate) async fn report(ctx: &Context, cr: &OrchestratorCluster, plan: &Plan)
     ctx.metrics
         .record_maintenance(&labels, plan.finished_stage.as_ref(), plan.step_done.as_ref());
     Ok(StatusWrite::Stored { version: written })
+}
+
+/// An owned object the API server refused: the plan's status with `Ready=False` /
+/// `ChildRejected` naming it, written unless it says so already.
+pub(crate) async fn rejected(
+    ctx: &Context,
+    cr: &OrchestratorCluster,
+    plan: &Plan,
+    rejection: &Rejection,
+    now: &Time,
+) -> Result<()> {
+    let status = with_rejection(plan.status.clone(), cr, rejection, now);
+    if status != plan.status {
+        // The plan's own write is not in `cr` yet: compare with it, not with `cr`.
+        let mut written = cr.clone();
+        written.status = Some(plan.status.clone());
+        update_status(ctx, &written, &status, None).await?;
+    }
+    Ok(())
 }
 
 /// A spec the operator cannot use: the `InvalidSpec` status and a Warning Event; nothing else

@@ -116,7 +116,7 @@ pub(crate) fn build(spec: &ValidSpec, kind: SchemaJob, schema: i32, config_hash:
 
 /// Waiting reasons of a container that will not start without a change (a wrong image, a
 /// missing Secret or ConfigMap).
-const CANNOT_START: [&str; 5] = [
+pub(crate) const CANNOT_START: [&str; 5] = [
     "ErrImagePull",
     "ImagePullBackOff",
     "InvalidImageName",

@@ -16,4 +16,5 @@ mod gitops;
 mod install;
 mod leader;
 mod maintenance;
+mod refusals;
 mod steady;

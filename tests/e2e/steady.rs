@@ -2,7 +2,7 @@
 //! (counted from the API server's audit log, not from the operator's counters), its status does
 //! not move, and the operator still looks at the database and still reacts to a change.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kube::ResourceExt;
 use orchestrator_operator::crd::OrchestratorCluster;
@@ -10,34 +10,6 @@ use orchestrator_operator::crd::OrchestratorCluster;
 use crate::support::audit::{AuditLog, Request, lines};
 use crate::support::e2e::{MINUTE, Operator, TestNamespace, patch_spec, wait_ready, wait_settled};
 use crate::support::spec::ClusterSpec;
-
-/// The operator's requests about namespace `ns` recorded after `mark`.
-fn operator_requests(audit: &AuditLog, mark: u64, ns: &str) -> Vec<Request> {
-    audit
-        .since(mark)
-        .into_iter()
-        .filter(|r| r.namespace == ns && r.user_agent.starts_with("orchestrator-operator/"))
-        .collect()
-}
-
-/// Waits (two minutes at most) until the operator has sent no request about `ns` for `quiet`:
-/// the last Events of a transition land after its status. Returns the audit mark of that moment.
-async fn quiet(audit: &AuditLog, ns: &str, quiet: Duration) -> u64 {
-    let deadline = Instant::now() + 2 * MINUTE;
-    loop {
-        let mark = audit.mark();
-        tokio::time::sleep(quiet).await;
-        let sent = operator_requests(audit, mark, ns);
-        if sent.is_empty() {
-            return audit.mark();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the operator never went quiet about {ns}; last requests:\n{}",
-            lines(&sent.iter().collect::<Vec<_>>())
-        );
-    }
-}
 
 /// The operator's `orchestrator_operator_reconciles_total`.
 async fn reconciles(operator: &Operator) -> u64 {
@@ -58,9 +30,9 @@ async fn an_idle_ready_cluster_sends_no_api_request_and_keeps_its_status() {
     let operator = Operator::start(&ns.name, "orchestrator-server").await;
     ns.create_cluster(&ClusterSpec::new(2, &pg)).await;
     wait_settled(&ns, 2, None).await;
-    let mark = quiet(&audit, &ns.name, Duration::from_secs(10)).await;
+    let mark = audit.quiet(&ns.name, Duration::from_secs(10)).await;
     // The log does name the operator's requests: bringing the cluster up took some.
-    let setup = operator_requests(&audit, start, &ns.name);
+    let setup = audit.operator_requests(start, &ns.name);
     assert!(
         setup
             .iter()
@@ -74,7 +46,7 @@ async fn an_idle_ready_cluster_sends_no_api_request_and_keeps_its_status() {
     // The window of the measurement: two minutes of nothing changing.
     tokio::time::sleep(2 * MINUTE).await;
 
-    let sent = operator_requests(&audit, mark, &ns.name);
+    let sent = audit.operator_requests(mark, &ns.name);
     let writes: Vec<&Request> = sent.iter().filter(|r| r.is_write()).collect();
     assert!(writes.is_empty(), "API writes while idle:\n{}", lines(&writes));
     let reads: Vec<&Request> = sent.iter().collect();

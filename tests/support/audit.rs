@@ -72,6 +72,34 @@ impl AuditLog {
         std::fs::metadata(&self.path).unwrap().len()
     }
 
+    /// The operator's requests about namespace `ns` recorded after `mark`.
+    pub(crate) fn operator_requests(&self, mark: u64, ns: &str) -> Vec<Request> {
+        self.since(mark)
+            .into_iter()
+            .filter(|r| r.namespace == ns && r.user_agent.starts_with("orchestrator-operator/"))
+            .collect()
+    }
+
+    /// Waits (two minutes at most) until the operator has sent no request about `ns` for
+    /// `quiet` (the last Events of a transition land after its status); fails the test if it
+    /// never does. Returns the mark of that moment.
+    pub(crate) async fn quiet(&self, ns: &str, quiet: std::time::Duration) -> u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let mark = self.mark();
+            tokio::time::sleep(quiet).await;
+            let sent = self.operator_requests(mark, ns);
+            if sent.is_empty() {
+                return self.mark();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the operator never went quiet about {ns}; last requests:\n{}",
+                lines(&sent.iter().collect::<Vec<_>>())
+            );
+        }
+    }
+
     /// Every request recorded after `mark` (the stage `ResponseComplete` of each).
     pub(crate) fn since(&self, mark: u64) -> Vec<Request> {
         let mut file = std::fs::File::open(&self.path).unwrap();

@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 pub use desired::{Child, Write};
 pub use events::PlannedEvent;
-pub(crate) use status::invalid_spec_status;
+pub(crate) use status::{invalid_spec_status, with_rejection};
 
 use crate::conditions::{find, status as condition_status};
 use crate::crd::{OrchestratorClusterStatus, Phase};
@@ -127,7 +127,12 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
         ));
     }
     let status = status::status(cr, observed, &inputs, &decisions, statefulset_current, now);
-    let events = events::events(cr, observed, &inputs, &decisions, &status);
+    let mut events = events::events(cr, observed, &inputs, &decisions, &status);
+    if observed.rejected.is_some() {
+        // The writes of this plan were refused at this generation: its steps ("adding prod-0")
+        // will not happen, and saying them at every retry would be noise.
+        events.retain(|event| event.warning);
+    }
     let decide::Decisions {
         upgrade,
         capacity,

@@ -11,6 +11,7 @@ use crate::database::DatabaseState;
 use crate::planners::maintenance::MaintenanceDecision;
 use crate::planners::upgrade::UpgradeDecision;
 use crate::reconcile::observe::Observed;
+use crate::rejections::Rejection;
 use crate::resources::selector_string;
 use crate::vocabulary::{ConditionType, Hold, Reason, RollStage, Trigger};
 
@@ -142,7 +143,7 @@ pub(super) fn status(
                 .or(upgrade.waiting.as_ref()),
         ),
     ];
-    OrchestratorClusterStatus {
+    let status = OrchestratorClusterStatus {
         observed_generation: generation,
         phase,
         replicas: pods,
@@ -161,7 +162,37 @@ pub(super) fn status(
         servers: servers.to_vec(),
         maintenance: maintenance_status(roll, upgrade, servers.len(), &previous, now),
         conditions,
+    };
+    match &observed.rejected {
+        Some(rejection) => with_rejection(status, cr, rejection, now),
+        None => status,
     }
+}
+
+/// `status` with the refusal of an owned object said: `Ready=False` with reason
+/// `ChildRejected`, naming the object and the API server's words, and phase `Blocked`.
+pub(crate) fn with_rejection(
+    mut status: OrchestratorClusterStatus,
+    cr: &OrchestratorCluster,
+    rejection: &Rejection,
+    now: &Time,
+) -> OrchestratorClusterStatus {
+    let previous = cr.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let ready = condition(
+        previous,
+        ConditionType::Ready,
+        false,
+        Reason::ChildRejected,
+        format!("{rejection}; fix the spec (or what the message names) and the operator applies it again"),
+        cr.metadata.generation,
+        now,
+    );
+    match status.conditions.iter_mut().find(|c| c.type_ == ready.type_) {
+        Some(existing) => *existing = ready,
+        None => status.conditions.push(ready),
+    }
+    status.phase = Phase::Blocked;
+    status
 }
 
 /// The Progressing message of a roll in progress.

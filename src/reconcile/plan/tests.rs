@@ -377,6 +377,54 @@ mod basics {
     }
 
     #[test]
+    fn a_refused_object_is_said_in_the_ready_condition_and_a_stuck_pod_in_degraded() {
+        let mut cr = fixtures::minimal();
+        cr.metadata.generation = Some(4);
+        let mut observed = world(&cr, 3, 2);
+        let rejection = crate::rejections::Rejection {
+            generation: Some(4),
+            kind: "StatefulSet",
+            name: "minimal".into(),
+            code: 422,
+            message: "spec.template.spec.affinity: Required value".into(),
+        };
+        observed.rejected = Some(rejection);
+        observed.pods[2].stuck = Some("not scheduled: 0/3 nodes are available".into());
+        let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(plan.status.phase, Phase::Blocked);
+        assert!(
+            plan.events.iter().all(|e| e.warning),
+            "no step Event: {:?}",
+            plan.events
+        );
+        let ready = find(&plan.status.conditions, ConditionType::Ready).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ChildRejected")
+        );
+        assert!(
+            ready
+                .message
+                .starts_with("the API server refused StatefulSet minimal (422): spec.template.spec.affinity"),
+            "{}",
+            ready.message
+        );
+        let degraded = find(&plan.status.conditions, ConditionType::Degraded).unwrap();
+        assert!(
+            degraded
+                .message
+                .contains("minimal-2: not scheduled: 0/3 nodes are available"),
+            "{}",
+            degraded.message
+        );
+        // Said the same way on the next look: no write.
+        let mut again = cr.clone();
+        again.status = Some(plan.status.clone());
+        let next = dry_run(&again, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(next.status, plan.status);
+    }
+
+    #[test]
     fn unusable_spec_is_an_error_with_the_field() {
         let mut cr = fixtures::minimal();
         cr.spec.maintenance.drain_timeout = "10 minutes".into();
