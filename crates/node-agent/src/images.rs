@@ -43,6 +43,19 @@ impl ImageMap {
     }
 }
 
+/// Whether `image` is an image reference, as the kubelet checks it before a pull (the
+/// distribution reference grammar: `[registry[:port]/]path[:tag][@digest]`, the path
+/// lowercase); the kubelet's message when it is not. Parsed with `oci-spec`, the OCI's own
+/// crate, rather than a hand-written grammar.
+pub fn check_reference(image: &str) -> Result<(), String> {
+    image
+        .parse::<oci_spec::distribution::Reference>()
+        .map(|_| ())
+        .map_err(|_| {
+            format!("Failed to apply default image tag {image:?}: couldn't parse image name {image:?}: invalid reference format")
+        })
+}
+
 /// `registry.example:5000/team/server:1.2@sha256:...` → `server`.
 pub fn image_name(image: &str) -> &str {
     let without_digest = image.split('@').next().unwrap_or(image);
@@ -62,6 +75,23 @@ mod tests {
             "orchestrator-server"
         );
         assert_eq!(image_name("localhost:5000/x/server:2@sha256:abc"), "server");
+    }
+
+    #[test]
+    fn references_the_kubelet_refuses_are_refused() {
+        for good in [
+            "orchestrator-server",
+            "ghcr.io/orchestrator-dev/orchestrator-server:1.0.0",
+            "localhost:5000/x/server:2",
+            "Registry.Example.com/team/server:v1_2",
+            "server@sha256:0123456789012345678901234567890123456789012345678901234567890123",
+        ] {
+            assert_eq!(check_reference(good), Ok(()), "{good}");
+        }
+        for bad in ["", "Server:1", "server:1.0+build", "ghcr.io/Team/server", "server name:1", "server:"] {
+            let err = check_reference(bad).unwrap_err();
+            assert!(err.contains("invalid reference format"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -305,6 +305,8 @@ impl Worker {
     async fn prepare(&self) -> Result<Command, (&'static str, String)> {
         let container = self.container();
         let image = container.image.clone().unwrap_or_default();
+        // A reference the kubelet could not parse is never pulled, nor run here.
+        crate::images::check_reference(&image).map_err(|m| ("InvalidImageName", m))?;
         let binary = self.agent.images.resolve(&image).map_err(|m| ("ErrImagePull", m))?;
         let mut pod = self.pod.clone();
         let status = pod.status.get_or_insert_with(Default::default);
