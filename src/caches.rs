@@ -9,7 +9,10 @@
 //! - the server pods and the schema Jobs' pods, selected by their `app.kubernetes.io/name`;
 //! - the Secrets' metadata only (a metadata watch: no Secret data is streamed or held), so that
 //!   a changed credentials Secret triggers the clusters that name it, and its data is read once
-//!   per change ([`crate::database::preflight`]).
+//!   per change ([`crate::database::preflight`]);
+//! - the StatefulSets' `FailedCreate` Events (a field-selected watch: only those), which say
+//!   why the StatefulSet controller cannot create a server pod (a missing PriorityClass, a
+//!   quota, a Pod Security refusal).
 //!
 //! A store is read only once its first list has completed ([`Caches::ready`]): a store that is
 //! still filling would show objects as missing. Where a decision must not rest on a store that
@@ -22,7 +25,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
@@ -46,7 +49,12 @@ pub struct Scope {
     jobs: Store<Job>,
     pods: Store<Pod>,
     secrets: Store<PartialObjectMeta<Secret>>,
+    events: Store<Event>,
 }
+
+/// The field selector of the Events the operator keeps: the StatefulSet controller's refusals
+/// to create a pod.
+pub const FAILED_CREATE_EVENTS: &str = "reason=FailedCreate,involvedObject.kind=StatefulSet";
 
 /// The writers of a [`Scope`]'s stores: each goes to the watch that feeds its store.
 pub struct Writers {
@@ -66,6 +74,8 @@ pub struct Writers {
     pub pods: Writer<Pod>,
     /// Secrets' metadata.
     pub secrets: Writer<PartialObjectMeta<Secret>>,
+    /// The StatefulSets' `FailedCreate` Events.
+    pub events: Writer<Event>,
 }
 
 impl Scope {
@@ -80,6 +90,7 @@ impl Scope {
             jobs: Writer::default(),
             pods: Writer::default(),
             secrets: Writer::default(),
+            events: Writer::default(),
         };
         let scope = Scope {
             namespace,
@@ -91,6 +102,7 @@ impl Scope {
             jobs: writers.jobs.as_reader(),
             pods: writers.pods.as_reader(),
             secrets: writers.secrets.as_reader(),
+            events: writers.events.as_reader(),
         };
         (scope, writers)
     }
@@ -124,6 +136,7 @@ impl Writers {
         load(&mut self.jobs, objects);
         load(&mut self.pods, objects);
         load(&mut self.secrets, objects);
+        load(&mut self.events, objects);
     }
 }
 
@@ -162,6 +175,7 @@ cached! {
     Job => jobs,
     Pod => pods,
     PartialObjectMeta<Secret> => secrets,
+    Event => events,
 }
 
 /// Every scope's stores.
@@ -197,6 +211,7 @@ impl Caches {
         scope.jobs.wait_until_ready().await.map_err(stopped)?;
         scope.pods.wait_until_ready().await.map_err(stopped)?;
         scope.secrets.wait_until_ready().await.map_err(stopped)?;
+        scope.events.wait_until_ready().await.map_err(stopped)?;
         Ok(())
     }
 
@@ -261,6 +276,30 @@ impl Caches {
                 .map(|cluster| object_key(cluster.as_ref()))
                 .collect()
         })
+    }
+
+    /// What the newest cached `FailedCreate` Event of StatefulSet `name` in `namespace` says,
+    /// and when it was last seen.
+    pub(crate) fn failed_create(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<(String, Option<k8s_openapi::jiff::Timestamp>)>> {
+        let scope = self.scope(namespace)?;
+        let when = |e: &Event| {
+            e.series
+                .as_ref()
+                .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0))
+                .or(e.last_timestamp.as_ref().map(|t| t.0))
+                .or(e.event_time.as_ref().map(|t| t.0))
+        };
+        Ok(scope
+            .events
+            .state()
+            .into_iter()
+            .filter(|e| e.namespace().as_deref() == Some(namespace) && e.involved_object.name.as_deref() == Some(name))
+            .max_by_key(|e| when(e))
+            .and_then(|e| Some((e.message.clone()?, when(&e)))))
     }
 
     /// The cached objects of kind `K` in `namespace` that carry every label of `labels`.

@@ -13,7 +13,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action};
@@ -22,7 +22,7 @@ use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use crate::caches::Scope;
+use crate::caches::{FAILED_CREATE_EVENTS, Scope};
 use crate::context::Context;
 use crate::error::Result;
 use crate::reconcile::{Watched, error_policy, reconcile};
@@ -77,6 +77,11 @@ fn drop_managed_fields<K: Resource>(object: &mut K) {
 async fn reconcile_while_leading(obj: Arc<Watched>, ctx: Arc<Context>) -> Result<Action> {
     ctx.leadership.ensure()?;
     reconcile(obj, ctx).await
+}
+
+/// The cluster whose StatefulSet an Event is about (the StatefulSet bears the cluster's name).
+fn cluster_of_event(event: Event) -> Option<ObjectRef<Watched>> {
+    Some(ObjectRef::new(event.involved_object.name.as_deref()?).within(&event.namespace()?))
 }
 
 /// The cluster a pod belongs to (server pods and schema Job pods carry its name).
@@ -181,6 +186,14 @@ async fn run_one(
             cluster_of_pod,
         )
         .watches_stream(secrets, secret_users)
+        .watches_stream(
+            reflected(
+                scoped::<Event>(&client, ns),
+                watcher::Config::default().fields(FAILED_CREATE_EVENTS),
+                writers.events,
+            ),
+            cluster_of_event,
+        )
         .reconcile_on(ctx.preflight.databases.triggers())
         .graceful_shutdown_on(shutdown)
         .run(reconcile_while_leading, error_policy, ctx)

@@ -58,6 +58,9 @@ pub struct Observed {
     /// The refusal of one of the cluster's objects by the API server at this generation, as
     /// the last apply met it.
     pub rejected: Option<Rejection>,
+    /// Why the StatefulSet controller cannot create a server pod (its newest `FailedCreate`
+    /// Event), while the StatefulSet has fewer pods than it wants.
+    pub failed_create: Option<String>,
 }
 
 /// Outcomes of the wanted release's schema Jobs (`None`: no such Job).
@@ -169,7 +172,25 @@ pub(crate) async fn observe(
     } else {
         SchemaJobs::default()
     };
+    let missing_pods = statefulset
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .is_some_and(|wanted| (pods.len() as i32) < wanted);
+    // The StatefulSet controller repeats the Event at each retry (a minute apart at most): an
+    // older one is about a cause that went away.
+    let failed_create = if missing_pods {
+        ctx.caches
+            .failed_create(&ns, &Names::statefulset(cr))?
+            .filter(|(_, seen)| {
+                seen.is_some_and(|seen| k8s_openapi::jiff::Timestamp::now().duration_since(seen) < FAILED_CREATE_RECENT)
+            })
+            .map(|(message, _)| message)
+    } else {
+        None
+    };
     let observed = Observed {
+        failed_create,
         rolls_full: None,
         rejected: ctx.rejections.of(&crate::crd::object_key(cr), cr.metadata.generation),
         schema_jobs,
@@ -242,6 +263,9 @@ fn schema_jobs(
         migrated,
     })
 }
+
+/// How recent a `FailedCreate` Event must be to say why a pod is missing now.
+const FAILED_CREATE_RECENT: k8s_openapi::jiff::SignedDuration = k8s_openapi::jiff::SignedDuration::from_secs(300);
 
 /// Reads a pod of cluster `cluster`; `None` for a pod that is not one of its servers.
 fn pod_view(cluster: &str, pod: &Pod) -> Option<PodView> {

@@ -130,3 +130,24 @@ async fn a_spec_in_non_canonical_forms_is_written_once_then_quiet() {
     let writes: Vec<_> = sent.iter().filter(|r| r.is_write()).collect();
     assert!(writes.is_empty(), "writes after settling:\n{}", lines(&writes));
 }
+
+#[tokio::test]
+async fn a_pod_the_statefulset_cannot_create_is_said_with_the_controllers_reason() {
+    let ns = TestNamespace::new("nopriority").await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    create_with_template(
+        &ns,
+        &ClusterSpec::new(1, &pg),
+        json!({"priorityClassName": "no-such-class"}),
+    )
+    .await;
+    let cr = wait_condition(&ns, "Degraded", "True", "ServerProblems", MINUTE).await;
+    let degraded = condition(&cr, "Degraded").unwrap();
+    assert!(
+        degraded.message.contains("the StatefulSet cannot create a server pod")
+            && degraded.message.contains("no PriorityClass with name no-such-class"),
+        "{}",
+        degraded.message
+    );
+}

@@ -88,7 +88,14 @@ mod tests {
         ] {
             assert_eq!(check_reference(good), Ok(()), "{good}");
         }
-        for bad in ["", "Server:1", "server:1.0+build", "ghcr.io/Team/server", "server name:1", "server:"] {
+        for bad in [
+            "",
+            "Server:1",
+            "server:1.0+build",
+            "ghcr.io/Team/server",
+            "server name:1",
+            "server:",
+        ] {
             let err = check_reference(bad).unwrap_err();
             assert!(err.contains("invalid reference format"), "{bad}: {err}");
         }

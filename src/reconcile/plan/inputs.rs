@@ -96,8 +96,12 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed, now: Timesta
         })
         .collect();
     let statefulset = observed.statefulset.as_ref();
+    let mut problems = problems(&servers, &observed.pods, health, now);
+    if let Some(why) = &observed.failed_create {
+        problems.push(format!("the StatefulSet cannot create a server pod: {why}"));
+    }
     Inputs {
-        problems: problems(&servers, &observed.pods, health, now),
+        problems,
         next_expiry: next_expiry(&observed.pods, members, health, now),
         running_jobs: members.iter().map(|m| i64::from(m.running_jobs)).sum(),
         oldest_heartbeat_seconds: members
