@@ -49,6 +49,7 @@ kubectl -n orchestrator-system get deploy,pods,lease
 step "a cluster of three servers in namespace demo"
 kubectl -n demo create secret generic process-db --from-literal=username="$DATABASE_USER" \
   --from-literal=password="$DATABASE_PASSWORD" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl -n demo label secret process-db orchestrator.dev/credentials=true --overwrite >/dev/null
 cat >.local/demo/cluster.yaml <<YAML
 apiVersion: orchestrator.dev/v1alpha1
 kind: OrchestratorCluster

@@ -93,7 +93,7 @@ const IMAGE_RULE: &str = r"!has(self.image) || self.image.matches('^((?:[a-zA-Z0
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[kube(validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (lowercase letters, digits and -, starting with a letter): the Services named after the cluster need one"))]
-#[kube(validation = Rule::new("(self.spec.database.host == oldSelf.spec.database.host && self.spec.database.name == oldSelf.spec.database.name) || (self.spec.replicas == 0 && (!has(self.status) || self.status.replicas == 0))").message("spec.database.host and spec.database.name cannot change while the cluster has servers, which would split it across two databases: set spec.replicas to 0, wait for status.replicas to be 0, change the database, then scale up again"))]
+#[kube(validation = Rule::new("(self.spec.database.host == oldSelf.spec.database.host && self.spec.database.name == oldSelf.spec.database.name) || !has(self.status) || self.status.replicas == 0").message("spec.database.host and spec.database.name cannot change while the cluster has servers, which would split it across two databases: set spec.replicas to 0, wait for status.replicas to be 0, change the database, then scale up again"))]
 #[x_kube(validation = Rule::new("has(self.image) || self.version.matches('^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$')").message(Message::Expression("'version ' + self.version + ' is not a valid image tag (letters, digits, _ . and -, at most 128, no +): set spec.image, or use a version that is a tag'".into())))]
 #[x_kube(validation = Rule::new(IMAGE_RULE).message(Message::Expression("'image ' + self.image + ' is not a valid image reference ([registry[:port]/]name[:tag][@digest], lowercase name)'".into())))]
 #[x_kube(validation = Rule::new("self.replicas <= self.capacity.maxReplicas").message("spec.replicas must not exceed spec.capacity.maxReplicas, the owner's ceiling for adding servers; raise capacity.maxReplicas first"))]
@@ -174,13 +174,19 @@ fn default_database_port() -> i32 {
     5432
 }
 
+/// The label a credentials Secret must carry (value `"true"`) before the operator reads its
+/// values: naming a Secret in a cluster's spec is not enough, so that whoever may edit an
+/// `OrchestratorCluster` cannot make the operator read an unrelated Secret of the namespace.
+pub const CREDENTIALS_OPT_IN_LABEL: &str = "orchestrator.dev/credentials";
+
 /// Reference to the Secret holding the database login.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(concat!("self.name.matches('", dns_subdomain!(), "')")).message("database.credentialsSecret.name must be a DNS subdomain (lowercase letters, digits, - and ., starting and ending with a letter or digit), as Secret names are"))]
 #[x_kube(validation = Rule::new("self.usernameKey.matches('^[-._a-zA-Z0-9]+$') && self.passwordKey.matches('^[-._a-zA-Z0-9]+$')").message("database.credentialsSecret.usernameKey and passwordKey must be Secret keys: letters, digits, -, _ and ."))]
 pub struct CredentialsSecretRef {
-    /// Name of the Secret.
+    /// Name of the Secret. It must carry the label `orchestrator.dev/credentials: "true"`; the
+    /// operator reads no Secret without it.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
 
@@ -389,18 +395,18 @@ pub enum SchemaChangePolicy {
 #[x_kube(validation = Rule::new(concat!("!has(self.labels) || self.labels.all(k, k.matches('", qualified_name!(), "'))")).message("template.labels keys must be qualified names: an optional DNS prefix and /, then at most 63 letters, digits, -, _ and ., alphanumeric at both ends"))]
 #[x_kube(validation = Rule::new(concat!("!has(self.labels) || self.labels.all(k, self.labels[k].matches('", label_value!(), "'))")).message("template.labels values must be at most 63 letters, digits, -, _ and ., alphanumeric at both ends"))]
 #[x_kube(validation = Rule::new("!has(self.labels) || !self.labels.exists(k, k in ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/managed-by', 'controller-revision-hash', 'statefulset.kubernetes.io/pod-name', 'apps.kubernetes.io/pod-index'] || k.startsWith('orchestrator.dev/'))").message("template.labels may not set app.kubernetes.io/name, app.kubernetes.io/instance, app.kubernetes.io/managed-by, the StatefulSet controller's pod labels or orchestrator.dev/ keys: the operator and the StatefulSet controller own them"))]
-#[x_kube(validation = Rule::new(concat!("!has(self.annotations) || self.annotations.all(k, k.matches('", qualified_name!(), "') && !k.startsWith('orchestrator.dev/'))")).message("template.annotations keys must be qualified names (an optional DNS prefix and /, then at most 63 letters, digits, -, _ and .), and orchestrator.dev/ keys are the operator's"))]
+#[x_kube(validation = Rule::new(concat!("!has(self.annotations) || self.annotations.all(k, k.lowerAscii().matches('", qualified_name!(), "') && !k.startsWith('orchestrator.dev/'))")).message("template.annotations keys must be qualified names (an optional DNS prefix and /, then at most 63 letters, digits, -, _ and .), and orchestrator.dev/ keys are the operator's"))]
 #[x_kube(validation = Rule::new(concat!("!has(self.nodeSelector) || self.nodeSelector.all(k, k.matches('", qualified_name!(), "') && self.nodeSelector[k].matches('", label_value!(), "'))")).message("template.nodeSelector must hold node label keys (qualified names) and label values (at most 63 letters, digits, -, _ and .)"))]
 #[x_kube(validation = Rule::new("!has(self.resources) || ((!has(self.resources.limits) || self.resources.limits.all(k, isQuantity(string(self.resources.limits[k])))) && (!has(self.resources.requests) || self.resources.requests.all(k, isQuantity(string(self.resources.requests[k])))))").message("template.resources: every request and limit must be a quantity, for example 500m, 2, 256Mi or 1Gi"))]
 #[x_kube(validation = Rule::new("!has(self.resources) || !has(self.resources.requests) || !has(self.resources.limits) || self.resources.requests.all(k, !(k in self.resources.limits) || !isQuantity(string(self.resources.requests[k])) || !isQuantity(string(self.resources.limits[k])) || quantity(string(self.resources.requests[k])).compareTo(quantity(string(self.resources.limits[k]))) <= 0)").message("template.resources: a request may not exceed the limit of the same resource"))]
-#[x_kube(validation = Rule::new("self.env.all(e, e.name.matches('^[-._a-zA-Z][-._a-zA-Z0-9]*$'))").message("template.env names must consist of letters, digits, _, - and ., and not start with a digit"))]
+#[x_kube(validation = Rule::new("self.env.all(e, e.name.matches('^[ -<>-~]+$'))").message("template.env names must be printable ASCII characters other than ="))]
 #[x_kube(validation = Rule::new("self.env.all(e, !(has(e.value) && e.value != '' && has(e.valueFrom)))").message("template.env: an entry sets value or valueFrom, not both"))]
-#[x_kube(validation = Rule::new("!has(self.tolerations) || self.tolerations.all(t, (!has(t.operator) || t.operator in ['Exists', 'Equal']) && (!has(t.effect) || t.effect in ['', 'NoSchedule', 'PreferNoSchedule', 'NoExecute']))").message("template.tolerations: operator must be Exists or Equal, and effect NoSchedule, PreferNoSchedule, NoExecute or empty (every effect)"))]
+#[x_kube(validation = Rule::new("!has(self.tolerations) || self.tolerations.all(t, (!has(t.operator) || t.operator in ['', 'Exists', 'Equal']) && (!has(t.effect) || t.effect in ['', 'NoSchedule', 'PreferNoSchedule', 'NoExecute']))").message("template.tolerations: operator must be Exists or Equal, and effect NoSchedule, PreferNoSchedule, NoExecute or empty (every effect)"))]
 #[x_kube(validation = Rule::new(concat!("!has(self.tolerations) || self.tolerations.all(t, !has(t.key) || t.key == '' || t.key.matches('", qualified_name!(), "'))")).message("template.tolerations: a key must be a qualified name, as taint keys are"))]
 #[x_kube(validation = Rule::new("!has(self.tolerations) || self.tolerations.all(t, (has(t.key) && t.key != '') || (has(t.operator) && t.operator == 'Exists'))").message("template.tolerations: a toleration without a key must use operator Exists (it then tolerates every taint)"))]
 #[x_kube(validation = Rule::new("!has(self.tolerations) || self.tolerations.all(t, !(has(t.operator) && t.operator == 'Exists' && has(t.value) && t.value != ''))").message("template.tolerations: a toleration with operator Exists has no value"))]
 #[x_kube(validation = Rule::new("!has(self.tolerations) || self.tolerations.all(t, !has(t.tolerationSeconds) || (has(t.effect) && t.effect == 'NoExecute'))").message("template.tolerations: tolerationSeconds applies only to effect NoExecute"))]
-#[x_kube(validation = Rule::new(concat!("!has(self.priorityClassName) || self.priorityClassName.matches('", dns_subdomain!(), "')")).message("template.priorityClassName must be a DNS subdomain (lowercase letters, digits, - and .), as PriorityClass names are"))]
+#[x_kube(validation = Rule::new(concat!("!has(self.priorityClassName) || self.priorityClassName == '' || self.priorityClassName.matches('", dns_subdomain!(), "')")).message("template.priorityClassName must be a DNS subdomain (lowercase letters, digits, - and .), as PriorityClass names are"))]
 pub struct ServerTemplate {
     /// CPU and memory requests and limits of the server container.
     #[serde(default, skip_serializing_if = "Option::is_none")]

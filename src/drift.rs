@@ -21,7 +21,11 @@ fn contained(desired: &Value, live: &Value, quantities: bool) -> bool {
     match (desired, live) {
         (Value::Object(want), Value::Object(have)) => want.iter().all(|(key, value)| match have.get(key) {
             Some(live) => contained(value, live, quantities || key == "requests" || key == "limits"),
-            None => is_empty(value),
+            // An empty string too, as the direct value of a missing key: Kubernetes' types omit
+            // empty string fields (an env entry's `value: ""`, a toleration's `effect: ""`).
+            // The price: a map entry with an empty value (`pool: ""`) removed by hand is not
+            // seen; a whole map removed still is.
+            None => is_empty(value) || value.as_str() == Some(""),
         }),
         (Value::Array(want), Value::Array(have)) => {
             want.len() == have.len() && want.iter().zip(have).all(|(w, h)| contained(w, h, quantities))
@@ -82,12 +86,10 @@ fn quantity(text: &str) -> Option<f64> {
     number(mantissa).map(|n| n * 10f64.powi(exponent))
 }
 
-/// Values the API server drops when they are applied (empty maps, lists and strings, null:
-/// Kubernetes' types omit them when empty, e.g. an env entry's `value: ""`).
+/// Values the API server drops when they are applied (empty maps and lists, null).
 fn is_empty(value: &Value) -> bool {
     match value {
         Value::Null => true,
-        Value::String(text) => text.is_empty(),
         Value::Object(map) => map.values().all(is_empty),
         Value::Array(items) => items.is_empty(),
         _ => false,

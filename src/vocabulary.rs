@@ -104,6 +104,9 @@ words! {
         Connected,
         /// The credentials Secret does not exist.
         SecretMissing,
+        /// The credentials Secret exists but does not carry the opt-in label that lets the
+        /// operator read it.
+        SecretNotOptedIn,
         /// The Secret lacks a key the spec names.
         SecretKeyMissing,
         /// The host name does not resolve.

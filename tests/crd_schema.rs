@@ -179,6 +179,10 @@ fn moving_the_database_of_a_cluster_with_servers_is_refused() {
     let stopped = with_status(0, 0, "db.example.internal");
     let moved_stopped = with_status(0, 0, "db2.example.internal");
     assert_eq!(transition(&stopped, &moved_stopped), Vec::<String>::new());
+    // A cluster that has no server yet (a wrong host fixed before any joined) may move.
+    let never_ran = with_status(3, 0, "db.example.internal");
+    let fixed = with_status(3, 0, "db2.example.internal");
+    assert_eq!(transition(&never_ran, &fixed), Vec::<String>::new());
     // Anything else may change while servers run.
     let rescaled = with_status(4, 3, "db.example.internal");
     assert_eq!(transition(&running, &rescaled), Vec::<String>::new());

@@ -262,7 +262,8 @@ async fn create_fleet(client: &Client, pg: &TestPostgres, namespaces: &[String])
             apply(Api::all(client.clone()), &namespace(ns)).await;
             let secret: Secret = serde_json::from_value(json!({
                 "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "process-db", "namespace": ns},
+                "metadata": {"name": "process-db", "namespace": ns,
+                             "labels": {"orchestrator.dev/credentials": "true"}},
                 "stringData": {"username": testing_postgres::USER, "password": pg.password}
             }))
             .unwrap();

@@ -21,8 +21,8 @@ use tokio_postgres::error::SqlState;
 
 use super::shared::{Databases, Session, Target};
 use super::{DatabaseState, rows_of};
-use crate::crd::OrchestratorCluster;
 use crate::crd::object_key as key;
+use crate::crd::{CREDENTIALS_OPT_IN_LABEL, OrchestratorCluster};
 use crate::error::Result;
 use crate::vocabulary::{Hold, Reason};
 
@@ -98,6 +98,21 @@ impl Redactor {
     }
 }
 
+/// Whether a Secret's `labels` let the operator read it as credentials.
+fn opted_in(labels: &BTreeMap<String, String>) -> bool {
+    labels.get(CREDENTIALS_OPT_IN_LABEL).map(String::as_str) == Some("true")
+}
+
+/// Why a cluster whose credentials Secret `name` exists without the opt-in label waits.
+fn not_opted_in(name: &str) -> (Reason, String) {
+    (
+        Reason::SecretNotOptedIn,
+        format!(
+            "secret {name} does not carry the label {CREDENTIALS_OPT_IN_LABEL}=true, without which the operator reads no Secret: `kubectl label secret {name} {CREDENTIALS_OPT_IN_LABEL}=true`"
+        ),
+    )
+}
+
 fn not_ready(reason: Reason, message: String) -> Observation {
     Observation {
         state: DatabaseState::NotReady { reason, message },
@@ -161,6 +176,10 @@ impl Preflight {
                 format!("secret {} does not exist in namespace {namespace}", secret_ref.name),
             )));
         };
+        // Labelled when the cache saw it; a label removed since is not an opt-in.
+        if !opted_in(secret.labels()) {
+            return Ok(Err(not_opted_in(&secret_ref.name)));
+        }
         let outcome = read_credentials(cr, &secret);
         // Remembered for the version read, which may be newer than the cached one.
         let source = (secret_ref.name.clone(), secret.resource_version().unwrap_or_default());
@@ -188,14 +207,35 @@ impl Preflight {
         let db = &cr.spec.database;
         let namespace = cr.namespace().unwrap_or_default();
         let secret_ref = &db.credentials_secret;
-        let Some(version) = secret_version else {
-            // Its database is no longer this cluster's: no session goes on with old credentials.
-            self.databases.forget(&cluster_of(cr));
-            return Ok(not_ready(
-                Reason::SecretMissing,
-                format!("secret {} does not exist in namespace {namespace}", secret_ref.name),
-            ));
+        let version = match secret_version {
+            Some(version) => version.to_string(),
+            None => {
+                // Not in the cache, which holds only the Secrets that opted in: missing, not
+                // opted in, or just labelled (a metadata-only GET tells which; no value is read).
+                let found = Api::<Secret>::namespaced(kube.clone(), &namespace)
+                    .get_metadata_opt(&secret_ref.name)
+                    .await?;
+                match found {
+                    Some(secret) if opted_in(secret.labels()) => secret.resource_version().unwrap_or_default(),
+                    found => {
+                        // Its database is no longer this cluster's: no session goes on with old
+                        // credentials.
+                        self.databases.forget(&cluster_of(cr));
+                        return Ok(match found {
+                            Some(_) => {
+                                let (reason, message) = not_opted_in(&secret_ref.name);
+                                not_ready(reason, message)
+                            }
+                            None => not_ready(
+                                Reason::SecretMissing,
+                                format!("secret {} does not exist in namespace {namespace}", secret_ref.name),
+                            ),
+                        });
+                    }
+                }
+            }
         };
+        let version = version.as_str();
         let (user, password, ca) = match self.credentials(kube, cr, version).await? {
             Ok(credentials) => credentials,
             Err((reason, message)) => {

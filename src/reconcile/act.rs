@@ -42,13 +42,26 @@ pub(crate) async fn act(
 ) -> Result<Acted> {
     let object = object_key(cr);
     let namespace = cr.namespace().unwrap_or_default();
-    if !plan.writes.is_empty() {
-        if let Err(rejection) = apply_writes(ctx, &namespace, &plan.writes, cr.metadata.generation).await? {
-            tracing::warn!(%object, %rejection, "an owned object was refused");
-            ctx.rejections.record(&object, rejection.clone());
-            return Ok(Acted::Rejected(rejection));
+    if let Err(rejection) = apply_writes(ctx, &namespace, &plan.writes, cr.metadata.generation).await? {
+        tracing::warn!(%object, %rejection, "an owned object was refused");
+        ctx.rejections.record(&object, rejection.clone());
+        // Withdrawing a drain is always safe, and a server wanted again must not be left to
+        // stop: only that of the database steps still happens.
+        if let Some(database) = database
+            && !plan.undrain.is_empty()
+        {
+            let withdrawals = Plan {
+                drain: Vec::new(),
+                remove_rows: Vec::new(),
+                ..plan.clone()
+            };
+            database_steps_in_time(ctx, database, &withdrawals).await?;
         }
-        ctx.rejections.clear(&object);
+        return Ok(Acted::Rejected(rejection));
+    }
+    // Nothing refused (or nothing to write: what was refused is no longer wanted).
+    ctx.rejections.clear(&object);
+    if !plan.writes.is_empty() {
         let summary = plan
             .writes
             .iter()
@@ -66,15 +79,7 @@ pub(crate) async fn act(
         report::publish(ctx, &cr.object_ref(&()), EventType::Normal, Reason::Applied, summary).await;
     }
     if let Some(database) = database {
-        // The steps may land up to DATABASE_DEADLINE from now: all of it before the deadline.
-        ctx.leadership.ensure_for(DATABASE_DEADLINE)?;
-        tokio::time::timeout(DATABASE_DEADLINE, database_steps(ctx, database, plan))
-            .await
-            .map_err(|_| {
-                Error::Database(orchestrator_contract::ContractError::Timeout(format!(
-                    "drain requests and row removals did not finish within {DATABASE_DEADLINE:?}"
-                )))
-            })??;
+        database_steps_in_time(ctx, database, plan).await?;
     }
     if let Some((pod, uid)) = &plan.evict {
         tracing::info!(%object, %pod, uid = uid.as_deref().unwrap_or("<none>"), "evicting");
@@ -104,6 +109,10 @@ where
     Ok(())
 }
 
+/// Characters of the API server's message kept in a refusal (it goes into the status and an
+/// Event).
+const MESSAGE_LIMIT: usize = 1024;
+
 /// Applies every write in order (settings and Services before the StatefulSet that uses them),
 /// stopping at the first the API server refuses (a 400, 403 or 422, built from the cluster's
 /// `generation`); other failures are errors.
@@ -128,13 +137,28 @@ async fn apply_writes(
                     kind: write.child.kind(),
                     name: write.child.name(),
                     code: status.code,
-                    message: status.message,
+                    // An admission webhook's or policy's message may be long: its start says
+                    // what was refused.
+                    message: status.message.chars().take(MESSAGE_LIMIT).collect(),
                 }));
             }
             other => other?,
         }
     }
     Ok(Ok(()))
+}
+
+/// [`database_steps`] within [`DATABASE_DEADLINE`], all of it while this replica leads (the
+/// steps may land up to the deadline from now).
+async fn database_steps_in_time(ctx: &Context, rows: &ServerRows, plan: &Plan) -> Result<()> {
+    ctx.leadership.ensure_for(DATABASE_DEADLINE)?;
+    tokio::time::timeout(DATABASE_DEADLINE, database_steps(ctx, rows, plan))
+        .await
+        .map_err(|_| {
+            Error::Database(orchestrator_contract::ContractError::Timeout(format!(
+                "drain requests and row removals did not finish within {DATABASE_DEADLINE:?}"
+            )))
+        })?
 }
 
 /// Asks servers for a friendly shutdown, withdraws requests of servers wanted again, and

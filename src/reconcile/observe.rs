@@ -293,17 +293,21 @@ fn pod_view(cluster: &str, pod: &Pod) -> Option<PodView> {
             })
         })
         .map(|c| format!("not scheduled: {}", c.message.as_deref().unwrap_or("Unschedulable")));
-    let cannot_start = container
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.waiting.as_ref())
-        .filter(|w| w.reason.as_deref().is_some_and(|r| job::CANNOT_START.contains(&r)))
-        .map(|w| {
-            format!(
-                "cannot start: {}: {}",
-                w.reason.as_deref().unwrap_or_default(),
-                w.message.as_deref().unwrap_or_default()
-            )
-        });
+    // Words that stay the same while the problem lasts (the status is written when they
+    // change): the kubelet alternates ErrImagePull and ImagePullBackOff at every retry, and a
+    // CreateContainerError's message carries container ids.
+    let cannot_start = container.and_then(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref().filter(|r| job::CANNOT_START.contains(r))?;
+        Some(match reason {
+            "ErrImagePull" | "ImagePullBackOff" => format!("cannot start: cannot pull image {}", c.image),
+            "CreateContainerError" => "cannot start: CreateContainerError".to_string(),
+            _ => format!(
+                "cannot start: {reason}: {}",
+                waiting.message.as_deref().unwrap_or_default()
+            ),
+        })
+    });
     Some(PodView {
         stuck: unschedulable.or(cannot_start),
         name,

@@ -125,11 +125,24 @@ async fn credentials_problems_block_with_their_reason_and_recover_and_never_leak
             .contains("secret process-db does not exist")
     );
 
+    // A Secret of that name without the opt-in label is not read: no value of it reaches the
+    // operator (its metadata cache holds only labelled Secrets; a metadata GET tells it exists).
     let secrets = ns.api::<Secret>();
     let only_user: Secret =
         serde_json::from_value(json!({"metadata": {"name": "process-db"}, "stringData": {"username": "orchestrator"}}))
             .unwrap();
     secrets.create(&PostParams::default(), &only_user).await.unwrap();
+    let cr = wait_condition(&ns, "DatabaseReady", "False", "SecretNotOptedIn", MINUTE).await;
+    let message = &condition(&cr, "DatabaseReady").unwrap().message;
+    assert!(
+        message.contains("secret process-db does not carry the label orchestrator.dev/credentials=true"),
+        "{message}"
+    );
+    let label = json!({"metadata": {"labels": {"orchestrator.dev/credentials": "true"}}});
+    secrets
+        .patch("process-db", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
     let cr = wait_condition(&ns, "DatabaseReady", "False", "SecretKeyMissing", MINUTE).await;
     assert!(
         condition(&cr, "DatabaseReady")

@@ -47,8 +47,10 @@ async fn a_refused_statefulset_is_said_in_status_retried_with_back_off_and_clear
     // Retried with back-off (5 s, 10 s, 20 s, ...), never in a loop: over 20 s at most four
     // attempts (the back-off's, and one a watch event of the objects created before the refused
     // one triggers), as the API server's audit log counts them.
-    // (From after the reconcile that the refusal's own writes trigger, which may still read
-    // the status before them from its cache and write it again, unchanged.)
+    // From once the database is seen ready too (a status written before the preflight finished
+    // changes with it), and after the reconcile that the refusal's own writes trigger, which
+    // may still read the status before them from its cache and write it again, unchanged.
+    wait_condition(&ns, "DatabaseReady", "True", "Connected", MINUTE).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mark = audit.mark();
     tokio::time::sleep(Duration::from_secs(20)).await;

@@ -169,7 +169,8 @@ impl TestNamespace {
 
     /// Creates the database credentials Secret the examples use.
     pub(crate) async fn create_db_secret(&self, name: &str, username: &str, password: &str) -> Secret {
-        self.create(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+        self.create(json!({"apiVersion": "v1", "kind": "Secret",
+                           "metadata": {"name": name, "labels": {"orchestrator.dev/credentials": "true"}},
                            "stringData": {"username": username, "password": password}}))
             .await
     }

@@ -129,9 +129,20 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
     let status = status::status(cr, observed, &inputs, &decisions, statefulset_current, now);
     let mut events = events::events(cr, observed, &inputs, &decisions, &status);
     if observed.rejected.is_some() {
-        // The writes of this plan were refused at this generation: its steps ("adding prod-0")
-        // will not happen, and saying them at every retry would be noise.
-        events.retain(|event| event.warning);
+        // The writes of this plan were refused at this generation: the steps it announces
+        // ("adding prod-0") will not happen, and saying them at every retry would be noise.
+        // What already happened (a step done, a migration) is still said.
+        events.retain(|event| {
+            !matches!(
+                event.reason,
+                Reason::ScalingUp
+                    | Reason::ScalingDown
+                    | Reason::Draining
+                    | Reason::RemovedServerRows
+                    | Reason::MaintenanceDraining
+                    | Reason::MaintenanceEvicting
+            )
+        });
     }
     let decide::Decisions {
         upgrade,
