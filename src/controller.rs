@@ -24,7 +24,6 @@ use serde::de::DeserializeOwned;
 
 use crate::caches::{FAILED_CREATE_EVENTS, Scope};
 use crate::context::Context;
-use crate::crd::CREDENTIALS_OPT_IN_LABEL;
 use crate::error::Result;
 use crate::reconcile::{Watched, error_policy, reconcile};
 use crate::resources::job::SCHEMA_APP_NAME;
@@ -143,10 +142,9 @@ async fn run_one(
     // Metadata only: no Secret's data is streamed to the operator or held in its memory.
     // Annotations and managed fields are dropped before the store: a Secret created with
     // `kubectl apply` carries its data in its last-applied-configuration annotation.
-    // Only the Secrets that opted in to being read as credentials.
     let secrets = watcher::watcher(
         scoped::<PartialObjectMeta<Secret>>(&client, ns),
-        watcher::Config::default().labels(&format!("{CREDENTIALS_OPT_IN_LABEL}=true")),
+        watcher::Config::default(),
     )
     .default_backoff()
     .modify(|secret| {

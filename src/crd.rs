@@ -165,7 +165,11 @@ pub struct DatabaseSpec {
     /// to servers only as `secretKeyRef` environment variables and never copied anywhere else.
     pub credentials_secret: CredentialsSecretRef,
 
-    /// TLS mode of the connection, as in libpq's `sslmode`.
+    /// TLS mode of the connection, as in libpq's `sslmode` (default `verify-full`, with the CA
+    /// from key `ca.crt` of the credentials Secret or the system roots). With TLS required
+    /// (`require`, `verify-ca`, `verify-full`) the login must be SCRAM bound to the TLS
+    /// channel; cleartext and MD5 password authentication are accepted only with `prefer` or
+    /// `disable`.
     #[serde(default)]
     pub ssl_mode: SslMode,
 }
@@ -213,16 +217,18 @@ fn default_password_key() -> String {
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
-    /// Plain TCP, no TLS.
+    /// Plain TCP, no TLS (any password method the server asks for is used).
     Disable,
-    /// TLS when the server offers it.
-    #[default]
+    /// TLS when the server offers it (any password method the server asks for is used).
     Prefer,
-    /// TLS required, certificate not verified.
+    /// TLS required, certificate not verified; the login must be SCRAM with channel binding.
     Require,
-    /// TLS required, certificate verified against a CA.
+    /// TLS required, certificate verified against a CA; the login must be SCRAM with channel
+    /// binding.
     VerifyCa,
-    /// TLS required, certificate and host name verified.
+    /// TLS required, certificate and host name verified; the login must be SCRAM with channel
+    /// binding. The default.
+    #[default]
     VerifyFull,
 }
 

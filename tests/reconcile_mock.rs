@@ -435,14 +435,21 @@ async fn a_refused_write_is_reported_on_the_resource_not_only_in_the_log() {
             .any(|r| r.method == "PATCH" && r.path.ends_with("/prod/status")),
         "the status is stored before the refused write: {recorded:#?}"
     );
+    // A refused child (here a 403) is a condition of the cluster, said in its status too.
+    assert!(
+        recorded.iter().any(|r| r.method == "PATCH"
+            && r.path.ends_with("/prod/status")
+            && r.body.to_string().contains("ChildRejected")),
+        "the status says ChildRejected: {recorded:#?}"
+    );
     let event = recorded
         .iter()
-        .find(|r| r.method == "POST" && r.body["reason"] == "ApiForbidden")
+        .find(|r| r.method == "POST" && r.body["reason"] == "ChildRejected")
         .expect("a Warning Event");
     assert_eq!(event.body["type"], "Warning");
-    assert_eq!(event.body["reason"], "ApiForbidden");
+    let note = event.body["note"].as_str().unwrap();
     assert!(
-        event.body["note"].as_str().unwrap().contains("forbidden"),
+        note.contains("the API server refused") && note.contains("forbidden"),
         "{}",
         event.body
     );

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Object, Pool, PoolError};
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
 use kube::{Api, ResourceExt};
 use orchestrator_contract as contract;
 use orchestrator_contract::tls;
@@ -194,45 +195,36 @@ impl Preflight {
     }
 
     /// Checks the database of `cr` (or reuses a recent check) and reads its membership.
-    /// `secret_version` is the resourceVersion of its credentials Secret (`None`: there is no
+    /// `secret` is the cached metadata of its credentials Secret (`None`: there is no
     /// such Secret). Legacy rows are read as the cluster's only for `pods` (the server pods
     /// running here).
     pub(crate) async fn observe(
         &self,
         kube: &kube::Client,
         cr: &OrchestratorCluster,
-        secret_version: Option<&str>,
+        secret: Option<&PartialObjectMeta<Secret>>,
         pods: &BTreeSet<String>,
     ) -> Result<Observation> {
         let db = &cr.spec.database;
         let namespace = cr.namespace().unwrap_or_default();
         let secret_ref = &db.credentials_secret;
-        let version = match secret_version {
-            Some(version) => version.to_string(),
-            None => {
-                // Not in the cache, which holds only the Secrets that opted in: missing, not
-                // opted in, or just labelled (a metadata-only GET tells which; no value is read).
-                let found = Api::<Secret>::namespaced(kube.clone(), &namespace)
-                    .get_metadata_opt(&secret_ref.name)
-                    .await?;
-                match found {
-                    Some(secret) if opted_in(secret.labels()) => secret.resource_version().unwrap_or_default(),
-                    found => {
-                        // Its database is no longer this cluster's: no session goes on with old
-                        // credentials.
-                        self.databases.forget(&cluster_of(cr));
-                        return Ok(match found {
-                            Some(_) => {
-                                let (reason, message) = not_opted_in(&secret_ref.name);
-                                not_ready(reason, message)
-                            }
-                            None => not_ready(
-                                Reason::SecretMissing,
-                                format!("secret {} does not exist in namespace {namespace}", secret_ref.name),
-                            ),
-                        });
+        let version = match secret {
+            Some(secret) if opted_in(secret.labels()) => secret.resource_version().unwrap_or_default(),
+            found => {
+                // Its database is no longer this cluster's: no session goes on with old
+                // credentials.
+                self.databases.forget(&cluster_of(cr));
+                return Ok(match found {
+                    // Not opted in: its values are not read.
+                    Some(_) => {
+                        let (reason, message) = not_opted_in(&secret_ref.name);
+                        not_ready(reason, message)
                     }
-                }
+                    None => not_ready(
+                        Reason::SecretMissing,
+                        format!("secret {} does not exist in namespace {namespace}", secret_ref.name),
+                    ),
+                });
             }
         };
         let version = version.as_str();
@@ -556,6 +548,17 @@ fn connect_failure(cr: &OrchestratorCluster, error: tls::ConnectError) -> Hold {
 
 fn classify_login(error: &tokio_postgres::Error, cr: &OrchestratorCluster) -> Hold {
     let db = &cr.spec.database;
+    if tls::is_insecure_authentication(error) {
+        return Hold::new(
+            Reason::InsecureAuthentication,
+            format!(
+                "the database at {}:{} asked for a password method that does not prove the server (cleartext, MD5, or SCRAM without channel binding), which sslMode {} refuses: use scram-sha-256 for this login on the server, or set sslMode: prefer to accept it",
+                db.host,
+                db.port,
+                db.ssl_mode.as_str()
+            ),
+        );
+    }
     match error.code() {
         Some(code) if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
             Hold::new(

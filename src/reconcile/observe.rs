@@ -128,13 +128,12 @@ pub(crate) async fn observe(
     };
     let started = std::time::Instant::now();
     let names: BTreeSet<String> = pods.iter().map(|p| p.name.clone()).collect();
-    let secret_version = ctx
+    let secret = ctx
         .caches
-        .get::<PartialObjectMeta<Secret>>(&ns, &cr.spec.database.credentials_secret.name)?
-        .map(|secret| secret.resource_version().unwrap_or_default());
+        .get::<PartialObjectMeta<Secret>>(&ns, &cr.spec.database.credentials_secret.name)?;
     let database = ctx
         .preflight
-        .observe(&ctx.client, cr, secret_version.as_deref(), &names)
+        .observe(&ctx.client, cr, secret.as_deref(), &names)
         .await?;
     ctx.metrics.preflight_duration.observe(started.elapsed().as_secs_f64());
     let databases = &ctx.preflight.databases;

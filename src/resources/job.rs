@@ -189,12 +189,16 @@ pub(crate) fn outcome(job: &Job, pods: &[Pod]) -> JobOutcome {
         })
         .max_by(|a, b| a.0.cmp(&b.0))
         .map(|(_, terminated)| terminated);
-    let message = last
-        .as_ref()
-        .and_then(|t| t.message.clone())
-        .filter(|m| !m.trim().is_empty())
-        .or_else(|| failed.message.clone())
-        .unwrap_or_default();
+    // Only the line the server marked safe is quoted: the rest of a log tail may hold what a
+    // Secret gave the pod (an env value, a user name in a refused login).
+    let message = match last.as_ref().and_then(|t| t.message.as_deref()) {
+        Some(tail) => orchestrator_contract::last_safe_line(tail)
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                format!("its log is not quoted here, as it may hold values from Secrets: `kubectl logs job/{job_name}`")
+            }),
+        None => failed.message.clone().unwrap_or_default(),
+    };
     JobOutcome::Failed {
         exit_code: last.map(|t| t.exit_code),
         message: message.trim().to_string(),
@@ -264,7 +268,7 @@ mod tests {
             pod(
                 10,
                 "2026-01-01T00:01:00Z",
-                "migration needed: database schema 1, version 2.0.0 needs 2\n",
+                "connecting as orchestrator\norchestrator-outcome: migration needed: database schema 1, version 2.0.0 needs 2\n",
             ),
         ];
         assert_eq!(
@@ -273,6 +277,20 @@ mod tests {
                 exit_code: Some(10),
                 message: "migration needed: database schema 1, version 2.0.0 needs 2".into()
             }
+        );
+        // A tail with no line marked safe is not quoted.
+        let unmarked = [pod(
+            1,
+            "2026-01-01T00:00:00Z",
+            "password authentication failed for user \"orchestrator\"",
+        )];
+        let JobOutcome::Failed { message, .. } = outcome(&job(Some(("Failed", "BackoffLimitExceeded"))), &unmarked)
+        else {
+            panic!("a failed Job is Failed")
+        };
+        assert!(
+            !message.contains("orchestrator") && message.contains("kubectl logs job/prod-schema-check-1"),
+            "{message}"
         );
         let mut succeeded = pod(0, "2026-01-01T00:02:00Z", "");
         succeeded.status.as_mut().unwrap().phase = Some("Succeeded".into());

@@ -113,6 +113,17 @@ async fn credentials_problems_block_with_their_reason_and_recover_and_never_leak
     contract::migrations::migrate(&mut admin, contract::LATEST_SCHEMA, false)
         .await
         .unwrap();
+    // A user name found nowhere else, so that a search for it means something: a login with
+    // the owner's privileges (a member of its role).
+    let user = format!("login_{}", ns.name.replace('-', "_"));
+    pg.psql_as_superuser(
+        testing_postgres::DATABASE,
+        &format!(
+            "CREATE ROLE {user} LOGIN PASSWORD '{}' IN ROLE {}",
+            pg.password,
+            testing_postgres::USER
+        ),
+    );
     let operator = Operator::start(&ns.name, "orchestrator-server").await;
     ns.create_cluster(&cluster(1, &pg)).await;
 
@@ -126,11 +137,10 @@ async fn credentials_problems_block_with_their_reason_and_recover_and_never_leak
     );
 
     // A Secret of that name without the opt-in label is not read: no value of it reaches the
-    // operator (its metadata cache holds only labelled Secrets; a metadata GET tells it exists).
+    // operator (its metadata cache shows the label is missing; no GET of its data is made).
     let secrets = ns.api::<Secret>();
     let only_user: Secret =
-        serde_json::from_value(json!({"metadata": {"name": "process-db"}, "stringData": {"username": "orchestrator"}}))
-            .unwrap();
+        serde_json::from_value(json!({"metadata": {"name": "process-db"}, "stringData": {"username": user}})).unwrap();
     secrets.create(&PostParams::default(), &only_user).await.unwrap();
     let cr = wait_condition(&ns, "DatabaseReady", "False", "SecretNotOptedIn", MINUTE).await;
     let message = &condition(&cr, "DatabaseReady").unwrap().message;
@@ -181,6 +191,7 @@ async fn credentials_problems_block_with_their_reason_and_recover_and_never_leak
             "the database password appears in the {what}"
         );
         assert!(!text.contains(wrong), "the wrong password appears in the {what}");
+        assert!(!text.contains(&user), "the database user name appears in the {what}");
     }
 }
 

@@ -43,6 +43,19 @@ pub type Result<T, E = ContractError> = std::result::Result<T, E>;
 /// trigger to read the table again, never the data: see [`listen`].
 pub const SERVER_CHANNEL: &str = "orchestrator_servers";
 
+/// The prefix of a line a server prints as safe to show anywhere (no value that came from a
+/// Secret, no user name): the outcome of a `schema` command. The operator quotes only such a
+/// line of a schema Job's log tail, never the rest of it.
+pub const SAFE_LINE_PREFIX: &str = "orchestrator-outcome: ";
+
+/// The last line of `log` marked safe to show ([`SAFE_LINE_PREFIX`]), without its prefix.
+pub fn last_safe_line(log: &str) -> Option<&str> {
+    log.lines()
+        .rev()
+        .find_map(|line| line.trim_end().strip_prefix(SAFE_LINE_PREFIX))
+        .filter(|line| !line.is_empty())
+}
+
 /// Subscribes the session of `db` to [`SERVER_CHANNEL`] (`LISTEN "orchestrator_servers"`).
 /// The notifications arrive on the connection itself (see
 /// [`tls::Connector::connect_with_notifications`]); inside a transaction the subscription starts when it

@@ -137,32 +137,44 @@ fn fail(code: u8, error: &anyhow::Error) -> ExitCode {
 async fn schema(action: SchemaAction, version: &str) -> ExitCode {
     let settings = match config::DatabaseSettings::from_env() {
         Ok(settings) => settings,
-        Err(error) => return fail(EXIT_CONFIG, &error),
+        Err(error) => {
+            return refuse(
+                EXIT_CONFIG,
+                "the database settings are incomplete (see the log)",
+                &error,
+            );
+        }
     };
     let mut client = match db::connect(&settings).await {
         Ok(client) => client,
-        Err(error) => return fail(1, &error),
+        Err(error) => return refuse(1, "cannot connect to the database (see the log)", &error),
     };
     let range = contract::schema_range_for_version(version);
     match action {
         SchemaAction::Check => match contract::schema_version(&client).await {
-            Err(error) => fail(1, &error.into()),
+            Err(error) => refuse(
+                1,
+                "cannot read the database's schema version (see the log)",
+                &error.into(),
+            ),
             Ok(found) => match contract::migrations::check(found, range) {
                 SchemaCheck::Compatible { database } => {
-                    println!(
+                    outcome(&format!(
                         "compatible: database schema {database}, version {version} needs {}..={}",
                         range.min, range.max
-                    );
+                    ));
                     ExitCode::SUCCESS
                 }
                 SchemaCheck::MigrationNeeded { database, target } => {
-                    println!("migration needed: database schema {database}, version {version} needs {target}");
+                    outcome(&format!(
+                        "migration needed: database schema {database}, version {version} needs {target}"
+                    ));
                     ExitCode::from(EXIT_MIGRATION_NEEDED)
                 }
                 SchemaCheck::DatabaseNewer { database, supported } => {
-                    println!(
+                    outcome(&format!(
                         "database newer: database schema {database}, version {version} supports up to {supported}"
-                    );
+                    ));
                     ExitCode::from(EXIT_DATABASE_NEWER)
                 }
             },
@@ -171,19 +183,35 @@ async fn schema(action: SchemaAction, version: &str) -> ExitCode {
             let target = to.unwrap_or(range.max);
             match contract::migrations::migrate(&mut client, target, force).await {
                 Ok(found) if found == target => {
-                    println!("schema already at {target}");
+                    outcome(&format!("schema already at {target}"));
                     ExitCode::SUCCESS
                 }
                 Ok(found) => {
-                    println!("migrated schema {found} -> {target}");
+                    outcome(&format!("migrated schema {found} -> {target}"));
                     ExitCode::SUCCESS
                 }
+                // Schema versions and server ids: safe to show.
                 Err(error @ MigrateError::IncompatibleServersActive { .. }) => {
-                    fail(EXIT_MIGRATION_REFUSED, &error.into())
+                    refuse(EXIT_MIGRATION_REFUSED, &error.to_string(), &error.into())
                 }
-                Err(error @ MigrateError::DatabaseNewer { .. }) => fail(EXIT_DATABASE_NEWER, &error.into()),
-                Err(error) => fail(1, &error.into()),
+                Err(error @ MigrateError::DatabaseNewer { .. }) => {
+                    refuse(EXIT_DATABASE_NEWER, &error.to_string(), &error.into())
+                }
+                Err(error) => refuse(1, "the migration failed (see the log)", &error.into()),
             }
         }
     }
+}
+
+/// Prints the outcome of a `schema` command as the line the operator may quote
+/// ([`contract::SAFE_LINE_PREFIX`]).
+fn outcome(line: &str) {
+    println!("{}{line}", contract::SAFE_LINE_PREFIX);
+}
+
+/// Fails with `code`: `safe` is the line the operator may quote, `error` (which may name the
+/// user or echo a setting) goes to the log only.
+fn refuse(code: u8, safe: &str, error: &anyhow::Error) -> ExitCode {
+    outcome(safe);
+    fail(code, error)
 }
