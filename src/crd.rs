@@ -166,10 +166,7 @@ pub struct DatabaseSpec {
     pub credentials_secret: CredentialsSecretRef,
 
     /// TLS mode of the connection, as in libpq's `sslmode` (default `verify-full`, with the CA
-    /// from key `ca.crt` of the credentials Secret or the system roots). With TLS required
-    /// (`require`, `verify-ca`, `verify-full`) the login must be SCRAM bound to the TLS
-    /// channel; cleartext and MD5 password authentication are accepted only with `prefer` or
-    /// `disable`.
+    /// from key `ca.crt` of the credentials Secret or the system roots).
     #[serde(default)]
     pub ssl_mode: SslMode,
 }
@@ -217,17 +214,15 @@ fn default_password_key() -> String {
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
-    /// Plain TCP, no TLS (any password method the server asks for is used).
+    /// Plain TCP, no TLS.
     Disable,
-    /// TLS when the server offers it (any password method the server asks for is used).
+    /// TLS when the server offers it, certificate not verified.
     Prefer,
-    /// TLS required, certificate not verified; the login must be SCRAM with channel binding.
+    /// TLS required, certificate not verified.
     Require,
-    /// TLS required, certificate verified against a CA; the login must be SCRAM with channel
-    /// binding.
+    /// TLS required, certificate verified against a CA.
     VerifyCa,
-    /// TLS required, certificate and host name verified; the login must be SCRAM with channel
-    /// binding. The default.
+    /// TLS required, certificate and host name verified. The default.
     #[default]
     VerifyFull,
 }

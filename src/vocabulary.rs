@@ -113,9 +113,6 @@ words! {
         HostUnresolvable,
         /// Nothing accepts connections at host:port.
         Unreachable,
-        /// The database asked for cleartext or MD5 password authentication (or SCRAM without
-        /// channel binding) while TLS is required, which the operator refuses.
-        InsecureAuthentication,
         /// The login was refused.
         LoginFailed,
         /// The database name does not exist.

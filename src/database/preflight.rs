@@ -212,8 +212,10 @@ impl Preflight {
             Some(secret) if opted_in(secret.labels()) => secret.resource_version().unwrap_or_default(),
             found => {
                 // Its database is no longer this cluster's: no session goes on with old
-                // credentials.
+                // credentials, and none are kept.
                 self.databases.forget(&cluster_of(cr));
+                self.credentials.lock().unwrap().remove(&key(cr));
+                self.cache.lock().unwrap().remove(&key(cr));
                 return Ok(match found {
                     // Not opted in: its values are not read.
                     Some(_) => {
@@ -548,17 +550,6 @@ fn connect_failure(cr: &OrchestratorCluster, error: tls::ConnectError) -> Hold {
 
 fn classify_login(error: &tokio_postgres::Error, cr: &OrchestratorCluster) -> Hold {
     let db = &cr.spec.database;
-    if tls::is_insecure_authentication(error) {
-        return Hold::new(
-            Reason::InsecureAuthentication,
-            format!(
-                "the database at {}:{} asked for a password method that does not prove the server (cleartext, MD5, or SCRAM without channel binding), which sslMode {} refuses: use scram-sha-256 for this login on the server, or set sslMode: prefer to accept it",
-                db.host,
-                db.port,
-                db.ssl_mode.as_str()
-            ),
-        );
-    }
     match error.code() {
         Some(code) if *code == SqlState::INVALID_PASSWORD || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
             Hold::new(

@@ -21,7 +21,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::config::{ChannelBinding, SslMode as PgSslMode};
+use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::{AsyncMessage, Client, Config, Connection, NoTls, Notification};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -52,23 +52,6 @@ pub enum ConnectError {
     /// The server refused or could not be reached.
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
-}
-
-/// What `tokio-postgres` says when a server asks for a password method without channel
-/// binding (cleartext, MD5, or SCRAM without `-PLUS`) and the connection requires it.
-pub const INSECURE_AUTHENTICATION: &str = "server did not use channel binding";
-
-/// Whether `error` is a refusal of a password method that does not bind the TLS channel.
-pub fn is_insecure_authentication(error: &tokio_postgres::Error) -> bool {
-    // The words are in the error's source: its own text is "authentication error".
-    let mut cause: Option<&dyn std::error::Error> = Some(error);
-    while let Some(error) = cause {
-        if error.to_string().contains(INSECURE_AUTHENTICATION) {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
 }
 
 impl std::str::FromStr for SslMode {
@@ -324,22 +307,13 @@ impl Connector {
         Ok((client, receiver))
     }
 
-    /// `config` with the `sslmode` of the connection attempt (verification is this
-    /// connector's) and its channel binding: with TLS required, the login must be SCRAM bound
-    /// to the TLS channel, which proves the server knows the password too. Cleartext and MD5
-    /// password authentication are then refused ([`INSECURE_AUTHENTICATION`]): they hand the
-    /// password (or what replays it) to whichever server answers. `prefer` and `disable` are
-    /// the explicit choice to accept them.
+    /// `config` with the `sslmode` of the connection attempt: verification is this connector's.
     fn with_mode(&self, config: &Config) -> Config {
         let mut config = config.clone();
         config.ssl_mode(match self.mode {
             SslMode::Disable => PgSslMode::Disable,
             SslMode::Prefer => PgSslMode::Prefer,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
-        });
-        config.channel_binding(match self.mode {
-            SslMode::Disable | SslMode::Prefer => ChannelBinding::Prefer,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => ChannelBinding::Require,
         });
         config
     }

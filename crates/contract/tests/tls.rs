@@ -61,62 +61,15 @@ async fn each_sslmode_behaves_like_libpq() {
     ));
 }
 
-/// Logs in as `user` with `password` under `mode`.
-async fn login(
-    pg: &TestPostgres,
-    user: &str,
-    password: &str,
-    mode: SslMode,
-    ca: Option<&[u8]>,
-) -> Result<tokio_postgres::Client, ConnectError> {
-    let mut config = config(pg, "127.0.0.1");
-    config.user(user).password(password);
-    connect(&config, mode, ca).await
-}
-
 #[tokio::test]
-async fn with_tls_required_only_a_channel_bound_scram_login_is_accepted() {
+async fn the_default_mode_verifies_with_the_ca_and_refuses_a_plain_server() {
     let pg = TestPostgres::start_with_tls();
     let ca = pg.ca_pem();
-    // Two logins the server authenticates the old ways: MD5, and the password in clear.
-    pg.psql_as_superuser(
-        DATABASE,
-        "SET password_encryption = 'md5'; CREATE ROLE md5_login LOGIN PASSWORD 'md5-secret'; \
-         RESET password_encryption; CREATE ROLE clear_login LOGIN PASSWORD 'clear-secret'",
-    );
-    let hba = pg.dir().join("data/pg_hba.conf");
-    let rules = std::fs::read_to_string(&hba).unwrap();
-    std::fs::write(
-        &hba,
-        format!("host all md5_login 127.0.0.1/32 md5\nhost all clear_login 127.0.0.1/32 password\n{rules}"),
-    )
-    .unwrap();
-    pg.psql_as_superuser(DATABASE, "SELECT pg_reload_conf()");
-
-    // The default mode, with its CA: the SCRAM login is bound to the TLS channel.
-    let scram = login(&pg, USER, &pg.password, SslMode::VerifyFull, Some(&ca)).await;
-    assert!(uses_tls(&scram.unwrap()).await);
-    for (user, password) in [("md5_login", "md5-secret"), ("clear_login", "clear-secret")] {
-        for mode in [SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull] {
-            match login(&pg, user, password, mode, Some(&ca)).await {
-                Err(ConnectError::Postgres(error)) => assert!(
-                    orchestrator_contract::tls::is_insecure_authentication(&error),
-                    "{user} under {mode:?}: {error}"
-                ),
-                Err(other) => panic!("{user} under {mode:?}: {other:?}"),
-                Ok(_) => panic!("{user} under {mode:?}: a login that does not bind the channel was accepted"),
-            }
-        }
-        // `prefer` and `disable` are the explicit choice to accept them.
-        for mode in [SslMode::Prefer, SslMode::Disable] {
-            login(&pg, user, password, mode, None)
-                .await
-                .unwrap_or_else(|e| panic!("{user} under {mode:?}: {e:?}"));
-        }
-    }
-
-    // A server without TLS is refused by the default mode.
+    let client = connect(&config(&pg, "127.0.0.1"), SslMode::VerifyFull, Some(&ca))
+        .await
+        .unwrap();
+    assert!(uses_tls(&client).await);
     let plain = TestPostgres::start();
-    let refused = login(&plain, USER, &plain.password, SslMode::VerifyFull, Some(&ca)).await;
+    let refused = connect(&config(&plain, "127.0.0.1"), SslMode::VerifyFull, Some(&ca)).await;
     assert!(refused.is_err(), "a plain server is refused under verify-full");
 }

@@ -203,15 +203,26 @@ async fn schema(action: SchemaAction, version: &str) -> ExitCode {
     }
 }
 
+/// Longest outcome line: the kubelet keeps the last 2 KiB of a failed container's log as its
+/// termination message, and the line must be in it whole.
+const OUTCOME_LIMIT: usize = 512;
+
 /// Prints the outcome of a `schema` command as the line the operator may quote
-/// ([`contract::SAFE_LINE_PREFIX`]).
+/// ([`contract::SAFE_LINE_PREFIX`]): one line, control characters replaced, at most
+/// [`OUTCOME_LIMIT`] characters, so that nothing in it can forge a line of its own.
 fn outcome(line: &str) {
-    println!("{}{line}", contract::SAFE_LINE_PREFIX);
+    let clean: String = line
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(OUTCOME_LIMIT)
+        .collect();
+    println!("{}{clean}", contract::SAFE_LINE_PREFIX);
 }
 
-/// Fails with `code`: `safe` is the line the operator may quote, `error` (which may name the
-/// user or echo a setting) goes to the log only.
+/// Fails with `code`: `error` (which may name the user or echo a setting) goes to the log,
+/// then `safe`, the line the operator may quote, is printed last, so that it ends the log.
 fn refuse(code: u8, safe: &str, error: &anyhow::Error) -> ExitCode {
+    let code = fail(code, error);
     outcome(safe);
-    fail(code, error)
+    code
 }
