@@ -213,9 +213,7 @@ impl Preflight {
             found => {
                 // Its database is no longer this cluster's: no session goes on with old
                 // credentials, and none are kept.
-                self.databases.forget(&cluster_of(cr));
-                self.credentials.lock().unwrap().remove(&key(cr));
-                self.cache.lock().unwrap().remove(&key(cr));
+                self.forget(cr);
                 return Ok(match found {
                     // Not opted in: its values are not read.
                     Some(_) => {

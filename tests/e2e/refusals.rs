@@ -88,23 +88,23 @@ async fn a_refused_statefulset_is_said_in_status_retried_with_back_off_and_clear
     assert_eq!(condition(&cr, "Ready").unwrap().reason, "AllServersJoined");
 }
 
-#[tokio::test]
-async fn a_server_the_scheduler_cannot_place_is_said_with_its_reason() {
-    let ns = TestNamespace::new("unplaced").await;
+/// The `Degraded` message of a one-server cluster whose pod template has `template` merged in,
+/// once it says `ServerProblems`.
+async fn degraded_with_template(prefix: &str, template: Value) -> String {
+    let ns = TestNamespace::new(prefix).await;
     let pg = ns.database().await;
     let _operator = Operator::start(&ns.name, "orchestrator-server").await;
-    create_with_template(
-        &ns,
-        &ClusterSpec::new(1, &pg),
-        json!({"nodeSelector": {"pool": "nowhere"}}),
-    )
-    .await;
+    create_with_template(&ns, &ClusterSpec::new(1, &pg), template).await;
     let cr = wait_condition(&ns, "Degraded", "True", "ServerProblems", MINUTE).await;
-    let degraded = condition(&cr, "Degraded").unwrap();
+    condition(&cr, "Degraded").unwrap().message.clone()
+}
+
+#[tokio::test]
+async fn a_server_the_scheduler_cannot_place_is_said_with_its_reason() {
+    let message = degraded_with_template("unplaced", json!({"nodeSelector": {"pool": "nowhere"}})).await;
     assert!(
-        degraded.message.contains("prod-0: not scheduled: 0/") && degraded.message.contains("node affinity/selector"),
-        "{}",
-        degraded.message
+        message.contains("prod-0: not scheduled: 0/") && message.contains("node affinity/selector"),
+        "{message}"
     );
 }
 
@@ -135,21 +135,10 @@ async fn a_spec_in_non_canonical_forms_is_written_once_then_quiet() {
 
 #[tokio::test]
 async fn a_pod_the_statefulset_cannot_create_is_said_with_the_controllers_reason() {
-    let ns = TestNamespace::new("nopriority").await;
-    let pg = ns.database().await;
-    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
-    create_with_template(
-        &ns,
-        &ClusterSpec::new(1, &pg),
-        json!({"priorityClassName": "no-such-class"}),
-    )
-    .await;
-    let cr = wait_condition(&ns, "Degraded", "True", "ServerProblems", MINUTE).await;
-    let degraded = condition(&cr, "Degraded").unwrap();
+    let message = degraded_with_template("nopriority", json!({"priorityClassName": "no-such-class"})).await;
     assert!(
-        degraded.message.contains("the StatefulSet cannot create a server pod")
-            && degraded.message.contains("no PriorityClass with name no-such-class"),
-        "{}",
-        degraded.message
+        message.contains("the StatefulSet cannot create a server pod")
+            && message.contains("no PriorityClass with name no-such-class"),
+        "{message}"
     );
 }
