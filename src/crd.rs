@@ -12,12 +12,13 @@ use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Tolerat
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSONSchemaProps};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
+use orchestrator_contract::tls;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Environment variable names the operator sets itself; `spec.template.env` may not override
 /// them (the CRD's CEL rule on `template` lists them; a test keeps the two equal).
-pub const RESERVED_ENV_NAMES: [&str; 14] = orchestrator_contract::env::OPERATOR_SET;
+pub const RESERVED_ENV_NAMES: [&str; 15] = orchestrator_contract::env::OPERATOR_SET;
 
 /// A DNS subdomain (RFC 1123) as a regular expression, for CEL rules.
 macro_rules! dns_subdomain {
@@ -143,6 +144,7 @@ fn default_replicas() -> i32 {
 /// Connection settings of the shared process database.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.channelBinding) || self.channelBinding != 'require' || !has(self.sslMode) || self.sslMode != 'disable'").message("database.channelBinding require needs TLS, and sslMode disable never uses it: choose an sslMode that uses TLS, or channelBinding prefer"))]
 pub struct DatabaseSpec {
     /// Host name or IP address of the PostgreSQL server.
     #[schemars(
@@ -169,6 +171,35 @@ pub struct DatabaseSpec {
     /// from key `ca.crt` of the credentials Secret or the system roots).
     #[serde(default)]
     pub ssl_mode: SslMode,
+
+    /// Whether the login must be bound to the TLS channel (SCRAM-SHA-256-PLUS), as libpq's
+    /// `channel_binding`. `require` refuses cleartext, MD5 and unbound SCRAM logins, so that a
+    /// server in the middle learns neither the password nor a hash of it; `prefer` accepts
+    /// them (for poolers that end TLS, or roles with MD5-stored passwords). Default: `require`
+    /// when `sslMode` always uses TLS (`require`, `verify-ca`, `verify-full`), else `prefer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel_binding: Option<ChannelBinding>,
+}
+
+impl DatabaseSpec {
+    /// The channel binding in force: the spec's, else the default for `sslMode`.
+    pub fn channel_binding(&self) -> tls::ChannelBinding {
+        match self.channel_binding {
+            Some(ChannelBinding::Prefer) => tls::ChannelBinding::Prefer,
+            Some(ChannelBinding::Require) => tls::ChannelBinding::Require,
+            None => tls::ChannelBinding::default_for(self.ssl_mode.into()),
+        }
+    }
+}
+
+/// Channel binding of the database login (libpq `channel_binding`).
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChannelBinding {
+    /// Bind the channel when the database offers it; accept any other login it asks for.
+    Prefer,
+    /// Accept only a login bound to the TLS channel (SCRAM-SHA-256-PLUS).
+    Require,
 }
 
 fn default_database_port() -> i32 {
@@ -225,6 +256,18 @@ pub enum SslMode {
     /// TLS required, certificate and host name verified. The default.
     #[default]
     VerifyFull,
+}
+
+impl From<SslMode> for tls::SslMode {
+    fn from(mode: SslMode) -> Self {
+        match mode {
+            SslMode::Disable => tls::SslMode::Disable,
+            SslMode::Prefer => tls::SslMode::Prefer,
+            SslMode::Require => tls::SslMode::Require,
+            SslMode::VerifyCa => tls::SslMode::VerifyCa,
+            SslMode::VerifyFull => tls::SslMode::VerifyFull,
+        }
+    }
 }
 
 impl SslMode {
@@ -392,7 +435,7 @@ pub enum SchemaChangePolicy {
 /// Pod settings applied to every server.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.env.all(e, !(e.name in ['SERVER_ID', 'POD_IP', 'SERVER_VERSION', 'POD_NAMESPACE', 'DATABASE_HOST', 'DATABASE_PORT', 'DATABASE_NAME', 'DATABASE_SSLMODE', 'DATABASE_USER', 'DATABASE_PASSWORD', 'DATABASE_CA', 'HTTP_PORT', 'METRICS_PORT', 'DRAIN_TIMEOUT_SECONDS']))").message("template.env may not set SERVER_ID, POD_IP, SERVER_VERSION, POD_NAMESPACE, HTTP_PORT, METRICS_PORT, DRAIN_TIMEOUT_SECONDS or DATABASE_*: the operator sets them from the spec"))]
+#[x_kube(validation = Rule::new("self.env.all(e, !(e.name in ['SERVER_ID', 'POD_IP', 'SERVER_VERSION', 'POD_NAMESPACE', 'DATABASE_HOST', 'DATABASE_PORT', 'DATABASE_NAME', 'DATABASE_SSLMODE', 'DATABASE_CHANNEL_BINDING', 'DATABASE_USER', 'DATABASE_PASSWORD', 'DATABASE_CA', 'HTTP_PORT', 'METRICS_PORT', 'DRAIN_TIMEOUT_SECONDS']))").message("template.env may not set SERVER_ID, POD_IP, SERVER_VERSION, POD_NAMESPACE, HTTP_PORT, METRICS_PORT, DRAIN_TIMEOUT_SECONDS or DATABASE_*: the operator sets them from the spec"))]
 #[x_kube(validation = Rule::new(concat!("!has(self.labels) || self.labels.all(k, k.matches('", qualified_name!(), "'))")).message("template.labels keys must be qualified names: an optional DNS prefix and /, then at most 63 letters, digits, -, _ and ., alphanumeric at both ends"))]
 #[x_kube(validation = Rule::new(concat!("!has(self.labels) || self.labels.all(k, self.labels[k].matches('", label_value!(), "'))")).message("template.labels values must be at most 63 letters, digits, -, _ and ., alphanumeric at both ends"))]
 #[x_kube(validation = Rule::new("!has(self.labels) || !self.labels.exists(k, k in ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/managed-by', 'controller-revision-hash', 'statefulset.kubernetes.io/pod-name', 'apps.kubernetes.io/pod-index'] || k.startsWith('orchestrator.dev/'))").message("template.labels may not set app.kubernetes.io/name, app.kubernetes.io/instance, app.kubernetes.io/managed-by, the StatefulSet controller's pod labels or orchestrator.dev/ keys: the operator and the StatefulSet controller own them"))]

@@ -102,6 +102,10 @@ words! {
         // DatabaseReady.
         /// Connected, logged in, privileges and schema readable.
         Connected,
+        /// Connected, but the settings leave the connection open to whoever answers at the
+        /// database's address: no TLS, a certificate not verified, or a login not bound to the
+        /// TLS channel; the message says which and what to set.
+        ConnectedUnverified,
         /// The credentials Secret does not exist.
         SecretMissing,
         /// The credentials Secret exists but does not carry the opt-in label that lets the
@@ -123,6 +127,9 @@ words! {
         SchemaMissing,
         /// The TLS handshake or the CA failed (per `sslMode`).
         TlsFailed,
+        /// Channel binding is required and the database asked for a login that does not bind
+        /// the TLS channel (cleartext, MD5 or SCRAM without channel binding).
+        ChannelBindingRefused,
         /// Another database error.
         QueryFailed,
 

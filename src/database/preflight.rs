@@ -236,7 +236,16 @@ impl Preflight {
             }
         };
         let mut hasher = DefaultHasher::new();
-        (version, &db.host, db.port, &db.name, db.ssl_mode.as_str(), &user).hash(&mut hasher);
+        (
+            version,
+            &db.host,
+            db.port,
+            &db.name,
+            db.ssl_mode.as_str(),
+            db.channel_binding().as_str(),
+            &user,
+        )
+            .hash(&mut hasher);
         let fingerprint = hasher.finish();
         let failed = |Hold { reason, message }: Hold| Observation {
             redactor: Redactor(Some(password.clone())),
@@ -303,15 +312,14 @@ impl Preflight {
         (password, ca).hash(&mut hasher);
         let target = Target {
             address: (db.host.clone(), port, db.name.clone(), user.to_string()),
-            security: (db.ssl_mode.as_str().to_string(), hasher.finish()),
+            security: (
+                format!("{}/{}", db.ssl_mode.as_str(), db.channel_binding().as_str()),
+                hasher.finish(),
+            ),
         };
         self.databases.join(&cluster_of(cr), target, || {
-            let mode: tls::SslMode = db
-                .ssl_mode
-                .as_str()
-                .parse()
-                .map_err(|e: tls::ConnectError| Hold::new(Reason::TlsFailed, e.to_string()))?;
-            let connector = Connector::new(mode, ca.map(str::as_bytes)).map_err(|e| connect_failure(cr, e))?;
+            let connector = Connector::with_binding(db.ssl_mode.into(), db.channel_binding(), ca.map(str::as_bytes))
+                .map_err(|e| connect_failure(cr, e))?;
             Ok(Session {
                 config: session_config(cr, port, user, password),
                 connector,
@@ -535,6 +543,15 @@ fn connect_failure(cr: &OrchestratorCluster, error: tls::ConnectError) -> Hold {
     let db = &cr.spec.database;
     match error {
         tls::ConnectError::Postgres(e) => classify_login(&e, cr),
+        tls::ConnectError::Unbound => Hold::new(
+            Reason::ChannelBindingRefused,
+            format!(
+                "the database at {}:{} asked for a login that does not bind the TLS channel (cleartext, MD5 or SCRAM without channel binding), and channelBinding is {}: let the role log in with SCRAM-SHA-256 over TLS (password_encryption scram-sha-256, pg_hba method scram-sha-256), or set database.channelBinding: prefer if the database cannot (a pooler that ends TLS)",
+                db.host,
+                db.port,
+                db.channel_binding().as_str()
+            ),
+        ),
         other => Hold::new(
             Reason::TlsFailed,
             format!(

@@ -66,7 +66,8 @@ const TRIGGER_BUFFER: usize = 4096;
 pub(crate) struct Target {
     /// Host, port, database name and user.
     pub(crate) address: (String, u16, String, String),
-    /// `sslMode`, and a fingerprint of the password and the CA (never the values).
+    /// `sslMode/channelBinding`, and a fingerprint of the password and the CA (never the
+    /// values).
     pub(crate) security: (String, u64),
 }
 

@@ -14,7 +14,7 @@ use crate::validate::ValidSpec;
 pub(crate) fn server_settings(spec: &ValidSpec) -> BTreeMap<String, String> {
     let db = &spec.cr.spec.database;
     let drain_seconds = spec.drain.timeout.as_secs().max(1);
-    BTreeMap::from([
+    let mut settings = BTreeMap::from([
         (env::DATABASE_HOST.to_string(), db.host.clone()),
         (env::DATABASE_PORT.to_string(), db.port.to_string()),
         (env::DATABASE_NAME.to_string(), db.name.clone()),
@@ -23,7 +23,17 @@ pub(crate) fn server_settings(spec: &ValidSpec) -> BTreeMap<String, String> {
         (env::METRICS_PORT.to_string(), METRICS_PORT.to_string()),
         // A friendly shutdown waits this long for running jobs, then hands them back.
         (env::DRAIN_TIMEOUT_SECONDS.to_string(), drain_seconds.to_string()),
-    ])
+    ]);
+    // Only when the spec says it: the server derives the same default from the sslmode, and a
+    // key added to every ConfigMap would change every pod template's hash (an operator upgrade
+    // rolling every cluster).
+    if db.channel_binding.is_some() {
+        settings.insert(
+            env::DATABASE_CHANNEL_BINDING.to_string(),
+            db.channel_binding().as_str().to_string(),
+        );
+    }
+    settings
 }
 
 /// Builds the ConfigMap.
@@ -59,10 +69,22 @@ mod tests {
         assert_eq!(data["DATABASE_HOST"], "db.example.internal");
         assert_eq!(data["DATABASE_PORT"], "5433");
         assert_eq!(data["DATABASE_SSLMODE"], "require");
+        assert!(
+            !data.contains_key("DATABASE_CHANNEL_BINDING"),
+            "the server derives the default itself"
+        );
         assert_eq!(data["DRAIN_TIMEOUT_SECONDS"], "300");
         let text = serde_json::to_string(&data).unwrap();
         assert!(!text.contains("orchestrator_prod") && !text.contains("change-me"));
         assert_eq!(cm.metadata.name.as_deref(), Some("prod-config"));
+    }
+
+    #[test]
+    fn an_explicit_channel_binding_reaches_the_servers() {
+        let mut cr = fixtures::full();
+        cr.spec.database.channel_binding = Some(crate::crd::ChannelBinding::Prefer);
+        let data = build(&valid(&cr)).data.unwrap();
+        assert_eq!(data["DATABASE_CHANNEL_BINDING"], "prefer");
     }
 
     #[test]

@@ -314,6 +314,8 @@ mod tests {
         let mut cr = fixtures::full();
         // The user's own variables are not the operator's.
         cr.spec.template.env.clear();
+        // Emitted only when the spec sets it.
+        cr.spec.database.channel_binding = Some(crate::crd::ChannelBinding::Require);
         let spec = valid(&cr);
         let configmap = configmap::build(&spec);
         let container = pod_spec(&build_for(&cr)).containers[0].clone();

@@ -402,4 +402,26 @@ async fn tls_verify_full_needs_the_ca_and_then_works_for_operator_and_servers() 
         .unwrap()
         .get(0);
     assert!(tls >= 1, "the server's connections use TLS");
+    let cr = ns.api::<OrchestratorCluster>().get("prod").await.unwrap();
+    assert_eq!(condition(&cr, "DatabaseReady").unwrap().reason, "Connected");
+
+    // verify-full binds the login to the channel by default: a role the database logs in with
+    // MD5 is refused before its password is sent, until the spec opts out.
+    pg.add_login("md5_login", "md5-secret", "md5", "md5");
+    let patch = json!({"stringData": {"username": "md5_login", "password": "md5-secret"}});
+    ns.api::<Secret>()
+        .patch("process-db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let cr = wait_condition(&ns, "DatabaseReady", "False", "ChannelBindingRefused", MINUTE).await;
+    let message = &condition(&cr, "DatabaseReady").unwrap().message;
+    assert!(message.contains("channelBinding: prefer"), "{message}");
+    assert!(
+        !message.contains("md5_login") && !message.contains("md5-secret"),
+        "{message}"
+    );
+    patch_spec(&ns, json!({"database": {"channelBinding": "prefer"}})).await;
+    let cr = wait_condition(&ns, "DatabaseReady", "True", "ConnectedUnverified", MINUTE).await;
+    let message = &condition(&cr, "DatabaseReady").unwrap().message;
+    assert!(message.contains("channelBinding prefer"), "{message}");
 }

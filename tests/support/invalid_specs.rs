@@ -140,6 +140,18 @@ pub(crate) fn cases() -> Vec<InvalidSpec> {
             schema("enum", "/spec/database/sslMode"),
         ),
         case(
+            "channel binding as libpq's disable",
+            json!({"spec": {"database": {"channelBinding": "disable"}}}),
+            schema("enum", "/spec/database/channelBinding"),
+        ),
+        case(
+            "channel binding required without TLS",
+            json!({"spec": {"database": {"sslMode": "disable", "channelBinding": "require"}}}),
+            Check::Cel {
+                message: "database.channelBinding require needs TLS, and sslMode disable never uses it: choose an sslMode that uses TLS, or channelBinding prefer",
+            },
+        ),
+        case(
             "unknown onDrainTimeout",
             json!({"spec": {"maintenance": {"onDrainTimeout": "Ignore"}}}),
             schema("enum", "/spec/maintenance/onDrainTimeout"),

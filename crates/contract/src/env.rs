@@ -9,7 +9,8 @@
 //! - `secretKeyRef`s to the credentials Secret (`spec.database.credentialsSecret`):
 //!   [`DATABASE_USER`], [`DATABASE_PASSWORD`], [`DATABASE_CA`];
 //! - the cluster's settings ConfigMap (`envFrom`), computed from the spec: [`DATABASE_HOST`],
-//!   [`DATABASE_PORT`], [`DATABASE_NAME`], [`DATABASE_SSLMODE`], [`HTTP_PORT`],
+//!   [`DATABASE_PORT`], [`DATABASE_NAME`], [`DATABASE_SSLMODE`], [`DATABASE_CHANNEL_BINDING`],
+//!   [`HTTP_PORT`],
 //!   [`METRICS_PORT`], [`DRAIN_TIMEOUT_SECONDS`].
 //!
 //! Those names are reserved: `spec.template.env` may not override them. The names of
@@ -70,6 +71,15 @@ pub const DATABASE_NAME: &str = "DATABASE_NAME";
 /// libpq's `sslmode` values `disable`, `prefer`, `require`, `verify-ca`, `verify-full` (see
 /// [`crate::tls`]); the reference server defaults to `prefer`.
 pub const DATABASE_SSLMODE: &str = "DATABASE_SSLMODE";
+
+/// Whether the login must be bound to the TLS channel (SCRAM-SHA-256-PLUS).
+///
+/// Set by the operator through the settings ConfigMap from `spec.database.channelBinding`, or
+/// its default for the `sslMode`. One of libpq's `channel_binding` values `prefer`, `require`
+/// (see [`crate::tls::ChannelBinding`]); `require` refuses cleartext, MD5 and unbound SCRAM
+/// logins. The reference server defaults to `require` when [`DATABASE_SSLMODE`] always uses
+/// TLS, else `prefer`.
+pub const DATABASE_CHANNEL_BINDING: &str = "DATABASE_CHANNEL_BINDING";
 
 /// Database login.
 ///
@@ -168,7 +178,7 @@ pub const RUST_LOG: &str = "RUST_LOG";
 
 /// Exactly the names the operator sets in a server container: the reserved names that
 /// `spec.template.env` may not override.
-pub const OPERATOR_SET: [&str; 14] = [
+pub const OPERATOR_SET: [&str; 15] = [
     SERVER_ID,
     POD_IP,
     SERVER_VERSION,
@@ -177,6 +187,7 @@ pub const OPERATOR_SET: [&str; 14] = [
     DATABASE_PORT,
     DATABASE_NAME,
     DATABASE_SSLMODE,
+    DATABASE_CHANNEL_BINDING,
     DATABASE_USER,
     DATABASE_PASSWORD,
     DATABASE_CA,

@@ -9,6 +9,13 @@
 //! | `verify-full` | always | against the CA | yes |
 //!
 //! The CA is the PEM given (`ca.crt` of the credentials Secret) or else the system's roots.
+//!
+//! Channel binding (SCRAM-SHA-256-PLUS, libpq's `channel_binding`) is separate from the mode:
+//! [`ChannelBinding::Require`] refuses every login that does not bind the session to the TLS
+//! channel: cleartext and MD5 password authentication, SCRAM without binding, `trust`. It is
+//! the default whenever the mode always uses TLS ([`ChannelBinding::default_for`]);
+//! [`ChannelBinding::Prefer`] is the explicit opt-out for databases that cannot bind the
+//! channel (poolers that end TLS, roles with MD5-stored passwords).
 
 use std::sync::Arc;
 
@@ -21,7 +28,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::config::{ChannelBinding as PgChannelBinding, SslMode as PgSslMode};
 use tokio_postgres::{AsyncMessage, Client, Config, Connection, NoTls, Notification};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -46,9 +53,21 @@ pub enum ConnectError {
     /// Unknown `sslmode`.
     #[error("sslmode {0:?} is not one of disable, prefer, require, verify-ca, verify-full")]
     UnknownMode(String),
+    /// Unknown `channel_binding`.
+    #[error("channel binding {0:?} is not one of prefer, require")]
+    UnknownChannelBinding(String),
+    /// Channel binding is required with a mode that never uses TLS.
+    #[error("channel binding require needs TLS, and sslmode disable never uses it")]
+    BindingWithoutTls,
     /// The CA or TLS settings are unusable.
     #[error("TLS setup: {0}")]
     Tls(String),
+    /// Channel binding is required, and the server asked for a login that does not bind the
+    /// channel (cleartext or MD5 password, SCRAM without `-PLUS`, `trust`), or offered no TLS.
+    #[error(
+        "the database did not bind the login to the TLS channel (it asked for cleartext, MD5 or unbound SCRAM authentication, or did not use TLS), and channel binding is required"
+    )]
+    Unbound,
     /// The server refused or could not be reached.
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
@@ -64,6 +83,48 @@ impl std::str::FromStr for SslMode {
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
             other => return Err(ConnectError::UnknownMode(other.into())),
+        })
+    }
+}
+
+/// The `channel_binding` values this contract knows (libpq's, less `disable`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelBinding {
+    /// Bind the channel when the server offers SCRAM-SHA-256-PLUS over TLS; accept any other
+    /// authentication the server asks for (SCRAM without binding, MD5, cleartext, `trust`).
+    Prefer,
+    /// Accept only SCRAM-SHA-256-PLUS bound to the TLS channel: a server that asks for another
+    /// method, or a connection without TLS, is refused before the password is sent.
+    Require,
+}
+
+impl ChannelBinding {
+    /// The default for `mode`: [`ChannelBinding::Require`] when the mode always uses TLS
+    /// (`require`, `verify-ca`, `verify-full`), else [`ChannelBinding::Prefer`] (`disable`
+    /// already opts out of a protected connection; `prefer` may end up without TLS).
+    pub fn default_for(mode: SslMode) -> Self {
+        match mode {
+            SslMode::Disable | SslMode::Prefer => ChannelBinding::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => ChannelBinding::Require,
+        }
+    }
+
+    /// The value as libpq spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelBinding::Prefer => "prefer",
+            ChannelBinding::Require => "require",
+        }
+    }
+}
+
+impl std::str::FromStr for ChannelBinding {
+    type Err = ConnectError;
+    fn from_str(s: &str) -> Result<Self, ConnectError> {
+        Ok(match s {
+            "prefer" => ChannelBinding::Prefer,
+            "require" => ChannelBinding::Require,
+            other => return Err(ConnectError::UnknownChannelBinding(other.into())),
         })
     }
 }
@@ -218,15 +279,25 @@ impl ConnectError {
             }
             source = cause.source();
         }
+        let unbound = std::error::Error::source(&error).is_some_and(|cause| cause.to_string() == UNBOUND);
+        if unbound {
+            return ConnectError::Unbound;
+        }
         ConnectError::Postgres(error)
     }
 }
 
-/// Opens connections with one `sslmode`: the TLS settings are checked and built once, when the
-/// connector is made, and reused by every connection (a connection pool's connector).
+/// How `tokio-postgres` says a login did not bind the channel that had to be bound (an
+/// authentication error, without SQLSTATE).
+const UNBOUND: &str = "server did not use channel binding";
+
+/// Opens connections with one `sslmode` and `channel_binding`: the TLS settings are checked
+/// and built once, when the connector is made, and reused by every connection (a connection
+/// pool's connector).
 #[derive(Clone)]
 pub struct Connector {
     mode: SslMode,
+    binding: ChannelBinding,
     tls: Option<MakeRustlsConnect>,
 }
 
@@ -234,19 +305,29 @@ impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
             .field("mode", &self.mode)
+            .field("binding", &self.binding)
             .finish_non_exhaustive()
     }
 }
 
 impl Connector {
-    /// A connector for `mode`, with the CA `ca_pem` (PEM) for `verify-ca` and `verify-full`
-    /// (else the system's roots). Fails when the CA or the TLS settings are unusable.
+    /// A connector for `mode` with its default channel binding
+    /// ([`ChannelBinding::default_for`]), with the CA `ca_pem` (PEM) for `verify-ca` and
+    /// `verify-full` (else the system's roots). Fails when the CA or the TLS settings are
+    /// unusable.
     pub fn new(mode: SslMode, ca_pem: Option<&[u8]>) -> Result<Self, ConnectError> {
+        Self::with_binding(mode, ChannelBinding::default_for(mode), ca_pem)
+    }
+
+    /// A connector for `mode` and `binding`, see [`Connector::new`]. Fails also when `binding`
+    /// is `Require` and `mode` is `disable`: no login could ever pass.
+    pub fn with_binding(mode: SslMode, binding: ChannelBinding, ca_pem: Option<&[u8]>) -> Result<Self, ConnectError> {
         let tls = match mode {
+            SslMode::Disable if binding == ChannelBinding::Require => return Err(ConnectError::BindingWithoutTls),
             SslMode::Disable => None,
             _ => Some(MakeRustlsConnect::new(client_config(mode, ca_pem)?)),
         };
-        Ok(Self { mode, tls })
+        Ok(Self { mode, binding, tls })
     }
 
     /// Opens a connection and spawns its driver task; returns the client and the driver's
@@ -307,13 +388,18 @@ impl Connector {
         Ok((client, receiver))
     }
 
-    /// `config` with the `sslmode` of the connection attempt: verification is this connector's.
+    /// `config` with the `sslmode` and `channel_binding` of the connection attempt:
+    /// verification is this connector's.
     fn with_mode(&self, config: &Config) -> Config {
         let mut config = config.clone();
         config.ssl_mode(match self.mode {
             SslMode::Disable => PgSslMode::Disable,
             SslMode::Prefer => PgSslMode::Prefer,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
+        });
+        config.channel_binding(match self.binding {
+            ChannelBinding::Prefer => PgChannelBinding::Prefer,
+            ChannelBinding::Require => PgChannelBinding::Require,
         });
         config
     }

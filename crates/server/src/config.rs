@@ -51,6 +51,8 @@ pub(crate) struct DatabaseSettings {
     pub(crate) password: String,
     /// libpq `sslmode`.
     pub(crate) sslmode: orchestrator_contract::tls::SslMode,
+    /// libpq `channel_binding` ([`env::DATABASE_CHANNEL_BINDING`]).
+    pub(crate) channel_binding: orchestrator_contract::tls::ChannelBinding,
     /// PEM of the CA that signed the database's certificate ([`env::DATABASE_CA`]), else system
     /// roots.
     pub(crate) ca_pem: Option<String>,
@@ -67,6 +69,7 @@ impl std::fmt::Debug for DatabaseSettings {
             .field("user", &self.user)
             .field("password", &"<hidden>")
             .field("sslmode", &self.sslmode)
+            .field("channel_binding", &self.channel_binding)
             .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<given>"))
             .field("max_connections", &self.max_connections)
             .finish()
@@ -107,6 +110,12 @@ impl DatabaseSettings {
         let sslmode = sslmode
             .parse()
             .map_err(|e| anyhow::anyhow!("{}: {e}", env::DATABASE_SSLMODE))?;
+        let channel_binding = match var(env::DATABASE_CHANNEL_BINDING) {
+            Some(value) => value
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", env::DATABASE_CHANNEL_BINDING))?,
+            None => orchestrator_contract::tls::ChannelBinding::default_for(sslmode),
+        };
         Ok(Self {
             host: var(env::DATABASE_HOST).unwrap_or_default(),
             port: parsed(env::DATABASE_PORT, 5432)?,
@@ -114,6 +123,7 @@ impl DatabaseSettings {
             user: var(env::DATABASE_USER).unwrap_or_default(),
             password: var(env::DATABASE_PASSWORD).unwrap_or_default(),
             sslmode,
+            channel_binding,
             ca_pem: var(env::DATABASE_CA),
             max_connections,
         })
@@ -281,6 +291,7 @@ mod tests {
                 user: "someone".into(),
                 password: "secret".into(),
                 sslmode: orchestrator_contract::tls::SslMode::Disable,
+                channel_binding: orchestrator_contract::tls::ChannelBinding::Prefer,
                 ca_pem: None,
                 max_connections: 4,
             },

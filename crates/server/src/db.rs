@@ -62,11 +62,18 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The connector of `settings`' `sslmode`, channel binding and CA.
+fn connector(settings: &DatabaseSettings) -> Result<Connector, ConnectError> {
+    let ca = settings.ca_pem.as_ref().map(|pem| pem.as_bytes());
+    Connector::with_binding(settings.sslmode, settings.channel_binding, ca)
+}
+
 /// Opens one connection (for one-shot commands); its driver task runs in the background.
 /// Errors say where it failed (database, host, port) but never show the login or password.
 pub(crate) async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Client> {
-    let ca = settings.ca_pem.as_ref().map(|pem| pem.as_bytes());
-    orchestrator_contract::tls::connect(&settings.pg_config(), settings.sslmode, ca)
+    connector(settings)
+        .with_context(|| target(settings))?
+        .connect(&settings.pg_config())
         .await
         .map_err(|e| anyhow::anyhow!("{}: {}", target(settings), redacted(settings, &chain(&e))))
 }
@@ -156,8 +163,7 @@ pub(crate) struct Database {
 impl Database {
     /// Makes the pool; connects nothing yet. Fails when the TLS settings (CA) are unusable.
     pub(crate) fn new(settings: &DatabaseSettings, options: PoolOptions) -> anyhow::Result<Self> {
-        let ca = settings.ca_pem.as_ref().map(|pem| pem.as_bytes());
-        let connector = Connector::new(settings.sslmode, ca).with_context(|| target(settings))?;
+        let connector = connector(settings).with_context(|| target(settings))?;
         let mut config = settings.pg_config();
         config.application_name(options.application_name);
         if let Some(timeout) = options.statement_timeout {

@@ -349,6 +349,21 @@ impl TestPostgres {
         );
     }
 
+    /// Adds a login role `name` with `password`, stored with `encryption` (`md5` or
+    /// `scram-sha-256`), whose connections from 127.0.0.1 authenticate by the `pg_hba.conf`
+    /// method `method` (`md5`, `password`, `scram-sha-256`), and reloads the configuration.
+    pub fn add_login(&self, name: &str, password: &str, method: &str, encryption: &str) {
+        let hba = self.dir().join("data/pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(&hba, format!("host all {name} 127.0.0.1/32 {method}\n{rules}")).unwrap();
+        self.psql_as_superuser(
+            DATABASE,
+            &format!(
+                "SET password_encryption = '{encryption}'; CREATE ROLE {name} LOGIN PASSWORD '{password}'; GRANT ALL ON ALL TABLES IN SCHEMA public TO {name}; SELECT pg_reload_conf()"
+            ),
+        );
+    }
+
     /// Folder of the instance.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -2,11 +2,15 @@
 //! is also what a restarted operator resumes). Pure; does not need a client.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use orchestrator_contract::tls::ChannelBinding;
 
 use super::decide::Decisions;
 use super::inputs::Inputs;
 use crate::conditions::condition;
-use crate::crd::{DatabaseStatus, MaintenanceStatus, OrchestratorCluster, OrchestratorClusterStatus, Phase, SpecError};
+use crate::crd::{
+    DatabaseSpec, DatabaseStatus, MaintenanceStatus, OrchestratorCluster, OrchestratorClusterStatus, Phase, SpecError,
+    SslMode,
+};
 use crate::database::DatabaseState;
 use crate::planners::maintenance::MaintenanceDecision;
 use crate::planners::upgrade::UpgradeDecision;
@@ -77,12 +81,14 @@ pub(super) fn status(
         DatabaseState::Ready {
             schema_version,
             members,
-        } => (
-            Reason::Connected,
-            format!("schema version {schema_version}, {} servers registered", members.len()),
-            true,
-            Some(*schema_version),
-        ),
+        } => {
+            let connected = format!("schema version {schema_version}, {} servers registered", members.len());
+            let (reason, message) = match unprotected(&cr.spec.database) {
+                None => (Reason::Connected, connected),
+                Some(caveat) => (Reason::ConnectedUnverified, format!("{connected}; {caveat}")),
+            };
+            (reason, message, true, Some(*schema_version))
+        }
         DatabaseState::NotReady { reason, message } => (*reason, message.clone(), false, None),
     };
     let progress_message = roll_message(roll)
@@ -167,6 +173,31 @@ pub(super) fn status(
         Some(rejection) => with_rejection(status, cr, rejection, now),
         None => status,
     }
+}
+
+/// What the database settings leave unprotected, for a person, or `None` when the connection is
+/// encrypted, the certificate verified (`verify-ca` or `verify-full`) and the login bound to
+/// the TLS channel.
+fn unprotected(db: &DatabaseSpec) -> Option<String> {
+    let mut caveats = Vec::new();
+    match db.ssl_mode {
+        SslMode::Disable => caveats.push("connections are not encrypted (sslMode disable)".to_string()),
+        SslMode::Prefer | SslMode::Require => caveats.push(format!(
+            "the database's certificate is not verified (sslMode {}), so whoever answers at its address gets the login",
+            db.ssl_mode.as_str()
+        )),
+        SslMode::VerifyCa | SslMode::VerifyFull => {}
+    }
+    if db.ssl_mode != SslMode::Disable && db.channel_binding() == ChannelBinding::Prefer {
+        caveats.push("logins need not be bound to the TLS channel (channelBinding prefer), so cleartext and MD5 password authentication are accepted".to_string());
+    }
+    (!caveats.is_empty()).then(|| {
+        format!(
+            "{}: set sslMode verify-full (the CA under key ca.crt of secret {}) and leave channelBinding at require",
+            caveats.join("; "),
+            db.credentials_secret.name
+        )
+    })
 }
 
 /// `status` with the refusal of an owned object said: `Ready=False` with reason

@@ -118,6 +118,41 @@ mod basics {
     }
 
     #[test]
+    fn a_connection_left_unverified_is_said_in_database_ready() {
+        let observed = Observed {
+            database: ready_db(vec![]),
+            ..Observed::default()
+        };
+        let database_ready = |cr: &OrchestratorCluster| {
+            let plan = dry_run(cr, &observed, &BuildSettings::default(), &now()).unwrap();
+            find(&plan.status.conditions, ConditionType::DatabaseReady)
+                .unwrap()
+                .clone()
+        };
+        let verified = database_ready(&fixtures::minimal());
+        assert_eq!(
+            (verified.status.as_str(), verified.reason.as_str()),
+            (TRUE, "Connected")
+        );
+
+        let mut cr = fixtures::minimal();
+        cr.spec.database.ssl_mode = crate::crd::SslMode::Require;
+        cr.spec.database.channel_binding = Some(crate::crd::ChannelBinding::Prefer);
+        let unverified = database_ready(&cr);
+        assert_eq!(
+            (unverified.status.as_str(), unverified.reason.as_str()),
+            (TRUE, Reason::ConnectedUnverified.as_str())
+        );
+        for words in [
+            "certificate is not verified (sslMode require)",
+            "channelBinding prefer",
+            "set sslMode verify-full",
+        ] {
+            assert!(unverified.message.contains(words), "{words}: {}", unverified.message);
+        }
+    }
+
+    #[test]
     fn database_not_ready_blocks_and_creates_no_server() {
         let cr = fixtures::minimal();
         let message = "secret process-db has no key 'password' (the database password)".to_string();
