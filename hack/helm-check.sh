@@ -12,6 +12,16 @@ chart="$root/charts/orchestrator-operator"
 "$helm" template ok "$chart" --set watchNamespaces='{team-a,team-b}' --set replicaCount=2 \
   --set metrics.serviceMonitor.enabled=true \
   --set-json 'extraEnv=[{"name":"RUST_LOG","value":"info,kube_client=debug"}]' >/dev/null
+policy="$("$helm" template ok "$chart" --set admissionPolicy.enabled=true \
+  --set 'admissionPolicy.allowedImagePrefixes={registry.example.com/orc/}' \
+  --set admissionPolicy.allowSecretKeyRefs=false)"
+for kind in ValidatingAdmissionPolicy ValidatingAdmissionPolicyBinding; do
+  grep -q "^kind: $kind\$" <<<"$policy" || { echo "admissionPolicy.enabled renders no $kind" >&2; exit 1; }
+done
+if "$helm" template ok "$chart" | grep -q ValidatingAdmissionPolicy; then
+  echo "the admission policy is rendered without admissionPolicy.enabled" >&2
+  exit 1
+fi
 
 refused() {
   local expect="$1"; shift
@@ -35,4 +45,6 @@ refused "pullPolicy" --set image.pullPolicy=Sometimes
 refused "unknownKey" --set unknownKey=1
 refused "extraEnv" --set-json 'extraEnv=[{"value":"no name"}]'
 refused "httpListenAddress" --set httpListenAddress=1.2.3.4:80
+refused "allowedImagePrefixes" --set 'admissionPolicy.allowedImagePrefixes={it'"'"'s}'
+refused "validationActions" --set 'admissionPolicy.validationActions={Block}'
 echo "helm checks passed"

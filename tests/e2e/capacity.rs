@@ -175,7 +175,7 @@ async fn credentials_problems_block_with_their_reason_and_recover_and_never_leak
         .patch("process-db", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    wait_condition(&ns, "DatabaseReady", "True", "Connected", MINUTE).await;
+    wait_condition(&ns, "DatabaseReady", "True", "ConnectedUnverified", MINUTE).await;
     wait_ready(&ns, 1).await;
 
     let status = serde_json::to_string(&ns.api::<OrchestratorCluster>().get("prod").await.unwrap()).unwrap();

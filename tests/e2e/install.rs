@@ -4,6 +4,7 @@
 //! (create, scale, rolling restart, version change) with a real PostgreSQL; `helm upgrade`
 //! restarts the operator and no server; `helm uninstall` leaves the servers running; of two
 //! replicas only the Lease holder acts, and a killed holder hands over within the lease time.
+//! The chart's optional admission policy refuses images of other registries and Secret refs.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::api::rbac::v1::Role;
 use kube::ResourceExt;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use orchestrator_contract as contract;
 use orchestrator_operator::crd::OrchestratorCluster;
 use serde_json::{Value, json};
@@ -438,4 +439,84 @@ async fn two_replicas_only_the_lease_holder_acts_and_a_killed_holder_hands_over(
             assert_eq!(leader_gauge(&pod).await, "0", "{} is a standby", pod.name_any());
         }
     }
+}
+
+#[tokio::test]
+async fn the_charts_admission_policy_refuses_other_registries_and_secret_refs() {
+    let ns = TestNamespace::new("policy").await;
+    helm::install(
+        &ns,
+        &[
+            "admissionPolicy.enabled=true",
+            "admissionPolicy.allowedImagePrefixes={registry.example.com/orc/}",
+            "admissionPolicy.allowSecretKeyRefs=false",
+        ],
+    )
+    .await;
+    let api = ns.api::<OrchestratorCluster>();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let base = ClusterSpec::on_host(1, "db.example.internal").json();
+    let with = |patch: Value| {
+        let mut object = base.clone();
+        crate::support::invalid_specs::merge(&mut object, &patch);
+        serde_json::from_value::<OrchestratorCluster>(object).unwrap()
+    };
+    let other_registry = with(json!({"spec": {"image": "elsewhere.example/orc/server:1.0.0"}}));
+    // The API server loads a new policy in the background: wait until it refuses.
+    let deadline = Instant::now() + MINUTE;
+    let refused = loop {
+        match api.create(&dry_run, &other_registry).await {
+            Err(kube::Error::Api(status)) => break status,
+            Ok(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => panic!("the policy never refused another registry: {other:?}"),
+        }
+    };
+    assert_eq!(
+        (refused.code, refused.reason.as_str()),
+        (403, "Forbidden"),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message
+            .contains("spec.image elsewhere.example/orc/server:1.0.0 is not from an allowed registry")
+            && refused.message.contains("registry.example.com/orc/"),
+        "{}",
+        refused.message
+    );
+
+    let secret_ref = json!({"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "other", "key": "token"}}});
+    let refused = api
+        .create(&dry_run, &with(json!({"spec": {"template": {"env": [secret_ref]}}})))
+        .await
+        .unwrap_err();
+    let kube::Error::Api(refused) = refused else {
+        panic!("{refused:?}")
+    };
+    assert!(
+        refused
+            .message
+            .contains("may not use valueFrom.secretKeyRef here (TOKEN)"),
+        "{}",
+        refused.message
+    );
+
+    // What the policy allows passes: an allowed registry, no image at all, plain env values.
+    for allowed in [
+        json!({"spec": {"image": "registry.example.com/orc/server:1.0.0"}}),
+        json!({"spec": {"template": {"env": [{"name": "WORKERS", "value": "2"}]}}}),
+        json!({}),
+    ] {
+        let result = api.create(&dry_run, &with(allowed.clone())).await;
+        assert!(result.is_ok(), "{allowed}: {result:?}");
+    }
+
+    // Cluster-scoped: uninstalling the release removes it.
+    helm::uninstall(&ns).await;
+    let policies = helm::run("kubectl", &["get", "validatingadmissionpolicies", "-o", "name"]).await;
+    let names = String::from_utf8_lossy(&policies.stdout);
+    assert!(!names.contains(&format!("{FULLNAME}-{}", ns.name)), "{names}");
 }

@@ -50,7 +50,7 @@ async fn a_refused_statefulset_is_said_in_status_retried_with_back_off_and_clear
     // From once the database is seen ready too (a status written before the preflight finished
     // changes with it), and after the reconcile that the refusal's own writes trigger, which
     // may still read the status before them from its cache and write it again, unchanged.
-    wait_condition(&ns, "DatabaseReady", "True", "Connected", MINUTE).await;
+    wait_condition(&ns, "DatabaseReady", "True", "ConnectedUnverified", MINUTE).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mark = audit.mark();
     tokio::time::sleep(Duration::from_secs(20)).await;
