@@ -47,4 +47,7 @@ refused "extraEnv" --set-json 'extraEnv=[{"value":"no name"}]'
 refused "httpListenAddress" --set httpListenAddress=1.2.3.4:80
 refused "allowedImagePrefixes" --set 'admissionPolicy.allowedImagePrefixes={it'"'"'s}'
 refused "validationActions" --set 'admissionPolicy.validationActions={Block}'
+refused "validationActions" --set 'admissionPolicy.validationActions={Deny,Warn}'
+refused "allowedImagePrefixes" --set 'admissionPolicy.allowedImagePrefixes={registry.example.com}'
+refused "needs a rule" --set admissionPolicy.enabled=true
 echo "helm checks passed"

@@ -546,7 +546,7 @@ fn connect_failure(cr: &OrchestratorCluster, error: tls::ConnectError) -> Hold {
         tls::ConnectError::Unbound => Hold::new(
             Reason::ChannelBindingRefused,
             format!(
-                "the database at {}:{} asked for a login that does not bind the TLS channel (cleartext, MD5 or SCRAM without channel binding), and channelBinding is {}: let the role log in with SCRAM-SHA-256 over TLS (password_encryption scram-sha-256, pg_hba method scram-sha-256), or set database.channelBinding: prefer if the database cannot (a pooler that ends TLS)",
+                "the database at {}:{} asked for a login that does not bind the TLS channel (cleartext, MD5 or SCRAM without channel binding), or its certificate's signature algorithm cannot be bound, and channelBinding is {}: let the role log in with SCRAM-SHA-256 over TLS (password_encryption scram-sha-256, pg_hba method scram-sha-256), or set database.channelBinding: prefer if the database cannot (a pooler that ends TLS)",
                 db.host,
                 db.port,
                 db.channel_binding().as_str()

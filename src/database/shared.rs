@@ -326,6 +326,7 @@ enum Failure {
 fn describe(error: &orchestrator_contract::tls::ConnectError) -> String {
     match error {
         orchestrator_contract::tls::ConnectError::Postgres(e) => describe_postgres_error(e),
+        orchestrator_contract::tls::ConnectError::Unbound => "the login was not bound to the TLS channel".into(),
         _ => "TLS setup or handshake failed".into(),
     }
 }

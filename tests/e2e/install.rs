@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::api::rbac::v1::Role;
 use kube::ResourceExt;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use orchestrator_contract as contract;
 use orchestrator_operator::crd::OrchestratorCluster;
 use serde_json::{Value, json};
@@ -444,6 +444,19 @@ async fn two_replicas_only_the_lease_holder_acts_and_a_killed_holder_hands_over(
 #[tokio::test]
 async fn the_charts_admission_policy_refuses_other_registries_and_secret_refs() {
     let ns = TestNamespace::new("policy").await;
+    let base = ClusterSpec::on_host(1, "db.example.internal").json();
+    let with = |patch: Value| {
+        let mut object = base.clone();
+        crate::support::invalid_specs::merge(&mut object, &patch);
+        serde_json::from_value::<OrchestratorCluster>(object).unwrap()
+    };
+    let secret_ref = json!({"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "other", "key": "token"}}});
+    // A cluster from before the policy, with what it now forbids (its database does not
+    // resolve: it runs nothing).
+    let legacy = with(json!({"metadata": {"name": "legacy"}, "spec": {
+        "image": "elsewhere.example/orc/server:1.0.0", "template": {"env": [secret_ref.clone()]}}}));
+    let api = ns.api::<OrchestratorCluster>();
+    api.create(&PostParams::default(), &legacy).await.unwrap();
     helm::install(
         &ns,
         &[
@@ -453,16 +466,9 @@ async fn the_charts_admission_policy_refuses_other_registries_and_secret_refs() 
         ],
     )
     .await;
-    let api = ns.api::<OrchestratorCluster>();
     let dry_run = PostParams {
         dry_run: true,
         ..PostParams::default()
-    };
-    let base = ClusterSpec::on_host(1, "db.example.internal").json();
-    let with = |patch: Value| {
-        let mut object = base.clone();
-        crate::support::invalid_specs::merge(&mut object, &patch);
-        serde_json::from_value::<OrchestratorCluster>(object).unwrap()
     };
     let other_registry = with(json!({"spec": {"image": "elsewhere.example/orc/server:1.0.0"}}));
     // The API server loads a new policy in the background: wait until it refuses.
@@ -488,7 +494,6 @@ async fn the_charts_admission_policy_refuses_other_registries_and_secret_refs() 
         refused.message
     );
 
-    let secret_ref = json!({"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "other", "key": "token"}}});
     let refused = api
         .create(&dry_run, &with(json!({"spec": {"template": {"env": [secret_ref]}}})))
         .await
@@ -514,9 +519,39 @@ async fn the_charts_admission_policy_refuses_other_registries_and_secret_refs() 
         assert!(result.is_ok(), "{allowed}: {result:?}");
     }
 
-    // Cluster-scoped: uninstalling the release removes it.
+    // The cluster from before keeps what it had through edits that leave it as it was, and
+    // cannot take more.
+    let edit = |patch: Value| {
+        let api = api.clone();
+        async move {
+            api.patch("legacy", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        }
+    };
+    let kept = edit(json!({"metadata": {"labels": {"team": "a"}}, "spec": {"replicas": 2}})).await;
+    assert!(kept.is_ok(), "an edit of other fields passes: {kept:?}");
+    let moved = edit(json!({"spec": {"image": "elsewhere.example/orc/server:2.0.0"}})).await;
+    assert!(
+        matches!(&moved, Err(kube::Error::Api(s)) if s.message.contains("is not from an allowed registry")),
+        "{moved:?}"
+    );
+
+    // Cluster-scoped: uninstalling the release removes the policy and its binding.
+    let listed = || async {
+        helm::ok(
+            "kubectl",
+            &[
+                "get",
+                "validatingadmissionpolicies,validatingadmissionpolicybindings",
+                "-o",
+                "name",
+            ],
+        )
+        .await
+    };
+    let name = format!("{FULLNAME}-{}", ns.name);
+    assert_eq!(listed().await.matches(&name).count(), 2, "a policy and its binding");
     helm::uninstall(&ns).await;
-    let policies = helm::run("kubectl", &["get", "validatingadmissionpolicies", "-o", "name"]).await;
-    let names = String::from_utf8_lossy(&policies.stdout);
-    assert!(!names.contains(&format!("{FULLNAME}-{}", ns.name)), "{names}");
+    let names = listed().await;
+    assert!(!names.contains(&name), "{names}");
 }

@@ -182,10 +182,12 @@ fn unprotected(db: &DatabaseSpec) -> Option<String> {
     let mut caveats = Vec::new();
     match db.ssl_mode {
         SslMode::Disable => caveats.push("connections are not encrypted (sslMode disable)".to_string()),
-        SslMode::Prefer | SslMode::Require => caveats.push(format!(
-            "the database's certificate is not verified (sslMode {}), so whoever answers at its address gets the login",
-            db.ssl_mode.as_str()
-        )),
+        SslMode::Prefer => caveats.push(
+            "connections may fall back to no encryption and the database's certificate is not verified (sslMode prefer), so whoever answers at its address sees the login".to_string(),
+        ),
+        SslMode::Require => caveats.push(
+            "the database's certificate is not verified (sslMode require), so whoever answers at its address sees the login".to_string(),
+        ),
         SslMode::VerifyCa | SslMode::VerifyFull => {}
     }
     if db.ssl_mode != SslMode::Disable && db.channel_binding() == ChannelBinding::Prefer {
