@@ -185,9 +185,12 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// Adds the stores of a watched scope.
+    /// Adds the stores of a watched scope, in place of those of the same scope (controllers
+    /// started again after a lost leader term).
     pub fn add(&self, scope: Scope) {
-        self.scopes.write().unwrap_or_else(|e| e.into_inner()).push(scope);
+        let mut scopes = self.scopes.write().unwrap_or_else(|e| e.into_inner());
+        scopes.retain(|s| s.namespace != scope.namespace);
+        scopes.push(scope);
     }
 
     fn scope(&self, namespace: &str) -> Result<Scope> {

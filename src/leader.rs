@@ -10,12 +10,19 @@
 //!   It is sent a renewal period after the send of the last counted one (at once if that is
 //!   past). The holder acts until its *deadline*: the instant the last counted renewal was
 //!   sent, plus the lease duration, minus a margin ([`Timing`]). A renewal that has not been
-//!   answered by then does not count; past the deadline the replica has lost for good (it
-//!   stops acting and the binary exits), whatever the API server answers later.
-//! - **Holder identity.** Each campaign (one per process) writes itself as
-//!   `<identity>_<8 hex digits>`, the digits random per campaign ([`holder_identity`]): two
-//!   live processes with the same identity are two candidates, and a restarted process waits
-//!   like any standby (or until its predecessor releases the Lease).
+//!   answered by then does not count; past the deadline the replica has lost its term for
+//!   good (it stops acting: its controllers are dropped), whatever the API server answers
+//!   later. It then campaigns again ([`Campaign::again`]) as a standby, with the same holder
+//!   identity: if the Lease still names this process, nobody took it meanwhile (a control
+//!   plane restart, a network cut), and the standby rule below for its own identity takes it
+//!   back at once.
+//! - **Holder identity.** Each process writes itself as `<identity>_<8 hex digits>`, the
+//!   digits random per process ([`holder_identity`]): two live processes with the same
+//!   identity are two candidates, and a restarted process waits like any standby (or until its
+//!   predecessor releases the Lease). A standby that finds its own holder identity in the
+//!   Lease takes it at once (a take whose answer was lost, or a term of this process that
+//!   lapsed while nobody else took the Lease): only this process writes that identity, and
+//!   whatever it did in its lapsed term stopped when the term did.
 //! - **Standby.** A standby takes the Lease only when it has no holder, or when the Lease (its
 //!   `resourceVersion`) has not changed for a whole lease duration, timed from the moment the
 //!   standby first received that version. The take is a write with the observed
@@ -346,6 +353,13 @@ impl Leadership {
         }
     }
 
+    /// Back to a candidate, for a new campaign of this process after a lost term.
+    fn campaign_again(&self) {
+        if let Some(term) = &self.term {
+            term.send_replace(Term::Candidate);
+        }
+    }
+
     /// Gives up the Lease for good.
     fn lose(&self) {
         if let Some(term) = &self.term {
@@ -425,6 +439,31 @@ impl Campaign {
                 self.release().await;
                 Err(not_leading)
             }
+        }
+    }
+
+    /// Campaigns again after this replica stopped leading, once everything that acted in its
+    /// term has stopped (the controllers run under [`Leadership::while_leading`], which drops
+    /// them when the term ends): as a standby with the same holder identity, so that a Lease
+    /// that still names this process (nobody took it while this process could not renew it,
+    /// say while the API server restarted) is taken back as soon as the API server answers,
+    /// with the version read as precondition. A Lease taken by another replica is waited for
+    /// like any standby does. The [`Leadership`] clones given out follow the new campaign.
+    pub async fn again(self) -> Campaign {
+        let Campaign {
+            leadership,
+            elector,
+            task,
+        } = self;
+        task.abort();
+        // No renewal of the old term may be counted in the new one.
+        let _ = task.await;
+        leadership.campaign_again();
+        let task = tokio::spawn(elector.clone().run());
+        Campaign {
+            leadership,
+            elector,
+            task,
         }
     }
 
@@ -1056,6 +1095,11 @@ mod tests {
             self.frozen.store(true, Ordering::SeqCst);
         }
 
+        /// Answers requests again from now on (those kept while frozen stay unanswered).
+        fn thaw(&self) {
+            self.frozen.store(false, Ordering::SeqCst);
+        }
+
         fn received(&self) -> usize {
             self.received.load(Ordering::SeqCst)
         }
@@ -1193,7 +1237,7 @@ mod tests {
         assert!(cancelled.load(Ordering::SeqCst), "the work was dropped, not awaited");
         assert_eq!(Instant::now(), deadline, "stopped at the deadline, not later");
         leadership.lost().await;
-        // Lost for good: it never leads again in this process.
+        // Lost for good: this term never leads again (only a new campaign may).
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(!leadership.is_leading());
     }
@@ -1346,6 +1390,63 @@ mod tests {
         );
         let lease = api.lock().unwrap().lease.clone().unwrap();
         assert_eq!(lease["spec"]["leaseTransitions"], json!(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lapsed_term_is_taken_back_at_once_when_nobody_took_the_lease() {
+        let api = Arc::new(Mutex::new(FakeApi::default()));
+        let link = Link::new();
+        let campaign = run_campaign(connect(&api, &link), "a");
+        let leadership = campaign.leadership();
+        leadership.acquired().await.unwrap();
+        let holder = campaign.holder_identity().to_string();
+        let transitions = api.lock().unwrap().lease.clone().unwrap()["spec"]["leaseTransitions"].clone();
+
+        // The API server goes away for longer than the lease: the term lapses.
+        link.freeze();
+        leadership.lost().await;
+        tokio::time::sleep(LEASE).await;
+        assert!(!leadership.is_leading());
+
+        // It comes back: the same process campaigns again and takes its Lease back at once.
+        link.thaw();
+        let back = Instant::now();
+        let campaign = campaign.again().await;
+        leadership.acquired().await.unwrap();
+        assert!(leadership.is_leading(), "the clones given out follow the new campaign");
+        assert_eq!(Instant::now(), back, "taken back without waiting for a lease duration");
+        assert_eq!(campaign.holder_identity(), holder);
+        let lease = api.lock().unwrap().lease.clone().unwrap();
+        assert_eq!(lease["spec"]["holderIdentity"], json!(holder));
+        assert_eq!(lease["spec"]["leaseTransitions"], transitions, "not a new holder");
+        // And it holds it as any term does.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(leadership.is_leading());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lapsed_term_does_not_take_back_a_lease_another_took() {
+        let api = Arc::new(Mutex::new(FakeApi::default()));
+        let (link_a, link_b) = (Link::new(), Link::new());
+        let campaign_a = run_campaign(connect(&api, &link_a), "a");
+        let a = campaign_a.leadership();
+        a.acquired().await.unwrap();
+        let campaign_b = run_campaign(connect(&api, &link_b), "b");
+        let b = campaign_b.leadership();
+        link_a.freeze();
+        b.acquired().await.unwrap();
+        assert!(!a.is_leading());
+
+        link_a.thaw();
+        let _campaign_a = campaign_a.again().await;
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(b.is_leading() && !a.is_leading(), "a stands by while b renews");
+        }
+        assert_eq!(
+            api.lock().unwrap().holder().as_deref(),
+            Some(campaign_b.holder_identity())
+        );
     }
 
     #[tokio::test(start_paused = true)]

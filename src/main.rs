@@ -205,36 +205,45 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     ready.store(true, Ordering::Relaxed);
 
-    let campaign = match campaign {
-        None => None,
-        // A termination request while still a standby ends the campaign (and clears the Lease
-        // if a take of this process landed), like a clean stop of the leader.
-        Some(campaign) => match campaign.until_leading(terminate.clone()).await? {
-            Some(campaign) => {
-                tracing::info!("leading: starting controllers");
-                Some(campaign)
+    let mut campaign = campaign;
+    loop {
+        campaign = match campaign {
+            None => None,
+            // A termination request while still a standby ends the campaign (and clears the
+            // Lease if a take of this process landed), like a clean stop of the leader.
+            Some(campaign) => match campaign.until_leading(terminate.clone()).await? {
+                Some(campaign) => {
+                    tracing::info!("leading: starting controllers");
+                    Some(campaign)
+                }
+                None => return finish(http_task).await,
+            },
+        };
+        metrics.leader.set(1);
+        let stopped = run_controllers(ctx.clone(), args.watch_namespaces.clone(), terminate.clone()).await;
+        metrics.leader.set(0);
+        match (stopped, campaign) {
+            (StopReason::LostLeadership, Some(lost)) => {
+                // The controllers were dropped with the term, their reconciles in flight
+                // aborted; what a step recorded is what the next term resumes from. Campaign
+                // again: a Lease nobody took (the API server was away) is taken back at once.
+                tracing::warn!(
+                    "stopped leading (the leader Lease was taken over, or not renewed before the local deadline); every reconcile stopped; campaigning again"
+                );
+                campaign = Some(lost.again().await);
             }
-            None => return finish(http_task).await,
-        },
-    };
-    metrics.leader.set(1);
-    let stopped = run_controllers(ctx, args.watch_namespaces.clone(), terminate.clone()).await;
-    metrics.leader.set(0);
-    match stopped {
-        StopReason::LostLeadership => {
-            // Exit now, whatever the API server answers (or does not): requests still in
-            // flight die with the process, and the restart campaigns again from scratch (as a
-            // standby: the Lease names this process, not the next).
-            tracing::error!("lost the leader Lease (taken over, or not renewed before the local deadline); exiting");
-            std::process::exit(1);
-        }
-        StopReason::Shutdown => {
-            // Every reconcile has finished: nothing writes any more, so the Lease can go to a
-            // standby at once instead of after a lease duration.
-            if let Some(campaign) = campaign {
-                campaign.release().await;
+            (StopReason::LostLeadership, None) => {
+                // Without leader election the leadership is never lost.
+                anyhow::bail!("the controllers stopped for a lost leadership without leader election");
             }
-            finish(http_task).await
+            (StopReason::Shutdown, campaign) => {
+                // Every reconcile has finished: nothing writes any more, so the Lease can go to
+                // a standby at once instead of after a lease duration.
+                if let Some(campaign) = campaign {
+                    campaign.release().await;
+                }
+                return finish(http_task).await;
+            }
         }
     }
 }
