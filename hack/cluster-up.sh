@@ -45,6 +45,18 @@ componentsPatches:
     extraArgs:
       - key: service-cluster-ip-range
         value: 10.96.0.0/16
+  # One controller-manager and one scheduler, started by kwokctl and by nothing else: with
+  # leader election (their default) each exits when it cannot renew its lease for 10 s (an API
+  # server restarting), and no kubelet or systemd starts it again here, as one would on a real
+  # control plane. Without it they wait for the API server and carry on.
+  - name: kube-controller-manager
+    extraArgs:
+      - key: leader-elect
+        value: "false"
+  - name: kube-scheduler
+    extraArgs:
+      - key: leader-elect
+        value: "false"
   # kwok's binary runtime manages every node by default; it must leave the node agent's
   # Node and pods alone and only play fake nodes annotated for it (scale tests).
   - name: kwok-controller

@@ -21,12 +21,32 @@ echo "KUBECONFIG=$KUBECONFIG"
 
 step "cargo test --features e2e (end-to-end)"
 # The end-to-end tests mostly wait on watches: run more of them at once than there are cores
-# (but not so many that two cores cannot keep every server's heartbeat on time).
+# (but not so many that two cores cannot keep every server's heartbeat on time). Module
+# `serial` runs after, one test at a time: its tests stop the control plane or load the whole
+# machine. With filters, it runs only when a filter names it.
 mkdir -p .local
+: >.local/e2e-test.log
+run_tests() {
+  cargo test --locked --features e2e --test e2e --no-fail-fast -- "$@" 2>&1 | tee -a .local/e2e-test.log
+  return "${PIPESTATUS[0]}"
+}
+serial=()
+if [ "$#" -eq 0 ]; then
+  serial=(serial::)
+else
+  for filter in "$@"; do
+    case "$filter" in serial*) serial+=("$filter") ;; esac
+  done
+fi
 set +e
-cargo test --locked --features e2e --test e2e --no-fail-fast -- --test-threads 4 "$@" 2>&1 \
-  | tee .local/e2e-test.log
-status=${PIPESTATUS[0]}
+run_tests --test-threads 4 --skip serial:: "$@"
+status=$?
+if [ "${#serial[@]}" -gt 0 ]; then
+  step "cargo test --features e2e, module serial (alone, one test at a time)"
+  run_tests --test-threads 1 "${serial[@]}"
+  serial_status=$?
+  [ "$serial_status" -eq 0 ] || status=$serial_status
+fi
 set -e
 step "cargo test summaries (e2e)"
 grep -E "^test result:|Running " .local/e2e-test.log || true

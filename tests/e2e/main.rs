@@ -17,4 +17,5 @@ mod install;
 mod leader;
 mod maintenance;
 mod refusals;
+mod serial;
 mod steady;

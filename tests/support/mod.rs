@@ -4,6 +4,7 @@
 
 pub(crate) mod argocd;
 pub(crate) mod audit;
+pub(crate) mod control_plane;
 pub(crate) mod e2e;
 pub(crate) mod helm;
 pub(crate) mod invalid_specs;

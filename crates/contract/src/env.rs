@@ -154,7 +154,8 @@ pub const IDLE_POLL_MILLISECONDS: &str = "IDLE_POLL_MILLISECONDS";
 /// its heartbeat's own: `DATABASE_MAX_CONNECTIONS + 1` in all.
 ///
 /// Not set by the operator. A decimal integer of at least 1; the reference server defaults to
-/// `4`. Size the database's `max_connections` for it (see the database contract's sizing note).
+/// `2` (3 connections per server). Size the database's `max_connections` for it (see the
+/// database contract's sizing note).
 pub const DATABASE_MAX_CONNECTIONS: &str = "DATABASE_MAX_CONNECTIONS";
 
 /// Claims a job may have before it is dead-lettered: a job whose lease expired (its server

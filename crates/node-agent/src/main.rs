@@ -17,7 +17,8 @@ use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::utils::ResetTimerBackoff;
+use kube::runtime::watcher::{self, Event, ExponentialBackoff};
 use kube::{Api, Client, ResourceExt};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -67,18 +68,30 @@ async fn main() -> anyhow::Result<()> {
         ips: Mutex::default(),
         running: Mutex::new(BTreeSet::new()),
     });
-    node::register(&client, &args.node_name, &args.kube_version).await?;
+    // An API server that is not there yet is waited for, as a kubelet does.
+    while let Err(error) = node::register(&client, &args.node_name, &args.kube_version).await {
+        tracing::warn!(%error, "cannot register the node yet; retrying");
+        tokio::time::sleep(HEARTBEAT_RETRY).await;
+    }
     tracing::info!(node = %args.node_name, "node registered");
 
     let heartbeat = {
         let client = client.clone();
         let (name, version) = (args.node_name.clone(), args.kube_version.clone());
         tokio::spawn(async move {
+            let mut pause = node::HEARTBEAT;
             loop {
-                tokio::time::sleep(node::HEARTBEAT).await;
-                if let Err(error) = node::heartbeat(&client, &name, &version).await {
-                    tracing::warn!(%error, "node heartbeat failed");
-                }
+                tokio::time::sleep(pause).await;
+                // A failed heartbeat (the API server is away) is tried again soon, so the node
+                // is renewed as soon as the API server is back, well within the node monitor's
+                // grace period, rather than a whole heartbeat later.
+                pause = match node::heartbeat(&client, &name, &version).await {
+                    Ok(_) => node::HEARTBEAT,
+                    Err(error) => {
+                        tracing::warn!(%error, "node heartbeat failed; retrying");
+                        HEARTBEAT_RETRY
+                    }
+                };
             }
         })
     };
@@ -101,6 +114,9 @@ async fn shutdown_signal() {
     tracing::info!("stopping: terminating every container");
 }
 
+/// Pause before trying a failed node registration or heartbeat again.
+const HEARTBEAT_RETRY: Duration = Duration::from_secs(1);
+
 /// SIGTERM to every container, SIGKILL to those still running two seconds later.
 async fn stop_all(agent: &pod::Agent) {
     let groups: Vec<i32> = agent.running.lock().unwrap().iter().copied().collect();
@@ -113,13 +129,27 @@ async fn stop_all(agent: &pod::Agent) {
     }
 }
 
+/// The pod watch's back-off: from 0.5 s, doubling to at most 5 s, with jitter, reset after a
+/// minute without error. kube-runtime's default grows to 30 s, so after an API server restart
+/// the agent learnt of a deleted or new pod up to a minute late while the rest of the cluster
+/// waited on it; a kubelet's pod updates are not that late.
+fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
+    let policy = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(ExponentialBackoff::from(policy), Duration::from_secs(60))
+}
+
 /// Watches the pods bound to the node and hands each to its worker.
 async fn watch_pods(agent: Arc<pod::Agent>) -> anyhow::Result<()> {
     let pods = Api::<Pod>::all(agent.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", agent.node_name));
     let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
     let mut listed: BTreeSet<String> = BTreeSet::new();
-    let mut events = std::pin::pin!(watcher::watcher(pods, config).default_backoff());
+    let mut events = std::pin::pin!(watcher::watcher(pods, config).backoff(watch_backoff()));
     while let Some(event) = events.next().await {
         // Losing the API server is a wait, not an exit (a kubelet survives a control plane
         // restart): the watcher retries with back-off, running pods keep running.

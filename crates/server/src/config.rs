@@ -7,9 +7,10 @@ use anyhow::{Context, bail};
 use orchestrator_contract::{self as contract, env};
 
 /// Default size of the connection pool: the web service and the workers share it, each
-/// holding a connection only for the length of a query. The heartbeat has a connection of its
-/// own besides.
-pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 4;
+/// holding a connection only for the length of a query (a job runs without one). The
+/// heartbeat has a connection of its own besides: 3 per server, so that 30 servers and the
+/// operator fit PostgreSQL's default `max_connections` of 100.
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 2;
 
 /// Default number of claims after which a job whose lease expired is dead-lettered.
 pub(crate) const DEFAULT_MAX_ATTEMPTS: i32 = 3;

@@ -25,7 +25,13 @@ pub struct TestPostgres {
     pub password: String,
     /// Password of the `postgres` superuser.
     pub superuser_password: String,
+    /// Its `max_connections`.
+    pub max_connections: u32,
 }
+
+/// The `max_connections` of a test instance: room for the tests' own clients beside the
+/// servers. [`TestPostgres::start_with_max_connections`] sets another.
+pub const TEST_MAX_CONNECTIONS: u32 = 200;
 
 fn find_bin() -> PathBuf {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
@@ -139,13 +145,18 @@ fn make_certificates(dir: &Path) {
 impl TestPostgres {
     /// Initializes and starts a server; the application user owns database `process`.
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(false, TEST_MAX_CONNECTIONS)
+    }
+
+    /// Like `start`, with `max_connections` (PostgreSQL's own default is 100).
+    pub fn start_with_max_connections(max_connections: u32) -> Self {
+        Self::start_with(false, max_connections)
     }
 
     /// Like `start`, with TLS on: `ca_pem()` returns the CA that signed its certificate, which
     /// names 127.0.0.1 only.
     pub fn start_with_tls() -> Self {
-        Self::start_with(true)
+        Self::start_with(true, TEST_MAX_CONNECTIONS)
     }
 
     /// The PEM of the CA of a TLS instance.
@@ -153,7 +164,7 @@ impl TestPostgres {
         std::fs::read(self.dir.path().join("ca.crt")).expect("a TLS instance")
     }
 
-    fn start_with(tls: bool) -> Self {
+    fn start_with(tls: bool, max_connections: u32) -> Self {
         let bin = find_bin();
         let dir = tempfile::Builder::new()
             .prefix("orc-pg-")
@@ -181,6 +192,7 @@ impl TestPostgres {
             port: 0,
             password,
             superuser_password,
+            max_connections,
         };
         this.run(
             "initdb",
@@ -237,9 +249,10 @@ impl TestPostgres {
     /// Server options; TLS is on when the instance has a certificate (`start_with_tls`).
     fn options(&self) -> String {
         let mut options = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections={}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.max_connections
         );
         if self.dir.path().join("server.crt").exists() {
             options.push_str(" -c ssl=on -c ssl_cert_file=../server.crt -c ssl_key_file=../server.key");
@@ -305,6 +318,15 @@ impl TestPostgres {
         format!(
             "host=127.0.0.1 port={} user={USER} password={} dbname={DATABASE}",
             self.port, self.password
+        )
+    }
+
+    /// A libpq connection string for the `postgres` superuser (whose connections use the
+    /// slots PostgreSQL reserves for superusers).
+    pub fn superuser_url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres password={} dbname={DATABASE}",
+            self.port, self.superuser_password
         )
     }
 

@@ -1,0 +1,442 @@
+//! Tests that run alone: `hack/e2e.sh` runs this module after all the others, one test at a
+//! time, because each takes the whole local cluster or machine: the control plane stopped and
+//! started again under a roll (every client of the cluster loses it meanwhile), and thirty
+//! servers on one PostgreSQL.
+//!
+//! A roll rides through a control-plane restart: the node agent keeps every pod running and
+//! ready as a kubelet does, the operator (with leader election, as the chart installs it) stops
+//! acting when its Lease lapses and takes it back when the API server answers, the servers
+//! never notice. Each test prints one `OUTAGE` line with its figures (`-- --nocapture`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+use orchestrator_operator::crd::{OrchestratorCluster, Phase};
+use serde_json::json;
+use testing_postgres::TestPostgres;
+
+use crate::support::control_plane::{self, Outage};
+use crate::support::e2e::{
+    MINUTE, Operator, Replica, TestNamespace, db, load, patch_spec, pod_of_column, wait_for, wait_settled,
+};
+use crate::support::pods::{self, restarts, server_pods};
+use crate::support::spec::ClusterSpec;
+
+/// Servers of the rolled cluster.
+const SERVERS: i64 = 4;
+
+/// The rolled cluster: its steps wait out an outage (a replacement created just before one
+/// may join only after it).
+fn rolled(pg: &TestPostgres) -> ClusterSpec {
+    ClusterSpec::new(SERVERS as i32, pg)
+        .drain_timeout("60s")
+        .ready_timeout("3m")
+}
+
+/// The fewest servers of the database seen active (state `active`, heartbeat younger than
+/// three heartbeats) by a poll every 100 ms, and the last instant anything changed in a
+/// server row's state or drain request.
+#[derive(Default)]
+struct Sampled {
+    fewest_active: Option<i64>,
+    changes: Vec<(Instant, String)>,
+}
+
+fn sample_servers(pg: &TestPostgres) -> (Arc<Mutex<Sampled>>, tokio::task::JoinHandle<()>) {
+    let sampled = Arc::new(Mutex::new(Sampled::default()));
+    let out = sampled.clone();
+    let url = pg.url();
+    let task = tokio::spawn(async move {
+        let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let mut last = String::new();
+        loop {
+            let rows = db
+                .query(
+                    &format!(
+                        "SELECT {pod}, state, drain_requested_at IS NOT NULL, heartbeat_at > now() - interval '6 seconds' FROM servers ORDER BY 1",
+                        pod = pod_of_column("server_id")
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            let active = rows
+                .iter()
+                .filter(|r| r.get::<_, String>(1) == "active" && r.get::<_, bool>(3))
+                .count() as i64;
+            let states = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}:{}{}",
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1),
+                        if r.get(2) { "+drain" } else { "" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            {
+                let mut sampled = out.lock().unwrap();
+                sampled.fewest_active = Some(sampled.fewest_active.map_or(active, |f| f.min(active)));
+                if states != last {
+                    sampled.changes.push((Instant::now(), states.clone()));
+                    last = states;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (sampled, task)
+}
+
+/// The server pods by name: uid, whether being deleted, restarts.
+async fn server_pod_states(ns: &TestNamespace) -> BTreeMap<String, (String, bool, i32)> {
+    pods::list(ns, &server_pods("prod"))
+        .await
+        .into_iter()
+        .map(|(name, pod): (String, Pod)| {
+            let state = (
+                pod.uid().unwrap_or_default(),
+                pod.metadata.deletion_timestamp.is_some(),
+                restarts(&pod),
+            );
+            (name, state)
+        })
+        .collect()
+}
+
+/// Whether the node the pods run on says Ready.
+async fn node_ready(ns: &TestNamespace) -> Vec<String> {
+    let nodes: kube::Api<Node> = kube::Api::all(ns.client.clone());
+    nodes
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|n| n.labels().contains_key("node.orchestrator.dev/agent"))
+        .filter_map(|n| {
+            let ready = n
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "Ready")?
+                .status
+                .clone();
+            (ready != "True").then(|| format!("{} Ready={ready}", n.name_any()))
+        })
+        .collect()
+}
+
+/// A four-server version bump under load, with `outage` stopped for `down` and started again
+/// `times` times in a row, the first time while a server drains.
+async fn ride_through(prefix: &str, outage: Outage, down: Duration, times: usize) {
+    let ns = TestNamespace::new(prefix).await;
+    let pg = ns.database().await;
+    let operator = Operator::replica(
+        &ns.name,
+        &Replica {
+            identity: "a",
+            lease: "orc",
+            lease_seconds: 18,
+            kubeconfig: None,
+        },
+    );
+    ns.create_cluster(&rolled(&pg)).await;
+    wait_settled(&ns, SERVERS as i32, Some("2.0.0")).await;
+    let (sampled, sampler) = sample_servers(&pg);
+    let started = Instant::now();
+    let outages = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let before = server_pod_states(&ns).await;
+        patch_spec(&ns, json!({"version": "2.1.0"})).await;
+        crate::faults::draining_server(&pg).await;
+        let mut back_to_step = Vec::new();
+        for _ in 0..times {
+            // What the API shows while it is away, as nothing can change it meanwhile.
+            let at_stop = server_pod_states(&ns).await;
+            let stopped = control_plane::stop(outage).await;
+            tokio::time::sleep(down).await;
+            let back = control_plane::start(stopped).await;
+            // The roll's next step as the API shows it: a server pod deleted or created.
+            let deadline = back + 2 * MINUTE;
+            loop {
+                let now = server_pod_states(&ns).await;
+                let moved = now.iter().any(|(name, (uid, deleting, _))| {
+                    at_stop
+                        .get(name)
+                        .is_none_or(|(old_uid, old_deleting, _)| old_uid != uid || old_deleting != deleting)
+                }) || now.len() != at_stop.len();
+                if moved {
+                    back_to_step.push(back.elapsed());
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the roll made no step within 2 minutes of the API's return"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let not_ready = node_ready(&ns).await;
+            assert!(not_ready.is_empty(), "the node stayed Ready: {not_ready:?}");
+        }
+        let settled = wait_settled(&ns, SERVERS as i32, Some("2.1.0")).await;
+        (before, back_to_step, settled)
+    };
+    let (report, (before, back_to_step, cr)) =
+        tokio::join!(load(&pg, prefix, 10, 40 + 30 * times as u32, 300), outages);
+    sampler.abort();
+    let wall = started.elapsed();
+
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["submit_failed"], 0, "{report}");
+    assert_eq!(report["outcome"]["executed_more_than_once"], 0, "{report}");
+    let (fewest, changes) = {
+        let sampled = sampled.lock().unwrap();
+        (sampled.fewest_active.unwrap(), sampled.changes.clone())
+    };
+    assert!(
+        fewest >= SERVERS - 1,
+        "never fewer than {} servers active; saw {fewest}:\n{}",
+        SERVERS - 1,
+        changes
+            .iter()
+            .map(|(at, s)| format!("{:>6.1}s {s}", (*at - started).as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Every server replaced once by the roll, no container restarted: the outage itself
+    // evicted and restarted nothing.
+    let after = server_pod_states(&ns).await;
+    assert!(after.values().all(|(_, _, restarts)| *restarts == 0), "{after:?}");
+    assert!(before.values().all(|(_, _, restarts)| *restarts == 0), "{before:?}");
+    assert!(
+        before
+            .iter()
+            .all(|(name, (uid, _, _))| after.get(name).is_some_and(|(new, _, _)| new != uid)),
+        "all replaced by the roll: {before:?} -> {after:?}"
+    );
+    let status = cr.status.unwrap();
+    assert!(
+        status
+            .servers
+            .iter()
+            .all(|s| s.version.as_deref() == Some("2.1.0") && s.joined)
+    );
+    let metrics = operator.metrics().await;
+    let steps = format!(
+        r#"orchestrator_operator_maintenance_steps_total{{namespace="{}",cluster="prod"}} {SERVERS}"#,
+        ns.name
+    );
+    assert!(
+        metrics.contains(&steps),
+        "one operator step per server: {steps} in\n{metrics}"
+    );
+    println!(
+        "OUTAGE {outage:?} down {down:?} x{times}: API back -> the roll's next step {:?}; roll wall {:.1} s; fewest active servers {fewest} of {SERVERS}; jobs {} acknowledged, {} lost, {} started twice, {} database errors of the load generator",
+        back_to_step,
+        wall.as_secs_f64(),
+        report["acknowledged"],
+        report["lost"],
+        report["outcome"]["executed_more_than_once"],
+        report["database_errors"],
+    );
+}
+
+#[tokio::test]
+async fn a_roll_under_load_rides_through_a_control_plane_stopped_for_20_seconds() {
+    ride_through("outage", Outage::ControlPlane, Duration::from_secs(20), 1).await;
+}
+
+#[tokio::test]
+async fn a_roll_under_load_rides_through_two_api_server_restarts_in_a_row() {
+    ride_through("apiserver", Outage::ApiServer, Duration::from_secs(10), 2).await;
+}
+
+/// The local ports of `pid`'s established TCP connections to 127.0.0.1:`port`, read from
+/// `/proc` (its socket inodes, and the kernel's table of IPv4 TCP connections).
+fn connections_to(pid: i32, port: u16) -> BTreeSet<u16> {
+    let inodes: BTreeSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|link| {
+                    let link = link.to_string_lossy().into_owned();
+                    Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, rem, state, inode) = (fields[1], fields[2], fields[3], fields[9]);
+            (rem == remote && state == "01" && inodes.contains(inode))
+                .then(|| u16::from_str_radix(local.rsplit(':').next()?, 16).ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// What `pg_stat_activity` shows of the servers' connections: per server (attributed to its
+/// process through `/proc`), and in all (every client session of the database).
+struct Connections {
+    per_server: BTreeMap<String, usize>,
+    sessions: usize,
+}
+
+async fn count_connections(
+    admin: &tokio_postgres::Client,
+    pg: &TestPostgres,
+    pids: &BTreeMap<String, i32>,
+) -> Connections {
+    let rows = admin
+        .query(
+            "SELECT client_port FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND client_port IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ports: Vec<u16> = rows.iter().map(|r| r.get::<_, i32>(0) as u16).collect();
+    let per_server = pids
+        .iter()
+        .map(|(server, pid)| {
+            let own = connections_to(*pid, pg.port);
+            (server.clone(), ports.iter().filter(|p| own.contains(p)).count())
+        })
+        .collect();
+    Connections {
+        per_server,
+        sessions: ports.len(),
+    }
+}
+
+/// Clusters and servers of the connection test: 6 × 5 = 30.
+const CLUSTERS: usize = 6;
+const SERVERS_EACH: i32 = 5;
+
+#[tokio::test]
+async fn thirty_servers_of_six_clusters_fit_postgresqls_default_max_connections() {
+    let ns = TestNamespace::new("thirty").await;
+    // PostgreSQL's own default, 3 of them reserved for superusers.
+    let pg = TestPostgres::start_with_max_connections(100);
+    let mut app = db(&pg).await;
+    orchestrator_contract::migrations::migrate(&mut app, orchestrator_contract::LATEST_SCHEMA, false)
+        .await
+        .unwrap();
+    drop(app);
+    ns.create_db_secret("process-db", testing_postgres::USER, &pg.password)
+        .await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    // Idle workers poll every 500 ms instead of 100 ms: thirty servers' polls would otherwise
+    // take the two cores the heartbeats need. The pool bound is the same whatever the polling.
+    let names: Vec<String> = (0..CLUSTERS).map(|i| format!("c{i}")).collect();
+    for name in &names {
+        let spec = ClusterSpec::new(SERVERS_EACH, &pg)
+            .name(name)
+            .env("IDLE_POLL_MILLISECONDS", "500");
+        ns.create_cluster(&spec).await;
+    }
+    let clusters = ns.api::<OrchestratorCluster>();
+    for name in &names {
+        wait_for(
+            &clusters,
+            name,
+            "every server joined",
+            5 * MINUTE,
+            |c: Option<&OrchestratorCluster>| {
+                c.and_then(|c| c.status.as_ref())
+                    .is_some_and(|s| s.phase == Phase::Ready && s.ready_replicas == SERVERS_EACH)
+            },
+        )
+        .await;
+    }
+    let servers = CLUSTERS * SERVERS_EACH as usize;
+    let pids: BTreeMap<String, i32> = names
+        .iter()
+        .flat_map(|name| (0..SERVERS_EACH).map(move |o| format!("{name}-{o}")))
+        .map(|server| {
+            let pid =
+                crate::support::pods::server_pid(&ns.name, &server).unwrap_or_else(|| panic!("no process of {server}"));
+            (server, pid)
+        })
+        .collect();
+    assert_eq!(pids.len(), servers);
+    let (admin, connection) = tokio_postgres::connect(&pg.superuser_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let active: i64 = admin
+        .query_one("SELECT count(*) FROM servers WHERE state = 'active'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(active, servers as i64, "all thirty joined");
+
+    // The documented bound: DATABASE_MAX_CONNECTIONS (2) + the heartbeat's.
+    const BOUND: usize = 3;
+    let at_rest = count_connections(&admin, &pg, &pids).await;
+    let rest_max = at_rest.per_server.values().copied().max().unwrap();
+    assert!(
+        at_rest.per_server.values().all(|n| (1..=BOUND).contains(n)),
+        "{:?}",
+        at_rest.per_server
+    );
+
+    // Under load: a load generator with a pool of one submits through the database.
+    let generator = tokio::process::Command::new(crate::support::e2e::server_binary())
+        .args([
+            "loadgen",
+            "--kind",
+            "sleep",
+            "--batch",
+            "thirty",
+            "--rate",
+            "30",
+            "--duration",
+            "20",
+        ])
+        .args(["--sleep-ms", "300"])
+        .envs(pg.env())
+        .env("DATABASE_MAX_CONNECTIONS", "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut loaded_max = 0;
+    let mut sessions_max = 0;
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        let loaded = count_connections(&admin, &pg, &pids).await;
+        loaded_max = loaded_max.max(loaded.per_server.values().copied().max().unwrap());
+        sessions_max = sessions_max.max(loaded.sessions);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let output = generator.wait_with_output().await.unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["submit_failed"], 0, "{report}");
+    assert!(
+        loaded_max <= BOUND,
+        "at most {BOUND} per server under load; saw {loaded_max}"
+    );
+    assert!(sessions_max <= 97, "within the 97 non-superuser slots: {sessions_max}");
+    println!(
+        "CONNECTIONS {servers} servers of {CLUSTERS} clusters, max_connections 100: per server at rest {}..={rest_max} ({} sessions in all), under load at most {loaded_max} ({sessions_max} sessions in all, operator and load generator included); {} jobs acknowledged, {} lost",
+        at_rest.per_server.values().min().unwrap(),
+        at_rest.sessions,
+        report["acknowledged"],
+        report["lost"],
+    );
+}

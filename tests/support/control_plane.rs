@@ -1,0 +1,178 @@
+//! The local cluster's control plane stopped and started for real, as a managed cluster's is
+//! during its upgrades: the whole of it (`kwokctl stop cluster`: etcd, kube-apiserver, the
+//! controller-manager, the scheduler), or only the kube-apiserver process, killed and started
+//! again with its own command line (etcd and the controllers keep running). Only for tests
+//! that run alone (`hack/e2e.sh` runs module `serial` after the others): every client of the
+//! cluster loses it meanwhile.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::e2e::root;
+use super::helm;
+
+/// What is stopped.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Outage {
+    /// Every process of the control plane, etcd included.
+    ControlPlane,
+    /// The kube-apiserver alone.
+    ApiServer,
+}
+
+/// The local cluster's name (`hack/cluster-up.sh`).
+fn cluster_name() -> String {
+    std::env::var("ORC_CLUSTER_NAME").unwrap_or_else(|_| "orchestrator".into())
+}
+
+/// kwokctl's folder of the local cluster.
+fn cluster_dir() -> PathBuf {
+    root().join(".local/kwok/clusters").join(cluster_name())
+}
+
+/// How to start the kube-apiserver again: its command line, folder and environment.
+#[derive(Debug)]
+pub(crate) struct Process {
+    args: Vec<String>,
+    cwd: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+fn apiserver_pid_file() -> PathBuf {
+    cluster_dir().join("pids/kube-apiserver.pid")
+}
+
+fn read_process(pid: i32) -> Process {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let split = |path: &Path| -> Vec<String> {
+        std::fs::read(path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+            .split(|b| *b == 0)
+            .filter(|part| !part.is_empty())
+            .map(|part| String::from_utf8_lossy(part).into_owned())
+            .collect()
+    };
+    Process {
+        args: split(&proc.join("cmdline")),
+        cwd: std::fs::read_link(proc.join("cwd")).unwrap(),
+        env: split(&proc.join("environ"))
+            .into_iter()
+            .filter_map(|entry| entry.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect(),
+    }
+}
+
+/// Sends SIGTERM to `pid` and waits (up to 30 s, then SIGKILL) until it is gone.
+async fn terminate(pid: i32) {
+    let pid = Pid::from_raw(pid);
+    let _ = kill(pid, Signal::SIGTERM);
+    let started = Instant::now();
+    loop {
+        if kill(pid, None).is_err() {
+            return;
+        }
+        let waited = started.elapsed();
+        if waited > Duration::from_secs(30) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        assert!(waited < Duration::from_secs(40), "process {pid} did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A stopped control plane (or API server), to start again.
+#[derive(Debug)]
+pub(crate) enum Stopped {
+    /// `kwokctl stop cluster` stopped it.
+    ControlPlane,
+    /// The kube-apiserver process was stopped; how to start it again.
+    ApiServer(Process),
+}
+
+async fn kwokctl(verb: &str) {
+    let kwokctl = helm::tools().await.join("kwokctl");
+    let output = tokio::process::Command::new(kwokctl)
+        .args([verb, "cluster", "--name", &cluster_name()])
+        .env("KWOK_WORKDIR", root().join(".local/kwok"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "kwokctl {verb} cluster: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Stops what `outage` names; returns once it no longer answers.
+pub(crate) async fn stop(outage: Outage) -> Stopped {
+    match outage {
+        Outage::ControlPlane => {
+            kwokctl("stop").await;
+            Stopped::ControlPlane
+        }
+        Outage::ApiServer => {
+            let pid: i32 = std::fs::read_to_string(apiserver_pid_file())
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let process = read_process(pid);
+            terminate(pid).await;
+            Stopped::ApiServer(process)
+        }
+    }
+}
+
+/// Starts again what `stopped` stopped, then waits (up to two minutes) until the API server
+/// says it is ready; returns when it first did (polled every 200 ms from before the start, so
+/// the instant does not depend on how long `kwokctl start` takes to return).
+pub(crate) async fn start(stopped: Stopped) -> Instant {
+    let ready = tokio::spawn(ready(Duration::from_secs(120)));
+    match stopped {
+        Stopped::ControlPlane => kwokctl("start").await,
+        Stopped::ApiServer(process) => {
+            let log = std::fs::OpenOptions::new()
+                .append(true)
+                .open(cluster_dir().join("logs/kube-apiserver.log"))
+                .unwrap();
+            // Its own process group, not a child the test's runtime kills: it outlives the test
+            // as kwokctl's did, and `kwokctl delete cluster` stops it through the pid file.
+            let mut child = std::process::Command::new(&process.args[0])
+                .args(&process.args[1..])
+                .current_dir(&process.cwd)
+                .env_clear()
+                .envs(process.env)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .expect("start kube-apiserver again");
+            std::fs::write(apiserver_pid_file(), child.id().to_string()).unwrap();
+            // Reaped when it ends (stopped again by a test), so no zombie is left behind.
+            std::thread::spawn(move || child.wait());
+        }
+    }
+    ready.await.expect("the readiness poll")
+}
+
+/// Waits until the API server answers `/readyz` with `ok`; the instant it first did.
+pub(crate) async fn ready(timeout: Duration) -> Instant {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = helm::run("kubectl", &["get", "--raw", "/readyz"]).await;
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API server is not ready {timeout:?} after the start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
