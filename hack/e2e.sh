@@ -21,29 +21,33 @@ echo "KUBECONFIG=$KUBECONFIG"
 
 step "cargo test --features e2e (end-to-end)"
 # The end-to-end tests mostly wait on watches: run more of them at once than there are cores
-# (but not so many that two cores cannot keep every server's heartbeat on time). Module
-# `serial` runs after, one test at a time: its tests stop the control plane or load the whole
-# machine. With filters, it runs only when a filter names it.
+# (but not so many that two cores cannot keep every server's heartbeat on time). The tests of
+# module `serial` are `#[ignore]`d there and run after, one at a time, with `--ignored`: they
+# stop the control plane or load the whole machine. With filters, they run only when a filter
+# names them (`serial::...`); options (`--nocapture`) go to both runs.
 mkdir -p .local
 : >.local/e2e-test.log
 run_tests() {
   cargo test --locked --features e2e --test e2e --no-fail-fast -- "$@" 2>&1 | tee -a .local/e2e-test.log
   return "${PIPESTATUS[0]}"
 }
+options=()
 serial=()
-if [ "$#" -eq 0 ]; then
-  serial=(serial::)
-else
-  for filter in "$@"; do
-    case "$filter" in serial*) serial+=("$filter") ;; esac
-  done
-fi
+filters=0
+for arg in "$@"; do
+  case "$arg" in
+    -*) options+=("$arg") ;;
+    serial*) serial+=("$arg"); filters=$((filters + 1)) ;;
+    *) filters=$((filters + 1)) ;;
+  esac
+done
+[ "$filters" -eq 0 ] && serial=(serial::)
 set +e
-run_tests --test-threads 4 --skip serial:: "$@"
+run_tests --test-threads 4 "$@"
 status=$?
 if [ "${#serial[@]}" -gt 0 ]; then
   step "cargo test --features e2e, module serial (alone, one test at a time)"
-  run_tests --test-threads 1 "${serial[@]}"
+  run_tests --ignored --test-threads 1 "${options[@]}" "${serial[@]}"
   serial_status=$?
   [ "$serial_status" -eq 0 ] || status=$serial_status
 fi

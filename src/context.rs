@@ -190,6 +190,24 @@ impl Context {
         self.metrics.forget_cluster(&ClusterLabels::of(cluster));
     }
 
+    /// Forgets what is kept about every cluster when this replica stops leading: checks and
+    /// credentials, database connections (pools and listeners close), roll slots, back-offs,
+    /// refusals and each cluster's metric series. A standby holds no connection and exports no
+    /// stale figures; the next term derives everything again from the cluster and the database.
+    pub fn stand_down(&self) {
+        if let Some(clusters) = self.caches.clusters() {
+            for (namespace, cluster) in clusters {
+                self.metrics.forget_cluster(&ClusterLabels { namespace, cluster });
+            }
+        }
+        let none = BTreeSet::new();
+        self.preflight.retain(&none);
+        self.preflight.databases.sweep(&BTreeSet::new());
+        self.rolls.retain(&none);
+        self.rejections.retain(&none);
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// At most once per [`SWEEP_PERIOD`]: forgets what is kept about clusters the caches no
     /// longer list (deleted while the watch was down: a relist shows no Delete), closes idle
     /// database connections.

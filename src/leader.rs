@@ -12,10 +12,10 @@
 //!   sent, plus the lease duration, minus a margin ([`Timing`]). A renewal that has not been
 //!   answered by then does not count; past the deadline the replica has lost its term for
 //!   good (it stops acting: its controllers are dropped), whatever the API server answers
-//!   later. It then campaigns again ([`Campaign::again`]) as a standby, with the same holder
-//!   identity: if the Lease still names this process, nobody took it meanwhile (a control
-//!   plane restart, a network cut), and the standby rule below for its own identity takes it
-//!   back at once.
+//!   later. A margin later it campaigns again ([`Campaign::again`]) as a standby, with the
+//!   same holder identity: if the Lease still names this process, nobody took it meanwhile (a
+//!   control plane restart, a network cut), and the standby rule below for its own identity
+//!   takes it back at once.
 //! - **Holder identity.** Each process writes itself as `<identity>_<8 hex digits>`, the
 //!   digits random per process ([`holder_identity`]): two live processes with the same
 //!   identity are two candidates, and a restarted process waits like any standby (or until its
@@ -72,6 +72,9 @@ pub const MIN_LEASE: Duration = Duration::from_secs(LONGEST_WRITE.as_secs() * 3)
 
 /// Default Lease duration: the shortest accepted.
 pub const DEFAULT_LEASE: Duration = MIN_LEASE;
+
+/// How soon a standby whose look at the Lease failed (no answer, an error) looks again.
+const UNANSWERED_RETRY: Duration = Duration::from_secs(1);
 
 /// Prefix of the per-replica field manager of Lease writes.
 const FIELD_MANAGER_PREFIX: &str = "orchestrator-operator-leader";
@@ -187,7 +190,7 @@ enum Term {
         /// When it stops acting.
         deadline: Instant,
     },
-    /// It lost the Lease, for good.
+    /// It lost the Lease: this term never leads again (a new campaign may start another).
     Lost,
 }
 
@@ -418,26 +421,27 @@ impl Campaign {
         &self.elector.holder
     }
 
-    /// Waits until this replica leads and returns the campaign. If `stop` completes first
-    /// (a termination request while still a standby), or the campaign lost before this replica
-    /// could act, it ends the campaign ([`Campaign::release`]) and returns `Ok(None)`, or
-    /// [`NotLeading`].
-    pub async fn until_leading(self, stop: impl Future<Output = ()>) -> Result<Option<Self>, NotLeading> {
-        let leadership = self.leadership.clone();
-        let acquired = tokio::select! {
-            biased;
-            () = stop => None,
-            acquired = leadership.acquired() => Some(acquired),
-        };
-        match acquired {
-            Some(Ok(())) => Ok(Some(self)),
-            None => {
-                self.release().await;
-                Ok(None)
-            }
-            Some(Err(not_leading)) => {
-                self.release().await;
-                Err(not_leading)
+    /// Waits until this replica leads and returns the campaign. A campaign that lost before
+    /// this replica could act (a take answered after its own deadline, as may happen while the
+    /// API server comes back) campaigns [`again`](Campaign::again). If `stop` completes first
+    /// (a termination request while still a standby), it ends the campaign
+    /// ([`Campaign::release`]) and returns `None`.
+    pub async fn until_leading(mut self, stop: impl Future<Output = ()>) -> Option<Self> {
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let leadership = self.leadership.clone();
+            let acquired = tokio::select! {
+                biased;
+                () = &mut stop => None,
+                acquired = leadership.acquired() => Some(acquired),
+            };
+            match acquired {
+                Some(Ok(())) => return Some(self),
+                None => {
+                    self.release().await;
+                    return None;
+                }
+                Some(Err(NotLeading)) => self = self.again().await,
             }
         }
     }
@@ -449,15 +453,14 @@ impl Campaign {
     /// say while the API server restarted) is taken back as soon as the API server answers,
     /// with the version read as precondition. A Lease taken by another replica is waited for
     /// like any standby does. The [`Leadership`] clones given out follow the new campaign.
+    ///
+    /// It first waits the margin, as any other replica would have to: a database write
+    /// checked right before the lapsed deadline may land up to [`LONGEST_WRITE`] later, and
+    /// the new term must not read the database before it has.
     pub async fn again(self) -> Campaign {
-        let Campaign {
-            leadership,
-            elector,
-            task,
-        } = self;
-        task.abort();
         // No renewal of the old term may be counted in the new one.
-        let _ = task.await;
+        let (leadership, elector) = self.stop().await;
+        tokio::time::sleep(elector.timing.margin).await;
         leadership.campaign_again();
         let task = tokio::spawn(elector.clone().run());
         Campaign {
@@ -467,20 +470,26 @@ impl Campaign {
         }
     }
 
-    /// Ends the campaign after a clean stop (every writer of this replica has finished, or it
-    /// never led): it stops campaigning and acting, then, if the Lease names this process, it
-    /// clears the holder so that a standby takes over at once instead of after a lease
-    /// duration. Gives up quietly after one renewal period.
-    pub async fn release(self) {
+    /// Stops campaigning: once it returns, no take or renewal of this campaign is sent or
+    /// counted, and this replica does not act.
+    async fn stop(self) -> (Leadership, Arc<Elector>) {
         let Campaign {
             leadership,
             elector,
             task,
         } = self;
         task.abort();
-        // Wait for the campaign to stop: no take or renewal of it is sent from now on.
         let _ = task.await;
         leadership.lose();
+        (leadership, elector)
+    }
+
+    /// Ends the campaign after a clean stop (every writer of this replica has finished, or it
+    /// never led): it stops campaigning and acting, then, if the Lease names this process, it
+    /// clears the holder so that a standby takes over at once instead of after a lease
+    /// duration. Gives up quietly after one renewal period.
+    pub async fn release(self) {
+        let (_, elector) = self.stop().await;
         let within = elector.timing.retry.max(Duration::from_secs(1));
         match tokio::time::timeout(within, elector.release()).await {
             Ok(Ok(true)) => tracing::info!(lease = %elector.name, "released the leader Lease"),
@@ -580,7 +589,9 @@ impl Elector {
                 Ok(Ok(Attempt::Wait(wait))) => wait,
                 Ok(Err(error)) => {
                     tracing::warn!(%error, lease = %self.name, "leader election: cannot read or take the Lease");
-                    self.timing.retry
+                    // The API server is away or refused: look again soon, so that a Lease this
+                    // process may take back is taken within a second of its return.
+                    UNANSWERED_RETRY.min(self.timing.retry)
                 }
                 Err(_) => self.timing.retry,
             };
@@ -1408,13 +1419,14 @@ mod tests {
         tokio::time::sleep(LEASE).await;
         assert!(!leadership.is_leading());
 
-        // It comes back: the same process campaigns again and takes its Lease back at once.
+        // It comes back: the same process campaigns again and takes its Lease back once the
+        // margin of the lapsed term has passed, without waiting for a lease duration.
         link.thaw();
         let back = Instant::now();
         let campaign = campaign.again().await;
         leadership.acquired().await.unwrap();
         assert!(leadership.is_leading(), "the clones given out follow the new campaign");
-        assert_eq!(Instant::now(), back, "taken back without waiting for a lease duration");
+        assert_eq!(Instant::now(), back + Timing::for_lease(LEASE).margin);
         assert_eq!(campaign.holder_identity(), holder);
         let lease = api.lock().unwrap().lease.clone().unwrap();
         assert_eq!(lease["spec"]["holderIdentity"], json!(holder));
@@ -1550,7 +1562,7 @@ mod tests {
         let b = run_campaign(connect(&api, &link_b), "b");
         let leadership = b.leadership();
         let stopped = b.until_leading(tokio::time::sleep(Duration::from_secs(5))).await;
-        assert!(matches!(stopped, Ok(None)));
+        assert!(stopped.is_none());
         assert!(link_b.received() > 0, "it had campaigned");
         // The campaign is over: it reads nothing more, and never takes the Lease, even once
         // the leader stops renewing.
@@ -1566,7 +1578,7 @@ mod tests {
     async fn until_leading_returns_the_campaign_once_it_leads() {
         let api = Arc::new(Mutex::new(FakeApi::default()));
         let a = run_campaign(connect(&api, &Link::new()), "a");
-        let a = a.until_leading(std::future::pending()).await.unwrap().expect("leading");
+        let a = a.until_leading(std::future::pending()).await.expect("leading");
         assert!(a.leadership().is_leading());
     }
 }

@@ -211,7 +211,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => None,
             // A termination request while still a standby ends the campaign (and clears the
             // Lease if a take of this process landed), like a clean stop of the leader.
-            Some(campaign) => match campaign.until_leading(terminate.clone()).await? {
+            Some(campaign) => match campaign.until_leading(terminate.clone()).await {
                 Some(campaign) => {
                     tracing::info!("leading: starting controllers");
                     Some(campaign)
@@ -230,6 +230,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 tracing::warn!(
                     "stopped leading (the leader Lease was taken over, or not renewed before the local deadline); every reconcile stopped; campaigning again"
                 );
+                // A standby holds no database connection and exports no cluster's figures.
+                ctx.stand_down();
                 campaign = Some(lost.again().await);
             }
             (StopReason::LostLeadership, None) => {

@@ -22,6 +22,10 @@ pub(crate) struct Request {
     pub(crate) resource: String,
     /// Name of the object (empty for a list).
     pub(crate) name: String,
+    /// When the API server received it (`requestReceivedTimestamp`).
+    pub(crate) received: Option<k8s_openapi::jiff::Timestamp>,
+    /// The HTTP status code of the answer.
+    pub(crate) code: i64,
 }
 
 impl std::fmt::Display for Request {
@@ -122,6 +126,8 @@ impl AuditLog {
                     namespace: text(&object["namespace"]),
                     resource,
                     name: text(&object["name"]),
+                    received: event["requestReceivedTimestamp"].as_str().and_then(|t| t.parse().ok()),
+                    code: event["responseStatus"]["code"].as_i64().unwrap_or_default(),
                 }
             })
             .collect()

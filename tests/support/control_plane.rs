@@ -48,11 +48,13 @@ fn apiserver_pid_file() -> PathBuf {
 
 fn read_process(pid: i32) -> Process {
     let proc = PathBuf::from(format!("/proc/{pid}"));
+    // NUL-separated, NUL-terminated: an empty argument stays one.
     let split = |path: &Path| -> Vec<String> {
-        std::fs::read(path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        bytes
+            .strip_suffix(&[0])
+            .unwrap_or(&bytes)
             .split(|b| *b == 0)
-            .filter(|part| !part.is_empty())
             .map(|part| String::from_utf8_lossy(part).into_owned())
             .collect()
     };
@@ -84,22 +86,72 @@ async fn terminate(pid: i32) {
     }
 }
 
-/// A stopped control plane (or API server), to start again.
+/// What was stopped, and how to start it again.
 #[derive(Debug)]
-pub(crate) enum Stopped {
+enum What {
     /// `kwokctl stop cluster` stopped it.
     ControlPlane,
     /// The kube-apiserver process was stopped; how to start it again.
     ApiServer(Process),
 }
 
-async fn kwokctl(verb: &str) {
-    let kwokctl = helm::tools().await.join("kwokctl");
-    let output = tokio::process::Command::new(kwokctl)
+impl What {
+    /// Starts it again (blocking: also run from a drop).
+    fn start(self) {
+        match self {
+            What::ControlPlane => kwokctl("start"),
+            What::ApiServer(process) => {
+                let log = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(cluster_dir().join("logs/kube-apiserver.log"))
+                    .unwrap();
+                // Its own process group, not a child the test's runtime kills: it outlives the
+                // test as kwokctl's did, and `kwokctl delete cluster` stops it through the pid
+                // file.
+                let mut child = std::process::Command::new(&process.args[0])
+                    .args(&process.args[1..])
+                    .current_dir(&process.cwd)
+                    .env_clear()
+                    .envs(process.env)
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .process_group(0)
+                    .spawn()
+                    .expect("start kube-apiserver again");
+                std::fs::write(apiserver_pid_file(), child.id().to_string()).unwrap();
+                // Reaped when it ends (stopped again by a test), so no zombie is left behind.
+                std::thread::spawn(move || child.wait());
+            }
+        }
+    }
+}
+
+/// A stopped control plane (or API server). [`start`] starts it again; so does dropping it (a
+/// test that failed meanwhile), so that the tests after it find a cluster.
+#[derive(Debug)]
+pub(crate) struct Stopped(Option<What>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(what) = self.0.take() {
+            what.start();
+        }
+    }
+}
+
+/// Runs `kwokctl <verb> cluster` on the local cluster (blocking), with the binary of the local
+/// cluster's tools (`hack/build-tools.sh` prints their folder last).
+fn kwokctl(verb: &str) {
+    let tools = std::process::Command::new("bash")
+        .arg(root().join("hack/build-tools.sh"))
+        .output()
+        .expect("run hack/build-tools.sh");
+    let folder = String::from_utf8_lossy(&tools.stdout);
+    let kwokctl = PathBuf::from(folder.lines().last().unwrap_or_default().trim()).join("kwokctl");
+    let output = std::process::Command::new(kwokctl)
         .args([verb, "cluster", "--name", &cluster_name()])
         .env("KWOK_WORKDIR", root().join(".local/kwok"))
         .output()
-        .await
         .unwrap();
     assert!(
         output.status.success(),
@@ -112,8 +164,8 @@ async fn kwokctl(verb: &str) {
 pub(crate) async fn stop(outage: Outage) -> Stopped {
     match outage {
         Outage::ControlPlane => {
-            kwokctl("stop").await;
-            Stopped::ControlPlane
+            tokio::task::spawn_blocking(|| kwokctl("stop")).await.unwrap();
+            Stopped(Some(What::ControlPlane))
         }
         Outage::ApiServer => {
             let pid: i32 = std::fs::read_to_string(apiserver_pid_file())
@@ -123,41 +175,42 @@ pub(crate) async fn stop(outage: Outage) -> Stopped {
                 .unwrap();
             let process = read_process(pid);
             terminate(pid).await;
-            Stopped::ApiServer(process)
+            Stopped(Some(What::ApiServer(process)))
         }
     }
 }
 
 /// Starts again what `stopped` stopped, then waits (up to two minutes) until the API server
-/// says it is ready; returns when it first did (polled every 200 ms from before the start, so
-/// the instant does not depend on how long `kwokctl start` takes to return).
-pub(crate) async fn start(stopped: Stopped) -> Instant {
-    let ready = tokio::spawn(ready(Duration::from_secs(120)));
-    match stopped {
-        Stopped::ControlPlane => kwokctl("start").await,
-        Stopped::ApiServer(process) => {
-            let log = std::fs::OpenOptions::new()
-                .append(true)
-                .open(cluster_dir().join("logs/kube-apiserver.log"))
-                .unwrap();
-            // Its own process group, not a child the test's runtime kills: it outlives the test
-            // as kwokctl's did, and `kwokctl delete cluster` stops it through the pid file.
-            let mut child = std::process::Command::new(&process.args[0])
-                .args(&process.args[1..])
-                .current_dir(&process.cwd)
-                .env_clear()
-                .envs(process.env)
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .process_group(0)
-                .spawn()
-                .expect("start kube-apiserver again");
-            std::fs::write(apiserver_pid_file(), child.id().to_string()).unwrap();
-            // Reaped when it ends (stopped again by a test), so no zombie is left behind.
-            std::thread::spawn(move || child.wait());
-        }
+/// says it is ready. Returns when the API server first answered a request (`/version`, polled
+/// every 100 ms from before the start, so the instant depends neither on how long
+/// `kwokctl start` takes to return nor on `/readyz`, which clients do not wait for).
+pub(crate) async fn start(mut stopped: Stopped) -> Instant {
+    let answered = tokio::spawn(answered(Duration::from_secs(120)));
+    if let Some(what) = stopped.0.take() {
+        tokio::task::spawn_blocking(move || what.start()).await.unwrap();
     }
-    ready.await.expect("the readiness poll")
+    let answered = answered.await.expect("the answer poll");
+    ready(Duration::from_secs(120)).await;
+    answered
+}
+
+/// Waits until the API server answers `/version`; the instant it first did.
+async fn answered(timeout: Duration) -> Instant {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if helm::run("kubectl", &["get", "--raw", "/version"])
+            .await
+            .status
+            .success()
+        {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API server did not answer within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until the API server answers `/readyz` with `ok`; the instant it first did.

@@ -129,14 +129,15 @@ async fn stop_all(agent: &pod::Agent) {
     }
 }
 
-/// The pod watch's back-off: from 0.5 s, doubling to at most 5 s, with jitter, reset after a
-/// minute without error. kube-runtime's default grows to 30 s, so after an API server restart
-/// the agent learnt of a deleted or new pod up to a minute late while the rest of the cluster
-/// waited on it; a kubelet's pod updates are not that late.
+/// The pod watch's back-off: from 0.5 s, doubling to at most 3 s, plus a random jitter of up
+/// to as much again (backon's), reset after a minute without error. kube-runtime's default
+/// grows to 30 s, so after an API server restart the agent learnt of a deleted or new pod up to
+/// a minute late while the rest of the cluster waited on it; a kubelet's pod updates are not
+/// that late.
 fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
     let policy = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(5))
+        .with_max_delay(Duration::from_secs(3))
         .with_factor(2.0)
         .with_jitter()
         .without_max_times();
