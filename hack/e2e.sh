@@ -22,35 +22,26 @@ echo "KUBECONFIG=$KUBECONFIG"
 step "cargo test --features e2e (end-to-end)"
 # The end-to-end tests mostly wait on watches: run more of them at once than there are cores
 # (but not so many that two cores cannot keep every server's heartbeat on time). The tests of
-# module `serial` are `#[ignore]`d there and run after, one at a time, with `--ignored`: they
-# stop the control plane or load the whole machine. With filters, they run only when a filter
-# names them (`serial::...`); options (`--nocapture`) go to both runs.
+# module `serial` are the only `#[ignore]`d ones: they stop the control plane or load the whole
+# machine, so they run after the others, one at a time, with `--ignored` and the same
+# arguments (filters select among them; do not pass `--test-threads`).
 mkdir -p .local
 : >.local/e2e-test.log
 run_tests() {
   cargo test --locked --features e2e --test e2e --no-fail-fast -- "$@" 2>&1 | tee -a .local/e2e-test.log
   return "${PIPESTATUS[0]}"
 }
-options=()
-serial=()
-filters=0
-for arg in "$@"; do
-  case "$arg" in
-    -*) options+=("$arg") ;;
-    serial*) serial+=("$arg"); filters=$((filters + 1)) ;;
-    *) filters=$((filters + 1)) ;;
-  esac
-done
-[ "$filters" -eq 0 ] && serial=(serial::)
 set +e
 run_tests --test-threads 4 "$@"
 status=$?
-if [ "${#serial[@]}" -gt 0 ]; then
-  step "cargo test --features e2e, module serial (alone, one test at a time)"
-  run_tests --ignored --test-threads 1 "${options[@]}" "${serial[@]}"
-  serial_status=$?
-  [ "$serial_status" -eq 0 ] || status=$serial_status
+step "cargo test --features e2e, module serial (alone, one test at a time)"
+if [ "$#" -eq 0 ]; then
+  run_tests --ignored --test-threads 1 serial::
+else
+  run_tests --ignored --test-threads 1 "$@"
 fi
+serial_status=$?
+[ "$serial_status" -eq 0 ] || status=$serial_status
 set -e
 step "cargo test summaries (e2e)"
 grep -E "^test result:|Running " .local/e2e-test.log || true

@@ -195,11 +195,7 @@ impl Context {
     /// refusals and each cluster's metric series. A standby holds no connection and exports no
     /// stale figures; the next term derives everything again from the cluster and the database.
     pub fn stand_down(&self) {
-        if let Some(clusters) = self.caches.clusters() {
-            for (namespace, cluster) in clusters {
-                self.metrics.forget_cluster(&ClusterLabels { namespace, cluster });
-            }
-        }
+        self.metrics.forget_clusters();
         let none = BTreeSet::new();
         self.preflight.retain(&none);
         self.preflight.databases.sweep(&BTreeSet::new());

@@ -1575,6 +1575,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_take_answered_too_late_campaigns_again_until_it_leads() {
+        let api = Arc::new(Mutex::new(FakeApi::default()));
+        // Writes answered after the deadline they would start (the API server coming back).
+        let link = Link::slow_writes(Duration::from_secs(11));
+        let campaign = run_campaign(connect(&api, &link), "a");
+        let leadership = campaign.leadership();
+        let waiting = tokio::spawn(campaign.until_leading(std::future::pending()));
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        assert!(!leadership.is_leading(), "no term from a late answer");
+        assert!(!waiting.is_finished(), "still campaigning, not given up");
+        link.delay_ms.store(0, Ordering::SeqCst);
+        let campaign = tokio::time::timeout(Duration::from_secs(60), waiting)
+            .await
+            .expect("leads once answers are quick")
+            .unwrap()
+            .expect("leading");
+        assert!(campaign.leadership().is_leading());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn until_leading_returns_the_campaign_once_it_leads() {
         let api = Arc::new(Mutex::new(FakeApi::default()));
         let a = run_campaign(connect(&api, &Link::new()), "a");

@@ -230,9 +230,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 tracing::warn!(
                     "stopped leading (the leader Lease was taken over, or not renewed before the local deadline); every reconcile stopped; campaigning again"
                 );
-                // A standby holds no database connection and exports no cluster's figures.
+                // A standby holds no database connection and exports no cluster's figures;
+                // again once the campaign's margin has passed, for what an aborted reconcile
+                // still running on another thread did meanwhile.
                 ctx.stand_down();
                 campaign = Some(lost.again().await);
+                ctx.stand_down();
             }
             (StopReason::LostLeadership, None) => {
                 // Without leader election the leadership is never lost.

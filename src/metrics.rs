@@ -300,9 +300,9 @@ impl Metrics {
         }
     }
 
-    /// Drops every series of a deleted cluster, so that its gauges do not stay behind.
-    pub(crate) fn forget_cluster(&self, labels: &ClusterLabels) {
-        for family in [
+    /// The per-cluster gauges of whole servers and flags.
+    fn cluster_gauges(&self) -> [&Family<ClusterLabels, Gauge>; 7] {
+        [
             &self.servers_desired,
             &self.servers_joined,
             &self.servers_draining,
@@ -310,7 +310,26 @@ impl Metrics {
             &self.database_reachable,
             &self.maintenance_held,
             &self.running_jobs,
-        ] {
+        ]
+    }
+
+    /// Forgets every cluster's series and the database gauges (a replica that stopped leading
+    /// exports no figure of a cluster it no longer watches).
+    pub(crate) fn forget_clusters(&self) {
+        for family in self.cluster_gauges() {
+            family.clear();
+        }
+        self.oldest_heartbeat.clear();
+        self.maintenance_steps.clear();
+        self.maintenance_step_duration.clear();
+        self.last_recorded.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.database_listeners.set(0);
+        self.database_connections.set(0);
+    }
+
+    /// Drops every series of a deleted cluster, so that its gauges do not stay behind.
+    pub(crate) fn forget_cluster(&self, labels: &ClusterLabels) {
+        for family in self.cluster_gauges() {
             family.remove(labels);
         }
         self.oldest_heartbeat.remove(labels);

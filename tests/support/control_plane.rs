@@ -96,15 +96,15 @@ enum What {
 }
 
 impl What {
-    /// Starts it again (blocking: also run from a drop).
-    fn start(self) {
+    /// Starts it again (blocking: also run from a drop, so it reports instead of panicking).
+    fn start(self) -> Result<(), String> {
         match self {
             What::ControlPlane => kwokctl("start"),
             What::ApiServer(process) => {
                 let log = std::fs::OpenOptions::new()
                     .append(true)
                     .open(cluster_dir().join("logs/kube-apiserver.log"))
-                    .unwrap();
+                    .map_err(|e| format!("open the kube-apiserver log: {e}"))?;
                 // Its own process group, not a child the test's runtime kills: it outlives the
                 // test as kwokctl's did, and `kwokctl delete cluster` stops it through the pid
                 // file.
@@ -113,14 +113,15 @@ impl What {
                     .current_dir(&process.cwd)
                     .env_clear()
                     .envs(process.env)
-                    .stdout(log.try_clone().unwrap())
+                    .stdout(log.try_clone().map_err(|e| e.to_string())?)
                     .stderr(log)
                     .process_group(0)
                     .spawn()
-                    .expect("start kube-apiserver again");
-                std::fs::write(apiserver_pid_file(), child.id().to_string()).unwrap();
+                    .map_err(|e| format!("start kube-apiserver again: {e}"))?;
+                std::fs::write(apiserver_pid_file(), child.id().to_string()).map_err(|e| e.to_string())?;
                 // Reaped when it ends (stopped again by a test), so no zombie is left behind.
                 std::thread::spawn(move || child.wait());
+                Ok(())
             }
         }
     }
@@ -133,15 +134,17 @@ pub(crate) struct Stopped(Option<What>);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        if let Some(what) = self.0.take() {
-            what.start();
+        if let Some(what) = self.0.take()
+            && let Err(error) = what.start()
+        {
+            eprintln!("could not start the control plane again after a failed test: {error}");
         }
     }
 }
 
 /// Runs `kwokctl <verb> cluster` on the local cluster (blocking), with the binary of the local
 /// cluster's tools (`hack/build-tools.sh` prints their folder last).
-fn kwokctl(verb: &str) {
+fn kwokctl(verb: &str) -> Result<(), String> {
     let tools = std::process::Command::new("bash")
         .arg(root().join("hack/build-tools.sh"))
         .output()
@@ -152,19 +155,22 @@ fn kwokctl(verb: &str) {
         .args([verb, "cluster", "--name", &cluster_name()])
         .env("KWOK_WORKDIR", root().join(".local/kwok"))
         .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "kwokctl {verb} cluster: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .map_err(|e| format!("kwokctl {verb} cluster: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "kwokctl {verb} cluster: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
 }
 
 /// Stops what `outage` names; returns once it no longer answers.
 pub(crate) async fn stop(outage: Outage) -> Stopped {
     match outage {
         Outage::ControlPlane => {
-            tokio::task::spawn_blocking(|| kwokctl("stop")).await.unwrap();
+            tokio::task::spawn_blocking(|| kwokctl("stop")).await.unwrap().unwrap();
             Stopped(Some(What::ControlPlane))
         }
         Outage::ApiServer => {
@@ -187,23 +193,28 @@ pub(crate) async fn stop(outage: Outage) -> Stopped {
 pub(crate) async fn start(mut stopped: Stopped) -> Instant {
     let answered = tokio::spawn(answered(Duration::from_secs(120)));
     if let Some(what) = stopped.0.take() {
-        tokio::task::spawn_blocking(move || what.start()).await.unwrap();
+        tokio::task::spawn_blocking(move || what.start())
+            .await
+            .unwrap()
+            .unwrap();
     }
     let answered = answered.await.expect("the answer poll");
     ready(Duration::from_secs(120)).await;
     answered
 }
 
-/// Waits until the API server answers `/version`; the instant it first did.
+/// Waits until the API server answers `/version`; when the request that it first answered was
+/// sent.
 async fn answered(timeout: Duration) -> Instant {
     let deadline = Instant::now() + timeout;
     loop {
+        let asked = Instant::now();
         if helm::run("kubectl", &["get", "--raw", "/version"])
             .await
             .status
             .success()
         {
-            return Instant::now();
+            return asked;
         }
         assert!(
             Instant::now() < deadline,
