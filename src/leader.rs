@@ -1192,6 +1192,15 @@ mod tests {
         }
     }
 
+    /// Campaign `a`, leading, and campaign `b`, a standby, each over a link of its own.
+    async fn leader_and_standby(api: &Arc<Mutex<FakeApi>>) -> ((Arc<Link>, Campaign), (Arc<Link>, Campaign)) {
+        let (link_a, link_b) = (Link::new(), Link::new());
+        let a = run_campaign(connect(api, &link_a), "a");
+        a.leadership().acquired().await.unwrap();
+        let b = run_campaign(connect(api, &link_b), "b");
+        ((link_a, a), (link_b, b))
+    }
+
     /// Sets `flag` when dropped.
     struct DropFlag(Arc<AtomicBool>);
 
@@ -1360,12 +1369,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_standby_takes_over_only_after_the_leader_stopped() {
         let api = Arc::new(Mutex::new(FakeApi::default()));
-        let (link_a, link_b) = (Link::new(), Link::new());
-        let campaign_a = run_campaign(connect(&api, &link_a), "a");
-        let a = campaign_a.leadership();
-        a.acquired().await.unwrap();
-        let campaign_b = run_campaign(connect(&api, &link_b), "b");
-        let b = campaign_b.leadership();
+        let ((link_a, campaign_a), (_, campaign_b)) = leader_and_standby(&api).await;
+        let (a, b) = (campaign_a.leadership(), campaign_b.leadership());
 
         // The holder renews: the standby waits, however long.
         tokio::time::sleep(Duration::from_millis(31_500)).await;
@@ -1439,12 +1444,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lapsed_term_does_not_take_back_a_lease_another_took() {
         let api = Arc::new(Mutex::new(FakeApi::default()));
-        let (link_a, link_b) = (Link::new(), Link::new());
-        let campaign_a = run_campaign(connect(&api, &link_a), "a");
-        let a = campaign_a.leadership();
-        a.acquired().await.unwrap();
-        let campaign_b = run_campaign(connect(&api, &link_b), "b");
-        let b = campaign_b.leadership();
+        let ((link_a, campaign_a), (_, campaign_b)) = leader_and_standby(&api).await;
+        let (a, b) = (campaign_a.leadership(), campaign_b.leadership());
         link_a.freeze();
         b.acquired().await.unwrap();
         assert!(!a.is_leading());
