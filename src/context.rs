@@ -196,12 +196,7 @@ impl Context {
     /// stale figures; the next term derives everything again from the cluster and the database.
     pub fn stand_down(&self) {
         self.metrics.forget_clusters();
-        let none = BTreeSet::new();
-        self.preflight.retain(&none);
-        self.preflight.databases.sweep(&BTreeSet::new());
-        self.rolls.retain(&none);
-        self.rejections.retain(&none);
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.keep_only(&BTreeSet::new());
     }
 
     /// At most once per [`SWEEP_PERIOD`]: forgets what is kept about clusters the caches no
@@ -215,12 +210,18 @@ impl Context {
             }
             *swept = Some(Instant::now());
         }
-        let Some(live) = self.caches.clusters() else {
-            return;
-        };
+        if let Some(live) = self.caches.clusters() {
+            self.keep_only(&live);
+        }
+    }
+
+    /// Forgets the checks, credentials, database sessions, roll slots, back-offs and refusals
+    /// of every cluster but the `live` ones (namespace, name), and closes idle database
+    /// connections.
+    fn keep_only(&self, live: &BTreeSet<(String, String)>) {
         let keys: BTreeSet<String> = live.iter().map(|(ns, name)| format!("{ns}/{name}")).collect();
         self.preflight.retain(&keys);
-        self.preflight.databases.sweep(&live);
+        self.preflight.databases.sweep(live);
         self.rolls.retain(&keys);
         self.rejections.retain(&keys);
         self.failures
