@@ -68,13 +68,13 @@ const IMAGE_RULE: &str = r"!has(self.image) || self.image.matches('^((?:[a-zA-Z0
         label_selector_path = ".status.selector"
     ),
     printcolumn(
-        name = "Replicas",
+        name = "Desired",
         type_ = "integer",
-        json_path = ".spec.replicas",
-        description = "Servers wanted"
+        json_path = ".status.desiredReplicas",
+        description = "Servers the cluster is sized for: spec.replicas, or the autoscaler's count"
     ),
     printcolumn(
-        name = "Ready",
+        name = "Joined",
         type_ = "integer",
         json_path = ".status.readyReplicas",
         description = "Servers joined: pod ready and active in the database"
@@ -287,6 +287,7 @@ impl SslMode {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.addAtOnce <= self.maxReplicas").message("capacity.addAtOnce must not exceed capacity.maxReplicas: no step can add more servers than the ceiling"))]
+#[x_kube(validation = Rule::new("!has(self.autoscale) || self.autoscale.maxReplicas <= self.maxReplicas").message("capacity.autoscale.maxReplicas must not exceed capacity.maxReplicas, the owner's ceiling"))]
 pub struct CapacitySpec {
     /// The owner's permission ceiling: the operator never runs more servers than this.
     #[serde(default = "default_max_replicas")]
@@ -298,6 +299,14 @@ pub struct CapacitySpec {
     #[serde(default = "default_add_at_once")]
     #[schemars(range(min = 1, max = 100))]
     pub add_at_once: i32,
+
+    /// Queue-depth autoscaling: when set, the operator sizes the cluster from the jobs waiting
+    /// in and running on the shared database, and `spec.replicas` is ignored (the count it
+    /// runs is `status.desiredReplicas`). Adding keeps every rule above; removing drains
+    /// through the database first, one server at a time, never during a roll step, a schema
+    /// change or another drain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleSpec>,
 }
 
 impl Default for CapacitySpec {
@@ -305,8 +314,133 @@ impl Default for CapacitySpec {
         Self {
             max_replicas: default_max_replicas(),
             add_at_once: default_add_at_once(),
+            autoscale: None,
         }
     }
+}
+
+/// Queue-depth autoscaling: servers follow the work in the shared database.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("capacity.autoscale.minReplicas must not exceed capacity.autoscale.maxReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.schedules) || self.schedules.all(s, s.minReplicas <= self.maxReplicas)").message("a capacity.autoscale schedule's minReplicas must not exceed capacity.autoscale.maxReplicas"))]
+pub struct AutoscaleSpec {
+    /// Fewest servers, however idle the queue.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+
+    /// Most servers, however long the queue; at most `capacity.maxReplicas`.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+
+    /// The target: jobs (claimable plus running) one server should carry. The cluster wants
+    /// `ceil(jobs / jobsPerServer)` servers, less the servers of other clusters that take work
+    /// from the same database. Default: the servers' `WORKERS` from `template.env`, else 4
+    /// (the reference server's), which keeps every worker busy with no backlog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub jobs_per_server: Option<i32>,
+
+    /// How fast servers are added.
+    #[serde(default)]
+    pub scale_up: ScaleUpPolicy,
+
+    /// How fast servers are removed.
+    #[serde(default)]
+    pub scale_down: ScaleDownPolicy,
+
+    /// Times (UTC, same form as maintenance windows) when more servers are kept, for known
+    /// busy hours: while one is open, its `minReplicas` is the floor.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub schedules: Vec<AutoscaleSchedule>,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+/// How fast the autoscaler adds servers. Each step adds at most `capacity.addAtOnce` and
+/// waits until the servers added before have joined.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.stabilizationWindow) <= duration('1h')").message("capacity.autoscale.scaleUp.stabilizationWindow must be at most 1h"))]
+pub struct ScaleUpPolicy {
+    /// How long the signal must ask for more servers before they are added; the lowest count
+    /// it asked for in that time is used (Go duration; `0s` adds at once).
+    #[serde(default = "default_scale_up_window")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub stabilization_window: String,
+}
+
+impl Default for ScaleUpPolicy {
+    fn default() -> Self {
+        Self {
+            stabilization_window: default_scale_up_window(),
+        }
+    }
+}
+
+fn default_scale_up_window() -> String {
+    "0s".into()
+}
+
+/// How fast the autoscaler removes servers: each removal drains through the database first.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.stabilizationWindow) <= duration('24h')").message("capacity.autoscale.scaleDown.stabilizationWindow must be at most 24h"))]
+pub struct ScaleDownPolicy {
+    /// How long the signal must ask for fewer servers before one is removed; the highest
+    /// count it asked for in that time is used (Go duration).
+    #[serde(default = "default_scale_down_window")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub stabilization_window: String,
+
+    /// Servers drained at once per step; the next step waits until they are gone.
+    #[serde(default = "default_scale_down_step")]
+    #[schemars(range(min = 1, max = 100))]
+    pub step: i32,
+}
+
+impl Default for ScaleDownPolicy {
+    fn default() -> Self {
+        Self {
+            stabilization_window: default_scale_down_window(),
+            step: default_scale_down_step(),
+        }
+    }
+}
+
+fn default_scale_down_window() -> String {
+    "5m".into()
+}
+
+fn default_scale_down_step() -> i32 {
+    1
+}
+
+/// A recurring time (UTC) during which the autoscaler keeps at least `minReplicas` servers.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.duration) >= duration('1m') && duration(self.duration) <= duration('168h')").message("an autoscale schedule's duration must be between 1m and 168h"))]
+pub struct AutoscaleSchedule {
+    /// Days of the week it starts on. Empty means every day.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 7))]
+    pub days: Vec<Weekday>,
+
+    /// Start time of day in UTC, `HH:MM`.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub start: String,
+
+    /// How long it lasts (Go duration, e.g. `8h`).
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub duration: String,
+
+    /// The floor while it lasts.
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
 }
 
 fn default_add_at_once() -> i32 {
@@ -580,6 +714,16 @@ pub struct OrchestratorClusterStatus {
     #[serde(default)]
     pub ready_replicas: i32,
 
+    /// Servers the cluster is sized for: `spec.replicas`, or the autoscaler's count when
+    /// `capacity.autoscale` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+
+    /// Queue-depth autoscaling, when `capacity.autoscale` is set: the signal, the count wanted
+    /// and what limits it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleStatus>,
+
     /// Label selector of the server pods, for the scale subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
@@ -672,6 +816,85 @@ pub struct ServerStatus {
     /// The server has joined: pod ready and row active with a fresh heartbeat.
     #[serde(default)]
     pub joined: bool,
+}
+
+/// What the autoscaler saw and decided. Written when the recommendation, the count or a
+/// limit changes (the live figures are the `orchestrator_operator_claimable_jobs` and
+/// `orchestrator_operator_busy_ratio` metrics), so the status does not change with every job.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleStatus {
+    /// Servers the autoscaler wants now; servers are added (or drained) towards it.
+    pub desired_replicas: i32,
+    /// Servers the signal asks for, within the floor and `maxReplicas` (absent while the
+    /// database cannot be read: the autoscaler then keeps its count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommended_replicas: Option<i32>,
+    /// The floor in force: `minReplicas`, or the `minReplicas` of an open schedule.
+    pub floor: i32,
+    /// The figures the recommendation was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<AutoscaleSignal>,
+    /// What keeps the cluster from the recommendation, if anything: `AtMaxReplicas`,
+    /// `Stabilizing`, `DisruptionInProgress`, `SignalUnknown`, or the reason a scale-up is
+    /// blocked (`CapacityBlocked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limited_by: Option<String>,
+    /// What the limit is, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Since when the recommendation has been above the desired count (scale-up
+    /// stabilization), and the lowest it has been since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above_since: Option<Time>,
+    /// The lowest recommendation since `aboveSince`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above_lowest: Option<i32>,
+    /// Since when the recommendation has been below the desired count (scale-down
+    /// stabilization).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below_since: Option<Time>,
+    /// The highest recommendation since `belowSince`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below_highest: Option<i32>,
+    /// The last change of the desired count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<AutoscaleDecision>,
+}
+
+/// The autoscaler's signal, read from the shared database.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleSignal {
+    /// Jobs a server could claim: queued, or running under an expired lease.
+    pub claimable_jobs: i64,
+    /// Jobs running under a live lease.
+    pub running_jobs: i64,
+    /// Servers of other clusters (or outside Kubernetes) taking work from the same database;
+    /// their share of the work is not this cluster's.
+    #[serde(default)]
+    pub other_servers: i64,
+    /// The target in force: jobs one server should carry.
+    pub jobs_per_server: i32,
+    /// When the figures were read.
+    pub observed_at: Time,
+}
+
+/// A change of the autoscaler's desired count.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleDecision {
+    /// When it was decided.
+    pub time: Time,
+    /// The desired count before.
+    pub from: i32,
+    /// The desired count after.
+    pub to: i32,
+    /// Why: `AutoscaledUp`, `AutoscaledDown` (the signal), `ScheduleFloor` (a schedule
+    /// opened or closed), `AutoscaleBounds` (min or max changed).
+    pub reason: String,
+    /// The figures and arithmetic behind it, for a person.
+    pub message: String,
 }
 
 /// The maintenance step in progress.

@@ -73,6 +73,11 @@ pub struct ClusterFigures {
     pub running_jobs: i64,
     /// Age of the oldest heartbeat of a server that is not stopped, by the database clock.
     pub oldest_heartbeat_seconds: f64,
+    /// Jobs a server could claim in the cluster's database (`None`: it could not be read).
+    pub claimable_jobs: Option<i64>,
+    /// Running jobs over the joined servers' worker slots (`None`: nothing to divide by, or
+    /// the database could not be read).
+    pub busy_ratio: Option<f64>,
 }
 
 /// Label set of the maintenance stage histogram.
@@ -114,6 +119,10 @@ pub struct Metrics {
     pub running_jobs: Family<ClusterLabels, Gauge>,
     /// Age of the oldest heartbeat of each cluster's servers (not stopped), in seconds.
     pub oldest_heartbeat: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
+    /// Jobs a server could claim in each cluster's database: the autoscaler's queue depth.
+    pub claimable_jobs: Family<ClusterLabels, Gauge>,
+    /// Running jobs over the worker slots of each cluster's joined servers.
+    pub busy_ratio: Family<ClusterLabels, Gauge<f64, AtomicU64>>,
     /// Seconds a database preflight (with its membership read) takes.
     pub preflight_duration: Histogram,
     /// Connections listening for the servers' notifications (one per database).
@@ -146,6 +155,8 @@ impl Default for Metrics {
         let maintenance_held = Family::<ClusterLabels, Gauge>::default();
         let running_jobs = Family::<ClusterLabels, Gauge>::default();
         let oldest_heartbeat = Family::<ClusterLabels, Gauge<f64, AtomicU64>>::default();
+        let claimable_jobs = Family::<ClusterLabels, Gauge>::default();
+        let busy_ratio = Family::<ClusterLabels, Gauge<f64, AtomicU64>>::default();
         let maintenance_step_duration =
             Family::<ClusterLabels, Histogram>::new_with_constructor(stage_histogram as fn() -> Histogram);
         let mut registry = Registry::with_prefix("orchestrator_operator");
@@ -211,6 +222,16 @@ impl Default for Metrics {
             "Age of the oldest heartbeat of a server that is not stopped, per cluster (database clock)",
             oldest_heartbeat.clone(),
         );
+        registry.register(
+            "claimable_jobs",
+            "Jobs a server could claim (queued, or under an expired lease) in the cluster's database",
+            claimable_jobs.clone(),
+        );
+        registry.register(
+            "busy_ratio",
+            "Running jobs over the worker slots (WORKERS) of the cluster's joined servers",
+            busy_ratio.clone(),
+        );
         registry.register("reconciles", "Reconciles started", reconciles.clone());
         registry.register("reconcile_errors", "Reconcile failures by reason", failures.clone());
         registry.register("reconcile_duration_seconds", "Reconcile duration", duration.clone());
@@ -234,6 +255,8 @@ impl Default for Metrics {
             maintenance_held,
             running_jobs,
             oldest_heartbeat,
+            claimable_jobs,
+            busy_ratio,
             registry,
             last_recorded: Mutex::default(),
         }
@@ -276,6 +299,23 @@ impl Metrics {
         self.oldest_heartbeat
             .get_or_create(labels)
             .set(figures.oldest_heartbeat_seconds);
+        // Unknown is not zero: a figure that could not be read has no series.
+        match figures.claimable_jobs {
+            Some(jobs) => {
+                self.claimable_jobs.get_or_create(labels).set(jobs);
+            }
+            None => {
+                self.claimable_jobs.remove(labels);
+            }
+        }
+        match figures.busy_ratio {
+            Some(ratio) => {
+                self.busy_ratio.get_or_create(labels).set(ratio);
+            }
+            None => {
+                self.busy_ratio.remove(labels);
+            }
+        }
     }
 
     /// Records the end of a maintenance stage and, when a server was replaced, its step; each
@@ -301,7 +341,7 @@ impl Metrics {
     }
 
     /// The per-cluster gauges of whole servers and flags.
-    fn cluster_gauges(&self) -> [&Family<ClusterLabels, Gauge>; 7] {
+    fn cluster_gauges(&self) -> [&Family<ClusterLabels, Gauge>; 8] {
         [
             &self.servers_desired,
             &self.servers_joined,
@@ -310,7 +350,13 @@ impl Metrics {
             &self.database_reachable,
             &self.maintenance_held,
             &self.running_jobs,
+            &self.claimable_jobs,
         ]
+    }
+
+    /// The per-cluster gauges of fractional figures.
+    fn cluster_f64_gauges(&self) -> [&Family<ClusterLabels, Gauge<f64, AtomicU64>>; 2] {
+        [&self.oldest_heartbeat, &self.busy_ratio]
     }
 
     /// Forgets every cluster's series and the database gauges (a replica that stopped leading
@@ -319,7 +365,9 @@ impl Metrics {
         for family in self.cluster_gauges() {
             family.clear();
         }
-        self.oldest_heartbeat.clear();
+        for family in self.cluster_f64_gauges() {
+            family.clear();
+        }
         self.maintenance_steps.clear();
         self.maintenance_step_duration.clear();
         self.last_recorded.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -332,7 +380,9 @@ impl Metrics {
         for family in self.cluster_gauges() {
             family.remove(labels);
         }
-        self.oldest_heartbeat.remove(labels);
+        for family in self.cluster_f64_gauges() {
+            family.remove(labels);
+        }
         self.maintenance_steps.remove(labels);
         self.maintenance_step_duration.remove(labels);
         self.last_recorded

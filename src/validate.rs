@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use crate::crd::{OrchestratorCluster, SpecError};
+use orchestrator_contract::env;
+
+use crate::crd::{MaintenanceWindow, OrchestratorCluster, SpecError, parse_duration};
+use crate::planners::autoscale::Policy;
 use crate::planners::drain::DrainPolicy;
 use crate::planners::windows::Calendar;
 use crate::release::Release;
@@ -38,6 +41,56 @@ pub(crate) struct ValidSpec<'a> {
     pub(crate) calendar: Calendar,
     /// The release the spec asks for: `version` and the image that runs it.
     pub(crate) wanted: Release,
+    /// Jobs one server runs at once: `WORKERS` from `template.env` (a literal value), else
+    /// the reference server's default.
+    pub(crate) workers: i32,
+    /// `capacity.autoscale`, when set.
+    pub(crate) autoscale: Option<Policy>,
+}
+
+/// `WORKERS` as the servers see it: a literal value in `template.env`, else the default.
+fn workers(cr: &OrchestratorCluster) -> i32 {
+    cr.spec
+        .template
+        .env
+        .iter()
+        .find(|e| e.name == env::WORKERS)
+        .and_then(|e| e.value.as_deref())
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .filter(|w| *w >= 1)
+        .unwrap_or(i32::from(env::DEFAULT_WORKERS))
+}
+
+/// `capacity.autoscale` parsed; the target defaults to the servers' `WORKERS`.
+fn autoscale(cr: &OrchestratorCluster) -> Result<Option<Policy>, SpecError> {
+    let Some(spec) = &cr.spec.capacity.autoscale else {
+        return Ok(None);
+    };
+    let windows: Vec<MaintenanceWindow> = spec
+        .schedules
+        .iter()
+        .map(|s| MaintenanceWindow {
+            days: s.days.clone(),
+            start: s.start.clone(),
+            duration: s.duration.clone(),
+        })
+        .collect();
+    Ok(Some(Policy {
+        min: spec.min_replicas,
+        max: spec.max_replicas,
+        jobs_per_server: spec.jobs_per_server.unwrap_or_else(|| workers(cr)),
+        up_window: parse_duration(
+            "spec.capacity.autoscale.scaleUp.stabilizationWindow",
+            &spec.scale_up.stabilization_window,
+        )?,
+        down_window: parse_duration(
+            "spec.capacity.autoscale.scaleDown.stabilizationWindow",
+            &spec.scale_down.stabilization_window,
+        )?,
+        down_step: spec.scale_down.step,
+        schedules: Calendar::parse("spec.capacity.autoscale.schedules", &windows)?,
+        schedule_floors: spec.schedules.iter().map(|s| s.min_replicas).collect(),
+    }))
 }
 
 /// Validates `cr`, completing it with the operator's `settings`.
@@ -50,7 +103,9 @@ pub(crate) fn validate<'a>(cr: &'a OrchestratorCluster, settings: &BuildSettings
             on_timeout: maintenance.on_drain_timeout,
         },
         ready_timeout: maintenance.ready_timeout()?,
-        calendar: Calendar::parse(&maintenance.windows)?,
+        calendar: Calendar::parse("spec.maintenance.windows", &maintenance.windows)?,
+        workers: workers(cr),
+        autoscale: autoscale(cr)?,
         wanted: Release {
             version: cr.spec.version.clone(),
             image: cr

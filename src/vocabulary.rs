@@ -179,6 +179,26 @@ words! {
         /// The `schema migrate` Job failed.
         SchemaMigrationFailed,
 
+        // status.autoscale: what limits the desired count, and why it changed (also Events).
+        /// The database's queue cannot be read: the autoscaler keeps its count (unknown is not
+        /// idle).
+        SignalUnknown,
+        /// The signal asks for a change that has not lasted its stabilization window yet.
+        Stabilizing,
+        /// The signal asks for more servers than `capacity.autoscale.maxReplicas`.
+        AtMaxReplicas,
+        /// A roll step, a schema change, a drain or a server out of service is in progress: the
+        /// autoscaler removes no server meanwhile.
+        DisruptionInProgress,
+        /// The work in the database asked for more servers.
+        AutoscaledUp,
+        /// The work in the database asked for fewer servers (each removal drains first).
+        AutoscaledDown,
+        /// An autoscale schedule opened or closed: its floor applies.
+        ScheduleFloor,
+        /// `minReplicas` or `maxReplicas` changed: the count was brought within them.
+        AutoscaleBounds,
+
         // Events of steps.
         /// Servers are being added.
         ScalingUp,

@@ -6,7 +6,7 @@ pub(crate) mod shared;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use orchestrator_contract::{Member, server_state};
+use orchestrator_contract::{Member, Work, server_state};
 
 use crate::vocabulary::Reason;
 
@@ -19,6 +19,8 @@ pub enum DatabaseState {
         schema_version: i32,
         /// Rows of the `servers` table.
         members: Vec<Member>,
+        /// The jobs waiting and running, and the servers taking them (the whole database's).
+        work: Work,
     },
     /// Not usable; the message says what to fix.
     NotReady {
@@ -30,6 +32,14 @@ pub enum DatabaseState {
 }
 
 impl DatabaseState {
+    /// The work in the database when it is usable.
+    pub fn work(&self) -> Option<Work> {
+        match self {
+            DatabaseState::Ready { work, .. } => Some(*work),
+            DatabaseState::NotReady { .. } => None,
+        }
+    }
+
     /// The members when the database is usable.
     pub fn members(&self) -> Option<&[Member]> {
         match self {

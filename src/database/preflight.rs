@@ -271,7 +271,7 @@ impl Preflight {
                 Err(hold) => return Ok(failed(hold)),
             };
             match read(&connection, &namespace).await {
-                Ok((schema_version, rows)) => {
+                Ok((schema_version, rows, work)) => {
                     drop(connection);
                     self.databases.listen(&cluster_of(cr));
                     let (members, row_ids) = rows_of(&namespace, pods, rows);
@@ -279,6 +279,7 @@ impl Preflight {
                         state: DatabaseState::Ready {
                             schema_version,
                             members,
+                            work,
                         },
                         pool: Some(pool),
                         redactor: Redactor(Some(password)),
@@ -410,13 +411,17 @@ fn read_credentials(
     Ok((user, password, value(CA_KEY)))
 }
 
-/// The schema version and the rows a cluster in `namespace` may own, within
-/// [`DATABASE_DEADLINE`].
-async fn read(client: &Client, namespace: &str) -> Result<(i32, Vec<contract::Member>), contract::ContractError> {
+/// The schema version, the rows a cluster in `namespace` may own and the database's work (the
+/// autoscaler's signal, two counts), within [`DATABASE_DEADLINE`].
+async fn read(
+    client: &Client,
+    namespace: &str,
+) -> Result<(i32, Vec<contract::Member>, contract::Work), contract::ContractError> {
     let read = async {
         let schema_version = contract::schema_version(client).await?;
         let members = contract::membership_in_namespace(client, namespace).await?;
-        Ok((schema_version, members))
+        let work = contract::work(client).await?;
+        Ok((schema_version, members, work))
     };
     tokio::time::timeout(DATABASE_DEADLINE, read).await.unwrap_or_else(|_| {
         Err(contract::ContractError::Timeout(format!(

@@ -2,6 +2,8 @@
 //! decision; none needs a client, so each is unit- and property-tested on its own.
 //!
 //! - [`upgrade`]: the schema gate of a version change (check, refuse, or stop all + migrate);
+//! - [`autoscale`]: how many servers the work in the database asks for, under the
+//!   stabilization windows and the disruption rule (when `capacity.autoscale` is set);
 //! - [`capacity`]: how many servers now, which to drain and whose rows to remove;
 //! - [`maintenance`]: the next step of a rolling replacement, one server at a time;
 //! - shared: [`servers`] (both views of every server), [`drain`] (drain progress under
@@ -9,6 +11,7 @@
 //!
 //! How their decisions are arbitrated is `reconcile::plan::decide`'s job.
 
+pub(crate) mod autoscale;
 pub(crate) mod capacity;
 pub(crate) mod drain;
 pub(crate) mod maintenance;

@@ -26,15 +26,16 @@ pub(crate) struct Calendar {
 }
 
 impl Calendar {
-    /// Parses `windows`; the first unreadable one is the error, naming its index.
-    pub(crate) fn parse(windows: &[MaintenanceWindow]) -> Result<Self, SpecError> {
+    /// Parses `windows` (the list at `field`); the first unreadable one is the error, naming
+    /// its index.
+    pub(crate) fn parse(field: &'static str, windows: &[MaintenanceWindow]) -> Result<Self, SpecError> {
         let windows = windows
             .iter()
             .enumerate()
             .map(|(index, window)| {
                 let invalid_start = || SpecError {
-                    field: "spec.maintenance.windows",
-                    message: format!("windows[{index}].start {:?} is not a time like 02:30", window.start),
+                    field,
+                    message: format!("[{index}].start {:?} is not a time like 02:30", window.start),
                 };
                 let (hour, minute) = window.start.split_once(':').ok_or_else(invalid_start)?;
                 let (hour, minute) = (
@@ -44,8 +45,8 @@ impl Calendar {
                 if !(0..24).contains(&hour) || !(0..60).contains(&minute) {
                     return Err(invalid_start());
                 }
-                let length = parse_duration("spec.maintenance.windows", &window.duration).map_err(|e| SpecError {
-                    message: format!("windows[{index}].duration: {}", e.message),
+                let length = parse_duration(field, &window.duration).map_err(|e| SpecError {
+                    message: format!("[{index}].duration: {}", e.message),
                     ..e
                 })?;
                 Ok(Window {
@@ -61,10 +62,26 @@ impl Calendar {
 
     /// Whether a window is open at `now` (UTC); always true without windows.
     pub(crate) fn is_open(&self, now: Timestamp) -> bool {
-        self.windows.is_empty()
-            || self
-                .openings(now)
-                .any(|(opens, length)| opens <= now && elapsed(opens, now) < length)
+        self.windows.is_empty() || !self.open_at(now).is_empty()
+    }
+
+    /// The index of every window open at `now`.
+    pub(crate) fn open_at(&self, now: Timestamp) -> Vec<usize> {
+        (0..self.windows.len())
+            .filter(|index| {
+                Self::openings_of(&self.windows[*index], now)
+                    .any(|(opens, length)| opens <= now && elapsed(opens, now) < length)
+            })
+            .collect()
+    }
+
+    /// The next moment after `now` a window opens or closes (`None` without windows).
+    pub(crate) fn next_change(&self, now: Timestamp) -> Option<Timestamp> {
+        self.openings(now)
+            .flat_map(|(opens, length)| [Some(opens), opens.checked_add(length).ok()])
+            .flatten()
+            .filter(|at| *at > now)
+            .min()
     }
 
     /// When the next window opens after `now` (`None` without windows).
@@ -78,16 +95,21 @@ impl Calendar {
     /// Every opening from a week before `now` to a week after, with its length (a long window
     /// may have opened days ago).
     fn openings(&self, now: Timestamp) -> impl Iterator<Item = (Timestamp, Duration)> + '_ {
+        self.windows
+            .iter()
+            .flat_map(move |window| Self::openings_of(window, now))
+    }
+
+    /// The openings of one window from a week before `now` to a week after.
+    fn openings_of(window: &Window, now: Timestamp) -> impl Iterator<Item = (Timestamp, Duration)> + '_ {
         let today = now.to_zoned(TimeZone::UTC).date();
-        self.windows.iter().flat_map(move |window| {
-            (-7..=7i64).filter_map(move |offset| {
-                let date = today.checked_add(Span::new().days(offset)).ok()?;
-                if !window.days.is_empty() && !window.days.contains(&weekday(date)) {
-                    return None;
-                }
-                let opens = date.at(window.hour, window.minute, 0, 0).to_zoned(TimeZone::UTC).ok()?;
-                Some((opens.timestamp(), window.length))
-            })
+        (-7..=7i64).filter_map(move |offset| {
+            let date = today.checked_add(Span::new().days(offset)).ok()?;
+            if !window.days.is_empty() && !window.days.contains(&weekday(date)) {
+                return None;
+            }
+            let opens = date.at(window.hour, window.minute, 0, 0).to_zoned(TimeZone::UTC).ok()?;
+            Some((opens.timestamp(), window.length))
         })
     }
 }
@@ -139,7 +161,7 @@ mod tests {
     }
 
     fn calendar(windows: &[MaintenanceWindow]) -> Calendar {
-        Calendar::parse(windows).unwrap()
+        Calendar::parse("spec.maintenance.windows", windows).unwrap()
     }
 
     #[test]
@@ -168,17 +190,29 @@ mod tests {
             "next week's Friday"
         );
         assert_eq!(calendar(&[]).next_opening(sat_0630), None);
+        let both = calendar(&[
+            window(vec![Weekday::Sat], "02:00", "4h"),
+            window(vec![Weekday::Sat], "06:00", "1h"),
+        ]);
+        assert_eq!(both.open_at(sat_0230), vec![0]);
+        assert_eq!(both.open_at(sat_0630), vec![1]);
+        assert_eq!(
+            both.next_change(sat_0230),
+            Some("2026-11-28T06:00:00Z".parse().unwrap()),
+            "the first closes as the second opens"
+        );
+        assert_eq!(calendar(&[]).next_change(sat_0630), None);
     }
 
     #[test]
     fn an_unreadable_window_is_a_spec_error_naming_it() {
         let good = window(vec![], "02:00", "1h");
         for (bad, says) in [
-            (window(vec![], "2am", "1h"), "windows[1].start \"2am\""),
-            (window(vec![], "25:00", "1h"), "windows[1].start \"25:00\""),
-            (window(vec![], "02:00", "an hour"), "windows[1].duration"),
+            (window(vec![], "2am", "1h"), "[1].start \"2am\""),
+            (window(vec![], "25:00", "1h"), "[1].start \"25:00\""),
+            (window(vec![], "02:00", "an hour"), "[1].duration"),
         ] {
-            let error = Calendar::parse(&[good.clone(), bad]).unwrap_err();
+            let error = Calendar::parse("spec.maintenance.windows", &[good.clone(), bad]).unwrap_err();
             assert_eq!(error.field, "spec.maintenance.windows");
             assert!(error.message.contains(says), "{error}");
         }

@@ -178,7 +178,7 @@ async fn examples_run_in_a_restricted_namespace_and_kubectl_explains_them() {
     let lines: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(
         lines[0],
-        ["NAME", "REPLICAS", "READY", "VERSION", "PHASE", "AGE"],
+        ["NAME", "DESIRED", "JOINED", "VERSION", "PHASE", "AGE"],
         "{table}"
     );
     assert_eq!(lines[1][..5], ["minimal", "3", "3", "1.0.0", "Ready"], "{table}");

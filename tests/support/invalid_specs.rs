@@ -434,5 +434,66 @@ pub(crate) fn cases() -> Vec<InvalidSpec> {
                 message: WINDOW_TOO_SHORT,
             },
         ),
+        // Autoscaling.
+        case(
+            "autoscale maxReplicas above the ceiling",
+            json!({"spec": {"capacity": {"maxReplicas": 5, "autoscale": {"maxReplicas": 6}}}}),
+            Check::Cel {
+                message: "capacity.autoscale.maxReplicas must not exceed capacity.maxReplicas",
+            },
+        ),
+        case(
+            "autoscale minReplicas above maxReplicas",
+            json!({"spec": {"capacity": {"autoscale": {"minReplicas": 4, "maxReplicas": 3}}}}),
+            Check::Cel {
+                message: "capacity.autoscale.minReplicas must not exceed capacity.autoscale.maxReplicas",
+            },
+        ),
+        case(
+            "autoscale minReplicas zero",
+            json!({"spec": {"capacity": {"autoscale": {"minReplicas": 0, "maxReplicas": 3}}}}),
+            schema("minimum", "/spec/capacity/autoscale/minReplicas"),
+        ),
+        case(
+            "autoscale without maxReplicas",
+            json!({"spec": {"capacity": {"autoscale": {"minReplicas": 1}}}}),
+            schema("required", "/spec/capacity/autoscale"),
+        ),
+        case(
+            "autoscale jobsPerServer zero",
+            json!({"spec": {"capacity": {"autoscale": {"maxReplicas": 3, "jobsPerServer": 0}}}}),
+            schema("minimum", "/spec/capacity/autoscale/jobsPerServer"),
+        ),
+        case(
+            "autoscale scale-down step zero",
+            json!({"spec": {"capacity": {"autoscale": {"maxReplicas": 3, "scaleDown": {"step": 0}}}}}),
+            schema("minimum", "/spec/capacity/autoscale/scaleDown/step"),
+        ),
+        case(
+            "autoscale stabilization window not a duration",
+            json!({"spec": {"capacity": {"autoscale": {"maxReplicas": 3, "scaleUp": {"stabilizationWindow": "soon"}}}}}),
+            schema("pattern", "/spec/capacity/autoscale/scaleUp/stabilizationWindow"),
+        ),
+        case(
+            "autoscale scale-down window above 24h",
+            json!({"spec": {"capacity": {"autoscale": {"maxReplicas": 3, "scaleDown": {"stabilizationWindow": "25h"}}}}}),
+            Check::Cel {
+                message: "capacity.autoscale.scaleDown.stabilizationWindow must be at most 24h",
+            },
+        ),
+        case(
+            "autoscale schedule floor above maxReplicas",
+            json!({"spec": {"capacity": {"autoscale": {"maxReplicas": 3,
+                "schedules": [{"start": "08:00", "duration": "8h", "minReplicas": 4}]}}}}),
+            Check::Cel {
+                message: "a capacity.autoscale schedule's minReplicas must not exceed capacity.autoscale.maxReplicas",
+            },
+        ),
+        case(
+            "autoscale schedule start not a time",
+            json!({"spec": {"capacity": {"autoscale": {"maxReplicas": 3,
+                "schedules": [{"start": "8am", "duration": "8h", "minReplicas": 2}]}}}}),
+            schema("pattern", "/spec/capacity/autoscale/schedules/0/start"),
+        ),
     ]
 }

@@ -126,8 +126,12 @@ pub const DRAIN_TIMEOUT_SECONDS: &str = "DRAIN_TIMEOUT_SECONDS";
 /// Jobs a server runs at once.
 ///
 /// Not set by the operator (a user may set it through `spec.template.env`). A decimal integer
-/// of at least 1; the reference server defaults to `4`.
+/// of at least 1; the reference server defaults to [`DEFAULT_WORKERS`].
 pub const WORKERS: &str = "WORKERS";
+
+/// [`WORKERS`] of a server that is not told: the jobs one server runs at once, which is also
+/// the operator's default target of queue-depth autoscaling (jobs per server).
+pub const DEFAULT_WORKERS: u16 = 4;
 
 /// Time between a server's heartbeats (which also renew its jobs' leases); a server is not
 /// ready when its last successful heartbeat is older than three of them.

@@ -659,6 +659,44 @@ pub async fn queue_depth(db: &impl GenericClient) -> Result<i64> {
         .get(0))
 }
 
+/// The work waiting in and running on a database, and the servers taking it: the signal of
+/// queue-depth autoscaling. Read with [`work`] in one statement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Work {
+    /// Jobs a server can claim now: queued, or running under an expired lease (its server
+    /// died).
+    pub claimable: i64,
+    /// Jobs running under a live lease.
+    pub running: i64,
+    /// Servers taking work: active, no drain requested, a heartbeat younger than
+    /// [`SERVING_HEARTBEAT_SECONDS`].
+    pub serving: i64,
+}
+
+/// A server's heartbeat younger than this counts it as taking work in [`Work::serving`] (the
+/// same freshness that makes a server joined).
+pub const SERVING_HEARTBEAT_SECONDS: f64 = 10.0;
+
+/// Reads the [`Work`] of the database: two counts over the claimable jobs' partial index and
+/// one over `servers`, never a row per job.
+pub async fn work(db: &impl GenericClient) -> Result<Work> {
+    let row = db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE state = 'queued' OR lease_until < now()),
+                    count(*) FILTER (WHERE state = 'running' AND lease_until >= now()),
+                    (SELECT count(*) FROM servers WHERE state = 'active' AND drain_requested_at IS NULL
+                        AND heartbeat_at > now() - make_interval(secs => $1))
+             FROM jobs WHERE state IN ('queued', 'running')",
+            &[&SERVING_HEARTBEAT_SECONDS],
+        )
+        .await?;
+    Ok(Work {
+        claimable: row.get(0),
+        running: row.get(1),
+        serving: row.get(2),
+    })
+}
+
 /// A job as `GET /jobs/{id}` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct JobView {

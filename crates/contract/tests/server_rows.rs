@@ -92,3 +92,52 @@ async fn a_namespace_reads_its_own_rows_and_the_legacy_ones() {
     let all = contract::membership(&db).await.unwrap();
     assert_eq!(all.len(), 4);
 }
+
+#[tokio::test]
+async fn work_counts_claimable_running_and_serving_servers() {
+    let (_pg, db) = registered("ns/s-0").await;
+    contract::register(
+        &db,
+        &contract::Registration {
+            server_id: "ns/s-1",
+            version: "2.0.0",
+            schema: contract::schema_range_for_version("2.0.0"),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(contract::request_drain(&db, "ns/s-1").await.unwrap());
+    for _ in 0..5 {
+        contract::submit_job(&db, "noop", &serde_json::json!({})).await.unwrap();
+    }
+    let lease = std::time::Duration::from_secs(60);
+    let running = contract::claim_job(&db, "ns/s-0", lease).await.unwrap().unwrap();
+    let expired = contract::claim_job(&db, "ns/s-0", lease).await.unwrap().unwrap();
+    db.execute(
+        "UPDATE jobs SET lease_until = now() - interval '1 second' WHERE id = $1",
+        &[&expired.id],
+    )
+    .await
+    .unwrap();
+    let finished = contract::claim_job(&db, "ns/s-0", lease).await.unwrap().unwrap();
+    let mut db = db;
+    contract::complete_job(&mut db, "ns/s-0", &finished, true, &serde_json::json!({}))
+        .await
+        .unwrap();
+    // 2 queued + 1 whose lease expired; 1 running; s-1 is draining, so only s-0 serves.
+    let work = contract::work(&db).await.unwrap();
+    assert_eq!(
+        (work.claimable, work.running, work.serving),
+        (3, 1, 1),
+        "{work:?} (running job {})",
+        running.id
+    );
+    db.execute("UPDATE servers SET heartbeat_at = now() - interval '11 seconds'", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        contract::work(&db).await.unwrap().serving,
+        0,
+        "a stale heartbeat serves nothing"
+    );
+}

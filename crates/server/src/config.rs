@@ -193,7 +193,7 @@ impl ServerSettings {
         })?;
         // Qualified by the namespace: same-named clusters of two namespaces never share a row.
         let server_id = contract::server_identity(var(env::POD_NAMESPACE).as_deref(), &name);
-        let workers: usize = parsed(env::WORKERS, 4)?;
+        let workers: usize = parsed(env::WORKERS, usize::from(env::DEFAULT_WORKERS))?;
         if workers == 0 {
             bail!("{} must be at least 1", env::WORKERS);
         }

@@ -1,6 +1,9 @@
-//! Decide: run the three planners and arbitrate between them. Pure; does not need a client.
+//! Decide: run the planners and arbitrate between them. Pure; does not need a client.
 //!
-//! The schema gate beats capacity, and capacity beats the roll:
+//! With `capacity.autoscale` set, the autoscaler decides the servers wanted (in place of
+//! `spec.replicas`) before capacity runs; it removes no server while a roll step, a schema
+//! gate stage or a drain is in progress. Then the schema gate beats capacity, and capacity
+//! beats the roll:
 //!
 //! ```text
 //!   upgrade::decide ──────────────┐  recreate?  capacity is replaced: no server added, none
@@ -24,7 +27,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::inputs::Inputs;
+use crate::crd::OrchestratorCluster;
 use crate::database::DatabaseState;
+use crate::planners::autoscale::{self, AutoscaleInput, AutoscaleOutcome};
 use crate::planners::capacity::{self, CapacityDecision, CapacityInput};
 use crate::planners::maintenance::{self, MaintenanceDecision, MaintenanceInput};
 use crate::planners::upgrade::{self, UpgradeDecision, UpgradeInput};
@@ -33,9 +38,13 @@ use crate::reconcile::observe::Observed;
 use crate::validate::ValidSpec;
 use crate::vocabulary::{Hold, Reason, RollStage, UpgradeStage};
 
-/// The three planners' decisions, after arbitration.
+/// The planners' decisions, after arbitration.
 #[derive(Clone, Debug)]
 pub(super) struct Decisions {
+    /// Servers wanted: `spec.replicas`, or the autoscaler's desired count.
+    pub(super) wanted: i32,
+    /// The autoscaler's decision, when `capacity.autoscale` is set.
+    pub(super) autoscale: Option<AutoscaleOutcome>,
     /// The schema gate of a version change.
     pub(super) upgrade: UpgradeDecision,
     /// Adding and removing servers.
@@ -68,9 +77,22 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         drain_policy: spec.drain,
     });
     let name = cr.name_any();
+    let autoscale = spec.autoscale.as_ref().map(|policy| {
+        autoscale::decide(&AutoscaleInput {
+            policy,
+            work: observed.database.work(),
+            own_serving: inputs.own_serving,
+            previous: cr.status.as_ref().and_then(|s| s.autoscale.as_ref()),
+            current: inputs.current,
+            joined: inputs.servers.iter().filter(|s| s.joined).count() as i32,
+            disruption: disruption(cr, inputs, &upgrade),
+            now: now.0,
+        })
+    });
+    let wanted = autoscale.as_ref().map_or(cr.spec.replicas, |a| a.desired);
     let mut capacity = capacity::decide(&CapacityInput {
         cluster: &name,
-        wanted: cr.spec.replicas,
+        wanted,
         max_replicas: cr.spec.capacity.max_replicas,
         add_at_once: cr.spec.capacity.add_at_once,
         current: inputs.current,
@@ -99,7 +121,7 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
     }
     let roll = maintenance::decide(&MaintenanceInput {
         cluster: &name,
-        wanted: cr.spec.replicas,
+        wanted,
         servers: &inputs.views,
         update_revision: inputs.update_revision.as_deref(),
         restart_requested_at: maintenance.restart_requested_at.as_ref().map(|t| t.0),
@@ -110,7 +132,7 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         // Only while a newer release's schema check runs, or Recreate replaces every server: a
         // refused or failed check keeps the template, and its replacement is waited for.
         superseded: upgrade.recreate || (upgrade.stage == Some(UpgradeStage::SchemaCheck) && upgrade.blocked.is_none()),
-        hold: roll_hold(cr.spec.replicas, &capacity, &upgrade, inputs.current),
+        hold: roll_hold(wanted, &capacity, &upgrade, inputs.current),
         step: inputs.previous_step.clone(),
         drain_timeout: spec.drain.timeout,
         ready_timeout: spec.ready_timeout,
@@ -133,9 +155,38 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         capacity.undrain.push(step.server.clone());
     }
     Decisions {
+        wanted,
+        autoscale,
         upgrade,
         capacity,
         roll,
+    }
+}
+
+/// What keeps the autoscaler from removing a server: a roll step or a roll under way, a
+/// version change's schema gate, a drain.
+fn disruption(cr: &OrchestratorCluster, inputs: &Inputs, upgrade: &UpgradeDecision) -> Option<Hold> {
+    let hold = |message: String| Some(Hold::new(Reason::DisruptionInProgress, message));
+    if let Some(step) = &inputs.previous_step {
+        hold(format!(
+            "a roll step is in progress ({} {}); no server is removed meanwhile",
+            step.server,
+            step.stage.as_str().to_lowercase()
+        ))
+    } else if cr.status.as_ref().is_some_and(|s| s.roll_under_way()) {
+        hold("a roll is under way; no server is removed until it ends".into())
+    } else if let Some(stage) = upgrade.stage {
+        hold(format!(
+            "a version change is at its {stage} stage; no server is removed meanwhile"
+        ))
+    } else if !inputs.drain_ages.is_empty() {
+        let draining: Vec<&str> = inputs.drain_ages.iter().map(|(s, _)| s.as_str()).collect();
+        hold(format!(
+            "{} draining; the next server is removed once it is gone",
+            draining.join(", ")
+        ))
+    } else {
+        None
     }
 }
 

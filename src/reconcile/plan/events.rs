@@ -50,10 +50,13 @@ pub(super) fn events(
     status: &OrchestratorClusterStatus,
 ) -> Vec<PlannedEvent> {
     let name = cr.name_any();
-    let wanted = cr.spec.replicas;
+    let wanted = decisions.wanted;
     let current = inputs.current;
     let capacity = &decisions.capacity;
     let mut events = roll_events(cr, decisions, status);
+    if let Some((reason, note)) = decisions.autoscale.as_ref().and_then(|a| a.decision.clone()) {
+        events.push(PlannedEvent::normal(reason, note));
+    }
     if capacity.replicas > current {
         let added: Vec<String> = (current..capacity.replicas).map(|o| format!("{name}-{o}")).collect();
         events.push(PlannedEvent::normal(

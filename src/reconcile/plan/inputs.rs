@@ -46,6 +46,9 @@ pub(super) struct Inputs {
     pub(super) heartbeat_ages: Vec<(String, f64)>,
     /// Rows in state `draining`.
     pub(super) draining: i64,
+    /// Servers of this cluster taking work (active, no drain requested, a fresh heartbeat), as
+    /// the database's work counts them.
+    pub(super) own_serving: i64,
     /// The step in progress, as the last status recorded it.
     pub(super) previous_step: Option<Step>,
     /// The database preflight passes.
@@ -120,6 +123,12 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed, now: Timesta
             .map(|m| (m.server_id.clone(), m.heartbeat_age_seconds))
             .collect(),
         draining: members.iter().filter(|m| m.state == server_state::DRAINING).count() as i64,
+        own_serving: members
+            .iter()
+            .filter(|m| ordinal(&name, &m.server_id).is_some())
+            .filter(|m| m.state == server_state::ACTIVE && m.drain_requested_seconds.is_none())
+            .filter(|m| m.heartbeat_age_seconds < orchestrator_contract::SERVING_HEARTBEAT_SECONDS)
+            .count() as i64,
         previous_step: step_from_status(cr),
         database_ready: matches!(observed.database, DatabaseState::Ready { .. }),
         running_release: statefulset.and_then(statefulset::running_release),

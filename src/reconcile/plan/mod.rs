@@ -79,6 +79,8 @@ pub(crate) const STEP_REQUEUE: Duration = Duration::from_secs(1);
 /// Look again at the latest this late when everything is settled (and no heartbeat can go
 /// stale before): a safety net, every change is watched or notified.
 pub(crate) const IDLE_REQUEUE: Duration = Duration::from_secs(300);
+/// An autoscaled cluster reads its signal (the database's queue) at least this often.
+pub(crate) const SIGNAL_PERIOD: Duration = Duration::from_secs(5);
 /// Looked at this long after a heartbeat can go stale, it surely is (or a newer one came).
 const EXPIRY_MARGIN: Duration = Duration::from_millis(250);
 
@@ -145,6 +147,8 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
         });
     }
     let decide::Decisions {
+        wanted,
+        autoscale,
         upgrade,
         capacity,
         roll,
@@ -211,7 +215,7 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
             .collect(),
         events,
         figures: ClusterFigures {
-            desired: cr.spec.replicas.into(),
+            desired: wanted.into(),
             joined,
             draining: inputs.draining,
             problems: inputs.problems.len() as i64,
@@ -219,18 +223,34 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
             maintenance_held_seconds: held_seconds,
             running_jobs: inputs.running_jobs,
             oldest_heartbeat_seconds: inputs.oldest_heartbeat_seconds,
+            claimable_jobs: observed.database.work().map(|w| w.claimable),
+            busy_ratio: observed
+                .database
+                .work()
+                .filter(|_| joined > 0)
+                .map(|_| inputs.running_jobs as f64 / (joined * i64::from(spec.workers)) as f64),
         },
         status,
-        requeue: if settled {
-            // Settled, nothing is polled: the look comes when a heartbeat can go stale (a
-            // server's state changes are notified and its pod is watched).
-            inputs
-                .next_expiry
-                .map_or(IDLE_REQUEUE, |expiry| (expiry + EXPIRY_MARGIN).min(IDLE_REQUEUE))
-        } else if stepping {
-            STEP_REQUEUE
-        } else {
-            BUSY_REQUEUE
+        requeue: {
+            let requeue = if settled {
+                // Settled, nothing is polled: the look comes when a heartbeat can go stale (a
+                // server's state changes are notified and its pod is watched).
+                inputs
+                    .next_expiry
+                    .map_or(IDLE_REQUEUE, |expiry| (expiry + EXPIRY_MARGIN).min(IDLE_REQUEUE))
+            } else if stepping {
+                STEP_REQUEUE
+            } else {
+                BUSY_REQUEUE
+            };
+            match &autoscale {
+                // The queue is not notified: an autoscaled cluster reads it this often, and
+                // looks again when a stabilization window ends or a schedule turns.
+                Some(outcome) => requeue
+                    .min(SIGNAL_PERIOD)
+                    .min(outcome.recheck.map_or(SIGNAL_PERIOD, |r| r + EXPIRY_MARGIN)),
+                None => requeue,
+            }
         },
     })
 }

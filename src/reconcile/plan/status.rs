@@ -30,15 +30,17 @@ pub(super) fn status(
     now: &Time,
 ) -> OrchestratorClusterStatus {
     let Decisions {
+        wanted,
+        autoscale,
         upgrade,
         capacity,
         roll,
     } = decisions;
+    let wanted = *wanted;
     let servers = &inputs.servers;
     let problems = &inputs.problems;
     let previous = cr.status.clone().unwrap_or_default();
     let generation = cr.metadata.generation;
-    let wanted = cr.spec.replicas;
     let joined = servers.iter().filter(|s| s.joined).count() as i32;
     let pods = observed.pods.len() as i32;
     let sts_observed = statefulset_current && observed.statefulset.is_some() && inputs.statefulset_observed;
@@ -81,6 +83,7 @@ pub(super) fn status(
         DatabaseState::Ready {
             schema_version,
             members,
+            ..
         } => {
             let connected = format!("schema version {schema_version}, {} servers registered", members.len());
             let (reason, message) = match unprotected(&cr.spec.database) {
@@ -96,8 +99,13 @@ pub(super) fn status(
         .or(capacity.waiting.clone())
         .unwrap_or_else(|| {
             format!(
-                "{pods} server pods, {} wanted by the capacity plan, {wanted} in the spec; {joined_message}",
-                capacity.replicas
+                "{pods} server pods, {} wanted by the capacity plan, {wanted} {}; {joined_message}",
+                capacity.replicas,
+                if autoscale.is_some() {
+                    "by the autoscaler"
+                } else {
+                    "in the spec"
+                }
             )
         });
     let blocked = |type_, hold: Option<&Hold>| match hold {
@@ -154,6 +162,16 @@ pub(super) fn status(
         phase,
         replicas: pods,
         ready_replicas: joined,
+        desired_replicas: Some(wanted),
+        autoscale: autoscale.as_ref().map(|outcome| {
+            let mut status = outcome.status.clone();
+            // A scale-up the capacity rules block says so where the autoscaler's count is.
+            if let Some(hold) = capacity.blocked.as_ref().filter(|_| wanted > inputs.current) {
+                status.limited_by = Some(hold.reason.as_str().to_string());
+                status.message = Some(hold.message.clone());
+            }
+            status
+        }),
         selector: Some(selector_string(cr)),
         current_version: if settled {
             Some(cr.spec.version.clone())

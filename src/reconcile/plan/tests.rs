@@ -23,6 +23,7 @@ mod basics {
         DatabaseState::Ready {
             schema_version: 2,
             members,
+            work: orchestrator_contract::Work::default(),
         }
     }
 
