@@ -12,7 +12,9 @@
 //!   per change ([`crate::database::preflight`]);
 //! - the StatefulSets' `FailedCreate` Events (a field-selected watch: only those), which say
 //!   why the StatefulSet controller cannot create a server pod (a missing PriorityClass, a
-//!   quota, a Pod Security refusal).
+//!   quota, a Pod Security refusal);
+//! - the HorizontalPodAutoscalers (KEDA's `ScaledObject`s make one too), so that one scaling
+//!   a cluster through `/scale` while `capacity.autoscale` is set is said in its status.
 //!
 //! A store is read only once its first list has completed ([`Caches::ready`]): a store that is
 //! still filling would show objects as missing. Where a decision must not rest on a store that
@@ -24,6 +26,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -50,6 +53,7 @@ pub struct Scope {
     pods: Store<Pod>,
     secrets: Store<PartialObjectMeta<Secret>>,
     events: Store<Event>,
+    scalers: Store<HorizontalPodAutoscaler>,
 }
 
 /// The field selector of the Events the operator keeps: the StatefulSet controller's refusals
@@ -76,6 +80,8 @@ pub struct Writers {
     pub secrets: Writer<PartialObjectMeta<Secret>>,
     /// The StatefulSets' `FailedCreate` Events.
     pub events: Writer<Event>,
+    /// HorizontalPodAutoscalers.
+    pub scalers: Writer<HorizontalPodAutoscaler>,
 }
 
 impl Scope {
@@ -91,6 +97,7 @@ impl Scope {
             pods: Writer::default(),
             secrets: Writer::default(),
             events: Writer::default(),
+            scalers: Writer::default(),
         };
         let scope = Scope {
             namespace,
@@ -103,6 +110,7 @@ impl Scope {
             pods: writers.pods.as_reader(),
             secrets: writers.secrets.as_reader(),
             events: writers.events.as_reader(),
+            scalers: writers.scalers.as_reader(),
         };
         (scope, writers)
     }
@@ -137,6 +145,7 @@ impl Writers {
         load(&mut self.pods, objects);
         load(&mut self.secrets, objects);
         load(&mut self.events, objects);
+        load(&mut self.scalers, objects);
     }
 }
 
@@ -176,6 +185,7 @@ cached! {
     Pod => pods,
     PartialObjectMeta<Secret> => secrets,
     Event => events,
+    HorizontalPodAutoscaler => scalers,
 }
 
 /// Every scope's stores.
@@ -215,6 +225,7 @@ impl Caches {
         scope.pods.wait_until_ready().await.map_err(stopped)?;
         scope.secrets.wait_until_ready().await.map_err(stopped)?;
         scope.events.wait_until_ready().await.map_err(stopped)?;
+        scope.scalers.wait_until_ready().await.map_err(stopped)?;
         Ok(())
     }
 
@@ -305,6 +316,20 @@ impl Caches {
             .and_then(|e| Some((e.message.clone()?, when(&e)))))
     }
 
+    /// The names of the HorizontalPodAutoscalers of `namespace` that scale cluster `name`.
+    pub(crate) fn scalers_of(&self, namespace: &str, name: &str) -> Result<Vec<String>> {
+        let scope = self.scope(namespace)?;
+        let mut names: Vec<String> = scope
+            .scalers
+            .state()
+            .iter()
+            .filter(|hpa| hpa.namespace().as_deref() == Some(namespace) && scales(hpa, name))
+            .map(|hpa| hpa.name_any())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// The cached objects of kind `K` in `namespace` that carry every label of `labels`.
     pub(crate) fn list<K: Cached>(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Result<Vec<Arc<K>>> {
         let scope = self.scope(namespace)?;
@@ -313,4 +338,16 @@ impl Caches {
                 && labels.iter().all(|(k, v)| object.labels().get(k) == Some(v))
         }))
     }
+}
+
+/// Whether `hpa` scales the `OrchestratorCluster` `name` (its `scaleTargetRef`).
+pub fn scales(hpa: &HorizontalPodAutoscaler, name: &str) -> bool {
+    let target = hpa.spec.as_ref().map(|s| &s.scale_target_ref);
+    target.is_some_and(|t| {
+        t.kind == "OrchestratorCluster"
+            && t.name == name
+            && t.api_version
+                .as_deref()
+                .is_none_or(|v| v.starts_with("orchestrator.dev/"))
+    })
 }

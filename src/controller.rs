@@ -12,6 +12,7 @@ use std::sync::Arc;
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -82,6 +83,13 @@ async fn reconcile_while_leading(obj: Arc<Watched>, ctx: Arc<Context>) -> Result
 /// The cluster whose StatefulSet an Event is about (the StatefulSet bears the cluster's name).
 fn cluster_of_event(event: Event) -> Option<ObjectRef<Watched>> {
     Some(ObjectRef::new(event.involved_object.name.as_deref()?).within(&event.namespace()?))
+}
+
+/// The cluster a HorizontalPodAutoscaler scales, if it scales one.
+fn cluster_of_scaler(hpa: HorizontalPodAutoscaler) -> Option<ObjectRef<Watched>> {
+    let name = hpa.spec.as_ref()?.scale_target_ref.name.clone();
+    let namespace = hpa.namespace()?;
+    crate::caches::scales(&hpa, &name).then(|| ObjectRef::new(&name).within(&namespace))
 }
 
 /// The cluster a pod belongs to (server pods and schema Job pods carry its name).
@@ -193,6 +201,14 @@ async fn run_one(
                 writers.events,
             ),
             cluster_of_event,
+        )
+        .watches_stream(
+            reflected(
+                scoped::<HorizontalPodAutoscaler>(&client, ns),
+                watcher::Config::default(),
+                writers.scalers,
+            ),
+            cluster_of_scaler,
         )
         .reconcile_on(ctx.preflight.databases.triggers())
         .graceful_shutdown_on(shutdown)

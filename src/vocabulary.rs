@@ -198,6 +198,10 @@ words! {
         ScheduleFloor,
         /// `minReplicas` or `maxReplicas` changed: the count was brought within them.
         AutoscaleBounds,
+        /// A HorizontalPodAutoscaler (or KEDA's) scales the cluster through `/scale` while
+        /// `capacity.autoscale` is set: the autoscaler stops following the signal until one of
+        /// them is removed.
+        AutoscalerConflict,
 
         // Events of steps.
         /// Servers are being added.

@@ -57,6 +57,8 @@ pub(crate) struct AutoscaleInput<'a> {
     pub joined: i32,
     /// A roll step, a schema change or a drain in progress: no removal meanwhile.
     pub disruption: Option<Hold>,
+    /// Another autoscaler scales the cluster: the count stays where it is.
+    pub conflict: Option<Hold>,
     /// Now.
     pub now: Timestamp,
 }
@@ -135,6 +137,7 @@ pub(crate) fn decide(input: &AutoscaleInput) -> AutoscaleOutcome {
         .map(|work| wanted_by(work, input.own_serving, policy.jobs_per_server));
     let recommended = raw.map(|raw| i32::try_from(raw).unwrap_or(i32::MAX).clamp(floor, policy.max));
     match recommended {
+        _ if input.conflict.is_some() => limit = input.conflict.clone(),
         None => {
             limit = Some(Hold::new(
                 Reason::SignalUnknown,
@@ -342,6 +345,7 @@ mod tests {
             current,
             joined: current,
             disruption: None,
+            conflict: None,
             now: at(0),
         }
     }
@@ -401,6 +405,19 @@ mod tests {
     }
 
     #[test]
+    fn another_autoscaler_freezes_the_count() {
+        let p = policy();
+        let mut i = input(&p, work(40, 0), None, 2);
+        i.conflict = Some(Hold::new(Reason::AutoscalerConflict, "hpa/prod scales it"));
+        let out = decide(&i);
+        assert_eq!(
+            (out.desired, out.status.limited_by.as_deref()),
+            (2, Some("AutoscalerConflict"))
+        );
+        assert!(out.decision.is_none());
+    }
+
+    #[test]
     fn the_scale_up_window_uses_the_lowest_recommendation() {
         let mut p = policy();
         p.up_window = Duration::from_secs(30);
@@ -454,7 +471,7 @@ mod tests {
             min in 1i32..4, span in 0i32..6, step in 1i32..3,
             claimable in 0i64..100, running in 0i64..30, known in any::<bool>(),
             previous in arbitrary_previous(),
-            current in 0i32..10, unjoined in 0i32..3, disrupted in any::<bool>(),
+            current in 0i32..10, unjoined in 0i32..3, disrupted in any::<bool>(), conflict in any::<bool>(),
             up in 0u64..60, down in 0u64..120,
         ) {
             let p = Policy {
@@ -467,12 +484,16 @@ mod tests {
             if disrupted {
                 i.disruption = Some(Hold::new(Reason::DisruptionInProgress, "a roll step"));
             }
+            if conflict {
+                i.conflict = Some(Hold::new(Reason::AutoscalerConflict, "hpa/prod"));
+            }
             let out = decide(&i);
             prop_assert!(out.desired >= p.min && out.desired <= p.max, "{out:?}");
             // What the last decision (or a person's bounds) already asked for is not new.
             let before = previous.as_ref().map_or(if current > 0 { current } else { p.min }, |p| p.desired_replicas);
             let asked = before.clamp(p.min, p.max).min(current);
             if out.desired < asked {
+                prop_assert!(!conflict, "a removal while another autoscaler scales: {out:?}");
                 prop_assert!(!disrupted && i.joined == current, "a removal while something else disrupts: {out:?}");
                 prop_assert!(known, "a removal on an unknown signal");
                 prop_assert!(asked - out.desired <= step, "beyond the step: {out:?}");

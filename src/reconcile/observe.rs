@@ -61,6 +61,8 @@ pub struct Observed {
     /// Why the StatefulSet controller cannot create a server pod (its newest `FailedCreate`
     /// Event), while the StatefulSet has fewer pods than it wants.
     pub failed_create: Option<String>,
+    /// The HorizontalPodAutoscalers (KEDA's too) that scale the cluster through `/scale`.
+    pub scalers: Vec<String>,
 }
 
 /// Outcomes of the wanted release's schema Jobs (`None`: no such Job).
@@ -190,6 +192,7 @@ pub(crate) async fn observe(
     };
     let observed = Observed {
         failed_create,
+        scalers: ctx.caches.scalers_of(&ns, &cluster)?,
         rolls_full: None,
         rejected: ctx.rejections.of(&crate::crd::object_key(cr), cr.metadata.generation),
         schema_jobs,

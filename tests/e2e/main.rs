@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod autoscale;
 mod capacity;
 mod cluster;
 mod examples;

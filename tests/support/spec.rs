@@ -15,6 +15,7 @@ pub(crate) struct ClusterSpec {
     version: String,
     database: Map<String, Value>,
     maintenance: Map<String, Value>,
+    capacity: Map<String, Value>,
     env: Vec<Value>,
 }
 
@@ -36,6 +37,7 @@ impl ClusterSpec {
             version: "2.0.0".into(),
             database: database.as_object().unwrap().clone(),
             maintenance: Map::new(),
+            capacity: Map::new(),
             env: Vec::new(),
         }
     }
@@ -78,6 +80,12 @@ impl ClusterSpec {
         self
     }
 
+    /// `spec.capacity.autoscale` (`{"minReplicas": 1, "maxReplicas": 4, ...}`).
+    pub(crate) fn autoscale(mut self, autoscale: Value) -> Self {
+        self.capacity.insert("autoscale".into(), autoscale);
+        self
+    }
+
     fn database(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.database.insert(key.into(), value.into());
         self
@@ -93,6 +101,9 @@ impl ClusterSpec {
         let mut spec = json!({"replicas": self.replicas, "version": self.version, "database": self.database});
         if !self.maintenance.is_empty() {
             spec["maintenance"] = Value::Object(self.maintenance.clone());
+        }
+        if !self.capacity.is_empty() {
+            spec["capacity"] = Value::Object(self.capacity.clone());
         }
         if !self.env.is_empty() {
             spec["template"] = json!({"env": self.env});

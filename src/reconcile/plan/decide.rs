@@ -86,6 +86,7 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
             current: inputs.current,
             joined: inputs.servers.iter().filter(|s| s.joined).count() as i32,
             disruption: disruption(cr, inputs, &upgrade),
+            conflict: conflict(&observed.scalers),
             now: now.0,
         })
     });
@@ -111,6 +112,11 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
             .filter(|s| s.stage != RollStage::WaitingReady)
             .map(|s| s.server.as_str()),
     });
+    if let Some(hold) = autoscale.as_ref().and_then(|_| conflict(&observed.scalers))
+        && capacity.blocked.is_none()
+    {
+        capacity.blocked = Some(hold);
+    }
     if upgrade.recreate {
         // Every server is being stopped on purpose: no server is added, none is wanted back.
         capacity = CapacityDecision {
@@ -161,6 +167,20 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         capacity,
         roll,
     }
+}
+
+/// Another autoscaler of the cluster: a HorizontalPodAutoscaler (KEDA makes one per
+/// `ScaledObject`) writing `spec.replicas` through `/scale`, which `capacity.autoscale` ignores.
+fn conflict(scalers: &[String]) -> Option<Hold> {
+    (!scalers.is_empty()).then(|| {
+        Hold::new(
+            Reason::AutoscalerConflict,
+            format!(
+                "HorizontalPodAutoscaler {} scales this cluster through /scale while capacity.autoscale is set, and spec.replicas is ignored: the count stays where it is until you remove one of them (KEDA: delete the ScaledObject)",
+                scalers.join(", ")
+            ),
+        )
+    })
 }
 
 /// What keeps the autoscaler from removing a server: a roll step or a roll under way, a
