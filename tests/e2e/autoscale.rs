@@ -5,7 +5,7 @@
 //! has two servers disrupted; re-applying the manifest changes nothing.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -314,5 +314,116 @@ async fn a_roll_during_a_burst_never_has_two_servers_disrupted() {
     assert!(
         !event_notes(&ns, "MaintenanceStepDone").await.is_empty(),
         "the roll replaced servers"
+    );
+}
+
+/// What one configuration did under the benchmark's burst.
+#[derive(Debug)]
+struct BurstFigures {
+    /// Seconds from the burst's start until the backlog was back under one server's target
+    /// (claimable jobs <= 4) for good.
+    backlog_seconds: f64,
+    /// p95 of the jobs' wait between submission and first claim, in seconds.
+    p95_wait_seconds: f64,
+    /// Servers taking work, integrated over the measured horizon, in server-minutes.
+    server_minutes: f64,
+    /// Most servers taking work at once.
+    peak_servers: i64,
+}
+
+/// How long the benchmark watches each configuration from the burst's start.
+const BENCH_HORIZON: Duration = Duration::from_secs(150);
+
+/// Runs the benchmark's burst (40 jobs/s of 500 ms for 30 s) against cluster `spec` once
+/// `ready` servers joined, and measures it from PostgreSQL: the backlog and the servers taking
+/// work every 250 ms, the queue waits from the jobs' own timestamps.
+async fn burst_against(prefix: &str, spec: impl Fn(&TestPostgres) -> ClusterSpec, ready: i32) -> BurstFigures {
+    let ns = TestNamespace::new(prefix).await;
+    let pg = ns.database().await;
+    let db = db(&pg).await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    ns.create_cluster(&spec(&pg)).await;
+    wait_settled(&ns, ready, None).await;
+    let started = Instant::now();
+    let sampler = async {
+        let (mut last_over, mut server_seconds, mut peak) = (0.0f64, 0.0f64, 0i64);
+        let tick = Duration::from_millis(250);
+        while started.elapsed() < BENCH_HORIZON {
+            if let Ok(work) = orchestrator_contract::work(&db).await {
+                if work.claimable > 4 {
+                    last_over = started.elapsed().as_secs_f64();
+                }
+                server_seconds += work.serving as f64 * tick.as_secs_f64();
+                peak = peak.max(work.serving);
+            }
+            tokio::time::sleep(tick).await;
+        }
+        (last_over, server_seconds / 60.0, peak)
+    };
+    let (report, (backlog_seconds, server_minutes, peak_servers)) =
+        tokio::join!(load(&pg, "bench", 40, 30, 500), sampler);
+    assert_nothing_lost(&report);
+    let p95: f64 = db
+        .query_one(
+            "SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - submitted_at))
+             FROM jobs WHERE payload->>'batch' = 'bench'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    BurstFigures {
+        backlog_seconds,
+        p95_wait_seconds: p95,
+        server_minutes,
+        peak_servers,
+    }
+}
+
+/// `make bench-autoscale`: the same burst against an autoscaled cluster (1 to 4 servers, 30 s
+/// scale-down window), a fixed cluster at its minimum (1) and one at its maximum (4); prints
+/// each one's figures and the autoscaled one's ratios to the two fixed ones.
+#[tokio::test]
+#[ignore = "a benchmark: make bench-autoscale"]
+async fn bench_burst_autoscaled_vs_fixed() {
+    let autoscaled = burst_against(
+        "bench-auto",
+        |pg| {
+            ClusterSpec::new(1, pg).drain_timeout("20s").autoscale(json!({
+                "minReplicas": 1, "maxReplicas": 4, "jobsPerServer": 4,
+                "scaleDown": {"stabilizationWindow": "30s"}
+            }))
+        },
+        1,
+    )
+    .await;
+    let fixed_min = burst_against("bench-min", |pg| ClusterSpec::new(1, pg).drain_timeout("20s"), 1).await;
+    let fixed_max = burst_against("bench-max", |pg| ClusterSpec::new(4, pg).drain_timeout("20s"), 4).await;
+    for (name, f) in [
+        ("autoscaled 1-4", &autoscaled),
+        ("fixed 1", &fixed_min),
+        ("fixed 4", &fixed_max),
+    ] {
+        eprintln!(
+            "autoscale measure: {name:>14}: backlog under target after {:6.1} s, p95 queue wait {:6.2} s, {:5.2} server-minutes in {}s, peak {} servers",
+            f.backlog_seconds,
+            f.p95_wait_seconds,
+            f.server_minutes,
+            BENCH_HORIZON.as_secs(),
+            f.peak_servers
+        );
+    }
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    for (name, f) in [("fixed 1", &fixed_min), ("fixed 4", &fixed_max)] {
+        eprintln!(
+            "autoscale measure: autoscaled / {name}: backlog time x{:.2}, p95 wait x{:.2}, server-minutes x{:.2}",
+            ratio(autoscaled.backlog_seconds, f.backlog_seconds),
+            ratio(autoscaled.p95_wait_seconds, f.p95_wait_seconds),
+            ratio(autoscaled.server_minutes, f.server_minutes)
+        );
+    }
+    assert!(
+        autoscaled.peak_servers > 1,
+        "the autoscaled cluster grew: {autoscaled:?}"
     );
 }

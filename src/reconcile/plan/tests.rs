@@ -551,3 +551,130 @@ mod version_change {
         assert!(recreate.undrain.is_empty() && recreate.writes.is_empty());
     }
 }
+
+mod autoscaling {
+    use super::super::*;
+    use super::basics::{now, world};
+    use crate::crd::{AutoscaleSpec, MaintenanceStatus, OrchestratorCluster, ScaleDownPolicy, ScaleUpPolicy};
+    use crate::database::DatabaseState;
+    use crate::reconcile::dry_run;
+    use crate::testing::fixtures;
+    use crate::validate::BuildSettings;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use orchestrator_contract::Work;
+
+    /// `minimal`, autoscaled from 1 to 4 servers at 4 jobs each, a 60 s scale-down window.
+    fn autoscaled() -> OrchestratorCluster {
+        let mut cr = fixtures::minimal();
+        cr.spec.capacity.autoscale = Some(AutoscaleSpec {
+            min_replicas: 1,
+            max_replicas: 4,
+            jobs_per_server: Some(4),
+            scale_up: ScaleUpPolicy::default(),
+            scale_down: ScaleDownPolicy {
+                stabilization_window: "60s".into(),
+                step: 1,
+            },
+            schedules: Vec::new(),
+        });
+        cr
+    }
+
+    fn with_work(mut observed: Observed, claimable: i64, running: i64) -> Observed {
+        if let DatabaseState::Ready { work, members, .. } = &mut observed.database {
+            *work = Work {
+                claimable,
+                running,
+                serving: members.len() as i64,
+            };
+        }
+        observed
+    }
+
+    fn later(seconds: i64) -> Time {
+        Time(now().0 + k8s_openapi::jiff::SignedDuration::from_secs(seconds))
+    }
+
+    #[test]
+    fn work_adds_one_server_per_step_and_spec_replicas_is_ignored() {
+        let cr = autoscaled();
+        assert_eq!(cr.spec.replicas, 3);
+        let plan = dry_run(
+            &cr,
+            &with_work(world(&cr, 2, 2), 30, 8),
+            &BuildSettings::default(),
+            &now(),
+        )
+        .unwrap();
+        let Some(Child::StatefulSet(sts)) = plan.writes.iter().map(|w| &w.child).find(|c| c.kind() == "StatefulSet")
+        else {
+            panic!("the StatefulSet grows: {:?}", plan.writes)
+        };
+        assert_eq!(sts.spec.as_ref().unwrap().replicas, Some(3), "addAtOnce 1");
+        assert_eq!(plan.status.desired_replicas, Some(4), "not spec.replicas (3)");
+        let autoscale = plan.status.autoscale.as_ref().unwrap();
+        assert_eq!(autoscale.limited_by.as_deref(), Some("AtMaxReplicas"));
+        let reasons: Vec<_> = plan.events.iter().map(|e| e.reason).collect();
+        assert!(
+            reasons.contains(&Reason::AutoscaledUp) && reasons.contains(&Reason::ScalingUp),
+            "{reasons:?}"
+        );
+        assert!(plan.requeue <= SIGNAL_PERIOD);
+    }
+
+    #[test]
+    fn a_steady_signal_writes_the_same_status() {
+        let mut cr = autoscaled();
+        let first = dry_run(
+            &cr,
+            &with_work(world(&cr, 2, 2), 4, 4),
+            &BuildSettings::default(),
+            &now(),
+        )
+        .unwrap();
+        assert_eq!(first.status.desired_replicas, Some(2));
+        assert!(first.writes.is_empty(), "{:?}", first.writes);
+        cr.status = Some(first.status.clone());
+        // Five seconds on, other figures that ask for as many servers: nothing to write.
+        let second = dry_run(
+            &cr,
+            &with_work(world(&cr, 2, 2), 2, 5),
+            &BuildSettings::default(),
+            &later(5),
+        )
+        .unwrap();
+        assert_eq!(second.status, first.status);
+        assert!(second.events.is_empty(), "{:?}", second.events);
+    }
+
+    #[test]
+    fn no_server_is_removed_during_a_roll_step_even_after_the_window() {
+        let mut cr = autoscaled();
+        let idle = || with_work(world(&autoscaled(), 3, 3), 0, 0);
+        let first = dry_run(&cr, &idle(), &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(first.status.desired_replicas, Some(3), "waits for the window");
+        let mut status = first.status.clone();
+        status.maintenance = Some(MaintenanceStatus {
+            server: Some("minimal-0".into()),
+            stage: Some("Draining".into()),
+            started_at: Some(now()),
+            step_started_at: Some(now()),
+            ..MaintenanceStatus::default()
+        });
+        cr.status = Some(status);
+        let during = dry_run(&cr, &idle(), &BuildSettings::default(), &later(120)).unwrap();
+        assert_eq!(during.status.desired_replicas, Some(3));
+        let autoscale = during.status.autoscale.unwrap();
+        assert_eq!(
+            autoscale.limited_by.as_deref(),
+            Some("DisruptionInProgress"),
+            "{autoscale:?}"
+        );
+        assert!(!during.drain.iter().any(|s| s != "minimal-0"), "{:?}", during.drain);
+        // The step done, the window long past: one server, the highest, drains.
+        cr.status.as_mut().unwrap().maintenance = None;
+        let after = dry_run(&cr, &idle(), &BuildSettings::default(), &later(121)).unwrap();
+        assert_eq!(after.status.desired_replicas, Some(2));
+        assert_eq!(after.drain, vec!["minimal-2"]);
+    }
+}

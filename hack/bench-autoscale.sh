@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Autoscaling benchmark on the local cluster: the same burst (40 jobs/s of 500 ms for 30 s,
+# real PostgreSQL and servers) against an autoscaled cluster (1 to 4 servers), a fixed one at
+# 1 and a fixed one at 4, one after the other; prints each one's time until the backlog is
+# back under target, p95 queue wait, server-minutes (all measured from PostgreSQL), and the
+# autoscaled one's ratios to the fixed ones from the same run.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+bash hack/setup.sh
+export KUBECONFIG="$root/.local/kubeconfig"
+mkdir -p .local
+bash hack/cluster-up.sh >.local/bench-autoscale-cluster.log 2>&1 || { cat .local/bench-autoscale-cluster.log; exit 1; }
+cargo test --quiet --locked --features e2e --test e2e -- --ignored --test-threads 1 --nocapture \
+  autoscale::bench_burst 2>&1 | grep -E "autoscale measure|test result|panicked"
