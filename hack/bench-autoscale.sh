@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Autoscaling benchmark on the local cluster: the same burst (40 jobs/s of 500 ms for 30 s,
+# Autoscaling benchmark on the local cluster: the same burst (20 jobs/s of 500 ms for 20 s,
 # real PostgreSQL and servers) against an autoscaled cluster (1 to 4 servers), a fixed one at
 # 1 and a fixed one at 4, one after the other; prints each one's time until the backlog is
 # back under target, p95 queue wait, server-minutes (all measured from PostgreSQL), and the
@@ -12,4 +12,4 @@ export KUBECONFIG="$root/.local/kubeconfig"
 mkdir -p .local
 bash hack/cluster-up.sh >.local/bench-autoscale-cluster.log 2>&1 || { cat .local/bench-autoscale-cluster.log; exit 1; }
 cargo test --quiet --locked --features e2e --test e2e -- --ignored --test-threads 1 --nocapture \
-  autoscale::bench_burst 2>&1 | grep -E "autoscale measure|test result|panicked"
+  autoscale::bench_burst 2>&1 | grep -E -A4 "autoscale measure|test result|panicked"

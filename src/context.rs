@@ -14,6 +14,7 @@ use crate::crd::object_key;
 use crate::database::preflight::Preflight;
 use crate::leader::Leadership;
 use crate::metrics::{ClusterLabels, Metrics};
+use crate::planners::autoscale::Readings;
 use crate::rejections::Rejections;
 use crate::rolls::{DEFAULT_CONCURRENT_ROLLS, Rolls};
 use crate::validate::BuildSettings;
@@ -89,6 +90,8 @@ pub struct Context {
     pub(crate) rejections: Rejections,
     failures: Mutex<HashMap<String, Failures>>,
     swept: Mutex<Option<Instant>>,
+    /// The autoscaler's readings of the last stabilization windows, per cluster.
+    readings: Mutex<HashMap<String, Readings>>,
 }
 
 impl Context {
@@ -116,7 +119,27 @@ impl Context {
             swept: Mutex::default(),
             rejections: Rejections::default(),
             failures: Mutex::default(),
+            readings: Mutex::default(),
         }
+    }
+
+    /// The autoscaler's readings of cluster `key`, as the last look kept them.
+    pub(crate) fn readings(&self, key: &str) -> Option<Readings> {
+        self.readings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Keeps the autoscaler's `readings` of cluster `key` for its next look (`None`: start
+    /// again).
+    pub(crate) fn keep_readings(&self, key: &str, readings: Option<Readings>) {
+        let mut kept = self.readings.lock().unwrap_or_else(|e| e.into_inner());
+        match readings {
+            Some(readings) => kept.insert(key.to_string(), readings),
+            None => kept.remove(key),
+        };
     }
 
     /// Uses `client` (built without kube's retry of 429 answers) for evictions.
@@ -187,6 +210,7 @@ impl Context {
         self.rolls.withdraw(&object_key(cluster));
         self.reset_backoff(&object_key(cluster));
         self.rejections.clear(&object_key(cluster));
+        self.keep_readings(&object_key(cluster), None);
         self.metrics.forget_cluster(&ClusterLabels::of(cluster));
     }
 
@@ -224,6 +248,10 @@ impl Context {
         self.preflight.databases.sweep(live);
         self.rolls.retain(&keys);
         self.rejections.retain(&keys);
+        self.readings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, _| keys.contains(key));
         self.failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -94,7 +94,7 @@ const IMAGE_RULE: &str = r"!has(self.image) || self.image.matches('^((?:[a-zA-Z0
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[kube(validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (lowercase letters, digits and -, starting with a letter): the Services named after the cluster need one"))]
-#[kube(validation = Rule::new("(self.spec.database.host == oldSelf.spec.database.host && self.spec.database.name == oldSelf.spec.database.name) || !has(self.status) || self.status.replicas == 0").message("spec.database.host and spec.database.name cannot change while the cluster has servers, which would split it across two databases: set spec.replicas to 0, wait for status.replicas to be 0, change the database, then scale up again"))]
+#[kube(validation = Rule::new("(self.spec.database.host == oldSelf.spec.database.host && self.spec.database.name == oldSelf.spec.database.name) || !has(self.status) || self.status.replicas == 0").message("spec.database.host and spec.database.name cannot change while the cluster has servers, which would split it across two databases: set spec.replicas to 0 (and remove capacity.autoscale), wait for status.replicas to be 0, change the database, then scale up again"))]
 #[x_kube(validation = Rule::new("has(self.image) || self.version.matches('^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$')").message(Message::Expression("'version ' + self.version + ' is not a valid image tag (letters, digits, _ . and -, at most 128, no +): set spec.image, or use a version that is a tag'".into())))]
 #[x_kube(validation = Rule::new(IMAGE_RULE).message(Message::Expression("'image ' + self.image + ' is not a valid image reference ([registry[:port]/]name[:tag][@digest], lowercase name)'".into())))]
 #[x_kube(validation = Rule::new("self.replicas <= self.capacity.maxReplicas").message("spec.replicas must not exceed spec.capacity.maxReplicas, the owner's ceiling for adding servers; raise capacity.maxReplicas first"))]
@@ -821,13 +821,17 @@ pub struct ServerStatus {
 /// What the autoscaler saw and decided. Written when the recommendation, the count or a
 /// limit changes (the live figures are the `orchestrator_operator_claimable_jobs` and
 /// `orchestrator_operator_busy_ratio` metrics), so the status does not change with every job.
+/// The readings of the stabilization windows are kept in the operator's memory; a restarted
+/// operator takes a whole window of new ones before it changes the count.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscaleStatus {
     /// Servers the autoscaler wants now; servers are added (or drained) towards it.
     pub desired_replicas: i32,
-    /// Servers the signal asks for, within the floor and `maxReplicas` (absent while the
-    /// database cannot be read: the autoscaler then keeps its count).
+    /// Servers the work asks for over the stabilization windows (every reading of the
+    /// scale-up window asks for at least this many more, or every reading of the scale-down
+    /// window for at most this many fewer; else the desired count), within the floor and
+    /// `maxReplicas`. Absent while the database cannot be read: the count is then kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recommended_replicas: Option<i32>,
     /// The floor in force: `minReplicas`, or the `minReplicas` of an open schedule.
@@ -843,20 +847,6 @@ pub struct AutoscaleStatus {
     /// What the limit is, for a person.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// Since when the recommendation has been above the desired count (scale-up
-    /// stabilization), and the lowest it has been since.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub above_since: Option<Time>,
-    /// The lowest recommendation since `aboveSince`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub above_lowest: Option<i32>,
-    /// Since when the recommendation has been below the desired count (scale-down
-    /// stabilization).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub below_since: Option<Time>,
-    /// The highest recommendation since `belowSince`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub below_highest: Option<i32>,
     /// The last change of the desired count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_decision: Option<AutoscaleDecision>,
@@ -890,8 +880,8 @@ pub struct AutoscaleDecision {
     pub from: i32,
     /// The desired count after.
     pub to: i32,
-    /// Why: `AutoscaledUp`, `AutoscaledDown` (the signal), `ScheduleFloor` (a schedule
-    /// opened or closed), `AutoscaleBounds` (min or max changed).
+    /// Why: `AutoscaledUp`, `AutoscaledDown` (the work), `ScheduleFloor` (a schedule opened
+    /// and raised the floor), `AutoscaleBounds` (minReplicas or maxReplicas changed).
     pub reason: String,
     /// The figures and arithmetic behind it, for a person.
     pub message: String,

@@ -36,6 +36,7 @@ pub use controller::{StopReason, run as run_controllers};
 pub use database::DatabaseState;
 pub use error::{Error, Result};
 pub use metrics::Metrics;
+pub use planners::autoscale::Readings;
 pub use reconcile::act::evict;
 pub use reconcile::observe::Observed;
 pub use reconcile::plan::{Child, Plan, PlannedEvent, Write};

@@ -183,7 +183,7 @@ words! {
         /// The database's queue cannot be read: the autoscaler keeps its count (unknown is not
         /// idle).
         SignalUnknown,
-        /// The signal asks for a change that has not lasted its stabilization window yet.
+        /// Every reading asks for a change, but not yet for its whole stabilization window.
         Stabilizing,
         /// The signal asks for more servers than `capacity.autoscale.maxReplicas`.
         AtMaxReplicas,
@@ -194,7 +194,8 @@ words! {
         AutoscaledUp,
         /// The work in the database asked for fewer servers (each removal drains first).
         AutoscaledDown,
-        /// An autoscale schedule opened or closed: its floor applies.
+        /// An autoscale schedule opened: its floor applies (when it closes, the work decides
+        /// again, through the scale-down window).
         ScheduleFloor,
         /// `minReplicas` or `maxReplicas` changed: the count was brought within them.
         AutoscaleBounds,

@@ -19,8 +19,9 @@ pub enum DatabaseState {
         schema_version: i32,
         /// Rows of the `servers` table.
         members: Vec<Member>,
-        /// The jobs waiting and running, and the servers taking them (the whole database's).
-        work: Work,
+        /// The jobs waiting and running, and the servers taking them (the whole database's);
+        /// `None` when they could not be counted (unknown, not idle).
+        work: Option<Work>,
     },
     /// Not usable; the message says what to fix.
     NotReady {
@@ -35,7 +36,7 @@ impl DatabaseState {
     /// The work in the database when it is usable.
     pub fn work(&self) -> Option<Work> {
         match self {
-            DatabaseState::Ready { work, .. } => Some(*work),
+            DatabaseState::Ready { work, .. } => *work,
             DatabaseState::NotReady { .. } => None,
         }
     }

@@ -194,7 +194,8 @@ impl Preflight {
         Ok(outcome)
     }
 
-    /// Checks the database of `cr` (or reuses a recent check) and reads its membership.
+    /// Checks the database of `cr` (or reuses a recent check) and reads its membership and its
+    /// work (counted up to `work_cap`: most servers, jobs per server; see `contract::work`).
     /// `secret` is the cached metadata of its credentials Secret (`None`: there is no
     /// such Secret). Legacy rows are read as the cluster's only for `pods` (the server pods
     /// running here).
@@ -204,6 +205,7 @@ impl Preflight {
         cr: &OrchestratorCluster,
         secret: Option<&PartialObjectMeta<Secret>>,
         pods: &BTreeSet<String>,
+        work_cap: (i64, i64),
     ) -> Result<Observation> {
         let db = &cr.spec.database;
         let namespace = cr.namespace().unwrap_or_default();
@@ -271,8 +273,31 @@ impl Preflight {
                 Err(hold) => return Ok(failed(hold)),
             };
             match read(&connection, &namespace).await {
-                Ok((schema_version, rows, work)) => {
-                    drop(connection);
+                Ok((schema_version, rows)) => {
+                    // The autoscaler's signal, read on its own: a count that fails or times out
+                    // leaves the work unknown, not the database unusable.
+                    let work = match tokio::time::timeout(
+                        DATABASE_DEADLINE,
+                        contract::work(&**connection, work_cap.0, work_cap.1),
+                    )
+                    .await
+                    {
+                        Ok(Ok(work)) => Some(work),
+                        Ok(Err(error)) => {
+                            tracing::debug!(cluster = %key(cr), error = %redact(error.to_string(), &password), "reading the work failed");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::debug!(cluster = %key(cr), "reading the work timed out");
+                            None
+                        }
+                    };
+                    if work.is_none() {
+                        // It may hang or hold a late answer: closed, not returned.
+                        drop(Object::take(connection));
+                    } else {
+                        drop(connection);
+                    }
                     self.databases.listen(&cluster_of(cr));
                     let (members, row_ids) = rows_of(&namespace, pods, rows);
                     return Ok(Observation {
@@ -411,17 +436,13 @@ fn read_credentials(
     Ok((user, password, value(CA_KEY)))
 }
 
-/// The schema version, the rows a cluster in `namespace` may own and the database's work (the
-/// autoscaler's signal, two counts), within [`DATABASE_DEADLINE`].
-async fn read(
-    client: &Client,
-    namespace: &str,
-) -> Result<(i32, Vec<contract::Member>, contract::Work), contract::ContractError> {
+/// The schema version and the rows a cluster in `namespace` may own, within
+/// [`DATABASE_DEADLINE`].
+async fn read(client: &Client, namespace: &str) -> Result<(i32, Vec<contract::Member>), contract::ContractError> {
     let read = async {
         let schema_version = contract::schema_version(client).await?;
         let members = contract::membership_in_namespace(client, namespace).await?;
-        let work = contract::work(client).await?;
-        Ok((schema_version, members, work))
+        Ok((schema_version, members))
     };
     tokio::time::timeout(DATABASE_DEADLINE, read).await.unwrap_or_else(|_| {
         Err(contract::ContractError::Timeout(format!(

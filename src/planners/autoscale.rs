@@ -1,14 +1,21 @@
-//! The autoscaler: how many servers the work in the shared database asks for (the
-//! *recommendation*), and how many the cluster should have now (the *desired* count) under the
-//! floor and ceiling, the stabilization windows, the scale-down step and the disruption rule.
-//! A pure function of the policy, the signal, the last status and the time; does not need a
-//! client. Adding the servers it wants is the capacity planner's job, under the same rules as
-//! a manual scale-up (database usable, an existing server joined, `addAtOnce` per step).
+//! The autoscaler: how many servers the work in the shared database asks for (a *reading*,
+//! taken at each look), and how many the cluster should have now (the *desired* count) under
+//! the floor and ceiling, the stabilization windows, the scale-down step and the disruption
+//! rule. A pure function of the policy, the work, the readings of the last windows, the last
+//! status and the time; does not need a client. Adding the servers it wants is the capacity
+//! planner's job, under the same rules as a manual scale-up (database usable, an existing
+//! server joined, `addAtOnce` per step).
 //!
-//! Everything it remembers (the desired count, since when the recommendation has been above or
-//! below it, the last decision) is in `status.autoscale`, so a restarted operator goes on where
-//! the last one stopped.
+//! As the HorizontalPodAutoscaler does, a change follows the readings of a whole window: up to
+//! the lowest reading of the last `scaleUp.stabilizationWindow`, down to the highest of the last
+//! `scaleDown.stabilizationWindow`. The readings are kept in the operator's memory
+//! ([`Readings`], a few entries per cluster), not in the status, which would change with every
+//! look. What a restarted operator needs is in `status.autoscale` (the desired count); its
+//! readings start again, so it changes the count only after a whole window of its own readings
+//! (never earlier than the last one would have). A look that cannot read the work, or an HPA
+//! scaling the same cluster, starts the readings again too.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -34,10 +41,87 @@ pub(crate) struct Policy {
     pub down_window: Duration,
     /// `scaleDown.step`.
     pub down_step: i32,
-    /// `schedules`, as a calendar, and the floor of each (same order).
+    /// `schedules`, as a calendar.
     pub schedules: Calendar,
-    /// `minReplicas` of each schedule.
+    /// `minReplicas` of each schedule (same order).
     pub schedule_floors: Vec<i32>,
+}
+
+/// One reading: when, and the servers the work asked for (before the floor; at most the
+/// ceiling plus one, which is all a window needs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reading {
+    at: Timestamp,
+    servers: i32,
+}
+
+/// The readings of the last windows, as two monotonic queues: the highest of the last
+/// scale-down window and the lowest of the last scale-up window are at their fronts. Each
+/// holds at most one entry per distinct count, so a cluster costs a few entries whatever its
+/// windows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readings {
+    /// When the readings started (an operator start, or the first look after an unknown one).
+    since: Timestamp,
+    /// Strictly decreasing counts, oldest first: the front is the highest in the window.
+    highs: VecDeque<Reading>,
+    /// Strictly increasing counts, oldest first: the front is the lowest in the window.
+    lows: VecDeque<Reading>,
+}
+
+impl Readings {
+    /// Readings starting with `reading`.
+    fn start(reading: Reading) -> Self {
+        Self {
+            since: reading.at,
+            highs: VecDeque::from([reading]),
+            lows: VecDeque::from([reading]),
+        }
+    }
+
+    /// Adds `reading` and forgets what fell out of the windows.
+    fn record(&mut self, reading: Reading, policy: &Policy) {
+        while self.highs.back().is_some_and(|r| r.servers <= reading.servers) {
+            self.highs.pop_back();
+        }
+        self.highs.push_back(reading);
+        while self.lows.back().is_some_and(|r| r.servers >= reading.servers) {
+            self.lows.pop_back();
+        }
+        self.lows.push_back(reading);
+        let within = |window: Duration| move |r: &Reading| elapsed(r.at, reading.at) <= window;
+        while self.highs.front().is_some_and(|r| !within(policy.down_window)(r)) {
+            self.highs.pop_front();
+        }
+        while self.lows.front().is_some_and(|r| !within(policy.up_window)(r)) {
+            self.lows.pop_front();
+        }
+    }
+
+    /// Whether the readings span `window` up to `now`.
+    fn cover(&self, window: Duration, now: Timestamp) -> bool {
+        elapsed(self.since, now) >= window
+    }
+
+    /// The highest count of the scale-down window.
+    fn highest(&self) -> i32 {
+        self.highs.front().map_or(0, |r| r.servers)
+    }
+
+    /// The lowest count of the scale-up window.
+    fn lowest(&self) -> i32 {
+        self.lows.front().map_or(0, |r| r.servers)
+    }
+
+    /// The last reading of at least `servers` (scale-down) still in its window.
+    fn last_at_least(&self, servers: i32) -> Option<Timestamp> {
+        self.highs.iter().rev().find(|r| r.servers >= servers).map(|r| r.at)
+    }
+
+    /// The last reading of at most `servers` (scale-up) still in its window.
+    fn last_at_most(&self, servers: i32) -> Option<Timestamp> {
+        self.lows.iter().rev().find(|r| r.servers <= servers).map(|r| r.at)
+    }
 }
 
 /// What the autoscaler needs.
@@ -49,13 +133,16 @@ pub(crate) struct AutoscaleInput<'a> {
     pub work: Option<Work>,
     /// Of `work.serving`, the servers of this cluster.
     pub own_serving: i64,
+    /// The readings of earlier looks (`None`: none since the operator started, or since a look
+    /// that could not read the work).
+    pub readings: Option<&'a Readings>,
     /// `status.autoscale` as the last reconcile wrote it.
     pub previous: Option<&'a AutoscaleStatus>,
     /// The StatefulSet's replicas.
     pub current: i32,
-    /// Servers of the cluster that have joined.
-    pub joined: i32,
-    /// A roll step, a schema change or a drain in progress: no removal meanwhile.
+    /// Ordinals of the cluster's servers (below `current`) that have not joined.
+    pub unjoined: &'a [i32],
+    /// A roll step, a schema stage or a drain in progress: no removal meanwhile.
     pub disruption: Option<Hold>,
     /// Another autoscaler scales the cluster: the count stays where it is.
     pub conflict: Option<Hold>,
@@ -72,9 +159,11 @@ pub(crate) struct AutoscaleOutcome {
     pub status: AutoscaleStatus,
     /// The change of the desired count, for an Event (`None`: unchanged).
     pub decision: Option<(Reason, String)>,
-    /// When time alone changes the decision (a stabilization window ends, a schedule opens or
+    /// When time alone changes the decision (a reading leaves a window, a schedule opens or
     /// closes).
     pub recheck: Option<Duration>,
+    /// The readings to keep for the next look (`None`: start again).
+    pub readings: Option<Readings>,
 }
 
 /// The floor at `now`: `minReplicas`, or the highest `minReplicas` of an open schedule.
@@ -94,19 +183,7 @@ pub(crate) fn wanted_by(work: &Work, own_serving: i64, jobs_per_server: i32) -> 
     let jobs = work.claimable.saturating_add(work.running).max(0);
     let target = i64::from(jobs_per_server.max(1));
     let others = work.serving.saturating_sub(own_serving).max(0);
-    ((jobs + target - 1) / target - others).max(0)
-}
-
-/// A stretch of recommendations on one side of the desired count: since when, and its
-/// extreme (the lowest above, the highest below).
-type Stretch = Option<(Timestamp, i32)>;
-
-/// `stretch` continued with `recommended` if `side` holds, else ended.
-fn extend(stretch: Stretch, side: bool, recommended: i32, now: Timestamp, keep: fn(i32, i32) -> i32) -> Stretch {
-    side.then(|| match stretch {
-        Some((since, extreme)) => (since, keep(extreme, recommended)),
-        None => (now, recommended),
-    })
+    (jobs.saturating_add(target - 1) / target - others).max(0)
 }
 
 /// Decides the desired count.
@@ -121,108 +198,121 @@ pub(crate) fn decide(input: &AutoscaleInput) -> AutoscaleOutcome {
     // A person's order (a higher floor, a lower ceiling) is followed at once; the capacity
     // planner still adds `addAtOnce` at a time and drains before it removes.
     let bounded = before.clamp(floor, policy.max);
+    let clamp = |servers: i32| servers.clamp(floor, policy.max);
     let mut desired = bounded;
     let mut limit: Option<Hold> = None;
     let mut recheck: Option<Duration> = None;
-    let previous_stretch = |since: Option<&Time>, extreme: Option<i32>| since.map(|t| t.0).zip(extreme);
-    let mut above = input
-        .previous
-        .and_then(|p| previous_stretch(p.above_since.as_ref(), p.above_lowest));
-    let mut below = input
-        .previous
-        .and_then(|p| previous_stretch(p.below_since.as_ref(), p.below_highest));
+    let mut readings = None;
+    let mut recommended = None;
     let raw = input
         .work
         .as_ref()
         .map(|work| wanted_by(work, input.own_serving, policy.jobs_per_server));
-    let recommended = raw.map(|raw| i32::try_from(raw).unwrap_or(i32::MAX).clamp(floor, policy.max));
-    match recommended {
-        _ if input.conflict.is_some() => limit = input.conflict.clone(),
-        None => {
+    match (&input.conflict, raw) {
+        (Some(conflict), _) => limit = Some(conflict.clone()),
+        (None, None) => {
             limit = Some(Hold::new(
                 Reason::SignalUnknown,
-                format!("the database's queue cannot be read; keeping {bounded} servers until it can"),
+                format!("the database's work cannot be read; keeping {bounded} servers until it can"),
             ));
         }
-        Some(recommended) => {
-            // A stretch measured against another count (before a person's bounds moved it) is
-            // kept only while it is still on its side.
-            above = above.filter(|(_, lowest)| *lowest > bounded);
-            below = below.filter(|(_, highest)| *highest < bounded);
-            above = extend(above, recommended > bounded, recommended, now, i32::min);
-            below = extend(below, recommended < bounded, recommended, now, i32::max);
-            if let Some((since, lowest)) = above {
-                let waited = elapsed(since, now);
-                if waited >= policy.up_window {
+        (None, Some(raw)) => {
+            let reading = Reading {
+                at: now,
+                servers: i32::try_from(raw.min(i64::from(policy.max) + 1)).unwrap_or(policy.max),
+            };
+            let mut kept = input.readings.cloned().unwrap_or_else(|| Readings::start(reading));
+            kept.record(reading, policy);
+            let (lowest, highest) = (clamp(kept.lowest()), clamp(kept.highest()));
+            let latest = clamp(reading.servers);
+            let until = |last: Option<Timestamp>, window: Duration| {
+                let since = last.unwrap_or(kept.since).max(kept.since);
+                window.saturating_sub(elapsed(since, now))
+            };
+            // Every reading of the up window asks for more, or every reading of the down
+            // window for fewer; readings that hover around the count change nothing.
+            if lowest > bounded {
+                if kept.cover(policy.up_window, now) {
                     desired = lowest;
                 } else {
-                    recheck = Some(policy.up_window - waited);
+                    recheck = Some(until(None, policy.up_window));
                     limit = Some(Hold::new(
                         Reason::Stabilizing,
                         format!(
-                            "the signal asks for {lowest} servers or more; adding waits until it has for {:?} (scaleUp.stabilizationWindow)",
+                            "the work asks for more servers; they are added once it has for {:?} (scaleUp.stabilizationWindow)",
                             policy.up_window
                         ),
                     ));
                 }
-            }
-            if let Some((since, highest)) = below {
-                let waited = elapsed(since, now);
-                let lower = highest.max(bounded.min(input.current) - policy.down_step);
-                if waited < policy.down_window {
-                    recheck = Some(policy.down_window - waited);
+            } else if highest < bounded {
+                if kept.cover(policy.down_window, now) {
+                    let lower = highest.max(bounded.min(input.current) - policy.down_step);
+                    match removal_hold(input, lower) {
+                        Some(hold) if lower < input.current => {
+                            desired = bounded.min(input.current);
+                            limit = Some(hold);
+                        }
+                        _ => desired = lower,
+                    }
+                } else {
+                    recheck = Some(until(None, policy.down_window));
                     limit = Some(Hold::new(
                         Reason::Stabilizing,
                         format!(
-                            "the signal asks for {highest} servers or fewer; removing waits until it has for {:?} (scaleDown.stabilizationWindow)",
+                            "the work asks for fewer servers; one is removed once it has for {:?} (scaleDown.stabilizationWindow)",
                             policy.down_window
                         ),
                     ));
-                } else if lower >= input.current {
-                    // Servers wanted but not added yet: fewer are wanted, none is removed.
-                    desired = lower;
-                } else if let Some(hold) = removal_hold(input) {
-                    desired = bounded.min(input.current.max(lower));
-                    limit = Some(hold);
-                } else {
-                    desired = lower;
                 }
+            } else if latest > bounded {
+                recheck = Some(until(kept.last_at_most(bounded), policy.up_window));
+            } else if latest < bounded {
+                recheck = Some(until(kept.last_at_least(bounded), policy.down_window));
             }
-            if raw.is_some_and(|raw| raw > i64::from(policy.max)) && desired == policy.max {
+            if raw > i64::from(policy.max) && desired == policy.max {
                 limit = Some(Hold::new(
                     Reason::AtMaxReplicas,
                     format!(
-                        "the signal asks for {} servers; capacity.autoscale.maxReplicas is {}",
-                        raw.unwrap_or_default(),
+                        "the work asks for more servers than capacity.autoscale.maxReplicas ({})",
                         policy.max
                     ),
                 ));
             }
+            // What the windows would move to: stable while the readings hover around it.
+            recommended = Some(if lowest > bounded {
+                lowest
+            } else if highest < bounded {
+                highest
+            } else {
+                bounded
+            });
+            readings = Some(kept);
         }
     }
     let changed = desired != before;
-    if changed {
-        // A stretch the new count reached is over; one it has not (a scale-down one step at a
-        // time) goes on, so the next step needs no new window.
-        above = above.filter(|(_, lowest)| *lowest > desired);
-        below = below.filter(|(_, highest)| *highest < desired);
-    }
-    let signal = input.work.as_ref().map(|work| AutoscaleSignal {
+    let previous = input.previous.cloned().unwrap_or_default();
+    let fresh = input.work.as_ref().map(|work| AutoscaleSignal {
         claimable_jobs: work.claimable,
         running_jobs: work.running,
         other_servers: work.serving.saturating_sub(input.own_serving).max(0),
         jobs_per_server: policy.jobs_per_server,
         observed_at: Time(now),
     });
-    let previous = input.previous.cloned().unwrap_or_default();
-    // The figures are written with a new recommendation or a decision, not at every read.
-    let signal = match (&previous.signal, signal) {
-        (Some(kept), Some(_)) if !changed && previous.recommended_replicas == recommended => Some(kept.clone()),
+    // The figures are written with a new recommendation, a decision or a new target, not at
+    // every look.
+    let signal = match (&previous.signal, fresh) {
+        (Some(kept), Some(fresh))
+            if !changed
+                && previous.recommended_replicas == recommended
+                && kept.jobs_per_server == fresh.jobs_per_server =>
+        {
+            Some(kept.clone())
+        }
         (kept, fresh) => fresh.or_else(|| kept.clone()),
     };
     let decision = changed.then(|| {
-        let reason = if before != bounded && desired == bounded {
-            if bounded == floor && before < floor && floor > policy.min {
+        let reason = if desired == bounded {
+            if floor > policy.min && before < floor {
                 Reason::ScheduleFloor
             } else {
                 Reason::AutoscaleBounds
@@ -260,10 +350,6 @@ pub(crate) fn decide(input: &AutoscaleInput) -> AutoscaleOutcome {
         signal,
         limited_by: limit.as_ref().map(|hold| hold.reason.as_str().to_string()),
         message: limit.map(|hold| hold.message),
-        above_since: above.map(|(since, _)| Time(since)),
-        above_lowest: above.map(|(_, lowest)| lowest),
-        below_since: below.map(|(since, _)| Time(since)),
-        below_highest: below.map(|(_, highest)| highest),
         last_decision: match &decision {
             Some((reason, message)) => Some(AutoscaleDecision {
                 time: Time(now),
@@ -280,21 +366,25 @@ pub(crate) fn decide(input: &AutoscaleInput) -> AutoscaleOutcome {
         status,
         decision,
         recheck,
+        readings,
     }
 }
 
-/// Why no server may be removed now: a disruption in progress, or a server not joined (taking
-/// another away would leave two out of service).
-fn removal_hold(input: &AutoscaleInput) -> Option<Hold> {
+/// Why no server may be removed down to `lower` now: a disruption in progress, or a server that
+/// stays (ordinal below `lower`) not joined: taking another away would leave two out of
+/// service.
+fn removal_hold(input: &AutoscaleInput, lower: i32) -> Option<Hold> {
     if let Some(hold) = &input.disruption {
         return Some(hold.clone());
     }
-    (input.joined < input.current).then(|| {
+    let out: Vec<i32> = input.unjoined.iter().copied().filter(|o| *o < lower).collect();
+    (!out.is_empty()).then(|| {
         Hold::new(
             Reason::DisruptionInProgress,
             format!(
-                "{} of {} servers have joined; no server is removed while one is out of service",
-                input.joined, input.current
+                "{} of the servers that stay {} not joined; no server is removed while one is out of service",
+                out.len(),
+                if out.len() == 1 { "has" } else { "have" }
             ),
         )
     })
@@ -331,22 +421,46 @@ mod tests {
         Timestamp::from_second(1_790_000_000 + seconds).unwrap()
     }
 
-    fn input<'a>(
+    /// A cluster of `current` joined servers, looked at by a reconcile at a time.
+    struct Looks<'a> {
         policy: &'a Policy,
-        work: Option<Work>,
-        previous: Option<&'a AutoscaleStatus>,
+        readings: Option<Readings>,
+        status: Option<AutoscaleStatus>,
         current: i32,
-    ) -> AutoscaleInput<'a> {
-        AutoscaleInput {
-            policy,
-            work,
-            own_serving: 0,
-            previous,
-            current,
-            joined: current,
-            disruption: None,
-            conflict: None,
-            now: at(0),
+        unjoined: Vec<i32>,
+        disruption: Option<Hold>,
+        conflict: Option<Hold>,
+    }
+
+    impl<'a> Looks<'a> {
+        fn new(policy: &'a Policy, current: i32) -> Self {
+            Self {
+                policy,
+                readings: None,
+                status: None,
+                current,
+                unjoined: Vec::new(),
+                disruption: None,
+                conflict: None,
+            }
+        }
+
+        fn look(&mut self, seconds: i64, work: Option<Work>) -> AutoscaleOutcome {
+            let out = decide(&AutoscaleInput {
+                policy: self.policy,
+                work,
+                own_serving: 0,
+                readings: self.readings.as_ref(),
+                previous: self.status.as_ref(),
+                current: self.current,
+                unjoined: &self.unjoined,
+                disruption: self.disruption.clone(),
+                conflict: self.conflict.clone(),
+                now: at(seconds),
+            });
+            self.readings = out.readings.clone();
+            self.status = Some(out.status.clone());
+            out
         }
     }
 
@@ -367,49 +481,76 @@ mod tests {
     #[test]
     fn a_burst_scales_up_at_once_and_idle_scales_down_after_the_window_one_at_a_time() {
         let p = policy();
-        let up = decide(&input(&p, work(30, 4), None, 1));
+        let mut looks = Looks::new(&p, 1);
+        let up = looks.look(0, work(30, 4));
         assert_eq!(up.desired, 6);
         assert_eq!(up.status.limited_by.as_deref(), Some("AtMaxReplicas"));
         assert_eq!(up.decision.as_ref().unwrap().0, Reason::AutoscaledUp);
-        let mut idle = input(&p, work(0, 0), Some(&up.status), 6);
-        let waiting = decide(&idle);
+        looks.current = 6;
+        let waiting = looks.look(5, work(0, 0));
+        assert_eq!((waiting.desired, waiting.status.recommended_replicas), (6, Some(6)));
         assert_eq!(
-            (waiting.desired, waiting.status.limited_by.as_deref()),
-            (6, Some("Stabilizing"))
+            waiting.recheck,
+            Some(Duration::from_secs(55)),
+            "the busy reading leaves at 60 s"
         );
-        assert_eq!(waiting.recheck, Some(Duration::from_secs(60)));
-        idle.previous = Some(&waiting.status);
-        idle.now = at(61);
-        let down = decide(&idle);
+        let down = looks.look(61, work(0, 0));
         assert_eq!(down.desired, 5, "one server per step");
         assert_eq!(down.decision.as_ref().unwrap().0, Reason::AutoscaledDown);
         // Its drain runs: the next step waits for it.
-        let mut draining = input(&p, work(0, 0), Some(&down.status), 6);
-        draining.now = at(62);
-        draining.disruption = Some(Hold::new(Reason::DisruptionInProgress, "prod-5 is draining"));
-        assert_eq!(decide(&draining).desired, 5);
+        looks.disruption = Some(Hold::new(Reason::DisruptionInProgress, "prod-5 is draining"));
+        assert_eq!(looks.look(62, work(0, 0)).desired, 5);
         // Gone: the next one, without a new window.
-        let mut next = input(&p, work(0, 0), Some(&down.status), 5);
-        next.now = at(70);
-        assert_eq!(decide(&next).desired, 4);
+        looks.disruption = None;
+        looks.current = 5;
+        assert_eq!(looks.look(70, work(0, 0)).desired, 4);
     }
 
     #[test]
-    fn unknown_work_keeps_the_count() {
+    fn readings_hovering_around_the_count_change_nothing_and_write_the_same_status() {
         let p = policy();
-        let before = decide(&input(&p, work(12, 0), None, 3)).status;
-        let out = decide(&input(&p, None, Some(&before), 3));
-        assert_eq!(out.desired, 3);
-        assert_eq!(out.status.limited_by.as_deref(), Some("SignalUnknown"));
-        assert!(out.decision.is_none());
+        let mut looks = Looks::new(&p, 4);
+        looks.look(0, work(16, 0));
+        let first = looks.look(5, work(12, 0)).status;
+        for (i, jobs) in [16, 12, 15, 9, 16, 13].into_iter().enumerate() {
+            let out = looks.look(10 + 5 * i as i64, work(jobs, 0));
+            assert_eq!(out.desired, 4);
+            assert_eq!(out.status, first, "reading {jobs}");
+        }
+    }
+
+    #[test]
+    fn unknown_work_keeps_the_count_and_starts_the_readings_again() {
+        let p = policy();
+        let mut looks = Looks::new(&p, 3);
+        looks.look(0, work(12, 0));
+        looks.look(30, work(0, 0));
+        let unknown = looks.look(35, None);
+        assert_eq!(unknown.desired, 3);
+        assert_eq!(unknown.status.limited_by.as_deref(), Some("SignalUnknown"));
+        assert!(unknown.decision.is_none() && unknown.readings.is_none());
+        // Idle before and after the outage: a whole window of new readings first.
+        assert_eq!(looks.look(65, work(0, 0)).desired, 3);
+        assert_eq!(looks.look(124, work(0, 0)).desired, 3);
+        assert_eq!(looks.look(126, work(0, 0)).desired, 2);
+    }
+
+    #[test]
+    fn a_restarted_operator_waits_a_whole_window_before_it_removes() {
+        let p = policy();
+        let mut looks = Looks::new(&p, 3);
+        looks.look(0, work(12, 0));
+        looks.readings = None;
+        assert_eq!(looks.look(100, work(0, 0)).desired, 3);
+        assert_eq!(looks.look(161, work(0, 0)).desired, 2);
     }
 
     #[test]
     fn another_autoscaler_freezes_the_count() {
         let p = policy();
-        let mut i = input(&p, work(40, 0), None, 2);
-        i.conflict = Some(Hold::new(Reason::AutoscalerConflict, "hpa/prod scales it"));
-        let out = decide(&i);
+        let mut looks = Looks::new(&p, 2);
+        looks.conflict = Some(Hold::new(Reason::AutoscalerConflict, "hpa/prod scales it"));
+        let out = looks.look(0, work(40, 0));
         assert_eq!(
             (out.desired, out.status.limited_by.as_deref()),
             (2, Some("AutoscalerConflict"))
@@ -418,14 +559,32 @@ mod tests {
     }
 
     #[test]
-    fn the_scale_up_window_uses_the_lowest_recommendation() {
+    fn the_scale_up_window_uses_the_lowest_reading() {
         let mut p = policy();
         p.up_window = Duration::from_secs(30);
-        let first = decide(&input(&p, work(20, 0), None, 1));
+        let mut looks = Looks::new(&p, 1);
+        let first = looks.look(0, work(20, 0));
         assert_eq!((first.desired, first.recheck), (1, Some(Duration::from_secs(30))));
-        let mut later = input(&p, work(8, 0), Some(&first.status), 1);
-        later.now = at(31);
-        assert_eq!(decide(&later).desired, 2, "the lowest ask in the window");
+        looks.look(10, work(8, 0));
+        assert_eq!(looks.look(31, work(20, 0)).desired, 2, "the lowest ask in the window");
+    }
+
+    #[test]
+    fn an_unjoined_server_that_is_removed_does_not_hold_the_removal() {
+        let p = policy();
+        let mut looks = Looks::new(&p, 3);
+        looks.look(0, work(12, 0));
+        looks.unjoined = vec![2];
+        assert_eq!(
+            looks.look(61, work(0, 0)).desired,
+            2,
+            "prod-2 never joined: it goes first"
+        );
+        looks.unjoined = vec![0];
+        looks.status.as_mut().unwrap().desired_replicas = 3;
+        let held = looks.look(62, work(0, 0));
+        assert_eq!(held.desired, 3);
+        assert_eq!(held.status.limited_by.as_deref(), Some("DisruptionInProgress"));
     }
 
     #[test]
@@ -442,66 +601,91 @@ mod tests {
         .unwrap();
         p.schedule_floors = vec![4];
         let busy: Timestamp = "2026-12-03T08:30:00Z".parse().unwrap();
-        let mut i = input(&p, work(0, 0), None, 1);
-        i.now = busy;
-        let out = decide(&i);
+        let out = decide(&AutoscaleInput {
+            policy: &p,
+            work: work(0, 0),
+            own_serving: 0,
+            readings: None,
+            previous: None,
+            current: 1,
+            unjoined: &[],
+            disruption: None,
+            conflict: None,
+            now: busy,
+        });
         assert_eq!((out.desired, out.status.floor), (4, 4));
         assert_eq!(out.decision.unwrap().0, Reason::ScheduleFloor);
         assert_eq!(out.recheck, Some(Duration::from_secs(30 * 60)), "it closes at 09:00");
     }
 
-    fn arbitrary_previous() -> impl Strategy<Value = Option<AutoscaleStatus>> {
-        prop::option::of(
-            (1i32..12, prop::option::of(0i64..200), prop::option::of(0i64..200)).prop_map(|(desired, above, below)| {
-                AutoscaleStatus {
-                    desired_replicas: desired,
-                    above_since: above.map(|s| Time(at(-s))),
-                    above_lowest: above.map(|_| desired + 1),
-                    below_since: below.map(|s| Time(at(-s))),
-                    below_highest: below.map(|_| (desired - 1).max(0)),
-                    ..AutoscaleStatus::default()
-                }
-            }),
+    /// One look of a generated sequence: seconds since the last look, the work (`None`:
+    /// unknown), the servers, a disruption, another autoscaler.
+    type Step = (i64, Option<(i64, i64)>, i32, Option<i32>, bool, bool);
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        prop::collection::vec(
+            (
+                1i64..40,
+                prop::option::weighted(0.9, (0i64..60, 0i64..20)),
+                0i32..9,
+                prop::option::of(0i32..9),
+                prop::bool::weighted(0.2),
+                prop::bool::weighted(0.05),
+            ),
+            1..40,
         )
     }
 
     proptest! {
         #[test]
-        fn never_outside_the_bounds_never_a_removal_during_a_disruption_never_beyond_the_step(
+        fn bounded_never_a_removal_during_a_disruption_or_without_a_window_of_low_readings(
             min in 1i32..4, span in 0i32..6, step in 1i32..3,
-            claimable in 0i64..100, running in 0i64..30, known in any::<bool>(),
-            previous in arbitrary_previous(),
-            current in 0i32..10, unjoined in 0i32..3, disrupted in any::<bool>(), conflict in any::<bool>(),
-            up in 0u64..60, down in 0u64..120,
+            up in 0u64..60, down in 0u64..120, schedule_floor in prop::option::of(1i32..10),
+            steps in steps(),
         ) {
-            let p = Policy {
+            let mut p = Policy {
                 min, max: min + span, down_step: step,
                 up_window: Duration::from_secs(up), down_window: Duration::from_secs(down),
                 ..policy()
             };
-            let mut i = input(&p, known.then_some(Work { claimable, running, serving: 0 }), previous.as_ref(), current);
-            i.joined = (current - unjoined).max(0);
-            if disrupted {
-                i.disruption = Some(Hold::new(Reason::DisruptionInProgress, "a roll step"));
+            if let Some(f) = schedule_floor {
+                p.schedules = Calendar::parse("s", &[MaintenanceWindow { days: vec![], start: "00:00".into(), duration: "12h".into() }]).unwrap();
+                p.schedule_floors = vec![f.min(p.max)];
             }
-            if conflict {
-                i.conflict = Some(Hold::new(Reason::AutoscalerConflict, "hpa/prod"));
+            let mut looks = Looks::new(&p, 0);
+            // (time, asked) of every known reading since the last unknown one or conflict.
+            let mut known: Vec<(i64, i32)> = Vec::new();
+            let mut t = 0;
+            for (gap, w, current, unjoined, disrupted, conflict) in steps {
+                t += gap;
+                looks.current = current;
+                looks.unjoined = unjoined.filter(|o| *o < current).into_iter().collect();
+                looks.disruption = disrupted.then(|| Hold::new(Reason::DisruptionInProgress, "a step"));
+                looks.conflict = conflict.then(|| Hold::new(Reason::AutoscalerConflict, "hpa"));
+                let before = looks.status.as_ref().map(|s| s.desired_replicas);
+                let out = looks.look(t, w.map(|(c, r)| Work { claimable: c, running: r, serving: 0 }));
+                let floor = out.status.floor;
+                prop_assert!(out.desired >= p.min && out.desired >= floor && out.desired <= p.max, "{out:?}");
+                match (w, conflict) {
+                    (Some((c, r)), false) => known.push((t, ((c + r + 3) / 4) as i32)),
+                    _ => known.clear(),
+                }
+                let Some(before) = before else { continue };
+                let asked = before.clamp(floor, p.max).min(current);
+                if out.desired < asked {
+                    prop_assert!(!conflict && w.is_some(), "a removal on unknown work or beside an HPA: {out:?}");
+                    prop_assert!(!disrupted, "a removal during a disruption: {out:?}");
+                    prop_assert!(looks.unjoined.iter().all(|o| *o >= out.desired), "a removal beside an unjoined server");
+                    prop_assert!(asked - out.desired <= step, "beyond the step: {out:?}");
+                    let first = known.first().map_or(t, |k| k.0);
+                    prop_assert!(t - first >= down as i64, "a removal without a window of readings: {known:?}");
+                    let highest = known.iter().filter(|k| t - k.0 <= down as i64).map(|k| k.1).max().unwrap_or(0);
+                    prop_assert!(out.desired >= highest.clamp(floor, p.max), "below a reading of the window: {known:?} {out:?}");
+                }
+                if out.desired != before {
+                    prop_assert!(out.decision.is_some(), "every change is said");
+                }
             }
-            let out = decide(&i);
-            prop_assert!(out.desired >= p.min && out.desired <= p.max, "{out:?}");
-            // What the last decision (or a person's bounds) already asked for is not new.
-            let before = previous.as_ref().map_or(if current > 0 { current } else { p.min }, |p| p.desired_replicas);
-            let asked = before.clamp(p.min, p.max).min(current);
-            if out.desired < asked {
-                prop_assert!(!conflict, "a removal while another autoscaler scales: {out:?}");
-                prop_assert!(!disrupted && i.joined == current, "a removal while something else disrupts: {out:?}");
-                prop_assert!(known, "a removal on an unknown signal");
-                prop_assert!(asked - out.desired <= step, "beyond the step: {out:?}");
-            }
-            if out.desired != previous.as_ref().map_or(out.desired, |p| p.desired_replicas) {
-                prop_assert!(out.decision.is_some(), "every change is said");
-            }
-            prop_assert_eq!(out.status.desired_replicas, out.desired);
         }
     }
 }

@@ -105,6 +105,8 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
     let written = match report::report(ctx, cr, &plan).await? {
         report::StatusWrite::Stored { version } => {
             ctx.rolls.settle(&crate::crd::object_key(cr), rolling);
+            // What this look read is kept once the plan made of it is stored.
+            ctx.keep_readings(&crate::crd::object_key(cr), plan.readings.clone());
             version
         }
         report::StatusWrite::Stale => return Ok(Action::requeue(plan::STEP_REQUEUE)),

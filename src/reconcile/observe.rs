@@ -22,6 +22,7 @@ use crate::crd::OrchestratorCluster;
 use crate::database::preflight::Observation;
 use crate::database::{DatabaseState, ServerRows};
 use crate::error::Result;
+use crate::planners::autoscale::Readings;
 use crate::planners::servers::{PodView, ordinal};
 use crate::planners::upgrade::admitted;
 use crate::rejections::Rejection;
@@ -63,6 +64,8 @@ pub struct Observed {
     pub failed_create: Option<String>,
     /// The HorizontalPodAutoscalers (KEDA's too) that scale the cluster through `/scale`.
     pub scalers: Vec<String>,
+    /// The autoscaler's readings of earlier looks, as this operator kept them.
+    pub readings: Option<Readings>,
 }
 
 /// Outcomes of the wanted release's schema Jobs (`None`: no such Job).
@@ -135,7 +138,16 @@ pub(crate) async fn observe(
         .get::<PartialObjectMeta<Secret>>(&ns, &cr.spec.database.credentials_secret.name)?;
     let database = ctx
         .preflight
-        .observe(&ctx.client, cr, secret.as_deref(), &names)
+        .observe(
+            &ctx.client,
+            cr,
+            secret.as_deref(),
+            &names,
+            (
+                i64::from(cr.spec.capacity.max_replicas),
+                i64::from(spec.autoscale.as_ref().map_or(spec.workers, |p| p.jobs_per_server)),
+            ),
+        )
         .await?;
     ctx.metrics.preflight_duration.observe(started.elapsed().as_secs_f64());
     let databases = &ctx.preflight.databases;
@@ -193,6 +205,7 @@ pub(crate) async fn observe(
     let observed = Observed {
         failed_create,
         scalers: ctx.caches.scalers_of(&ns, &cluster)?,
+        readings: ctx.readings(&crate::crd::object_key(cr)),
         rolls_full: None,
         rejected: ctx.rejections.of(&crate::crd::object_key(cr), cr.metadata.generation),
         schema_jobs,

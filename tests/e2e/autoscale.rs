@@ -315,6 +315,12 @@ async fn a_roll_during_a_burst_never_has_two_servers_disrupted() {
         !event_notes(&ns, "MaintenanceStepDone").await.is_empty(),
         "the roll replaced servers"
     );
+    let ups = event_notes(&ns, "AutoscaledUp").await;
+    let downs = event_notes(&ns, "AutoscaledDown").await;
+    assert!(
+        !ups.is_empty() && !downs.is_empty(),
+        "the burst added a server and the calm removed it: up {ups:?}, down {downs:?}"
+    );
 }
 
 /// What one configuration did under the benchmark's burst.
@@ -334,7 +340,8 @@ struct BurstFigures {
 /// How long the benchmark watches each configuration from the burst's start.
 const BENCH_HORIZON: Duration = Duration::from_secs(150);
 
-/// Runs the benchmark's burst (40 jobs/s of 500 ms for 30 s) against cluster `spec` once
+/// Runs the benchmark's burst (20 jobs/s of 500 ms for 20 s: ten busy workers, three servers'
+/// worth, while one server has four) against cluster `spec` once
 /// `ready` servers joined, and measures it from PostgreSQL: the backlog and the servers taking
 /// work every 250 ms, the queue waits from the jobs' own timestamps.
 async fn burst_against(prefix: &str, spec: impl Fn(&TestPostgres) -> ClusterSpec, ready: i32) -> BurstFigures {
@@ -349,7 +356,7 @@ async fn burst_against(prefix: &str, spec: impl Fn(&TestPostgres) -> ClusterSpec
         let (mut last_over, mut server_seconds, mut peak) = (0.0f64, 0.0f64, 0i64);
         let tick = Duration::from_millis(250);
         while started.elapsed() < BENCH_HORIZON {
-            if let Ok(work) = orchestrator_contract::work(&db).await {
+            if let Ok(work) = orchestrator_contract::work(&db, 4, 4).await {
                 if work.claimable > 4 {
                     last_over = started.elapsed().as_secs_f64();
                 }
@@ -361,7 +368,7 @@ async fn burst_against(prefix: &str, spec: impl Fn(&TestPostgres) -> ClusterSpec
         (last_over, server_seconds / 60.0, peak)
     };
     let (report, (backlog_seconds, server_minutes, peak_servers)) =
-        tokio::join!(load(&pg, "bench", 40, 30, 500), sampler);
+        tokio::join!(load(&pg, "bench", 20, 20, 500), sampler);
     assert_nothing_lost(&report);
     let p95: f64 = db
         .query_one(

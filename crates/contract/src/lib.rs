@@ -677,17 +677,25 @@ pub struct Work {
 /// same freshness that makes a server joined).
 pub const SERVING_HEARTBEAT_SECONDS: f64 = 10.0;
 
-/// Reads the [`Work`] of the database: two counts over the claimable jobs' partial index and
-/// one over `servers`, never a row per job.
-pub async fn work(db: &impl GenericClient) -> Result<Work> {
+/// Reads the [`Work`] of the database in one statement: the servers taking work, and the
+/// claimable and running jobs, each counted up to `(servers + serving) * jobs_per_server + 1`
+/// rows only (over the claimable jobs' partial index), so that a backlog of millions costs what
+/// a backlog of a few servers' worth does. A caller that scales to at most `servers` servers
+/// of `jobs_per_server` jobs each learns all it needs: "more than that".
+pub async fn work(db: &impl GenericClient, servers: i64, jobs_per_server: i64) -> Result<Work> {
     let row = db
         .query_one(
-            "SELECT count(*) FILTER (WHERE state = 'queued' OR lease_until < now()),
-                    count(*) FILTER (WHERE state = 'running' AND lease_until >= now()),
-                    (SELECT count(*) FROM servers WHERE state = 'active' AND drain_requested_at IS NULL
-                        AND heartbeat_at > now() - make_interval(secs => $1))
-             FROM jobs WHERE state IN ('queued', 'running')",
-            &[&SERVING_HEARTBEAT_SECONDS],
+            "WITH serving AS (
+                 SELECT count(*) AS n FROM servers WHERE state = 'active' AND drain_requested_at IS NULL
+                     AND heartbeat_at > now() - make_interval(secs => $1)),
+             cap AS (SELECT (greatest($2::bigint, 0) + n) * greatest($3::bigint, 1) + 1 AS n FROM serving)
+             SELECT
+                 (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state IN ('queued', 'running')
+                      AND (state = 'queued' OR lease_until < now()) LIMIT (SELECT n FROM cap)) claimable),
+                 (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = 'running'
+                      AND lease_until >= now() LIMIT (SELECT n FROM cap)) running),
+                 (SELECT n FROM serving)",
+            &[&SERVING_HEARTBEAT_SECONDS, &servers, &jobs_per_server],
         )
         .await?;
     Ok(Work {

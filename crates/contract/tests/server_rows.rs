@@ -125,18 +125,20 @@ async fn work_counts_claimable_running_and_serving_servers() {
         .await
         .unwrap();
     // 2 queued + 1 whose lease expired; 1 running; s-1 is draining, so only s-0 serves.
-    let work = contract::work(&db).await.unwrap();
+    let work = contract::work(&db, 10, 4).await.unwrap();
     assert_eq!(
         (work.claimable, work.running, work.serving),
         (3, 1, 1),
         "{work:?} (running job {})",
         running.id
     );
+    // Counted up to (0 + 1 serving) * 1 + 1 = 2: enough to say "more than one server's".
+    assert_eq!(contract::work(&db, 0, 1).await.unwrap().claimable, 2);
     db.execute("UPDATE servers SET heartbeat_at = now() - interval '11 seconds'", &[])
         .await
         .unwrap();
     assert_eq!(
-        contract::work(&db).await.unwrap().serving,
+        contract::work(&db, 10, 4).await.unwrap().serving,
         0,
         "a stale heartbeat serves nothing"
     );

@@ -27,11 +27,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::inputs::Inputs;
-use crate::crd::OrchestratorCluster;
 use crate::database::DatabaseState;
 use crate::planners::autoscale::{self, AutoscaleInput, AutoscaleOutcome};
 use crate::planners::capacity::{self, CapacityDecision, CapacityInput};
 use crate::planners::maintenance::{self, MaintenanceDecision, MaintenanceInput};
+use crate::planners::servers::ordinal;
 use crate::planners::upgrade::{self, UpgradeDecision, UpgradeInput};
 use crate::planners::windows::gate;
 use crate::reconcile::observe::Observed;
@@ -77,6 +77,13 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         drain_policy: spec.drain,
     });
     let name = cr.name_any();
+    let unjoined: Vec<i32> = inputs
+        .servers
+        .iter()
+        .filter(|s| !s.joined)
+        .filter_map(|s| ordinal(&name, &s.name))
+        .filter(|o| *o < inputs.current)
+        .collect();
     let autoscale = spec.autoscale.as_ref().map(|policy| {
         autoscale::decide(&AutoscaleInput {
             policy,
@@ -84,8 +91,9 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
             own_serving: inputs.own_serving,
             previous: cr.status.as_ref().and_then(|s| s.autoscale.as_ref()),
             current: inputs.current,
-            joined: inputs.servers.iter().filter(|s| s.joined).count() as i32,
-            disruption: disruption(cr, inputs, &upgrade),
+            unjoined: &unjoined,
+            readings: observed.readings.as_ref(),
+            disruption: disruption(&name, inputs, &upgrade),
             conflict: conflict(&observed.scalers),
             now: now.0,
         })
@@ -112,9 +120,8 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
             .filter(|s| s.stage != RollStage::WaitingReady)
             .map(|s| s.server.as_str()),
     });
-    if let Some(hold) = autoscale.as_ref().and_then(|_| conflict(&observed.scalers))
-        && capacity.blocked.is_none()
-    {
+    if let Some(hold) = autoscale.as_ref().and_then(|_| conflict(&observed.scalers)) {
+        // A person must choose between the two autoscalers: said before any other hold.
         capacity.blocked = Some(hold);
     }
     if upgrade.recreate {
@@ -183,24 +190,28 @@ fn conflict(scalers: &[String]) -> Option<Hold> {
     })
 }
 
-/// What keeps the autoscaler from removing a server: a roll step or a roll under way, a
-/// version change's schema gate, a drain.
-fn disruption(cr: &OrchestratorCluster, inputs: &Inputs, upgrade: &UpgradeDecision) -> Option<Hold> {
+/// What keeps the autoscaler from removing a server of cluster `name`: a roll step in
+/// progress, a version change at a schema stage, a drain of one of its servers. (Between two
+/// steps of a roll a removal may run; the roll's next step waits for it.)
+fn disruption(name: &str, inputs: &Inputs, upgrade: &UpgradeDecision) -> Option<Hold> {
     let hold = |message: String| Some(Hold::new(Reason::DisruptionInProgress, message));
+    let draining: Vec<&str> = inputs
+        .drain_ages
+        .iter()
+        .map(|(server, _)| server.as_str())
+        .filter(|server| ordinal(name, server).is_some())
+        .collect();
     if let Some(step) = &inputs.previous_step {
         hold(format!(
             "a roll step is in progress ({} {}); no server is removed meanwhile",
             step.server,
             step.stage.as_str().to_lowercase()
         ))
-    } else if cr.status.as_ref().is_some_and(|s| s.roll_under_way()) {
-        hold("a roll is under way; no server is removed until it ends".into())
     } else if let Some(stage) = upgrade.stage {
         hold(format!(
             "a version change is at its {stage} stage; no server is removed meanwhile"
         ))
-    } else if !inputs.drain_ages.is_empty() {
-        let draining: Vec<&str> = inputs.drain_ages.iter().map(|(s, _)| s.as_str()).collect();
+    } else if !draining.is_empty() {
         hold(format!(
             "{} draining; the next server is removed once it is gone",
             draining.join(", ")
@@ -210,9 +221,14 @@ fn disruption(cr: &OrchestratorCluster, inputs: &Inputs, upgrade: &UpgradeDecisi
     }
 }
 
-/// What must finish before a roll step starts: a schema migration, a capacity change.
+/// What must finish before a roll step starts: a schema migration, a capacity change. A
+/// scale-up that waits for a server to join or is blocked does not hold the roll (the roll's
+/// own rules wait for unjoined servers; the server that never joins may be the outdated one
+/// the roll replaces), so neither an autoscaler nor a stuck scale-up can starve it.
 fn roll_hold(wanted: i32, capacity: &CapacityDecision, upgrade: &UpgradeDecision, current: i32) -> Option<Hold> {
-    let scaling = capacity.replicas != current || current != wanted || !capacity.drain.is_empty();
+    let stalled_scale_up = wanted > current && (capacity.blocked.is_some() || capacity.waiting.is_some());
+    let scaling =
+        capacity.replicas != current || (current != wanted && !stalled_scale_up) || !capacity.drain.is_empty();
     if upgrade.recreate {
         Some(Hold::new(
             Reason::SchemaMigration,

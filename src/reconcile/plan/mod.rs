@@ -28,6 +28,7 @@ use crate::conditions::{find, status as condition_status};
 use crate::crd::{OrchestratorClusterStatus, Phase};
 use crate::error::Result;
 use crate::metrics::{ClusterFigures, Finished};
+use crate::planners::autoscale::Readings;
 use crate::planners::maintenance::MaintenanceAction;
 use crate::reconcile::observe::Observed;
 use crate::validate::ValidSpec;
@@ -60,6 +61,8 @@ pub struct Plan {
     /// When to look again if nothing is notified before: the moment time alone changes what
     /// the reconcile would see, or a step's poll.
     pub requeue: Duration,
+    /// The autoscaler's readings to keep for the next look (`None`: none, or start again).
+    pub(crate) readings: Option<Readings>,
 }
 
 impl Plan {
@@ -224,13 +227,21 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
             running_jobs: inputs.running_jobs,
             oldest_heartbeat_seconds: inputs.oldest_heartbeat_seconds,
             claimable_jobs: observed.database.work().map(|w| w.claimable),
-            busy_ratio: observed
-                .database
-                .work()
-                .filter(|_| joined > 0)
-                .map(|_| inputs.running_jobs as f64 / (joined * i64::from(spec.workers)) as f64),
+            busy_ratio: observed.database.work().filter(|_| joined > 0).map(|_| {
+                // Jobs of the joined servers only: a draining server's are not slots in use.
+                let running: i64 = observed
+                    .database
+                    .members()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|m| inputs.servers.iter().any(|s| s.joined && s.name == m.server_id))
+                    .map(|m| i64::from(m.running_jobs))
+                    .sum();
+                running as f64 / (joined * i64::from(spec.workers)) as f64
+            }),
         },
         status,
+        readings: autoscale.as_ref().and_then(|outcome| outcome.readings.clone()),
         requeue: {
             let requeue = if settled {
                 // Settled, nothing is polled: the look comes when a heartbeat can go stale (a
