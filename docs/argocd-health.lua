@@ -2,7 +2,8 @@
 -- Healthy: the operator has observed the current spec and every wanted server has joined.
 -- Progressing: the spec is not observed yet, or servers are being added, removed or replaced.
 -- Suspended: a roll waits for maintenance.paused or a maintenance window.
--- Degraded: a person must act (database unusable, a halted roll, an unusable spec, servers down).
+-- Degraded: a person must act (database unusable, a halted roll, an unusable spec, servers down,
+-- an HPA beside capacity.autoscale).
 local hs = {}
 local function condition(kind)
   if obj.status ~= nil and obj.status.conditions ~= nil then
@@ -58,7 +59,8 @@ end
 
 local capacity = condition("CapacityBlocked")
 if capacity ~= nil and capacity.status == "True"
-    and (capacity.reason == "AboveMaxReplicas" or capacity.reason == "DrainTimeout") then
+    and (capacity.reason == "AboveMaxReplicas" or capacity.reason == "DrainTimeout"
+         or capacity.reason == "AutoscalerConflict") then
   hs.status = "Degraded"
   hs.message = message("CapacityBlocked", capacity.reason)
   return hs

@@ -4,12 +4,12 @@
 # 1 and a fixed one at 4, one after the other; prints each one's time until the backlog is
 # back under target, p95 queue wait, server-minutes (all measured from PostgreSQL), and the
 # autoscaled one's ratios to the fixed ones from the same run.
-set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-bash hack/setup.sh
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
 export KUBECONFIG="$root/.local/kubeconfig"
-mkdir -p .local
-bash hack/cluster-up.sh >.local/bench-autoscale-cluster.log 2>&1 || { cat .local/bench-autoscale-cluster.log; exit 1; }
+step "local cluster"
+bash hack/cluster-up.sh >"$root/.local/bench-autoscale-cluster.log" 2>&1 \
+  || { cat "$root/.local/bench-autoscale-cluster.log"; exit 1; }
+step "burst: autoscaled, fixed minimum, fixed maximum"
 cargo test --quiet --locked --features e2e --test e2e -- --ignored --test-threads 1 --nocapture \
   autoscale::bench_burst 2>&1 | grep -E -A4 "autoscale measure|test result|panicked"

@@ -420,23 +420,14 @@ fn default_scale_down_step() -> i32 {
     1
 }
 
-/// A recurring time (UTC) during which the autoscaler keeps at least `minReplicas` servers.
+/// A recurring time (UTC, the form of a maintenance window) during which the autoscaler keeps
+/// at least `minReplicas` servers.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("duration(self.duration) >= duration('1m') && duration(self.duration) <= duration('168h')").message("an autoscale schedule's duration must be between 1m and 168h"))]
 pub struct AutoscaleSchedule {
-    /// Days of the week it starts on. Empty means every day.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 7))]
-    pub days: Vec<Weekday>,
-
-    /// Start time of day in UTC, `HH:MM`.
-    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
-    pub start: String,
-
-    /// How long it lasts (Go duration, e.g. `8h`).
-    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
-    pub duration: String,
+    /// When: days, start (`HH:MM` UTC) and duration, as a maintenance window.
+    #[serde(flatten)]
+    pub window: MaintenanceWindow,
 
     /// The floor while it lasts.
     #[schemars(range(min = 1, max = 1000))]

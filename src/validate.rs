@@ -66,15 +66,7 @@ fn autoscale(cr: &OrchestratorCluster) -> Result<Option<Policy>, SpecError> {
     let Some(spec) = &cr.spec.capacity.autoscale else {
         return Ok(None);
     };
-    let windows: Vec<MaintenanceWindow> = spec
-        .schedules
-        .iter()
-        .map(|s| MaintenanceWindow {
-            days: s.days.clone(),
-            start: s.start.clone(),
-            duration: s.duration.clone(),
-        })
-        .collect();
+    let windows: Vec<MaintenanceWindow> = spec.schedules.iter().map(|s| s.window.clone()).collect();
     Ok(Some(Policy {
         min: spec.min_replicas,
         max: spec.max_replicas,

@@ -279,6 +279,8 @@ async fn a_failing_precondition_stops_the_scale_up_with_its_reason_until_it_reco
     let cr = wait_condition(&ns, "CapacityBlocked", "True", "AutoscalerConflict", MINUTE).await;
     let message = &crate::support::e2e::condition(&cr, "CapacityBlocked").unwrap().message;
     assert!(message.contains("keda-hpa-prod"), "{message}");
+    let (health, said) = crate::support::argocd::health(&cr);
+    assert_eq!(health, "Degraded", "Argo CD asks a person: {said}");
     assert_eq!(cr.status.unwrap().desired_replicas, Some(3), "the count stays");
     assert!(
         event_notes(&ns, "AutoscalerConflict")
