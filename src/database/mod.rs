@@ -19,9 +19,9 @@ pub enum DatabaseState {
         schema_version: i32,
         /// Rows of the `servers` table.
         members: Vec<Member>,
-        /// The jobs waiting and running, and the servers taking them (the whole database's);
-        /// `None` when they could not be counted (unknown, not idle).
-        work: Option<Work>,
+        /// The jobs waiting and running, and the servers taking them (the whole database's),
+        /// or why they could not be counted (unknown, not idle).
+        work: Result<Work, String>,
     },
     /// Not usable; the message says what to fix.
     NotReady {
@@ -33,11 +33,11 @@ pub enum DatabaseState {
 }
 
 impl DatabaseState {
-    /// The work in the database when it is usable.
-    pub fn work(&self) -> Option<Work> {
+    /// The work in the database, or why it is not known.
+    pub fn work(&self) -> Result<Work, String> {
         match self {
-            DatabaseState::Ready { work, .. } => *work,
-            DatabaseState::NotReady { .. } => None,
+            DatabaseState::Ready { work, .. } => work.clone(),
+            DatabaseState::NotReady { message, .. } => Err(message.clone()),
         }
     }
 

@@ -282,17 +282,17 @@ impl Preflight {
                     )
                     .await
                     {
-                        Ok(Ok(work)) => Some(work),
-                        Ok(Err(error)) => {
-                            tracing::debug!(cluster = %key(cr), error = %redact(error.to_string(), &password), "reading the work failed");
-                            None
-                        }
-                        Err(_) => {
-                            tracing::debug!(cluster = %key(cr), "reading the work timed out");
-                            None
-                        }
+                        Ok(Ok(work)) => Ok(work),
+                        // The state's code only: the database's words may name the user.
+                        Ok(Err(contract::ContractError::Database(error))) => Err(format!(
+                            "counting the jobs failed (SQLSTATE {})",
+                            error.code().map_or("none", |c| c.code())
+                        )),
+                        Ok(Err(error)) => Err(redact(format!("counting the jobs failed: {error}"), &password)),
+                        Err(_) => Err(format!("counting the jobs took more than {DATABASE_DEADLINE:?}")),
                     };
-                    if work.is_none() {
+                    if let Err(why) = &work {
+                        tracing::debug!(cluster = %key(cr), %why, "the work is unknown");
                         // It may hang or hold a late answer: closed, not returned.
                         drop(Object::take(connection));
                     } else {
@@ -316,7 +316,7 @@ impl Preflight {
                     drop(Object::take(connection));
                     self.cache.lock().unwrap().remove(&key(cr));
                     if tries < 2 {
-                        tracing::debug!(cluster = %key(cr), %error, "a read failed; trying another connection");
+                        tracing::debug!(cluster = %key(cr), error = %redact(error.to_string(), &password), "a read failed; trying another connection");
                         continue;
                     }
                     return Ok(not_ready(

@@ -55,14 +55,23 @@ pub(crate) struct Reading {
     servers: i32,
 }
 
+/// A gap longer than this between two looks (three of an autoscaled cluster's 5 s looks)
+/// starts the readings again: what happened in between was not seen.
+pub(crate) const LOOK_GAP: Duration = Duration::from_secs(15);
+
 /// The readings of the last windows, as two monotonic queues: the highest of the last
 /// scale-down window and the lowest of the last scale-up window are at their fronts. Each
 /// holds at most one entry per distinct count, so a cluster costs a few entries whatever its
 /// windows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Readings {
-    /// When the readings started (an operator start, or the first look after an unknown one).
+    /// When the readings started (an operator start, the first look after an unknown one, a
+    /// gap, or a change of the windows).
     since: Timestamp,
+    /// The last reading's time.
+    last: Timestamp,
+    /// The scale-up and scale-down windows they were kept for.
+    windows: (Duration, Duration),
     /// Strictly decreasing counts, oldest first: the front is the highest in the window.
     highs: VecDeque<Reading>,
     /// Strictly increasing counts, oldest first: the front is the lowest in the window.
@@ -70,17 +79,28 @@ pub struct Readings {
 }
 
 impl Readings {
-    /// Readings starting with `reading`.
-    fn start(reading: Reading) -> Self {
+    /// Readings starting with `reading`, for the windows of `policy`.
+    fn start(reading: Reading, policy: &Policy) -> Self {
         Self {
             since: reading.at,
+            last: reading.at,
+            windows: (policy.up_window, policy.down_window),
             highs: VecDeque::from([reading]),
             lows: VecDeque::from([reading]),
         }
     }
 
+    /// Whether a reading at `now` continues these readings: the windows are the same, and it
+    /// comes after the last one by no more than [`LOOK_GAP`].
+    fn continued_by(&self, now: Timestamp, policy: &Policy) -> bool {
+        self.windows == (policy.up_window, policy.down_window)
+            && now >= self.last
+            && elapsed(self.last, now) <= LOOK_GAP
+    }
+
     /// Adds `reading` and forgets what fell out of the windows.
     fn record(&mut self, reading: Reading, policy: &Policy) {
+        self.last = reading.at;
         while self.highs.back().is_some_and(|r| r.servers <= reading.servers) {
             self.highs.pop_back();
         }
@@ -129,8 +149,8 @@ impl Readings {
 pub(crate) struct AutoscaleInput<'a> {
     /// The policy.
     pub policy: &'a Policy,
-    /// The database's work, `None` when it could not be read (unknown is not idle).
-    pub work: Option<Work>,
+    /// The database's work, or why it could not be read (unknown is not idle).
+    pub work: Result<Work, String>,
     /// Of `work.serving`, the servers of this cluster.
     pub own_serving: i64,
     /// The readings of earlier looks (`None`: none since the operator started, or since a look
@@ -210,18 +230,22 @@ pub(crate) fn decide(input: &AutoscaleInput) -> AutoscaleOutcome {
         .map(|work| wanted_by(work, input.own_serving, policy.jobs_per_server));
     match (&input.conflict, raw) {
         (Some(conflict), _) => limit = Some(conflict.clone()),
-        (None, None) => {
+        (None, Err(why)) => {
             limit = Some(Hold::new(
                 Reason::SignalUnknown,
-                format!("the database's work cannot be read; keeping {bounded} servers until it can"),
+                format!("the database's work cannot be read ({why}); keeping {bounded} servers until it can"),
             ));
         }
-        (None, Some(raw)) => {
+        (None, Ok(raw)) => {
             let reading = Reading {
                 at: now,
                 servers: i32::try_from(raw.min(i64::from(policy.max) + 1)).unwrap_or(policy.max),
             };
-            let mut kept = input.readings.cloned().unwrap_or_else(|| Readings::start(reading));
+            let mut kept = input
+                .readings
+                .filter(|kept| kept.continued_by(now, policy))
+                .cloned()
+                .unwrap_or_else(|| Readings::start(reading, policy));
             kept.record(reading, policy);
             let (lowest, highest) = (clamp(kept.lowest()), clamp(kept.highest()));
             let latest = clamp(reading.servers);
@@ -269,7 +293,8 @@ pub(crate) fn decide(input: &AutoscaleInput) -> AutoscaleOutcome {
             } else if latest < bounded {
                 recheck = Some(until(kept.last_at_least(bounded), policy.down_window));
             }
-            if raw > i64::from(policy.max) && desired == policy.max {
+            // Over the window, so that readings around the ceiling do not flip it.
+            if kept.highest() > policy.max && desired == policy.max {
                 limit = Some(Hold::new(
                     Reason::AtMaxReplicas,
                     format!(
@@ -291,7 +316,7 @@ pub(crate) fn decide(input: &AutoscaleInput) -> AutoscaleOutcome {
     }
     let changed = desired != before;
     let previous = input.previous.cloned().unwrap_or_default();
-    let fresh = input.work.as_ref().map(|work| AutoscaleSignal {
+    let fresh = input.work.as_ref().ok().map(|work| AutoscaleSignal {
         claimable_jobs: work.claimable,
         running_jobs: work.running,
         other_servers: work.serving.saturating_sub(input.own_serving).max(0),
@@ -409,12 +434,16 @@ mod tests {
         }
     }
 
-    fn work(claimable: i64, running: i64) -> Option<Work> {
-        Some(Work {
+    fn work(claimable: i64, running: i64) -> Result<Work, String> {
+        Ok(Work {
             claimable,
             running,
             serving: 0,
         })
+    }
+
+    fn unknown() -> Result<Work, String> {
+        Err("connection refused".into())
     }
 
     fn at(seconds: i64) -> Timestamp {
@@ -445,7 +474,7 @@ mod tests {
             }
         }
 
-        fn look(&mut self, seconds: i64, work: Option<Work>) -> AutoscaleOutcome {
+        fn look(&mut self, seconds: i64, work: Result<Work, String>) -> AutoscaleOutcome {
             let out = decide(&AutoscaleInput {
                 policy: self.policy,
                 work,
@@ -461,6 +490,14 @@ mod tests {
             self.readings = out.readings.clone();
             self.status = Some(out.status.clone());
             out
+        }
+
+        /// Looks every 5 s from `from` to `to` (included), each keeping `desired`.
+        fn every(&mut self, from: i64, to: i64, work: Result<Work, String>, desired: i32) {
+            for seconds in (from..=to).step_by(5) {
+                let out = self.look(seconds, work.clone());
+                assert_eq!(out.desired, desired, "at {seconds} s: {out:?}");
+            }
         }
     }
 
@@ -494,16 +531,17 @@ mod tests {
             Some(Duration::from_secs(55)),
             "the busy reading leaves at 60 s"
         );
-        let down = looks.look(61, work(0, 0));
+        looks.every(10, 60, work(0, 0), 6);
+        let down = looks.look(65, work(0, 0));
         assert_eq!(down.desired, 5, "one server per step");
         assert_eq!(down.decision.as_ref().unwrap().0, Reason::AutoscaledDown);
         // Its drain runs: the next step waits for it.
         looks.disruption = Some(Hold::new(Reason::DisruptionInProgress, "prod-5 is draining"));
-        assert_eq!(looks.look(62, work(0, 0)).desired, 5);
+        assert_eq!(looks.look(70, work(0, 0)).desired, 5);
         // Gone: the next one, without a new window.
         looks.disruption = None;
         looks.current = 5;
-        assert_eq!(looks.look(70, work(0, 0)).desired, 4);
+        assert_eq!(looks.look(75, work(0, 0)).desired, 4);
     }
 
     #[test]
@@ -517,6 +555,18 @@ mod tests {
             assert_eq!(out.desired, 4);
             assert_eq!(out.status, first, "reading {jobs}");
         }
+        // Around the ceiling too: the limit holds over the window.
+        let mut looks = Looks::new(&p, 6);
+        looks.look(0, work(28, 0));
+        let first = looks.look(5, work(24, 0)).status;
+        assert_eq!(first.limited_by.as_deref(), Some("AtMaxReplicas"));
+        for (i, jobs) in [28, 24, 25, 22, 29].into_iter().enumerate() {
+            assert_eq!(
+                looks.look(10 + 5 * i as i64, work(jobs, 0)).status,
+                first,
+                "reading {jobs}"
+            );
+        }
     }
 
     #[test]
@@ -524,15 +574,35 @@ mod tests {
         let p = policy();
         let mut looks = Looks::new(&p, 3);
         looks.look(0, work(12, 0));
-        looks.look(30, work(0, 0));
-        let unknown = looks.look(35, None);
+        looks.every(5, 30, work(0, 0), 3);
+        let unknown = looks.look(35, unknown());
         assert_eq!(unknown.desired, 3);
         assert_eq!(unknown.status.limited_by.as_deref(), Some("SignalUnknown"));
+        assert!(unknown.status.message.unwrap().contains("connection refused"));
         assert!(unknown.decision.is_none() && unknown.readings.is_none());
         // Idle before and after the outage: a whole window of new readings first.
-        assert_eq!(looks.look(65, work(0, 0)).desired, 3);
-        assert_eq!(looks.look(124, work(0, 0)).desired, 3);
-        assert_eq!(looks.look(126, work(0, 0)).desired, 2);
+        looks.every(40, 95, work(0, 0), 3);
+        assert_eq!(looks.look(100, work(0, 0)).desired, 2);
+    }
+
+    #[test]
+    fn a_gap_between_looks_or_new_windows_start_the_readings_again() {
+        let p = policy();
+        let mut looks = Looks::new(&p, 3);
+        looks.look(0, work(0, 0));
+        looks.look(5, work(0, 0));
+        // Twenty seconds unseen (an invalid spec, errors): the window starts at 25.
+        looks.every(25, 80, work(0, 0), 3);
+        assert_eq!(looks.look(85, work(0, 0)).desired, 2);
+        let mut longer = p.clone();
+        longer.down_window = Duration::from_secs(120);
+        let mut looks = Looks::new(&longer, 3);
+        let mut again = Looks::new(&p, 3);
+        again.every(0, 55, work(0, 0), 3);
+        looks.readings = again.readings.clone();
+        looks.status = again.status.clone();
+        looks.every(60, 175, work(0, 0), 3);
+        assert_eq!(looks.look(180, work(0, 0)).desired, 2, "a whole 120 s of readings");
     }
 
     #[test]
@@ -541,8 +611,8 @@ mod tests {
         let mut looks = Looks::new(&p, 3);
         looks.look(0, work(12, 0));
         looks.readings = None;
-        assert_eq!(looks.look(100, work(0, 0)).desired, 3);
-        assert_eq!(looks.look(161, work(0, 0)).desired, 2);
+        looks.every(100, 155, work(0, 0), 3);
+        assert_eq!(looks.look(160, work(0, 0)).desired, 2);
     }
 
     #[test]
@@ -565,7 +635,9 @@ mod tests {
         let mut looks = Looks::new(&p, 1);
         let first = looks.look(0, work(20, 0));
         assert_eq!((first.desired, first.recheck), (1, Some(Duration::from_secs(30))));
+        assert_eq!(first.status.limited_by.as_deref(), Some("Stabilizing"));
         looks.look(10, work(8, 0));
+        looks.look(20, work(20, 0));
         assert_eq!(looks.look(31, work(20, 0)).desired, 2, "the lowest ask in the window");
     }
 
@@ -575,14 +647,15 @@ mod tests {
         let mut looks = Looks::new(&p, 3);
         looks.look(0, work(12, 0));
         looks.unjoined = vec![2];
+        looks.every(5, 60, work(0, 0), 3);
         assert_eq!(
-            looks.look(61, work(0, 0)).desired,
+            looks.look(65, work(0, 0)).desired,
             2,
             "prod-2 never joined: it goes first"
         );
         looks.unjoined = vec![0];
         looks.status.as_mut().unwrap().desired_replicas = 3;
-        let held = looks.look(62, work(0, 0));
+        let held = looks.look(70, work(0, 0));
         assert_eq!(held.desired, 3);
         assert_eq!(held.status.limited_by.as_deref(), Some("DisruptionInProgress"));
     }
@@ -619,28 +692,29 @@ mod tests {
     }
 
     /// One look of a generated sequence: seconds since the last look, the work (`None`:
-    /// unknown), the servers, a disruption, another autoscaler.
+    /// unknown), the servers, an unjoined one, a disruption, another autoscaler.
     type Step = (i64, Option<(i64, i64)>, i32, Option<i32>, bool, bool);
 
     fn steps() -> impl Strategy<Value = Vec<Step>> {
         prop::collection::vec(
             (
-                1i64..40,
-                prop::option::weighted(0.9, (0i64..60, 0i64..20)),
+                prop::sample::select(vec![1i64, 4, 5, 5, 5, 6, 10, 20]),
+                prop::option::weighted(0.95, (0i64..60, 0i64..20)),
                 0i32..9,
                 prop::option::of(0i32..9),
                 prop::bool::weighted(0.2),
-                prop::bool::weighted(0.05),
+                prop::bool::weighted(0.03),
             ),
-            1..40,
+            1..80,
         )
     }
 
     proptest! {
         #[test]
-        fn bounded_never_a_removal_during_a_disruption_or_without_a_window_of_low_readings(
+        fn bounded_no_change_without_a_window_of_readings_no_removal_during_a_disruption(
             min in 1i32..4, span in 0i32..6, step in 1i32..3,
-            up in 0u64..60, down in 0u64..120, schedule_floor in prop::option::of(1i32..10),
+            up in prop::sample::select(vec![0u64, 10, 30]), down in prop::sample::select(vec![0u64, 20, 60, 120]),
+            schedule in prop::option::of((prop::sample::select(vec!["13:50", "14:00", "14:20", "14:30"]), 1i32..10)),
             steps in steps(),
         ) {
             let mut p = Policy {
@@ -648,12 +722,13 @@ mod tests {
                 up_window: Duration::from_secs(up), down_window: Duration::from_secs(down),
                 ..policy()
             };
-            if let Some(f) = schedule_floor {
-                p.schedules = Calendar::parse("s", &[MaintenanceWindow { days: vec![], start: "00:00".into(), duration: "12h".into() }]).unwrap();
-                p.schedule_floors = vec![f.min(p.max)];
+            // The looks start at 14:13:20 UTC: these schedules open and close during a run.
+            if let Some((start, floor)) = schedule {
+                p.schedules = Calendar::parse("s", &[MaintenanceWindow { days: vec![], start: start.into(), duration: "10m".into() }]).unwrap();
+                p.schedule_floors = vec![floor.min(p.max)];
             }
             let mut looks = Looks::new(&p, 0);
-            // (time, asked) of every known reading since the last unknown one or conflict.
+            // (time, servers asked) of every reading since the readings last started again.
             let mut known: Vec<(i64, i32)> = Vec::new();
             let mut t = 0;
             for (gap, w, current, unjoined, disrupted, conflict) in steps {
@@ -663,24 +738,37 @@ mod tests {
                 looks.disruption = disrupted.then(|| Hold::new(Reason::DisruptionInProgress, "a step"));
                 looks.conflict = conflict.then(|| Hold::new(Reason::AutoscalerConflict, "hpa"));
                 let before = looks.status.as_ref().map(|s| s.desired_replicas);
-                let out = looks.look(t, w.map(|(c, r)| Work { claimable: c, running: r, serving: 0 }));
+                let out = looks.look(t, w.map(|(c, r)| Work { claimable: c, running: r, serving: 0 }).ok_or_else(|| "down".to_string()));
                 let floor = out.status.floor;
                 prop_assert!(out.desired >= p.min && out.desired >= floor && out.desired <= p.max, "{out:?}");
                 match (w, conflict) {
-                    (Some((c, r)), false) => known.push((t, ((c + r + 3) / 4) as i32)),
+                    (Some((c, r)), false) => {
+                        if gap > LOOK_GAP.as_secs() as i64 {
+                            known.clear();
+                        }
+                        known.push((t, ((c + r + 3) / 4) as i32));
+                    }
                     _ => known.clear(),
                 }
                 let Some(before) = before else { continue };
-                let asked = before.clamp(floor, p.max).min(current);
+                let bounded = before.clamp(floor, p.max);
+                let first = known.first().map_or(t, |k| k.0);
+                let in_window = |window: u64| known.iter().filter(move |k| t - k.0 <= window as i64).map(|k| k.1.clamp(floor, p.max));
+                let asked = bounded.min(current);
                 if out.desired < asked {
                     prop_assert!(!conflict && w.is_some(), "a removal on unknown work or beside an HPA: {out:?}");
                     prop_assert!(!disrupted, "a removal during a disruption: {out:?}");
                     prop_assert!(looks.unjoined.iter().all(|o| *o >= out.desired), "a removal beside an unjoined server");
                     prop_assert!(asked - out.desired <= step, "beyond the step: {out:?}");
-                    let first = known.first().map_or(t, |k| k.0);
                     prop_assert!(t - first >= down as i64, "a removal without a window of readings: {known:?}");
-                    let highest = known.iter().filter(|k| t - k.0 <= down as i64).map(|k| k.1).max().unwrap_or(0);
-                    prop_assert!(out.desired >= highest.clamp(floor, p.max), "below a reading of the window: {known:?} {out:?}");
+                    let highest = in_window(down).max().unwrap_or(0);
+                    prop_assert!(out.desired >= highest, "below a reading of the window: {known:?} {out:?}");
+                }
+                if out.desired > bounded {
+                    prop_assert!(!conflict && w.is_some(), "an addition on unknown work or beside an HPA");
+                    prop_assert!(t - first >= up as i64, "an addition without a window of readings: {known:?}");
+                    let lowest = in_window(up).min().unwrap_or(i32::MAX);
+                    prop_assert!(out.desired <= lowest, "above a reading of the window: {known:?} {out:?}");
                 }
                 if out.desired != before {
                     prop_assert!(out.decision.is_some(), "every change is said");

@@ -81,8 +81,10 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
     let spec = match validate(cr, &ctx.settings) {
         Ok(spec) => spec,
         Err(error) => {
-            // Plans nothing, so waits for no roll slot, until the spec is fixed.
+            // Plans nothing, so waits for no roll slot, until the spec is fixed; the
+            // autoscaler's readings start again with the first look after.
             ctx.rolls.withdraw(&crate::crd::object_key(cr));
+            ctx.keep_readings(&crate::crd::object_key(cr), None);
             return report::invalid_spec(ctx, cr, &error, &now).await;
         }
     };

@@ -422,10 +422,16 @@ async fn bench_burst_autoscaled_vs_fixed() {
             f.peak_servers
         );
     }
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("x{:.2}", a / b)
+        } else {
+            "n/a (never over target)".to_string()
+        }
+    };
     for (name, f) in [("fixed 1", &fixed_min), ("fixed 4", &fixed_max)] {
         eprintln!(
-            "autoscale measure: autoscaled / {name}: backlog time x{:.2}, p95 wait x{:.2}, server-minutes x{:.2}",
+            "autoscale measure: autoscaled / {name}: backlog time {}, p95 wait {}, server-minutes {}",
             ratio(autoscaled.backlog_seconds, f.backlog_seconds),
             ratio(autoscaled.p95_wait_seconds, f.p95_wait_seconds),
             ratio(autoscaled.server_minutes, f.server_minutes)

@@ -77,12 +77,14 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         drain_policy: spec.drain,
     });
     let name = cr.name_any();
-    let unjoined: Vec<i32> = inputs
-        .servers
-        .iter()
-        .filter(|s| !s.joined)
-        .filter_map(|s| ordinal(&name, &s.name))
-        .filter(|o| *o < inputs.current)
+    // Every ordinal the StatefulSet wants, whether or not its pod or row exists yet.
+    let unjoined: Vec<i32> = (0..inputs.current)
+        .filter(|o| {
+            !inputs
+                .servers
+                .iter()
+                .any(|s| s.joined && ordinal(&name, &s.name) == Some(*o))
+        })
         .collect();
     let autoscale = spec.autoscale.as_ref().map(|policy| {
         autoscale::decide(&AutoscaleInput {
@@ -145,7 +147,7 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         // Only while a newer release's schema check runs, or Recreate replaces every server: a
         // refused or failed check keeps the template, and its replacement is waited for.
         superseded: upgrade.recreate || (upgrade.stage == Some(UpgradeStage::SchemaCheck) && upgrade.blocked.is_none()),
-        hold: roll_hold(wanted, &capacity, &upgrade, inputs.current),
+        hold: roll_hold(wanted, &capacity, &upgrade, inputs, &name),
         step: inputs.previous_step.clone(),
         drain_timeout: spec.drain.timeout,
         ready_timeout: spec.ready_timeout,
@@ -183,7 +185,7 @@ fn conflict(scalers: &[String]) -> Option<Hold> {
         Hold::new(
             Reason::AutoscalerConflict,
             format!(
-                "HorizontalPodAutoscaler {} scales this cluster through /scale while capacity.autoscale is set, and spec.replicas is ignored: the count stays where it is until you remove one of them (KEDA: delete the ScaledObject)",
+                "HorizontalPodAutoscaler {} scales this cluster through /scale while capacity.autoscale is set, and spec.replicas is ignored: the autoscaler stops following the work (a change it already asked for finishes) until you remove one of them (KEDA: delete the ScaledObject)",
                 scalers.join(", ")
             ),
         )
@@ -222,11 +224,26 @@ fn disruption(name: &str, inputs: &Inputs, upgrade: &UpgradeDecision) -> Option<
 }
 
 /// What must finish before a roll step starts: a schema migration, a capacity change. A
-/// scale-up that waits for a server to join or is blocked does not hold the roll (the roll's
-/// own rules wait for unjoined servers; the server that never joins may be the outdated one
-/// the roll replaces), so neither an autoscaler nor a stuck scale-up can starve it.
-fn roll_hold(wanted: i32, capacity: &CapacityDecision, upgrade: &UpgradeDecision, current: i32) -> Option<Hold> {
-    let stalled_scale_up = wanted > current && (capacity.blocked.is_some() || capacity.waiting.is_some());
+/// scale-up that is blocked or waits for a server to join, once every pod it asked for exists,
+/// does not hold the roll (the roll's own rules wait for an unjoined server with a pod, and the server that never
+/// joins may be the outdated one the roll replaces), so neither an autoscaler nor a stuck
+/// scale-up can starve it. One whose pod is not there yet holds it: the roll cannot see it.
+fn roll_hold(
+    wanted: i32,
+    capacity: &CapacityDecision,
+    upgrade: &UpgradeDecision,
+    inputs: &Inputs,
+    name: &str,
+) -> Option<Hold> {
+    let current = inputs.current;
+    let every_pod_made = (0..current).all(|o| {
+        inputs
+            .servers
+            .iter()
+            .any(|s| s.pod_exists && ordinal(name, &s.name) == Some(o))
+    });
+    let stalled_scale_up =
+        wanted > current && every_pod_made && (capacity.blocked.is_some() || capacity.waiting.is_some());
     let scaling =
         capacity.replicas != current || (current != wanted && !stalled_scale_up) || !capacity.drain.is_empty();
     if upgrade.recreate {

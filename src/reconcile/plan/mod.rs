@@ -226,8 +226,8 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
             maintenance_held_seconds: held_seconds,
             running_jobs: inputs.running_jobs,
             oldest_heartbeat_seconds: inputs.oldest_heartbeat_seconds,
-            claimable_jobs: observed.database.work().map(|w| w.claimable),
-            busy_ratio: observed.database.work().filter(|_| joined > 0).map(|_| {
+            claimable_jobs: observed.database.work().ok().map(|w| w.claimable),
+            busy_ratio: observed.database.work().ok().filter(|_| joined > 0).map(|_| {
                 // Jobs of the joined servers only: a draining server's are not slots in use.
                 let running: i64 = observed
                     .database

@@ -23,7 +23,7 @@ mod basics {
         DatabaseState::Ready {
             schema_version: 2,
             members,
-            work: Some(orchestrator_contract::Work::default()),
+            work: Ok(orchestrator_contract::Work::default()),
         }
     }
 
@@ -582,7 +582,7 @@ mod autoscaling {
 
     fn with_work(mut observed: Observed, claimable: i64, running: i64) -> Observed {
         if let DatabaseState::Ready { work, members, .. } = &mut observed.database {
-            *work = Some(Work {
+            *work = Ok(Work {
                 claimable,
                 running,
                 serving: members.len() as i64,
@@ -650,35 +650,44 @@ mod autoscaling {
     #[test]
     fn no_server_is_removed_during_a_roll_step_even_after_the_window() {
         let mut cr = autoscaled();
-        let idle = || with_work(world(&autoscaled(), 3, 3), 0, 0);
-        let first = dry_run(&cr, &idle(), &BuildSettings::default(), &now()).unwrap();
-        assert_eq!(first.status.desired_replicas, Some(3), "waits for the window");
-        // The operator keeps the readings between looks.
-        let idle = || Observed {
-            readings: first.readings.clone(),
-            ..idle()
-        };
-        let mut status = first.status.clone();
-        status.maintenance = Some(MaintenanceStatus {
-            server: Some("minimal-0".into()),
-            stage: Some("Draining".into()),
-            started_at: Some(now()),
-            step_started_at: Some(now()),
-            ..MaintenanceStatus::default()
+        cr.status = Some(crate::crd::OrchestratorClusterStatus {
+            maintenance: Some(MaintenanceStatus {
+                server: Some("minimal-0".into()),
+                stage: Some("Draining".into()),
+                started_at: Some(now()),
+                step_started_at: Some(now()),
+                ..MaintenanceStatus::default()
+            }),
+            ..Default::default()
         });
-        cr.status = Some(status);
-        let during = dry_run(&cr, &idle(), &BuildSettings::default(), &later(120)).unwrap();
-        assert_eq!(during.status.desired_replicas, Some(3));
-        let autoscale = during.status.autoscale.unwrap();
+        // Idle, looked at every 5 s for two minutes, the operator keeping its readings.
+        let mut readings = None;
+        let mut look = |cr: &OrchestratorCluster, seconds: i64| {
+            let observed = Observed {
+                readings: readings.clone(),
+                ..with_work(world(&autoscaled(), 3, 3), 0, 0)
+            };
+            let plan = dry_run(cr, &observed, &BuildSettings::default(), &later(seconds)).unwrap();
+            readings = plan.readings.clone();
+            plan
+        };
+        for seconds in (0..=120).step_by(5) {
+            let during = look(&cr, seconds);
+            assert_eq!(during.status.desired_replicas, Some(3), "at {seconds} s");
+            assert!(!during.drain.contains(&"minimal-2".to_string()), "{:?}", during.drain);
+            let mut status = during.status.clone();
+            status.maintenance = cr.status.as_ref().unwrap().maintenance.clone();
+            cr.status = Some(status);
+        }
+        let autoscale = cr.status.as_ref().unwrap().autoscale.clone().unwrap();
         assert_eq!(
             autoscale.limited_by.as_deref(),
             Some("DisruptionInProgress"),
             "{autoscale:?}"
         );
-        assert!(!during.drain.contains(&"minimal-2".to_string()), "{:?}", during.drain);
         // The step done, the window long past: one server, the highest, drains.
         cr.status.as_mut().unwrap().maintenance = None;
-        let after = dry_run(&cr, &idle(), &BuildSettings::default(), &later(121)).unwrap();
+        let after = look(&cr, 125);
         assert_eq!(after.status.desired_replicas, Some(2));
         assert_eq!(after.drain, vec!["minimal-2"]);
     }
