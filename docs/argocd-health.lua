@@ -1,7 +1,7 @@
 -- Argo CD health check of orchestrator.dev/OrchestratorCluster (resource.customizations.health).
 -- Healthy: the operator has observed the current spec and every wanted server has joined.
 -- Progressing: the spec is not observed yet, or servers are being added, removed or replaced.
--- Suspended: a roll waits for maintenance.paused or a maintenance window.
+-- Suspended: a change waits for maintenance.paused, a maintenance window or an approval.
 -- Degraded: a person must act (database unusable, a halted roll, an unusable spec, servers down,
 -- an HPA beside capacity.autoscale).
 local hs = {}
@@ -43,7 +43,8 @@ end
 
 local maintenance = condition("MaintenanceBlocked")
 if maintenance ~= nil and maintenance.status == "True" then
-  if maintenance.reason == "Paused" or maintenance.reason == "OutsideWindow" then
+  if maintenance.reason == "Paused" or maintenance.reason == "OutsideWindow"
+      or maintenance.reason == "AwaitingApproval" then
     hs.status = "Suspended"
     hs.message = message("MaintenanceBlocked", maintenance.reason)
     return hs
@@ -58,6 +59,11 @@ if maintenance ~= nil and maintenance.status == "True" then
 end
 
 local capacity = condition("CapacityBlocked")
+if capacity ~= nil and capacity.status == "True" and capacity.reason == "AwaitingApproval" then
+  hs.status = "Suspended"
+  hs.message = message("CapacityBlocked", capacity.reason)
+  return hs
+end
 if capacity ~= nil and capacity.status == "True"
     and (capacity.reason == "AboveMaxReplicas" or capacity.reason == "DrainTimeout"
          or capacity.reason == "AutoscalerConflict") then

@@ -19,7 +19,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, WatchStreamExt, predicates, reflector, watcher};
+use kube::runtime::{Controller, Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
@@ -80,6 +80,16 @@ async fn reconcile_while_leading(obj: Arc<Watched>, ctx: Arc<Context>) -> Result
     reconcile(obj, ctx).await
 }
 
+/// The approval annotation of a cluster, hashed: approving a generation (an annotation, not a
+/// spec change) must trigger its reconcile too.
+fn approval(cluster: &Watched) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let value = cluster.annotations().get(crate::crd::APPROVE_ANNOTATION)?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 /// The cluster whose StatefulSet an Event is about (the StatefulSet bears the cluster's name).
 fn cluster_of_event(event: Event) -> Option<ObjectRef<Watched>> {
     Some(ObjectRef::new(event.involved_object.name.as_deref()?).within(&event.namespace()?))
@@ -112,8 +122,9 @@ async fn run_one(
     tracing::info!(namespace = ns.unwrap_or("<all>"), "starting controller");
     let (scope, writers) = Scope::new(namespace.clone());
     ctx.caches.add(scope);
-    // Status writes must not trigger reconciles: only spec changes (generation) do, plus the
-    // owned objects, the pods, the Secrets, the database's notifications and the timers.
+    // Status writes must not trigger reconciles: only spec changes (generation) and approvals
+    // do, plus the owned objects, the pods, the Secrets, the database's notifications and the
+    // timers.
     let writer = writers.clusters;
     let reader = writer.as_reader();
     let forget = ctx.clone();
@@ -129,7 +140,7 @@ async fn run_one(
             }
         })
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(predicates::generation.combine(approval), Default::default());
     // A Secret's change triggers the clusters that name it as their credentials.
     let named = reader.clone();
     let secret_users = move |secret: PartialObjectMeta<Secret>| {

@@ -453,6 +453,15 @@ pub struct MaintenanceSpec {
     #[serde(default)]
     pub paused: bool,
 
+    /// Who lets a disruptive change of the spec start (a roll, a Recreate, removing servers):
+    /// `Automatic`, or `Manual`, where it waits with `MaintenanceBlocked` (or
+    /// `CapacityBlocked`) reason `AwaitingApproval` until the cluster carries the annotation
+    /// `orchestrator.dev/approve: "<metadata.generation>"`. Approving another generation than
+    /// the current one does nothing. A step in progress finishes; the autoscaler's removals
+    /// need no approval.
+    #[serde(default)]
+    pub approval: Approval,
+
     /// Longest time a server may take to finish its running jobs after a drain request
     /// (Go duration, e.g. `10m`). Also sets the pods' termination grace period.
     #[serde(default = "default_timeout")]
@@ -483,6 +492,7 @@ impl Default for MaintenanceSpec {
     fn default() -> Self {
         Self {
             paused: false,
+            approval: Approval::default(),
             drain_timeout: default_timeout(),
             on_drain_timeout: DrainTimeoutPolicy::default(),
             ready_timeout: default_timeout(),
@@ -495,6 +505,20 @@ impl Default for MaintenanceSpec {
 fn default_timeout() -> String {
     "10m".into()
 }
+
+/// Who lets a disruptive change start.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Approval {
+    /// The operator starts it as soon as the other gates allow.
+    #[default]
+    Automatic,
+    /// A person approves each generation first (annotation `orchestrator.dev/approve`).
+    Manual,
+}
+
+/// The annotation that approves a generation of a cluster whose `maintenance.approval` is
+/// `Manual`: its value is the approved `metadata.generation`.
+pub const APPROVE_ANNOTATION: &str = "orchestrator.dev/approve";
 
 /// What happens when a server does not finish draining in time.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -148,6 +148,9 @@ words! {
         Paused,
         /// Maintenance windows are set and none is open.
         OutsideWindow,
+        /// `maintenance.approval` is `Manual` and the current generation is not approved (the
+        /// annotation `orchestrator.dev/approve` names another one, or none).
+        AwaitingApproval,
         /// Another server is not joined; replacing one now would take two down.
         ServerNotJoined,
         /// The StatefulSet is being written (a drift corrected, a new template): which servers

@@ -36,6 +36,8 @@ pub(crate) struct CapacityInput<'a> {
     pub heartbeat_ages: &'a [(String, f64)],
     /// A server whose drain rolling maintenance keeps (never withdrawn here).
     pub maintenance_drain: Option<&'a str>,
+    /// Removing servers waits for a person's approval (`maintenance.approval: Manual`).
+    pub approval: Option<Hold>,
 }
 
 /// What the capacity planner decided.
@@ -155,6 +157,13 @@ fn scale_down(input: &CapacityInput, out: &mut CapacityDecision) {
         ));
         return;
     }
+    if let Some(hold) = &input.approval {
+        out.blocked = Some(Hold::new(
+            hold.reason,
+            format!("not removing servers: {}", hold.message),
+        ));
+        return;
+    }
     let leaving = (input.wanted..input.current).rev().filter_map(|o| server(input, o));
     let progress = drain::progress(leaving, input.drain_ages, input.drain);
     out.blocked = progress.halt(input.drain, "");
@@ -209,6 +218,7 @@ mod tests {
             owned_jobs: &[],
             heartbeat_ages: &[],
             maintenance_drain: None,
+            approval: None,
         }
     }
 
@@ -311,6 +321,22 @@ mod tests {
         let Hold { reason, message } = out.blocked.unwrap();
         assert_eq!(reason, Reason::DatabaseNotReady);
         assert!(message.contains("not removing servers"), "{message}");
+    }
+
+    #[test]
+    fn a_removal_waits_for_its_approval() {
+        let five: Vec<_> = (0..5)
+            .map(|i| status(&format!("prod-{i}"), true, Some("active"), 1))
+            .collect();
+        let mut waiting = input(2, 5, &five);
+        waiting.approval = Some(Hold::new(Reason::AwaitingApproval, "approve generation 4"));
+        let out = decide(&waiting);
+        assert_eq!((out.replicas, out.drain.len()), (5, 0), "{out:?}");
+        assert_eq!(out.blocked.unwrap().reason, Reason::AwaitingApproval);
+        // Adding needs none.
+        let mut adding = input(6, 5, &five);
+        adding.approval = waiting.approval.clone();
+        assert_eq!(decide(&adding).replicas, 6);
     }
 
     #[test]

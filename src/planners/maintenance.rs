@@ -88,6 +88,8 @@ pub(crate) struct MaintenanceInput<'a> {
     pub restart_requested_at: Option<Timestamp>,
     /// `maintenance.paused`.
     pub paused: bool,
+    /// `maintenance.approval: Manual` and the current generation not approved: no new step.
+    pub approval: Option<Hold>,
     /// Whether a maintenance window is open (true when no windows are set).
     pub window_open: bool,
     /// When the next maintenance window opens, if windows are set.
@@ -186,7 +188,12 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
     if outdated.is_empty() {
         return decision;
     }
-    let gate = if let Some(gate) = gate(input.paused, input.window_open, input.next_window) {
+    let gate = if let Some(gate) = gate(
+        input.paused,
+        input.approval.as_ref(),
+        input.window_open,
+        input.next_window,
+    ) {
         Some(gate)
     } else if !input.database_ready {
         Some(Hold::new(Reason::DatabaseNotReady, "the database preflight fails"))
@@ -481,6 +488,7 @@ mod tests {
             update_revision: Some("new"),
             restart_requested_at: None,
             paused: false,
+            approval: None,
             window_open: true,
             next_window: None,
             database_ready: true,

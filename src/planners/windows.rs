@@ -131,10 +131,18 @@ pub(crate) fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
     Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO)
 }
 
-/// The hold a person (`paused`) or the calendar (`windows`) puts on every disruptive step.
-pub(crate) fn gate(paused: bool, window_open: bool, next_window: Option<Timestamp>) -> Option<Hold> {
+/// The hold a person (`paused`, an `approval` not given yet) or the calendar (`windows`) puts
+/// on every disruptive step.
+pub(crate) fn gate(
+    paused: bool,
+    approval: Option<&Hold>,
+    window_open: bool,
+    next_window: Option<Timestamp>,
+) -> Option<Hold> {
     if paused {
         Some(Hold::new(Reason::Paused, "maintenance.paused is set"))
+    } else if let Some(approval) = approval {
+        Some(approval.clone())
     } else if !window_open {
         Some(Hold::new(
             Reason::OutsideWindow,
@@ -221,14 +229,20 @@ mod tests {
     #[test]
     fn the_gate_names_the_next_opening() {
         let opens: Timestamp = "2026-11-29T02:00:00Z".parse().unwrap();
-        let hold = gate(false, false, Some(opens)).unwrap();
+        let hold = gate(false, None, false, Some(opens)).unwrap();
         assert_eq!(hold.reason, Reason::OutsideWindow);
         assert!(
             hold.message.contains("the next opens at 2026-11-29T02:00:00Z"),
             "{}",
             hold.message
         );
-        assert_eq!(gate(true, false, None).unwrap().reason, Reason::Paused);
-        assert_eq!(gate(false, true, None), None);
+        assert_eq!(gate(true, None, false, None).unwrap().reason, Reason::Paused);
+        assert_eq!(gate(false, None, true, None), None);
+        let approval = Hold::new(Reason::AwaitingApproval, "approve generation 4");
+        assert_eq!(
+            gate(false, Some(&approval), false, Some(opens)).unwrap().reason,
+            Reason::AwaitingApproval,
+            "approving is what a person can do now; the window comes by itself"
+        );
     }
 }

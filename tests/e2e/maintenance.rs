@@ -511,6 +511,68 @@ async fn pause_stops_the_roll_until_unpaused() {
     wait_settled(&ns, 3, Some("2.1.0")).await;
 }
 
+/// Sets annotation `orchestrator.dev/approve` of cluster `prod` to `value`.
+async fn approve(ns: &TestNamespace, value: &str) {
+    let patch = json!({"metadata": {"annotations": {"orchestrator.dev/approve": value}}});
+    ns.api::<OrchestratorCluster>()
+        .patch("prod", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_manual_approval_holds_the_roll_until_the_current_generation_is_approved() {
+    let ns = TestNamespace::new("approval").await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    ready_cluster(&ns, &pg, 3).await;
+    patch_spec(&ns, json!({"maintenance": {"approval": "Manual"}})).await;
+    let approved = patch_spec(&ns, json!({"version": "2.1.0"})).await;
+    let generation = approved.metadata.generation.unwrap();
+    let cr = wait_condition(&ns, "MaintenanceBlocked", "True", "AwaitingApproval", MINUTE).await;
+    let message = &condition(&cr, "MaintenanceBlocked").unwrap().message;
+    assert!(
+        message.contains(&format!("orchestrator.dev/approve={generation}")),
+        "says how to approve: {message}"
+    );
+    let (health, _) = crate::support::argocd::health(&cr);
+    assert_eq!(health, "Suspended", "Argo CD shows it waiting for a person");
+    let before = server_uids(&ns).await;
+    // An older generation approved: nothing moves. A negative check needs a window: three
+    // reconcile periods of the busy requeue.
+    approve(&ns, &(generation - 1).to_string()).await;
+    let cr = wait_for(
+        &ns.api::<OrchestratorCluster>(),
+        "prod",
+        "the outdated approval said",
+        MINUTE,
+        |c: Option<&OrchestratorCluster>| {
+            c.and_then(|c| condition(c, "MaintenanceBlocked"))
+                .is_some_and(|c| c.reason == "AwaitingApproval" && c.message.contains("not the current generation"))
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        cr.status.unwrap().maintenance.and_then(|m| m.server).is_none(),
+        "no step"
+    );
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(server_uids(&ns).await, before, "no server replaced before the approval");
+    let rows = orchestrator_contract::membership(&db(&pg).await).await.unwrap();
+    assert!(
+        rows.iter().all(|m| m.drain_requested_seconds.is_none()),
+        "no drain asked: {rows:?}"
+    );
+    approve(&ns, &generation.to_string()).await;
+    wait_settled(&ns, 3, Some("2.1.0")).await;
+    let after = server_uids(&ns).await;
+    assert!(
+        before.iter().all(|(name, uid)| after.get(name) != Some(uid)),
+        "every server replaced once approved"
+    );
+}
+
 #[tokio::test]
 async fn a_replacement_that_never_becomes_ready_halts_the_roll() {
     let ns = TestNamespace::new("halt").await;

@@ -434,6 +434,11 @@ pub(crate) fn cases() -> Vec<InvalidSpec> {
                 message: WINDOW_TOO_SHORT,
             },
         ),
+        case(
+            "approval neither Automatic nor Manual",
+            json!({"spec": {"maintenance": {"approval": "Sometimes"}}}),
+            schema("enum", "/spec/maintenance/approval"),
+        ),
         // Autoscaling.
         case(
             "autoscale maxReplicas above the ceiling",

@@ -27,6 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
 use super::inputs::Inputs;
+use crate::crd::{APPROVE_ANNOTATION, Approval, OrchestratorCluster};
 use crate::database::DatabaseState;
 use crate::planners::autoscale::{self, AutoscaleInput, AutoscaleOutcome};
 use crate::planners::capacity::{self, CapacityDecision, CapacityInput};
@@ -59,6 +60,7 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
     let maintenance = &cr.spec.maintenance;
     let window_open = spec.calendar.is_open(now.0);
     let next_window = spec.calendar.next_opening(now.0);
+    let approval = approval(cr);
     let upgrade = upgrade::decide(&UpgradeInput {
         running: inputs.running_release.as_ref(),
         wanted: &spec.wanted,
@@ -71,7 +73,7 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         migration_running: observed.schema_jobs.migration_running,
         migrated: observed.schema_jobs.migrated,
         statefulset_stopped: inputs.statefulset_stopped,
-        gate: gate(maintenance.paused, window_open, next_window),
+        gate: gate(maintenance.paused, approval.as_ref(), window_open, next_window),
         servers: &inputs.servers,
         drain_ages: &inputs.drain_ages,
         drain_policy: spec.drain,
@@ -121,6 +123,8 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
             .as_ref()
             .filter(|s| s.stage != RollStage::WaitingReady)
             .map(|s| s.server.as_str()),
+        // The autoscaler's removals are not changes of the spec: no person approves them.
+        approval: approval.clone().filter(|_| autoscale.is_none()),
     });
     if let Some(hold) = autoscale.as_ref().and_then(|_| conflict(&observed.scalers)) {
         // A person must choose between the two autoscalers: said before any other hold.
@@ -141,6 +145,7 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         update_revision: inputs.update_revision.as_deref(),
         restart_requested_at: maintenance.restart_requested_at.as_ref().map(|t| t.0),
         paused: maintenance.paused,
+        approval: approval.clone(),
         window_open,
         next_window,
         database_ready: inputs.database_ready,
@@ -176,6 +181,30 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         capacity,
         roll,
     }
+}
+
+/// The hold of `maintenance.approval: Manual` while the current generation is not approved by
+/// the annotation `orchestrator.dev/approve`.
+fn approval(cr: &OrchestratorCluster) -> Option<Hold> {
+    if cr.spec.maintenance.approval != Approval::Manual {
+        return None;
+    }
+    let generation = cr.metadata.generation.unwrap_or_default();
+    let approved = cr.annotations().get(APPROVE_ANNOTATION).map(|v| v.trim());
+    let how = format!(
+        "kubectl annotate orc {} {APPROVE_ANNOTATION}={generation} --overwrite",
+        cr.name_any()
+    );
+    let message = match approved {
+        Some(value) if value.parse::<i64>() == Ok(generation) => return None,
+        Some(value) => format!(
+            "maintenance.approval is Manual and {APPROVE_ANNOTATION} is {value:?}, not the current generation {generation} (a change of the spec needs its own approval): read the plan, then `{how}`"
+        ),
+        None => format!(
+            "maintenance.approval is Manual and generation {generation} is not approved: read the plan, then `{how}`"
+        ),
+    };
+    Some(Hold::new(Reason::AwaitingApproval, message))
 }
 
 /// Another autoscaler of the cluster: a HorizontalPodAutoscaler (KEDA makes one per
@@ -255,5 +284,43 @@ fn roll_hold(
         Some(Hold::new(Reason::Scaling, "servers are being added or removed"))
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::fixtures;
+
+    #[test]
+    fn only_the_current_generation_approves_a_manual_cluster() {
+        let mut cr = fixtures::minimal();
+        cr.metadata.generation = Some(4);
+        assert_eq!(approval(&cr), None, "Automatic needs none");
+        cr.spec.maintenance.approval = Approval::Manual;
+        let waiting = approval(&cr).unwrap();
+        assert_eq!(waiting.reason, Reason::AwaitingApproval);
+        assert!(
+            waiting.message.contains("orchestrator.dev/approve=4"),
+            "{}",
+            waiting.message
+        );
+        let annotate = |cr: &mut OrchestratorCluster, value: &str| {
+            cr.metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(APPROVE_ANNOTATION.into(), value.into());
+        };
+        annotate(&mut cr, "3");
+        let outdated = approval(&cr).unwrap();
+        assert!(
+            outdated.message.contains("not the current generation 4"),
+            "{}",
+            outdated.message
+        );
+        annotate(&mut cr, "yes");
+        assert!(approval(&cr).is_some(), "not a generation");
+        annotate(&mut cr, " 4");
+        assert_eq!(approval(&cr), None);
     }
 }
