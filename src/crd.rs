@@ -763,6 +763,12 @@ pub struct OrchestratorClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<MaintenanceStatus>,
 
+    /// What the operator will do about the current spec, as its planners see it: made when the
+    /// spec changes (or its strategy, reason or gates do), so a GitOps user can read it before
+    /// anything moves (with `maintenance.approval: Manual`, before approving it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<ChangePlan>,
+
     /// Standard conditions: Ready, Progressing, Degraded, DatabaseReady, MaintenanceBlocked,
     /// CapacityBlocked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -900,6 +906,82 @@ pub struct AutoscaleDecision {
     pub reason: String,
     /// The figures and arithmetic behind it, for a person.
     pub message: String,
+}
+
+/// The plan of a spec change: what changes, how, in which order, and what it waits for.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangePlan {
+    /// The `metadata.generation` this plan is for (the one to approve).
+    pub generation: i64,
+    /// What differs between what runs and what the spec asks, one line each (`version 2.0.0 ->
+    /// 2.1.0`, `servers 3 -> 5`, `pod template`, `restart requested`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+    /// How the change is carried out.
+    pub strategy: PlanStrategy,
+    /// Why this strategy: `SchemaCompatible`, `SchemaCheck` (the new version's check decides),
+    /// `SchemaChangeRefused`, `SchemaMigration`, `TemplateChange`, `RestartRequested`,
+    /// `Scaling`, or `PreconditionFailed:<reason>`.
+    pub reason: String,
+    /// The steps in the order the planners would take them now (at most 10 listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<PlanStep>,
+    /// Steps beyond those listed.
+    #[serde(default)]
+    pub more_steps: i32,
+    /// What the first disruptive step waits for (`Paused`, `AwaitingApproval`,
+    /// `OutsideWindow: ...`), in that order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<String>,
+}
+
+/// How a spec change is carried out.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PlanStrategy {
+    /// Nothing differs.
+    #[default]
+    NothingToDo,
+    /// Servers are added or removed, none replaced.
+    Scaling,
+    /// Servers are replaced one at a time, each drained first: no downtime.
+    Rolling,
+    /// Every server is drained and stopped, the schema migrated, then the new version starts:
+    /// downtime.
+    Recreate,
+    /// The new version's schema check runs; it decides between Rolling, Recreate and Refused.
+    Pending,
+    /// The change cannot be carried out as the spec stands; `reason` says why.
+    Refused,
+}
+
+/// One step of a plan.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanStep {
+    /// The server (absent for a step of the whole cluster, such as a migration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// What happens to it.
+    pub action: PlanAction,
+}
+
+/// What a step does.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PlanAction {
+    /// A new server is added and waited for until it joined.
+    Add,
+    /// The server is drained through the database, then removed.
+    Remove,
+    /// The server is drained, evicted and replaced by one on the new template, which must join.
+    #[default]
+    Replace,
+    /// The server is drained and stopped (Recreate).
+    Stop,
+    /// The schema is migrated while no server runs (Recreate).
+    Migrate,
+    /// The servers start on the new version (Recreate).
+    Start,
 }
 
 /// The maintenance step in progress.

@@ -157,16 +157,25 @@ fn scale_down(input: &CapacityInput, out: &mut CapacityDecision) {
         ));
         return;
     }
-    if let Some(hold) = &input.approval {
-        out.blocked = Some(Hold::new(
-            hold.reason,
-            format!("not removing servers: {}", hold.message),
-        ));
+    let leaving = (input.wanted..input.current).rev().filter_map(|o| server(input, o));
+    let mut progress = drain::progress(leaving, input.drain_ages, input.drain);
+    out.blocked = progress.halt(input.drain, "");
+    // A removal not approved asks no new drain; one whose drains were asked before (approved,
+    // or before approvals were required) goes on to its end.
+    let asked = |server: &String| input.drain_ages.iter().any(|(name, _)| name == server);
+    if let Some(hold) = &input.approval
+        && progress.request.iter().any(|s| !asked(s))
+    {
+        progress.request.retain(asked);
+        if out.blocked.is_none() {
+            out.blocked = Some(Hold::new(
+                hold.reason,
+                format!("not removing servers: {}", hold.message),
+            ));
+        }
+        out.drain = progress.request;
         return;
     }
-    let leaving = (input.wanted..input.current).rev().filter_map(|o| server(input, o));
-    let progress = drain::progress(leaving, input.drain_ages, input.drain);
-    out.blocked = progress.halt(input.drain, "");
     out.drain = progress.request;
     if progress.still_draining.is_empty() {
         out.replicas = input.wanted;
@@ -333,6 +342,19 @@ mod tests {
         let out = decide(&waiting);
         assert_eq!((out.replicas, out.drain.len()), (5, 0), "{out:?}");
         assert_eq!(out.blocked.unwrap().reason, Reason::AwaitingApproval);
+        // Drains asked before go on to their end, and the servers are removed.
+        let mut stopped = five.clone();
+        for s in &mut stopped[2..] {
+            s.state = Some("stopped".into());
+            s.ready = false;
+            s.joined = false;
+        }
+        let ages: Vec<(String, f64)> = (2..5).map(|i| (format!("prod-{i}"), 5.0)).collect();
+        let mut asked_before = input(2, 5, &stopped);
+        asked_before.drain_ages = &ages;
+        asked_before.approval = waiting.approval.clone();
+        let out = decide(&asked_before);
+        assert_eq!((out.replicas, out.blocked), (2, None));
         // Adding needs none.
         let mut adding = input(6, 5, &five);
         adding.approval = waiting.approval.clone();

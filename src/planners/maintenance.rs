@@ -145,6 +145,23 @@ pub(crate) struct MaintenanceDecision {
     pub trigger: Option<Trigger>,
     /// Servers outdated, the one in progress included.
     pub outdated: usize,
+    /// The servers the roll replaces, in the order it takes them as things stand: the step in
+    /// progress first, then the outdated servers in the order a step picks its server.
+    pub queue: Vec<String>,
+}
+
+/// The order in which a roll takes outdated servers: unready ones first (that costs no
+/// availability), then the least busy, highest ordinal on ties.
+fn in_turn(servers: &mut [&ServerView]) {
+    servers.sort_by_key(|s| (s.joined, s.running_jobs, Reverse(s.ordinal)));
+}
+
+/// The servers with a pod, in the order a roll would take them if all were outdated (a new
+/// version still at its schema check).
+pub(crate) fn take_order(servers: &[ServerView]) -> Vec<String> {
+    let mut all: Vec<&ServerView> = servers.iter().filter(|s| s.pod_exists).collect();
+    in_turn(&mut all);
+    all.into_iter().map(|s| s.name.clone()).collect()
 }
 
 fn is_outdated(server: &ServerView, input: &MaintenanceInput) -> Option<Trigger> {
@@ -170,6 +187,12 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
         .filter(|s| is_outdated(s, input).is_some())
         .collect();
     let trigger = outdated.iter().find_map(|s| is_outdated(s, input));
+    let mut queue: Vec<&ServerView> = outdated
+        .iter()
+        .copied()
+        .filter(|s| input.step.as_ref().is_none_or(|step| step.server != s.name))
+        .collect();
+    in_turn(&mut queue);
     let mut decision = MaintenanceDecision {
         action: MaintenanceAction::None,
         step: None,
@@ -178,6 +201,12 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
         abandoned: None,
         trigger,
         outdated: outdated.len(),
+        queue: input
+            .step
+            .iter()
+            .map(|step| step.server.clone())
+            .chain(queue.iter().map(|s| s.name.clone()))
+            .collect(),
     };
     if let Some(step) = &input.step {
         // A finished step leaves `step` empty: the next starts at the next reconcile, after a
@@ -204,9 +233,7 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
         decision.waiting = gate;
         return decision;
     }
-    let mut candidates = outdated.clone();
-    candidates.sort_by_key(|s| (s.joined, s.running_jobs, Reverse(s.ordinal)));
-    let candidate = candidates[0];
+    let candidate = queue[0];
     if let Some(others) = others_down(input, &candidate.name) {
         decision.waiting = Some(Hold::new(
             Reason::ServerNotJoined,
@@ -958,9 +985,15 @@ mod tests {
         ) {
             let mut servers: Vec<ServerView> =
                 layout.iter().enumerate().map(|(i, (old, jobs))| server(i as i32, if *old { "old" } else { "new" }, true, *jobs)).collect();
-            let mut step = None;
+            let mut step: Option<Step> = None;
+            // The plan's queue at the start, and the servers the roll then took, in order.
+            let (mut planned, mut taken) = (None, Vec::new());
             for tick in 0..(servers.len() as i64 * 4 + 4) {
                 let decision = decide(&input(&servers, step.clone(), tick));
+                planned.get_or_insert_with(|| decision.queue.clone());
+                if let Some(new) = decision.step.as_ref().filter(|new| step.as_ref().is_none_or(|s| s.server != new.server)) {
+                    taken.push(new.server.clone());
+                }
                 let down = servers.iter().filter(|s| !s.joined).count();
                 prop_assert!(down <= 1, "never two servers down: {servers:?}");
                 if let MaintenanceAction::RequestDrain(name) | MaintenanceAction::Evict(name) = &decision.action {
@@ -974,6 +1007,7 @@ mod tests {
                 step = decision.step;
             }
             prop_assert!(servers.iter().all(|s| s.revision.as_deref() == Some("new") && s.joined), "the roll completes: {servers:?}");
+            prop_assert_eq!(planned.unwrap_or_default(), taken, "the plan lists the steps the roll takes, in order");
         }
     }
 

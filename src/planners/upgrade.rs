@@ -41,9 +41,13 @@ pub(crate) struct UpgradeInput<'a> {
     /// A `schema migrate` Job of this cluster succeeded: with the StatefulSet stopped, the
     /// running release may no longer fit the schema and must not start again.
     pub migrated: bool,
-    /// The maintenance gates (`paused`, outside `windows`): stopping every server waits for
-    /// them like any disruptive step.
+    /// The maintenance gates (`paused`, an approval, outside `windows`): stopping every server
+    /// waits for them like any disruptive step.
     pub gate: Option<Hold>,
+    /// The last status recorded the `StoppingServers` stage: the stopping began (past the
+    /// gates) and goes on. A drain of another origin (a roll step's, a scale-down's) is not
+    /// this stopping, and lets nothing past the gates.
+    pub stopping_started: bool,
     /// Every server, from both views.
     pub servers: &'a [ServerStatus],
     /// Seconds since each draining server's drain was requested.
@@ -190,11 +194,8 @@ fn recreate(input: &UpgradeInput, from: &str, to: &str, out: &mut UpgradeDecisio
         return;
     }
     let with_pods: Vec<&ServerStatus> = input.servers.iter().filter(|s| s.pod_exists).collect();
-    let draining_started = with_pods
-        .iter()
-        .any(|s| input.drain_ages.iter().any(|(name, _)| *name == s.name));
     if !with_pods.is_empty()
-        && !draining_started
+        && !input.stopping_started
         && let Some(gate) = &input.gate
     {
         out.waiting = Some(Hold::new(
@@ -295,6 +296,7 @@ mod tests {
         migration_running: bool,
         migrated: bool,
         gate: Option<Hold>,
+        stopping_started: bool,
         servers: Vec<ServerStatus>,
         drain_ages: Vec<(String, f64)>,
         on_drain_timeout: DrainTimeoutPolicy,
@@ -312,6 +314,7 @@ mod tests {
                 migration_running: false,
                 migrated: false,
                 gate: None,
+                stopping_started: false,
                 servers: vec![server(0, Some("active"), true), server(1, Some("active"), true)],
                 drain_ages: vec![],
                 on_drain_timeout: DrainTimeoutPolicy::Halt,
@@ -456,6 +459,11 @@ mod tests {
             (0, false, Reason::Paused)
         );
         case.drain_ages = vec![("prod-0".into(), 1.0)];
+        assert!(
+            case.decide().drain.is_empty(),
+            "a drain of another origin lets nothing past the gate"
+        );
+        case.stopping_started = true;
         assert_eq!(
             case.decide().drain,
             vec!["prod-1".to_string()],
@@ -521,6 +529,7 @@ mod tests {
             statefulset_stopped: case.servers.iter().all(|s| !s.pod_exists),
             migrated: case.migrated,
             gate: case.gate.clone(),
+            stopping_started: case.stopping_started,
             servers: &case.servers,
             drain_ages: &case.drain_ages,
             drain_policy: DrainPolicy {
@@ -589,6 +598,7 @@ mod tests {
             statefulset_stopped in any::<bool>(),
             migrated in any::<bool>(),
             gated in any::<bool>(),
+            started in any::<bool>(),
             servers in proptest::collection::vec(any_server(), 0..5),
         ) {
             let (running, wanted) = (release("1.0.0"), release("2.0.0"));
@@ -616,6 +626,7 @@ mod tests {
                 statefulset_stopped,
                 migrated,
                 gate: gated.then(|| Hold::new(Reason::Paused, "paused")),
+                stopping_started: started,
                 servers: &statuses,
                 drain_ages: &drain_ages,
                 drain_policy: DrainPolicy {
@@ -658,7 +669,7 @@ mod tests {
                 prop_assert!(servers.iter().all(|(_, pod, _)| !pod) && database_ready && statefulset_stopped);
             }
             // The gates hold back the first drain.
-            if gated && !servers.iter().any(|(_, pod, age)| *pod && age.is_some()) {
+            if gated && !started {
                 prop_assert!(d.drain.is_empty());
             }
             // Every decision that is not "go" says why.

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
-use orchestrator_operator::crd::{OrchestratorCluster, Phase};
+use orchestrator_operator::crd::{OrchestratorCluster, Phase, PlanStrategy};
 use serde_json::json;
 use testing_postgres::TestPostgres;
 
@@ -537,7 +537,18 @@ async fn a_manual_approval_holds_the_roll_until_the_current_generation_is_approv
     );
     let (health, _) = crate::support::argocd::health(&cr);
     assert_eq!(health, "Suspended", "Argo CD shows it waiting for a person");
+    // The plan to read before approving: a roll of every server, in order, behind the approval.
+    let plan = cr.status.as_ref().unwrap().plan.clone().unwrap();
+    assert_eq!(plan.generation, generation);
+    assert_eq!(plan.strategy, PlanStrategy::Rolling, "{plan:?}");
+    assert_eq!(plan.reason, "SchemaCompatible");
+    assert_eq!(plan.changes, vec!["version 2.0.0 -> 2.1.0"]);
+    let planned: Vec<String> = plan.steps.iter().filter_map(|s| s.server.clone()).collect();
+    assert_eq!(planned.len(), 3, "{plan:?}");
+    assert!(plan.gates.iter().any(|g| g.starts_with("AwaitingApproval")), "{plan:?}");
     let before = server_uids(&ns).await;
+    assert_eq!(before.len(), 3);
+    let watcher = Watcher::start(&ns, 3);
     // An older generation approved: nothing moves. A negative check needs a window: three
     // reconcile periods of the busy requeue.
     approve(&ns, &(generation - 1).to_string()).await;
@@ -566,6 +577,11 @@ async fn a_manual_approval_holds_the_roll_until_the_current_generation_is_approv
     );
     approve(&ns, &generation.to_string()).await;
     wait_settled(&ns, 3, Some("2.1.0")).await;
+    assert_eq!(
+        watcher.replaced(),
+        planned,
+        "the roll took the plan's steps in its order"
+    );
     let after = server_uids(&ns).await;
     assert!(
         before.iter().all(|(name, uid)| after.get(name) != Some(uid)),

@@ -44,6 +44,9 @@ use crate::vocabulary::{Hold, Reason, RollStage, UpgradeStage};
 pub(super) struct Decisions {
     /// Servers wanted: `spec.replicas`, or the autoscaler's desired count.
     pub(super) wanted: i32,
+    /// What a disruptive step waits for first, each that holds: paused, an approval, the
+    /// calendar (the first of them is what the planners were given).
+    pub(super) gates: Vec<Hold>,
     /// The autoscaler's decision, when `capacity.autoscale` is set.
     pub(super) autoscale: Option<AutoscaleOutcome>,
     /// The schema gate of a version change.
@@ -74,6 +77,12 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         migrated: observed.schema_jobs.migrated,
         statefulset_stopped: inputs.statefulset_stopped,
         gate: gate(maintenance.paused, approval.as_ref(), window_open, next_window),
+        stopping_started: cr
+            .status
+            .as_ref()
+            .and_then(|s| s.maintenance.as_ref())
+            .and_then(|m| m.stage.as_deref())
+            == Some(UpgradeStage::StoppingServers.as_str()),
         servers: &inputs.servers,
         drain_ages: &inputs.drain_ages,
         drain_policy: spec.drain,
@@ -140,7 +149,13 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
     }
     let roll = maintenance::decide(&MaintenanceInput {
         cluster: &name,
-        wanted,
+        // A step's server is removed only by a scale-down that goes ahead (not one held for an
+        // approval or the database).
+        wanted: if capacity.blocked.is_some() {
+            wanted.max(inputs.current)
+        } else {
+            wanted
+        },
         servers: &inputs.views,
         update_revision: inputs.update_revision.as_deref(),
         restart_requested_at: maintenance.restart_requested_at.as_ref().map(|t| t.0),
@@ -174,8 +189,17 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
     {
         capacity.undrain.push(step.server.clone());
     }
+    let gates = [
+        gate(maintenance.paused, None, true, None),
+        approval.clone(),
+        gate(false, None, window_open, next_window),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     Decisions {
         wanted,
+        gates,
         autoscale,
         upgrade,
         capacity,
@@ -192,7 +216,8 @@ fn approval(cr: &OrchestratorCluster) -> Option<Hold> {
     let generation = cr.metadata.generation.unwrap_or_default();
     let approved = cr.annotations().get(APPROVE_ANNOTATION).map(|v| v.trim());
     let how = format!(
-        "kubectl annotate orc {} {APPROVE_ANNOTATION}={generation} --overwrite",
+        "kubectl -n {} annotate orc {} {APPROVE_ANNOTATION}={generation} --overwrite",
+        cr.namespace().unwrap_or_default(),
         cr.name_any()
     );
     let message = match approved {

@@ -6,8 +6,10 @@
 //! - [`decide`]: the three planners and the precedence between them;
 //! - [`desired`]: the owned objects the decisions want, and which differ from the live ones;
 //! - [`status`]: the status, conditions and step in progress;
+//! - [`change`]: the plan of the spec change (`status.plan`), read from the decisions;
 //! - [`events`]: the Events of the steps and of conditions that turned bad.
 
+mod change;
 mod decide;
 mod desired;
 mod events;
@@ -131,7 +133,11 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
             ),
         ));
     }
-    let status = status::status(cr, observed, &inputs, &decisions, statefulset_current, now);
+    let mut status = status::status(cr, observed, &inputs, &decisions, statefulset_current, now);
+    status.plan = Some(change::kept(
+        cr.status.as_ref().and_then(|s| s.plan.as_ref()),
+        change::change_plan(cr, &spec.wanted, &inputs, &decisions),
+    ));
     let mut events = events::events(cr, observed, &inputs, &decisions, &status);
     if observed.rejected.is_some() {
         // The writes of this plan were refused at this generation: the steps it announces
@@ -155,6 +161,7 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
         upgrade,
         capacity,
         roll,
+        ..
     } = decisions;
     let previous_step = inputs.previous_step;
     let settled = status.phase == Phase::Ready;

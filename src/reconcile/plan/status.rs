@@ -35,6 +35,7 @@ pub(super) fn status(
         upgrade,
         capacity,
         roll,
+        ..
     } = decisions;
     let wanted = *wanted;
     let servers = &inputs.servers;
@@ -185,6 +186,8 @@ pub(super) fn status(
         }),
         servers: servers.to_vec(),
         maintenance: maintenance_status(roll, upgrade, servers.len(), &previous, now),
+        // Made by `change`, from the same decisions, once the status is.
+        plan: None,
         conditions,
     };
     match &observed.rejected {

@@ -692,3 +692,113 @@ mod autoscaling {
         assert_eq!(after.drain, vec!["minimal-2"]);
     }
 }
+
+mod change_plan {
+    use super::basics::{now, world};
+    use crate::crd::{Approval, PlanAction, PlanStrategy, SchemaChangePolicy};
+    use crate::reconcile::dry_run;
+    use crate::release::{EXIT_MIGRATION_NEEDED, JobOutcome};
+    use crate::testing::{Cluster, fixtures};
+    use crate::validate::BuildSettings;
+
+    fn servers(plan: &crate::crd::ChangePlan) -> Vec<(Option<&str>, PlanAction)> {
+        plan.steps.iter().map(|s| (s.server.as_deref(), s.action)).collect()
+    }
+
+    #[test]
+    fn a_settled_cluster_has_nothing_to_do_and_scaling_lists_the_servers_added() {
+        let cr = fixtures::minimal();
+        let plan = dry_run(&cr, &world(&cr, 3, 3), &BuildSettings::default(), &now()).unwrap();
+        let change = plan.status.plan.unwrap();
+        assert_eq!((change.strategy, change.steps.len()), (PlanStrategy::NothingToDo, 0));
+        let plan = dry_run(&cr, &world(&cr, 1, 1), &BuildSettings::default(), &now()).unwrap();
+        let change = plan.status.plan.unwrap();
+        assert_eq!(change.strategy, PlanStrategy::Scaling);
+        assert_eq!(change.changes, vec!["servers 1 -> 3"]);
+        assert_eq!(
+            servers(&change),
+            vec![
+                (Some("minimal-1"), PlanAction::Add),
+                (Some("minimal-2"), PlanAction::Add)
+            ]
+        );
+        assert!(change.gates.is_empty(), "adding waits for no person");
+    }
+
+    #[test]
+    fn a_version_change_is_pending_its_check_then_rolls_in_the_rolls_order_behind_its_gates() {
+        let observed = world(&fixtures::minimal(), 3, 3);
+        let mut cr = Cluster::minimal().version("2.0.0").build();
+        cr.spec.maintenance.approval = Approval::Manual;
+        cr.metadata.generation = Some(2);
+        let pending = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        let change = pending.status.plan.unwrap();
+        assert_eq!(
+            (change.strategy, change.reason.as_str()),
+            (PlanStrategy::Pending, "SchemaCheck")
+        );
+        assert_eq!(change.changes, vec!["version 1.0.0 -> 2.0.0"]);
+        // All joined and equally busy: highest ordinal first.
+        let order: Vec<_> = servers(&change).into_iter().map(|(s, _)| s.unwrap()).collect();
+        assert_eq!(order, vec!["minimal-2", "minimal-1", "minimal-0"]);
+        assert!(change.gates[0].starts_with("AwaitingApproval: "), "{:?}", change.gates);
+        let mut checked = observed.clone();
+        checked.schema_jobs.check = Some(JobOutcome::Succeeded);
+        let rolling = dry_run(&cr, &checked, &BuildSettings::default(), &now()).unwrap();
+        let change = rolling.status.plan.unwrap();
+        assert_eq!(
+            (change.strategy, change.reason.as_str()),
+            (PlanStrategy::Rolling, "SchemaCompatible")
+        );
+        assert_eq!(change.steps.len(), 3);
+        assert!(
+            rolling.drain.is_empty() && rolling.evict.is_none(),
+            "nothing moves unapproved"
+        );
+    }
+
+    #[test]
+    fn a_refused_and_a_recreated_schema_change_say_so() {
+        let mut observed = world(&fixtures::minimal(), 3, 3);
+        observed.schema_jobs.check = Some(JobOutcome::Failed {
+            exit_code: Some(EXIT_MIGRATION_NEEDED),
+            message: "migration needed: database schema 1, version 2.0.0 needs 2".into(),
+        });
+        let mut cr = Cluster::minimal().version("2.0.0").build();
+        let refused = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        let change = refused.status.plan.unwrap();
+        assert_eq!(
+            (change.strategy, change.reason.as_str()),
+            (PlanStrategy::Refused, "SchemaChangeRefused")
+        );
+        assert!(change.steps.is_empty());
+        cr.spec.upgrade.schema_change = SchemaChangePolicy::Recreate;
+        let recreate = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        let change = recreate.status.plan.unwrap();
+        assert_eq!(change.strategy, PlanStrategy::Recreate);
+        assert_eq!(
+            servers(&change),
+            vec![
+                (Some("minimal-2"), PlanAction::Stop),
+                (Some("minimal-1"), PlanAction::Stop),
+                (Some("minimal-0"), PlanAction::Stop),
+                (None, PlanAction::Migrate),
+                (None, PlanAction::Start),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_plan_of_a_generation_is_kept_while_running_jobs_move() {
+        let observed = world(&fixtures::minimal(), 3, 3);
+        let mut cr = Cluster::minimal().version("2.0.0").build();
+        let first = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        cr.status = Some(first.status.clone());
+        let mut busier = observed.clone();
+        if let crate::database::DatabaseState::Ready { members, .. } = &mut busier.database {
+            members[2].running_jobs = 9;
+        }
+        let second = dry_run(&cr, &busier, &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(second.status.plan, first.status.plan, "same generation, same plan");
+    }
+}

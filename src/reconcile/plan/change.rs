@@ -1,0 +1,150 @@
+//! The change plan (`status.plan`): what the planners will do about the current spec, read
+//! from their own decisions (not a second model): the strategy and its reason from the schema
+//! gate and the roll, the steps in the order the capacity planner and the roll take them, the
+//! gates on the way. Pure; does not need a client.
+//!
+//! It is made again when the generation, the strategy, the reason or the gates change, and
+//! kept otherwise: the order of a roll moves with the servers' running jobs, and the status
+//! must not change with every heartbeat.
+
+use super::decide::Decisions;
+use super::inputs::Inputs;
+use crate::crd::{ChangePlan, OrchestratorCluster, PlanAction, PlanStep, PlanStrategy};
+use crate::planners::maintenance::take_order;
+use crate::release::Release;
+use crate::vocabulary::{Reason, Trigger, UpgradeStage};
+
+/// Steps listed in `status.plan`; the rest are counted.
+pub(crate) const LISTED_STEPS: usize = 10;
+
+/// The plan of `cr`'s current spec (`wanted`: the release it asks for).
+pub(super) fn change_plan(
+    cr: &OrchestratorCluster,
+    wanted: &Release,
+    inputs: &Inputs,
+    decisions: &Decisions,
+) -> ChangePlan {
+    let Decisions {
+        wanted: replicas,
+        gates,
+        upgrade,
+        capacity,
+        roll,
+        ..
+    } = decisions;
+    let current = inputs.current;
+    let mut changes = Vec::new();
+    let running = inputs.running_release.as_ref();
+    let new_release = running.is_some_and(|r| r != wanted);
+    match running {
+        Some(r) if r.version != wanted.version => changes.push(format!("version {} -> {}", r.version, wanted.version)),
+        Some(r) if r.image != wanted.image => changes.push(format!("image {} -> {}", r.image, wanted.image)),
+        _ => {}
+    }
+    if *replicas != current {
+        changes.push(format!("servers {current} -> {replicas}"));
+    }
+    match roll.trigger {
+        Some(Trigger::TemplateChange) if !new_release => changes.push("pod template".into()),
+        Some(Trigger::RestartRequested) => changes.push("restart requested".into()),
+        _ => {}
+    }
+    let rolling = roll.outdated > 0 || roll.step.is_some();
+    let (strategy, reason) = if let Some(hold) = &upgrade.blocked {
+        (PlanStrategy::Refused, hold.reason.as_str().to_string())
+    } else if upgrade.recreate {
+        (PlanStrategy::Recreate, Reason::SchemaMigration.as_str().to_string())
+    } else if upgrade.stage == Some(UpgradeStage::SchemaCheck) {
+        (PlanStrategy::Pending, Reason::SchemaCheck.as_str().to_string())
+    } else if rolling || new_release {
+        // A new release let through (its template about to be written) rolls too.
+        let reason = if new_release {
+            "SchemaCompatible"
+        } else {
+            roll.trigger.map_or("TemplateChange", Trigger::as_str)
+        };
+        (PlanStrategy::Rolling, reason.to_string())
+    } else if *replicas != current {
+        (PlanStrategy::Scaling, Reason::Scaling.as_str().to_string())
+    } else {
+        (PlanStrategy::NothingToDo, String::new())
+    };
+    let reason = match (&capacity.blocked, strategy) {
+        (Some(hold), PlanStrategy::Scaling) => format!("PreconditionFailed:{}", hold.reason),
+        _ => reason,
+    };
+    let name = |o: i32| Some(format!("{}-{o}", cr.metadata.name.clone().unwrap_or_default()));
+    let step = |server: Option<String>, action| PlanStep { server, action };
+    // Capacity beats the roll: servers are added or removed first.
+    let mut steps: Vec<PlanStep> = if strategy == PlanStrategy::Recreate || strategy == PlanStrategy::Refused {
+        Vec::new()
+    } else if *replicas > current {
+        (current..*replicas).map(|o| step(name(o), PlanAction::Add)).collect()
+    } else {
+        (*replicas..current)
+            .rev()
+            .map(|o| step(name(o), PlanAction::Remove))
+            .collect()
+    };
+    match strategy {
+        PlanStrategy::Rolling if !roll.queue.is_empty() => {
+            steps.extend(roll.queue.iter().map(|s| step(Some(s.clone()), PlanAction::Replace)));
+        }
+        // Every server, in the roll's order: a release not in the template yet.
+        PlanStrategy::Rolling | PlanStrategy::Pending => steps.extend(
+            take_order(&inputs.views)
+                .into_iter()
+                .map(|s| step(Some(s), PlanAction::Replace)),
+        ),
+        PlanStrategy::Recreate => {
+            let mut stopping: Vec<String> = inputs
+                .views
+                .iter()
+                .filter(|s| s.pod_exists)
+                .map(|s| s.name.clone())
+                .collect();
+            stopping.reverse();
+            steps.extend(stopping.into_iter().map(|s| step(Some(s), PlanAction::Stop)));
+            steps.push(step(None, PlanAction::Migrate));
+            steps.push(step(None, PlanAction::Start));
+        }
+        PlanStrategy::Scaling | PlanStrategy::NothingToDo | PlanStrategy::Refused => {}
+    }
+    let disruptive = steps
+        .iter()
+        .any(|s| matches!(s.action, PlanAction::Remove | PlanAction::Replace | PlanAction::Stop));
+    let more_steps = steps.len().saturating_sub(LISTED_STEPS) as i32;
+    steps.truncate(LISTED_STEPS);
+    ChangePlan {
+        generation: cr.metadata.generation.unwrap_or_default(),
+        changes,
+        strategy,
+        reason,
+        steps,
+        more_steps,
+        gates: if disruptive {
+            gates
+                .iter()
+                .map(|hold| format!("{}: {}", hold.reason, hold.message))
+                .collect()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// `fresh`, unless `previous` is the plan of the same generation with the same strategy,
+/// reason and gates: then `previous`, whose order was the one when the change began.
+pub(super) fn kept(previous: Option<&ChangePlan>, fresh: ChangePlan) -> ChangePlan {
+    match previous {
+        Some(previous)
+            if previous.generation == fresh.generation
+                && previous.strategy == fresh.strategy
+                && previous.reason == fresh.reason
+                && previous.gates == fresh.gates =>
+        {
+            previous.clone()
+        }
+        _ => fresh,
+    }
+}
