@@ -205,12 +205,13 @@ async fn a_failing_precondition_stops_the_scale_up_with_its_reason_until_it_reco
     ns.create_cluster(&spec).await;
     wait_autoscaled(&ns, 1, 2 * MINUTE).await;
 
-    // 40 jobs of a minute: ten servers' worth, so the autoscaler wants its maximum.
-    for _ in 0..40 {
-        orchestrator_contract::submit_job(&db, "sleep", &json!({"ms": 60_000}))
-            .await
-            .unwrap();
-    }
+    // 40 jobs of a minute, in one statement (the first reading sees them all): ten servers'
+    // worth, so the autoscaler wants its maximum at once.
+    db.batch_execute(
+        "INSERT INTO jobs (kind, payload) SELECT 'sleep', '{\"ms\": 60000}'::jsonb FROM generate_series(1, 40)",
+    )
+    .await
+    .unwrap();
     let statefulsets = ns.api::<StatefulSet>();
     wait_for(
         &statefulsets,

@@ -11,16 +11,19 @@ use super::decide::Decisions;
 use super::inputs::Inputs;
 use crate::crd::{ChangePlan, OrchestratorCluster, PlanAction, PlanStep, PlanStrategy};
 use crate::planners::maintenance::take_order;
+use crate::planners::servers::PodView;
 use crate::release::Release;
 use crate::vocabulary::{Reason, Trigger, UpgradeStage};
 
 /// Steps listed in `status.plan`; the rest are counted.
 pub(crate) const LISTED_STEPS: usize = 10;
 
-/// The plan of `cr`'s current spec (`wanted`: the release it asks for).
+/// The plan of `cr`'s current spec (`wanted`: the release it asks for; `pods`: the server pods,
+/// whose releases say what runs while the roll replaces them).
 pub(super) fn change_plan(
     cr: &OrchestratorCluster,
     wanted: &Release,
+    pods: &[PodView],
     inputs: &Inputs,
     decisions: &Decisions,
 ) -> ChangePlan {
@@ -34,8 +37,14 @@ pub(super) fn change_plan(
     } = decisions;
     let current = inputs.current;
     let mut changes = Vec::new();
-    let running = inputs.running_release.as_ref();
-    let new_release = running.is_some_and(|r| r != wanted);
+    // The release being replaced: the template's while it is not the wanted one yet, then the
+    // one the pods not yet replaced run.
+    let running = inputs
+        .running_release
+        .as_ref()
+        .filter(|r| *r != wanted)
+        .or_else(|| pods.iter().filter_map(|p| p.release.as_ref()).find(|r| *r != wanted));
+    let new_release = running.is_some();
     match running {
         Some(r) if r.version != wanted.version => changes.push(format!("version {} -> {}", r.version, wanted.version)),
         Some(r) if r.image != wanted.image => changes.push(format!("image {} -> {}", r.image, wanted.image)),

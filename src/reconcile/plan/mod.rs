@@ -136,7 +136,7 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
     let mut status = status::status(cr, observed, &inputs, &decisions, statefulset_current, now);
     status.plan = Some(change::kept(
         cr.status.as_ref().and_then(|s| s.plan.as_ref()),
-        change::change_plan(cr, &spec.wanted, &inputs, &decisions),
+        change::change_plan(cr, &spec.wanted, &observed.pods, &inputs, &decisions),
     ));
     let mut events = events::events(cr, observed, &inputs, &decisions, &status);
     if observed.rejected.is_some() {
