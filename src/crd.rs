@@ -921,7 +921,8 @@ pub struct ChangePlan {
     /// How the change is carried out.
     pub strategy: PlanStrategy,
     /// Why this strategy: `SchemaCompatible`, `SchemaCheck` (the new version's check decides),
-    /// `SchemaChangeRefused`, `SchemaMigration`, `TemplateChange`, `RestartRequested`,
+    /// `SchemaChangeRefused`, `SchemaCheckFailed`, `SchemaMigration` (or `DrainTimeout`,
+    /// `SchemaMigrationFailed` when a Recreate halted), `TemplateChange`, `RestartRequested`,
     /// `Scaling`, or `PreconditionFailed:<reason>`.
     pub reason: String,
     /// The steps in the order the planners would take them now (at most 10 listed).

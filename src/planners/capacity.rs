@@ -158,22 +158,20 @@ fn scale_down(input: &CapacityInput, out: &mut CapacityDecision) {
         return;
     }
     let leaving = (input.wanted..input.current).rev().filter_map(|o| server(input, o));
-    let mut progress = drain::progress(leaving, input.drain_ages, input.drain);
+    let progress = drain::progress(leaving, input.drain_ages, input.drain);
     out.blocked = progress.halt(input.drain, "");
-    // A removal not approved asks no new drain; one whose drains were asked before (approved,
-    // or before approvals were required) goes on to its end.
-    let asked = |server: &String| input.drain_ages.iter().any(|(name, _)| name == server);
+    // A removal not approved asks no new drain (`request` holds only servers never asked);
+    // one whose drains were all asked before (approved, or before approvals were required)
+    // goes on to its end.
     if let Some(hold) = &input.approval
-        && progress.request.iter().any(|s| !asked(s))
+        && !progress.request.is_empty()
     {
-        progress.request.retain(asked);
         if out.blocked.is_none() {
             out.blocked = Some(Hold::new(
                 hold.reason,
                 format!("not removing servers: {}", hold.message),
             ));
         }
-        out.drain = progress.request;
         return;
     }
     out.drain = progress.request;

@@ -44,9 +44,9 @@ pub(crate) struct UpgradeInput<'a> {
     /// The maintenance gates (`paused`, an approval, outside `windows`): stopping every server
     /// waits for them like any disruptive step.
     pub gate: Option<Hold>,
-    /// The last status recorded the `StoppingServers` stage: the stopping began (past the
-    /// gates) and goes on. A drain of another origin (a roll step's, a scale-down's) is not
-    /// this stopping, and lets nothing past the gates.
+    /// The last status recorded the `StoppingServers` or `Migrating` stage: the stopping began
+    /// (past the gates) and goes on. A drain of another origin (a roll step's, a scale-down's)
+    /// is not this stopping, and lets nothing past the gates.
     pub stopping_started: bool,
     /// Every server, from both views.
     pub servers: &'a [ServerStatus],
@@ -121,6 +121,11 @@ pub(crate) fn decide(input: &UpgradeInput) -> UpgradeDecision {
             ));
         }
         None => {
+            if input.stopping_started {
+                // The check's outcome is unknown only while the database is: the stopping
+                // that began stays recorded as such.
+                out.stage = Some(UpgradeStage::StoppingServers);
+            }
             out.waiting = Some(Hold::new(
                 Reason::DatabaseNotReady,
                 format!("the schema check of version {to} waits for the database"),
@@ -178,6 +183,11 @@ fn recreate(input: &UpgradeInput, from: &str, to: &str, out: &mut UpgradeDecisio
         return;
     }
     out.recreate = true;
+    if input.stopping_started {
+        // Begun: recorded as such even while it waits (a database blip), so that it never
+        // has to pass the gates a second time.
+        out.stage = Some(UpgradeStage::StoppingServers);
+    }
     if input.step_in_progress {
         out.waiting = Some(Hold::new(
             Reason::StepInProgress,
@@ -194,8 +204,9 @@ fn recreate(input: &UpgradeInput, from: &str, to: &str, out: &mut UpgradeDecisio
         return;
     }
     let with_pods: Vec<&ServerStatus> = input.servers.iter().filter(|s| s.pod_exists).collect();
-    if !with_pods.is_empty()
-        && !input.stopping_started
+    // The gates hold the start of a Recreate, even of a cluster without servers: its
+    // migration changes the database for good.
+    if !input.stopping_started
         && let Some(gate) = &input.gate
     {
         out.waiting = Some(Hold::new(
@@ -449,6 +460,23 @@ mod tests {
     }
 
     #[test]
+    fn the_gates_hold_the_migration_of_a_cluster_without_servers_too() {
+        let mut case = Case::new();
+        case.check = migration_needed();
+        case.servers.iter_mut().for_each(|s| s.pod_exists = false);
+        case.gate = Some(Hold::new(Reason::AwaitingApproval, "approve generation 3"));
+        let d = case.decide();
+        assert_eq!(d.run_job, None, "no migration before the approval");
+        assert_eq!(d.waiting.unwrap().reason, Reason::AwaitingApproval);
+        case.stopping_started = true;
+        assert_eq!(
+            case.decide().run_job,
+            Some(SchemaJob::Migrate),
+            "once begun, it goes on"
+        );
+    }
+
+    #[test]
     fn recreate_waits_for_the_database_the_gates_and_an_empty_statefulset() {
         let mut case = Case::new();
         case.check = migration_needed();
@@ -473,6 +501,11 @@ mod tests {
             database_ready: false,
             ..input_of(&case)
         });
+        assert_eq!(
+            down.stage,
+            Some(UpgradeStage::StoppingServers),
+            "a blip keeps the stopping recorded as begun"
+        );
         assert!(
             !down.stop_all && down.drain.is_empty(),
             "no row, no proof of a finished drain"

@@ -3,15 +3,16 @@
 //! gate and the roll, the steps in the order the capacity planner and the roll take them, the
 //! gates on the way. Pure; does not need a client.
 //!
-//! It is made again when the generation, the strategy, the reason or the gates change, and
-//! kept otherwise: the order of a roll moves with the servers' running jobs, and the status
-//! must not change with every heartbeat.
+//! It is made again when the generation, the changes, the strategy, the reason or the gates
+//! change, and kept otherwise: the order of a roll moves with the servers' running jobs, and
+//! the status must not change with every heartbeat. The gates listed are those each step
+//! waits for: all of them for a roll and a Recreate, only an approval for a removal.
 
 use super::decide::Decisions;
 use super::inputs::Inputs;
 use crate::crd::{ChangePlan, OrchestratorCluster, PlanAction, PlanStep, PlanStrategy};
 use crate::planners::maintenance::take_order;
-use crate::planners::servers::PodView;
+use crate::planners::servers::{PodView, ordinal};
 use crate::release::Release;
 use crate::vocabulary::{Reason, Trigger, UpgradeStage};
 
@@ -30,10 +31,10 @@ pub(super) fn change_plan(
     let Decisions {
         wanted: replicas,
         gates,
+        autoscale,
         upgrade,
         capacity,
         roll,
-        ..
     } = decisions;
     let current = inputs.current;
     let mut changes = Vec::new();
@@ -59,10 +60,15 @@ pub(super) fn change_plan(
         _ => {}
     }
     let rolling = roll.outdated > 0 || roll.step.is_some();
-    let (strategy, reason) = if let Some(hold) = &upgrade.blocked {
+    let (strategy, reason) = if upgrade.recreate {
+        // Under way, or halted under way (a drain timeout, a failed migration): still Recreate.
+        let reason = upgrade
+            .blocked
+            .as_ref()
+            .map_or(Reason::SchemaMigration, |hold| hold.reason);
+        (PlanStrategy::Recreate, reason.as_str().to_string())
+    } else if let Some(hold) = &upgrade.blocked {
         (PlanStrategy::Refused, hold.reason.as_str().to_string())
-    } else if upgrade.recreate {
-        (PlanStrategy::Recreate, Reason::SchemaMigration.as_str().to_string())
     } else if upgrade.stage == Some(UpgradeStage::SchemaCheck) {
         (PlanStrategy::Pending, Reason::SchemaCheck.as_str().to_string())
     } else if rolling || new_release {
@@ -82,7 +88,10 @@ pub(super) fn change_plan(
         (Some(hold), PlanStrategy::Scaling) => format!("PreconditionFailed:{}", hold.reason),
         _ => reason,
     };
-    let name = |o: i32| Some(format!("{}-{o}", cr.metadata.name.clone().unwrap_or_default()));
+    let cluster = cr.metadata.name.clone().unwrap_or_default();
+    let name = |o: i32| Some(format!("{cluster}-{o}"));
+    // A server a scale-down removes is not replaced too.
+    let stays = |server: &String| ordinal(&cluster, server).is_some_and(|o| o < *replicas);
     let step = |server: Option<String>, action| PlanStep { server, action };
     // Capacity beats the roll: servers are added or removed first.
     let mut steps: Vec<PlanStep> = if strategy == PlanStrategy::Recreate || strategy == PlanStrategy::Refused {
@@ -96,13 +105,17 @@ pub(super) fn change_plan(
             .collect()
     };
     match strategy {
-        PlanStrategy::Rolling if !roll.queue.is_empty() => {
-            steps.extend(roll.queue.iter().map(|s| step(Some(s.clone()), PlanAction::Replace)));
-        }
+        PlanStrategy::Rolling if !roll.queue.is_empty() => steps.extend(
+            roll.queue
+                .iter()
+                .filter(|s| stays(s))
+                .map(|s| step(Some(s.clone()), PlanAction::Replace)),
+        ),
         // Every server, in the roll's order: a release not in the template yet.
         PlanStrategy::Rolling | PlanStrategy::Pending => steps.extend(
             take_order(&inputs.views)
                 .into_iter()
+                .filter(stays)
                 .map(|s| step(Some(s), PlanAction::Replace)),
         ),
         PlanStrategy::Recreate => {
@@ -119,9 +132,12 @@ pub(super) fn change_plan(
         }
         PlanStrategy::Scaling | PlanStrategy::NothingToDo | PlanStrategy::Refused => {}
     }
-    let disruptive = steps
+    // The gates each step waits for: a roll's and a Recreate's wait for all of them; a removal
+    // only for an approval (and none when the autoscaler removes).
+    let replaces = steps
         .iter()
-        .any(|s| matches!(s.action, PlanAction::Remove | PlanAction::Replace | PlanAction::Stop));
+        .any(|s| matches!(s.action, PlanAction::Replace | PlanAction::Stop));
+    let removes = autoscale.is_none() && steps.iter().any(|s| s.action == PlanAction::Remove);
     let more_steps = steps.len().saturating_sub(LISTED_STEPS) as i32;
     steps.truncate(LISTED_STEPS);
     ChangePlan {
@@ -131,23 +147,22 @@ pub(super) fn change_plan(
         reason,
         steps,
         more_steps,
-        gates: if disruptive {
-            gates
-                .iter()
-                .map(|hold| format!("{}: {}", hold.reason, hold.message))
-                .collect()
-        } else {
-            Vec::new()
-        },
+        gates: gates
+            .iter()
+            .filter(|hold| replaces || (removes && hold.reason == Reason::AwaitingApproval))
+            .map(|hold| format!("{}: {}", hold.reason, hold.message))
+            .collect(),
     }
 }
 
-/// `fresh`, unless `previous` is the plan of the same generation with the same strategy,
-/// reason and gates: then `previous`, whose order was the one when the change began.
+/// `fresh`, unless `previous` is the plan of the same generation with the same changes,
+/// strategy, reason and gates: then `previous`, whose order was the one when the change began
+/// (an autoscaler's new count is a new change without a new generation).
 pub(super) fn kept(previous: Option<&ChangePlan>, fresh: ChangePlan) -> ChangePlan {
     match previous {
         Some(previous)
             if previous.generation == fresh.generation
+                && previous.changes == fresh.changes
                 && previous.strategy == fresh.strategy
                 && previous.reason == fresh.reason
                 && previous.gates == fresh.gates =>

@@ -82,7 +82,9 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
             .as_ref()
             .and_then(|s| s.maintenance.as_ref())
             .and_then(|m| m.stage.as_deref())
-            == Some(UpgradeStage::StoppingServers.as_str()),
+            .is_some_and(|stage| {
+                stage == UpgradeStage::StoppingServers.as_str() || stage == UpgradeStage::Migrating.as_str()
+            }),
         servers: &inputs.servers,
         drain_ages: &inputs.drain_ages,
         drain_policy: spec.drain,
@@ -151,10 +153,9 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         cluster: &name,
         // A step's server is removed only by a scale-down that goes ahead (not one held for an
         // approval or the database).
-        wanted: if capacity.blocked.is_some() {
-            wanted.max(inputs.current)
-        } else {
-            wanted
+        wanted: match capacity.blocked.as_ref().map(|hold| hold.reason) {
+            Some(Reason::AwaitingApproval | Reason::DatabaseNotReady) => wanted.max(inputs.current),
+            _ => wanted,
         },
         servers: &inputs.views,
         update_revision: inputs.update_revision.as_deref(),

@@ -789,6 +789,40 @@ mod change_plan {
     }
 
     #[test]
+    fn servers_a_scale_down_removes_are_not_replaced_and_a_removal_waits_only_for_its_approval() {
+        let observed = world(&fixtures::minimal(), 3, 3);
+        let mut cr = Cluster::minimal().version("2.0.0").build();
+        cr.spec.replicas = 2;
+        cr.spec.maintenance.approval = Approval::Manual;
+        cr.spec.maintenance.paused = true;
+        let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        let change = plan.status.plan.unwrap();
+        assert_eq!(
+            servers(&change),
+            vec![
+                (Some("minimal-2"), PlanAction::Remove),
+                (Some("minimal-1"), PlanAction::Replace),
+                (Some("minimal-0"), PlanAction::Replace),
+            ]
+        );
+        assert_eq!(
+            change.gates.len(),
+            2,
+            "paused and the approval hold the roll: {:?}",
+            change.gates
+        );
+        let mut scale_down_only = fixtures::minimal();
+        scale_down_only.spec.replicas = 2;
+        scale_down_only.spec.maintenance.approval = Approval::Manual;
+        scale_down_only.spec.maintenance.paused = true;
+        let plan = dry_run(&scale_down_only, &observed, &BuildSettings::default(), &now()).unwrap();
+        let change = plan.status.plan.unwrap();
+        assert_eq!(change.strategy, PlanStrategy::Scaling);
+        assert_eq!(change.gates.len(), 1, "a removal ignores paused: {:?}", change.gates);
+        assert!(change.gates[0].starts_with("AwaitingApproval"));
+    }
+
+    #[test]
     fn the_plan_of_a_generation_is_kept_while_running_jobs_move() {
         let observed = world(&fixtures::minimal(), 3, 3);
         let mut cr = Cluster::minimal().version("2.0.0").build();
