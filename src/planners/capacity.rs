@@ -285,21 +285,27 @@ mod tests {
         assert_eq!(decide(&above).blocked.unwrap().reason, Reason::AboveMaxReplicas);
     }
 
-    #[test]
-    fn scale_down_drains_highest_first_then_lowers_and_cleans_rows() {
+    /// Five joined servers; the same with prod-2..4 stopped after a drain; those drains' ages.
+    fn five_down_to_two() -> (Vec<ServerStatus>, Vec<ServerStatus>, Vec<(String, f64)>) {
         let five: Vec<_> = (0..5)
             .map(|i| status(&format!("prod-{i}"), true, Some("active"), 1))
             .collect();
-        let out = decide(&input(2, 5, &five));
-        assert_eq!(out.drain, vec!["prod-4", "prod-3", "prod-2"]);
-        assert_eq!(out.replicas, 5);
         let mut stopped = five.clone();
         for s in &mut stopped[2..] {
             s.state = Some("stopped".into());
             s.ready = false;
             s.joined = false;
         }
-        let ages: Vec<(String, f64)> = (2..5).map(|i| (format!("prod-{i}"), 5.0)).collect();
+        let ages = (2..5).map(|i| (format!("prod-{i}"), 5.0)).collect();
+        (five, stopped, ages)
+    }
+
+    #[test]
+    fn scale_down_drains_highest_first_then_lowers_and_cleans_rows() {
+        let (five, stopped, ages) = five_down_to_two();
+        let out = decide(&input(2, 5, &five));
+        assert_eq!(out.drain, vec!["prod-4", "prod-3", "prod-2"]);
+        assert_eq!(out.replicas, 5);
         let mut draining = input(2, 5, &stopped);
         draining.drain_ages = &ages;
         assert_eq!(decide(&draining).replicas, 2);
@@ -332,22 +338,13 @@ mod tests {
 
     #[test]
     fn a_removal_waits_for_its_approval() {
-        let five: Vec<_> = (0..5)
-            .map(|i| status(&format!("prod-{i}"), true, Some("active"), 1))
-            .collect();
+        let (five, stopped, ages) = five_down_to_two();
         let mut waiting = input(2, 5, &five);
         waiting.approval = Some(Hold::new(Reason::AwaitingApproval, "approve generation 4"));
         let out = decide(&waiting);
         assert_eq!((out.replicas, out.drain.len()), (5, 0), "{out:?}");
         assert_eq!(out.blocked.unwrap().reason, Reason::AwaitingApproval);
         // Drains asked before go on to their end, and the servers are removed.
-        let mut stopped = five.clone();
-        for s in &mut stopped[2..] {
-            s.state = Some("stopped".into());
-            s.ready = false;
-            s.joined = false;
-        }
-        let ages: Vec<(String, f64)> = (2..5).map(|i| (format!("prod-{i}"), 5.0)).collect();
         let mut asked_before = input(2, 5, &stopped);
         asked_before.drain_ages = &ages;
         asked_before.approval = waiting.approval.clone();
