@@ -520,6 +520,11 @@ pub enum Approval {
 /// `Manual`: its value is the approved `metadata.generation`.
 pub const APPROVE_ANNOTATION: &str = "orchestrator.dev/approve";
 
+/// The annotation on a server's pod that asks for its replacement (`kubectl orc drain`): the
+/// roll drains it through the database, evicts it and waits for its replacement, under the
+/// same gates and one-at-a-time rules as any step. Its value is when it was asked.
+pub const REPLACE_ANNOTATION: &str = "orchestrator.dev/replace-requested-at";
+
 /// What happens when a server does not finish draining in time.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DrainTimeoutPolicy {

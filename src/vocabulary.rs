@@ -282,6 +282,8 @@ words! {
         TemplateChange,
         /// `maintenance.restartRequestedAt` is after a server started.
         RestartRequested,
+        /// A server's pod carries `orchestrator.dev/replace-requested-at` (`kubectl orc drain`).
+        ReplaceRequested,
         /// A new version or image waits for its schema check (or a migration) before the roll.
         VersionChange,
     }

@@ -66,6 +66,8 @@ pub(crate) struct ServerView {
     pub state: Option<String>,
     /// Seconds since a drain was requested.
     pub drain_age_seconds: Option<f64>,
+    /// A person asked for its replacement (`kubectl orc drain`).
+    pub replace_requested: bool,
 }
 
 /// How long an eviction may keep being refused (a PodDisruptionBudget that allows no
@@ -167,6 +169,9 @@ pub(crate) fn take_order(servers: &[ServerView]) -> Vec<String> {
 fn is_outdated(server: &ServerView, input: &MaintenanceInput) -> Option<Trigger> {
     if server.pod_exists && input.update_revision.is_some() && server.revision.as_deref() != input.update_revision {
         return Some(Trigger::TemplateChange);
+    }
+    if server.pod_exists && server.replace_requested {
+        return Some(Trigger::ReplaceRequested);
     }
     match (input.restart_requested_at, server.started_at) {
         // Pod creation times have whole seconds: a replacement created in the second of a
@@ -504,6 +509,7 @@ mod tests {
             state: Some(if joined { "active" } else { "joining" }.into()),
             serving: joined,
             drain_age_seconds: None,
+            replace_requested: false,
         }
     }
 
@@ -527,6 +533,27 @@ mod tests {
             on_drain_timeout: DrainTimeoutPolicy::Halt,
             now: at(now),
         }
+    }
+
+    #[test]
+    fn a_replacement_asked_for_one_server_drains_it_through_the_same_step() {
+        let mut servers = [
+            server(0, "new", true, 0),
+            server(1, "new", true, 3),
+            server(2, "new", true, 0),
+        ];
+        assert_eq!(decide(&input(&servers, None, 10)).outdated, 0);
+        servers[1].replace_requested = true;
+        let d = decide(&input(&servers, None, 10));
+        assert_eq!(d.action, MaintenanceAction::RequestDrain("prod-1".into()));
+        assert_eq!((d.trigger, d.outdated), (Some(Trigger::ReplaceRequested), 1));
+        let mut paused = input(&servers, None, 10);
+        paused.paused = true;
+        assert_eq!(
+            decide(&paused).waiting.unwrap().reason,
+            Reason::Paused,
+            "the same gates"
+        );
     }
 
     #[test]
@@ -1045,6 +1072,7 @@ mod tests {
                     serving: db_up && serving,
                     state: db_up.then(|| t.state.to_string()),
                     drain_age_seconds: t.drain_asked_at.filter(|_| db_up && serving).map(|a| (tick - a) as f64),
+                    replace_requested: false,
                 }
             })
             .collect()

@@ -37,6 +37,9 @@ pub struct PodView {
     /// pod it cannot place (`Unschedulable: 0/3 nodes are available: ...`), or the waiting
     /// reason of a container that cannot start (`InvalidImageName: ...`).
     pub stuck: Option<String>,
+    /// Its replacement was asked for (`orchestrator.dev/replace-requested-at`, `kubectl orc
+    /// drain`).
+    pub replace_requested: bool,
 }
 
 /// The ordinal of `name` in cluster `cluster` (`prod-3` → 3).

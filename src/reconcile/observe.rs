@@ -325,6 +325,7 @@ fn pod_view(cluster: &str, pod: &Pod) -> Option<PodView> {
     });
     Some(PodView {
         stuck: unschedulable.or(cannot_start),
+        replace_requested: pod.annotations().contains_key(crate::crd::REPLACE_ANNOTATION),
         name,
         ordinal,
         ready,

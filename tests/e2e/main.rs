@@ -17,6 +17,7 @@ mod gitops;
 mod install;
 mod leader;
 mod maintenance;
+mod plugin;
 mod refusals;
 mod serial;
 mod steady;

@@ -57,6 +57,7 @@ pub(super) fn change_plan(
     match roll.trigger {
         Some(Trigger::TemplateChange) if !new_release => changes.push("pod template".into()),
         Some(Trigger::RestartRequested) => changes.push("restart requested".into()),
+        Some(Trigger::ReplaceRequested) => changes.push("replacement requested".into()),
         _ => {}
     }
     let rolling = roll.outdated > 0 || roll.step.is_some();

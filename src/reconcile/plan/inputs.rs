@@ -95,6 +95,7 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed, now: Timesta
                 running_jobs: member.map(|m| m.running_jobs).unwrap_or(0),
                 state: s.state.clone(),
                 drain_age_seconds: member.and_then(|m| m.drain_requested_seconds),
+                replace_requested: pod.is_some_and(|p| p.replace_requested),
             })
         })
         .collect();

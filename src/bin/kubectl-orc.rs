@@ -1,0 +1,361 @@
+//! `kubectl orc`: the operator's kubectl plugin. Reads and drives an `OrchestratorCluster`
+//! through the same API a person would use: the status (servers from both views, the step,
+//! what blocks, the plan), an approval, pause and resume, a rolling restart, and a targeted
+//! friendly shutdown of one server. Install with `cargo install --path . --bin kubectl-orc`;
+//! kubectl finds `kubectl-orc` on the `PATH`.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use orchestrator_operator::crd::{APPROVE_ANNOTATION, OrchestratorCluster, REPLACE_ANNOTATION};
+use serde_json::json;
+
+/// Read and drive orchestration clusters (`OrchestratorCluster`, short name `orc`).
+#[derive(Parser, Debug)]
+#[command(name = "kubectl orc", version)]
+struct Cli {
+    /// Namespace of the cluster (default: the kubeconfig context's).
+    #[arg(short, long, global = true)]
+    namespace: Option<String>,
+    /// Output: a table for people, or the object as JSON or YAML.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The cluster's servers from both views, the step in progress, what blocks, the plan.
+    Status {
+        /// The cluster.
+        name: String,
+    },
+    /// What the operator will do about the current spec (`status.plan`).
+    Plan {
+        /// The cluster.
+        name: String,
+    },
+    /// Approves the current generation (`maintenance.approval: Manual`).
+    Approve {
+        /// The cluster.
+        name: String,
+    },
+    /// Stops starting maintenance steps (a step in progress finishes).
+    Pause {
+        /// The cluster.
+        name: String,
+    },
+    /// Lets maintenance steps start again.
+    Resume {
+        /// The cluster.
+        name: String,
+    },
+    /// Requests a rolling restart of every server started before now.
+    Restart {
+        /// The cluster.
+        name: String,
+    },
+    /// Replaces one server: drained through the database, then evicted and replaced, under the
+    /// roll's one-at-a-time rules.
+    Drain {
+        /// The cluster.
+        name: String,
+        /// The server (its pod name, e.g. `prod-1`).
+        server: String,
+    },
+}
+
+/// A failure, said for a person: what went wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("no kubeconfig or in-cluster configuration: {0} (set KUBECONFIG or a context)")]
+    Config(String),
+    #[error(
+        "orchestratorcluster {name} not found in namespace {namespace}: `kubectl get orc -n {namespace}` lists them"
+    )]
+    NoCluster { name: String, namespace: String },
+    #[error("{server} is not a server of {name} (servers: {servers})")]
+    NoServer {
+        name: String,
+        server: String,
+        servers: String,
+    },
+    #[error("the API server refused: {0}")]
+    Api(#[from] kube::Error),
+    #[error("cannot print: {0}")]
+    Print(String),
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let client = Client::try_default()
+        .await
+        .map_err(|e| Failure::Config(e.to_string()))?;
+    let namespace = cli
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let clusters: Api<OrchestratorCluster> = Api::namespaced(client.clone(), &namespace);
+    let get = |name: &str| {
+        let (clusters, name, namespace) = (clusters.clone(), name.to_string(), namespace.clone());
+        async move {
+            clusters
+                .get_opt(&name)
+                .await?
+                .ok_or(Failure::NoCluster { name, namespace })
+        }
+    };
+    let merge = |name: &str, patch: serde_json::Value| {
+        let (clusters, name) = (clusters.clone(), name.to_string());
+        async move {
+            Ok::<_, Failure>(
+                clusters
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?,
+            )
+        }
+    };
+    match &cli.command {
+        Command::Status { name } => print_with(&get(name).await?, cli.output, status_table),
+        Command::Plan { name } => {
+            let cr = get(name).await?;
+            let plan = cr.status.as_ref().and_then(|s| s.plan.clone());
+            match cli.output {
+                Output::Table => {
+                    print!("{}", plan_table(&cr));
+                    Ok(())
+                }
+                output => print_with(&plan, output, |_| String::new()),
+            }
+        }
+        Command::Approve { name } => {
+            let generation = get(name).await?.metadata.generation.unwrap_or_default();
+            let patch = json!({"metadata": {"annotations": {APPROVE_ANNOTATION: generation.to_string()}}});
+            merge(name, patch).await?;
+            println!("{name}: generation {generation} approved");
+            Ok(())
+        }
+        Command::Pause { name } | Command::Resume { name } => {
+            let paused = matches!(cli.command, Command::Pause { .. });
+            get(name).await?;
+            merge(name, json!({"spec": {"maintenance": {"paused": paused}}})).await?;
+            println!("{name}: maintenance {}", if paused { "paused" } else { "resumed" });
+            Ok(())
+        }
+        Command::Restart { name } => {
+            get(name).await?;
+            let now = Timestamp::now().to_string();
+            merge(name, json!({"spec": {"maintenance": {"restartRequestedAt": now}}})).await?;
+            println!("{name}: rolling restart requested at {now}");
+            Ok(())
+        }
+        Command::Drain { name, server } => {
+            let cr = get(name).await?;
+            let servers: Vec<String> = cr
+                .status
+                .as_ref()
+                .map(|s| {
+                    s.servers
+                        .iter()
+                        .filter(|s| s.pod_exists)
+                        .map(|s| s.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !servers.contains(server) {
+                return Err(Failure::NoServer {
+                    name: name.clone(),
+                    server: server.clone(),
+                    servers: servers.join(", "),
+                });
+            }
+            let pods: Api<Pod> = Api::namespaced(client, &namespace);
+            let now = Timestamp::now().to_string();
+            let patch = json!({"metadata": {"annotations": {REPLACE_ANNOTATION: now}}});
+            pods.patch(server, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            println!(
+                "{name}: {server} will be drained through the database and replaced (`kubectl orc status {name}` follows it)"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Prints `value` as a table (`table`), JSON or YAML.
+fn print_with<T: serde::Serialize>(value: &T, output: Output, table: impl Fn(&T) -> String) -> Result<(), Failure> {
+    let text = match output {
+        Output::Table => table(value),
+        Output::Json => serde_json::to_string_pretty(value).map_err(|e| Failure::Print(e.to_string()))? + "\n",
+        Output::Yaml => serde_yaml::to_string(value).map_err(|e| Failure::Print(e.to_string()))?,
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// `text` in `colour` (an ANSI code) when standard output is a terminal.
+fn coloured(text: &str, colour: u8) -> String {
+    if std::io::stdout().is_terminal() {
+        format!("\x1b[{colour}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+const GREEN: u8 = 32;
+const RED: u8 = 31;
+const YELLOW: u8 = 33;
+
+/// Rows of `cells` with columns padded to their widest cell.
+fn columns(rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            line.join("  ").trim_end().to_string() + "\n"
+        })
+        .collect()
+}
+
+/// The status of `cr` for a person.
+fn status_table(cr: &OrchestratorCluster) -> String {
+    let name = cr.metadata.name.clone().unwrap_or_default();
+    let Some(status) = &cr.status else {
+        return format!("{name}: no status yet (is the operator running and watching this namespace?)\n");
+    };
+    let phase = format!("{:?}", status.phase);
+    let phase = match phase.as_str() {
+        "Ready" => coloured(&phase, GREEN),
+        "Blocked" | "Degraded" => coloured(&phase, RED),
+        _ => coloured(&phase, YELLOW),
+    };
+    let mut out = format!(
+        "{name}  {phase}  {} of {} servers joined  version {}\n",
+        status.ready_replicas,
+        status.desired_replicas.unwrap_or(cr.spec.replicas),
+        status.current_version.as_deref().unwrap_or(&cr.spec.version)
+    );
+    let mut rows = vec![
+        ["SERVER", "POD", "READY", "DATABASE", "VERSION", "JOINED", "RESTARTS"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for s in &status.servers {
+        let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+        rows.push(vec![
+            s.name.clone(),
+            if s.pod_exists { "exists" } else { "missing" }.to_string(),
+            yes_no(s.ready),
+            s.state.clone().unwrap_or_else(|| "-".into()),
+            s.version.clone().unwrap_or_else(|| "-".into()),
+            yes_no(s.joined),
+            s.restarts.to_string(),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&columns(&rows));
+    if let Some(m) = &status.maintenance {
+        out.push_str(&format!(
+            "\nmaintenance: {} step {} {} {}\n",
+            m.reason.as_deref().unwrap_or("-"),
+            m.step.as_deref().unwrap_or("-"),
+            m.server.as_deref().unwrap_or(""),
+            m.stage.as_deref().unwrap_or("")
+        ));
+    }
+    for c in status
+        .conditions
+        .iter()
+        .filter(|c| c.status == "True" && (c.type_.ends_with("Blocked") || c.type_ == "Degraded"))
+    {
+        out.push_str(&format!("{} ({}): {}\n", coloured(&c.type_, RED), c.reason, c.message));
+    }
+    if let Some(a) = &status.autoscale {
+        out.push_str(&format!(
+            "autoscale: {} wanted, {} recommended, floor {}{}\n",
+            a.desired_replicas,
+            a.recommended_replicas.map_or("-".to_string(), |r| r.to_string()),
+            a.floor,
+            a.limited_by
+                .as_ref()
+                .map(|l| format!(", limited by {l}"))
+                .unwrap_or_default()
+        ));
+    }
+    out.push('\n');
+    out.push_str(&plan_table(cr));
+    out
+}
+
+/// `status.plan` of `cr` for a person.
+fn plan_table(cr: &OrchestratorCluster) -> String {
+    let Some(plan) = cr.status.as_ref().and_then(|s| s.plan.as_ref()) else {
+        return "plan: none yet\n".to_string();
+    };
+    let mut out = format!(
+        "plan for generation {}: {:?}{}{}\n",
+        plan.generation,
+        plan.strategy,
+        if plan.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", plan.reason)
+        },
+        if plan.changes.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", plan.changes.join(", "))
+        }
+    );
+    for (n, step) in plan.steps.iter().enumerate() {
+        out.push_str(&format!(
+            "  {}. {:?} {}\n",
+            n + 1,
+            step.action,
+            step.server.as_deref().unwrap_or("(every server)")
+        ));
+    }
+    if plan.more_steps > 0 {
+        out.push_str(&format!("  ... and {} more\n", plan.more_steps));
+    }
+    for gate in &plan.gates {
+        out.push_str(&format!("  waits: {}\n", coloured(gate, YELLOW)));
+    }
+    out
+}
