@@ -774,6 +774,10 @@ pub struct OrchestratorClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<ChangePlan>,
 
+    /// How long recent maintenance took: what the plan's estimates rest on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<MaintenanceHistory>,
+
     /// Standard conditions: Ready, Progressing, Degraded, DatabaseReady, MaintenanceBlocked,
     /// CapacityBlocked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -928,7 +932,7 @@ pub struct ChangePlan {
     /// Why this strategy: `SchemaCompatible`, `SchemaCheck` (the new version's check decides),
     /// `SchemaChangeRefused`, `SchemaCheckFailed`, `SchemaMigration` (or `DrainTimeout`,
     /// `SchemaMigrationFailed` when a Recreate halted), `TemplateChange`, `RestartRequested`,
-    /// `Scaling`, or `PreconditionFailed:<reason>`.
+    /// `ReplaceRequested`, `Scaling`, or `PreconditionFailed:<reason>`.
     pub reason: String,
     /// The steps in the order the planners would take them now (at most 10 listed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -940,6 +944,39 @@ pub struct ChangePlan {
     /// `OutsideWindow: ...`), in that order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<String>,
+    /// How long the plan should take and how long no server serves, from recent maintenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<PlanEstimate>,
+}
+
+/// The expected duration and downtime of a plan, from the durations in `status.history`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanEstimate {
+    /// Seconds the plan's steps should take once under way (the gates' waits not counted):
+    /// for a roll, its replacements times the median of the recent steps; for a Recreate, its
+    /// downtime. Absent while nothing has been timed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_seconds: Option<i64>,
+    /// Seconds during which no server serves: 0 for a roll or a scale; for a Recreate, at
+    /// least the last migration's duration (absent while none has been timed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_seconds: Option<i64>,
+    /// What the figures rest on, for a person.
+    pub basis: String,
+}
+
+/// Durations of recent maintenance, kept in the status so a restarted operator still has them.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceHistory {
+    /// Seconds each of the last roll steps took, from its drain to its replacement joined,
+    /// oldest first (at most 5).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_seconds: Vec<i64>,
+    /// Seconds the last `schema migrate` Job ran, from its start to its completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_seconds: Option<i64>,
 }
 
 /// How a spec change is carried out.
@@ -994,7 +1031,8 @@ pub enum PlanAction {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MaintenanceStatus {
-    /// What started the maintenance: VersionChange, TemplateChange or RestartRequested.
+    /// What started the maintenance: VersionChange, TemplateChange, RestartRequested or
+    /// ReplaceRequested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Progress as `n/m`.

@@ -276,7 +276,8 @@ words! {
 }
 
 words! {
-    /// What started a roll (`status.maintenance.reason`).
+    /// What started a roll (`status.maintenance.reason`), in order of precedence: a roll for
+    /// several says the first (a drain asked during a template roll is still a template roll).
     pub enum Trigger {
         /// The pod template changed (version, image, settings, resources).
         TemplateChange,

@@ -11,8 +11,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
-use orchestrator_operator::crd::{APPROVE_ANNOTATION, OrchestratorCluster, REPLACE_ANNOTATION};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config, ResourceExt};
+use orchestrator_operator::crd::{APPROVE_ANNOTATION, Approval, OrchestratorCluster, REPLACE_ANNOTATION};
 use serde_json::json;
 
 /// Read and drive orchestration clusters (`OrchestratorCluster`, short name `orc`).
@@ -22,7 +23,13 @@ struct Cli {
     /// Namespace of the cluster (default: the kubeconfig context's).
     #[arg(short, long, global = true)]
     namespace: Option<String>,
-    /// Output: a table for people, or the object as JSON or YAML.
+    /// The kubeconfig context to use (default: the current context).
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// The kubeconfig file to use (default: `KUBECONFIG`, else `~/.kube/config`).
+    #[arg(long, global = true)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// Output: text for people, or the object read or changed as JSON or YAML.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
     #[command(subcommand)]
@@ -49,10 +56,14 @@ enum Command {
         /// The cluster.
         name: String,
     },
-    /// Approves the current generation (`maintenance.approval: Manual`).
+    /// Approves the plan of the current generation (`maintenance.approval: Manual`), once the
+    /// operator has published it.
     Approve {
         /// The cluster.
         name: String,
+        /// Approve only if this is still the current generation (the plan you read).
+        #[arg(long)]
+        generation: Option<i64>,
     },
     /// Stops starting maintenance steps (a step in progress finishes).
     Pause {
@@ -94,6 +105,8 @@ enum Failure {
         server: String,
         servers: String,
     },
+    #[error("{0}")]
+    Refused(String),
     #[error("the API server refused: {0}")]
     Api(#[from] kube::Error),
     #[error("cannot print: {0}")]
@@ -113,9 +126,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let client = Client::try_default()
-        .await
-        .map_err(|e| Failure::Config(e.to_string()))?;
+    let client = client(&cli).await?;
     let namespace = cli
         .namespace
         .clone()
@@ -140,71 +151,180 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             )
         }
     };
+    let output = cli.output;
     match &cli.command {
-        Command::Status { name } => print_with(&get(name).await?, cli.output, status_table),
+        Command::Status { name } => print_with(&get(name).await?, output, status_table),
         Command::Plan { name } => {
             let cr = get(name).await?;
-            let plan = cr.status.as_ref().and_then(|s| s.plan.clone());
-            match cli.output {
-                Output::Table => {
-                    print!("{}", plan_table(&cr));
-                    Ok(())
-                }
-                output => print_with(&plan, output, |_| String::new()),
-            }
+            let Some(plan) = cr.status.as_ref().and_then(|s| s.plan.clone()) else {
+                return Err(Failure::Refused(format!(
+                    "{name} has no plan yet: the operator publishes it at its first look (is it running and watching namespace {namespace}?)"
+                )));
+            };
+            print_with(&plan, output, |_| plan_table(&cr))
         }
-        Command::Approve { name } => {
-            let generation = get(name).await?.metadata.generation.unwrap_or_default();
-            let patch = json!({"metadata": {"annotations": {APPROVE_ANNOTATION: generation.to_string()}}});
-            merge(name, patch).await?;
-            println!("{name}: generation {generation} approved");
-            Ok(())
+        Command::Approve {
+            name,
+            generation: asked,
+        } => {
+            let cr = get(name).await?;
+            let generation = cr.metadata.generation.unwrap_or_default();
+            if cr.spec.maintenance.approval != Approval::Manual {
+                return said(
+                    output,
+                    &cr,
+                    format!(
+                        "{name}: nothing to approve: maintenance.approval is Automatic, so changes go ahead without one"
+                    ),
+                );
+            }
+            if let Some(asked) = asked.filter(|asked| *asked != generation) {
+                return Err(Failure::Refused(format!(
+                    "{name} is at generation {generation}, not {asked}: its spec changed since; read `kubectl orc plan {name}` again"
+                )));
+            }
+            let plan = cr.status.as_ref().and_then(|s| s.plan.as_ref());
+            if plan.map(|p| p.generation) != Some(generation) {
+                return Err(Failure::Refused(format!(
+                    "the plan of generation {generation} is not published yet{}: wait for the operator, read `kubectl orc plan {name}`, then approve",
+                    plan.map(|p| format!(" (status.plan is of generation {})", p.generation))
+                        .unwrap_or_default()
+                )));
+            }
+            let approved = cr.annotations().get(APPROVE_ANNOTATION) == Some(&generation.to_string());
+            let cr = if approved {
+                cr
+            } else {
+                let patch = json!({"metadata": {"annotations": {APPROVE_ANNOTATION: generation.to_string()}}});
+                merge(name, patch).await?
+            };
+            said(
+                output,
+                &cr,
+                format!(
+                    "{}{name}: generation {generation} {}",
+                    plan_table(&cr),
+                    if approved { "was already approved" } else { "approved" }
+                ),
+            )
         }
         Command::Pause { name } | Command::Resume { name } => {
             let paused = matches!(cli.command, Command::Pause { .. });
             get(name).await?;
-            merge(name, json!({"spec": {"maintenance": {"paused": paused}}})).await?;
-            println!("{name}: maintenance {}", if paused { "paused" } else { "resumed" });
-            Ok(())
+            let cr = merge(name, json!({"spec": {"maintenance": {"paused": paused}}})).await?;
+            said(
+                output,
+                &cr,
+                format!("{name}: maintenance {}", if paused { "paused" } else { "resumed" }),
+            )
         }
         Command::Restart { name } => {
             get(name).await?;
-            let now = Timestamp::now().to_string();
-            merge(name, json!({"spec": {"maintenance": {"restartRequestedAt": now}}})).await?;
-            println!("{name}: rolling restart requested at {now}");
-            Ok(())
+            // Whole seconds, as pod creation times are: a replacement created in the second of
+            // the request is not taken for one started before it.
+            let now = Timestamp::from_second(Timestamp::now().as_second())
+                .map_err(|e| Failure::Print(e.to_string()))?
+                .to_string();
+            let cr = merge(name, json!({"spec": {"maintenance": {"restartRequestedAt": now}}})).await?;
+            said(output, &cr, format!("{name}: rolling restart requested at {now}"))
         }
         Command::Drain { name, server } => {
             let cr = get(name).await?;
-            let servers: Vec<String> = cr
-                .status
-                .as_ref()
-                .map(|s| {
-                    s.servers
-                        .iter()
-                        .filter(|s| s.pod_exists)
-                        .map(|s| s.name.clone())
-                        .collect()
-                })
-                .unwrap_or_default();
-            if !servers.contains(server) {
-                return Err(Failure::NoServer {
-                    name: name.clone(),
-                    server: server.clone(),
-                    servers: servers.join(", "),
-                });
-            }
             let pods: Api<Pod> = Api::namespaced(client, &namespace);
+            let pod = drainable(&pods, &cr, server).await?;
             let now = Timestamp::now().to_string();
-            let patch = json!({"metadata": {"annotations": {REPLACE_ANNOTATION: now}}});
-            pods.patch(server, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            println!(
-                "{name}: {server} will be drained through the database and replaced (`kubectl orc status {name}` follows it)"
-            );
-            Ok(())
+            // Conditional on the pod read: a replacement made meanwhile is not asked for.
+            let patch = json!({"metadata": {
+                "resourceVersion": pod.resource_version(),
+                "annotations": {REPLACE_ANNOTATION: now},
+            }});
+            let pod = match pods.patch(server, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    return Err(Failure::Refused(format!(
+                        "{server} changed while being asked for (replaced or restarted?): check `kubectl orc status {name}` and run again"
+                    )));
+                }
+                other => other?,
+            };
+            said(
+                output,
+                &pod,
+                format!(
+                    "{name}: {server} will be drained through the database and replaced, in turn and under the maintenance gates (`kubectl orc status {name}` follows it)"
+                ),
+            )
         }
     }
+}
+
+/// The client of `cli`'s kubeconfig and context, or of the pod's service account.
+async fn client(cli: &Cli) -> Result<Client, Failure> {
+    let options = KubeConfigOptions {
+        context: cli.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let config = match &cli.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| Failure::Config(e.to_string()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| Failure::Config(e.to_string()))
+        }
+        None if cli.context.is_some() => Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| Failure::Config(e.to_string())),
+        None => Config::infer().await.map_err(|e| Failure::Config(e.to_string())),
+    }?;
+    Client::try_from(config).map_err(|e| Failure::Config(e.to_string()))
+}
+
+/// The pod of `server` of `cr`, if a replacement may be asked for it now: a server of the
+/// cluster with a pod, not terminating, not asked for already, not the step's.
+async fn drainable(pods: &Api<Pod>, cr: &OrchestratorCluster, server: &str) -> Result<Pod, Failure> {
+    let name = cr.name_any();
+    let status = cr.status.clone().unwrap_or_default();
+    let servers: Vec<String> = status
+        .servers
+        .iter()
+        .filter(|s| s.pod_exists)
+        .map(|s| s.name.clone())
+        .collect();
+    let no_server = || Failure::NoServer {
+        name: name.clone(),
+        server: server.to_string(),
+        servers: servers.join(", "),
+    };
+    if !servers.iter().any(|s| s == server) {
+        return Err(no_server());
+    }
+    if let Some(m) = status
+        .maintenance
+        .as_ref()
+        .filter(|m| m.server.as_deref() == Some(server))
+    {
+        return Err(Failure::Refused(format!(
+            "{server} is being replaced already (step {}, {}): `kubectl orc status {name}` follows it",
+            m.step.as_deref().unwrap_or("-"),
+            m.stage.as_deref().unwrap_or("-")
+        )));
+    }
+    let pod = pods.get_opt(server).await?.ok_or_else(no_server)?;
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Err(Failure::Refused(format!(
+            "{server} is terminating already; its replacement comes next (`kubectl orc status {name}`)"
+        )));
+    }
+    if let Some(asked) = pod.annotations().get(REPLACE_ANNOTATION) {
+        return Err(Failure::Refused(format!(
+            "a replacement of {server} was asked at {asked}; the roll takes it in turn (`kubectl orc status {name}` says what it waits for)"
+        )));
+    }
+    Ok(pod)
+}
+
+/// Says `text`, or prints `object` (what was read or changed) as JSON or YAML.
+fn said<T: serde::Serialize>(output: Output, object: &T, text: String) -> Result<(), Failure> {
+    print_with(object, output, |_| format!("{text}\n"))
 }
 
 /// Prints `value` as a table (`table`), JSON or YAML.

@@ -191,7 +191,9 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
         .iter()
         .filter(|s| is_outdated(s, input).is_some())
         .collect();
-    let trigger = outdated.iter().find_map(|s| is_outdated(s, input));
+    // The trigger of highest precedence: a server a person asked to replace during a template
+    // roll does not turn it into a replacement.
+    let trigger = outdated.iter().filter_map(|s| is_outdated(s, input)).min();
     let mut queue: Vec<&ServerView> = outdated
         .iter()
         .copied()
@@ -222,12 +224,13 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
     if outdated.is_empty() {
         return decision;
     }
-    let gate = if let Some(gate) = gate(
-        input.paused,
-        input.approval.as_ref(),
-        input.window_open,
-        input.next_window,
-    ) {
+    // A replacement a person asked for (`kubectl orc drain`) is its own approval; paused and the
+    // windows still hold it.
+    let approval = input
+        .approval
+        .as_ref()
+        .filter(|_| trigger != Some(Trigger::ReplaceRequested));
+    let gate = if let Some(gate) = gate(input.paused, approval, input.window_open, input.next_window) {
         Some(gate)
     } else if !input.database_ready {
         Some(Hold::new(Reason::DatabaseNotReady, "the database preflight fails"))
@@ -554,6 +557,30 @@ mod tests {
             Reason::Paused,
             "the same gates"
         );
+        // The request is its own approval; a template change still needs one.
+        let awaiting = Hold::new(Reason::AwaitingApproval, "approve generation 4");
+        let mut manual = input(&servers, None, 10);
+        manual.approval = Some(awaiting.clone());
+        assert_eq!(decide(&manual).action, MaintenanceAction::RequestDrain("prod-1".into()));
+        servers[0].revision = Some("old".into());
+        let mut manual = input(&servers, None, 10);
+        manual.approval = Some(awaiting);
+        let d = decide(&manual);
+        assert_eq!((d.trigger, d.outdated), (Some(Trigger::TemplateChange), 2));
+        assert_eq!(d.waiting.unwrap().reason, Reason::AwaitingApproval);
+    }
+
+    #[test]
+    fn a_replacement_asked_during_a_template_roll_leaves_it_a_template_roll() {
+        let mut servers = [
+            server(0, "new", true, 0),
+            server(1, "new", true, 0),
+            server(2, "old", true, 0),
+        ];
+        // The lowest ordinal (taken first, the least busy) is the one asked for.
+        servers[0].replace_requested = true;
+        let d = decide(&input(&servers, None, 10));
+        assert_eq!((d.trigger, d.outdated), (Some(Trigger::TemplateChange), 2));
     }
 
     #[test]

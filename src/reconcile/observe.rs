@@ -79,6 +79,8 @@ pub struct SchemaJobs {
     pub migration_running: bool,
     /// A `schema migrate` Job of this cluster succeeded.
     pub migrated: bool,
+    /// Seconds the last succeeded `schema migrate` Job ran (start to completion).
+    pub migration_seconds: Option<i64>,
 }
 
 impl Default for DatabaseState {
@@ -257,6 +259,15 @@ fn schema_jobs(
         .collect();
     let migration_running = migrations.iter().any(|j| !job::finished(j));
     let migrated = migrations.iter().any(|j| job::outcome(j, &[]) == JobOutcome::Succeeded);
+    let migration_seconds = migrations
+        .iter()
+        .filter_map(|j| {
+            let status = j.status.as_ref()?;
+            let (started, completed) = (status.start_time.as_ref()?, status.completion_time.as_ref()?);
+            Some((completed.0, completed.0.duration_since(started.0).as_secs()))
+        })
+        .max_by_key(|(completed, _)| *completed)
+        .map(|(_, seconds)| seconds.max(0));
     let outcome = |kind: SchemaJob| {
         let DatabaseState::Ready { schema_version, .. } = &database.state else {
             return None;
@@ -276,6 +287,7 @@ fn schema_jobs(
         migrate: outcome(SchemaJob::Migrate),
         migration_running,
         migrated,
+        migration_seconds,
     })
 }
 

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
-use orchestrator_operator::crd::{OrchestratorCluster, Phase, PlanStrategy};
+use orchestrator_operator::crd::{OrchestratorCluster, Phase, PlanAction, PlanStrategy};
 use serde_json::json;
 use testing_postgres::TestPostgres;
 
@@ -587,6 +587,35 @@ async fn a_manual_approval_holds_the_roll_until_the_current_generation_is_approv
         before.iter().all(|(name, uid)| after.get(name) != Some(uid)),
         "every server replaced once approved"
     );
+    let cr = ns.api::<OrchestratorCluster>().get("prod").await.unwrap();
+    let history = cr.status.unwrap().history.unwrap();
+    assert_eq!(history.step_seconds.len(), 3, "each step timed: {history:?}");
+
+    // A scale-down is a disruptive change too: held, planned, then taken once approved.
+    let smaller = patch_spec(&ns, json!({"replicas": 2})).await;
+    let generation = smaller.metadata.generation.unwrap();
+    let cr = wait_condition(&ns, "CapacityBlocked", "True", "AwaitingApproval", MINUTE).await;
+    let plan = cr.status.unwrap().plan.unwrap();
+    assert_eq!(
+        (plan.generation, plan.strategy),
+        (generation, PlanStrategy::Scaling),
+        "{plan:?}"
+    );
+    assert_eq!(plan.steps.len(), 1, "{plan:?}");
+    assert_eq!(
+        (plan.steps[0].server.as_deref(), plan.steps[0].action),
+        (Some("prod-2"), PlanAction::Remove)
+    );
+    assert!(plan.gates.iter().any(|g| g.starts_with("AwaitingApproval")), "{plan:?}");
+    let estimate = plan.estimate.unwrap();
+    assert_eq!(estimate.downtime_seconds, Some(0), "{estimate:?}");
+    let rows = orchestrator_contract::membership(&db(&pg).await).await.unwrap();
+    assert!(
+        rows.iter().all(|m| m.drain_requested_seconds.is_none()),
+        "no drain before the approval: {rows:?}"
+    );
+    approve(&ns, &generation.to_string()).await;
+    wait_settled(&ns, 2, Some("2.1.0")).await;
 }
 
 #[tokio::test]
@@ -787,6 +816,23 @@ async fn a_schema_changing_version_is_refused_then_recreated_without_losing_a_jo
 
     let recreate = async {
         patch_spec(&ns, json!({"upgrade": {"schemaChange": "Recreate"}})).await;
+        // The plan says Recreate and that its downtime is not known yet: never a made-up 0.
+        let cr = wait_for(
+            &ns.api::<OrchestratorCluster>(),
+            "prod",
+            "the Recreate planned",
+            MINUTE,
+            |c: Option<&OrchestratorCluster>| {
+                c.and_then(|c| c.status.as_ref())
+                    .and_then(|s| s.plan.as_ref())
+                    .is_some_and(|p| p.strategy == PlanStrategy::Recreate)
+            },
+        )
+        .await
+        .unwrap();
+        let estimate = cr.status.unwrap().plan.unwrap().estimate.unwrap();
+        assert_eq!(estimate.downtime_seconds, None, "{estimate:?}");
+        assert!(estimate.basis.contains("no migration timed yet"), "{estimate:?}");
         wait_settled(&ns, 2, Some("2.0.0")).await
     };
     let (report, cr) = tokio::join!(load(&pg, "recreate", 10, 20, 300), recreate);
@@ -805,12 +851,23 @@ async fn a_schema_changing_version_is_refused_then_recreated_without_losing_a_jo
         .filter(|j| j.name_any().contains("-schema-migrate-"))
         .collect();
     assert_eq!(migrations.len(), 1, "one migrate Job");
-    assert_eq!(
-        migrations[0].status.as_ref().unwrap().succeeded,
-        Some(1),
-        "migrated once"
-    );
+    let job = migrations[0].status.as_ref().unwrap();
+    assert_eq!(job.succeeded, Some(1), "migrated once");
     let status = cr.status.unwrap();
+    // The next Recreate's downtime estimate: this migration's duration, from its Job.
+    let ran = job
+        .completion_time
+        .as_ref()
+        .unwrap()
+        .0
+        .duration_since(job.start_time.as_ref().unwrap().0)
+        .as_secs();
+    assert_eq!(
+        status.history.as_ref().and_then(|h| h.migration_seconds),
+        Some(ran),
+        "{:?}",
+        status.history
+    );
     assert!(
         status
             .servers
@@ -943,5 +1000,103 @@ async fn a_scale_down_that_removes_the_steps_server_ends_the_step_without_a_halt
             .iter()
             .any(|(reason, note)| reason == "MaintenanceStepAbandoned" && note.contains("scale-down")),
         "the step said why it ended: {events:?}"
+    );
+}
+
+/// The `p`th percentile (nearest rank) of `samples`, in milliseconds.
+fn percentile_ms(samples: &[Duration], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1].as_secs_f64() * 1000.0
+}
+
+/// `make bench-plan`: the time from a spec change (a new pod template, held by
+/// `approval: Manual` so nothing moves) to its `status.plan` seen on a watch, over 50 changes;
+/// the baseline is the same round trip for a write the operator does nothing about (an
+/// annotation), through the same watch, interleaved in the same run.
+#[tokio::test]
+#[ignore = "a benchmark: make bench-plan"]
+async fn bench_spec_change_to_plan() {
+    const CHANGES: usize = 50;
+    let ns = TestNamespace::new("bench-plan").await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    ready_cluster(&ns, &pg, 3).await;
+    patch_spec(&ns, json!({"maintenance": {"approval": "Manual"}})).await;
+    let api = ns.api::<OrchestratorCluster>();
+    let (seen, mut updates) = tokio::sync::mpsc::unbounded_channel();
+    let watch = tokio::spawn({
+        let config = watcher::Config::default().fields("metadata.name=prod");
+        let stream = kube::runtime::WatchStreamExt::applied_objects(watcher::watcher(api.clone(), config));
+        async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(cr)) = stream.next().await {
+                if seen.send(cr).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    // Until `done` holds for an object the watch delivers, after the write at `since`.
+    async fn until(
+        updates: &mut tokio::sync::mpsc::UnboundedReceiver<OrchestratorCluster>,
+        since: Instant,
+        done: impl Fn(&OrchestratorCluster) -> bool,
+    ) -> Duration {
+        loop {
+            let cr = tokio::time::timeout(MINUTE, updates.recv())
+                .await
+                .expect("a watch event within a minute")
+                .expect("the watch runs");
+            if done(&cr) {
+                return since.elapsed();
+            }
+        }
+    }
+    let (mut plans, mut baseline) = (Vec::new(), Vec::new());
+    for change in 0..CHANGES {
+        let mark = change.to_string();
+        let since = Instant::now();
+        let patch = json!({"metadata": {"annotations": {"bench.orchestrator.dev/mark": mark}}});
+        api.patch("prod", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        baseline.push(
+            until(&mut updates, since, |cr| {
+                cr.annotations().get("bench.orchestrator.dev/mark") == Some(&mark)
+            })
+            .await,
+        );
+        let since = Instant::now();
+        let changed = patch_spec(&ns, json!({"template": {"annotations": {"bench": mark}}})).await;
+        let generation = changed.metadata.generation.unwrap();
+        plans.push(
+            until(&mut updates, since, |cr| {
+                cr.status
+                    .as_ref()
+                    .and_then(|s| s.plan.as_ref())
+                    .is_some_and(|p| p.generation == generation)
+            })
+            .await,
+        );
+    }
+    watch.abort();
+    let cr = api.get("prod").await.unwrap();
+    let plan = cr.status.unwrap().plan.unwrap();
+    assert_eq!(
+        (plan.strategy, plan.reason.as_str()),
+        (PlanStrategy::Rolling, "TemplateChange"),
+        "{plan:?}"
+    );
+    assert!(plan.gates.iter().any(|g| g.starts_with("AwaitingApproval")), "{plan:?}");
+    let (p50, p99) = (percentile_ms(&plans, 50.0), percentile_ms(&plans, 99.0));
+    let (b50, b99) = (percentile_ms(&baseline, 50.0), percentile_ms(&baseline, 99.0));
+    eprintln!("plan measure: spec change -> status.plan over {CHANGES} changes: p50 {p50:.0} ms, p99 {p99:.0} ms");
+    eprintln!("plan measure: baseline (annotation -> watch) over {CHANGES} writes: p50 {b50:.0} ms, p99 {b99:.0} ms");
+    eprintln!(
+        "plan measure: plan / baseline: p50 x{:.1}, p99 x{:.1}",
+        p50 / b50.max(0.001),
+        p99 / b99.max(0.001)
     );
 }

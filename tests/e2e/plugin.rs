@@ -8,7 +8,7 @@ use kube::ResourceExt;
 use orchestrator_operator::crd::OrchestratorCluster;
 use serde_json::Value;
 
-use crate::support::e2e::{MINUTE, Operator, TestNamespace, load, wait_for, wait_settled};
+use crate::support::e2e::{MINUTE, Operator, TestNamespace, load, patch_spec, wait_for, wait_settled};
 use crate::support::pods::{self, server_pods, uids};
 use crate::support::spec::ClusterSpec;
 
@@ -60,6 +60,25 @@ async fn the_plugin_shows_drains_pauses_restarts_and_approves() {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         let said = orc_ok(&ns, &["drain", "prod", "prod-1"]).await;
         assert!(said.contains("prod-1 will be drained"), "{said}");
+        // Asked twice, the second is refused: the server is asked for, or being replaced.
+        let again = orc(&ns, &["drain", "prod", "prod-1"]).await;
+        let said = String::from_utf8_lossy(&again.stderr);
+        assert!(
+            !again.status.success() && (said.contains("was asked at") || said.contains("being replaced already")),
+            "{said}"
+        );
+        wait_for(
+            &ns.api::<OrchestratorCluster>(),
+            "prod",
+            "the roll says why",
+            MINUTE,
+            |c: Option<&OrchestratorCluster>| {
+                c.and_then(|c| c.status.as_ref())
+                    .and_then(|s| s.maintenance.as_ref())
+                    .is_some_and(|m| m.reason.as_deref() == Some("ReplaceRequested"))
+            },
+        )
+        .await;
         let replaced = before["prod-1"].clone();
         wait_for(
             &ns.api::<k8s_openapi::api::core::v1::Pod>(),
@@ -81,6 +100,9 @@ async fn the_plugin_shows_drains_pauses_restarts_and_approves() {
     assert_eq!(after["prod-2"], before["prod-2"], "only prod-1 replaced");
     let log = ns.pod_log("prod-1", "server");
     assert!(log.contains("drain requested through the database"), "{log}");
+    let cr = ns.api::<OrchestratorCluster>().get("prod").await.unwrap();
+    let history = cr.status.unwrap().history.unwrap();
+    assert_eq!(history.step_seconds.len(), 1, "prod-1 replaced once: {history:?}");
 
     // Pause, restart: the plan shows the roll and what it waits for; resume lets it go.
     assert!(orc_ok(&ns, &["pause", "prod"]).await.contains("paused"));
@@ -111,10 +133,45 @@ async fn the_plugin_shows_drains_pauses_restarts_and_approves() {
     );
     assert!(orc_ok(&ns, &["resume", "prod"]).await.contains("resumed"));
     let said = orc_ok(&ns, &["approve", "prod"]).await;
+    assert!(said.contains("nothing to approve"), "Automatic: {said}");
+
+    // Manual approval: only the current generation's published plan is approved.
+    let old = patch_spec(&ns, serde_json::json!({"maintenance": {"approval": "Manual"}}))
+        .await
+        .metadata
+        .generation
+        .unwrap()
+        - 1;
+    let stale = orc(&ns, &["approve", "prod", "--generation", &old.to_string()]).await;
+    let said = String::from_utf8_lossy(&stale.stderr);
+    assert!(
+        !stale.status.success() && said.contains(&format!("not {old}")),
+        "{said}"
+    );
+    let generation = old + 1;
+    wait_for(
+        &api,
+        "prod",
+        "the plan of the new generation",
+        MINUTE,
+        move |c: Option<&OrchestratorCluster>| {
+            c.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.plan.as_ref())
+                .is_some_and(|p| p.generation == generation)
+        },
+    )
+    .await;
+    let said = orc_ok(&ns, &["approve", "prod", "--generation", &generation.to_string()]).await;
+    assert!(
+        said.contains(&format!("plan for generation {generation}"))
+            && said.contains(&format!("generation {generation} approved")),
+        "{said}"
+    );
     let cr = api.get("prod").await.unwrap();
-    let generation = cr.metadata.generation.unwrap().to_string();
-    assert!(said.contains(&format!("generation {generation} approved")), "{said}");
-    assert_eq!(cr.annotations().get("orchestrator.dev/approve"), Some(&generation));
+    assert_eq!(
+        cr.annotations().get("orchestrator.dev/approve"),
+        Some(&generation.to_string())
+    );
     assert!(!cr.spec.maintenance.paused);
 
     // Errors that say what to do.

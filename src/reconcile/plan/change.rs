@@ -6,11 +6,14 @@
 //! It is made again when the generation, the changes, the strategy, the reason or the gates
 //! change, and kept otherwise: the order of a roll moves with the servers' running jobs, and
 //! the status must not change with every heartbeat. The gates listed are those each step
-//! waits for: all of them for a roll and a Recreate, only an approval for a removal.
+//! waits for: all of them for a roll and a Recreate, only an approval for a removal, no
+//! approval for a replacement a person asked for.
 
 use super::decide::Decisions;
 use super::inputs::Inputs;
-use crate::crd::{ChangePlan, OrchestratorCluster, PlanAction, PlanStep, PlanStrategy};
+use crate::crd::{
+    ChangePlan, MaintenanceHistory, OrchestratorCluster, PlanAction, PlanEstimate, PlanStep, PlanStrategy,
+};
 use crate::planners::maintenance::take_order;
 use crate::planners::servers::{PodView, ordinal};
 use crate::release::Release;
@@ -19,14 +22,19 @@ use crate::vocabulary::{Reason, Trigger, UpgradeStage};
 /// Steps listed in `status.plan`; the rest are counted.
 pub(crate) const LISTED_STEPS: usize = 10;
 
+/// Step durations kept in `status.history`.
+pub(crate) const TIMED_STEPS: usize = 5;
+
 /// The plan of `cr`'s current spec (`wanted`: the release it asks for; `pods`: the server pods,
-/// whose releases say what runs while the roll replaces them).
+/// whose releases say what runs while the roll replaces them; `history`: what its estimate
+/// rests on).
 pub(super) fn change_plan(
     cr: &OrchestratorCluster,
     wanted: &Release,
     pods: &[PodView],
     inputs: &Inputs,
     decisions: &Decisions,
+    history: Option<&MaintenanceHistory>,
 ) -> ChangePlan {
     let Decisions {
         wanted: replicas,
@@ -139,6 +147,10 @@ pub(super) fn change_plan(
         .iter()
         .any(|s| matches!(s.action, PlanAction::Replace | PlanAction::Stop));
     let removes = autoscale.is_none() && steps.iter().any(|s| s.action == PlanAction::Remove);
+    // A replacement a person asked for (`kubectl orc drain`) is its own approval.
+    let asked = strategy == PlanStrategy::Rolling && roll.trigger == Some(Trigger::ReplaceRequested) && !new_release;
+    let approves = removes || (replaces && !asked);
+    let replacements = steps.iter().filter(|s| s.action == PlanAction::Replace).count();
     let more_steps = steps.len().saturating_sub(LISTED_STEPS) as i32;
     steps.truncate(LISTED_STEPS);
     ChangePlan {
@@ -150,10 +162,84 @@ pub(super) fn change_plan(
         more_steps,
         gates: gates
             .iter()
-            .filter(|hold| replaces || (removes && hold.reason == Reason::AwaitingApproval))
+            .filter(|hold| match hold.reason {
+                Reason::AwaitingApproval => approves,
+                _ => replaces,
+            })
             .map(|hold| format!("{}: {}", hold.reason, hold.message))
             .collect(),
+        estimate: estimate(strategy, replacements, history),
     }
+}
+
+/// The estimate of a plan of `strategy` that replaces `replacements` servers, from `history`.
+fn estimate(strategy: PlanStrategy, replacements: usize, history: Option<&MaintenanceHistory>) -> Option<PlanEstimate> {
+    let steps = history.map(|h| h.step_seconds.as_slice()).unwrap_or_default();
+    let migration = history.and_then(|h| h.migration_seconds);
+    match strategy {
+        PlanStrategy::NothingToDo => Some(PlanEstimate {
+            duration_seconds: Some(0),
+            downtime_seconds: Some(0),
+            basis: "nothing to do".into(),
+        }),
+        PlanStrategy::Rolling => {
+            let median = median(steps);
+            Some(PlanEstimate {
+                duration_seconds: median.map(|m| m * replacements as i64),
+                downtime_seconds: Some(0),
+                basis: match median {
+                    Some(m) => format!(
+                        "{replacements} replacements of {m} s, the median of the last {} steps; one server out at a time, the others serve",
+                        steps.len()
+                    ),
+                    None => "no step timed yet; one server out at a time, the others serve".into(),
+                },
+            })
+        }
+        PlanStrategy::Scaling => Some(PlanEstimate {
+            duration_seconds: None,
+            downtime_seconds: Some(0),
+            basis: "servers are added or drained while the others serve".into(),
+        }),
+        PlanStrategy::Recreate => Some(PlanEstimate {
+            duration_seconds: migration,
+            downtime_seconds: migration,
+            basis: match migration {
+                Some(m) => format!(
+                    "no server serves for at least the last migration's {m} s (the drains before it and the new servers' start not counted)"
+                ),
+                None => {
+                    "no server serves from the last drain to the first new server joined; no migration timed yet".into()
+                }
+            },
+        }),
+        PlanStrategy::Pending | PlanStrategy::Refused => None,
+    }
+}
+
+/// The median of `seconds` (the lower of the middle two), `None` when empty.
+fn median(seconds: &[i64]) -> Option<i64> {
+    let mut sorted = seconds.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len().saturating_sub(1) / 2).copied()
+}
+
+/// `status.history` after this reconcile: `previous`, with the step that finished now
+/// (`step_done`, its seconds) and the last migration's duration (`migration`, from its Job,
+/// kept once the Job is gone).
+pub(super) fn history(
+    previous: Option<&MaintenanceHistory>,
+    step_done: Option<f64>,
+    migration: Option<i64>,
+) -> Option<MaintenanceHistory> {
+    let mut history = previous.cloned().unwrap_or_default();
+    if let Some(seconds) = step_done {
+        history.step_seconds.push(seconds.round() as i64);
+        let excess = history.step_seconds.len().saturating_sub(TIMED_STEPS);
+        history.step_seconds.drain(..excess);
+    }
+    history.migration_seconds = migration.or(history.migration_seconds);
+    (history != MaintenanceHistory::default()).then_some(history)
 }
 
 /// `fresh`, unless `previous` is the plan of the same generation with the same changes,

@@ -134,10 +134,6 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
         ));
     }
     let mut status = status::status(cr, observed, &inputs, &decisions, statefulset_current, now);
-    status.plan = Some(change::kept(
-        cr.status.as_ref().and_then(|s| s.plan.as_ref()),
-        change::change_plan(cr, &spec.wanted, &observed.pods, &inputs, &decisions),
-    ));
     let mut events = events::events(cr, observed, &inputs, &decisions, &status);
     if observed.rejected.is_some() {
         // The writes of this plan were refused at this generation: the steps it announces
@@ -155,6 +151,31 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
             )
         });
     }
+    let step_done = inputs
+        .previous_step
+        .as_ref()
+        .filter(|_| events.iter().any(|e| e.reason == Reason::MaintenanceStepDone))
+        .map(|step| Finished {
+            stage: step.stage,
+            key: format!("{}@{}", step.server, step.began),
+            seconds: now.0.duration_since(step.began).as_secs_f64().max(0.0),
+        });
+    status.history = change::history(
+        cr.status.as_ref().and_then(|s| s.history.as_ref()),
+        step_done.as_ref().map(|step| step.seconds),
+        observed.schema_jobs.migration_seconds,
+    );
+    status.plan = Some(change::kept(
+        cr.status.as_ref().and_then(|s| s.plan.as_ref()),
+        change::change_plan(
+            cr,
+            &spec.wanted,
+            &observed.pods,
+            &inputs,
+            &decisions,
+            status.history.as_ref(),
+        ),
+    ));
     let decide::Decisions {
         wanted,
         autoscale,
@@ -188,14 +209,7 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
         .unwrap_or(0);
     let joined = inputs.servers.iter().filter(|s| s.joined).count() as i64;
     Ok(Plan {
-        step_done: previous_step
-            .as_ref()
-            .filter(|_| events.iter().any(|e| e.reason == Reason::MaintenanceStepDone))
-            .map(|step| Finished {
-                stage: step.stage,
-                key: format!("{}@{}", step.server, step.began),
-                seconds: now.0.duration_since(step.began).as_secs_f64().max(0.0),
-            }),
+        step_done,
         finished_stage,
         writes,
         drain: capacity

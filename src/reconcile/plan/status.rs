@@ -186,8 +186,9 @@ pub(super) fn status(
         }),
         servers: servers.to_vec(),
         maintenance: maintenance_status(roll, upgrade, servers.len(), &previous, now),
-        // Made by `change`, from the same decisions, once the status is.
+        // Made by `change`, from the same decisions, once the status and its events are.
         plan: None,
+        history: None,
         conditions,
     };
     match &observed.rejected {

@@ -695,7 +695,7 @@ mod autoscaling {
 
 mod change_plan {
     use super::basics::{now, world};
-    use crate::crd::{Approval, PlanAction, PlanStrategy, SchemaChangePolicy};
+    use crate::crd::{Approval, MaintenanceHistory, PlanAction, PlanStrategy, SchemaChangePolicy};
     use crate::reconcile::dry_run;
     use crate::release::{EXIT_MIGRATION_NEEDED, JobOutcome};
     use crate::testing::{Cluster, fixtures};
@@ -786,6 +786,55 @@ mod change_plan {
                 (None, PlanAction::Start),
             ]
         );
+        let unknown = change.estimate.unwrap();
+        assert_eq!(unknown.downtime_seconds, None, "no migration timed: unknown, not 0");
+        // The last migration's Job ran 42 s: the downtime is at least that.
+        observed.schema_jobs.migration_seconds = Some(42);
+        let timed = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(timed.status.history.unwrap().migration_seconds, Some(42));
+        let estimate = timed.status.plan.unwrap().estimate.unwrap();
+        assert_eq!(estimate.downtime_seconds, Some(42));
+        assert!(estimate.basis.contains("42 s"), "{}", estimate.basis);
+    }
+
+    #[test]
+    fn a_roll_is_estimated_from_the_median_of_the_recent_steps_with_no_downtime() {
+        let observed = world(&fixtures::minimal(), 3, 3);
+        let mut cr = Cluster::minimal().version("2.0.0").build();
+        let mut checked = observed.clone();
+        checked.schema_jobs.check = Some(JobOutcome::Succeeded);
+        let untimed = dry_run(&cr, &checked, &BuildSettings::default(), &now()).unwrap();
+        let estimate = untimed.status.plan.unwrap().estimate.unwrap();
+        assert_eq!((estimate.duration_seconds, estimate.downtime_seconds), (None, Some(0)));
+        cr.status = Some(crate::crd::OrchestratorClusterStatus {
+            history: Some(MaintenanceHistory {
+                step_seconds: vec![30, 400, 20],
+                migration_seconds: None,
+            }),
+            ..Default::default()
+        });
+        let timed = dry_run(&cr, &checked, &BuildSettings::default(), &now()).unwrap();
+        let estimate = timed.status.plan.unwrap().estimate.unwrap();
+        assert_eq!(
+            (estimate.duration_seconds, estimate.downtime_seconds),
+            (Some(90), Some(0)),
+            "3 replacements of the median 30 s, not dragged by one slow step: {}",
+            estimate.basis
+        );
+    }
+
+    #[test]
+    fn the_history_keeps_the_last_five_steps_and_the_last_migration() {
+        use super::super::change::history;
+        let mut kept = None;
+        for seconds in 1..=7 {
+            kept = history(kept.as_ref(), Some(f64::from(seconds) + 0.4), None);
+        }
+        assert_eq!(kept.as_ref().unwrap().step_seconds, vec![3, 4, 5, 6, 7]);
+        let kept = history(kept.as_ref(), None, Some(12));
+        let kept = history(kept.as_ref(), None, None).unwrap();
+        assert_eq!(kept.migration_seconds, Some(12), "kept once the Job is gone");
+        assert_eq!(history(None, None, None), None);
     }
 
     #[test]
