@@ -37,6 +37,7 @@ pub use database::DatabaseState;
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use planners::autoscale::Readings;
+pub use planners::windows::window_at;
 pub use reconcile::act::evict;
 pub use reconcile::observe::Observed;
 pub use reconcile::plan::{Child, Plan, PlannedEvent, Write};

@@ -426,6 +426,15 @@ fn status_table(cr: &OrchestratorCluster) -> String {
     {
         out.push_str(&format!("{} ({}): {}\n", coloured(&c.type_, RED), c.reason, c.message));
     }
+    match orchestrator_operator::window_at(&cr.spec.maintenance.windows, Timestamp::now()) {
+        Ok(None) => {}
+        Ok(Some((true, _))) => out.push_str("windows: one is open now\n"),
+        Ok(Some((false, next))) => out.push_str(&format!(
+            "windows: none open; the next opens at {}\n",
+            next.map_or("-".to_string(), |t| t.to_string())
+        )),
+        Err(e) => out.push_str(&format!("windows: {}\n", coloured(&e.to_string(), RED))),
+    }
     if let Some(a) = &status.autoscale {
         out.push_str(&format!(
             "autoscale: {} wanted, {} recommended, floor {}{}\n",

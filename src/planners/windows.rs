@@ -19,6 +19,16 @@ struct Window {
     length: Duration,
 }
 
+/// Where the calendar of `windows` stands at `now`, for a person (`kubectl orc status`):
+/// `None` without windows, else whether one is open and when the next opens.
+pub fn window_at(
+    windows: &[MaintenanceWindow],
+    now: Timestamp,
+) -> Result<Option<(bool, Option<Timestamp>)>, SpecError> {
+    let calendar = Calendar::parse("spec.maintenance.windows", windows)?;
+    Ok((!windows.is_empty()).then(|| (calendar.is_open(now), calendar.next_opening(now))))
+}
+
 /// `maintenance.windows`, parsed. No windows means always open.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Calendar {

@@ -174,6 +174,19 @@ async fn the_plugin_shows_drains_pauses_restarts_and_approves() {
     );
     assert!(!cr.spec.maintenance.paused);
 
+    // The calendar: a window twelve hours away is closed now, and its opening is said.
+    let opens = k8s_openapi::jiff::Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(12))
+        .unwrap();
+    let start = opens.strftime("%H:%M").to_string();
+    patch_spec(
+        &ns,
+        serde_json::json!({"maintenance": {"windows": [{"start": start, "duration": "1h"}]}}),
+    )
+    .await;
+    let table = orc_ok(&ns, &["status", "prod"]).await;
+    assert!(table.contains("windows: none open; the next opens at"), "{table}");
+
     // Errors that say what to do.
     let missing = orc(&ns, &["status", "nope"]).await;
     assert!(!missing.status.success());
