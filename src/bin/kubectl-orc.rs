@@ -93,7 +93,7 @@ enum Command {
 /// A failure, said for a person: what went wrong and what to do.
 #[derive(Debug, thiserror::Error)]
 enum Failure {
-    #[error("no kubeconfig or in-cluster configuration: {0} (set KUBECONFIG or a context)")]
+    #[error("cannot load the Kubernetes configuration: {0} (check KUBECONFIG, --kubeconfig and --context)")]
     Config(String),
     #[error(
         "orchestratorcluster {name} not found in namespace {namespace}: `kubectl get orc -n {namespace}` lists them"
@@ -192,19 +192,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 )));
             }
             let approved = cr.annotations().get(APPROVE_ANNOTATION) == Some(&generation.to_string());
+            let read = plan_table(&cr);
             let cr = if approved {
                 cr
             } else {
                 let patch = json!({"metadata": {"annotations": {APPROVE_ANNOTATION: generation.to_string()}}});
                 merge(name, patch).await?
             };
+            let now = cr.metadata.generation.unwrap_or_default();
             said(
                 output,
                 &cr,
                 format!(
-                    "{}{name}: generation {generation} {}",
-                    plan_table(&cr),
-                    if approved { "was already approved" } else { "approved" }
+                    "{read}{name}: generation {generation} {}{}",
+                    if approved { "was already approved" } else { "approved" },
+                    if now == generation {
+                        String::new()
+                    } else {
+                        format!(
+                            "; the spec has changed since (generation {now}), and that change needs its own approval: read `kubectl orc plan {name}`"
+                        )
+                    }
                 ),
             )
         }
@@ -220,11 +228,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Restart { name } => {
             get(name).await?;
-            // Whole seconds, as pod creation times are: a replacement created in the second of
-            // the request is not taken for one started before it.
-            let now = Timestamp::from_second(Timestamp::now().as_second())
-                .map_err(|e| Failure::Print(e.to_string()))?
-                .to_string();
+            // With its fraction: a server created in the same second before it is restarted
+            // too (creation times have whole seconds), never one too few.
+            let now = Timestamp::now().to_string();
             let cr = merge(name, json!({"spec": {"maintenance": {"restartRequestedAt": now}}})).await?;
             said(output, &cr, format!("{name}: rolling restart requested at {now}"))
         }
@@ -282,7 +288,11 @@ async fn client(cli: &Cli) -> Result<Client, Failure> {
 /// cluster with a pod, not terminating, not asked for already, not the step's.
 async fn drainable(pods: &Api<Pod>, cr: &OrchestratorCluster, server: &str) -> Result<Pod, Failure> {
     let name = cr.name_any();
-    let status = cr.status.clone().unwrap_or_default();
+    let Some(status) = cr.status.clone() else {
+        return Err(Failure::Refused(format!(
+            "{name} has no status yet: the operator has not looked at it (is it running and watching this namespace?)"
+        )));
+    };
     let servers: Vec<String> = status
         .servers
         .iter()
@@ -485,6 +495,15 @@ fn plan_table(cr: &OrchestratorCluster) -> String {
     }
     for gate in &plan.gates {
         out.push_str(&format!("  waits: {}\n", coloured(gate, YELLOW)));
+    }
+    if let Some(e) = &plan.estimate {
+        let seconds = |s: Option<i64>| s.map_or("unknown".to_string(), |s| format!("{s} s"));
+        out.push_str(&format!(
+            "  estimate: {}, downtime {} ({})\n",
+            seconds(e.duration_seconds),
+            seconds(e.downtime_seconds),
+            e.basis
+        ));
     }
     out
 }

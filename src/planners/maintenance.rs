@@ -101,6 +101,10 @@ pub(crate) struct MaintenanceInput<'a> {
     /// A newer release is wanted and waits for its schema check: the StatefulSet's template is
     /// about to change again.
     pub superseded: bool,
+    /// A new release is on its way into the pod template (its schema check runs, or it passed
+    /// and waits): a replacement a person asked for then needs the approval too, or it could
+    /// start on that release.
+    pub release_pending: bool,
     /// Something else that must finish before a step starts (a capacity change, a schema
     /// migration).
     pub hold: Option<Hold>,
@@ -170,9 +174,6 @@ fn is_outdated(server: &ServerView, input: &MaintenanceInput) -> Option<Trigger>
     if server.pod_exists && input.update_revision.is_some() && server.revision.as_deref() != input.update_revision {
         return Some(Trigger::TemplateChange);
     }
-    if server.pod_exists && server.replace_requested {
-        return Some(Trigger::ReplaceRequested);
-    }
     match (input.restart_requested_at, server.started_at) {
         // Pod creation times have whole seconds: a replacement created in the second of a
         // request with a fraction looks outdated once more and is replaced again (a restart
@@ -180,7 +181,7 @@ fn is_outdated(server: &ServerView, input: &MaintenanceInput) -> Option<Trigger>
         (Some(requested), Some(started)) if started < requested && requested <= input.now => {
             Some(Trigger::RestartRequested)
         }
-        _ => None,
+        _ => (server.pod_exists && server.replace_requested).then_some(Trigger::ReplaceRequested),
     }
 }
 
@@ -224,12 +225,12 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
     if outdated.is_empty() {
         return decision;
     }
-    // A replacement a person asked for (`kubectl orc drain`) is its own approval; paused and the
-    // windows still hold it.
+    // A replacement a person asked for (`kubectl orc drain`) is its own approval, unless a new
+    // release is on its way; paused and the windows still hold it.
     let approval = input
         .approval
         .as_ref()
-        .filter(|_| trigger != Some(Trigger::ReplaceRequested));
+        .filter(|_| trigger != Some(Trigger::ReplaceRequested) || input.release_pending);
     let gate = if let Some(gate) = gate(input.paused, approval, input.window_open, input.next_window) {
         Some(gate)
     } else if !input.database_ready {
@@ -529,6 +530,7 @@ mod tests {
             next_window: None,
             database_ready: true,
             superseded: false,
+            release_pending: false,
             hold: None,
             step,
             drain_timeout: Duration::from_secs(60),
@@ -562,6 +564,9 @@ mod tests {
         let mut manual = input(&servers, None, 10);
         manual.approval = Some(awaiting.clone());
         assert_eq!(decide(&manual).action, MaintenanceAction::RequestDrain("prod-1".into()));
+        // Not while a new release is on its way: the replacement could start on it.
+        manual.release_pending = true;
+        assert_eq!(decide(&manual).waiting.unwrap().reason, Reason::AwaitingApproval);
         servers[0].revision = Some("old".into());
         let mut manual = input(&servers, None, 10);
         manual.approval = Some(awaiting);
@@ -577,7 +582,7 @@ mod tests {
             server(1, "new", true, 0),
             server(2, "old", true, 0),
         ];
-        // The lowest ordinal (taken first, the least busy) is the one asked for.
+        // The first server in the outdated list is the one asked for.
         servers[0].replace_requested = true;
         let d = decide(&input(&servers, None, 10));
         assert_eq!((d.trigger, d.outdated), (Some(Trigger::TemplateChange), 2));

@@ -34,6 +34,10 @@ pub(crate) struct UpgradeInput<'a> {
     pub database_ready: bool,
     /// Whether a rolling maintenance step is in progress.
     pub step_in_progress: bool,
+    /// The current generation waits for its approval (`maintenance.approval: Manual`): the
+    /// release it brings stays out of the pod template while a step is in progress, or that
+    /// step's replacement would run it unapproved.
+    pub unapproved: bool,
     /// A `schema migrate` Job of this cluster runs (for this release or an abandoned one).
     pub migration_running: bool,
     /// The StatefulSet asks for no pod and has none.
@@ -135,6 +139,15 @@ pub(crate) fn decide(input: &UpgradeInput) -> UpgradeDecision {
             out.waiting = Some(Hold::new(
                 Reason::SchemaCheck,
                 format!("checking whether version {to} needs a schema migration"),
+            ));
+        }
+        Some(JobOutcome::Succeeded) if input.unapproved && input.step_in_progress && !out.recreate => {
+            out.stage = None;
+            out.waiting = Some(Hold::new(
+                Reason::StepInProgress,
+                format!(
+                    "version {to} passed its schema check and waits for its approval; it enters the pod template once the maintenance step in progress ends"
+                ),
             ));
         }
         Some(JobOutcome::Succeeded) => {
@@ -304,6 +317,7 @@ mod tests {
         migrate: Option<JobOutcome>,
         policy: SchemaChangePolicy,
         step_in_progress: bool,
+        unapproved: bool,
         migration_running: bool,
         migrated: bool,
         gate: Option<Hold>,
@@ -322,6 +336,7 @@ mod tests {
                 migrate: None,
                 policy: SchemaChangePolicy::Recreate,
                 step_in_progress: false,
+                unapproved: false,
                 migration_running: false,
                 migrated: false,
                 gate: None,
@@ -389,6 +404,18 @@ mod tests {
         case.check = Some(JobOutcome::Succeeded);
         let d = case.decide();
         assert!(d.release_ready && d.stage.is_none() && d.waiting.is_none() && !d.recreate);
+        // Unapproved, it waits for the step in progress: that step's replacement keeps the
+        // running release.
+        case.unapproved = true;
+        case.step_in_progress = true;
+        let d = case.decide();
+        assert!(!d.release_ready && d.stage.is_none(), "{d:?}");
+        assert_eq!(d.waiting.unwrap().reason, Reason::StepInProgress);
+        case.step_in_progress = false;
+        assert!(
+            case.decide().release_ready,
+            "no step: the template takes it, the roll waits"
+        );
     }
 
     #[test]
@@ -558,6 +585,7 @@ mod tests {
             policy: case.policy,
             database_ready: true,
             step_in_progress: case.step_in_progress,
+            unapproved: case.unapproved,
             migration_running: case.migration_running,
             statefulset_stopped: case.servers.iter().all(|s| !s.pod_exists),
             migrated: case.migrated,
@@ -627,6 +655,7 @@ mod tests {
             proceed in any::<bool>(),
             database_ready in any::<bool>(),
             step_in_progress in any::<bool>(),
+            unapproved in any::<bool>(),
             migration_running in any::<bool>(),
             statefulset_stopped in any::<bool>(),
             migrated in any::<bool>(),
@@ -655,6 +684,7 @@ mod tests {
                 policy,
                 database_ready,
                 step_in_progress,
+                unapproved,
                 migration_running,
                 statefulset_stopped,
                 migrated,
@@ -678,6 +708,10 @@ mod tests {
                     check == Some(JobOutcome::Succeeded)
                         || (migration_needed && recreate && migrate == Some(JobOutcome::Succeeded))
                 );
+            }
+            // An unapproved release never reaches a step's replacement through the template.
+            if unapproved && step_in_progress && !(migrated && statefulset_stopped) && !migration_needed {
+                prop_assert!(!d.release_ready);
             }
             // Nothing is disrupted unless Recreate was chosen for a needed migration.
             // After a migration, the stopped old release stays stopped until the new one passes.

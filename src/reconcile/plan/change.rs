@@ -62,7 +62,20 @@ pub(super) fn change_plan(
     if *replicas != current {
         changes.push(format!("servers {current} -> {replicas}"));
     }
-    match roll.trigger {
+    // The roll's trigger; once its last outdated server is gone (a step waiting for its
+    // replacement), the one the status recorded, so the plan does not change mid-step.
+    let trigger = roll.trigger.or_else(|| {
+        roll.step.as_ref()?;
+        cr.status
+            .as_ref()?
+            .maintenance
+            .as_ref()?
+            .reason
+            .as_deref()?
+            .parse()
+            .ok()
+    });
+    match trigger {
         Some(Trigger::TemplateChange) if !new_release => changes.push("pod template".into()),
         Some(Trigger::RestartRequested) => changes.push("restart requested".into()),
         Some(Trigger::ReplaceRequested) => changes.push("replacement requested".into()),
@@ -85,7 +98,7 @@ pub(super) fn change_plan(
         let reason = if new_release {
             "SchemaCompatible"
         } else {
-            roll.trigger.map_or("TemplateChange", Trigger::as_str)
+            trigger.map_or("TemplateChange", Trigger::as_str)
         };
         (PlanStrategy::Rolling, reason.to_string())
     } else if *replicas != current {
@@ -148,7 +161,7 @@ pub(super) fn change_plan(
         .any(|s| matches!(s.action, PlanAction::Replace | PlanAction::Stop));
     let removes = autoscale.is_none() && steps.iter().any(|s| s.action == PlanAction::Remove);
     // A replacement a person asked for (`kubectl orc drain`) is its own approval.
-    let asked = strategy == PlanStrategy::Rolling && roll.trigger == Some(Trigger::ReplaceRequested) && !new_release;
+    let asked = strategy == PlanStrategy::Rolling && trigger == Some(Trigger::ReplaceRequested) && !new_release;
     let approves = removes || (replaces && !asked);
     let replacements = steps.iter().filter(|s| s.action == PlanAction::Replace).count();
     let more_steps = steps.len().saturating_sub(LISTED_STEPS) as i32;
@@ -244,7 +257,8 @@ pub(super) fn history(
 
 /// `fresh`, unless `previous` is the plan of the same generation with the same changes,
 /// strategy, reason and gates: then `previous`, whose order was the one when the change began
-/// (an autoscaler's new count is a new change without a new generation).
+/// (an autoscaler's new count is a new change without a new generation), with the fresh
+/// estimate (it changes once per step at most, as a step's duration is recorded).
 pub(super) fn kept(previous: Option<&ChangePlan>, fresh: ChangePlan) -> ChangePlan {
     match previous {
         Some(previous)
@@ -254,7 +268,10 @@ pub(super) fn kept(previous: Option<&ChangePlan>, fresh: ChangePlan) -> ChangePl
                 && previous.reason == fresh.reason
                 && previous.gates == fresh.gates =>
         {
-            previous.clone()
+            ChangePlan {
+                estimate: fresh.estimate,
+                ..previous.clone()
+            }
         }
         _ => fresh,
     }

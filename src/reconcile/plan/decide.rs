@@ -73,6 +73,7 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         policy: cr.spec.upgrade.schema_change,
         database_ready: inputs.database_ready,
         step_in_progress: inputs.previous_step.is_some(),
+        unapproved: approval.is_some(),
         migration_running: observed.schema_jobs.migration_running,
         migrated: observed.schema_jobs.migrated,
         statefulset_stopped: inputs.statefulset_stopped,
@@ -168,6 +169,8 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         // Only while a newer release's schema check runs, or Recreate replaces every server: a
         // refused or failed check keeps the template, and its replacement is waited for.
         superseded: upgrade.recreate || (upgrade.stage == Some(UpgradeStage::SchemaCheck) && upgrade.blocked.is_none()),
+        // A refused or failed check keeps the running release until the spec changes again.
+        release_pending: !upgrade.release_ready && upgrade.blocked.is_none(),
         hold: roll_hold(wanted, &capacity, &upgrade, inputs, &name),
         step: inputs.previous_step.clone(),
         drain_timeout: spec.drain.timeout,

@@ -872,6 +872,32 @@ mod change_plan {
     }
 
     #[test]
+    fn a_replacement_asked_for_is_its_own_approval_but_not_beside_a_new_release() {
+        let mut observed = world(&fixtures::minimal(), 3, 3);
+        observed.pods[1].replace_requested = true;
+        let mut cr = fixtures::minimal();
+        cr.spec.maintenance.approval = Approval::Manual;
+        cr.metadata.generation = Some(2);
+        let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        let change = plan.status.plan.clone().unwrap();
+        assert_eq!(
+            (change.strategy, change.reason.as_str()),
+            (PlanStrategy::Rolling, "ReplaceRequested")
+        );
+        assert_eq!(servers(&change), vec![(Some("minimal-1"), PlanAction::Replace)]);
+        assert!(change.gates.is_empty(), "{:?}", change.gates);
+        assert_eq!(plan.drain, vec!["minimal-1"]);
+        // A new version at its schema check: the drain waits for the approval too.
+        let mut newer = Cluster::minimal().version("2.0.0").build();
+        newer.spec.maintenance.approval = Approval::Manual;
+        newer.metadata.generation = Some(2);
+        let plan = dry_run(&newer, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert!(plan.drain.is_empty() && plan.evict.is_none(), "{:?}", plan.drain);
+        let change = plan.status.plan.unwrap();
+        assert!(change.gates[0].starts_with("AwaitingApproval"), "{:?}", change.gates);
+    }
+
+    #[test]
     fn the_plan_of_a_generation_is_kept_while_running_jobs_move() {
         let observed = world(&fixtures::minimal(), 3, 3);
         let mut cr = Cluster::minimal().version("2.0.0").build();
