@@ -576,13 +576,30 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_outranks_a_replacement_asked_for_the_same_server() {
+        let mut servers = [server(0, "new", true, 0), server(1, "new", true, 0)];
+        servers[1].replace_requested = true;
+        let mut restart = input(&servers, None, 10);
+        restart.restart_requested_at = Some(at(5));
+        restart.approval = Some(Hold::new(Reason::AwaitingApproval, "approve generation 4"));
+        let d = decide(&restart);
+        assert_eq!((d.trigger, d.outdated), (Some(Trigger::RestartRequested), 2));
+        assert_eq!(
+            d.waiting.unwrap().reason,
+            Reason::AwaitingApproval,
+            "the unapproved restart is not let through as a replacement"
+        );
+    }
+
+    #[test]
     fn a_replacement_asked_during_a_template_roll_leaves_it_a_template_roll() {
         let mut servers = [
             server(0, "new", true, 0),
             server(1, "new", true, 0),
             server(2, "old", true, 0),
         ];
-        // The first server in the outdated list is the one asked for.
+        // prod-0, asked for, comes before prod-2 (outdated by the template) in the list of
+        // outdated servers: the roll's reason is still the template's.
         servers[0].replace_requested = true;
         let d = decide(&input(&servers, None, 10));
         assert_eq!((d.trigger, d.outdated), (Some(Trigger::TemplateChange), 2));

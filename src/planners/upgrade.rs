@@ -709,7 +709,8 @@ mod tests {
                         || (migration_needed && recreate && migrate == Some(JobOutcome::Succeeded))
                 );
             }
-            // An unapproved release never reaches a step's replacement through the template.
+            // An unapproved release never reaches a step's replacement through the template
+            // (a Recreate's migration, approved before it started, releases it after).
             if unapproved && step_in_progress && !(migrated && statefulset_stopped) && !migration_needed {
                 prop_assert!(!d.release_ready);
             }

@@ -126,17 +126,22 @@ pub(super) fn change_plan(
             .map(|o| step(name(o), PlanAction::Remove))
             .collect()
     };
+    // The template does not carry the wanted release yet: every server is replaced for it.
+    let template_pending = inputs.running_release.as_ref().is_some_and(|r| r != wanted);
     match strategy {
-        PlanStrategy::Rolling if !roll.queue.is_empty() => steps.extend(
+        PlanStrategy::Rolling if !roll.queue.is_empty() && !template_pending => steps.extend(
             roll.queue
                 .iter()
                 .filter(|s| stays(s))
                 .map(|s| step(Some(s.clone()), PlanAction::Replace)),
         ),
-        // Every server, in the roll's order: a release not in the template yet.
+        // A release not in the template yet: the step in progress ends on the running
+        // release, then every server is replaced, in the roll's order.
         PlanStrategy::Rolling | PlanStrategy::Pending => steps.extend(
-            take_order(&inputs.views)
-                .into_iter()
+            roll.step
+                .iter()
+                .map(|s| s.server.clone())
+                .chain(take_order(&inputs.views))
                 .filter(stays)
                 .map(|s| step(Some(s), PlanAction::Replace)),
         ),

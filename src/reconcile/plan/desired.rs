@@ -19,6 +19,7 @@ use crate::reconcile::observe::Observed;
 use crate::release::Release;
 use crate::resources::{configmap, job, pdb, service, statefulset};
 use crate::validate::ValidSpec;
+use crate::vocabulary::Reason;
 
 /// An owned object to server-side apply.
 // At most six live per reconcile, so the variants' size difference costs nothing.
@@ -101,7 +102,20 @@ pub(super) fn writes(
     let configmap = configmap::build(spec);
     let config_hash = configmap::data_hash(&configmap);
     let release = deployed_release(spec, decisions, inputs.running_release.as_ref());
-    let statefulset = statefulset::build(spec, release, decisions.capacity.replicas, &config_hash);
+    let mut statefulset = statefulset::build(spec, release, decisions.capacity.replicas, &config_hash);
+    // Under `approval: Manual`, a generation not approved yet does not reach the pod template
+    // while a step is in progress: the step's replacement would be made from it.
+    let unapproved = decisions
+        .gates
+        .iter()
+        .any(|hold| hold.reason == Reason::AwaitingApproval);
+    if unapproved
+        && inputs.previous_step.is_some()
+        && let Some(live) = observed.statefulset.as_ref().and_then(|s| s.spec.as_ref())
+        && let Some(spec) = statefulset.spec.as_mut()
+    {
+        spec.template = live.template.clone();
+    }
     // Jobs run only with the database ready, so its schema version is known.
     let schema_job = match (decisions.upgrade.run_job, &observed.database) {
         (Some(kind), DatabaseState::Ready { schema_version, .. }) => {

@@ -893,8 +893,114 @@ mod change_plan {
         newer.metadata.generation = Some(2);
         let plan = dry_run(&newer, &observed, &BuildSettings::default(), &now()).unwrap();
         assert!(plan.drain.is_empty() && plan.evict.is_none(), "{:?}", plan.drain);
+        let blocked = plan
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "MaintenanceBlocked")
+            .unwrap();
+        assert_eq!(blocked.reason, "AwaitingApproval", "{}", blocked.message);
+    }
+
+    #[test]
+    fn an_unapproved_generation_stays_out_of_the_template_while_a_step_is_in_progress() {
+        use crate::crd::{MaintenanceStatus, OrchestratorClusterStatus};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let mut observed = world(&fixtures::minimal(), 3, 3);
+        observed.schema_jobs.check = Some(JobOutcome::Succeeded);
+        let mut cr = Cluster::minimal().version("2.0.0").build();
+        cr.spec.maintenance.approval = Approval::Manual;
+        cr.metadata.generation = Some(2);
+        let since = Time(
+            now()
+                .0
+                .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(5))
+                .unwrap(),
+        );
+        cr.status = Some(OrchestratorClusterStatus {
+            maintenance: Some(MaintenanceStatus {
+                reason: Some("RestartRequested".into()),
+                server: Some("minimal-1".into()),
+                stage: Some("Draining".into()),
+                started_at: Some(since.clone()),
+                step_started_at: Some(since),
+                ..MaintenanceStatus::default()
+            }),
+            ..OrchestratorClusterStatus::default()
+        });
+        let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        let images: Vec<String> = plan
+            .writes
+            .iter()
+            .filter_map(|w| match &w.child {
+                crate::reconcile::plan::Child::StatefulSet(sts) => {
+                    sts.spec.as_ref()?.template.spec.as_ref()?.containers[0].image.clone()
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(
+            images.iter().all(|image| !image.ends_with(":2.0.0")),
+            "the step's replacement would run it: {images:?}"
+        );
         let change = plan.status.plan.unwrap();
-        assert!(change.gates[0].starts_with("AwaitingApproval"), "{:?}", change.gates);
+        assert_eq!(
+            (change.strategy, change.reason.as_str()),
+            (PlanStrategy::Rolling, "SchemaCompatible")
+        );
+        let order: Vec<_> = servers(&change).into_iter().map(|(s, _)| s.unwrap()).collect();
+        assert_eq!(
+            order,
+            vec!["minimal-1", "minimal-2", "minimal-1", "minimal-0"],
+            "the step ends on the running release, then every server is replaced"
+        );
+        // Any change of the template, not only a release.
+        let mut settings = fixtures::minimal();
+        settings.spec.maintenance.approval = Approval::Manual;
+        settings.metadata.generation = Some(2);
+        settings.status = cr.status.clone();
+        settings.spec.template.env.push(k8s_openapi::api::core::v1::EnvVar {
+            name: "UNAPPROVED".into(),
+            value: Some("1".into()),
+            ..Default::default()
+        });
+        let plan = dry_run(
+            &settings,
+            &world(&fixtures::minimal(), 3, 3),
+            &BuildSettings::default(),
+            &now(),
+        )
+        .unwrap();
+        let rendered = format!("{:?}", plan.writes);
+        assert!(!rendered.contains("UNAPPROVED"), "{rendered}");
+        // Without a step in progress it is written (the roll waits for the approval).
+        settings.status = None;
+        let plan = dry_run(
+            &settings,
+            &world(&fixtures::minimal(), 3, 3),
+            &BuildSettings::default(),
+            &now(),
+        )
+        .unwrap();
+        assert!(format!("{:?}", plan.writes).contains("UNAPPROVED"));
+        // Approved, the release goes into the template at once.
+        cr.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(crate::crd::APPROVE_ANNOTATION.into(), "2".into());
+        let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert!(
+            plan.writes.iter().any(|w| match &w.child {
+                crate::reconcile::plan::Child::StatefulSet(sts) => sts
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.spec.as_ref())
+                    .and_then(|s| s.containers[0].image.as_deref())
+                    .is_some_and(|image| image.ends_with(":2.0.0")),
+                _ => false,
+            }),
+            "approved: the template takes the release"
+        );
     }
 
     #[test]
