@@ -6,10 +6,7 @@
 # autoscaled one's ratios to the fixed ones from the same run.
 # shellcheck source=hack/lib.sh
 source "$(dirname "$0")/lib.sh"
-export KUBECONFIG="$root/.local/kubeconfig"
-step "local cluster"
-bash hack/cluster-up.sh >"$root/.local/bench-autoscale-cluster.log" 2>&1 \
-  || { cat "$root/.local/bench-autoscale-cluster.log"; exit 1; }
+bench_cluster autoscale
 step "burst: autoscaled, fixed minimum, fixed maximum"
 cargo test --quiet --locked --features e2e --test e2e -- --ignored --test-threads 1 --nocapture \
   autoscale::bench_burst 2>&1 | grep -E -A4 "autoscale measure|test result|panicked"

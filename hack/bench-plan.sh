@@ -4,10 +4,7 @@
 # same watch round trip of a write the operator ignores, measured in the same run.
 # shellcheck source=hack/lib.sh
 source "$(dirname "$0")/lib.sh"
-export KUBECONFIG="$root/.local/kubeconfig"
-step "local cluster"
-bash hack/cluster-up.sh >"$root/.local/bench-plan-cluster.log" 2>&1 \
-  || { cat "$root/.local/bench-plan-cluster.log"; exit 1; }
+bench_cluster plan
 step "spec change -> status.plan"
 cargo test --quiet --locked --features e2e --test e2e -- --ignored --test-threads 1 --nocapture \
   maintenance::bench_spec_change_to_plan 2>&1 | grep -E "plan measure|test result|panicked"

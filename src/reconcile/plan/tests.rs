@@ -928,20 +928,23 @@ mod change_plan {
             }),
             ..OrchestratorClusterStatus::default()
         });
+        // The server images of the StatefulSets a plan writes.
+        let images = |plan: &crate::Plan| -> Vec<String> {
+            plan.writes
+                .iter()
+                .filter_map(|w| match &w.child {
+                    crate::reconcile::plan::Child::StatefulSet(sts) => {
+                        sts.spec.as_ref()?.template.spec.as_ref()?.containers[0].image.clone()
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
         let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
-        let images: Vec<String> = plan
-            .writes
-            .iter()
-            .filter_map(|w| match &w.child {
-                crate::reconcile::plan::Child::StatefulSet(sts) => {
-                    sts.spec.as_ref()?.template.spec.as_ref()?.containers[0].image.clone()
-                }
-                _ => None,
-            })
-            .collect();
+        let images_held = images(&plan);
         assert!(
-            images.iter().all(|image| !image.ends_with(":2.0.0")),
-            "the step's replacement would run it: {images:?}"
+            images_held.iter().all(|image| !image.ends_with(":2.0.0")),
+            "the step's replacement would run it: {images_held:?}"
         );
         let change = plan.status.plan.unwrap();
         assert_eq!(
@@ -964,25 +967,16 @@ mod change_plan {
             value: Some("1".into()),
             ..Default::default()
         });
-        let plan = dry_run(
-            &settings,
-            &world(&fixtures::minimal(), 3, 3),
-            &BuildSettings::default(),
-            &now(),
-        )
-        .unwrap();
-        let rendered = format!("{:?}", plan.writes);
+        let settled = world(&fixtures::minimal(), 3, 3);
+        let writes = |cr: &crate::crd::OrchestratorCluster| {
+            let plan = dry_run(cr, &settled, &BuildSettings::default(), &now()).unwrap();
+            format!("{:?}", plan.writes)
+        };
+        let rendered = writes(&settings);
         assert!(!rendered.contains("UNAPPROVED"), "{rendered}");
         // Without a step in progress it is written (the roll waits for the approval).
         settings.status = None;
-        let plan = dry_run(
-            &settings,
-            &world(&fixtures::minimal(), 3, 3),
-            &BuildSettings::default(),
-            &now(),
-        )
-        .unwrap();
-        assert!(format!("{:?}", plan.writes).contains("UNAPPROVED"));
+        assert!(writes(&settings).contains("UNAPPROVED"));
         // Approved, the release goes into the template at once.
         cr.metadata
             .annotations
@@ -990,15 +984,7 @@ mod change_plan {
             .insert(crate::crd::APPROVE_ANNOTATION.into(), "2".into());
         let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
         assert!(
-            plan.writes.iter().any(|w| match &w.child {
-                crate::reconcile::plan::Child::StatefulSet(sts) => sts
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.template.spec.as_ref())
-                    .and_then(|s| s.containers[0].image.as_deref())
-                    .is_some_and(|image| image.ends_with(":2.0.0")),
-                _ => false,
-            }),
+            images(&plan).iter().any(|image| image.ends_with(":2.0.0")),
             "approved: the template takes the release"
         );
     }
