@@ -5,13 +5,9 @@
 # then the anchor, the same servers and PodDisruptionBudget in a plain StatefulSet rolled by
 # the StatefulSet controller (RollingUpdate), prints the same figures. The two run one after
 # the other, RUNS times (default 3), because these machines are shared and noisy.
-set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-bash hack/setup.sh
-export KUBECONFIG="$root/.local/kubeconfig"
-mkdir -p .local
-bash hack/cluster-up.sh >.local/bench-roll-cluster.log 2>&1 || { cat .local/bench-roll-cluster.log; exit 1; }
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
+bench_cluster roll
 for run in $(seq 1 "${RUNS:-3}"); do
   cargo test --quiet --locked --features e2e --test e2e -- --test-threads 1 --nocapture \
     maintenance::version_bump maintenance::statefulset_rolling_update_anchor 2>&1 \

@@ -141,14 +141,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .ok_or(Failure::NoCluster { name, namespace })
         }
     };
+    // A merge patch of a cluster that does not exist fails as reading it would.
     let merge = |name: &str, patch: serde_json::Value| {
-        let (clusters, name) = (clusters.clone(), name.to_string());
+        let (clusters, name, namespace) = (clusters.clone(), name.to_string(), namespace.clone());
         async move {
-            Ok::<_, Failure>(
-                clusters
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?,
-            )
+            match clusters
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Err(kube::Error::Api(status)) if status.code == 404 => Err(Failure::NoCluster { name, namespace }),
+                patched => Ok(patched?),
+            }
         }
     };
     let output = cli.output;
@@ -218,7 +221,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Pause { name } | Command::Resume { name } => {
             let paused = matches!(cli.command, Command::Pause { .. });
-            get(name).await?;
             let cr = merge(name, json!({"spec": {"maintenance": {"paused": paused}}})).await?;
             said(
                 output,
@@ -227,7 +229,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             )
         }
         Command::Restart { name } => {
-            get(name).await?;
             // With its fraction: a server created in the same second before it is restarted
             // too (creation times have whole seconds), never one too few.
             let now = Timestamp::now().to_string();
@@ -269,19 +270,18 @@ async fn client(cli: &Cli) -> Result<Client, Failure> {
         context: cli.context.clone(),
         ..KubeConfigOptions::default()
     };
+    let unusable = |e: &dyn std::fmt::Display| Failure::Config(e.to_string());
     let config = match &cli.kubeconfig {
         Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| Failure::Config(e.to_string()))?;
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| unusable(&e))?;
             Config::from_custom_kubeconfig(kubeconfig, &options)
                 .await
-                .map_err(|e| Failure::Config(e.to_string()))
+                .map_err(|e| unusable(&e))?
         }
-        None if cli.context.is_some() => Config::from_kubeconfig(&options)
-            .await
-            .map_err(|e| Failure::Config(e.to_string())),
-        None => Config::infer().await.map_err(|e| Failure::Config(e.to_string())),
-    }?;
-    Client::try_from(config).map_err(|e| Failure::Config(e.to_string()))
+        None if cli.context.is_some() => Config::from_kubeconfig(&options).await.map_err(|e| unusable(&e))?,
+        None => Config::infer().await.map_err(|e| unusable(&e))?,
+    };
+    Client::try_from(config).map_err(|e| unusable(&e))
 }
 
 /// The pod of `server` of `cr`, if a replacement may be asked for it now: a server of the

@@ -195,6 +195,13 @@ async fn the_plugin_shows_drains_pauses_restarts_and_approves() {
         said.contains("orchestratorcluster nope not found") && said.contains("kubectl get orc"),
         "{said}"
     );
+    // A change of a missing cluster says the same, not the API server's 404.
+    let missing = orc(&ns, &["pause", "nope"]).await;
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && said.contains("orchestratorcluster nope not found"),
+        "{said}"
+    );
     let unknown = orc(&ns, &["drain", "prod", "prod-9"]).await;
     assert!(!unknown.status.success());
     let said = String::from_utf8_lossy(&unknown.stderr);
