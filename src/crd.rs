@@ -486,6 +486,66 @@ pub struct MaintenanceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub windows: Vec<MaintenanceWindow>,
+
+    /// A canary for version changes that roll: the first servers replaced run the new release
+    /// for `bakeTime`, and the roll goes on only if they do as well as the other servers;
+    /// otherwise they are rolled back and the roll halts with `CanaryFailed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySpec>,
+}
+
+/// How a new release is tried on a few servers before the rest of the roll.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanarySpec {
+    /// Servers replaced first, then judged (at least 1, fewer than the cluster's servers).
+    #[serde(default = "default_canary_servers")]
+    #[schemars(range(min = 1, max = 100))]
+    pub servers: i32,
+
+    /// How long the canary runs before it can pass (Go duration, e.g. `10m`). A canary that
+    /// fails conclusively is rolled back before it ends.
+    #[serde(default = "default_bake_time")]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(ms|s|m|h))+$"))]
+    pub bake_time: String,
+
+    /// Jobs the canary must have finished for any verdict on its failures; with fewer by the
+    /// end of the bake, the roll waits (`CanaryInconclusive`), it never passes on no evidence.
+    #[serde(default = "default_canary_min_jobs")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub min_jobs: i64,
+
+    /// Percentage points by which the canary's job failure ratio may exceed the other
+    /// servers' over the same time.
+    #[serde(default = "default_failure_increase")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_failure_increase_percent: i32,
+
+    /// How many times the other servers' median claim latency the canary's may be (claims
+    /// faster than a second always pass).
+    #[serde(default = "default_latency_factor")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_latency_factor: i32,
+}
+
+fn default_canary_servers() -> i32 {
+    1
+}
+
+fn default_bake_time() -> String {
+    "5m".into()
+}
+
+fn default_canary_min_jobs() -> i64 {
+    20
+}
+
+fn default_failure_increase() -> i32 {
+    10
+}
+
+fn default_latency_factor() -> i32 {
+    3
 }
 
 impl Default for MaintenanceSpec {
@@ -498,6 +558,7 @@ impl Default for MaintenanceSpec {
             ready_timeout: default_timeout(),
             restart_requested_at: None,
             windows: Vec::new(),
+            canary: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use orchestrator_contract::env;
 
 use crate::crd::{MaintenanceWindow, OrchestratorCluster, SpecError, parse_duration};
 use crate::planners::autoscale::Policy;
+use crate::planners::canary::CanaryPolicy;
 use crate::planners::drain::DrainPolicy;
 use crate::planners::windows::Calendar;
 use crate::release::Release;
@@ -46,6 +47,25 @@ pub(crate) struct ValidSpec<'a> {
     pub(crate) workers: i32,
     /// `capacity.autoscale`, when set.
     pub(crate) autoscale: Option<Policy>,
+    /// `maintenance.canary`, when set: how many servers, and how they are judged.
+    #[allow(dead_code)] // Read by the roll in the next change (issue 17).
+    pub(crate) canary: Option<(i32, CanaryPolicy)>,
+}
+
+/// `maintenance.canary` parsed.
+fn canary(cr: &OrchestratorCluster) -> Result<Option<(i32, CanaryPolicy)>, SpecError> {
+    let Some(spec) = &cr.spec.maintenance.canary else {
+        return Ok(None);
+    };
+    Ok(Some((
+        spec.servers,
+        CanaryPolicy {
+            bake: parse_duration("spec.maintenance.canary.bakeTime", &spec.bake_time)?,
+            min_jobs: spec.min_jobs,
+            max_failure_increase: f64::from(spec.max_failure_increase_percent) / 100.0,
+            max_latency_factor: f64::from(spec.max_latency_factor),
+        },
+    )))
 }
 
 /// `WORKERS` as the servers see it: a literal value in `template.env`, else the default.
@@ -98,6 +118,7 @@ pub(crate) fn validate<'a>(cr: &'a OrchestratorCluster, settings: &BuildSettings
         calendar: Calendar::parse("spec.maintenance.windows", &maintenance.windows)?,
         workers: workers(cr),
         autoscale: autoscale(cr)?,
+        canary: canary(cr)?,
         wanted: Release {
             version: cr.spec.version.clone(),
             image: cr

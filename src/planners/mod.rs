@@ -6,12 +6,15 @@
 //!   stabilization windows and the disruption rule (when `capacity.autoscale` is set);
 //! - [`capacity`]: how many servers now, which to drain and whose rows to remove;
 //! - [`maintenance`]: the next step of a rolling replacement, one server at a time;
+//! - [`canary`]: whether the servers replaced first with a new release may let the roll on;
 //! - shared: [`servers`] (both views of every server), [`drain`] (drain progress under
 //!   `drainTimeout`), [`windows`] (the maintenance calendar and its gate).
 //!
 //! How their decisions are arbitrated is `reconcile::plan::decide`'s job.
 
 pub(crate) mod autoscale;
+#[allow(dead_code)] // Judged by the roll in the next change (issue 17).
+pub(crate) mod canary;
 pub(crate) mod capacity;
 pub(crate) mod drain;
 pub(crate) mod maintenance;

@@ -705,6 +705,57 @@ pub async fn work(db: &impl GenericClient, servers: i64, jobs_per_server: i64) -
     })
 }
 
+/// How the jobs one server finished went over a window: the evidence a canary is judged by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Outcomes {
+    /// Jobs it finished that succeeded.
+    pub succeeded: i64,
+    /// Jobs it finished that failed.
+    pub failed: i64,
+    /// Median milliseconds from a job's submission to its last claim, over the jobs it
+    /// finished (how long work waited for it); `None` without any.
+    pub claim_p50_ms: Option<i64>,
+}
+
+/// The [`Outcomes`] of each server that finished a job in the last `window_seconds`, among the
+/// last `recent` jobs submitted. The jobs are read over the primary key and their executions
+/// over `job_executions_job`, so a table of millions costs what `recent` jobs do; the execution
+/// that finished a job is the one sharing its `finished_at` (the same transaction wrote both).
+pub async fn outcomes(
+    db: &impl GenericClient,
+    window_seconds: f64,
+    recent: i64,
+) -> Result<std::collections::BTreeMap<String, Outcomes>> {
+    let rows = db
+        .query(
+            "SELECT e.server_id,
+                    count(*) FILTER (WHERE j.state = 'succeeded'),
+                    count(*) FILTER (WHERE j.state = 'failed'),
+                    (percentile_disc(0.5) WITHIN GROUP
+                        (ORDER BY extract(epoch FROM j.started_at - j.submitted_at)) * 1000)::bigint
+             FROM jobs j JOIN job_executions e ON e.job_id = j.id AND e.finished_at = j.finished_at
+             WHERE j.id > (SELECT coalesce(max(id), 0) FROM jobs) - greatest($2::bigint, 0)
+               AND j.state IN ('succeeded', 'failed')
+               AND j.finished_at > now() - make_interval(secs => $1)
+             GROUP BY e.server_id",
+            &[&window_seconds, &recent],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            (
+                row.get(0),
+                Outcomes {
+                    succeeded: row.get(1),
+                    failed: row.get(2),
+                    claim_p50_ms: row.get(3),
+                },
+            )
+        })
+        .collect())
+}
+
 /// A job as `GET /jobs/{id}` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct JobView {

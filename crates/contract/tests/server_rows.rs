@@ -143,3 +143,52 @@ async fn work_counts_claimable_running_and_serving_servers() {
         "a stale heartbeat serves nothing"
     );
 }
+
+#[tokio::test]
+async fn outcomes_count_each_servers_finished_jobs_over_the_recent_ones() {
+    let (_pg, mut db) = registered("ns/s-0").await;
+    contract::register(
+        &db,
+        &contract::Registration {
+            server_id: "ns/s-1",
+            version: "2.1.0-failing",
+            schema: contract::schema_range_for_version("2.1.0-failing"),
+        },
+    )
+    .await
+    .unwrap();
+    let lease = std::time::Duration::from_secs(60);
+    for server in ["ns/s-0", "ns/s-1"] {
+        for n in 0..4 {
+            contract::submit_job(&db, "noop", &serde_json::json!({})).await.unwrap();
+            let job = contract::claim_job(&db, server, lease).await.unwrap().unwrap();
+            // s-1 fails one job in two; s-0 none.
+            let succeeded = server == "ns/s-0" || n % 2 == 0;
+            contract::complete_job(&mut db, server, &job, succeeded, &serde_json::json!({}))
+                .await
+                .unwrap();
+        }
+    }
+    // One still running: not an outcome.
+    contract::submit_job(&db, "noop", &serde_json::json!({})).await.unwrap();
+    contract::claim_job(&db, "ns/s-0", lease).await.unwrap().unwrap();
+    let seen = contract::outcomes(&db, 60.0, 100).await.unwrap();
+    assert_eq!((seen["ns/s-0"].succeeded, seen["ns/s-0"].failed), (4, 0), "{seen:?}");
+    assert_eq!((seen["ns/s-1"].succeeded, seen["ns/s-1"].failed), (2, 2), "{seen:?}");
+    assert!(seen["ns/s-1"].claim_p50_ms.is_some_and(|ms| ms >= 0), "{seen:?}");
+    // Only the last 5 jobs submitted: s-1's last four and the running one.
+    let recent = contract::outcomes(&db, 60.0, 5).await.unwrap();
+    assert!(!recent.contains_key("ns/s-0"), "{recent:?}");
+    assert_eq!(recent["ns/s-1"].succeeded + recent["ns/s-1"].failed, 4);
+    // Nothing finished in the last instant's window.
+    db.execute("UPDATE jobs SET finished_at = finished_at - interval '1 hour'", &[])
+        .await
+        .unwrap();
+    db.execute(
+        "UPDATE job_executions SET finished_at = finished_at - interval '1 hour'",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(contract::outcomes(&db, 60.0, 100).await.unwrap().is_empty());
+}

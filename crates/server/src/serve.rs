@@ -25,7 +25,7 @@ use crate::config::ServerSettings;
 use crate::db::{self, Backoff, Database, PoolOptions};
 use crate::lease::{self, Lease, Leases, Loss};
 use crate::metrics::Metrics;
-use crate::state::Shared;
+use crate::state::{FAILING_SUFFIX, Shared};
 
 /// Exit code of a server that refuses to run against the database's schema.
 pub(crate) const EXIT_SCHEMA_INCOMPATIBLE: u8 = 3;
@@ -771,7 +771,7 @@ async fn run_job(shared: &Shared, job: ClaimedJob, deadline: Instant, mut cancel
     let mut lease = shared.running.insert(job.id, deadline);
     shared.metrics.running.inc();
     let outcome = tokio::select! {
-        outcome = execute(&job) => Some(outcome),
+        outcome = execute(&job, &shared.settings.version) => Some(outcome),
         loss = lease::lost(&mut lease) => {
             shared.metrics.abandoned.inc();
             tracing::warn!(
@@ -841,8 +841,21 @@ async fn complete(
     }
 }
 
+/// The work of each job kind: `(succeeded, result)`. A server of a version ending in
+/// [`FAILING_SUFFIX`] fails every job, after the work, as a bad release would.
+async fn execute(job: &ClaimedJob, version: &str) -> (bool, serde_json::Value) {
+    let outcome = work(job).await;
+    if version.ends_with(FAILING_SUFFIX) {
+        return (
+            false,
+            json!({"error": format!("version {version} simulates a release that fails its jobs")}),
+        );
+    }
+    outcome
+}
+
 /// The work of each job kind: `(succeeded, result)`.
-async fn execute(job: &ClaimedJob) -> (bool, serde_json::Value) {
+async fn work(job: &ClaimedJob) -> (bool, serde_json::Value) {
     match job.kind.as_str() {
         contract::job_kind::NOOP => (true, json!({})),
         contract::job_kind::SLEEP => {

@@ -64,3 +64,7 @@ impl Shared {
 /// Versions ending with this simulate a bad release: the server runs (and its `schema` commands
 /// work) but never reports ready, as tests of a halted roll need.
 pub(crate) const UNREADY_SUFFIX: &str = "-unready";
+
+/// Versions ending with this simulate a release that fails its jobs: the server joins, claims
+/// and runs work, and records every job as failed, as tests of a canary's rollback need.
+pub(crate) const FAILING_SUFFIX: &str = "-failing";

@@ -248,3 +248,22 @@ async fn a_drained_server_that_restarts_stays_out_until_the_drain_is_withdrawn()
     restarted.signal("TERM");
     assert!(restarted.wait_exit(Duration::from_secs(10)).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_release_runs_its_jobs_and_records_them_failed() {
+    let (pg, db) = migrated().await;
+    let _good = Server::start(&pg, "s-0", &ServerOptions::default()).await;
+    let failing = ServerOptions {
+        version: "2.1.0-failing",
+        ..ServerOptions::default()
+    };
+    let _bad = Server::start(&pg, "s-1", &failing).await;
+    submit(&db, "canary", 200, contract::job_kind::SLEEP, 5).await;
+    let outcome = settle(&db, "canary", MINUTE).await;
+    assert_eq!(outcome.executed_more_than_once, 0, "{outcome:?}");
+    let seen = contract::outcomes(&db, 600.0, 1000).await.unwrap();
+    let (good, bad) = (seen["s-0"], seen["s-1"]);
+    assert!(good.succeeded > 0 && good.failed == 0, "{seen:?}");
+    assert!(bad.failed > 0 && bad.succeeded == 0, "{seen:?}");
+    assert_eq!(good.succeeded + bad.failed, 200, "{seen:?}");
+}
