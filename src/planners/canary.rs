@@ -81,6 +81,18 @@ pub(crate) enum Verdict {
     },
 }
 
+/// The lower bound of the 95 % Wilson score interval of `failed` out of `total`.
+fn wilson_lower(failed: i64, total: i64) -> f64 {
+    if total <= 0 {
+        return 0.0;
+    }
+    let (n, z) = (total as f64, 1.96_f64);
+    let p = failed as f64 / n;
+    let centre = p + z * z / (2.0 * n);
+    let margin = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    ((centre - margin) / (1.0 + z * z / n)).max(0.0)
+}
+
 fn ratio(o: &Outcomes) -> Option<f64> {
     let total = o.succeeded + o.failed;
     (total > 0).then(|| o.failed as f64 / total as f64)
@@ -117,10 +129,23 @@ pub(crate) fn judge(policy: &CanaryPolicy, evidence: &Evidence) -> Verdict {
     let have = evidence.canary.succeeded + evidence.canary.failed;
     let enough = have >= policy.min_jobs.max(1);
     if enough {
-        let canary = ratio(&evidence.canary).unwrap_or(0.0);
-        // Without jobs on the other servers, a failure ratio above the allowance alone fails.
-        let others = ratio(&evidence.others).unwrap_or(0.0);
-        if canary > others + policy.max_failure_increase {
+        // The others' ratio counts only on as many jobs as the canary needs: a thin baseline
+        // (one failed job) would excuse anything. Without it, the allowance alone applies.
+        let others_total = evidence.others.succeeded + evidence.others.failed;
+        let others = if others_total >= policy.min_jobs.max(1) {
+            ratio(&evidence.others).unwrap_or(0.0)
+        } else {
+            0.0
+        };
+        let limit = others + policy.max_failure_increase;
+        // Before the bake ends only a failure ratio surely over the limit fails (the lower
+        // bound of its 95 % Wilson interval): a few unlucky jobs early are not a verdict.
+        let canary = if evidence.baked < policy.bake {
+            wilson_lower(evidence.canary.failed, have)
+        } else {
+            ratio(&evidence.canary).unwrap_or(0.0)
+        };
+        if canary > limit + 1e-9 {
             return fail(Shortfall::FailureRatio);
         }
         if let (Some(mine), Some(theirs)) = (evidence.canary.claim_p50_ms, evidence.others.claim_p50_ms)
@@ -195,6 +220,29 @@ mod tests {
     }
 
     #[test]
+    fn a_thin_baseline_excuses_nothing_and_a_few_early_failures_are_no_verdict() {
+        // The others ran one job, and it failed: the canary's 60 % is not "as bad as them".
+        let thin = evidence(60, outcomes(16, 24, None), outcomes(0, 1, None));
+        assert!(matches!(
+            judge(&POLICY, &thin),
+            Verdict::Fail {
+                why: Shortfall::FailureRatio,
+                ..
+            }
+        ));
+        // 5 of 20 failed early against a 10 % baseline: possibly bad luck, bake on.
+        let early = evidence(10, outcomes(15, 5, None), outcomes(90, 10, None));
+        assert!(matches!(judge(&POLICY, &early), Verdict::Baking { .. }));
+        // The same at the end of the bake is judged on the figures: 25 % > 10 % + 10.
+        let late = Evidence {
+            baked: POLICY.bake,
+            ..early
+        };
+        assert!(matches!(judge(&POLICY, &late), Verdict::Fail { .. }));
+        assert!(wilson_lower(0, 10) == 0.0 && wilson_lower(10, 10) > 0.6);
+    }
+
+    #[test]
     fn a_failing_canary_fails_before_the_bake_ends_with_its_figures() {
         let bad = evidence(10, outcomes(10, 15, None), outcomes(50, 1, None));
         let Verdict::Fail { why, figures } = judge(&POLICY, &bad) else {
@@ -263,6 +311,15 @@ mod tests {
             if matches!(verdict, Verdict::Pass { .. }) {
                 prop_assert!(canary_ok + canary_failed >= POLICY.min_jobs);
                 prop_assert!(e.baked >= POLICY.bake && kept_joined);
+                // ... nor with a failure ratio over the allowance and a baseline it only has
+                // on enough jobs.
+                let baseline = if others_ok + others_failed >= POLICY.min_jobs {
+                    others_failed as f64 / (others_ok + others_failed) as f64
+                } else {
+                    0.0
+                };
+                let mine = canary_failed as f64 / (canary_ok + canary_failed) as f64;
+                prop_assert!(mine <= baseline + POLICY.max_failure_increase + 1e-9);
             }
             // More failures of the canary never turn a failure into a pass.
             if let Verdict::Fail { why: Shortfall::FailureRatio, .. } = verdict {
