@@ -521,11 +521,11 @@ pub struct CanarySpec {
     #[schemars(range(min = 0, max = 100))]
     pub max_failure_increase_percent: i32,
 
-    /// How many times the other servers' median claim latency the canary's may be (claims
-    /// faster than a second always pass).
-    #[serde(default = "default_latency_factor")]
+    /// How many times the other servers' median job run time the canary's may be (run
+    /// times under a second always pass).
+    #[serde(default = "default_slowdown_factor")]
     #[schemars(range(min = 1, max = 1000))]
-    pub max_latency_factor: i32,
+    pub max_slowdown_factor: i32,
 }
 
 fn default_canary_servers() -> i32 {
@@ -544,7 +544,7 @@ fn default_failure_increase() -> i32 {
     10
 }
 
-fn default_latency_factor() -> i32 {
+fn default_slowdown_factor() -> i32 {
     3
 }
 

@@ -63,7 +63,7 @@ fn canary(cr: &OrchestratorCluster) -> Result<Option<(i32, CanaryPolicy)>, SpecE
             bake: parse_duration("spec.maintenance.canary.bakeTime", &spec.bake_time)?,
             min_jobs: spec.min_jobs,
             max_failure_increase: f64::from(spec.max_failure_increase_percent) / 100.0,
-            max_latency_factor: f64::from(spec.max_latency_factor),
+            max_slowdown_factor: f64::from(spec.max_slowdown_factor),
         },
     )))
 }

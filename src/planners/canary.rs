@@ -1,7 +1,7 @@
 //! The canary's verdict, a pure planner: whether the servers replaced first with a new release
 //! (the canary) may let the roll go on, must be rolled back, or need more time or evidence.
 //! Judged from the shared database over the bake: the canary's job failure ratio against the
-//! other servers' over the same window, its claim latency against theirs, and whether it kept
+//! other servers' over the same window, how long its jobs run against theirs, and whether it kept
 //! joined (a heartbeat that went stale). Does not need a client.
 //!
 //! It never passes on no evidence: fewer finished jobs than `min_jobs` is `TooFewJobs`, not a
@@ -21,14 +21,13 @@ pub(crate) struct CanaryPolicy {
     pub min_jobs: i64,
     /// How much the canary's failure ratio may exceed the other servers' (0.1: ten points).
     pub max_failure_increase: f64,
-    /// How many times the other servers' median claim latency the canary's may be (and never
-    /// fails under `LATENCY_FLOOR`).
-    pub max_latency_factor: f64,
+    /// How many times the other servers' median job run time the canary's may be (and never
+    /// fails under `SLOWDOWN_FLOOR`).
+    pub max_slowdown_factor: f64,
 }
 
-/// Claim latencies under this are never a failure: a queue that is empty claims at once on
-/// any server, and a factor of tiny numbers is noise.
-pub(crate) const LATENCY_FLOOR: Duration = Duration::from_secs(1);
+/// Median run times under this are never a failure: a factor of tiny numbers is noise.
+pub(crate) const SLOWDOWN_FLOOR: Duration = Duration::from_secs(1);
 
 /// What the canary did over the bake so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -48,8 +47,8 @@ pub(crate) struct Evidence {
 pub(crate) enum Shortfall {
     /// Its failure ratio exceeds the others' by more than the policy allows.
     FailureRatio,
-    /// Work waits for it much longer than for the others.
-    ClaimLatency,
+    /// Its jobs run much longer than on the others.
+    SlowRuns,
     /// A canary server stopped being joined during the bake.
     LeftTheCluster,
 }
@@ -104,8 +103,8 @@ fn figures(e: &Evidence) -> String {
             "{name}: {} of {} jobs failed{}",
             o.failed,
             o.succeeded + o.failed,
-            o.claim_p50_ms
-                .map(|ms| format!(", median claim {ms} ms"))
+            o.run_p50_ms
+                .map(|ms| format!(", median run {ms} ms"))
                 .unwrap_or_default()
         )
     };
@@ -148,11 +147,11 @@ pub(crate) fn judge(policy: &CanaryPolicy, evidence: &Evidence) -> Verdict {
         if canary > limit + 1e-9 {
             return fail(Shortfall::FailureRatio);
         }
-        if let (Some(mine), Some(theirs)) = (evidence.canary.claim_p50_ms, evidence.others.claim_p50_ms)
-            && mine as f64 > LATENCY_FLOOR.as_millis() as f64
-            && mine as f64 > theirs as f64 * policy.max_latency_factor
+        if let (Some(mine), Some(theirs)) = (evidence.canary.run_p50_ms, evidence.others.run_p50_ms)
+            && mine as f64 > SLOWDOWN_FLOOR.as_millis() as f64
+            && mine as f64 > theirs as f64 * policy.max_slowdown_factor
         {
-            return fail(Shortfall::ClaimLatency);
+            return fail(Shortfall::SlowRuns);
         }
     }
     if evidence.baked < policy.bake {
@@ -177,14 +176,14 @@ mod tests {
         bake: Duration::from_secs(60),
         min_jobs: 20,
         max_failure_increase: 0.1,
-        max_latency_factor: 3.0,
+        max_slowdown_factor: 3.0,
     };
 
-    fn outcomes(succeeded: i64, failed: i64, claim_p50_ms: Option<i64>) -> Outcomes {
+    fn outcomes(succeeded: i64, failed: i64, run_p50_ms: Option<i64>) -> Outcomes {
         Outcomes {
             succeeded,
             failed,
-            claim_p50_ms,
+            run_p50_ms,
         }
     }
 
@@ -214,7 +213,7 @@ mod tests {
             panic!("{:?}", judge(&POLICY, &baked));
         };
         assert!(
-            figures.contains("canary: 1 of 41 jobs failed, median claim 20 ms"),
+            figures.contains("canary: 1 of 41 jobs failed, median run 20 ms"),
             "{figures}"
         );
     }
@@ -263,7 +262,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shared_failure_is_not_the_canarys_and_slow_claims_or_leaving_fail_it() {
+    fn a_shared_failure_is_not_the_canarys_and_slow_runs_or_leaving_fail_it() {
         // Everyone fails half the jobs (a bad job kind, not a bad release): passes.
         let shared = evidence(60, outcomes(20, 20, None), outcomes(40, 40, None));
         assert!(matches!(judge(&POLICY, &shared), Verdict::Pass { .. }));
@@ -271,7 +270,7 @@ mod tests {
         assert!(matches!(
             judge(&POLICY, &slow),
             Verdict::Fail {
-                why: Shortfall::ClaimLatency,
+                why: Shortfall::SlowRuns,
                 ..
             }
         ));

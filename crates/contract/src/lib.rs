@@ -712,9 +712,9 @@ pub struct Outcomes {
     pub succeeded: i64,
     /// Jobs it finished that failed.
     pub failed: i64,
-    /// Median milliseconds from a job's submission to its last claim, over the jobs it
-    /// finished (how long work waited for it); `None` without any.
-    pub claim_p50_ms: Option<i64>,
+    /// Median milliseconds its jobs ran, from their claim to their end (a job run more than
+    /// once counts from its first claim); `None` without any.
+    pub run_p50_ms: Option<i64>,
 }
 
 /// The [`Outcomes`] of each server that finished a job in the last `window_seconds`, among the
@@ -732,7 +732,7 @@ pub async fn outcomes(
                     count(*) FILTER (WHERE j.state = 'succeeded'),
                     count(*) FILTER (WHERE j.state = 'failed'),
                     (percentile_disc(0.5) WITHIN GROUP
-                        (ORDER BY extract(epoch FROM j.started_at - j.submitted_at)) * 1000)::bigint
+                        (ORDER BY extract(epoch FROM j.finished_at - j.started_at)) * 1000)::bigint
              FROM jobs j JOIN job_executions e ON e.job_id = j.id AND e.finished_at = j.finished_at
              WHERE j.id > (SELECT coalesce(max(id), 0) FROM jobs) - greatest($2::bigint, 0)
                AND j.state IN ('succeeded', 'failed')
@@ -749,7 +749,7 @@ pub async fn outcomes(
                 Outcomes {
                     succeeded: row.get(1),
                     failed: row.get(2),
-                    claim_p50_ms: row.get(3),
+                    run_p50_ms: row.get(3),
                 },
             )
         })

@@ -175,7 +175,7 @@ async fn outcomes_count_each_servers_finished_jobs_over_the_recent_ones() {
     let seen = contract::outcomes(&db, 60.0, 100).await.unwrap();
     assert_eq!((seen["ns/s-0"].succeeded, seen["ns/s-0"].failed), (4, 0), "{seen:?}");
     assert_eq!((seen["ns/s-1"].succeeded, seen["ns/s-1"].failed), (2, 2), "{seen:?}");
-    assert!(seen["ns/s-1"].claim_p50_ms.is_some_and(|ms| ms >= 0), "{seen:?}");
+    assert!(seen["ns/s-1"].run_p50_ms.is_some_and(|ms| ms >= 0), "{seen:?}");
     // Only the last 5 jobs submitted: s-1's last four and the running one.
     let recent = contract::outcomes(&db, 60.0, 5).await.unwrap();
     assert!(!recent.contains_key("ns/s-0"), "{recent:?}");
