@@ -153,6 +153,12 @@ words! {
         AwaitingApproval,
         /// Another server is not joined; replacing one now would take two down.
         ServerNotJoined,
+        /// The canary servers run the new release; the roll goes on once they pass.
+        CanaryBaking,
+        /// The canary's bake is over but it finished too few jobs to judge; the roll waits.
+        CanaryInconclusive,
+        /// The canary did worse than the other servers: it is rolled back, the roll halts.
+        CanaryFailed,
         /// The StatefulSet is being written (a drift corrected, a new template): which servers
         /// are outdated is known once the written one is observed.
         StatefulSetChanging,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use orchestrator_contract::server_state;
 
+use super::canary::Verdict;
 use super::servers::ordinal;
 use super::windows::{elapsed, gate};
 use crate::crd::DrainTimeoutPolicy;
@@ -70,6 +71,59 @@ pub(crate) struct ServerView {
     pub replace_requested: bool,
 }
 
+/// The canary of a roll: how many servers go first, and the verdict on them.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct CanaryCheck {
+    /// Servers replaced first and judged before the rest.
+    pub servers: usize,
+    /// The verdict on them, once they run the new release (`None` before it is read).
+    pub verdict: Option<Verdict>,
+}
+
+/// The hold the canary puts on the next step once its servers are replaced, unless it passed.
+fn canary_hold(canary: &CanaryCheck, replaced: usize, outdated: usize) -> Option<(Hold, bool)> {
+    if replaced < canary.servers || outdated == 0 {
+        return None;
+    }
+    Some(match &canary.verdict {
+        Some(Verdict::Pass { .. }) => return None,
+        Some(Verdict::Fail { why, figures }) => (
+            Hold::new(
+                Reason::CanaryFailed,
+                format!("the canary failed ({why:?}): {figures}; it is rolled back and the roll halts"),
+            ),
+            true,
+        ),
+        Some(Verdict::TooFewJobs { have }) => (
+            Hold::new(
+                Reason::CanaryInconclusive,
+                format!(
+                    "the canary finished {have} jobs, too few to judge; the roll waits for more (or lower maintenance.canary.minJobs)"
+                ),
+            ),
+            false,
+        ),
+        Some(Verdict::Baking { left }) => (
+            Hold::new(
+                Reason::CanaryBaking,
+                format!(
+                    "{} canary servers run the new release; judged in {}s",
+                    canary.servers,
+                    left.as_secs()
+                ),
+            ),
+            false,
+        ),
+        None => (
+            Hold::new(
+                Reason::CanaryBaking,
+                format!("{} canary servers run the new release; not judged yet", canary.servers),
+            ),
+            false,
+        ),
+    })
+}
+
 /// How long an eviction may keep being refused (a PodDisruptionBudget that allows no
 /// disruption now, an API server that does not answer) before the roll says so with
 /// `EvictionRefused`; it keeps trying.
@@ -108,6 +162,8 @@ pub(crate) struct MaintenanceInput<'a> {
     /// Something else that must finish before a step starts (a capacity change, a schema
     /// migration).
     pub hold: Option<Hold>,
+    /// The canary of a roll to a new release, when `maintenance.canary` applies to it.
+    pub canary: Option<CanaryCheck>,
     /// The step in progress.
     pub step: Option<Step>,
     /// `maintenance.drainTimeout`.
@@ -241,6 +297,17 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
     if gate.is_some() {
         decision.waiting = gate;
         return decision;
+    }
+    if let Some(canary) = &input.canary {
+        let replaced = input.servers.iter().filter(|s| s.pod_exists).count() - outdated.len();
+        if let Some((hold, failed)) = canary_hold(canary, replaced, outdated.len()) {
+            if failed {
+                decision.blocked = Some(hold);
+            } else {
+                decision.waiting = Some(hold);
+            }
+            return decision;
+        }
     }
     let candidate = queue[0];
     if let Some(others) = others_down(input, &candidate.name) {
@@ -532,6 +599,7 @@ mod tests {
             superseded: false,
             release_pending: false,
             hold: None,
+            canary: None,
             step,
             drain_timeout: Duration::from_secs(60),
             ready_timeout: Duration::from_secs(120),
@@ -573,6 +641,51 @@ mod tests {
         let d = decide(&manual);
         assert_eq!((d.trigger, d.outdated), (Some(Trigger::TemplateChange), 2));
         assert_eq!(d.waiting.unwrap().reason, Reason::AwaitingApproval);
+    }
+
+    #[test]
+    fn the_canary_goes_first_and_holds_the_roll_until_it_passes() {
+        let servers = [
+            server(0, "old", true, 0),
+            server(1, "old", true, 0),
+            server(2, "old", true, 0),
+        ];
+        let with = |servers: &[ServerView], verdict: Option<Verdict>| {
+            let mut input = input(servers, None, 10);
+            input.canary = Some(CanaryCheck { servers: 1, verdict });
+            decide(&input)
+        };
+        // Nothing replaced yet: the canary itself is the first step.
+        assert_eq!(
+            with(&servers, None).action,
+            MaintenanceAction::RequestDrain("prod-2".into())
+        );
+        let mut servers = servers;
+        servers[2].revision = Some("new".into());
+        let baking = with(&servers, None);
+        assert_eq!(
+            (baking.action, baking.waiting.unwrap().reason),
+            (MaintenanceAction::None, Reason::CanaryBaking)
+        );
+        let few = with(&servers, Some(Verdict::TooFewJobs { have: 3 }));
+        assert_eq!(few.waiting.unwrap().reason, Reason::CanaryInconclusive);
+        let failed = with(
+            &servers,
+            Some(Verdict::Fail {
+                why: super::super::canary::Shortfall::FailureRatio,
+                figures: "canary: 9 of 10 jobs failed".into(),
+            }),
+        );
+        assert_eq!(
+            failed.action,
+            MaintenanceAction::None,
+            "no second server on the release"
+        );
+        let blocked = failed.blocked.unwrap();
+        assert_eq!(blocked.reason, Reason::CanaryFailed);
+        assert!(blocked.message.contains("9 of 10 jobs failed"), "{}", blocked.message);
+        let passed = with(&servers, Some(Verdict::Pass { figures: String::new() }));
+        assert_eq!(passed.action, MaintenanceAction::RequestDrain("prod-1".into()));
     }
 
     #[test]

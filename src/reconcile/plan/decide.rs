@@ -171,6 +171,8 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         superseded: upgrade.recreate || (upgrade.stage == Some(UpgradeStage::SchemaCheck) && upgrade.blocked.is_none()),
         // A refused or failed check keeps the running release until the spec changes again.
         release_pending: !upgrade.release_ready && upgrade.blocked.is_none(),
+        // Judged by the roll in the next change (issue 17).
+        canary: None,
         hold: roll_hold(wanted, &capacity, &upgrade, inputs, &name),
         step: inputs.previous_step.clone(),
         drain_timeout: spec.drain.timeout,
