@@ -839,6 +839,11 @@ pub struct OrchestratorClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<MaintenanceHistory>,
 
+    /// The canary of the version change under way or last made (`maintenance.canary`): the
+    /// release tried, the bake, the evidence read from the database and the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+
     /// Standard conditions: Ready, Progressing, Degraded, DatabaseReady, MaintenanceBlocked,
     /// CapacityBlocked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -1040,6 +1045,92 @@ pub struct MaintenanceHistory {
     pub migration_seconds: Option<i64>,
 }
 
+/// A canary: the first servers of a roll to a new release, judged before the others.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    /// Where the canary stands.
+    pub phase: CanaryPhase,
+    /// The version tried.
+    pub version: String,
+    /// The image of the version tried.
+    pub image: String,
+    /// The version the other servers run: what a failed canary goes back to.
+    pub from_version: String,
+    /// The image of that version.
+    pub from_image: String,
+    /// The canary servers (those that run the version tried), once there are enough.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+    /// When every canary server had joined: the bake and the evidence count from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_started_at: Option<Time>,
+    /// When the verdict (`Passed` or `Failed`) was reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<Time>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortfall: Option<CanaryShortfall>,
+    /// The jobs the canary servers finished since the bake started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_jobs: Option<JobOutcomes>,
+    /// The jobs the other servers finished over the same time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_jobs: Option<JobOutcomes>,
+    /// The evidence and what it means, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where a canary stands.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CanaryPhase {
+    /// The canary servers are being replaced with the new release.
+    #[default]
+    Replacing,
+    /// Every canary server joined; it runs for `bakeTime` while the evidence is read.
+    Baking,
+    /// The bake is over but the canary finished fewer than `minJobs` jobs: the roll waits.
+    Inconclusive,
+    /// It did as well as the other servers: the roll goes on.
+    Passed,
+    /// It did worse, or did not join: the canary servers are being replaced with the previous
+    /// release, and the roll halts (`CanaryFailed`) until `spec.version` (or the image) changes.
+    Failed,
+    /// A failed canary's servers run the previous release again.
+    RolledBack,
+    /// The version change recreates every server after a schema migration: there is no canary,
+    /// and going back would need the database restored from before the migration.
+    NotApplicable,
+}
+
+/// Why a canary failed.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CanaryShortfall {
+    /// Its job failure ratio exceeds the other servers' by more than
+    /// `maxFailureIncreasePercent`.
+    FailureRatio,
+    /// Its jobs' median run time is over `maxSlowdownFactor` times the other servers'.
+    SlowRuns,
+    /// A canary server stopped being joined during the bake.
+    LeftTheCluster,
+    /// A canary server did not join within `readyTimeout`.
+    NeverJoined,
+}
+
+/// Jobs some servers finished over a time, by outcome.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobOutcomes {
+    /// Jobs that succeeded.
+    pub succeeded: i64,
+    /// Jobs that failed.
+    pub failed: i64,
+    /// Median milliseconds from a job's claim to its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_p50_ms: Option<i64>,
+}
+
 /// How a spec change is carried out.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PlanStrategy {
@@ -1080,6 +1171,9 @@ pub enum PlanAction {
     /// The server is drained, evicted and replaced by one on the new template, which must join.
     #[default]
     Replace,
+    /// The canary servers, replaced first, run for `maintenance.canary.bakeTime` and are
+    /// judged before any other server is replaced.
+    Bake,
     /// The server is drained and stopped (Recreate).
     Stop,
     /// The schema is migrated while no server runs (Recreate).

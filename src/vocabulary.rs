@@ -159,6 +159,10 @@ words! {
         CanaryInconclusive,
         /// The canary did worse than the other servers: it is rolled back, the roll halts.
         CanaryFailed,
+        /// The canary did as well as the other servers: the roll goes on.
+        CanaryPassed,
+        /// A failed canary's servers run the previous release again.
+        CanaryRolledBack,
         /// The StatefulSet is being written (a drift corrected, a new template): which servers
         /// are outdated is known once the written one is observed.
         StatefulSetChanging,

@@ -42,16 +42,7 @@ pub(crate) struct Evidence {
     pub kept_joined: bool,
 }
 
-/// Why a canary failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Shortfall {
-    /// Its failure ratio exceeds the others' by more than the policy allows.
-    FailureRatio,
-    /// Its jobs run much longer than on the others.
-    SlowRuns,
-    /// A canary server stopped being joined during the bake.
-    LeftTheCluster,
-}
+pub(crate) use crate::crd::CanaryShortfall as Shortfall;
 
 /// The verdict.
 #[derive(Clone, Debug, PartialEq)]

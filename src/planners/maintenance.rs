@@ -1124,8 +1124,14 @@ mod tests {
     /// Applies an action to a simulated cluster where everything succeeds: a drained server
     /// stops, an evicted pod comes back on the new revision and joins a tick later.
     fn simulate(servers: &mut [ServerView], action: &MaintenanceAction, now: i64) {
+        simulate_to(servers, action, now, "new");
+    }
+
+    /// One tick of the world, the StatefulSet's template at `revision`: a replacement of that
+    /// revision joins a tick after it is made, a drain stops its server at once.
+    fn simulate_to(servers: &mut [ServerView], action: &MaintenanceAction, now: i64, revision: &str) {
         for s in servers.iter_mut() {
-            if !s.joined && s.revision.as_deref() == Some("new") && s.pod_exists {
+            if !s.joined && s.revision.as_deref() == Some(revision) && s.pod_exists {
                 s.joined = true;
                 s.ready = true;
                 s.state = Some("active".into());
@@ -1143,7 +1149,7 @@ mod tests {
                 *s = ServerView {
                     started_at: Some(at(now)),
                     state: None,
-                    ..server(s.ordinal, "new", false, 0)
+                    ..server(s.ordinal, revision, false, 0)
                 };
             }
             MaintenanceAction::WithdrawDrain(name) => {
@@ -1197,6 +1203,53 @@ mod tests {
             }
             prop_assert!(servers.iter().all(|s| s.revision.as_deref() == Some("new") && s.joined), "the roll completes: {servers:?}");
             prop_assert_eq!(planned.unwrap_or_default(), taken, "the plan lists the steps the roll takes, in order");
+        }
+    }
+
+    proptest! {
+        /// A canary that fails never lets a second server onto the new release: the roll holds
+        /// once the canary servers are replaced, and their rollback (the template back at the
+        /// old revision, no canary) takes them one at a time until every server runs the old
+        /// release again, never two down.
+        #[test]
+        fn a_failed_canary_is_the_only_server_on_the_release_and_is_rolled_back(
+            layout in prop::collection::vec(0i32..5, 2..7),
+            canary_servers in 1usize..3,
+            fail_at in 0i64..6,
+        ) {
+            let canary_servers = canary_servers.min(layout.len() - 1);
+            let mut servers: Vec<ServerView> =
+                layout.iter().enumerate().map(|(i, jobs)| server(i as i32, "old", true, *jobs)).collect();
+            let mut step: Option<Step> = None;
+            let failure = Verdict::Fail { why: super::super::canary::Shortfall::FailureRatio, figures: String::new() };
+            let mut failed_at = None;
+            let ticks = layout.len() as i64 * 8 + 8;
+            for tick in 0..ticks {
+                let on_new = servers.iter().filter(|s| s.revision.as_deref() == Some("new")).count();
+                // The verdict is recorded a look after it is reached: then the rollback starts.
+                let rolling_back = failed_at.is_some_and(|at| tick > at);
+                let mut roll = input(&servers, step.clone(), tick);
+                if rolling_back {
+                    roll.update_revision = Some("old");
+                } else {
+                    let judged = on_new >= canary_servers && tick >= fail_at;
+                    roll.canary = Some(CanaryCheck { servers: canary_servers, verdict: judged.then(|| failure.clone()) });
+                }
+                let decision = decide(&roll);
+                if decision.blocked.as_ref().is_some_and(|hold| hold.reason == Reason::CanaryFailed) {
+                    failed_at.get_or_insert(tick);
+                }
+                prop_assert!(on_new <= canary_servers, "only the canary runs the new release: {servers:?}");
+                let down = servers.iter().filter(|s| !s.joined).count();
+                prop_assert!(down <= 1, "never two servers down: {servers:?}");
+                simulate_to(&mut servers, &decision.action, tick, if rolling_back { "old" } else { "new" });
+                step = decision.step;
+            }
+            prop_assert!(failed_at.is_some(), "the failure halted the roll");
+            prop_assert!(
+                servers.iter().all(|s| s.revision.as_deref() == Some("old") && s.joined),
+                "every server runs the old release again: {servers:?}"
+            );
         }
     }
 

@@ -13,7 +13,6 @@
 //! How their decisions are arbitrated is `reconcile::plan::decide`'s job.
 
 pub(crate) mod autoscale;
-#[allow(dead_code)] // Judged by the roll in the next change (issue 17).
 pub(crate) mod canary;
 pub(crate) mod capacity;
 pub(crate) mod drain;

@@ -15,10 +15,12 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::ListParams;
 use kube::core::PartialObjectMeta;
 use kube::{Api, ResourceExt};
+use orchestrator_contract::Outcomes;
 
 use crate::caches::Cached;
 use crate::context::Context;
-use crate::crd::OrchestratorCluster;
+use crate::crd::{CanaryPhase, OrchestratorCluster};
+use crate::database::preflight::DATABASE_DEADLINE;
 use crate::database::preflight::Observation;
 use crate::database::{DatabaseState, ServerRows};
 use crate::error::Result;
@@ -66,6 +68,9 @@ pub struct Observed {
     pub scalers: Vec<String>,
     /// The autoscaler's readings of earlier looks, as this operator kept them.
     pub readings: Option<Readings>,
+    /// While a canary of the wanted release bakes: the jobs its servers and the other servers
+    /// finished since the bake started (`[canary, others]`), or why they could not be read.
+    pub canary_evidence: Option<Result<[Outcomes; 2], String>>,
 }
 
 /// Outcomes of the wanted release's schema Jobs (`None`: no such Job).
@@ -204,7 +209,12 @@ pub(crate) async fn observe(
     } else {
         None
     };
+    let canary_evidence = match &database.pool {
+        Some(pool) => canary_evidence(cr, wanted, &pods, pool, &database.row_ids).await,
+        None => None,
+    };
     let observed = Observed {
+        canary_evidence,
         failed_create,
         scalers: ctx.caches.scalers_of(&ns, &cluster)?,
         readings: ctx.readings(&crate::crd::object_key(cr)),
@@ -289,6 +299,71 @@ fn schema_jobs(
         migrated,
         migration_seconds,
     })
+}
+
+/// Finished jobs a canary is judged on at most: the cost of its read, whatever the bake.
+const CANARY_RECENT_JOBS: i64 = 10_000;
+
+/// The jobs the canary servers (the pods on `wanted`) and the other servers of `cr` finished
+/// since the bake of its recorded canary started; `None` when no canary of `wanted` bakes. Read
+/// on its own deadline: a failure is said (a SQLSTATE, never the database's words, which may
+/// name the user), and the canary is then not judged.
+async fn canary_evidence(
+    cr: &OrchestratorCluster,
+    wanted: &Release,
+    pods: &[PodView],
+    pool: &deadpool_postgres::Pool,
+    row_ids: &BTreeMap<String, String>,
+) -> Option<Result<[Outcomes; 2], String>> {
+    cr.spec.maintenance.canary.as_ref()?;
+    let record = cr.status.as_ref()?.canary.as_ref()?;
+    if record.version != wanted.version || record.image != wanted.image {
+        return None;
+    }
+    let since = record.bake_started_at.as_ref()?.0;
+    if !matches!(record.phase, CanaryPhase::Baking | CanaryPhase::Inconclusive) {
+        return None;
+    }
+    let namespace = cr.namespace().unwrap_or_default();
+    let id = |pod: &PodView| {
+        row_ids
+            .get(&pod.name)
+            .cloned()
+            .unwrap_or_else(|| orchestrator_contract::server_identity(Some(&namespace), &pod.name))
+    };
+    let (canary, others): (Vec<&PodView>, Vec<&PodView>) =
+        pods.iter().partition(|p| p.release.as_ref() == Some(wanted));
+    let canary: Vec<String> = canary.into_iter().map(id).collect();
+    let others: Vec<String> = others.into_iter().map(id).collect();
+    let window = k8s_openapi::jiff::Timestamp::now()
+        .duration_since(since)
+        .as_secs_f64()
+        .max(0.0);
+    let read = async {
+        let connection = pool.get().await.map_err(|error| match error {
+            deadpool_postgres::PoolError::Backend(e) => e
+                .code()
+                .map_or("no connection".to_string(), |code| format!("SQLSTATE {}", code.code())),
+            _ => "no connection free or opened in time".to_string(),
+        })?;
+        orchestrator_contract::outcomes(&**connection, window, CANARY_RECENT_JOBS, [&canary, &others])
+            .await
+            .map_err(|error| match error {
+                orchestrator_contract::ContractError::Database(e) => match e.code() {
+                    Some(code) if *code == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
+                        "SQLSTATE 42501: the login needs SELECT on job_executions for a canary".to_string()
+                    }
+                    code => format!("SQLSTATE {}", code.map_or("none", |c| c.code())),
+                },
+                _ => "the read failed".to_string(),
+            })
+    };
+    Some(
+        tokio::time::timeout(DATABASE_DEADLINE, read)
+            .await
+            .unwrap_or_else(|_| Err(format!("the read took more than {DATABASE_DEADLINE:?}")))
+            .map_err(|why| format!("the canary's evidence could not be read: {why}")),
+    )
 }
 
 /// How recent a `FailedCreate` Event must be to say why a pod is missing now.

@@ -717,43 +717,52 @@ pub struct Outcomes {
     pub run_p50_ms: Option<i64>,
 }
 
-/// The [`Outcomes`] of each server that finished a job in the last `window_seconds`, among the
-/// last `recent` jobs submitted. The jobs are read over the primary key and their executions
-/// over `job_executions_job`, so a table of millions costs what `recent` jobs do; the execution
-/// that finished a job is the one sharing its `finished_at` (the same transaction wrote both).
+/// The [`Outcomes`] of two groups of servers (by row id): the jobs each group finished in the
+/// last `window_seconds`, `[first, second]`. The medians are of each group's jobs, not of its
+/// servers' medians.
+///
+/// Bounded without an index on `finished_at`: a job that finished lately was claimed lately,
+/// and claims go in id order, so only ids above the oldest unfinished job (or the newest job,
+/// without any) less `recent` are read, over the primary key; their executions over
+/// `job_executions_job`. The execution that finished a job is the one sharing its
+/// `finished_at` (the same transaction wrote both). A job that ran longer than the `recent`
+/// jobs after it took to be claimed is left out: `recent` bounds the cost, not the window.
 pub async fn outcomes(
     db: &impl GenericClient,
     window_seconds: f64,
     recent: i64,
-) -> Result<std::collections::BTreeMap<String, Outcomes>> {
+    groups: [&[String]; 2],
+) -> Result<[Outcomes; 2]> {
+    let [first, second] = groups;
     let rows = db
         .query(
-            "SELECT e.server_id,
+            "WITH frontier AS (
+                 SELECT least((SELECT min(id) FROM jobs WHERE state IN ('queued', 'running')),
+                              (SELECT max(id) FROM jobs)) AS id)
+             SELECT CASE WHEN e.server_id = ANY($3) THEN 0 ELSE 1 END AS side,
                     count(*) FILTER (WHERE j.state = 'succeeded'),
                     count(*) FILTER (WHERE j.state = 'failed'),
                     (percentile_disc(0.5) WITHIN GROUP
                         (ORDER BY extract(epoch FROM j.finished_at - j.started_at)) * 1000)::bigint
              FROM jobs j JOIN job_executions e ON e.job_id = j.id AND e.finished_at = j.finished_at
-             WHERE j.id > (SELECT coalesce(max(id), 0) FROM jobs) - greatest($2::bigint, 0)
+             WHERE j.id > (SELECT coalesce(id, 0) FROM frontier) - greatest($2::bigint, 0)
                AND j.state IN ('succeeded', 'failed')
                AND j.finished_at > now() - make_interval(secs => $1)
-             GROUP BY e.server_id",
-            &[&window_seconds, &recent],
+               AND (e.server_id = ANY($3) OR e.server_id = ANY($4))
+             GROUP BY side",
+            &[&window_seconds, &recent, &first, &second],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            (
-                row.get(0),
-                Outcomes {
-                    succeeded: row.get(1),
-                    failed: row.get(2),
-                    run_p50_ms: row.get(3),
-                },
-            )
-        })
-        .collect())
+    let mut seen = [Outcomes::default(); 2];
+    for row in &rows {
+        let side: i32 = row.get(0);
+        seen[usize::from(side != 0)] = Outcomes {
+            succeeded: row.get(1),
+            failed: row.get(2),
+            run_p50_ms: row.get(3),
+        };
+    }
+    Ok(seen)
 }
 
 /// A job as `GET /jobs/{id}` shows it.

@@ -145,7 +145,7 @@ async fn work_counts_claimable_running_and_serving_servers() {
 }
 
 #[tokio::test]
-async fn outcomes_count_each_servers_finished_jobs_over_the_recent_ones() {
+async fn outcomes_count_each_groups_finished_jobs_below_the_frontier() {
     let (_pg, mut db) = registered("ns/s-0").await;
     contract::register(
         &db,
@@ -172,14 +172,26 @@ async fn outcomes_count_each_servers_finished_jobs_over_the_recent_ones() {
     // One still running: not an outcome.
     contract::submit_job(&db, "noop", &serde_json::json!({})).await.unwrap();
     contract::claim_job(&db, "ns/s-0", lease).await.unwrap().unwrap();
-    let seen = contract::outcomes(&db, 60.0, 100).await.unwrap();
-    assert_eq!((seen["ns/s-0"].succeeded, seen["ns/s-0"].failed), (4, 0), "{seen:?}");
-    assert_eq!((seen["ns/s-1"].succeeded, seen["ns/s-1"].failed), (2, 2), "{seen:?}");
-    assert!(seen["ns/s-1"].run_p50_ms.is_some_and(|ms| ms >= 0), "{seen:?}");
-    // Only the last 5 jobs submitted: s-1's last four and the running one.
-    let recent = contract::outcomes(&db, 60.0, 5).await.unwrap();
-    assert!(!recent.contains_key("ns/s-0"), "{recent:?}");
-    assert_eq!(recent["ns/s-1"].succeeded + recent["ns/s-1"].failed, 4);
+    let ids = |id: &str| vec![id.to_string()];
+    let (s0, s1) = (ids("ns/s-0"), ids("ns/s-1"));
+    let [canary, others] = contract::outcomes(&db, 60.0, 100, [&s1, &s0]).await.unwrap();
+    assert_eq!((others.succeeded, others.failed), (4, 0), "{others:?}");
+    assert_eq!((canary.succeeded, canary.failed), (2, 2), "{canary:?}");
+    assert!(canary.run_p50_ms.is_some_and(|ms| ms >= 0), "{canary:?}");
+    // A server in neither group is not counted.
+    let [alone, none] = contract::outcomes(&db, 60.0, 100, [&s1, &ids("ns/s-9")]).await.unwrap();
+    assert_eq!(
+        (alone.succeeded + alone.failed, none),
+        (4, contract::Outcomes::default())
+    );
+    // The running job is the frontier: only the 5 jobs below it are read, s-1's last four and
+    // s-0's last one.
+    let [canary, others] = contract::outcomes(&db, 60.0, 5, [&s1, &s0]).await.unwrap();
+    assert_eq!(
+        (canary.succeeded + canary.failed, others.succeeded + others.failed),
+        (4, 0),
+        "{canary:?} {others:?}"
+    );
     // Nothing finished in the last instant's window.
     db.execute("UPDATE jobs SET finished_at = finished_at - interval '1 hour'", &[])
         .await
@@ -190,5 +202,8 @@ async fn outcomes_count_each_servers_finished_jobs_over_the_recent_ones() {
     )
     .await
     .unwrap();
-    assert!(contract::outcomes(&db, 60.0, 100).await.unwrap().is_empty());
+    assert_eq!(
+        contract::outcomes(&db, 60.0, 100, [&s1, &s0]).await.unwrap(),
+        [contract::Outcomes::default(); 2]
+    );
 }

@@ -43,6 +43,7 @@ pub(super) fn change_plan(
         upgrade,
         capacity,
         roll,
+        canary,
     } = decisions;
     let current = inputs.current;
     let mut changes = Vec::new();
@@ -93,6 +94,8 @@ pub(super) fn change_plan(
         (PlanStrategy::Refused, hold.reason.as_str().to_string())
     } else if upgrade.stage == Some(UpgradeStage::SchemaCheck) {
         (PlanStrategy::Pending, Reason::SchemaCheck.as_str().to_string())
+    } else if rolling && canary.rollback_to.is_some() {
+        (PlanStrategy::Rolling, Reason::CanaryFailed.as_str().to_string())
     } else if rolling || new_release {
         // A new release let through (its template about to be written) rolls too.
         let reason = if new_release {
@@ -127,7 +130,8 @@ pub(super) fn change_plan(
             .collect()
     };
     // The template does not carry the wanted release yet: every server is replaced for it.
-    let template_pending = inputs.running_release.as_ref().is_some_and(|r| r != wanted);
+    // (A rollback's template carries the previous release on purpose.)
+    let template_pending = inputs.running_release.as_ref().is_some_and(|r| r != wanted) && canary.rollback_to.is_none();
     match strategy {
         PlanStrategy::Rolling if !roll.queue.is_empty() && !template_pending => steps.extend(
             roll.queue
@@ -159,6 +163,28 @@ pub(super) fn change_plan(
         }
         PlanStrategy::Scaling | PlanStrategy::NothingToDo | PlanStrategy::Refused => {}
     }
+    // A canary's bake comes after its servers' replacements (the one in progress counted).
+    if let Some(ahead) = canary
+        .bake_after
+        .filter(|_| matches!(strategy, PlanStrategy::Rolling | PlanStrategy::Pending))
+    {
+        let judged = canary.status.as_ref().map(|c| c.servers.as_slice()).unwrap_or_default();
+        let replacing = |s: &PlanStep| s.action == PlanAction::Replace;
+        let before = ahead
+            + steps
+                .iter()
+                .filter(|s| replacing(s) && s.server.as_ref().is_some_and(|name| judged.contains(name)))
+                .count();
+        if steps.iter().filter(|s| replacing(s)).count() > before {
+            let at = steps
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| replacing(s))
+                .nth(before)
+                .map_or(steps.len(), |(i, _)| i);
+            steps.insert(at, step(None, PlanAction::Bake));
+        }
+    }
     // The gates each step waits for: a roll's and a Recreate's wait for all of them; a removal
     // only for an approval (and none when the autoscaler removes).
     let replaces = steps
@@ -169,6 +195,7 @@ pub(super) fn change_plan(
     let asked = strategy == PlanStrategy::Rolling && trigger == Some(Trigger::ReplaceRequested) && !new_release;
     let approves = removes || (replaces && !asked);
     let replacements = steps.iter().filter(|s| s.action == PlanAction::Replace).count();
+    let baking = steps.iter().any(|s| s.action == PlanAction::Bake);
     let more_steps = steps.len().saturating_sub(LISTED_STEPS) as i32;
     steps.truncate(LISTED_STEPS);
     ChangePlan {
@@ -186,7 +213,17 @@ pub(super) fn change_plan(
             })
             .map(|hold| format!("{}: {}", hold.reason, hold.message))
             .collect(),
-        estimate: estimate(strategy, replacements, history),
+        estimate: estimate(strategy, replacements, history).map(|mut estimate| {
+            if let (true, Some(duration)) = (baking, estimate.duration_seconds.as_mut()) {
+                *duration += canary.bake.as_secs() as i64;
+                estimate.basis = format!(
+                    "{}; and the canary's bake of {} s",
+                    estimate.basis,
+                    canary.bake.as_secs()
+                );
+            }
+            estimate
+        }),
     }
 }
 

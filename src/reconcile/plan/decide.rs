@@ -26,6 +26,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
+use super::canary::{self, CanaryPlan};
 use super::inputs::Inputs;
 use crate::crd::{APPROVE_ANNOTATION, Approval, OrchestratorCluster};
 use crate::database::DatabaseState;
@@ -55,6 +56,8 @@ pub(super) struct Decisions {
     pub(super) capacity: CapacityDecision,
     /// The rolling maintenance.
     pub(super) roll: MaintenanceDecision,
+    /// The canary of a roll to a new release, and the rollback of a failed one.
+    pub(super) canary: CanaryPlan,
 }
 
 /// Runs the planners in their order of precedence.
@@ -64,7 +67,7 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
     let window_open = spec.calendar.is_open(now.0);
     let next_window = spec.calendar.next_opening(now.0);
     let approval = approval(cr);
-    let upgrade = upgrade::decide(&UpgradeInput {
+    let mut upgrade = upgrade::decide(&UpgradeInput {
         running: inputs.running_release.as_ref(),
         wanted: &spec.wanted,
         admitted: upgrade::admitted(&spec.wanted, &observed.pods),
@@ -90,6 +93,11 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         drain_ages: &inputs.drain_ages,
         drain_policy: spec.drain,
     });
+    if canary::recorded_failure(spec).is_some() {
+        // The failed release stays out of the template until the spec asks for another: no
+        // schema Job, no stage, no release let through.
+        upgrade = UpgradeDecision::default();
+    }
     let name = cr.name_any();
     // Every ordinal the StatefulSet wants, whether or not its pod or row exists yet.
     let unjoined: Vec<i32> = (0..inputs.current)
@@ -150,7 +158,11 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
             ..CapacityDecision::default()
         };
     }
-    let roll = maintenance::decide(&MaintenanceInput {
+    let mut canary = canary::plan(spec, observed, inputs, &upgrade, wanted, now.0);
+    let rolling_back = canary.failed();
+    // Said as a wait while the canary servers are put back, as a halt once they are.
+    upgrade.waiting = rolling_back.clone().or(upgrade.waiting);
+    let mut roll = maintenance::decide(&MaintenanceInput {
         cluster: &name,
         // A step's server is removed only by a scale-down that goes ahead (not one held for an
         // approval or the database).
@@ -162,8 +174,9 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         update_revision: inputs.update_revision.as_deref(),
         restart_requested_at: maintenance.restart_requested_at.as_ref().map(|t| t.0),
         paused: maintenance.paused,
-        approval: approval.clone(),
-        window_open,
+        // A rollback goes on without an approval and outside the windows.
+        approval: approval.clone().filter(|_| rolling_back.is_none()),
+        window_open: window_open || rolling_back.is_some(),
         next_window,
         database_ready: inputs.database_ready,
         // Only while a newer release's schema check runs, or Recreate replaces every server: a
@@ -171,8 +184,7 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         superseded: upgrade.recreate || (upgrade.stage == Some(UpgradeStage::SchemaCheck) && upgrade.blocked.is_none()),
         // A refused or failed check keeps the running release until the spec changes again.
         release_pending: !upgrade.release_ready && upgrade.blocked.is_none(),
-        // Judged by the roll in the next change (issue 17).
-        canary: None,
+        canary: canary.check.clone(),
         hold: roll_hold(wanted, &capacity, &upgrade, inputs, &name),
         step: inputs.previous_step.clone(),
         drain_timeout: spec.drain.timeout,
@@ -180,6 +192,11 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         on_drain_timeout: spec.drain.on_timeout,
         now: now.0,
     });
+    canary::never_joined(&mut canary, &mut roll, now.0);
+    if let Some(hold) = rolling_back.filter(|_| roll.outdated == 0 && roll.step.is_none()) {
+        upgrade.waiting = None;
+        upgrade.blocked = Some(hold);
+    }
     // The server the roll drains keeps its drain, even one adopted in this very reconcile; its
     // replacement (WaitingReady) gets it withdrawn, or it would never rejoin.
     if let Some(step) = roll.step.as_ref().filter(|s| s.stage != RollStage::WaitingReady) {
@@ -210,6 +227,7 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         upgrade,
         capacity,
         roll,
+        canary,
     }
 }
 

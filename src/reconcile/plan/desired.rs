@@ -153,9 +153,12 @@ pub(super) fn writes(
     Ok(writes)
 }
 
-/// The release the StatefulSet must run: the wanted one once the schema gate lets it through,
-/// the running one until then.
-fn deployed_release<'a>(spec: &'a ValidSpec, decisions: &Decisions, running: Option<&'a Release>) -> &'a Release {
+/// The release the StatefulSet must run: a failed canary's previous release, else the wanted
+/// one once the schema gate lets it through, the running one until then.
+fn deployed_release<'a>(spec: &'a ValidSpec, decisions: &'a Decisions, running: Option<&'a Release>) -> &'a Release {
+    if let Some(previous) = &decisions.canary.rollback_to {
+        return previous;
+    }
     match (decisions.upgrade.release_ready, running) {
         (false, Some(running)) => running,
         _ => &spec.wanted,

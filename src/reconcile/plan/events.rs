@@ -7,7 +7,7 @@ use kube::ResourceExt;
 use super::decide::Decisions;
 use super::inputs::Inputs;
 use crate::conditions::{find, status};
-use crate::crd::{OrchestratorCluster, OrchestratorClusterStatus};
+use crate::crd::{CanaryPhase, OrchestratorCluster, OrchestratorClusterStatus};
 use crate::database::DatabaseState;
 use crate::reconcile::observe::Observed;
 use crate::vocabulary::{ConditionType, Reason, RollStage, UpgradeStage};
@@ -54,6 +54,7 @@ pub(super) fn events(
     let current = inputs.current;
     let capacity = &decisions.capacity;
     let mut events = roll_events(cr, decisions, status);
+    events.extend(canary_event(cr, status));
     if let Some((reason, note)) = decisions.autoscale.as_ref().and_then(|a| a.decision.clone()) {
         events.push(PlannedEvent::normal(reason, note));
     }
@@ -123,6 +124,37 @@ pub(super) fn events(
         }
     }
     events
+}
+
+/// An Event when a canary's bake starts, when it passes and when a failed one is rolled back
+/// (its failure is the roll's halt, said with the other halts).
+fn canary_event(cr: &OrchestratorCluster, status: &OrchestratorClusterStatus) -> Option<PlannedEvent> {
+    let after = status.canary.as_ref()?;
+    let before = cr.status.as_ref().and_then(|s| s.canary.as_ref());
+    let same = before.is_some_and(|b| b.version == after.version && b.image == after.image);
+    if same && before.map(|b| b.phase) == Some(after.phase) {
+        return None;
+    }
+    let message = after.message.clone().unwrap_or_default();
+    let version = &after.version;
+    match after.phase {
+        CanaryPhase::Baking => Some(PlannedEvent::normal(
+            Reason::CanaryBaking,
+            format!("version {version}: {} ({message})", after.servers.join(", ")),
+        )),
+        CanaryPhase::Passed => Some(PlannedEvent::normal(
+            Reason::CanaryPassed,
+            format!("the canary of version {version} passed: {message}"),
+        )),
+        CanaryPhase::RolledBack => Some(PlannedEvent::normal(
+            Reason::CanaryRolledBack,
+            format!(
+                "the canary servers of version {version} run version {} again",
+                after.from_version
+            ),
+        )),
+        _ => None,
+    }
 }
 
 /// An Event per stage of the roll or of a version change, and one when either halts.

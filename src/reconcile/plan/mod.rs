@@ -6,9 +6,11 @@
 //! - [`decide`]: the three planners and the precedence between them;
 //! - [`desired`]: the owned objects the decisions want, and which differ from the live ones;
 //! - [`status`]: the status, conditions and step in progress;
+//! - [`canary`]: the canary of a roll to a new release, and the rollback of a failed one;
 //! - [`change`]: the plan of the spec change (`status.plan`), read from the decisions;
 //! - [`events`]: the Events of the steps and of conditions that turned bad.
 
+mod canary;
 mod change;
 mod decide;
 mod desired;

@@ -189,6 +189,7 @@ pub(super) fn status(
         // Made by `change`, from the same decisions, once the status and its events are.
         plan: None,
         history: None,
+        canary: decisions.canary.status.clone(),
         conditions,
     };
     match &observed.rejected {

@@ -1003,3 +1003,233 @@ mod change_plan {
         assert_eq!(second.status.plan, first.status.plan, "same generation, same plan");
     }
 }
+
+mod canary {
+    use super::basics::{now, world};
+    use crate::conditions::{find, status::TRUE};
+    use crate::crd::{CanaryPhase, CanaryShortfall, CanarySpec, OrchestratorCluster, PlanAction};
+    use crate::reconcile::dry_run;
+    use crate::reconcile::observe::Observed;
+    use crate::reconcile::plan::{Child, Plan};
+    use crate::release::JobOutcome;
+    use crate::resources::statefulset;
+    use crate::testing::{Cluster, fixtures};
+    use crate::validate::BuildSettings;
+    use crate::vocabulary::{ConditionType, Reason};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use orchestrator_contract::Outcomes;
+
+    fn at(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(now().0.as_second() + seconds).unwrap())
+    }
+
+    fn look(cr: &OrchestratorCluster, observed: &Observed, seconds: i64) -> Plan {
+        dry_run(cr, observed, &BuildSettings::default(), &at(seconds)).unwrap()
+    }
+
+    /// `cr` with the status `plan` wrote.
+    fn recorded(cr: &OrchestratorCluster, plan: &Plan) -> OrchestratorCluster {
+        let mut cr = cr.clone();
+        cr.status = Some(plan.status.clone());
+        cr
+    }
+
+    /// Three joined servers: `new` of them (the highest ordinals) on version 2.0.0, the others on
+    /// 1.0.0, and the StatefulSet's template at `template`.
+    fn servers_on(new: i32, template: &str) -> Observed {
+        let mut observed = world(&fixtures::minimal(), 3, 3);
+        let old = crate::testing::valid(&fixtures::minimal()).wanted;
+        let wanted = crate::testing::valid(&Cluster::minimal().version("2.0.0").build()).wanted;
+        for pod in &mut observed.pods {
+            let on_new = pod.ordinal >= 3 - new;
+            pod.release = Some(if on_new { wanted.clone() } else { old.clone() });
+            pod.revision = Some(if on_new { "new" } else { "old" }.into());
+        }
+        let sts = observed.statefulset.as_mut().unwrap();
+        sts.status.as_mut().unwrap().update_revision = Some(template.into());
+        let release = if template == "new" { &wanted } else { &old };
+        let container = &mut sts.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0];
+        container.image = Some(release.image.clone());
+        for env in container.env.iter_mut().flatten() {
+            if env.name == orchestrator_contract::env::SERVER_VERSION {
+                env.value = Some(release.version.clone());
+            }
+        }
+        observed.schema_jobs.check = Some(JobOutcome::Succeeded);
+        observed
+    }
+
+    fn canary_cluster() -> OrchestratorCluster {
+        let mut cr = Cluster::minimal().version("2.0.0").build();
+        cr.spec.maintenance.canary = Some(CanarySpec {
+            servers: 1,
+            bake_time: "60s".into(),
+            min_jobs: 20,
+            max_failure_increase_percent: 10,
+            max_slowdown_factor: 3,
+        });
+        cr
+    }
+
+    fn outcomes(succeeded: i64, failed: i64) -> Outcomes {
+        Outcomes {
+            succeeded,
+            failed,
+            run_p50_ms: Some(20),
+        }
+    }
+
+    fn template_version(plan: &Plan) -> Option<String> {
+        plan.writes.iter().find_map(|w| match &w.child {
+            Child::StatefulSet(s) => statefulset::running_release(s).map(|r| r.version),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_canary_bakes_then_a_failure_is_recorded_before_it_is_rolled_back() {
+        let cr = canary_cluster();
+        // The release let through: the canary is ahead in the plan, after one replacement.
+        let start = look(&cr, &servers_on(0, "old"), 0);
+        assert_eq!(template_version(&start).as_deref(), Some("2.0.0"));
+        let actions: Vec<PlanAction> = start
+            .status
+            .plan
+            .as_ref()
+            .unwrap()
+            .steps
+            .iter()
+            .map(|s| s.action)
+            .collect();
+        assert_eq!(
+            actions,
+            vec![
+                PlanAction::Replace,
+                PlanAction::Bake,
+                PlanAction::Replace,
+                PlanAction::Replace
+            ]
+        );
+        let canary = start.status.canary.clone().unwrap();
+        assert_eq!(
+            (canary.phase, canary.from_version.as_str()),
+            (CanaryPhase::Replacing, "1.0.0")
+        );
+        // The first step is the canary's.
+        let cr = recorded(&cr, &start);
+        let first = look(&cr, &servers_on(0, "new"), 1);
+        assert_eq!(first.drain, vec!["minimal-2"]);
+
+        // minimal-2 runs 2.0.0 and joined: the bake starts, recorded, nobody else is drained.
+        let cr = recorded(&cr, &first);
+        let mut baking = servers_on(1, "new");
+        let mut cr = cr;
+        cr.status.as_mut().unwrap().maintenance = None;
+        let bake = look(&cr, &baking, 10);
+        let canary = bake.status.canary.clone().unwrap();
+        assert_eq!(
+            (canary.phase, canary.bake_started_at, canary.servers.clone()),
+            (CanaryPhase::Baking, Some(at(10)), vec!["minimal-2".to_string()])
+        );
+        assert!(bake.drain.is_empty() && bake.evict.is_none(), "{:?}", bake.drain);
+        assert!(bake.events.iter().any(|e| e.reason == Reason::CanaryBaking));
+
+        // Bad figures, early in the bake: a verdict, recorded; the template stays.
+        let cr = recorded(&cr, &bake);
+        baking.canary_evidence = Some(Ok([outcomes(2, 28), outcomes(60, 1)]));
+        let judged = look(&cr, &baking, 30);
+        let canary = judged.status.canary.clone().unwrap();
+        assert_eq!(
+            (canary.phase, canary.shortfall),
+            (CanaryPhase::Failed, Some(CanaryShortfall::FailureRatio))
+        );
+        assert_eq!(canary.canary_jobs.unwrap().failed, 28);
+        assert_eq!(
+            template_version(&judged),
+            None,
+            "no rollback before the failure is recorded"
+        );
+        assert!(judged.drain.is_empty());
+        let blocked = find(&judged.status.conditions, ConditionType::MaintenanceBlocked).unwrap();
+        assert_eq!(
+            (blocked.status.as_str(), blocked.reason.as_str()),
+            (TRUE, "CanaryFailed")
+        );
+        assert!(blocked.message.contains("28 of 30 jobs failed"), "{}", blocked.message);
+
+        // Recorded: the template goes back to 1.0.0, no schema Job, and the canary server is
+        // the roll's only outdated one once the StatefulSet says so.
+        let cr = recorded(&cr, &judged);
+        let back = look(&cr, &baking, 31);
+        assert_eq!(template_version(&back).as_deref(), Some("1.0.0"));
+        assert!(!back.writes.iter().any(|w| w.child.kind() == "Job"));
+        let rolling_back = servers_on(1, "old");
+        let step = look(&recorded(&cr, &back), &rolling_back, 32);
+        assert_eq!(step.drain, vec!["minimal-2"], "the canary server is drained first");
+        let change = step.status.plan.clone().unwrap();
+        assert_eq!(change.reason, "CanaryFailed");
+
+        // Every server on 1.0.0 again: rolled back, halted until the spec changes.
+        let mut cr = recorded(&cr, &step);
+        cr.status.as_mut().unwrap().maintenance = None;
+        let done = look(&cr, &servers_on(0, "old"), 60);
+        assert_eq!(done.status.canary.as_ref().unwrap().phase, CanaryPhase::RolledBack);
+        assert!(done.drain.is_empty() && done.writes.is_empty(), "{:?}", done.writes);
+        let blocked = find(&done.status.conditions, ConditionType::MaintenanceBlocked).unwrap();
+        assert_eq!(blocked.reason, "CanaryFailed");
+        assert!(done.events.iter().any(|e| e.reason == Reason::CanaryRolledBack));
+        let again = look(&recorded(&cr, &done), &servers_on(0, "old"), 90);
+        assert!(again.writes.is_empty() && again.drain.is_empty(), "stays rolled back");
+    }
+
+    #[test]
+    fn a_healthy_canary_passes_after_its_bake_and_the_roll_goes_on() {
+        let cr = canary_cluster();
+        let mut baking = servers_on(1, "new");
+        let bake = look(&cr, &baking, 0);
+        assert_eq!(bake.status.canary.as_ref().unwrap().phase, CanaryPhase::Baking);
+        let cr = recorded(&cr, &bake);
+        baking.canary_evidence = Some(Ok([outcomes(30, 0), outcomes(60, 0)]));
+        let early = look(&cr, &baking, 30);
+        assert_eq!(early.status.canary.as_ref().unwrap().phase, CanaryPhase::Baking);
+        assert!(early.drain.is_empty(), "the bake is not over");
+        let waiting = find(&early.status.conditions, ConditionType::MaintenanceBlocked).unwrap();
+        assert_eq!(waiting.reason, "CanaryBaking");
+        // Over, but too few jobs: it waits, never passes.
+        baking.canary_evidence = Some(Ok([outcomes(5, 0), outcomes(60, 0)]));
+        let few = look(&cr, &baking, 61);
+        assert_eq!(few.status.canary.as_ref().unwrap().phase, CanaryPhase::Inconclusive);
+        assert!(few.drain.is_empty());
+        baking.canary_evidence = Some(Ok([outcomes(30, 0), outcomes(60, 0)]));
+        let passed = look(&cr, &baking, 62);
+        assert_eq!(passed.status.canary.as_ref().unwrap().phase, CanaryPhase::Passed);
+        assert!(passed.events.iter().any(|e| e.reason == Reason::CanaryPassed));
+        assert_eq!(passed.drain, vec!["minimal-1"], "the roll goes on");
+        // The pass is kept: no evidence read later undoes it.
+        let mut later = baking.clone();
+        later.canary_evidence = None;
+        let next = look(&recorded(&cr, &passed), &later, 63);
+        assert_eq!(next.status.canary.as_ref().unwrap().phase, CanaryPhase::Passed);
+    }
+
+    #[test]
+    fn no_verdict_on_an_unreadable_database_or_evidence() {
+        let cr = canary_cluster();
+        let mut baking = servers_on(1, "new");
+        let cr = recorded(&cr, &look(&cr, &baking, 0));
+        baking.canary_evidence = Some(Err("the canary's evidence could not be read: SQLSTATE 42501".into()));
+        let unread = look(&cr, &baking, 90);
+        let canary = unread.status.canary.clone().unwrap();
+        assert_eq!(canary.phase, CanaryPhase::Baking);
+        assert!(canary.message.unwrap().contains("42501"));
+        assert!(unread.drain.is_empty());
+        let mut down = baking.clone();
+        down.database = crate::database::DatabaseState::default();
+        let unknown = look(&cr, &down, 90);
+        assert_eq!(
+            unknown.status.canary.unwrap().phase,
+            CanaryPhase::Baking,
+            "not LeftTheCluster"
+        );
+    }
+}

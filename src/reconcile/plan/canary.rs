@@ -1,0 +1,376 @@
+//! The canary of a roll to a new release (`maintenance.canary`): which servers it is, when its
+//! bake started, its verdict, and the rollback of a failed one. Pure; does not need a client.
+//!
+//! Every move rests on what the last status recorded, so neither a restarted operator nor a
+//! stale read skips one: the bake is judged only once its start is recorded, and a failed
+//! canary is rolled back only once its failure is recorded (the look that reaches the verdict
+//! holds the roll and writes it).
+//!
+//! ```text
+//! Replacing ─ every canary server joined ─▶ Baking ─ judged ─▶ Passed: the roll goes on
+//!     │                                       │  └─ bake over, too few jobs ─▶ Inconclusive
+//!     └─ a canary server does not join ───────┴─▶ Failed ─ canary servers replaced ─▶ RolledBack
+//! ```
+//!
+//! A rollback replaces the canary servers with the release the others run by the roll's own
+//! steps (drain, evict, joined; one at a time, behind `paused` but not behind an approval or a
+//! window: leaving a bad release running is the greater risk). It halts the change with
+//! `CanaryFailed` until `spec.version` (or the image) asks for another release.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use super::inputs::Inputs;
+use crate::crd::{CanaryPhase, CanaryShortfall, CanaryStatus, JobOutcomes};
+use crate::planners::canary::{CanaryPolicy, Evidence, Verdict, judge};
+use crate::planners::maintenance::{CanaryCheck, MaintenanceDecision};
+use crate::planners::servers::ordinal;
+use crate::planners::upgrade::UpgradeDecision;
+use crate::planners::windows::elapsed;
+use crate::reconcile::observe::Observed;
+use crate::release::Release;
+use crate::validate::ValidSpec;
+use crate::vocabulary::{Hold, Reason};
+
+/// The canary's part of a reconcile.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct CanaryPlan {
+    /// `status.canary`.
+    pub(super) status: Option<CanaryStatus>,
+    /// What the roll is told: how many servers go first and the verdict on them (`None`: no
+    /// canary holds this roll).
+    pub(super) check: Option<CanaryCheck>,
+    /// The release the StatefulSet runs in place of the wanted one: a recorded failure's.
+    pub(super) rollback_to: Option<Release>,
+    /// Replacements before the bake, for the change plan (`None`: no bake ahead).
+    pub(super) bake_after: Option<usize>,
+    /// `bakeTime`, for the estimate of a plan with a bake ahead.
+    pub(super) bake: Duration,
+}
+
+impl CanaryPlan {
+    /// Why the change halts while (and after) a failed canary is rolled back.
+    pub(super) fn failed(&self) -> Option<Hold> {
+        self.rollback_to.as_ref()?;
+        let status = self.status.as_ref()?;
+        let done = status.phase == CanaryPhase::RolledBack;
+        Some(Hold::new(
+            Reason::CanaryFailed,
+            format!(
+                "the canary of version {} failed ({}): {}; {} version {}; set spec.version (or the image) to another release to go on",
+                status.version,
+                status
+                    .shortfall
+                    .map_or_else(|| "no reason recorded".to_string(), |why| format!("{why:?}")),
+                status.message.as_deref().unwrap_or("no figures"),
+                if done {
+                    "its servers run again"
+                } else {
+                    "its servers are being put back on"
+                },
+                status.from_version,
+            ),
+        ))
+    }
+}
+
+fn release(version: &str, image: &str) -> Release {
+    Release {
+        version: version.to_string(),
+        image: image.to_string(),
+    }
+}
+
+fn outcomes(o: &orchestrator_contract::Outcomes) -> JobOutcomes {
+    JobOutcomes {
+        succeeded: o.succeeded,
+        failed: o.failed,
+        run_p50_ms: o.run_p50_ms,
+    }
+}
+
+/// The recorded canary of the wanted release when it failed: its servers go back (or went back)
+/// to the previous release.
+pub(super) fn recorded_failure<'a>(spec: &'a ValidSpec) -> Option<&'a CanaryStatus> {
+    spec.canary?;
+    let wanted = &spec.wanted;
+    spec.cr
+        .status
+        .as_ref()?
+        .canary
+        .as_ref()
+        .filter(|c| c.version == wanted.version && c.image == wanted.image)
+        .filter(|c| matches!(c.phase, CanaryPhase::Failed | CanaryPhase::RolledBack))
+}
+
+/// The canary of `spec`'s change, from the last recorded one, the pods and the evidence read.
+pub(super) fn plan(
+    spec: &ValidSpec,
+    observed: &Observed,
+    inputs: &Inputs,
+    upgrade: &UpgradeDecision,
+    wanted_servers: i32,
+    now: Timestamp,
+) -> CanaryPlan {
+    let cr = spec.cr;
+    let Some((servers, policy)) = spec.canary else {
+        return CanaryPlan::default();
+    };
+    let wanted = &spec.wanted;
+    let recorded = cr.status.as_ref().and_then(|s| s.canary.as_ref());
+    let previous = recorded.filter(|c| c.version == wanted.version && c.image == wanted.image);
+    // A record of another release is kept as the last canary's outcome once it had one.
+    let history = || {
+        recorded
+            .filter(|c| {
+                matches!(
+                    c.phase,
+                    CanaryPhase::Passed | CanaryPhase::RolledBack | CanaryPhase::NotApplicable
+                )
+            })
+            .cloned()
+    };
+    let on_wanted: Vec<&str> = observed
+        .pods
+        .iter()
+        .filter(|p| p.release.as_ref() == Some(wanted))
+        .map(|p| p.name.as_str())
+        .collect();
+    if let Some(failed) = recorded_failure(spec) {
+        let phase = if on_wanted.is_empty() {
+            CanaryPhase::RolledBack
+        } else {
+            CanaryPhase::Failed
+        };
+        return CanaryPlan {
+            status: Some(CanaryStatus {
+                phase,
+                ..failed.clone()
+            }),
+            rollback_to: Some(release(&failed.from_version, &failed.from_image)),
+            ..CanaryPlan::default()
+        };
+    }
+    let running = inputs.running_release.as_ref().filter(|r| *r != wanted);
+    if upgrade.recreate {
+        let from = running.cloned().unwrap_or_else(|| wanted.clone());
+        return CanaryPlan {
+            status: Some(previous.cloned().unwrap_or(CanaryStatus {
+                phase: CanaryPhase::NotApplicable,
+                version: wanted.version.clone(),
+                image: wanted.image.clone(),
+                from_version: from.version,
+                from_image: from.image,
+                message: Some(
+                    "the version changes the schema and every server is recreated after the migration: no canary; going back would need the database restored from before the migration".into(),
+                ),
+                ..CanaryStatus::default()
+            })),
+            ..CanaryPlan::default()
+        };
+    }
+    let servers = usize::try_from(servers).unwrap_or(1);
+    if !upgrade.release_ready {
+        // A new release at its schema check (or refused): the plan shows the bake ahead.
+        let ahead = running.is_some() && upgrade.blocked.is_none();
+        return CanaryPlan {
+            status: previous.cloned().or_else(history),
+            bake_after: ahead.then_some(servers),
+            bake: policy.bake,
+            ..CanaryPlan::default()
+        };
+    }
+    // The servers of another release: the ones the roll replaces.
+    let others: Vec<&Release> = observed
+        .pods
+        .iter()
+        .filter_map(|p| p.release.as_ref())
+        .filter(|r| *r != wanted)
+        .collect();
+    let Some(from) = previous
+        .map(|c| release(&c.from_version, &c.from_image))
+        .or_else(|| most_common(&others))
+        .filter(|_| !others.is_empty())
+    else {
+        // Nothing runs another release: no roll to a new release (or it is over).
+        return CanaryPlan {
+            status: previous.cloned().or_else(history),
+            ..CanaryPlan::default()
+        };
+    };
+    if previous.is_some_and(|c| c.phase == CanaryPhase::Passed) {
+        return CanaryPlan {
+            status: previous.cloned(),
+            check: Some(CanaryCheck {
+                servers,
+                verdict: Some(Verdict::Pass { figures: String::new() }),
+            }),
+            ..CanaryPlan::default()
+        };
+    }
+    let mut status = previous.cloned().unwrap_or(CanaryStatus {
+        version: wanted.version.clone(),
+        image: wanted.image.clone(),
+        from_version: from.version.clone(),
+        from_image: from.image.clone(),
+        ..CanaryStatus::default()
+    });
+    status.servers = on_wanted.iter().map(|s| s.to_string()).collect();
+    // A canary server a scale-down removes is not judged by its leaving.
+    let joined = |name: &str| {
+        inputs.servers.iter().any(|s| s.name == name && s.joined)
+            || ordinal(&cr.name_any(), name).is_none_or(|o| o >= wanted_servers)
+    };
+    let all_joined = on_wanted.iter().all(|s| joined(s));
+    let mut plan = CanaryPlan {
+        bake_after: Some(servers.saturating_sub(on_wanted.len())),
+        bake: policy.bake,
+        ..CanaryPlan::default()
+    };
+    let verdict = if on_wanted.len() < servers {
+        // Fewer than before (one removed): the bake starts again with the next.
+        status.bake_started_at = None;
+        status.phase = CanaryPhase::Replacing;
+        status.message = Some(format!(
+            "{} of {servers} canary servers run version {}",
+            on_wanted.len(),
+            wanted.version
+        ));
+        None
+    } else if let Some(started) = status.bake_started_at.as_ref().map(|t| t.0) {
+        judged(
+            &mut status,
+            observed,
+            inputs.database_ready,
+            all_joined,
+            policy,
+            elapsed(started, now),
+            now,
+        )
+    } else if all_joined && inputs.database_ready {
+        // Recorded now, judged from the next look on.
+        status.phase = CanaryPhase::Baking;
+        status.bake_started_at = Some(Time(now));
+        status.message = Some(format!("every canary server joined; baking for {:?}", policy.bake));
+        None
+    } else {
+        status.phase = CanaryPhase::Replacing;
+        status.message = Some("waiting for every canary server to join before the bake".into());
+        None
+    };
+    if matches!(verdict, Some(Verdict::Pass { .. }) | Some(Verdict::Fail { .. })) {
+        plan.bake_after = None;
+    }
+    plan.check = Some(CanaryCheck { servers, verdict });
+    plan.status = Some(status);
+    plan
+}
+
+/// Judges a canary whose bake started `baked` ago, and records the verdict in `status`. No
+/// verdict without the database read: joined servers and evidence are unknown then.
+fn judged(
+    status: &mut CanaryStatus,
+    observed: &Observed,
+    database_ready: bool,
+    all_joined: bool,
+    policy: CanaryPolicy,
+    baked: Duration,
+    now: Timestamp,
+) -> Option<Verdict> {
+    if !database_ready {
+        status.message = Some("the database cannot be read: the canary is not judged meanwhile".into());
+        return None;
+    }
+    let [canary, others] = match &observed.canary_evidence {
+        Some(Ok(seen)) => *seen,
+        Some(Err(why)) => {
+            status.message = Some(format!("{why}; the canary is not judged meanwhile"));
+            return None;
+        }
+        None => return None,
+    };
+    let verdict = judge(
+        &policy,
+        &Evidence {
+            baked,
+            canary,
+            others,
+            kept_joined: all_joined,
+        },
+    );
+    status.canary_jobs = Some(outcomes(&canary));
+    status.other_jobs = Some(outcomes(&others));
+    let (phase, message) = match &verdict {
+        Verdict::Baking { left } => (
+            CanaryPhase::Baking,
+            format!("baking, {} s left; {}", left.as_secs(), summary(&canary, &others)),
+        ),
+        Verdict::TooFewJobs { have } => (
+            CanaryPhase::Inconclusive,
+            format!(
+                "the bake is over and the canary finished {have} of the {} jobs needed to judge it; the roll waits for more (or lower maintenance.canary.minJobs)",
+                policy.min_jobs
+            ),
+        ),
+        Verdict::Pass { figures } => (CanaryPhase::Passed, figures.clone()),
+        Verdict::Fail { why, figures } => {
+            status.shortfall = Some(*why);
+            (CanaryPhase::Failed, figures.clone())
+        }
+    };
+    if matches!(phase, CanaryPhase::Passed | CanaryPhase::Failed) {
+        status.decided_at = Some(Time(now));
+    }
+    status.phase = phase;
+    status.message = Some(message);
+    Some(verdict)
+}
+
+fn summary(canary: &orchestrator_contract::Outcomes, others: &orchestrator_contract::Outcomes) -> String {
+    format!(
+        "canary {} of {} jobs failed, other servers {} of {}",
+        canary.failed,
+        canary.succeeded + canary.failed,
+        others.failed,
+        others.succeeded + others.failed
+    )
+}
+
+/// The release most of `releases` are (the first of a tie).
+fn most_common(releases: &[&Release]) -> Option<Release> {
+    releases
+        .iter()
+        .max_by_key(|r| releases.iter().filter(|o| o == r).count())
+        .map(|r| (*r).clone())
+}
+
+/// A canary server's replacement that did not join within `readyTimeout` fails the canary:
+/// the roll halted on it (`ReadyTimeout`) is told `CanaryFailed`, recorded for the rollback.
+pub(super) fn never_joined(plan: &mut CanaryPlan, roll: &mut MaintenanceDecision, now: Timestamp) {
+    let Some(status) = plan.status.as_mut().filter(|s| s.phase == CanaryPhase::Replacing) else {
+        return;
+    };
+    let Some(step) = roll.step.as_ref() else {
+        return;
+    };
+    if roll.blocked.as_ref().map(|hold| hold.reason) != Some(Reason::ReadyTimeout)
+        || !status.servers.contains(&step.server)
+    {
+        return;
+    }
+    let message = format!(
+        "{} did not join on version {} within readyTimeout",
+        step.server, status.version
+    );
+    status.phase = CanaryPhase::Failed;
+    status.shortfall = Some(CanaryShortfall::NeverJoined);
+    status.decided_at = Some(Time(now));
+    status.message = Some(message.clone());
+    roll.blocked = Some(Hold::new(
+        Reason::CanaryFailed,
+        format!("the canary failed (NeverJoined): {message}; it is rolled back"),
+    ));
+}
