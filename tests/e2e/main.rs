@@ -9,6 +9,7 @@
 mod support;
 
 mod autoscale;
+mod canary;
 mod capacity;
 mod cluster;
 mod examples;

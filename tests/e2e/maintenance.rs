@@ -30,7 +30,7 @@ pub(crate) fn cluster(replicas: i32, pg: &TestPostgres) -> ClusterSpec {
 }
 
 /// The server pods of cluster `prod` (not its schema Jobs' pods) by name, with their uids.
-async fn server_uids(ns: &TestNamespace) -> BTreeMap<String, String> {
+pub(crate) async fn server_uids(ns: &TestNamespace) -> BTreeMap<String, String> {
     uids(&pods::list(ns, &server_pods("prod")).await)
 }
 
@@ -115,11 +115,11 @@ impl Watcher {
         self.going.lock().unwrap().clone()
     }
 
-    fn worst(&self) -> usize {
+    pub(crate) fn worst(&self) -> usize {
         *self.worst.lock().unwrap()
     }
 
-    fn replaced(&self) -> Vec<String> {
+    pub(crate) fn replaced(&self) -> Vec<String> {
         self.replaced.lock().unwrap().clone()
     }
 }
@@ -773,7 +773,7 @@ async fn an_operator_killed_at_each_stage_resumes_the_same_roll() {
     println!("operator killed at: {kills:?}");
 }
 
-async fn event_reasons(ns: &TestNamespace) -> Vec<(String, String)> {
+pub(crate) async fn event_reasons(ns: &TestNamespace) -> Vec<(String, String)> {
     ns.api::<k8s_openapi::api::events::v1::Event>()
         .list(&ListParams::default())
         .await

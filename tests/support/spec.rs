@@ -86,6 +86,11 @@ impl ClusterSpec {
         self
     }
 
+    /// `maintenance.canary`.
+    pub(crate) fn canary(self, canary: Value) -> Self {
+        self.maintenance("canary", canary)
+    }
+
     fn database(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.database.insert(key.into(), value.into());
         self

@@ -140,7 +140,9 @@ pub(super) fn plan(
         .map(|p| p.name.as_str())
         .collect();
     if let Some(failed) = recorded_failure(spec) {
-        let phase = if on_wanted.is_empty() {
+        // Back once no pod runs the failed release and the last step (its replacement
+        // joining) has ended.
+        let phase = if on_wanted.is_empty() && inputs.previous_step.is_none() {
             CanaryPhase::RolledBack
         } else {
             CanaryPhase::Failed
