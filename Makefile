@@ -1,7 +1,7 @@
 # Entry points; each target is a script under hack/ so that CI and people run the same thing.
 # `make` alone lists them: the `## ` line above a target is what `make help` prints for it.
 .DEFAULT_GOAL := help
-.PHONY: help test lint unit e2e demo bench bench-roll bench-scale bench-autoscale bench-plan build crds tools cluster-up cluster-down
+.PHONY: help test lint unit e2e demo bench bench-roll bench-scale bench-autoscale bench-plan bench-canary build crds tools cluster-up cluster-down
 
 ## List the targets and what they do (the default target).
 help:
@@ -45,6 +45,10 @@ bench-autoscale:
 ## Time from a spec change to its status.plan (p50/p99 of 50) against a watch round trip.
 bench-plan:
 	bash hack/bench-plan.sh
+
+## A failing release's first failed job to its canary's rollback, against the minJobs floor.
+bench-canary:
+	bash hack/bench-canary.sh
 
 ## A fleet of 100, 300 and 1,000 clusters on kwok's fake nodes: convergence, steady-state load, reaction times.
 bench-scale:

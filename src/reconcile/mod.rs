@@ -123,11 +123,11 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
     let Some(version) = written else {
         return Ok(Action::requeue(jittered(plan.requeue)));
     };
-    if plan.step_done.is_none() && !roll_ended {
+    if plan.step_done.is_none() && !roll_ended && !plan.recorded_decision {
         return Ok(Action::requeue(jittered(plan.requeue)));
     }
-    // A step or a whole roll just ended: the next step may start now, or another cluster's
-    // roll in the slot this one gives back. Status writes do not trigger reconciles, and a look
+    // A step or a whole roll just ended, or a decision to act on was recorded: the next step
+    // may start now, or another cluster's roll in the slot this one gives back. Status writes do not trigger reconciles, and a look
     // before the cache has this very write would still see the step (or the roll holding its
     // slot): wait (briefly) for the cache, then look at once.
     let (namespace, name) = (cr.namespace().unwrap_or_default(), cr.name_any());
@@ -137,7 +137,7 @@ async fn reconcile_cluster(cr: &OrchestratorCluster, ctx: &Context) -> Result<Ac
     if roll_ended && let Some(next) = ctx.rolls.longest_waiting() {
         ctx.preflight.databases.trigger(&next);
     }
-    if plan.step_done.is_some() {
+    if plan.step_done.is_some() || plan.recorded_decision {
         return Ok(Action::requeue(Duration::ZERO));
     }
     Ok(Action::requeue(jittered(plan.requeue)))

@@ -120,9 +120,26 @@ async fn a_release_that_fails_its_jobs_is_rolled_back_from_its_canary() {
     poller.abort();
     let failed_jobs = report["outcome"]["failed"].as_i64().unwrap_or_default();
     let submitted = report["outcome"]["submitted"].as_i64().unwrap_or_default();
+    // The floor: no judge can decide before minJobs (10) jobs failed on the canary.
+    let floor: Option<f64> = db(&pg)
+        .await
+        .query_one(
+            "SELECT extract(epoch FROM (SELECT finished_at FROM jobs WHERE state = 'failed'
+                                        ORDER BY finished_at OFFSET 9 LIMIT 1)
+                                     - (SELECT min(finished_at) FROM jobs WHERE state = 'failed'))::float8",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     println!(
-        "canary: first failed job to rollback drain {}; {failed_jobs} of {submitted} jobs ({:.1} %) ran on the bad release",
+        "canary measure: first failed job -> rollback drain {}; floor (the 10th failed job, minJobs) {}; ratio {}; {failed_jobs} of {submitted} jobs ({:.1} %) ran on the bad release",
         to_rollback.map_or("not seen".into(), |s| format!("{s:.2} s")),
+        floor.map_or("none".into(), |s| format!("{s:.2} s")),
+        match (to_rollback, floor) {
+            (Some(t), Some(f)) if f > 0.0 => format!("x{:.2}", t / f),
+            _ => "none".into(),
+        },
         100.0 * failed_jobs as f64 / submitted.max(1) as f64
     );
     assert!(failed_jobs > 0 && failed_jobs < submitted / 2, "{report}");

@@ -29,7 +29,7 @@ pub use events::PlannedEvent;
 pub(crate) use status::{invalid_spec_status, with_rejection};
 
 use crate::conditions::{find, status as condition_status};
-use crate::crd::{OrchestratorClusterStatus, Phase};
+use crate::crd::{CanaryPhase, OrchestratorClusterStatus, Phase};
 use crate::error::Result;
 use crate::metrics::{ClusterFigures, Finished};
 use crate::planners::autoscale::Readings;
@@ -65,6 +65,9 @@ pub struct Plan {
     /// When to look again if nothing is notified before: the moment time alone changes what
     /// the reconcile would see, or a step's poll.
     pub requeue: Duration,
+    /// This status records a decision the next look acts on (a canary's failure, rolled back
+    /// once recorded): look again as soon as the cache holds it.
+    pub(crate) recorded_decision: bool,
     /// The autoscaler's readings to keep for the next look (`None`: none, or start again).
     pub(crate) readings: Option<Readings>,
 }
@@ -210,7 +213,21 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
         .map(|c| now.0.duration_since(c.last_transition_time.0).as_secs_f64().max(0.0) as i64)
         .unwrap_or(0);
     let joined = inputs.servers.iter().filter(|s| s.joined).count() as i64;
+    let canary_phase = |status: Option<&OrchestratorClusterStatus>| {
+        status
+            .and_then(|s| s.canary.as_ref())
+            .map(|c| (c.version.clone(), c.phase))
+    };
+    let canary_now = canary_phase(Some(&status));
+    let recorded_decision = canary_now
+        .as_ref()
+        .is_some_and(|(_, phase)| *phase == CanaryPhase::Failed)
+        && canary_phase(cr.status.as_ref()) != canary_now;
+    // A bake is judged from the database at every look: each second of delay is a second more
+    // of work on a release that may be bad.
+    let baking = canary_now.is_some_and(|(_, phase)| phase == CanaryPhase::Baking);
     Ok(Plan {
+        recorded_decision,
         step_done,
         finished_stage,
         writes,
@@ -272,7 +289,7 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
                 inputs
                     .next_expiry
                     .map_or(IDLE_REQUEUE, |expiry| (expiry + EXPIRY_MARGIN).min(IDLE_REQUEUE))
-            } else if stepping {
+            } else if stepping || baking {
                 STEP_REQUEUE
             } else {
                 BUSY_REQUEUE
