@@ -13,7 +13,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
-use orchestrator_operator::crd::{APPROVE_ANNOTATION, Approval, OrchestratorCluster, REPLACE_ANNOTATION};
+use orchestrator_operator::crd::{
+    APPROVE_ANNOTATION, Approval, CanaryPhase, CanaryStatus, JobOutcomes, OrchestratorCluster, PlanAction,
+    REPLACE_ANNOTATION,
+};
 use serde_json::json;
 
 /// Read and drive orchestration clusters (`OrchestratorCluster`, short name `orc`).
@@ -457,8 +460,59 @@ fn status_table(cr: &OrchestratorCluster) -> String {
                 .unwrap_or_default()
         ));
     }
+    if let Some(c) = &status.canary {
+        out.push_str(&canary_lines(c));
+    }
     out.push('\n');
     out.push_str(&plan_table(cr));
+    out
+}
+
+/// `status.canary` for a person: where it stands and the figures it is judged on.
+fn canary_lines(c: &CanaryStatus) -> String {
+    let phase = format!("{:?}", c.phase);
+    let phase = match c.phase {
+        CanaryPhase::Passed => coloured(&phase, GREEN),
+        CanaryPhase::Failed | CanaryPhase::RolledBack => coloured(&phase, RED),
+        _ => coloured(&phase, YELLOW),
+    };
+    let jobs = |o: &Option<JobOutcomes>| {
+        o.as_ref().map_or("-".to_string(), |o| {
+            format!(
+                "{} of {} failed{}",
+                o.failed,
+                o.succeeded + o.failed,
+                o.run_p50_ms
+                    .map(|ms| format!(", median run {ms} ms"))
+                    .unwrap_or_default()
+            )
+        })
+    };
+    let mut out = format!(
+        "canary: {phase} version {} on {} (the others run {}){}{}\n",
+        c.version,
+        if c.servers.is_empty() {
+            "-".to_string()
+        } else {
+            c.servers.join(", ")
+        },
+        c.from_version,
+        c.bake_started_at
+            .as_ref()
+            .map(|t| format!(", baking since {}", t.0))
+            .unwrap_or_default(),
+        c.shortfall.map(|why| format!(", {why:?}")).unwrap_or_default(),
+    );
+    if c.canary_jobs.is_some() {
+        out.push_str(&format!(
+            "  jobs: canary {}; other servers {}\n",
+            jobs(&c.canary_jobs),
+            jobs(&c.other_jobs)
+        ));
+    }
+    if let Some(message) = &c.message {
+        out.push_str(&format!("  {message}\n"));
+    }
     out
 }
 
@@ -487,7 +541,11 @@ fn plan_table(cr: &OrchestratorCluster) -> String {
             "  {}. {:?} {}\n",
             n + 1,
             step.action,
-            step.server.as_deref().unwrap_or("(every server)")
+            match (step.action, step.server.as_deref()) {
+                (_, Some(server)) => server,
+                (PlanAction::Bake, None) => "(the canary servers)",
+                (_, None) => "(every server)",
+            }
         ));
     }
     if plan.more_steps > 0 {

@@ -8,6 +8,7 @@ use orchestrator_operator::crd::{CanaryPhase, CanaryShortfall, OrchestratorClust
 use serde_json::json;
 
 use crate::maintenance::{Watcher, cluster, event_reasons, server_uids};
+use crate::plugin::orc_ok;
 use crate::support::e2e::{MINUTE, Operator, TestNamespace, db, load, patch_spec, wait_for, wait_settled};
 
 /// Waits until cluster `prod`'s canary is at `phase`; returns the cluster.
@@ -172,6 +173,18 @@ async fn a_good_release_waits_for_evidence_then_passes_and_rolls_on() {
         .find(|c| c.type_ == "MaintenanceBlocked")
         .unwrap();
     assert_eq!(held.reason, "CanaryInconclusive", "{held:?}");
+    // The plugin says where the canary stands and the plan shows its bake.
+    let shown = orc_ok(&ns, &["status", "prod"]).await;
+    let canary = status.canary.clone().unwrap();
+    assert!(
+        shown.contains(&format!(
+            "canary: Inconclusive version 2.1.0 on {}",
+            canary.servers.join(", ")
+        )),
+        "{shown}"
+    );
+    assert!(shown.contains("jobs: canary 0 of 0 failed"), "{shown}");
+    assert!(shown.contains("Bake (the canary servers)"), "{shown}");
     let replaced: Vec<String> = server_uids(&ns)
         .await
         .into_iter()

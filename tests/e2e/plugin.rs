@@ -23,7 +23,7 @@ async fn orc(ns: &TestNamespace, args: &[&str]) -> Output {
 }
 
 /// Its standard output, once it succeeded.
-async fn orc_ok(ns: &TestNamespace, args: &[&str]) -> String {
+pub(crate) async fn orc_ok(ns: &TestNamespace, args: &[&str]) -> String {
     let out = orc(ns, args).await;
     assert!(
         out.status.success(),
