@@ -581,6 +581,11 @@ pub enum Approval {
 /// `Manual`: its value is the approved `metadata.generation`.
 pub const APPROVE_ANNOTATION: &str = "orchestrator.dev/approve";
 
+/// The annotation that lets the roll of a cluster whose `maintenance.approval` is `Manual` go
+/// on past its canary once the canary passed: its value is the promoted `metadata.generation`
+/// (`kubectl orc approve` sets it when the canary passed).
+pub const PROMOTE_ANNOTATION: &str = "orchestrator.dev/promote";
+
 /// The annotation on a server's pod that asks for its replacement (`kubectl orc drain`): the
 /// roll drains it through the database, evicts it and waits for its replacement, under the
 /// same gates and one-at-a-time rules as any step. Its value is when it was asked.

@@ -14,8 +14,8 @@ use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use orchestrator_operator::crd::{
-    APPROVE_ANNOTATION, Approval, CanaryPhase, CanaryStatus, JobOutcomes, OrchestratorCluster, PlanAction,
-    REPLACE_ANNOTATION,
+    APPROVE_ANNOTATION, Approval, CanaryPhase, CanaryStatus, JobOutcomes, OrchestratorCluster, PROMOTE_ANNOTATION,
+    PlanAction, REPLACE_ANNOTATION,
 };
 use serde_json::json;
 
@@ -60,7 +60,8 @@ enum Command {
         name: String,
     },
     /// Approves the plan of the current generation (`maintenance.approval: Manual`), once the
-    /// operator has published it.
+    /// operator has published it; once approved and its canary passed, promotes it (the rest
+    /// of the roll goes on).
     Approve {
         /// The cluster.
         name: String,
@@ -198,11 +199,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 )));
             }
             let approved = cr.annotations().get(APPROVE_ANNOTATION) == Some(&generation.to_string());
-            let read = plan_table(&cr);
-            let cr = if approved {
+            // Approved, and its canary passed: what is left to approve is the rest of the roll.
+            let passed = cr
+                .status
+                .as_ref()
+                .and_then(|s| s.canary.as_ref())
+                .filter(|c| c.version == cr.spec.version && c.phase == CanaryPhase::Passed);
+            let promotes = approved
+                && passed.is_some()
+                && cr.annotations().get(PROMOTE_ANNOTATION) != Some(&generation.to_string());
+            let read = match passed {
+                Some(canary) => format!("{}{}", canary_lines(canary), plan_table(&cr)),
+                None => plan_table(&cr),
+            };
+            let annotation = if promotes {
+                PROMOTE_ANNOTATION
+            } else {
+                APPROVE_ANNOTATION
+            };
+            let cr = if approved && !promotes {
                 cr
             } else {
-                let patch = json!({"metadata": {"annotations": {APPROVE_ANNOTATION: generation.to_string()}}});
+                let patch = json!({"metadata": {"annotations": {annotation: generation.to_string()}}});
                 merge(name, patch).await?
             };
             let now = cr.metadata.generation.unwrap_or_default();
@@ -211,7 +229,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 &cr,
                 format!(
                     "{read}{name}: generation {generation} {}{}",
-                    if approved { "was already approved" } else { "approved" },
+                    match (promotes, approved) {
+                        (true, _) => "promoted past its canary: the roll goes on",
+                        (false, true) => "was already approved",
+                        (false, false) => "approved",
+                    },
                     if now == generation {
                         String::new()
                     } else {

@@ -78,6 +78,8 @@ pub(crate) struct CanaryCheck {
     pub servers: usize,
     /// The verdict on them, once they run the new release (`None` before it is read).
     pub verdict: Option<Verdict>,
+    /// What a passed canary still waits for: its promotion by a person (`approval: Manual`).
+    pub unpromoted: Option<Hold>,
 }
 
 /// The hold the canary puts on the next step once its servers are replaced, unless it passed.
@@ -86,7 +88,7 @@ fn canary_hold(canary: &CanaryCheck, replaced: usize, outdated: usize) -> Option
         return None;
     }
     Some(match &canary.verdict {
-        Some(Verdict::Pass { .. }) => return None,
+        Some(Verdict::Pass { .. }) => return canary.unpromoted.clone().map(|hold| (hold, false)),
         Some(Verdict::Fail { why, figures }) => (
             Hold::new(
                 Reason::CanaryFailed,
@@ -652,7 +654,11 @@ mod tests {
         ];
         let with = |servers: &[ServerView], verdict: Option<Verdict>| {
             let mut input = input(servers, None, 10);
-            input.canary = Some(CanaryCheck { servers: 1, verdict });
+            input.canary = Some(CanaryCheck {
+                servers: 1,
+                verdict,
+                unpromoted: None,
+            });
             decide(&input)
         };
         // Nothing replaced yet: the canary itself is the first step.
@@ -1233,7 +1239,7 @@ mod tests {
                     roll.update_revision = Some("old");
                 } else {
                     let judged = on_new >= canary_servers && tick >= fail_at;
-                    roll.canary = Some(CanaryCheck { servers: canary_servers, verdict: judged.then(|| failure.clone()) });
+                    roll.canary = Some(CanaryCheck { servers: canary_servers, verdict: judged.then(|| failure.clone()), unpromoted: None });
                 }
                 let decision = decide(&roll);
                 if decision.blocked.as_ref().is_some_and(|hold| hold.reason == Reason::CanaryFailed) {

@@ -1,15 +1,19 @@
 //! End-to-end canaries with a real PostgreSQL and server processes under load: a release that
 //! fails its jobs is rolled back from its one canary server, the others untouched, no job lost;
-//! a good release bakes, waits while too few jobs ran to judge it, passes and rolls on.
+//! a good release bakes, waits while too few jobs ran to judge it, passes, and under
+//! `approval: Manual` rolls on once promoted.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use orchestrator_operator::crd::{CanaryPhase, CanaryShortfall, OrchestratorCluster};
+use orchestrator_operator::crd::{CanaryPhase, CanaryShortfall, OrchestratorCluster, PlanAction};
 use serde_json::json;
 
 use crate::maintenance::{Watcher, cluster, event_reasons, server_uids};
 use crate::plugin::orc_ok;
-use crate::support::e2e::{MINUTE, Operator, TestNamespace, db, load, patch_spec, wait_for, wait_settled};
+use crate::support::e2e::{
+    MINUTE, Operator, TestNamespace, db, load, patch_spec, wait_condition, wait_for, wait_settled,
+};
 
 /// Waits until cluster `prod`'s canary is at `phase`; returns the cluster.
 async fn canary_at(ns: &TestNamespace, phase: CanaryPhase, timeout: Duration) -> OrchestratorCluster {
@@ -153,17 +157,43 @@ async fn a_release_that_fails_its_jobs_is_rolled_back_from_its_canary() {
     wait_settled(&ns, 3, Some("2.1.0")).await;
 }
 
+/// Waits until condition `MaintenanceBlocked` of cluster `prod` has `reason`.
+async fn held_by(ns: &TestNamespace, reason: &'static str) -> OrchestratorCluster {
+    wait_condition(ns, "MaintenanceBlocked", "True", reason, 2 * MINUTE).await
+}
+
 #[tokio::test]
-async fn a_good_release_waits_for_evidence_then_passes_and_rolls_on() {
+async fn a_good_release_waits_for_evidence_then_passes_and_is_promoted() {
     let ns = TestNamespace::new("canary-good").await;
     let pg = ns.database().await;
     let _operator = Operator::start(&ns.name, "orchestrator-server").await;
     let spec = cluster(3, &pg).canary(json!({"servers": 1, "bakeTime": "15s", "minJobs": 20}));
     ns.create_cluster(&spec).await;
     wait_settled(&ns, 3, Some("2.0.0")).await;
+    patch_spec(&ns, json!({"maintenance": {"approval": "Manual"}})).await;
     let before = server_uids(&ns).await;
     let started = Instant::now();
-    patch_spec(&ns, json!({"version": "2.1.0"})).await;
+    let generation = patch_spec(&ns, json!({"version": "2.1.0"}))
+        .await
+        .metadata
+        .generation
+        .unwrap();
+    // The plan shows the canary's bake; the approval lets the canary go.
+    let cr = held_by(&ns, "AwaitingApproval").await;
+    let plan = cr.status.unwrap().plan.unwrap();
+    assert_eq!(plan.generation, generation);
+    let actions: Vec<PlanAction> = plan.steps.iter().map(|s| s.action).collect();
+    assert_eq!(
+        actions,
+        vec![
+            PlanAction::Replace,
+            PlanAction::Bake,
+            PlanAction::Replace,
+            PlanAction::Replace
+        ],
+        "{plan:?}"
+    );
+    assert!(orc_ok(&ns, &["approve", "prod"]).await.contains("approved"));
     // No load: the bake ends with nothing to judge, and the roll waits.
     let waiting = canary_at(&ns, CanaryPhase::Inconclusive, 2 * MINUTE).await;
     let status = waiting.status.unwrap();
@@ -185,16 +215,32 @@ async fn a_good_release_waits_for_evidence_then_passes_and_rolls_on() {
     );
     assert!(shown.contains("jobs: canary 0 of 0 failed"), "{shown}");
     assert!(shown.contains("Bake (the canary servers)"), "{shown}");
-    let replaced: Vec<String> = server_uids(&ns)
-        .await
-        .into_iter()
-        .filter(|(name, uid)| before.get(name) != Some(uid))
-        .map(|(name, _)| name)
-        .collect();
-    assert_eq!(replaced, status.canary.unwrap().servers, "only the canary");
-    // Work arrives: the canary is judged on it, passes, and the roll goes on.
+    let replaced = |now: &BTreeMap<String, String>| -> Vec<String> {
+        now.iter()
+            .filter(|(name, uid)| before.get(*name) != Some(uid))
+            .map(|(name, _)| name.clone())
+            .collect()
+    };
+    assert_eq!(replaced(&server_uids(&ns).await), canary.servers, "only the canary");
+    // Work arrives: the canary is judged on it and passes; the rest of the roll waits for its
+    // promotion, then goes on.
     let roll = async {
         let passed = canary_at(&ns, CanaryPhase::Passed, 2 * MINUTE).await;
+        let promotion = held_by(&ns, "AwaitingApproval").await;
+        let message = promotion
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "MaintenanceBlocked")
+            .unwrap()
+            .message
+            .clone();
+        assert!(message.contains("passed") && message.contains("promotion"), "{message}");
+        assert_eq!(replaced(&server_uids(&ns).await), canary.servers, "held after the pass");
+        let promoted = orc_ok(&ns, &["approve", "prod"]).await;
+        assert!(promoted.contains("promoted past its canary"), "{promoted}");
         let settled = wait_settled(&ns, 3, Some("2.1.0")).await;
         (passed, settled)
     };
@@ -211,15 +257,12 @@ async fn a_good_release_waits_for_evidence_then_passes_and_rolls_on() {
     assert!(baked.as_secs() >= 15, "passed only after the bake: {baked:?}");
     assert!(canary.canary_jobs.unwrap().succeeded >= 20, "{canary:?}");
     let after = server_uids(&ns).await;
-    assert!(
-        before.iter().all(|(name, uid)| after.get(name) != Some(uid)),
-        "all replaced"
-    );
+    assert_eq!(replaced(&after).len(), 3, "all replaced");
     assert_eq!(settled.status.unwrap().canary.unwrap().phase, CanaryPhase::Passed);
     let reasons: Vec<String> = event_reasons(&ns).await.into_iter().map(|(r, _)| r).collect();
     assert!(reasons.iter().any(|r| r == "CanaryPassed"), "{reasons:?}");
     println!(
-        "canary: good release rolled in {:.1} s (bake 15 s plus the wait for jobs and 3 steps)",
+        "canary: good release rolled in {:.1} s (bake 15 s, the wait for jobs, a promotion and 3 steps)",
         started.elapsed().as_secs_f64()
     );
 }

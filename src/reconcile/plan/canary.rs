@@ -24,7 +24,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::inputs::Inputs;
-use crate::crd::{CanaryPhase, CanaryShortfall, CanaryStatus, JobOutcomes};
+use crate::crd::{
+    Approval, CanaryPhase, CanaryShortfall, CanaryStatus, JobOutcomes, OrchestratorCluster, PROMOTE_ANNOTATION,
+};
 use crate::planners::canary::{CanaryPolicy, Evidence, Verdict, judge};
 use crate::planners::maintenance::{CanaryCheck, MaintenanceDecision};
 use crate::planners::servers::ordinal;
@@ -203,12 +205,14 @@ pub(super) fn plan(
             ..CanaryPlan::default()
         };
     };
+    let unpromoted = unpromoted(cr, wanted);
     if previous.is_some_and(|c| c.phase == CanaryPhase::Passed) {
         return CanaryPlan {
             status: previous.cloned(),
             check: Some(CanaryCheck {
                 servers,
                 verdict: Some(Verdict::Pass { figures: String::new() }),
+                unpromoted,
             }),
             ..CanaryPlan::default()
         };
@@ -266,7 +270,11 @@ pub(super) fn plan(
     if matches!(verdict, Some(Verdict::Pass { .. }) | Some(Verdict::Fail { .. })) {
         plan.bake_after = None;
     }
-    plan.check = Some(CanaryCheck { servers, verdict });
+    plan.check = Some(CanaryCheck {
+        servers,
+        verdict,
+        unpromoted,
+    });
     plan.status = Some(status);
     plan
 }
@@ -306,9 +314,10 @@ fn judged(
     status.canary_jobs = Some(outcomes(&canary));
     status.other_jobs = Some(outcomes(&others));
     let (phase, message) = match &verdict {
-        Verdict::Baking { left } => (
+        // No countdown: the message changes with the jobs only, not with every look.
+        Verdict::Baking { .. } => (
             CanaryPhase::Baking,
-            format!("baking, {} s left; {}", left.as_secs(), summary(&canary, &others)),
+            format!("baking for {:?}; {}", policy.bake, summary(&canary, &others)),
         ),
         Verdict::TooFewJobs { have } => (
             CanaryPhase::Inconclusive,
@@ -339,6 +348,30 @@ fn summary(canary: &orchestrator_contract::Outcomes, others: &orchestrator_contr
         others.failed,
         others.succeeded + others.failed
     )
+}
+
+/// Under `approval: Manual`, what a passed canary waits for until the current generation is
+/// promoted (annotation `orchestrator.dev/promote`): a person reads the figures first.
+fn unpromoted(cr: &OrchestratorCluster, wanted: &Release) -> Option<Hold> {
+    if cr.spec.maintenance.approval != Approval::Manual {
+        return None;
+    }
+    let generation = cr.metadata.generation.unwrap_or_default();
+    let promoted = cr
+        .annotations()
+        .get(PROMOTE_ANNOTATION)
+        .map(|v| v.trim().parse::<i64>());
+    (promoted != Some(Ok(generation))).then(|| {
+        Hold::new(
+            Reason::AwaitingApproval,
+            format!(
+                "the canary of version {} passed; maintenance.approval is Manual, so the rest of the roll waits for its promotion: read `kubectl orc status {name}`, then `kubectl orc approve {name}` (or `kubectl -n {} annotate orc {name} {PROMOTE_ANNOTATION}={generation} --overwrite`)",
+                wanted.version,
+                cr.namespace().unwrap_or_default(),
+                name = cr.name_any(),
+            ),
+        )
+    })
 }
 
 /// The release most of `releases` are (the first of a tie).
