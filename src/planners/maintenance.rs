@@ -76,6 +76,9 @@ pub(crate) struct ServerView {
 pub(crate) struct CanaryCheck {
     /// Servers replaced first and judged before the rest.
     pub servers: usize,
+    /// Servers whose pods run the release under test (whatever else makes them outdated: a
+    /// restart asked meanwhile does not make them count as not replaced).
+    pub replaced: usize,
     /// The verdict on them, once they run the new release (`None` before it is read).
     pub verdict: Option<Verdict>,
     /// What a passed canary still waits for: its promotion by a person (`approval: Manual`).
@@ -83,8 +86,8 @@ pub(crate) struct CanaryCheck {
 }
 
 /// The hold the canary puts on the next step once its servers are replaced, unless it passed.
-fn canary_hold(canary: &CanaryCheck, replaced: usize, outdated: usize) -> Option<(Hold, bool)> {
-    if replaced < canary.servers || outdated == 0 {
+fn canary_hold(canary: &CanaryCheck, outdated: usize) -> Option<(Hold, bool)> {
+    if canary.replaced < canary.servers || outdated == 0 {
         return None;
     }
     Some(match &canary.verdict {
@@ -105,13 +108,12 @@ fn canary_hold(canary: &CanaryCheck, replaced: usize, outdated: usize) -> Option
             ),
             false,
         ),
-        Some(Verdict::Baking { left }) => (
+        Some(Verdict::Baking { .. }) => (
             Hold::new(
                 Reason::CanaryBaking,
                 format!(
-                    "{} canary servers run the new release; judged in {}s",
-                    canary.servers,
-                    left.as_secs()
+                    "{} canary servers run the new release and bake; status.canary says how they do",
+                    canary.servers
                 ),
             ),
             false,
@@ -300,16 +302,15 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
         decision.waiting = gate;
         return decision;
     }
-    if let Some(canary) = &input.canary {
-        let replaced = input.servers.iter().filter(|s| s.pod_exists).count() - outdated.len();
-        if let Some((hold, failed)) = canary_hold(canary, replaced, outdated.len()) {
-            if failed {
-                decision.blocked = Some(hold);
-            } else {
-                decision.waiting = Some(hold);
-            }
-            return decision;
+    if let Some(canary) = &input.canary
+        && let Some((hold, failed)) = canary_hold(canary, outdated.len())
+    {
+        if failed {
+            decision.blocked = Some(hold);
+        } else {
+            decision.waiting = Some(hold);
         }
+        return decision;
     }
     let candidate = queue[0];
     if let Some(others) = others_down(input, &candidate.name) {
@@ -656,6 +657,7 @@ mod tests {
             let mut input = input(servers, None, 10);
             input.canary = Some(CanaryCheck {
                 servers: 1,
+                replaced: servers.iter().filter(|s| s.revision.as_deref() == Some("new")).count(),
                 verdict,
                 unpromoted: None,
             });
@@ -692,6 +694,35 @@ mod tests {
         assert!(blocked.message.contains("9 of 10 jobs failed"), "{}", blocked.message);
         let passed = with(&servers, Some(Verdict::Pass { figures: String::new() }));
         assert_eq!(passed.action, MaintenanceAction::RequestDrain("prod-1".into()));
+    }
+
+    #[test]
+    fn a_restart_asked_during_the_bake_waits_for_the_canary() {
+        // prod-2 is the canary, on the new release; a restart makes every server outdated.
+        let mut servers = [
+            server(0, "old", true, 0),
+            server(1, "old", true, 0),
+            server(2, "new", true, 0),
+        ];
+        for s in &mut servers {
+            s.started_at = Some(at(0));
+        }
+        let mut input = input(&servers, None, 10);
+        input.restart_requested_at = Some(at(5));
+        input.canary = Some(CanaryCheck {
+            servers: 1,
+            replaced: 1,
+            verdict: Some(Verdict::Baking {
+                left: Duration::from_secs(30),
+            }),
+            unpromoted: None,
+        });
+        let d = decide(&input);
+        assert_eq!(d.outdated, 3);
+        assert_eq!(
+            (d.action, d.waiting.unwrap().reason),
+            (MaintenanceAction::None, Reason::CanaryBaking)
+        );
     }
 
     #[test]
@@ -1239,7 +1270,7 @@ mod tests {
                     roll.update_revision = Some("old");
                 } else {
                     let judged = on_new >= canary_servers && tick >= fail_at;
-                    roll.canary = Some(CanaryCheck { servers: canary_servers, verdict: judged.then(|| failure.clone()), unpromoted: None });
+                    roll.canary = Some(CanaryCheck { servers: canary_servers, replaced: on_new, verdict: judged.then(|| failure.clone()), unpromoted: None });
                 }
                 let decision = decide(&roll);
                 if decision.blocked.as_ref().is_some_and(|hold| hold.reason == Reason::CanaryFailed) {

@@ -325,20 +325,21 @@ async fn canary_evidence(
         return None;
     }
     let namespace = cr.namespace().unwrap_or_default();
-    let id = |pod: &PodView| {
+    let id = |pod: &str| {
         row_ids
-            .get(&pod.name)
+            .get(pod)
             .cloned()
-            .unwrap_or_else(|| orchestrator_contract::server_identity(Some(&namespace), &pod.name))
+            .unwrap_or_else(|| orchestrator_contract::server_identity(Some(&namespace), pod))
     };
-    let (canary, others): (Vec<&PodView>, Vec<&PodView>) =
-        pods.iter().partition(|p| p.release.as_ref() == Some(wanted));
-    let canary: Vec<String> = canary.into_iter().map(id).collect();
-    let others: Vec<String> = others.into_iter().map(id).collect();
-    let window = k8s_openapi::jiff::Timestamp::now()
-        .duration_since(since)
-        .as_secs_f64()
-        .max(0.0);
+    // The canary servers recorded when the bake started, against the servers of the other
+    // release (one added since on the new release is neither).
+    let canary: Vec<String> = record.servers.iter().map(|s| id(s)).collect();
+    let others: Vec<String> = pods
+        .iter()
+        .filter(|p| p.release.as_ref().is_some_and(|r| r != wanted))
+        .map(|p| id(&p.name))
+        .collect();
+    let since = std::time::SystemTime::from(since);
     let read = async {
         let connection = pool.get().await.map_err(|error| match error {
             deadpool_postgres::PoolError::Backend(e) => e
@@ -346,7 +347,7 @@ async fn canary_evidence(
                 .map_or("no connection".to_string(), |code| format!("SQLSTATE {}", code.code())),
             _ => "no connection free or opened in time".to_string(),
         })?;
-        orchestrator_contract::outcomes(&**connection, window, CANARY_RECENT_JOBS, [&canary, &others])
+        orchestrator_contract::outcomes(&**connection, since, CANARY_RECENT_JOBS, [&canary, &others])
             .await
             .map_err(|error| match error {
                 orchestrator_contract::ContractError::Database(e) => match e.code() {

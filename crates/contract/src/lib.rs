@@ -717,19 +717,21 @@ pub struct Outcomes {
     pub run_p50_ms: Option<i64>,
 }
 
-/// The [`Outcomes`] of two groups of servers (by row id): the jobs each group finished in the
-/// last `window_seconds`, `[first, second]`. The medians are of each group's jobs, not of its
-/// servers' medians.
+/// The [`Outcomes`] of two groups of servers (by row id): the jobs each group finished since
+/// `since`, `[first, second]`, each counted for the server that ran it to its end (the execution
+/// sharing the job's `finished_at`: the same transaction wrote both) and only while that server
+/// ran as its current incarnation (after its row's `started_at`, on the database's clock, so a
+/// pod name reused by a replacement never brings its predecessor's jobs). The medians are of
+/// each group's jobs, not of its servers' medians.
 ///
-/// Bounded without an index on `finished_at`: a job that finished lately was claimed lately,
-/// and claims go in id order, so only ids above the oldest unfinished job (or the newest job,
-/// without any) less `recent` are read, over the primary key; their executions over
-/// `job_executions_job`. The execution that finished a job is the one sharing its
-/// `finished_at` (the same transaction wrote both). A job that ran longer than the `recent`
-/// jobs after it took to be claimed is left out: `recent` bounds the cost, not the window.
+/// A sample bounded without an index on `finished_at`: jobs are claimed in id order (priority
+/// aside), so the jobs finishing lately are near the oldest unfinished one; only the ids within
+/// `recent` of it are read, over the primary key, and their executions over
+/// `job_executions_job`. Both groups are sampled alike, so what it leaves out (a long job, a
+/// high-priority one far ahead) biases neither.
 pub async fn outcomes(
     db: &impl GenericClient,
-    window_seconds: f64,
+    since: std::time::SystemTime,
     recent: i64,
     groups: [&[String]; 2],
 ) -> Result<[Outcomes; 2]> {
@@ -737,20 +739,22 @@ pub async fn outcomes(
     let rows = db
         .query(
             "WITH frontier AS (
-                 SELECT least((SELECT min(id) FROM jobs WHERE state IN ('queued', 'running')),
-                              (SELECT max(id) FROM jobs)) AS id)
+                 SELECT coalesce(least((SELECT min(id) FROM jobs WHERE state IN ('queued', 'running')),
+                                       (SELECT max(id) FROM jobs)), 0) AS id)
              SELECT CASE WHEN e.server_id = ANY($3) THEN 0 ELSE 1 END AS side,
                     count(*) FILTER (WHERE j.state = 'succeeded'),
                     count(*) FILTER (WHERE j.state = 'failed'),
                     (percentile_disc(0.5) WITHIN GROUP
                         (ORDER BY extract(epoch FROM j.finished_at - j.started_at)) * 1000)::bigint
-             FROM jobs j JOIN job_executions e ON e.job_id = j.id AND e.finished_at = j.finished_at
-             WHERE j.id > (SELECT coalesce(id, 0) FROM frontier) - greatest($2::bigint, 0)
-               AND j.state IN ('succeeded', 'failed')
-               AND j.finished_at > now() - make_interval(secs => $1)
+             FROM frontier f
+             JOIN jobs j ON j.id > f.id - greatest($2::bigint, 0) AND j.id <= f.id + greatest($2::bigint, 0)
+             JOIN job_executions e ON e.job_id = j.id AND e.finished_at = j.finished_at
+             JOIN servers s ON s.server_id = e.server_id AND e.finished_at >= s.started_at
+             WHERE j.state IN ('succeeded', 'failed')
+               AND j.finished_at > $1
                AND (e.server_id = ANY($3) OR e.server_id = ANY($4))
              GROUP BY side",
-            &[&window_seconds, &recent, &first, &second],
+            &[&since, &recent, &first, &second],
         )
         .await?;
     let mut seen = [Outcomes::default(); 2];

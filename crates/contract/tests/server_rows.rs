@@ -174,19 +174,21 @@ async fn outcomes_count_each_groups_finished_jobs_below_the_frontier() {
     contract::claim_job(&db, "ns/s-0", lease).await.unwrap().unwrap();
     let ids = |id: &str| vec![id.to_string()];
     let (s0, s1) = (ids("ns/s-0"), ids("ns/s-1"));
-    let [canary, others] = contract::outcomes(&db, 60.0, 100, [&s1, &s0]).await.unwrap();
+    let [canary, others] = contract::outcomes(&db, minute_ago(), 100, [&s1, &s0]).await.unwrap();
     assert_eq!((others.succeeded, others.failed), (4, 0), "{others:?}");
     assert_eq!((canary.succeeded, canary.failed), (2, 2), "{canary:?}");
     assert!(canary.run_p50_ms.is_some_and(|ms| ms >= 0), "{canary:?}");
     // A server in neither group is not counted.
-    let [alone, none] = contract::outcomes(&db, 60.0, 100, [&s1, &ids("ns/s-9")]).await.unwrap();
+    let [alone, none] = contract::outcomes(&db, minute_ago(), 100, [&s1, &ids("ns/s-9")])
+        .await
+        .unwrap();
     assert_eq!(
         (alone.succeeded + alone.failed, none),
         (4, contract::Outcomes::default())
     );
-    // The running job is the frontier: only the 5 jobs below it are read, s-1's last four and
-    // s-0's last one.
-    let [canary, others] = contract::outcomes(&db, 60.0, 5, [&s1, &s0]).await.unwrap();
+    // The running job (id 9) is the frontier: only the ids within 5 of it are read, s-1's four
+    // and the running one.
+    let [canary, others] = contract::outcomes(&db, minute_ago(), 5, [&s1, &s0]).await.unwrap();
     assert_eq!(
         (canary.succeeded + canary.failed, others.succeeded + others.failed),
         (4, 0),
@@ -203,7 +205,11 @@ async fn outcomes_count_each_groups_finished_jobs_below_the_frontier() {
     .await
     .unwrap();
     assert_eq!(
-        contract::outcomes(&db, 60.0, 100, [&s1, &s0]).await.unwrap(),
+        contract::outcomes(&db, minute_ago(), 100, [&s1, &s0]).await.unwrap(),
         [contract::Outcomes::default(); 2]
     );
+}
+
+fn minute_ago() -> std::time::SystemTime {
+    std::time::SystemTime::now() - std::time::Duration::from_secs(60)
 }

@@ -262,7 +262,14 @@ async fn a_failing_release_runs_its_jobs_and_records_them_failed() {
     let outcome = settle(&db, "canary", MINUTE).await;
     assert_eq!(outcome.executed_more_than_once, 0, "{outcome:?}");
     let (s0, s1) = (vec!["s-0".to_string()], vec!["s-1".to_string()]);
-    let [good, bad] = contract::outcomes(&db, 600.0, 1000, [&s0, &s1]).await.unwrap();
+    let [good, bad] = contract::outcomes(
+        &db,
+        std::time::SystemTime::now() - Duration::from_secs(600),
+        1000,
+        [&s0, &s1],
+    )
+    .await
+    .unwrap();
     assert!(good.succeeded > 0 && good.failed == 0, "{good:?}");
     assert!(bad.failed > 0 && bad.succeeded == 0, "{bad:?}");
     assert_eq!(good.succeeded + bad.failed, 200, "{good:?} {bad:?}");

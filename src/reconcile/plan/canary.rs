@@ -95,9 +95,9 @@ fn outcomes(o: &orchestrator_contract::Outcomes) -> JobOutcomes {
 }
 
 /// The recorded canary of the wanted release when it failed: its servers go back (or went back)
-/// to the previous release.
+/// to the previous release. Whatever `maintenance.canary` says now: removing it does not let
+/// the failed release back in, only asking for another release does.
 pub(super) fn recorded_failure<'a>(spec: &'a ValidSpec) -> Option<&'a CanaryStatus> {
-    spec.canary?;
     let wanted = &spec.wanted;
     spec.cr
         .status
@@ -106,6 +106,16 @@ pub(super) fn recorded_failure<'a>(spec: &'a ValidSpec) -> Option<&'a CanaryStat
         .as_ref()
         .filter(|c| c.version == wanted.version && c.image == wanted.image)
         .filter(|c| matches!(c.phase, CanaryPhase::Failed | CanaryPhase::RolledBack))
+}
+
+/// A canary server that fell: no pod, or a row that served and now an unready pod or a row that
+/// no longer serves (a heartbeat only late, its pod ready and its row serving, has not).
+fn fallen(inputs: &Inputs, server: &str) -> bool {
+    inputs
+        .views
+        .iter()
+        .find(|s| s.name == server)
+        .is_none_or(|s| !s.pod_exists || (s.state.is_some() && !s.joined && (!s.ready || !s.serving)))
 }
 
 /// The canary of `spec`'s change, from the last recorded one, the pods and the evidence read.
@@ -118,10 +128,33 @@ pub(super) fn plan(
     now: Timestamp,
 ) -> CanaryPlan {
     let cr = spec.cr;
+    let wanted = &spec.wanted;
+    let on_wanted: Vec<&str> = observed
+        .pods
+        .iter()
+        .filter(|p| p.release.as_ref() == Some(wanted))
+        .map(|p| p.name.as_str())
+        .collect();
+    if let Some(failed) = recorded_failure(spec) {
+        // Back once no pod runs the failed release and the last step (its replacement
+        // joining) has ended; back stays back.
+        let back = failed.phase == CanaryPhase::RolledBack || (on_wanted.is_empty() && inputs.previous_step.is_none());
+        return CanaryPlan {
+            status: Some(CanaryStatus {
+                phase: if back {
+                    CanaryPhase::RolledBack
+                } else {
+                    CanaryPhase::Failed
+                },
+                ..failed.clone()
+            }),
+            rollback_to: Some(release(&failed.from_version, &failed.from_image)),
+            ..CanaryPlan::default()
+        };
+    }
     let Some((servers, policy)) = spec.canary else {
         return CanaryPlan::default();
     };
-    let wanted = &spec.wanted;
     let recorded = cr.status.as_ref().and_then(|s| s.canary.as_ref());
     let previous = recorded.filter(|c| c.version == wanted.version && c.image == wanted.image);
     // A record of another release is kept as the last canary's outcome once it had one.
@@ -135,51 +168,32 @@ pub(super) fn plan(
             })
             .cloned()
     };
-    let on_wanted: Vec<&str> = observed
-        .pods
-        .iter()
-        .filter(|p| p.release.as_ref() == Some(wanted))
-        .map(|p| p.name.as_str())
-        .collect();
-    if let Some(failed) = recorded_failure(spec) {
-        // Back once no pod runs the failed release and the last step (its replacement
-        // joining) has ended.
-        let phase = if on_wanted.is_empty() && inputs.previous_step.is_none() {
-            CanaryPhase::RolledBack
-        } else {
-            CanaryPhase::Failed
-        };
-        return CanaryPlan {
-            status: Some(CanaryStatus {
-                phase,
-                ..failed.clone()
-            }),
-            rollback_to: Some(release(&failed.from_version, &failed.from_image)),
-            ..CanaryPlan::default()
-        };
-    }
+    // The release the template ran before this change (while it still does).
     let running = inputs.running_release.as_ref().filter(|r| *r != wanted);
+    let record = |phase, from: &Release, message: String| CanaryStatus {
+        phase,
+        version: wanted.version.clone(),
+        image: wanted.image.clone(),
+        from_version: from.version.clone(),
+        from_image: from.image.clone(),
+        message: Some(message),
+        ..CanaryStatus::default()
+    };
     if upgrade.recreate {
         let from = running.cloned().unwrap_or_else(|| wanted.clone());
         return CanaryPlan {
-            status: Some(previous.cloned().unwrap_or(CanaryStatus {
-                phase: CanaryPhase::NotApplicable,
-                version: wanted.version.clone(),
-                image: wanted.image.clone(),
-                from_version: from.version,
-                from_image: from.image,
-                message: Some(
-                    "the version changes the schema and every server is recreated after the migration: no canary; going back would need the database restored from before the migration".into(),
-                ),
-                ..CanaryStatus::default()
-            })),
+            status: Some(previous.cloned().unwrap_or_else(|| record(
+                CanaryPhase::NotApplicable,
+                &from,
+                "the version changes the schema and every server is recreated after the migration: no canary; going back would need the database restored from before the migration".into(),
+            ))),
             ..CanaryPlan::default()
         };
     }
     let servers = usize::try_from(servers).unwrap_or(1);
     if !upgrade.release_ready {
         // A new release at its schema check (or refused): the plan shows the bake ahead.
-        let ahead = running.is_some() && upgrade.blocked.is_none();
+        let ahead = running.is_some() && upgrade.blocked.is_none() && on_wanted.is_empty();
         return CanaryPlan {
             status: previous.cloned().or_else(history),
             bake_after: ahead.then_some(servers),
@@ -194,51 +208,100 @@ pub(super) fn plan(
         .filter_map(|p| p.release.as_ref())
         .filter(|r| *r != wanted)
         .collect();
-    let Some(from) = previous
-        .map(|c| release(&c.from_version, &c.from_image))
-        .or_else(|| most_common(&others))
-        .filter(|_| !others.is_empty())
-    else {
+    if others.is_empty() {
         // Nothing runs another release: no roll to a new release (or it is over).
         return CanaryPlan {
             status: previous.cloned().or_else(history),
             ..CanaryPlan::default()
         };
-    };
-    let unpromoted = unpromoted(cr, wanted);
-    if previous.is_some_and(|c| c.phase == CanaryPhase::Passed) {
+    }
+    let Some(previous) = previous else {
+        // A canary is of a release no server runs yet: one that some already run (a revert
+        // during a canary, a roll taken up again) needs none.
+        if !on_wanted.is_empty() {
+            return CanaryPlan {
+                status: history(),
+                ..CanaryPlan::default()
+            };
+        }
+        let from = running
+            .cloned()
+            .or_else(|| most_common(&others))
+            .unwrap_or_else(|| wanted.clone());
+        if observed.pods.len() <= servers {
+            return CanaryPlan {
+                status: Some(record(
+                    CanaryPhase::NotApplicable,
+                    &from,
+                    format!("the cluster has no server besides the {servers} the canary would replace: no canary"),
+                )),
+                ..CanaryPlan::default()
+            };
+        }
         return CanaryPlan {
-            status: previous.cloned(),
+            status: Some(record(
+                CanaryPhase::Replacing,
+                &from,
+                format!("0 of {servers} canary servers run version {}", wanted.version),
+            )),
             check: Some(CanaryCheck {
                 servers,
-                verdict: Some(Verdict::Pass { figures: String::new() }),
-                unpromoted,
+                replaced: 0,
+                verdict: None,
+                unpromoted: None,
             }),
+            bake_after: Some(servers),
+            bake: policy.bake,
+            ..CanaryPlan::default()
+        };
+    };
+    if previous.phase == CanaryPhase::NotApplicable {
+        return CanaryPlan {
+            status: Some(previous.clone()),
             ..CanaryPlan::default()
         };
     }
-    let mut status = previous.cloned().unwrap_or(CanaryStatus {
-        version: wanted.version.clone(),
-        image: wanted.image.clone(),
-        from_version: from.version.clone(),
-        from_image: from.image.clone(),
-        ..CanaryStatus::default()
-    });
-    status.servers = on_wanted.iter().map(|s| s.to_string()).collect();
-    // A canary server a scale-down removes is not judged by its leaving.
-    let joined = |name: &str| {
-        inputs.servers.iter().any(|s| s.name == name && s.joined)
-            || ordinal(&cr.name_any(), name).is_none_or(|o| o >= wanted_servers)
+    let unpromoted = unpromoted(cr, wanted);
+    let check = |verdict| {
+        Some(CanaryCheck {
+            servers,
+            replaced: on_wanted.len(),
+            verdict,
+            unpromoted: unpromoted.clone(),
+        })
     };
-    let all_joined = on_wanted.iter().all(|s| joined(s));
+    if previous.phase == CanaryPhase::Passed {
+        return CanaryPlan {
+            status: Some(previous.clone()),
+            check: check(Some(Verdict::Pass { figures: String::new() })),
+            ..CanaryPlan::default()
+        };
+    }
+    let mut status = previous.clone();
     let mut plan = CanaryPlan {
         bake_after: Some(servers.saturating_sub(on_wanted.len())),
         bake: policy.bake,
         ..CanaryPlan::default()
     };
-    let verdict = if on_wanted.len() < servers {
-        // Fewer than before (one removed): the bake starts again with the next.
-        status.bake_started_at = None;
+    let verdict = if let Some(started) = status.bake_started_at.as_ref().map(|t| t.0) {
+        // The servers recorded when the bake started are judged (a server added since is
+        // neither the canary nor the baseline); one a scale-down removes is not judged by its
+        // leaving.
+        let kept_joined = status
+            .servers
+            .iter()
+            .all(|s| !fallen(inputs, s) || ordinal(&cr.name_any(), s).is_none_or(|o| o >= wanted_servers));
+        judged(
+            &mut status,
+            observed,
+            inputs.database_ready,
+            kept_joined,
+            policy,
+            elapsed(started, now),
+            now,
+        )
+    } else if on_wanted.len() < servers {
+        status.servers = on_wanted.iter().map(|s| s.to_string()).collect();
         status.phase = CanaryPhase::Replacing;
         status.message = Some(format!(
             "{} of {servers} canary servers run version {}",
@@ -246,23 +309,19 @@ pub(super) fn plan(
             wanted.version
         ));
         None
-    } else if let Some(started) = status.bake_started_at.as_ref().map(|t| t.0) {
-        judged(
-            &mut status,
-            observed,
-            inputs.database_ready,
-            all_joined,
-            policy,
-            elapsed(started, now),
-            now,
-        )
-    } else if all_joined && inputs.database_ready {
-        // Recorded now, judged from the next look on.
+    } else if inputs.database_ready
+        && on_wanted
+            .iter()
+            .all(|s| inputs.servers.iter().any(|v| v.name == *s && v.joined))
+    {
+        // Recorded now, with its servers, and judged from the next look on.
+        status.servers = on_wanted.iter().map(|s| s.to_string()).collect();
         status.phase = CanaryPhase::Baking;
         status.bake_started_at = Some(Time(now));
         status.message = Some(format!("every canary server joined; baking for {:?}", policy.bake));
         None
     } else {
+        status.servers = on_wanted.iter().map(|s| s.to_string()).collect();
         status.phase = CanaryPhase::Replacing;
         status.message = Some("waiting for every canary server to join before the bake".into());
         None
@@ -270,11 +329,7 @@ pub(super) fn plan(
     if matches!(verdict, Some(Verdict::Pass { .. }) | Some(Verdict::Fail { .. })) {
         plan.bake_after = None;
     }
-    plan.check = Some(CanaryCheck {
-        servers,
-        verdict,
-        unpromoted,
-    });
+    plan.check = check(verdict);
     plan.status = Some(status);
     plan
 }
@@ -285,7 +340,7 @@ fn judged(
     status: &mut CanaryStatus,
     observed: &Observed,
     database_ready: bool,
-    all_joined: bool,
+    kept_joined: bool,
     policy: CanaryPolicy,
     baked: Duration,
     now: Timestamp,
@@ -308,7 +363,7 @@ fn judged(
             baked,
             canary,
             others,
-            kept_joined: all_joined,
+            kept_joined,
         },
     );
     status.canary_jobs = Some(outcomes(&canary));

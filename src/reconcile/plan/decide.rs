@@ -28,7 +28,7 @@ use kube::ResourceExt;
 
 use super::canary::{self, CanaryPlan};
 use super::inputs::Inputs;
-use crate::crd::{APPROVE_ANNOTATION, Approval, OrchestratorCluster};
+use crate::crd::{APPROVE_ANNOTATION, Approval, CanaryPhase, OrchestratorCluster};
 use crate::database::DatabaseState;
 use crate::planners::autoscale::{self, AutoscaleInput, AutoscaleOutcome};
 use crate::planners::capacity::{self, CapacityDecision, CapacityInput};
@@ -93,9 +93,11 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         drain_ages: &inputs.drain_ages,
         drain_policy: spec.drain,
     });
-    if canary::recorded_failure(spec).is_some() {
+    let failed_canary = canary::recorded_failure(spec);
+    if failed_canary.is_some() && !upgrade.recreate {
         // The failed release stays out of the template until the spec asks for another: no
-        // schema Job, no stage, no release let through.
+        // schema Job, no stage, no release let through. (A migration that runs still stops
+        // every server.)
         upgrade = UpgradeDecision::default();
     }
     let name = cr.name_any();
@@ -159,9 +161,13 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         };
     }
     let mut canary = canary::plan(spec, observed, inputs, &upgrade, wanted, now.0);
-    let rolling_back = canary.failed();
+    let halted = canary.failed();
+    // Only the rollback itself goes on without an approval and outside the windows.
+    let rolling_back = halted
+        .as_ref()
+        .filter(|_| failed_canary.is_some_and(|c| c.phase == CanaryPhase::Failed));
     // Said as a wait while the canary servers are put back, as a halt once they are.
-    upgrade.waiting = rolling_back.clone().or(upgrade.waiting);
+    upgrade.waiting = halted.clone().or(upgrade.waiting);
     let mut roll = maintenance::decide(&MaintenanceInput {
         cluster: &name,
         // A step's server is removed only by a scale-down that goes ahead (not one held for an
@@ -193,7 +199,7 @@ pub(super) fn decide(spec: &ValidSpec, observed: &Observed, inputs: &Inputs, now
         now: now.0,
     });
     canary::never_joined(&mut canary, &mut roll, now.0);
-    if let Some(hold) = rolling_back.filter(|_| roll.outdated == 0 && roll.step.is_none()) {
+    if let Some(hold) = halted.filter(|_| roll.outdated == 0 && roll.step.is_none()) {
         upgrade.waiting = None;
         upgrade.blocked = Some(hold);
     }

@@ -1071,6 +1071,13 @@ mod canary {
         cr
     }
 
+    /// `cr` once its change began: the release let through, the canary recorded (Replacing).
+    fn begun(cr: &OrchestratorCluster) -> OrchestratorCluster {
+        let start = look(cr, &servers_on(0, "old"), -5);
+        assert_eq!(start.status.canary.as_ref().unwrap().phase, CanaryPhase::Replacing);
+        recorded(cr, &start)
+    }
+
     fn outcomes(succeeded: i64, failed: i64) -> Outcomes {
         Outcomes {
             succeeded,
@@ -1178,13 +1185,35 @@ mod canary {
         let blocked = find(&done.status.conditions, ConditionType::MaintenanceBlocked).unwrap();
         assert_eq!(blocked.reason, "CanaryFailed");
         assert!(done.events.iter().any(|e| e.reason == Reason::CanaryRolledBack));
-        let again = look(&recorded(&cr, &done), &servers_on(0, "old"), 90);
-        assert!(again.writes.is_empty() && again.drain.is_empty(), "stays rolled back");
+        // No check Job known: without the recorded failure one would be made for 2.0.0.
+        let mut unchecked = servers_on(0, "old");
+        unchecked.schema_jobs.check = None;
+        let again = look(&recorded(&cr, &done), &unchecked, 90);
+        assert!(
+            again.writes.is_empty() && again.drain.is_empty(),
+            "stays rolled back: {:?}",
+            again.writes
+        );
+        // Removing the canary does not let the failed release back in.
+        let mut removed = recorded(&cr, &done);
+        removed.spec.maintenance.canary = None;
+        let without = look(&removed, &servers_on(0, "old"), 91);
+        assert!(without.writes.is_empty(), "{:?}", without.writes);
+        assert_eq!(without.status.canary.unwrap().phase, CanaryPhase::RolledBack);
+        // Another release: a canary of its own, from the release the servers run.
+        let mut next = recorded(&cr, &done);
+        next.spec.version = "2.2.0".into();
+        let other = look(&next, &servers_on(0, "old"), 92);
+        let canary = other.status.canary.unwrap();
+        assert_eq!(
+            (canary.version.as_str(), canary.from_version.as_str(), canary.phase),
+            ("2.2.0", "1.0.0", CanaryPhase::Replacing)
+        );
     }
 
     #[test]
     fn a_healthy_canary_passes_after_its_bake_and_the_roll_goes_on() {
-        let cr = canary_cluster();
+        let cr = begun(&canary_cluster());
         let mut baking = servers_on(1, "new");
         let bake = look(&cr, &baking, 0);
         assert_eq!(bake.status.canary.as_ref().unwrap().phase, CanaryPhase::Baking);
@@ -1207,14 +1236,61 @@ mod canary {
         assert_eq!(passed.drain, vec!["minimal-1"], "the roll goes on");
         // The pass is kept: no evidence read later undoes it.
         let mut later = baking.clone();
-        later.canary_evidence = None;
+        later.canary_evidence = Some(Ok([outcomes(0, 30), outcomes(60, 0)]));
         let next = look(&recorded(&cr, &passed), &later, 63);
         assert_eq!(next.status.canary.as_ref().unwrap().phase, CanaryPhase::Passed);
     }
 
     #[test]
+    fn a_revert_during_the_bake_has_no_canary_and_puts_the_canary_back() {
+        let cr = begun(&canary_cluster());
+        let baking = servers_on(1, "new");
+        let mut cr = recorded(&cr, &look(&cr, &baking, 0));
+        // Back to 1.0.0, which two servers run: no canary of it, and the canary server is the
+        // roll's to replace (the template back at the old revision).
+        cr.spec.version = "1.0.0".into();
+        cr.status.as_mut().unwrap().maintenance = None;
+        let mut reverted = servers_on(1, "old");
+        reverted.schema_jobs.check = None;
+        let revert = look(&cr, &reverted, 5);
+        assert_eq!(
+            revert.status.canary, None,
+            "a baking canary of another release is dropped"
+        );
+        assert_eq!(revert.drain, vec!["minimal-2"]);
+    }
+
+    #[test]
+    fn a_server_added_during_the_bake_is_not_judged_and_a_late_heartbeat_is_no_failure() {
+        let cr = begun(&canary_cluster());
+        let mut baking = servers_on(1, "new");
+        let cr = recorded(&cr, &look(&cr, &baking, 0));
+        // A fourth server on the new release, not joined yet.
+        let mut added = baking.pods[2].clone();
+        added.name = "minimal-3".into();
+        added.ordinal = 3;
+        added.ready = false;
+        baking.pods.push(added);
+        // The canary's heartbeat is late: not joined, but its pod is ready and it serves.
+        if let crate::database::DatabaseState::Ready { members, .. } = &mut baking.database {
+            members
+                .iter_mut()
+                .find(|m| m.server_id == "minimal-2")
+                .unwrap()
+                .heartbeat_age_seconds = 12.0;
+        }
+        baking.canary_evidence = Some(Ok([outcomes(30, 0), outcomes(60, 0)]));
+        let later = look(&cr, &baking, 30);
+        let canary = later.status.canary.unwrap();
+        assert_eq!(
+            (canary.phase, canary.servers),
+            (CanaryPhase::Baking, vec!["minimal-2".to_string()])
+        );
+    }
+
+    #[test]
     fn no_verdict_on_an_unreadable_database_or_evidence() {
-        let cr = canary_cluster();
+        let cr = begun(&canary_cluster());
         let mut baking = servers_on(1, "new");
         let cr = recorded(&cr, &look(&cr, &baking, 0));
         baking.canary_evidence = Some(Err("the canary's evidence could not be read: SQLSTATE 42501".into()));
