@@ -1136,6 +1136,27 @@ pub struct JobOutcomes {
     pub run_p50_ms: Option<i64>,
 }
 
+impl From<&orchestrator_contract::Outcomes> for JobOutcomes {
+    fn from(o: &orchestrator_contract::Outcomes) -> Self {
+        Self {
+            succeeded: o.succeeded,
+            failed: o.failed,
+            run_p50_ms: o.run_p50_ms,
+        }
+    }
+}
+
+impl std::fmt::Display for JobOutcomes {
+    /// `3 of 40 jobs failed, median run 210 ms`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} of {} jobs failed", self.failed, self.succeeded + self.failed)?;
+        match self.run_p50_ms {
+            Some(ms) => write!(f, ", median run {ms} ms"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// How a spec change is carried out.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PlanStrategy {

@@ -498,18 +498,7 @@ fn canary_lines(c: &CanaryStatus) -> String {
         CanaryPhase::Failed | CanaryPhase::RolledBack => coloured(&phase, RED),
         _ => coloured(&phase, YELLOW),
     };
-    let jobs = |o: &Option<JobOutcomes>| {
-        o.as_ref().map_or("-".to_string(), |o| {
-            format!(
-                "{} of {} failed{}",
-                o.failed,
-                o.succeeded + o.failed,
-                o.run_p50_ms
-                    .map(|ms| format!(", median run {ms} ms"))
-                    .unwrap_or_default()
-            )
-        })
-    };
+    let jobs = |o: &Option<JobOutcomes>| o.as_ref().map_or("-".to_string(), JobOutcomes::to_string);
     let mut out = format!(
         "canary: {phase} version {} on {} (the others run {}){}{}\n",
         c.version,

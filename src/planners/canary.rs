@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use orchestrator_contract::Outcomes;
 
+use crate::crd::JobOutcomes;
+
 /// How a canary is judged (`maintenance.canary`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct CanaryPolicy {
@@ -89,20 +91,10 @@ fn ratio(o: &Outcomes) -> Option<f64> {
 }
 
 fn figures(e: &Evidence) -> String {
-    let side = |name: &str, o: &Outcomes| {
-        format!(
-            "{name}: {} of {} jobs failed{}",
-            o.failed,
-            o.succeeded + o.failed,
-            o.run_p50_ms
-                .map(|ms| format!(", median run {ms} ms"))
-                .unwrap_or_default()
-        )
-    };
     format!(
-        "{}; {} (over {} s)",
-        side("canary", &e.canary),
-        side("other servers", &e.others),
+        "canary: {}; other servers: {} (over {} s)",
+        JobOutcomes::from(&e.canary),
+        JobOutcomes::from(&e.others),
         e.baked.as_secs()
     )
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use orchestrator_operator::crd::{CanaryPhase, CanaryShortfall, OrchestratorCluster, PlanAction};
 use serde_json::json;
 
-use crate::maintenance::{Watcher, cluster, event_reasons, server_uids};
+use crate::maintenance::{Watcher, all_joined_on, cluster, event_reasons, server_uids};
 use crate::plugin::orc_ok;
 use crate::support::e2e::{
     MINUTE, Operator, TestNamespace, db, load, patch_spec, wait_condition, wait_for, wait_settled,
@@ -98,14 +98,7 @@ async fn a_release_that_fails_its_jobs_is_rolled_back_from_its_canary() {
     }
     assert_eq!(watcher.replaced(), vec![canary_server.clone(), canary_server]);
     let status = rolled_back.status.unwrap();
-    assert!(
-        status
-            .servers
-            .iter()
-            .all(|s| s.version.as_deref() == Some("2.0.0") && s.joined),
-        "{:?}",
-        status.servers
-    );
+    all_joined_on(&status, "2.0.0");
     let blocked = status
         .conditions
         .iter()
@@ -213,7 +206,7 @@ async fn a_good_release_waits_for_evidence_then_passes_and_is_promoted() {
         )),
         "{shown}"
     );
-    assert!(shown.contains("jobs: canary 0 of 0 failed"), "{shown}");
+    assert!(shown.contains("jobs: canary 0 of 0 jobs failed"), "{shown}");
     assert!(shown.contains("Bake (the canary servers)"), "{shown}");
     let replaced = |now: &BTreeMap<String, String>| -> Vec<String> {
         now.iter()

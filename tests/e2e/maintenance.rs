@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
-use orchestrator_operator::crd::{OrchestratorCluster, Phase, PlanAction, PlanStrategy};
+use orchestrator_operator::crd::{OrchestratorCluster, OrchestratorClusterStatus, Phase, PlanAction, PlanStrategy};
 use serde_json::json;
 use testing_postgres::TestPostgres;
 
@@ -37,6 +37,18 @@ pub(crate) async fn server_uids(ns: &TestNamespace) -> BTreeMap<String, String> 
 async fn ready_cluster(ns: &TestNamespace, pg: &TestPostgres, replicas: i32) {
     ns.create_cluster(&cluster(replicas, pg)).await;
     wait_settled(ns, replicas, Some("2.0.0")).await;
+}
+
+/// Asserts that every server of `status` runs `version` and has joined.
+pub(crate) fn all_joined_on(status: &OrchestratorClusterStatus, version: &str) {
+    assert!(
+        status
+            .servers
+            .iter()
+            .all(|s| s.version.as_deref() == Some(version) && s.joined),
+        "{:?}",
+        status.servers
+    );
 }
 
 /// Watches the pods and records the most servers ever unavailable at once, and the order in
@@ -297,12 +309,7 @@ async fn version_bump_replaces_one_server_at_a_time_and_loses_no_job() {
     assert_eq!(unique.len(), replaced.len(), "each server replaced once: {replaced:?}");
     let status = cr.status.unwrap();
     assert!(status.maintenance.is_none(), "{:?}", status.maintenance);
-    assert!(
-        status
-            .servers
-            .iter()
-            .all(|s| s.version.as_deref() == Some("2.1.0") && s.joined)
-    );
+    all_joined_on(&status, "2.1.0");
     println!("replacement order: {replaced:?}");
     let metrics = operator.metrics().await;
     let labels = format!(r#"{{namespace="{}",cluster="prod"}}"#, ns.name);
@@ -870,14 +877,7 @@ async fn a_schema_changing_version_is_refused_then_recreated_without_losing_a_jo
         "{:?}",
         status.history
     );
-    assert!(
-        status
-            .servers
-            .iter()
-            .all(|s| s.version.as_deref() == Some("2.0.0") && s.joined),
-        "{:?}",
-        status.servers
-    );
+    all_joined_on(&status, "2.0.0");
     let reasons: BTreeSet<String> = event_reasons(&ns).await.into_iter().map(|(r, _)| r).collect();
     for reason in ["SchemaCheck", "StoppingServers", "SchemaMigration", "SchemaMigrated"] {
         assert!(reasons.contains(reason), "Event {reason} in {reasons:?}");

@@ -86,14 +86,6 @@ fn release(version: &str, image: &str) -> Release {
     }
 }
 
-fn outcomes(o: &orchestrator_contract::Outcomes) -> JobOutcomes {
-    JobOutcomes {
-        succeeded: o.succeeded,
-        failed: o.failed,
-        run_p50_ms: o.run_p50_ms,
-    }
-}
-
 /// The recorded canary of the wanted release when it failed: its servers go back (or went back)
 /// to the previous release. Whatever `maintenance.canary` says now: removing it does not let
 /// the failed release back in, only asking for another release does.
@@ -366,13 +358,18 @@ fn judged(
             kept_joined,
         },
     );
-    status.canary_jobs = Some(outcomes(&canary));
-    status.other_jobs = Some(outcomes(&others));
+    status.canary_jobs = Some(JobOutcomes::from(&canary));
+    status.other_jobs = Some(JobOutcomes::from(&others));
     let (phase, message) = match &verdict {
         // No countdown: the message changes with the jobs only, not with every look.
         Verdict::Baking { .. } => (
             CanaryPhase::Baking,
-            format!("baking for {:?}; {}", policy.bake, summary(&canary, &others)),
+            format!(
+                "baking for {:?}; canary: {}; other servers: {}",
+                policy.bake,
+                JobOutcomes::from(&canary),
+                JobOutcomes::from(&others)
+            ),
         ),
         Verdict::TooFewJobs { have } => (
             CanaryPhase::Inconclusive,
@@ -393,16 +390,6 @@ fn judged(
     status.phase = phase;
     status.message = Some(message);
     Some(verdict)
-}
-
-fn summary(canary: &orchestrator_contract::Outcomes, others: &orchestrator_contract::Outcomes) -> String {
-    format!(
-        "canary {} of {} jobs failed, other servers {} of {}",
-        canary.failed,
-        canary.succeeded + canary.failed,
-        others.failed,
-        others.succeeded + others.failed
-    )
 }
 
 /// Under `approval: Manual`, what a passed canary waits for until the current generation is
