@@ -492,7 +492,31 @@ pub struct MaintenanceSpec {
     /// otherwise they are rolled back and the roll halts with `CanaryFailed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanarySpec>,
+
+    /// When a change of the pod template that comes from the operator itself (a new operator
+    /// version, a changed default, `--server-image-repository`), not from this spec, is rolled
+    /// out: `Immediate`, `NextWindow` (the next maintenance window) or `Manual` (annotation
+    /// `orchestrator.dev/operator-change`, or `kubectl orc approve`). Default: `NextWindow` when
+    /// `windows` are set, else `Immediate`. Until then it is `status.pendingOperatorChange`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_changes: Option<OperatorChanges>,
 }
+
+/// When an operator-originated change of the pod template is rolled out.
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperatorChanges {
+    /// At once (the roll still waits for `--max-concurrent-rolls`, paused and the approval).
+    Immediate,
+    /// Once a maintenance window is open (at once without windows).
+    NextWindow,
+    /// Once a person applies it: annotation `orchestrator.dev/operator-change` set to
+    /// `status.pendingOperatorChange.templateHash`.
+    Manual,
+}
+
+/// The annotation that applies a pending operator change of a cluster whose
+/// `maintenance.operatorChanges` is `Manual`: its value is the change's `templateHash`.
+pub const OPERATOR_CHANGE_ANNOTATION: &str = "orchestrator.dev/operator-change";
 
 /// How a new release is tried on a few servers before the rest of the roll.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -559,6 +583,7 @@ impl Default for MaintenanceSpec {
             restart_requested_at: None,
             windows: Vec::new(),
             canary: None,
+            operator_changes: None,
         }
     }
 }
@@ -849,6 +874,11 @@ pub struct OrchestratorClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,
 
+    /// A change of the pod template that comes from the operator, not from the spec, held by
+    /// `maintenance.operatorChanges`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_operator_change: Option<PendingOperatorChange>,
+
     /// Standard conditions: Ready, Progressing, Degraded, DatabaseReady, MaintenanceBlocked,
     /// CapacityBlocked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -1048,6 +1078,20 @@ pub struct MaintenanceHistory {
     /// Seconds the last `schema migrate` Job ran, from its start to its completion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration_seconds: Option<i64>,
+}
+
+/// A change of the servers' pod template that the operator would make on its own.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingOperatorChange {
+    /// When the operator first saw it.
+    pub since: Time,
+    /// A hash of the pod template it would write: what `Manual` approves.
+    pub template_hash: String,
+    /// What would change, as paths of the pod template (with the old and new image).
+    pub changes: Vec<String>,
+    /// What it waits for, for a person.
+    pub waiting_for: String,
 }
 
 /// A canary: the first servers of a roll to a new release, judged before the others.

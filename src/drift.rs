@@ -86,6 +86,52 @@ fn quantity(text: &str) -> Option<f64> {
     number(mantissa).map(|n| n * 10f64.powi(exponent))
 }
 
+/// The paths of `desired` not contained in `live` (`spec.containers[server].image`), for a
+/// person: list elements are named by their `name` when they have one. Values are shown only for
+/// an `image` (never an env value, which may be a secret someone wrote in).
+pub(crate) fn differences(desired: &Value, live: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(desired, Some(live), "", &mut out);
+    out
+}
+
+fn walk(desired: &Value, live: Option<&Value>, path: &str, out: &mut Vec<String>) {
+    let Some(live) = live else {
+        if !is_empty(desired) {
+            out.push(format!("{path} (added)"));
+        }
+        return;
+    };
+    if contained(desired, live, false) {
+        return;
+    }
+    match (desired, live) {
+        (Value::Object(want), Value::Object(have)) => {
+            for (key, value) in want {
+                let at = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                walk(value, have.get(key), &at, out);
+            }
+        }
+        (Value::Array(want), Value::Array(have)) if want.len() == have.len() => {
+            for (i, (w, h)) in want.iter().zip(have).enumerate() {
+                let name = w
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .map_or(i.to_string(), str::to_string);
+                walk(w, Some(h), &format!("{path}[{name}]"), out);
+            }
+        }
+        (Value::String(want), Value::String(have)) if path.ends_with(".image") => {
+            out.push(format!("{path}: {have} -> {want}"));
+        }
+        _ => out.push(path.to_string()),
+    }
+}
+
 /// Values the API server drops when they are applied (empty maps and lists, null).
 fn is_empty(value: &Value) -> bool {
     match value {
@@ -98,6 +144,21 @@ fn is_empty(value: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn differences_name_the_paths_and_only_an_images_values() {
+        let live = serde_json::json!({"spec": {"containers": [{"name": "server", "image": "a/s:1", "env": [{"name": "PASSWORD", "value": "old"}], "tty": false}]}, "extra": 1});
+        let want = serde_json::json!({"spec": {"containers": [{"name": "server", "image": "b/s:1", "env": [{"name": "PASSWORD", "value": "hunter2"}]}]}, "metadata": {"labels": {"x": "y"}}});
+        assert_eq!(
+            super::differences(&want, &live),
+            vec![
+                "metadata (added)".to_string(),
+                "spec.containers[server].env[PASSWORD].value".to_string(),
+                "spec.containers[server].image: a/s:1 -> b/s:1".to_string(),
+            ]
+        );
+        assert!(super::differences(&live, &live).is_empty());
+    }
+
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;

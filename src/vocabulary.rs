@@ -163,6 +163,11 @@ words! {
         CanaryPassed,
         /// A failed canary's servers run the previous release again.
         CanaryRolledBack,
+        /// The operator would change the servers' pod template on its own (a new operator
+        /// version, a changed default); `maintenance.operatorChanges` holds it.
+        OperatorChangePending,
+        /// A held operator change reaches the pod template; the roll replaces the servers.
+        OperatorChangeApplied,
         /// The StatefulSet is being written (a drift corrected, a new template): which servers
         /// are outdated is known once the written one is observed.
         StatefulSetChanging,

@@ -14,8 +14,8 @@ use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 use orchestrator_operator::crd::{
-    APPROVE_ANNOTATION, Approval, CanaryPhase, CanaryStatus, JobOutcomes, OrchestratorCluster, PROMOTE_ANNOTATION,
-    PlanAction, REPLACE_ANNOTATION,
+    APPROVE_ANNOTATION, Approval, CanaryPhase, CanaryStatus, JobOutcomes, OPERATOR_CHANGE_ANNOTATION, OperatorChanges,
+    OrchestratorCluster, PROMOTE_ANNOTATION, PlanAction, REPLACE_ANNOTATION,
 };
 use serde_json::json;
 
@@ -176,6 +176,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let cr = get(name).await?;
             let generation = cr.metadata.generation.unwrap_or_default();
+            // A held operator change that waits for a person goes first.
+            if let Some(pending) = cr
+                .status
+                .as_ref()
+                .and_then(|s| s.pending_operator_change.as_ref())
+                .filter(|_| cr.spec.maintenance.operator_changes == Some(OperatorChanges::Manual))
+            {
+                let hash = pending.template_hash.clone();
+                let changes = pending.changes.join(", ");
+                let patch = json!({"metadata": {"annotations": {OPERATOR_CHANGE_ANNOTATION: hash}}});
+                let cr = merge(name, patch).await?;
+                return said(
+                    output,
+                    &cr,
+                    format!(
+                        "{name}: the operator's change {hash} of the pod template is approved ({changes}); the roll replaces the servers"
+                    ),
+                );
+            }
             if cr.spec.maintenance.approval != Approval::Manual {
                 return said(
                     output,
@@ -484,6 +503,16 @@ fn status_table(cr: &OrchestratorCluster) -> String {
     }
     if let Some(c) = &status.canary {
         out.push_str(&canary_lines(c));
+    }
+    if let Some(p) = &status.pending_operator_change {
+        out.push_str(&format!(
+            "{} {} since {}: {}\n  {}\n",
+            coloured("operator change pending", YELLOW),
+            p.template_hash,
+            p.since.0,
+            p.changes.join(", "),
+            p.waiting_for
+        ));
     }
     out.push('\n');
     out.push_str(&plan_table(cr));

@@ -18,6 +18,7 @@ mod gitops;
 mod install;
 mod leader;
 mod maintenance;
+mod operator_upgrade;
 mod plugin;
 mod refusals;
 mod serial;

@@ -290,6 +290,12 @@ impl Operator {
         Self::spawn(namespace, "orchestrator-server", None, flags)
     }
 
+    /// Starts the operator watching `namespace` without leader election, with `image_repository`
+    /// for servers and `flags` added.
+    pub(crate) fn with_repository(namespace: &str, image_repository: &str, flags: &[&str]) -> Self {
+        Self::spawn(namespace, image_repository, None, flags)
+    }
+
     /// Starts one replica of `replica` watching `namespace`, with leader election.
     pub(crate) fn replica(namespace: &str, replica: &Replica) -> Self {
         Self::spawn(namespace, "orchestrator-server", Some(replica), &[])

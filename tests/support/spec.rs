@@ -86,6 +86,11 @@ impl ClusterSpec {
         self
     }
 
+    /// `maintenance.windows`.
+    pub(crate) fn windows(self, windows: Value) -> Self {
+        self.maintenance("windows", windows)
+    }
+
     /// `maintenance.canary`.
     pub(crate) fn canary(self, canary: Value) -> Self {
         self.maintenance("canary", canary)

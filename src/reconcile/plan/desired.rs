@@ -4,14 +4,17 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PodTemplateSpec, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::decide::Decisions;
 use super::inputs::Inputs;
+use super::operator_change::{self, SPEC_HASH_ANNOTATION, TEMPLATE_HASH_ANNOTATION};
+use crate::crd::PendingOperatorChange;
 use crate::database::DatabaseState;
 use crate::drift::is_contained;
 use crate::error::{Error, Result};
@@ -97,24 +100,51 @@ pub(super) fn writes(
     observed: &Observed,
     inputs: &Inputs,
     decisions: &Decisions,
-) -> Result<Vec<Write>> {
+    now: Timestamp,
+) -> Result<(Vec<Write>, Option<PendingOperatorChange>)> {
     let cr = spec.cr;
     let configmap = configmap::build(spec);
     let config_hash = configmap::data_hash(&configmap);
     let release = deployed_release(spec, decisions, inputs.running_release.as_ref());
     let mut statefulset = statefulset::build(spec, release, decisions.capacity.replicas, &config_hash);
+    let live_statefulset = observed.statefulset.as_ref();
+    let live_annotations = live_statefulset.map(|s| s.annotations().clone()).unwrap_or_default();
+    let spec_hash = operator_change::spec_hash(spec, release);
+    let mut pending = None;
     // Under `approval: Manual`, a generation not approved yet does not reach the pod template
     // while a step is in progress: the step's replacement would be made from it.
     let unapproved = decisions
         .gates
         .iter()
         .any(|hold| hold.reason == Reason::AwaitingApproval);
-    if unapproved
+    let hashes = if let Some(live) = live_statefulset.and_then(|s| s.spec.as_ref())
+        && unapproved
         && inputs.previous_step.is_some()
-        && let Some(live) = observed.statefulset.as_ref().and_then(|s| s.spec.as_ref())
-        && let Some(spec) = statefulset.spec.as_mut()
     {
-        spec.template = live.template.clone();
+        // Held with the hashes it was written with.
+        set_template(&mut statefulset, &live.template);
+        [SPEC_HASH_ANNOTATION, TEMPLATE_HASH_ANNOTATION].map(|key| live_annotations.get(key).cloned())
+    } else {
+        let desired = statefulset
+            .spec
+            .as_ref()
+            .map(|s| s.template.clone())
+            .unwrap_or_default();
+        let change = operator_change::judge(spec, live_statefulset, &desired, &spec_hash, now);
+        pending = change.pending;
+        match (change.hold, live_statefulset.and_then(|s| s.spec.as_ref())) {
+            (Some((held_spec, held_template)), Some(live)) => {
+                set_template(&mut statefulset, &live.template);
+                [Some(held_spec), Some(held_template)]
+            }
+            _ => [Some(spec_hash), Some(operator_change::template_hash(&desired))],
+        }
+    };
+    let annotations = statefulset.metadata.annotations.get_or_insert_default();
+    for (key, value) in [SPEC_HASH_ANNOTATION, TEMPLATE_HASH_ANNOTATION].into_iter().zip(hashes) {
+        if let Some(value) = value {
+            annotations.insert(key.to_string(), value);
+        }
     }
     // Jobs run only with the database ready, so its schema version is known.
     let schema_job = match (decisions.upgrade.run_job, &observed.database) {
@@ -150,7 +180,13 @@ pub(super) fn writes(
             });
         }
     }
-    Ok(writes)
+    Ok((writes, pending))
+}
+
+fn set_template(statefulset: &mut StatefulSet, template: &PodTemplateSpec) {
+    if let Some(spec) = statefulset.spec.as_mut() {
+        spec.template = template.clone();
+    }
 }
 
 /// The release the StatefulSet must run: a failed canary's previous release, else the wanted

@@ -126,6 +126,42 @@ pub(super) fn events(
     events
 }
 
+/// An Event when an operator change is first held (or becomes another), and when a held one
+/// reaches the template (the StatefulSet is written without it pending).
+pub(super) fn operator_change_event(
+    cr: &OrchestratorCluster,
+    status: &OrchestratorClusterStatus,
+    writes: &[super::desired::Write],
+) -> Option<PlannedEvent> {
+    let before = cr.status.as_ref().and_then(|s| s.pending_operator_change.as_ref());
+    match (before, status.pending_operator_change.as_ref()) {
+        (before, Some(after)) if before.is_none_or(|b| b.template_hash != after.template_hash) => {
+            Some(PlannedEvent::normal(
+                Reason::OperatorChangePending,
+                format!(
+                    "the operator would change the servers' pod template ({}); {}",
+                    after.changes.join(", "),
+                    after.waiting_for
+                ),
+            ))
+        }
+        (Some(before), None)
+            if writes
+                .iter()
+                .any(|w| matches!(w.child, super::desired::Child::StatefulSet(_))) =>
+        {
+            Some(PlannedEvent::normal(
+                Reason::OperatorChangeApplied,
+                format!(
+                    "the operator's change of the pod template is rolled out ({})",
+                    before.changes.join(", ")
+                ),
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// An Event when a canary's bake starts, when it passes and when a failed one is rolled back
 /// (its failure is the roll's halt, said with the other halts).
 fn canary_event(cr: &OrchestratorCluster, status: &OrchestratorClusterStatus) -> Option<PlannedEvent> {

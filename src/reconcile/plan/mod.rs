@@ -8,6 +8,8 @@
 //! - [`status`]: the status, conditions and step in progress;
 //! - [`canary`]: the canary of a roll to a new release, and the rollback of a failed one;
 //! - [`change`]: the plan of the spec change (`status.plan`), read from the decisions;
+//! - [`operator_change`]: a change of the pod template that comes from the operator, held by
+//!   `maintenance.operatorChanges`;
 //! - [`events`]: the Events of the steps and of conditions that turned bad.
 
 mod canary;
@@ -16,6 +18,7 @@ mod decide;
 mod desired;
 mod events;
 mod inputs;
+mod operator_change;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -100,7 +103,7 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
     let cr = spec.cr;
     let inputs = inputs::gather(cr, observed, now.0);
     let mut decisions = decide::decide(spec, observed, &inputs, now);
-    let writes = desired::writes(spec, observed, &inputs, &decisions)?;
+    let (writes, pending_operator_change) = desired::writes(spec, observed, &inputs, &decisions, now.0)?;
     // A StatefulSet about to be written (new template or replicas) is not the one observed:
     // nothing is settled until the StatefulSet controller has seen the written one.
     let statefulset_current = !writes.iter().any(|w| matches!(w.child, Child::StatefulSet(_)));
@@ -139,7 +142,9 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
         ));
     }
     let mut status = status::status(cr, observed, &inputs, &decisions, statefulset_current, now);
+    status.pending_operator_change = pending_operator_change;
     let mut events = events::events(cr, observed, &inputs, &decisions, &status);
+    events.extend(events::operator_change_event(cr, &status, &writes));
     if observed.rejected.is_some() {
         // The writes of this plan were refused at this generation: the steps it announces
         // ("adding prod-0") will not happen, and saying them at every retry would be noise.

@@ -189,6 +189,8 @@ pub(super) fn status(
         // Made by `change`, from the same decisions, once the status and its events are.
         plan: None,
         history: None,
+        // Found by `desired`, with the template it holds.
+        pending_operator_change: None,
         canary: decisions.canary.status.clone(),
         conditions,
     };

@@ -514,8 +514,13 @@ mod version_change {
         let kinds: Vec<_> = first.writes.iter().map(|w| (w.child.kind(), w.creates)).collect();
         assert_eq!(
             kinds,
-            vec![("Job", true)],
-            "only the check Job; the template keeps the old release"
+            vec![("StatefulSet", false), ("Job", true)],
+            "the check Job, and the StatefulSet's spec hash"
+        );
+        assert_eq!(
+            statefulset_version(&first).as_deref(),
+            Some("1.0.0"),
+            "the template keeps the old release"
         );
         assert_eq!(first.status.phase, Phase::Maintaining);
         let maintenance = first.status.maintenance.clone().unwrap();
@@ -536,7 +541,17 @@ mod version_change {
         });
         let mut cr = Cluster::minimal().version("2.0.0").build();
         let refused = dry_run(&cr, &observed, &BuildSettings::default(), &super::basics::now()).unwrap();
-        assert!(refused.writes.is_empty() && refused.drain.is_empty() && refused.evict.is_none());
+        assert!(refused.drain.is_empty() && refused.evict.is_none());
+        assert!(
+            refused.writes.iter().all(|w| statefulset_version(&Plan {
+                writes: vec![w.clone()],
+                ..refused.clone()
+            })
+            .as_deref()
+                == Some("1.0.0")),
+            "only the StatefulSet's spec hash, on the old release: {:?}",
+            refused.writes
+        );
         assert_eq!(refused.status.phase, Phase::Blocked);
         let blocked = find(&refused.status.conditions, ConditionType::MaintenanceBlocked).unwrap();
         assert_eq!(
@@ -548,7 +563,12 @@ mod version_change {
         cr.spec.upgrade.schema_change = SchemaChangePolicy::Recreate;
         let recreate = dry_run(&cr, &observed, &BuildSettings::default(), &super::basics::now()).unwrap();
         assert_eq!(recreate.drain.len(), 3, "{:?}", recreate.drain);
-        assert!(recreate.undrain.is_empty() && recreate.writes.is_empty());
+        assert!(recreate.undrain.is_empty());
+        assert!(
+            recreate.writes.iter().all(|w| w.child.kind() == "StatefulSet"),
+            "{:?}",
+            recreate.writes
+        );
     }
 }
 
@@ -1023,8 +1043,19 @@ mod canary {
         Time(k8s_openapi::jiff::Timestamp::from_second(now().0.as_second() + seconds).unwrap())
     }
 
+    /// The plan of `cr` at `seconds`, the StatefulSet carrying the hashes the operator wrote with
+    /// its template (as after the write that put the template there).
     fn look(cr: &OrchestratorCluster, observed: &Observed, seconds: i64) -> Plan {
-        dry_run(cr, observed, &BuildSettings::default(), &at(seconds)).unwrap()
+        let first = dry_run(cr, observed, &BuildSettings::default(), &at(seconds)).unwrap();
+        let mut observed = observed.clone();
+        let written = first.writes.iter().find_map(|w| match &w.child {
+            Child::StatefulSet(s) => Some(s.metadata.annotations.clone().unwrap_or_default()),
+            _ => None,
+        });
+        if let (Some(written), Some(live)) = (written, observed.statefulset.as_mut()) {
+            live.metadata.annotations.get_or_insert_default().extend(written);
+        }
+        dry_run(cr, &observed, &BuildSettings::default(), &at(seconds)).unwrap()
     }
 
     /// `cr` with the status `plan` wrote.
@@ -1307,5 +1338,135 @@ mod canary {
             CanaryPhase::Baking,
             "not LeftTheCluster"
         );
+    }
+}
+
+mod operator_changes {
+    use super::basics::{now, world};
+    use crate::crd::{MaintenanceWindow, OPERATOR_CHANGE_ANNOTATION, OperatorChanges, OrchestratorCluster};
+    use crate::reconcile::dry_run;
+    use crate::reconcile::observe::Observed;
+    use crate::reconcile::plan::{Child, Plan};
+    use crate::release::JobOutcome;
+    use crate::resources::statefulset;
+    use crate::testing::fixtures;
+    use crate::validate::BuildSettings;
+    use crate::vocabulary::Reason;
+
+    /// The operator restarted with another default image repository.
+    fn upgraded() -> BuildSettings {
+        BuildSettings {
+            server_image_repository: "registry.example/orchestrator-server".into(),
+        }
+    }
+
+    fn image(plan: &Plan) -> Option<String> {
+        plan.writes.iter().find_map(|w| match &w.child {
+            Child::StatefulSet(s) => statefulset::running_release(s).map(|r| r.image),
+            _ => None,
+        })
+    }
+
+    fn window(start: &str) -> MaintenanceWindow {
+        MaintenanceWindow {
+            days: Vec::new(),
+            start: start.into(),
+            duration: "1h".into(),
+        }
+    }
+
+    /// A settled cluster written by the operator before its upgrade, whose new image passed its
+    /// schema check.
+    fn checked(cr: &OrchestratorCluster) -> Observed {
+        let mut observed = world(cr, 3, 3);
+        observed.schema_jobs.check = Some(JobOutcome::Succeeded);
+        observed
+    }
+
+    #[test]
+    fn an_operator_change_waits_for_the_next_window_or_a_person() {
+        // Outside its window (it is 08:00, the window opens at 20:00): held, and said.
+        let mut cr = fixtures::minimal();
+        cr.spec.maintenance.windows = vec![window("20:00")];
+        let held = dry_run(&cr, &checked(&cr), &upgraded(), &now()).unwrap();
+        assert_eq!(image(&held), None, "the template is not written: {:?}", held.writes);
+        let pending = held.status.pending_operator_change.clone().unwrap();
+        assert!(
+            pending
+                .changes
+                .iter()
+                .any(|c| c.contains("image: ghcr.io/orchestrator-dev/orchestrator-server:1.0.0 -> registry.example/orchestrator-server:1.0.0")),
+            "{pending:?}"
+        );
+        assert!(pending.waiting_for.contains("NextWindow"), "{pending:?}");
+        assert!(held.events.iter().any(|e| e.reason == Reason::OperatorChangePending));
+        assert!(held.drain.is_empty());
+        // Inside a window: rolled out, and said.
+        let mut open = cr.clone();
+        open.spec.maintenance.windows = vec![window("07:30")];
+        open.status = Some(held.status.clone());
+        let applied = dry_run(&open, &checked(&cr), &upgraded(), &now()).unwrap();
+        assert_eq!(
+            image(&applied).as_deref(),
+            Some("registry.example/orchestrator-server:1.0.0")
+        );
+        assert_eq!(applied.status.pending_operator_change, None);
+        assert!(applied.events.iter().any(|e| e.reason == Reason::OperatorChangeApplied));
+        // No windows and no policy: at once.
+        let at_once = dry_run(
+            &fixtures::minimal(),
+            &checked(&fixtures::minimal()),
+            &upgraded(),
+            &now(),
+        )
+        .unwrap();
+        assert!(image(&at_once).is_some());
+        // Manual: held until the annotation names this very change.
+        let mut manual = fixtures::minimal();
+        manual.spec.maintenance.operator_changes = Some(OperatorChanges::Manual);
+        let observed = checked(&manual);
+        let waiting = dry_run(&manual, &observed, &upgraded(), &now()).unwrap();
+        assert_eq!(image(&waiting), None);
+        let pending = waiting.status.pending_operator_change.clone().unwrap();
+        assert!(
+            pending.waiting_for.contains("kubectl orc approve minimal"),
+            "{pending:?}"
+        );
+        manual
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(OPERATOR_CHANGE_ANNOTATION.into(), "an-older-one".into());
+        assert_eq!(image(&dry_run(&manual, &observed, &upgraded(), &now()).unwrap()), None);
+        manual
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(OPERATOR_CHANGE_ANNOTATION.into(), pending.template_hash.clone());
+        assert!(image(&dry_run(&manual, &observed, &upgraded(), &now()).unwrap()).is_some());
+    }
+
+    #[test]
+    fn a_change_of_the_spec_is_not_held_and_a_hand_edit_is_reverted() {
+        let mut cr = fixtures::minimal();
+        cr.spec.maintenance.windows = vec![window("20:00")];
+        cr.spec.maintenance.operator_changes = Some(OperatorChanges::Manual);
+        let observed = world(&cr, 3, 3);
+        // A setting of the spec: written at once, nothing pending.
+        let mut changed = cr.clone();
+        changed.spec.template.labels.insert("team".into(), "jobs".into());
+        let plan = dry_run(&changed, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert!(plan.writes.iter().any(|w| w.child.kind() == "StatefulSet"));
+        assert_eq!(plan.status.pending_operator_change, None);
+        // A hand edit of the template: reverted at once, nothing pending.
+        let mut edited = observed.clone();
+        let template = &mut edited.statefulset.as_mut().unwrap().spec.as_mut().unwrap().template;
+        template.spec.as_mut().unwrap().containers[0].image = Some("elsewhere/server:1".into());
+        let plan = dry_run(&cr, &edited, &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(
+            image(&plan).as_deref(),
+            Some("ghcr.io/orchestrator-dev/orchestrator-server:1.0.0")
+        );
+        assert_eq!(plan.status.pending_operator_change, None);
     }
 }
