@@ -231,6 +231,7 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
     // A bake is judged from the database at every look: each second of delay is a second more
     // of work on a release that may be bad.
     let baking = canary_now.is_some_and(|(_, phase)| phase == CanaryPhase::Baking);
+    let held_operator_change = status.pending_operator_change.is_some();
     Ok(Plan {
         recorded_decision,
         step_done,
@@ -298,6 +299,14 @@ pub(crate) fn plan(spec: &ValidSpec, observed: &Observed, now: &Time) -> Result<
                 STEP_REQUEUE
             } else {
                 BUSY_REQUEUE
+            };
+            // A held operator change goes out when the next window opens: looked at then.
+            let requeue = match (held_operator_change, spec.calendar.next_opening(now.0)) {
+                (true, Some(opens)) => {
+                    let until = Duration::try_from(opens.duration_since(now.0)).unwrap_or(Duration::ZERO);
+                    requeue.min(until + EXPIRY_MARGIN)
+                }
+                _ => requeue,
             };
             match &autoscale {
                 // The queue is not notified: an autoscaled cluster reads it this often, and
