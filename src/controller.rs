@@ -80,13 +80,25 @@ async fn reconcile_while_leading(obj: Arc<Watched>, ctx: Arc<Context>) -> Result
     reconcile(obj, ctx).await
 }
 
-/// The approval annotation of a cluster, hashed: approving a generation (an annotation, not a
-/// spec change) must trigger its reconcile too.
+/// The annotations a person sets to let a change go, hashed: approving a generation, promoting
+/// it past its canary or applying an operator change (annotations, not spec changes) must
+/// trigger its reconcile too.
 fn approval(cluster: &Watched) -> Option<u64> {
     use std::hash::{Hash, Hasher};
-    let value = cluster.annotations().get(crate::crd::APPROVE_ANNOTATION)?;
+    let annotations = cluster.annotations();
+    let values: Vec<Option<&String>> = [
+        crate::crd::APPROVE_ANNOTATION,
+        crate::crd::PROMOTE_ANNOTATION,
+        crate::crd::OPERATOR_CHANGE_ANNOTATION,
+    ]
+    .iter()
+    .map(|key| annotations.get(*key))
+    .collect();
+    if values.iter().all(Option::is_none) {
+        return None;
+    }
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    value.hash(&mut hasher);
+    values.hash(&mut hasher);
     Some(hasher.finish())
 }
 

@@ -313,7 +313,12 @@ impl Operator {
             Some(r) => dir.join(format!("{namespace}-operator-{}.log", r.identity)),
             None => dir.join(format!("{namespace}-operator.log")),
         };
-        let file = std::fs::File::create(&log).unwrap();
+        // Appended to: an operator restarted in the same namespace keeps the first one's log.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator-operator"));
         command.args(flags);
         command.args(["--watch-namespaces", namespace]).args([

@@ -20,7 +20,7 @@ use crate::drift::is_contained;
 use crate::error::{Error, Result};
 use crate::reconcile::observe::Observed;
 use crate::release::Release;
-use crate::resources::{configmap, job, pdb, service, statefulset};
+use crate::resources::{CONFIG_HASH_ANNOTATION, configmap, job, pdb, service, statefulset};
 use crate::validate::ValidSpec;
 use crate::vocabulary::Reason;
 
@@ -110,20 +110,22 @@ pub(super) fn writes(
     let live_statefulset = observed.statefulset.as_ref();
     let live_annotations = live_statefulset.map(|s| s.annotations().clone()).unwrap_or_default();
     let spec_hash = operator_change::spec_hash(spec, release);
-    let mut pending = None;
+    let pending;
     // Under `approval: Manual`, a generation not approved yet does not reach the pod template
     // while a step is in progress: the step's replacement would be made from it.
     let unapproved = decisions
         .gates
         .iter()
         .any(|hold| hold.reason == Reason::AwaitingApproval);
+    let live_hashes = [SPEC_HASH_ANNOTATION, TEMPLATE_HASH_ANNOTATION].map(|key| live_annotations.get(key).cloned());
     let hashes = if let Some(live) = live_statefulset.and_then(|s| s.spec.as_ref())
         && unapproved
         && inputs.previous_step.is_some()
     {
-        // Held with the hashes it was written with.
+        // Held with the hashes it was written with; an operator change held before stays said.
         set_template(&mut statefulset, &live.template);
-        [SPEC_HASH_ANNOTATION, TEMPLATE_HASH_ANNOTATION].map(|key| live_annotations.get(key).cloned())
+        pending = cr.status.as_ref().and_then(|s| s.pending_operator_change.clone());
+        live_hashes
     } else {
         let desired = statefulset
             .spec
@@ -132,12 +134,17 @@ pub(super) fn writes(
             .unwrap_or_default();
         let change = operator_change::judge(spec, live_statefulset, &desired, &spec_hash, now);
         pending = change.pending;
+        let template_hash = operator_change::template_hash(&desired);
         match (change.hold, live_statefulset.and_then(|s| s.spec.as_ref())) {
             (Some((held_spec, held_template)), Some(live)) => {
                 set_template(&mut statefulset, &live.template);
                 [Some(held_spec), Some(held_template)]
             }
-            _ => [Some(spec_hash), Some(operator_change::template_hash(&desired))],
+            // The same template keeps the hashes it was written with (a spec whose new release
+            // waits for its schema check has not reached it yet); a new one is written with
+            // this spec's.
+            _ if live_hashes[0].is_some() && live_hashes[1].as_ref() == Some(&template_hash) => live_hashes,
+            _ => [Some(spec_hash), Some(template_hash)],
         }
     };
     let annotations = statefulset.metadata.annotations.get_or_insert_default();
@@ -153,6 +160,17 @@ pub(super) fn writes(
         }
         _ => None,
     };
+    // The servers' settings go with the template that names them: a held template (an operator
+    // change, an unapproved generation) keeps the ConfigMap it was made with, or a server
+    // started meanwhile would read settings its template does not expect.
+    let template_config = statefulset
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(CONFIG_HASH_ANNOTATION))
+        .cloned();
+    let configmap_held = observed.configmap.is_some() && template_config.as_deref() != Some(config_hash.as_str());
     let desired: [(Child, Option<Value>); 5] = [
         (Child::ConfigMap(configmap), live(&observed.configmap)?),
         (
@@ -169,6 +187,9 @@ pub(super) fn writes(
     let mut writes = Vec::new();
     let new_job = schema_job.map(|job| (Child::Job(job), None));
     for (child, live) in desired.into_iter().chain(new_job) {
+        if configmap_held && matches!(child, Child::ConfigMap(_)) {
+            continue;
+        }
         let in_sync = match &live {
             Some(live) => is_contained(&child.to_value()?, live),
             None => false,

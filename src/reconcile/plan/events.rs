@@ -146,9 +146,12 @@ pub(super) fn operator_change_event(
             ))
         }
         (Some(before), None)
-            if writes
-                .iter()
-                .any(|w| matches!(w.child, super::desired::Child::StatefulSet(_))) =>
+            if writes.iter().any(|w| match &w.child {
+                super::desired::Child::StatefulSet(s) => {
+                    s.annotations().get(super::operator_change::TEMPLATE_HASH_ANNOTATION) == Some(&before.template_hash)
+                }
+                _ => false,
+            }) =>
         {
             Some(PlannedEvent::normal(
                 Reason::OperatorChangeApplied,

@@ -36,29 +36,44 @@ fn hash(text: &str) -> String {
     Sha256::digest(text)[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The hash of what in `spec` makes the pod template, the StatefulSet running `deployed`: the
-/// spec without the fields that never reach the template (servers wanted, capacity, the roll's
-/// gates, the canary, this policy), the deployed release's version and whether it is the
-/// wanted release (the schema gate letting a release through is a change of the spec's).
+/// The hash of what in `spec` makes the pod template and the servers' settings, the
+/// StatefulSet running `deployed`: `version`, `image`, `database`, `template` and
+/// `maintenance.drainTimeout` (an allowlist: a field a later operator adds elsewhere in the spec
+/// is no change of the template), without empty values (a field added with an empty default is
+/// none either), with the deployed release's version and whether it is the wanted release (a
+/// canary's rollback is a change of the spec's).
 pub(super) fn spec_hash(spec: &ValidSpec, deployed: &Release) -> String {
-    let mut value = serde_json::to_value(&spec.cr.spec).unwrap_or(Value::Null);
-    if let Some(object) = value.as_object_mut() {
-        object.remove("replicas");
-        object.remove("capacity");
-        if let Some(maintenance) = object.get_mut("maintenance").and_then(Value::as_object_mut) {
-            for gate in [
-                "paused",
-                "approval",
-                "windows",
-                "restartRequestedAt",
-                "canary",
-                "operatorChanges",
-            ] {
-                maintenance.remove(gate);
-            }
-        }
-    }
+    let cr = &spec.cr.spec;
+    let mut value = serde_json::json!({
+        "version": cr.version,
+        "image": cr.image,
+        "database": cr.database,
+        "template": cr.template,
+        "drainTimeout": cr.maintenance.drain_timeout,
+    });
+    prune(&mut value);
     hash(&format!("{value}\n{}\n{}", deployed.version, *deployed == spec.wanted))
+}
+
+/// `value` without nulls and empty lists or maps, at any depth.
+fn prune(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.values_mut().for_each(prune);
+            map.retain(|_, v| !is_empty(v));
+        }
+        Value::Array(items) => items.iter_mut().for_each(prune),
+        _ => {}
+    }
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Object(map) => map.is_empty(),
+        Value::Array(items) => items.is_empty(),
+        _ => false,
+    }
 }
 
 /// The hash of a pod template.
@@ -91,25 +106,28 @@ pub(super) fn judge(
     let Some(live_template) = live.spec.as_ref().map(|s| &s.template) else {
         return OperatorChange::default();
     };
+    let cr = spec.cr;
     let annotations = live.annotations();
     let template = template_hash(desired);
     let (want, have) = (
         serde_json::to_value(desired).unwrap_or(Value::Null),
         serde_json::to_value(live_template).unwrap_or(Value::Null),
     );
-    let operators = match (
-        annotations.get(SPEC_HASH_ANNOTATION),
-        annotations.get(TEMPLATE_HASH_ANNOTATION),
-    ) {
-        (Some(written_spec), Some(written)) => written_spec == spec_hash && *written != template,
-        // Written before these annotations: nothing says whose the difference is; the spec was
-        // acted on before, so it is the operator's.
-        _ => !is_contained(&want, &have),
-    };
+    let acted_on = cr.status.as_ref().and_then(|s| s.observed_generation) == cr.metadata.generation;
+    let operators = !is_contained(&want, &have)
+        && match (
+            annotations.get(SPEC_HASH_ANNOTATION),
+            annotations.get(TEMPLATE_HASH_ANNOTATION),
+        ) {
+            (Some(written_spec), Some(written)) => written_spec == spec_hash && *written != template,
+            // Written before these annotations: nothing says whose the difference is. With the
+            // current generation acted on before, it is the operator's; a spec changed since
+            // (with the operator upgraded) goes through as a change of the spec.
+            _ => acted_on,
+        };
     if !operators {
         return OperatorChange::default();
     }
-    let cr = spec.cr;
     let maintenance = &cr.spec.maintenance;
     let policy = maintenance
         .operator_changes
