@@ -39,6 +39,22 @@ async fn ready_cluster(ns: &TestNamespace, pg: &TestPostgres, replicas: i32) {
     wait_settled(ns, replicas, Some("2.0.0")).await;
 }
 
+/// Waits until cluster `name` is Ready with `servers` servers joined.
+pub(crate) async fn wait_ready(ns: &TestNamespace, name: &str, servers: i32) {
+    wait_for(
+        &ns.api::<OrchestratorCluster>(),
+        name,
+        "Ready",
+        2 * MINUTE,
+        move |c: Option<&OrchestratorCluster>| {
+            c.and_then(|c| c.status.as_ref())
+                .is_some_and(|s| s.phase == Phase::Ready && s.ready_replicas == servers)
+        },
+    )
+    .await
+    .unwrap();
+}
+
 /// Asserts that every server of `status` runs `version` and has joined.
 pub(crate) fn all_joined_on(status: &OrchestratorClusterStatus, version: &str) {
     assert!(
@@ -403,12 +419,7 @@ async fn a_fleet_wide_change_rolls_no_more_clusters_at_once_than_the_limit() {
         ns.create_cluster(&cluster(2, &pg).name(name)).await;
     }
     for name in names {
-        wait_for(&api, name, "Ready", 2 * MINUTE, |c: Option<&OrchestratorCluster>| {
-            c.and_then(|c| c.status.as_ref())
-                .is_some_and(|s| s.phase == Phase::Ready && s.ready_replicas == 2)
-        })
-        .await
-        .unwrap();
+        wait_ready(&ns, name, 2).await;
     }
     // The same change reaches both clusters at once (as an operator upgrade would).
     for name in names {

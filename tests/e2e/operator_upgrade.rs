@@ -12,7 +12,7 @@ use kube::api::{Patch, PatchParams};
 use orchestrator_operator::crd::{OrchestratorCluster, Phase};
 use serde_json::json;
 
-use crate::maintenance::cluster;
+use crate::maintenance::{cluster, wait_ready};
 use crate::support::e2e::{MINUTE, Operator, TestNamespace, wait_for};
 use crate::support::pods::{self, server_pods};
 
@@ -48,12 +48,7 @@ async fn an_operator_upgrade_waits_for_the_window_then_rolls_one_cluster_at_a_ti
                 .await;
         }
         for name in names {
-            wait_for(&api, name, "Ready", 2 * MINUTE, |c: Option<&OrchestratorCluster>| {
-                c.and_then(|c| c.status.as_ref())
-                    .is_some_and(|s| s.phase == Phase::Ready && s.ready_replicas == 2)
-            })
-            .await
-            .unwrap();
+            wait_ready(&ns, name, 2).await;
         }
         images(&ns).await
     };
