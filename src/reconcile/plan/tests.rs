@@ -1253,6 +1253,26 @@ mod canary {
     }
 
     #[test]
+    fn a_recreated_version_has_no_canary_and_says_a_rollback_needs_a_restore() {
+        let mut cr = canary_cluster();
+        cr.spec.upgrade.schema_change = crate::crd::SchemaChangePolicy::Recreate;
+        let mut observed = world(&fixtures::minimal(), 3, 3);
+        observed.schema_jobs.check = Some(JobOutcome::Failed {
+            exit_code: Some(crate::release::EXIT_MIGRATION_NEEDED),
+            message: "migration needed".into(),
+        });
+        let recreate = look(&cr, &observed, 0);
+        let canary = recreate.status.canary.unwrap();
+        assert_eq!(canary.phase, CanaryPhase::NotApplicable);
+        assert!(
+            canary.message.unwrap().contains("restored from before the migration"),
+            "says what a rollback would need"
+        );
+        let steps = recreate.status.plan.unwrap().steps;
+        assert!(!steps.iter().any(|s| s.action == PlanAction::Bake), "{steps:?}");
+    }
+
+    #[test]
     fn a_revert_during_the_bake_has_no_canary_and_puts_the_canary_back() {
         let cr = begun(&canary_cluster());
         let baking = servers_on(1, "new");
