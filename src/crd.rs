@@ -1131,6 +1131,13 @@ pub struct CanaryStatus {
     pub message: Option<String>,
 }
 
+impl CanaryStatus {
+    /// Whether this is the canary of `release`.
+    pub(crate) fn is_of(&self, release: &crate::release::Release) -> bool {
+        self.version == release.version && self.image == release.image
+    }
+}
+
 /// Where a canary stands.
 #[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CanaryPhase {

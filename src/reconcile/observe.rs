@@ -317,7 +317,7 @@ async fn canary_evidence(
 ) -> Option<Result<[Outcomes; 2], String>> {
     cr.spec.maintenance.canary.as_ref()?;
     let record = cr.status.as_ref()?.canary.as_ref()?;
-    if record.version != wanted.version || record.image != wanted.image {
+    if !record.is_of(wanted) {
         return None;
     }
     let since = record.bake_started_at.as_ref()?.0;

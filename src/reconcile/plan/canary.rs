@@ -96,7 +96,7 @@ pub(super) fn recorded_failure<'a>(spec: &'a ValidSpec) -> Option<&'a CanaryStat
         .as_ref()?
         .canary
         .as_ref()
-        .filter(|c| c.version == wanted.version && c.image == wanted.image)
+        .filter(|c| c.is_of(wanted))
         .filter(|c| matches!(c.phase, CanaryPhase::Failed | CanaryPhase::RolledBack))
 }
 
@@ -148,7 +148,7 @@ pub(super) fn plan(
         return CanaryPlan::default();
     };
     let recorded = cr.status.as_ref().and_then(|s| s.canary.as_ref());
-    let previous = recorded.filter(|c| c.version == wanted.version && c.image == wanted.image);
+    let previous = recorded.filter(|c| c.is_of(wanted));
     // A record of another release is kept as the last canary's outcome once it had one.
     let history = || {
         recorded
