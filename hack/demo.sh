@@ -12,7 +12,7 @@ bash hack/setup.sh
 bin="$(bash hack/build-tools.sh | tail -n 1)"
 export PATH="$bin:$PATH"
 export KUBECONFIG="$root/.local/kubeconfig"
-agent_pid="$root/.local/agent/agent.pid"
+agent_pid="$root/.local/agent/orc-agent-0/agent.pid"
 if kubectl get --raw /readyz >/dev/null 2>&1 && [ -f "$agent_pid" ] && kill -0 "$(cat "$agent_pid")" 2>/dev/null; then
   # A running cluster is reused as it is (restarting the node agent would restart every pod).
   step "local cluster already running; building the binaries its pods run"
@@ -94,19 +94,21 @@ wait_version 2.1.0
 step "waiting for the load generator to finish and count"
 wait "$load" || true
 tail -n 1 .local/demo/loadgen.log
-operator_log="$(ls -td .local/agent/pods/orchestrator-system_orchestrator-operator-* | head -n 1)/operator.log"
+step "the last lines of a server's log and of the operator's (kubectl logs, through the API server)"
+kubectl -n demo logs demo-0 --tail 3
+kubectl -n orchestrator-system logs deploy/orchestrator-operator --tail 3
 cat <<TXT
 
 The local cluster, node agent, PostgreSQL and operator keep running. Look around:
   export KUBECONFIG=$KUBECONFIG PATH=$bin:\$PATH
-  kubectl -n demo get orc,pods -o wide
+  kubectl get nodes -L topology.kubernetes.io/zone  # three node agents, one per zone
+  kubectl -n demo get orc,pods -o wide             # the servers spread across the zones
   kubectl -n demo describe orc demo               # conditions and Events
   kubectl explain orchestratorcluster.spec.maintenance
   kubectl -n orchestrator-system get deploy,pods,lease
   helm -n orchestrator-system status orchestrator-operator
-  # operator logs: the node agent keeps pod logs as files (no kubelet, so no kubectl logs)
-  tail -f $operator_log
-  ls .local/agent/pods/                           # one log folder per pod
+  kubectl -n orchestrator-system logs -f deploy/orchestrator-operator
+  kubectl -n demo logs demo-1 --previous          # the run before a restart, if it had one
 Tear down:
   helm -n orchestrator-system uninstall orchestrator-operator; bash hack/postgres.sh stop; make cluster-down
 TXT

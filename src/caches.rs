@@ -14,7 +14,10 @@
 //!   why the StatefulSet controller cannot create a server pod (a missing PriorityClass, a
 //!   quota, a Pod Security refusal);
 //! - the HorizontalPodAutoscalers (KEDA's `ScaledObject`s make one too), so that one scaling
-//!   a cluster through `/scale` while `capacity.autoscale` is set is said in its status.
+//!   a cluster through `/scale` while `capacity.autoscale` is set is said in its status;
+//! - cluster-wide, the Nodes, stripped to their labels and `spec.unschedulable` (no status, so
+//!   little memory per Node): each server's zone and whether its Node is cordoned. They
+//!   trigger no reconcile, and are never waited for: a zone only orders a roll's steps.
 //!
 //! A store is read only once its first list has completed ([`Caches::ready`]): a store that is
 //! still filling would show objects as missing. Where a decision must not rest on a store that
@@ -28,7 +31,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
@@ -192,6 +195,9 @@ cached! {
 #[derive(Default)]
 pub struct Caches {
     scopes: RwLock<Vec<Scope>>,
+    /// The Nodes (labels and `spec.unschedulable` only), cluster-wide: which zone each server
+    /// is in, and whether its Node is cordoned. Set once the controllers start.
+    nodes: RwLock<Option<Store<Node>>>,
 }
 
 impl Caches {
@@ -211,6 +217,18 @@ impl Caches {
             .find(|s| s.covers(namespace))
             .cloned()
             .ok_or_else(|| Error::NotWatched(namespace.to_string()))
+    }
+
+    /// Sets the store of the Nodes (controllers started again after a lost leader term replace
+    /// it).
+    pub fn set_nodes(&self, nodes: Store<Node>) {
+        *self.nodes.write().unwrap_or_else(|e| e.into_inner()) = Some(nodes);
+    }
+
+    /// The cached Node `name`, if the Nodes are cached and it is there.
+    pub(crate) fn node(&self, name: &str) -> Option<Arc<Node>> {
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        nodes.as_ref()?.get(&ObjectRef::new(name))
     }
 
     /// Waits until every store of `namespace`'s scope has completed its first list.

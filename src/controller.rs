@@ -14,7 +14,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, NodeSpec, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Action};
@@ -245,6 +245,43 @@ async fn run_one(
         .await;
 }
 
+/// Keeps the Nodes' store in `ctx.caches` filled, stripped to what the operator reads (labels
+/// and `spec.unschedulable`). A watch that fails (no RBAC to list Nodes, the API server away)
+/// is retried with back-off; meanwhile servers have no known zone, which only orders a roll.
+async fn nodes(ctx: Arc<Context>) {
+    let writer = reflector::store::Writer::<Node>::default();
+    ctx.caches.set_nodes(writer.as_reader());
+    let mut refused = false;
+    watcher::watcher(Api::<Node>::all(ctx.client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(|node| {
+            node.status = None;
+            node.metadata.annotations = None;
+            drop_managed_fields(node);
+            if let Some(spec) = node.spec.as_mut() {
+                *spec = NodeSpec {
+                    unschedulable: spec.unschedulable,
+                    ..NodeSpec::default()
+                };
+            }
+        })
+        .reflect(writer)
+        .for_each(|event| {
+            match event {
+                // Said once, not at every retry: a chart installed without the Node rule.
+                Err(error) if !refused => {
+                    refused = true;
+                    tracing::warn!(%error, "cannot watch Nodes: servers' zones are unknown until it can");
+                }
+                Err(_) => {}
+                Ok(_) => refused = false,
+            }
+            futures::future::ready(())
+        })
+        .await;
+    std::future::pending::<()>().await
+}
+
 /// Why the controllers stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -270,8 +307,16 @@ pub async fn run(
         namespaces.into_iter().map(Some).collect()
     };
     let leadership = ctx.leadership.clone();
+    let nodes = nodes(ctx.clone());
     let controllers =
         futures::future::join_all(scopes.into_iter().map(|ns| run_one(ctx.clone(), ns, shutdown.clone())));
+    // The Node watch lasts as long as the controllers: it ends when they stop.
+    let controllers = async move {
+        tokio::select! {
+            done = controllers => done,
+            () = nodes => unreachable!("the Node watch retries for ever"),
+        }
+    };
     match leadership.while_leading(controllers).await {
         Ok(_) => StopReason::Shutdown,
         Err(_) => StopReason::LostLeadership,

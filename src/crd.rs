@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration, TopologySpreadConstraint};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomResourceDefinition, JSONSchemaProps};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
@@ -721,6 +721,13 @@ pub struct ServerTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
 
+    /// How the server pods spread across the cluster. Unset: across zones
+    /// (`topology.kubernetes.io/zone`, maxSkew 1, ScheduleAnyway, so a cluster without zones or
+    /// with a cordoned zone still schedules every server). An empty list: no spread at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxItems" = 8))]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+
     /// Extra annotations of the server pods (`orchestrator.dev/` keys are the operator's).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
@@ -947,6 +954,17 @@ pub struct ServerStatus {
     /// The server has joined: pod ready and row active with a fresh heartbeat.
     #[serde(default)]
     pub joined: bool,
+    /// The Node its pod runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// That Node's zone (`topology.kubernetes.io/zone`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Why the server is down when neither the operator nor a crash took it down: its pod was
+    /// evicted (a `kubectl drain` of its Node, a taint, a preemption). Set while its pod
+    /// terminates; the operator starts no step of its own meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption: Option<String>,
 }
 
 /// What the autoscaler saw and decided. Written when the recommendation, the count or a

@@ -69,6 +69,11 @@ pub(crate) struct ServerView {
     pub drain_age_seconds: Option<f64>,
     /// A person asked for its replacement (`kubectl orc drain`).
     pub replace_requested: bool,
+    /// The zone of its Node, when known.
+    pub zone: Option<String>,
+    /// Why it is down, when something other than the operator took it down (an eviction by a
+    /// node drain): said in the hold that keeps the next step waiting.
+    pub disruption: Option<String>,
 }
 
 /// The canary of a roll: how many servers go first, and the verdict on them.
@@ -217,16 +222,42 @@ pub(crate) struct MaintenanceDecision {
 }
 
 /// The order in which a roll takes outdated servers: unready ones first (that costs no
-/// availability), then the least busy, highest ordinal on ties.
-fn in_turn(servers: &mut [&ServerView]) {
-    servers.sort_by_key(|s| (s.joined, s.running_jobs, Reverse(s.ordinal)));
+/// availability), then one of the zone with the most servers still to take, so that the steps
+/// visit the zones in turn (a zone is taken twice running only while it has more left than
+/// every other), then the least busy, highest ordinal on ties. Servers of no known zone count
+/// as one zone. The order is what the roll will do step after step (each pick counts the zones
+/// without the servers picked before), so `status.plan` lists it. A step never leaves a zone
+/// without a joined server while others there are down: no step starts while any other
+/// server is down (see [`decide`]). Between zones with as many left, one other than the last
+/// step's (`last_zone`) goes first.
+fn in_turn<'a>(servers: &mut [&'a ServerView], mut last_zone: Option<&'a str>) {
+    let mut left: Vec<&ServerView> = servers.to_vec();
+    let mut per_zone: std::collections::HashMap<Option<&str>, usize> = std::collections::HashMap::new();
+    for server in &left {
+        *per_zone.entry(server.zone.as_deref()).or_default() += 1;
+    }
+    for slot in servers.iter_mut() {
+        let Some((at, _)) = left.iter().enumerate().min_by_key(|(_, s)| {
+            let in_zone = per_zone.get(&s.zone.as_deref()).copied().unwrap_or(0);
+            let again = s.zone.is_some() && s.zone.as_deref() == last_zone;
+            (s.joined, Reverse(in_zone), again, s.running_jobs, Reverse(s.ordinal))
+        }) else {
+            break;
+        };
+        let picked = left.swap_remove(at);
+        if let Some(count) = per_zone.get_mut(&picked.zone.as_deref()) {
+            *count -= 1;
+        }
+        last_zone = picked.zone.as_deref();
+        *slot = picked;
+    }
 }
 
 /// The servers with a pod, in the order a roll would take them if all were outdated (a new
 /// version still at its schema check).
 pub(crate) fn take_order(servers: &[ServerView]) -> Vec<String> {
     let mut all: Vec<&ServerView> = servers.iter().filter(|s| s.pod_exists).collect();
-    in_turn(&mut all);
+    in_turn(&mut all, None);
     all.into_iter().map(|s| s.name.clone()).collect()
 }
 
@@ -260,7 +291,18 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
         .copied()
         .filter(|s| input.step.as_ref().is_none_or(|step| step.server != s.name))
         .collect();
-    in_turn(&mut queue);
+    // The zone of the last step: that of the newest pod already up to date (a replacement of
+    // this roll, if any was made).
+    let last_zone = match &input.step {
+        Some(step) => input.servers.iter().find(|s| s.name == step.server),
+        None => input
+            .servers
+            .iter()
+            .filter(|s| s.pod_exists && is_outdated(s, input).is_none())
+            .max_by_key(|s| s.started_at),
+    }
+    .and_then(|s| s.zone.as_deref());
+    in_turn(&mut queue, last_zone);
     let mut decision = MaintenanceDecision {
         action: MaintenanceAction::None,
         step: None,
@@ -362,9 +404,19 @@ fn others(input: &MaintenanceInput, server: &str, matches: impl Fn(&ServerView) 
     (!names.is_empty()).then(|| names.join(", "))
 }
 
-/// The servers other than `server` that are not joined, if any.
+/// The servers other than `server` that are not joined, if any, each with what took it down
+/// when that was an involuntary disruption.
 fn others_down(input: &MaintenanceInput, server: &str) -> Option<String> {
-    others(input, server, |s| !s.joined)
+    let names: Vec<String> = input
+        .servers
+        .iter()
+        .filter(|s| s.name != server && !s.joined)
+        .map(|s| match &s.disruption {
+            Some(why) => format!("{} ({why})", s.name),
+            None => s.name.clone(),
+        })
+        .collect();
+    (!names.is_empty()).then(|| names.join(", "))
 }
 
 /// The servers other than `server` that fell, if any: a row (it served) and now an unready pod,
@@ -584,6 +636,8 @@ mod tests {
             serving: joined,
             drain_age_seconds: None,
             replace_requested: false,
+            zone: None,
+            disruption: None,
         }
     }
 
@@ -778,6 +832,78 @@ mod tests {
             d.action,
             MaintenanceAction::Evict("prod-0".into()),
             "the unready one first, without a drain"
+        );
+    }
+
+    fn in_zone(mut server: ServerView, zone: &str) -> ServerView {
+        server.zone = Some(zone.into());
+        server
+    }
+
+    #[test]
+    fn a_roll_visits_the_zones_in_turn() {
+        // Two servers in each of three zones, as the scheduler placed them (not by ordinal).
+        let zones = ["z1", "z2", "z3", "z2", "z1", "z3"];
+        let servers: Vec<ServerView> = zones
+            .iter()
+            .enumerate()
+            .map(|(o, zone)| in_zone(server(o as i32, "old", true, 0), zone))
+            .collect();
+        let decision = decide(&input(&servers, None, 0));
+        let visited: Vec<&str> = decision
+            .queue
+            .iter()
+            .map(|name| zones[ordinal("prod", name).unwrap() as usize])
+            .collect();
+        assert_eq!(
+            decision.queue,
+            ["prod-5", "prod-4", "prod-3", "prod-2", "prod-1", "prod-0"]
+        );
+        assert_eq!(visited, ["z3", "z1", "z2", "z3", "z2", "z1"]);
+        assert!(
+            visited.windows(2).all(|w| w[0] != w[1]),
+            "never the same zone twice running: {visited:?}"
+        );
+        // A zone with more servers left goes first, even over a less busy server elsewhere.
+        let uneven = [
+            in_zone(server(0, "old", true, 3), "z1"),
+            in_zone(server(1, "old", true, 3), "z1"),
+            in_zone(server(2, "old", true, 0), "z2"),
+        ];
+        assert_eq!(decide(&input(&uneven, None, 0)).queue, ["prod-1", "prod-2", "prod-0"]);
+        // As many left in each zone: not the zone of the last step (the newest pod replaced).
+        let mut tied = vec![
+            in_zone(server(0, "old", true, 0), "z1"),
+            in_zone(server(1, "old", true, 0), "z2"),
+            in_zone(server(2, "old", true, 0), "z3"),
+            in_zone(server(3, "new", true, 0), "z3"),
+        ];
+        tied[3].started_at = Some(at(50));
+        assert_eq!(decide(&input(&tied, None, 60)).queue, ["prod-1", "prod-2", "prod-0"]);
+        tied[3].zone = Some("z2".into());
+        assert_eq!(decide(&input(&tied, None, 60)).queue, ["prod-2", "prod-1", "prod-0"]);
+    }
+
+    #[test]
+    fn a_server_down_from_a_drain_holds_the_roll_and_is_named() {
+        let mut servers = vec![
+            in_zone(server(0, "old", true, 0), "z1"),
+            in_zone(server(1, "old", false, 0), "z1"),
+            in_zone(server(2, "old", true, 0), "z2"),
+        ];
+        servers[1].pod_exists = true;
+        servers[1].revision = Some("new".into());
+        servers[1].disruption = Some("evicted from node n1, which is cordoned (a node drain)".into());
+        let decision = decide(&input(&servers, None, 0));
+        assert_eq!(decision.action, MaintenanceAction::None);
+        let waiting = decision.waiting.unwrap();
+        assert_eq!(waiting.reason, Reason::ServerNotJoined);
+        assert!(
+            waiting
+                .message
+                .contains("prod-1 (evicted from node n1, which is cordoned (a node drain))"),
+            "{}",
+            waiting.message
         );
     }
 
@@ -1186,6 +1312,7 @@ mod tests {
                 *s = ServerView {
                     started_at: Some(at(now)),
                     state: None,
+                    zone: s.zone.take(),
                     ..server(s.ordinal, revision, false, 0)
                 };
             }
@@ -1290,6 +1417,63 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// With servers spread over zones and other servers going down by themselves (a node
+        /// drain, a crash) at any time: a step never starts while another server is down, so
+        /// it never takes the last joined server of a zone while others there are down; while
+        /// nothing else is down, each step takes a server of a zone with the most servers
+        /// still to take; the roll completes.
+        #[test]
+        fn a_roll_across_zones_takes_the_fullest_zone_and_never_empties_one(
+            layout in prop::collection::vec((0usize..3, 0i32..3), 2..8),
+            outages in prop::collection::vec((0i64..30, 0usize..8, 1i64..4), 0..4),
+        ) {
+            let zone = |i: usize| format!("z{}", layout[i].0);
+            let mut servers: Vec<ServerView> = layout
+                .iter()
+                .enumerate()
+                .map(|(i, (_, jobs))| in_zone(server(i as i32, "old", true, *jobs), &zone(i)))
+                .collect();
+            let mut step: Option<Step> = None;
+            let mut down_until: Vec<Option<i64>> = vec![None; servers.len()];
+            let ticks = layout.len() as i64 * 4 + 40;
+            for tick in 0..ticks {
+                for (at, who, lasts) in &outages {
+                    let who = who % servers.len();
+                    if *at == tick && step.as_ref().is_none_or(|s| s.server != servers[who].name) && servers[who].joined {
+                        servers[who].joined = false;
+                        servers[who].ready = false;
+                        down_until[who] = Some(tick + lasts);
+                    }
+                }
+                for (i, until) in down_until.iter_mut().enumerate() {
+                    if until.is_some_and(|u| u <= tick) {
+                        // Back, unless the roll took it meanwhile (then the roll brings it back).
+                        if servers[i].state.as_deref() == Some("active") {
+                            servers[i].joined = true;
+                            servers[i].ready = true;
+                        }
+                        *until = None;
+                    }
+                }
+                let decision = decide(&input(&servers, step.clone(), tick));
+                if let Some(new) = decision.step.as_ref().filter(|new| step.as_ref().is_none_or(|s| s.server != new.server)) {
+                    let taken = servers.iter().find(|s| s.name == new.server).unwrap();
+                    let others_down: Vec<&str> = servers.iter().filter(|s| s.name != taken.name && !s.joined).map(|s| s.name.as_str()).collect();
+                    prop_assert!(others_down.is_empty(), "{} taken while {others_down:?} are down", taken.name);
+                    let left = |z: &Option<String>| servers.iter().filter(|s| s.zone == *z && s.revision.as_deref() == Some("old")).count();
+                    if taken.joined {
+                        let most = servers.iter().filter(|s| s.revision.as_deref() == Some("old")).map(|s| left(&s.zone)).max().unwrap_or(0);
+                        prop_assert_eq!(left(&taken.zone), most, "{} is of a zone with the most left", &taken.name);
+                    }
+                }
+                simulate(&mut servers, &decision.action, tick);
+                step = decision.step;
+            }
+            prop_assert!(servers.iter().all(|s| s.revision.as_deref() == Some("new") && s.joined), "the roll completes: {servers:?}");
+        }
+    }
+
     /// A server as it really is (the planner sees it only through the database and the pods).
     #[derive(Clone, Debug)]
     struct Truth {
@@ -1325,6 +1509,8 @@ mod tests {
                     state: db_up.then(|| t.state.to_string()),
                     drain_age_seconds: t.drain_asked_at.filter(|_| db_up && serving).map(|a| (tick - a) as f64),
                     replace_requested: false,
+                    zone: None,
+                    disruption: None,
                 }
             })
             .collect()

@@ -40,6 +40,35 @@ pub struct PodView {
     /// Its replacement was asked for (`orchestrator.dev/replace-requested-at`, `kubectl orc
     /// drain`).
     pub replace_requested: bool,
+    /// The Node it is bound to.
+    pub node: Option<String>,
+    /// That Node's zone, when the operator could read the Node and it has one.
+    pub zone: Option<String>,
+    /// That Node is cordoned (`spec.unschedulable`, what `kubectl drain` does first).
+    pub node_cordoned: bool,
+    /// Why it is being disrupted, from its `DisruptionTarget` condition (the API server sets it
+    /// on an eviction, `EvictionByEvictionAPI`; the taint manager, the scheduler's preemption
+    /// and the pod garbage collector set their own reasons).
+    pub disruption_target: Option<String>,
+}
+
+/// Why `pod` is down when nothing of the operator's took it down: an eviction or another
+/// involuntary disruption under way (its pod terminates with a `DisruptionTarget`), said with
+/// the Node and whether that Node is cordoned (a drain).
+pub(crate) fn disruption(pod: &PodView) -> Option<String> {
+    let reason = pod.disruption_target.as_deref()?;
+    let until = pod.terminating_until?;
+    let node = pod.node.as_deref().unwrap_or("its node");
+    let what = match reason {
+        "EvictionByEvictionAPI" if pod.node_cordoned => {
+            format!("evicted from node {node}, which is cordoned (a node drain)")
+        }
+        "EvictionByEvictionAPI" => format!("evicted from node {node} through the Eviction API"),
+        "DeletionByTaintManager" => format!("deleted by the taint manager (a NoExecute taint on node {node})"),
+        "PreemptionByScheduler" => format!("preempted on node {node} by a pod of higher priority"),
+        other => format!("disrupted on node {node} ({other})"),
+    };
+    Some(format!("{what}; its friendly shutdown runs until {until}"))
 }
 
 /// The ordinal of `name` in cluster `cluster` (`prod-3` → 3).
@@ -134,6 +163,9 @@ pub(crate) fn merge(cluster: &str, pods: &[PodView], members: Option<&[Member]>,
                     .filter(|m| m.heartbeat_age_seconds >= health.stale_after_seconds)
                     .and_then(heartbeat_time),
                 joined: ready && member.is_some_and(|m| row_active(m, health)),
+                node: pod.and_then(|p| p.node.clone()),
+                zone: pod.and_then(|p| p.zone.clone()),
+                disruption: pod.and_then(disruption),
             }
         })
         .collect()
@@ -165,6 +197,12 @@ pub(crate) fn problems(servers: &[ServerStatus], pods: &[PodView], health: Healt
                 found.push(format!("{}: {state} in the database but has no pod", server.name))
             }
             _ => {}
+        }
+        if let Some(disruption) = &server.disruption {
+            found.push(format!(
+                "{}: down, {disruption}; no maintenance step starts until it is back",
+                server.name
+            ));
         }
         if let Some(stuck) = pods
             .iter()

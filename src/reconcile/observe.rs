@@ -30,7 +30,7 @@ use crate::planners::upgrade::admitted;
 use crate::rejections::Rejection;
 use crate::release::{JobOutcome, Release, SchemaJob};
 use crate::resources::job;
-use crate::resources::statefulset::{release_of, running_release};
+use crate::resources::statefulset::{ZONE_LABEL, release_of, running_release};
 use crate::resources::{INSTANCE_LABEL, Names, selector_labels, selector_string};
 use crate::validate::ValidSpec;
 use crate::vocabulary::Reason;
@@ -138,6 +138,7 @@ pub(crate) async fn observe(
             .filter_map(|pod| pod_view(&cluster, pod))
             .collect(),
     };
+    let pods = on_nodes(ctx, pods);
     let started = std::time::Instant::now();
     let names: BTreeSet<String> = pods.iter().map(|p| p.name.clone()).collect();
     let secret = ctx
@@ -370,6 +371,19 @@ async fn canary_evidence(
 /// How recent a `FailedCreate` Event must be to say why a pod is missing now.
 const FAILED_CREATE_RECENT: k8s_openapi::jiff::SignedDuration = k8s_openapi::jiff::SignedDuration::from_secs(300);
 
+/// `pods` with what their Nodes say: the zone, and whether the Node is cordoned. A Node the
+/// operator cannot read (not cached yet, no RBAC to list Nodes) leaves both unknown: zones
+/// only order a roll's steps, they never gate one.
+fn on_nodes(ctx: &Context, mut pods: Vec<PodView>) -> Vec<PodView> {
+    for pod in &mut pods {
+        if let Some(node) = pod.node.as_deref().and_then(|name| ctx.caches.node(name)) {
+            pod.zone = node.labels().get(ZONE_LABEL).cloned();
+            pod.node_cordoned = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+        }
+    }
+    pods
+}
+
 /// Reads a pod of cluster `cluster`; `None` for a pod that is not one of its servers.
 fn pod_view(cluster: &str, pod: &Pod) -> Option<PodView> {
     let name = pod.name_any();
@@ -411,7 +425,15 @@ fn pod_view(cluster: &str, pod: &Pod) -> Option<PodView> {
             ),
         })
     });
+    let disruption_target = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "DisruptionTarget" && c.status == "True"))
+        .map(|c| c.reason.clone().unwrap_or_else(|| "DisruptionTarget".into()));
     Some(PodView {
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        zone: None,
+        node_cordoned: false,
+        disruption_target,
         stuck: unschedulable.or(cannot_start),
         replace_requested: pod.annotations().contains_key(crate::crd::REPLACE_ANNOTATION),
         name,

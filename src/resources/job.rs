@@ -75,6 +75,8 @@ pub(crate) fn build(spec: &ValidSpec, kind: SchemaJob, schema: i32, config_hash:
     }
     if let Some(pod) = template.spec.as_mut() {
         pod.restart_policy = Some("Never".into());
+        // A schema Job's pod is not a server: the servers' spread does not count it.
+        pod.topology_spread_constraints = None;
         pod.termination_grace_period_seconds = Some(30);
         for container in &mut pod.containers {
             container.args = Some(vec!["schema".into(), kind.action().into()]);

@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdate
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    SeccompProfile, SecretKeySelector, SecurityContext, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -110,8 +110,31 @@ pub(crate) fn pod_template(spec: &ValidSpec, release: &Release, config_hash: &st
             tolerations: (!template.tolerations.is_empty()).then(|| template.tolerations.clone()),
             affinity: template.affinity.clone(),
             priority_class_name: template.priority_class_name.clone(),
+            topology_spread_constraints: match &template.topology_spread_constraints {
+                Some(theirs) => (!theirs.is_empty()).then(|| theirs.clone()),
+                None => Some(vec![zone_spread(cr)]),
+            },
             ..PodSpec::default()
         }),
+    }
+}
+
+/// The label of a Node's zone.
+pub(crate) const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// The default spread of a cluster's servers: across zones, at most one more in a zone than in
+/// another where the scheduler can, anywhere when it cannot (a zone cordoned for a drain, a
+/// cluster without zones): a server that cannot be placed evenly is better than none.
+fn zone_spread(cr: &OrchestratorCluster) -> TopologySpreadConstraint {
+    TopologySpreadConstraint {
+        topology_key: ZONE_LABEL.into(),
+        max_skew: 1,
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector_labels(cr)),
+            ..LabelSelector::default()
+        }),
+        ..TopologySpreadConstraint::default()
     }
 }
 

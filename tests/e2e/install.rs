@@ -13,9 +13,9 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
-use k8s_openapi::api::rbac::v1::Role;
-use kube::ResourceExt;
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
 use orchestrator_contract as contract;
 use orchestrator_operator::crd::OrchestratorCluster;
 use serde_json::{Value, json};
@@ -159,9 +159,19 @@ async fn check_rbac_against_requests(ns: &TestNamespace, log: &str) {
     let mut table = String::from("| role | API group | resource | verb | requests |\n|---|---|---|---|---|\n");
     let mut unused = Vec::new();
     let mut allowed = std::collections::BTreeSet::new();
+    let mut roles = Vec::new();
     for role_name in [FULLNAME.to_string(), format!("{FULLNAME}-leader-election")] {
         let role = ns.api::<Role>().get(&role_name).await.unwrap();
-        for rule in role.rules.unwrap_or_default() {
+        roles.push((role_name, role.rules.unwrap_or_default()));
+    }
+    let nodes_role = format!("{FULLNAME}-{}-nodes", ns.name);
+    let cluster_role = Api::<ClusterRole>::all(ns.client.clone())
+        .get(&nodes_role)
+        .await
+        .unwrap();
+    roles.push((nodes_role, cluster_role.rules.unwrap_or_default()));
+    for (role_name, rules) in roles {
+        for rule in rules {
             for group in rule.api_groups.clone().unwrap_or_default() {
                 for resource in rule.resources.clone().unwrap_or_default() {
                     for verb in &rule.verbs {

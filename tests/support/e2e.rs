@@ -202,10 +202,36 @@ impl TestNamespace {
             .unwrap()
     }
 
-    /// The log file the node agent writes for `container` of `pod`.
+    /// Every log the node agents wrote for `container` of the pods named `pod` (every pod object
+    /// of that name, every run, on every node, oldest first), read from their disks as one reads
+    /// a node's `/var/log/pods`: unlike `kubectl logs`, it still holds the pods already deleted.
     pub(crate) fn pod_log(&self, pod: &str, container: &str) -> String {
-        let path = root().join(format!(".local/agent/pods/{}_{pod}/{container}.log", self.name));
-        std::fs::read_to_string(&path).unwrap_or_default()
+        let prefix = format!("{}_{pod}_", self.name);
+        let mut files: Vec<(std::time::SystemTime, std::path::PathBuf)> = Vec::new();
+        let nodes = std::fs::read_dir(root().join(".local/agent"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for node in nodes {
+            let pods = std::fs::read_dir(node.path().join("pods"))
+                .into_iter()
+                .flatten()
+                .flatten();
+            for dir in pods.filter(|d| d.file_name().to_string_lossy().starts_with(&prefix)) {
+                for file in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+                    let name = file.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(&format!("{container}.")) && name.ends_with(".log") {
+                        let modified = file.metadata().and_then(|m| m.modified());
+                        files.push((modified.unwrap_or(std::time::UNIX_EPOCH), file.path()));
+                    }
+                }
+            }
+        }
+        files.sort();
+        files
+            .iter()
+            .map(|(_, path)| std::fs::read_to_string(path).unwrap_or_default())
+            .collect()
     }
 }
 

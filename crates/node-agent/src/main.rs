@@ -3,6 +3,7 @@
 
 mod env;
 mod images;
+mod kubelet;
 mod node;
 mod pod;
 mod probe;
@@ -43,6 +44,18 @@ struct Args {
     /// kubelet version reported by the Node.
     #[arg(long, env = "ORC_AGENT_KUBE_VERSION", default_value = "v1.34.4")]
     kube_version: String,
+
+    /// The Node's zone (its `topology.kubernetes.io/zone` label); none when empty.
+    #[arg(long, env = "ORC_AGENT_ZONE", default_value = "")]
+    zone: String,
+
+    /// The /16 the node's pod IPs come from, `127.N.0.0/16` (each node its own).
+    #[arg(long, env = "ORC_AGENT_POD_CIDR", default_value = "127.1.0.0/16")]
+    pod_cidr: String,
+
+    /// Port of the kubelet endpoint (`kubectl logs`) on the node's address.
+    #[arg(long, env = "ORC_AGENT_KUBELET_PORT", default_value_t = 10250)]
+    kubelet_port: u16,
 }
 
 #[tokio::main]
@@ -58,6 +71,18 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let state_dir = std::path::absolute(&args.state_dir)?;
     std::fs::create_dir_all(state_dir.join("pods"))?;
+    let ips = pod::IpPool::of_cidr(&args.pod_cidr).map_err(anyhow::Error::msg)?;
+    let node = node::NodeInfo {
+        name: args.node_name.clone(),
+        kube_version: args.kube_version.clone(),
+        zone: Some(args.zone.clone()).filter(|z| !z.is_empty()),
+        pod_cidr: args.pod_cidr.clone(),
+        kubelet_port: args.kubelet_port,
+    };
+    let logs = kubelet::LogIndex::default();
+    // Bound before the Node says where it is: the API server may forward `kubectl logs` at once.
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], args.kubelet_port));
+    let kubelet = tokio::spawn(kubelet::serve(address, logs.clone()));
     let agent = Arc::new(pod::Agent {
         client: client.clone(),
         kubeconfig,
@@ -65,11 +90,13 @@ async fn main() -> anyhow::Result<()> {
         images: images::ImageMap::parse(&args.images)?,
         state_dir,
         http: reqwest::Client::builder().no_proxy().build()?,
-        ips: Mutex::default(),
+        ips: Mutex::new(ips),
+        node_ip: node::NODE_IP.to_string(),
+        logs,
         running: Mutex::new(BTreeSet::new()),
     });
     // An API server that is not there yet is waited for, as a kubelet does.
-    while let Err(error) = node::register(&client, &args.node_name, &args.kube_version).await {
+    while let Err(error) = node::register(&client, &node).await {
         tracing::warn!(%error, "cannot register the node yet; retrying");
         tokio::time::sleep(HEARTBEAT_RETRY).await;
     }
@@ -77,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
 
     let heartbeat = {
         let client = client.clone();
-        let (name, version) = (args.node_name.clone(), args.kube_version.clone());
+        let node = node.clone();
         tokio::spawn(async move {
             let mut pause = node::HEARTBEAT;
             loop {
@@ -85,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
                 // A failed heartbeat (the API server is away) is tried again soon, so the node
                 // is renewed as soon as the API server is back, well within the node monitor's
                 // grace period, rather than a whole heartbeat later.
-                pause = match node::heartbeat(&client, &name, &version).await {
+                pause = match node::heartbeat(&client, &node).await {
                     Ok(_) => node::HEARTBEAT,
                     Err(error) => {
                         tracing::warn!(%error, "node heartbeat failed; retrying");
@@ -98,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
 
     let result = tokio::select! {
         result = watch_pods(agent.clone()) => result,
+        served = kubelet => served.map_err(anyhow::Error::from).and_then(|r| r).map_err(|e| e.context("the kubelet endpoint stopped")),
         _ = shutdown_signal() => Ok(()),
     };
     heartbeat.abort();

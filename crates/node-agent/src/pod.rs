@@ -28,6 +28,7 @@ use tokio::time::{Instant, interval_at};
 
 use crate::env::{ApiSources, container_env, expand};
 use crate::images::ImageMap;
+use crate::kubelet::{ContainerLogs, LogIndex, log_file};
 use crate::probe::{ProbeSpec, ProbeState};
 use crate::token;
 
@@ -47,18 +48,43 @@ pub struct Agent {
     pub http: reqwest::Client,
     /// Pod IPs handed out, by pod uid.
     pub ips: Mutex<IpPool>,
+    /// The node's address (every pod's `hostIP`).
+    pub node_ip: String,
+    /// The containers' logs, served by the kubelet endpoint.
+    pub logs: LogIndex,
     /// Process groups of running containers, killed when the agent stops.
     pub running: Mutex<BTreeSet<i32>>,
 }
 
-/// Hands out unique pod IPs from 127.1.0.0/16.
-#[derive(Default)]
+/// Hands out unique pod IPs from the node's /16 (`127.N.0.0/16`).
 pub struct IpPool {
+    prefix: String,
     next: u32,
     by_pod: HashMap<String, String>,
 }
 
 impl IpPool {
+    /// A pool of the /16 whose first two octets are `prefix` (`127.1`).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            next: 0,
+            by_pod: HashMap::new(),
+        }
+    }
+
+    /// The pool of a pod CIDR `127.N.0.0/16`, or why it cannot be one.
+    pub fn of_cidr(cidr: &str) -> Result<Self, String> {
+        let refuse = || format!("pod CIDR {cidr:?} is not of the form 127.N.0.0/16 (N from 1 to 254)");
+        let rest = cidr.strip_prefix("127.").ok_or_else(refuse)?;
+        let (octet, tail) = rest.split_once('.').ok_or_else(refuse)?;
+        let n: u8 = octet.parse().map_err(|_| refuse())?;
+        if tail != "0.0/16" || n == 0 || n == 255 {
+            return Err(refuse());
+        }
+        Ok(Self::new(&format!("127.{n}")))
+    }
+
     /// The IP of pod `uid`, reusing `previous` (from the pod status) when it has one.
     pub fn assign(&mut self, uid: &str, previous: Option<String>) -> String {
         if let Some(ip) = self.by_pod.get(uid) {
@@ -69,7 +95,12 @@ impl IpPool {
             .unwrap_or_else(|| {
                 loop {
                     self.next = self.next % 65_000 + 1;
-                    let candidate = format!("127.1.{}.{}", (self.next + 1) / 250, (self.next + 1) % 250 + 2);
+                    let candidate = format!(
+                        "{}.{}.{}",
+                        self.prefix,
+                        (self.next + 1) / 250,
+                        (self.next + 1) % 250 + 2
+                    );
                     if !self.by_pod.values().any(|used| *used == candidate) {
                         break candidate;
                     }
@@ -122,10 +153,14 @@ pub async fn run(agent: Arc<Agent>, mut updates: watch::Receiver<Option<Pod>>) {
     let uid = pod.uid().unwrap_or_default();
     let previous_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
     let ip = agent.ips.lock().unwrap().assign(&uid, previous_ip);
-    let dir = agent
-        .state_dir
-        .join("pods")
-        .join(format!("{}_{}", pod.namespace().unwrap_or_default(), pod.name_any()));
+    // One folder per pod object, as the kubelet's `/var/log/pods/<ns>_<pod>_<uid>`: a
+    // replacement under the same name starts with no logs and no `--previous`.
+    let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    let dir = agent.state_dir.join("pods").join(format!(
+        "{}_{}_{uid}",
+        pod.namespace().unwrap_or_default(),
+        pod.name_any()
+    ));
     if let Err(error) = std::fs::create_dir_all(&dir) {
         tracing::error!(pod = %pod.name_any(), %error, "cannot create the pod folder");
     }
@@ -142,8 +177,13 @@ pub async fn run(agent: Arc<Agent>, mut updates: watch::Receiver<Option<Pod>>) {
         last_state: None,
         unpublished: None,
     };
+    worker.index_logs(false);
     worker.run(&mut updates).await;
     agent.ips.lock().unwrap().release(&uid);
+    let mut logs = agent.logs.lock().unwrap();
+    if logs.get(&key).is_some_and(|l| l.dir == worker.dir) {
+        logs.remove(&key);
+    }
 }
 
 fn now() -> Time {
@@ -153,6 +193,18 @@ fn now() -> Time {
 impl Worker {
     fn name(&self) -> String {
         format!("{}/{}", self.pod.namespace().unwrap_or_default(), self.pod.name_any())
+    }
+
+    /// Tells the log endpoint where the current run's log is and whether it runs.
+    fn index_logs(&self, running: bool) {
+        let key = format!("{}/{}", self.pod.namespace().unwrap_or_default(), self.pod.name_any());
+        let logs = ContainerLogs {
+            dir: self.dir.clone(),
+            container: self.container().name,
+            run: self.restarts,
+            running,
+        };
+        self.agent.logs.lock().unwrap().insert(key, logs);
     }
 
     fn deleting(&self) -> bool {
@@ -311,7 +363,7 @@ impl Worker {
         let mut pod = self.pod.clone();
         let status = pod.status.get_or_insert_with(Default::default);
         status.pod_ip = Some(self.ip.clone());
-        status.host_ip = Some("127.0.0.1".into());
+        status.host_ip = Some(self.agent.node_ip.clone());
         let sources = ApiSources {
             client: self.agent.client.clone(),
             namespace: pod.namespace().unwrap_or_default(),
@@ -360,7 +412,7 @@ impl Worker {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.log", self.container().name))
+        log_file(&self.dir, &self.container().name, self.restarts)
     }
 
     /// The kubelet's `terminationMessagePolicy: FallbackToLogsOnError`: a failed container's
@@ -393,6 +445,7 @@ impl Worker {
         self.agent.running.lock().unwrap().insert(pid);
         self.started = now();
         self.ready = false;
+        self.index_logs(true);
         tracing::info!(pod = %self.name(), pid, ip = %self.ip, "container started");
         let state = ContainerState {
             running: Some(ContainerStateRunning {
@@ -471,6 +524,7 @@ impl Worker {
         };
         self.agent.running.lock().unwrap().remove(&pid);
         self.ready = false;
+        self.index_logs(false);
         end
     }
 
@@ -527,8 +581,8 @@ impl Worker {
         let created = self.pod.metadata.creation_timestamp.clone().unwrap_or_else(now);
         json!({
             "phase": phase,
-            "hostIP": "127.0.0.1",
-            "hostIPs": [{"ip": "127.0.0.1"}],
+            "hostIP": self.agent.node_ip,
+            "hostIPs": [{"ip": self.agent.node_ip}],
             "podIP": self.ip,
             "podIPs": [PodIP { ip: self.ip.clone() }],
             "startTime": created,
@@ -660,11 +714,14 @@ mod tests {
 
     #[test]
     fn ips_are_unique_and_reused_per_pod() {
-        let mut pool = IpPool::default();
+        let mut pool = IpPool::of_cidr("127.2.0.0/16").unwrap();
         let a = pool.assign("a", None);
         let b = pool.assign("b", None);
         assert_ne!(a, b);
-        assert!(a.starts_with("127.1."));
+        assert!(a.starts_with("127.2."), "{a}");
+        for bad in ["10.0.0.0/16", "127.0.0.0/16", "127.2.0.0/24", "127.x.0.0/16"] {
+            assert!(IpPool::of_cidr(bad).is_err(), "{bad}");
+        }
         assert_eq!(pool.assign("a", None), a);
         let c = pool.assign("c", Some(b.clone()));
         assert_ne!(c, b, "an IP in use is not handed out twice");

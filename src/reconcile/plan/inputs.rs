@@ -71,7 +71,14 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed, now: Timesta
     let name = cr.name_any();
     let health = Health::default();
     let members = observed.database.members().unwrap_or_default();
-    let servers = merge(&name, &observed.pods, observed.database.members(), health);
+    let mut servers = merge(&name, &observed.pods, observed.database.members(), health);
+    let previous_step = step_from_status(cr);
+    // The operator's own step evicts its server too: that is no involuntary disruption.
+    for server in &mut servers {
+        if previous_step.as_ref().is_some_and(|step| step.server == server.name) {
+            server.disruption = None;
+        }
+    }
     let views = servers
         .iter()
         .filter_map(|s| {
@@ -96,6 +103,8 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed, now: Timesta
                 state: s.state.clone(),
                 drain_age_seconds: member.and_then(|m| m.drain_requested_seconds),
                 replace_requested: pod.is_some_and(|p| p.replace_requested),
+                zone: s.zone.clone(),
+                disruption: s.disruption.clone(),
             })
         })
         .collect();
@@ -130,7 +139,7 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed, now: Timesta
             .filter(|m| m.state == server_state::ACTIVE && m.drain_requested_seconds.is_none())
             .filter(|m| m.heartbeat_age_seconds < orchestrator_contract::SERVING_HEARTBEAT_SECONDS)
             .count() as i64,
-        previous_step: step_from_status(cr),
+        previous_step,
         database_ready: matches!(observed.database, DatabaseState::Ready { .. }),
         running_release: statefulset.and_then(statefulset::running_release),
         views,
