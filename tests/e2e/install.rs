@@ -227,6 +227,12 @@ async fn helm_installed_operator_runs_a_cluster_and_survives_upgrade_and_uninsta
     ns.api::<ServiceAccount>().get(FULLNAME).await.unwrap();
     ns.api::<Role>().get(FULLNAME).await.unwrap();
     helm::wait_log(&ns, &operator.name_any(), "leading: starting controllers", MINUTE).await;
+    // The same log through the API server (the node agent's kubelet endpoint), as a user reads it.
+    let logs = helm::kubectl(&["-n", &ns.name, "logs", &operator.name_any(), "--limit-bytes=2000000"]).await;
+    assert!(
+        logs.contains("leading: starting controllers"),
+        "kubectl logs of the operator pod"
+    );
     assert_eq!(leader_gauge(&operator).await, "1");
 
     // Create: two servers join.

@@ -23,3 +23,4 @@ mod plugin;
 mod refusals;
 mod serial;
 mod steady;
+mod zones;

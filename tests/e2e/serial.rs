@@ -480,3 +480,142 @@ async fn thirty_servers_of_six_clusters_fit_postgresqls_default_max_connections(
         report["lost"],
     );
 }
+
+/// What the cluster's status said while nodes were drained: each server's `disruption` as
+/// first seen, the `Degraded` messages that named a drain, and whether a step of the
+/// operator's own ever started.
+#[derive(Default)]
+struct DrainSeen {
+    disruptions: BTreeMap<String, String>,
+    degraded: Vec<String>,
+    own_steps: Vec<String>,
+}
+
+/// Watches cluster `prod`'s status (every write of it) into a [`DrainSeen`].
+fn watch_drain_status(ns: &TestNamespace) -> (Arc<Mutex<DrainSeen>>, tokio::task::JoinHandle<()>) {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let seen = Arc::new(Mutex::new(DrainSeen::default()));
+    let out = seen.clone();
+    let clusters = ns.api::<OrchestratorCluster>();
+    let task = tokio::spawn(async move {
+        let config = watcher::Config::default().fields("metadata.name=prod");
+        let mut events = std::pin::pin!(watcher::watcher(clusters, config));
+        while let Some(Ok(event)) = events.next().await {
+            let (Event::Apply(cr) | Event::InitApply(cr)) = event else {
+                continue;
+            };
+            let Some(status) = cr.status else { continue };
+            let mut seen = out.lock().unwrap();
+            for server in &status.servers {
+                if let Some(why) = &server.disruption {
+                    seen.disruptions
+                        .entry(server.name.clone())
+                        .or_insert_with(|| why.clone());
+                }
+            }
+            if let Some(degraded) = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Degraded" && c.status == "True")
+                && degraded.message.contains("node drain")
+            {
+                seen.degraded.push(degraded.message.clone());
+            }
+            if let Some(step) = status.maintenance.as_ref().and_then(|m| m.server.clone()) {
+                seen.own_steps.push(step);
+            }
+        }
+    });
+    (seen, task)
+}
+
+#[tokio::test]
+#[ignore = "runs alone: `hack/e2e.sh` runs module serial after the others, with --ignored"]
+async fn a_drain_of_each_node_in_turn_loses_nothing_and_is_explained() {
+    use crate::maintenance::{Watcher, cluster};
+    use crate::support::helm::kubectl;
+    use crate::zones::{node_zones, wait_schedulable};
+
+    let ns = TestNamespace::new("drain").await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    ns.create_cluster(&cluster(6, &pg)).await;
+    wait_settled(&ns, 6, Some("2.0.0")).await;
+    let watcher = Watcher::start(&ns, 6);
+    let (seen, status_task) = watch_drain_status(&ns);
+    let nodes: Vec<String> = node_zones(&ns).await.into_keys().collect();
+    assert_eq!(nodes.len(), 3, "three nodes to drain: {nodes:?}");
+    // Jobs of 2 s: an evicted server's friendly shutdown lasts as long as its longest job.
+    let drains = async {
+        let mut evicted = BTreeMap::new();
+        for node in &nodes {
+            let on_node: Vec<String> = pods::list(&ns, &server_pods("prod"))
+                .await
+                .into_iter()
+                .filter(|(_, p)| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()))
+                .map(|(name, _)| name)
+                .collect();
+            let started = Instant::now();
+            kubectl(&[
+                "drain",
+                node,
+                "--ignore-daemonsets",
+                "--delete-emptydir-data",
+                "--force",
+                "--timeout=180s",
+            ])
+            .await;
+            wait_settled(&ns, 6, Some("2.0.0")).await;
+            println!("DRAIN {node}: {on_node:?} evicted and back in {:?}", started.elapsed());
+            kubectl(&["uncordon", node]).await;
+            wait_schedulable(&ns, node).await;
+            evicted.insert(node.clone(), on_node);
+        }
+        evicted
+    };
+    let (report, evicted) = tokio::join!(load(&pg, "drain", 10, 120, 2000), drains);
+    status_task.abort();
+    let seen = seen.lock().unwrap();
+    println!(
+        "DRAIN report {report}; worst down {}; disruptions {:?}; replaced {:?}",
+        watcher.worst(),
+        seen.disruptions,
+        watcher.replaced()
+    );
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["outcome"]["executed_more_than_once"], 0, "{report}");
+    assert_eq!(report["outcome"]["completed"], report["acknowledged"], "{report}");
+    assert!(
+        watcher.worst() <= 1,
+        "never two servers unavailable: {}",
+        watcher.worst()
+    );
+    let moved: Vec<&String> = evicted.values().flatten().collect();
+    assert!(moved.len() >= 6, "every server was on some drained node: {evicted:?}");
+    assert!(
+        seen.own_steps.is_empty(),
+        "the operator started no step: {:?}",
+        seen.own_steps
+    );
+    // A server with no job running stops at once on SIGTERM, maybe before the operator looks:
+    // of each node's servers, at least one (each has jobs of 2 s) is said down by the drain.
+    for (node, servers) in &evicted {
+        let said: Vec<&String> = servers.iter().filter_map(|s| seen.disruptions.get(s)).collect();
+        assert!(
+            !said.is_empty(),
+            "an eviction from {node} is in the status: {:?}",
+            seen.disruptions
+        );
+        for why in said {
+            assert!(why.contains("cordoned (a node drain)"), "{why}");
+        }
+    }
+    assert!(
+        seen.degraded
+            .iter()
+            .any(|m| m.contains("no maintenance step starts until it is back")),
+        "Degraded explains the drain: {:?}",
+        seen.degraded
+    );
+}

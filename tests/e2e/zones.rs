@@ -1,0 +1,145 @@
+//! Nodes and zones on the local cluster's three node agents (`orc-agent-0..2` in zones
+//! `z1..z3`): the servers spread across the zones by default, a roll visits the zones in turn
+//! and never empties one, and `kubectl logs` reaches every pod through the API server (a
+//! server, a finished schema Job's pod). The drain of each node in turn under load runs alone
+//! (`serial::a_drain_of_each_node_in_turn_loses_nothing_and_is_explained`): it disturbs every
+//! pod of the cluster.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::maintenance::{Watcher, all_joined_on, cluster};
+use crate::support::e2e::{MINUTE, Operator, TestNamespace, load, patch_spec, wait_for, wait_settled};
+use crate::support::helm::kubectl;
+use crate::support::pods::{self, server_pods};
+
+/// The zone label of Nodes.
+pub(crate) const ZONE: &str = "topology.kubernetes.io/zone";
+
+/// Each Node's zone, by Node name.
+pub(crate) async fn node_zones(ns: &TestNamespace) -> BTreeMap<String, String> {
+    Api::<Node>::all(ns.client.clone())
+        .list(&ListParams::default().labels("node.orchestrator.dev/agent"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| Some((n.name_any(), n.labels().get(ZONE)?.clone())))
+        .collect()
+}
+
+/// The zone of each server pod of cluster `prod`, by pod name.
+pub(crate) async fn server_zones(ns: &TestNamespace) -> BTreeMap<String, String> {
+    let zones = node_zones(ns).await;
+    pods::list(ns, &server_pods("prod"))
+        .await
+        .into_iter()
+        .map(|(name, pod)| {
+            let node = pod.spec.and_then(|s| s.node_name).unwrap_or_default();
+            (
+                name,
+                zones.get(&node).cloned().unwrap_or_else(|| format!("no zone ({node})")),
+            )
+        })
+        .collect()
+}
+
+/// How many servers each zone holds.
+fn per_zone(zones: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
+    let mut count = BTreeMap::new();
+    for zone in zones.values() {
+        *count.entry(zone.clone()).or_default() += 1;
+    }
+    count
+}
+
+#[tokio::test]
+async fn six_servers_spread_over_three_zones_and_a_roll_visits_them_in_turn() {
+    let ns = TestNamespace::new("zones").await;
+    let pg = ns.database().await;
+    let _operator = Operator::start(&ns.name, "orchestrator-server").await;
+    assert_eq!(node_zones(&ns).await.len(), 3, "the local cluster has three zones");
+    ns.create_cluster(&cluster(6, &pg)).await;
+    let cr = wait_settled(&ns, 6, Some("2.0.0")).await;
+    let zones = server_zones(&ns).await;
+    let counts = per_zone(&zones);
+    assert_eq!(
+        counts.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "two servers in each zone: {zones:?}"
+    );
+    let status = cr.status.unwrap();
+    for server in &status.servers {
+        assert_eq!(
+            server.zone.as_ref(),
+            zones.get(&server.name),
+            "status.servers says each zone"
+        );
+        assert!(server.node.is_some() && server.disruption.is_none(), "{server:?}");
+    }
+
+    // `kubectl logs` of a server, through the API server and the node agent's kubelet endpoint.
+    let log = kubectl(&["-n", &ns.name, "logs", "prod-0", "--tail", "50"]).await;
+    assert!(!log.is_empty(), "kubectl logs of a server shows its log");
+    let last = kubectl(&["-n", &ns.name, "logs", "prod-0", "--tail", "1"]).await;
+    assert_eq!(last.lines().count(), 1, "--tail 1 is one line: {last:?}");
+    assert!(log.ends_with(&last), "the last line is the end of the log");
+
+    let watcher = Watcher::start(&ns, 6);
+    let roll = async {
+        patch_spec(&ns, json!({"version": "2.1.0"})).await;
+        wait_settled(&ns, 6, Some("2.1.0")).await
+    };
+    let (report, cr) = tokio::join!(load(&pg, "zones", 20, 30, 300), roll);
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["outcome"]["executed_more_than_once"], 0, "{report}");
+    assert!(
+        watcher.worst() <= 1,
+        "never two servers down, so never a zone emptied: {}",
+        watcher.worst()
+    );
+    all_joined_on(cr.status.as_ref().unwrap(), "2.1.0");
+    let replaced = watcher.replaced();
+    let visited: Vec<&str> = replaced.iter().map(|name| zones[name].as_str()).collect();
+    println!("replacement order {replaced:?}, zones {visited:?}");
+    assert_eq!(replaced.len(), 6, "each server replaced once: {replaced:?}");
+    assert!(
+        visited.windows(2).all(|pair| pair[0] != pair[1]),
+        "consecutive steps in different zones: {visited:?}"
+    );
+    let after = per_zone(&server_zones(&ns).await);
+    assert_eq!(after, counts, "each replacement went back to its zone");
+
+    // The version change ran its schema check: its finished pod's log, by `kubectl logs`.
+    let jobs = pods::list(&ns, "app.kubernetes.io/name=orchestrator-schema").await;
+    let (job_pod, _) = jobs
+        .iter()
+        .find(|(_, pod)| pod_phase(pod) == "Succeeded")
+        .unwrap_or_else(|| panic!("a finished schema Job pod: {:?}", jobs.keys()));
+    let log = kubectl(&["-n", &ns.name, "logs", job_pod]).await;
+    assert!(
+        log.contains("compatible: database schema"),
+        "the schema check's log: {log}"
+    );
+}
+
+fn pod_phase(pod: &Pod) -> &str {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default()
+}
+
+/// Waits until Node `node` is schedulable again and Ready (after `kubectl uncordon`).
+pub(crate) async fn wait_schedulable(ns: &TestNamespace, node: &str) {
+    wait_for(
+        &Api::<Node>::all(ns.client.clone()),
+        node,
+        "schedulable",
+        MINUTE,
+        |n: Option<&Node>| n.is_some_and(|n| n.spec.as_ref().and_then(|s| s.unschedulable) != Some(true)),
+    )
+    .await
+    .unwrap();
+}
