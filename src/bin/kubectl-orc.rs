@@ -446,7 +446,7 @@ fn status_table(cr: &OrchestratorCluster) -> String {
         status.current_version.as_deref().unwrap_or(&cr.spec.version)
     );
     let mut rows = vec![
-        ["SERVER", "POD", "READY", "DATABASE", "VERSION", "JOINED", "RESTARTS"]
+        ["SERVER", "POD", "READY", "DATABASE", "VERSION", "JOINED", "RESTARTS", "ZONE"]
             .map(String::from)
             .to_vec(),
     ];
@@ -460,10 +460,15 @@ fn status_table(cr: &OrchestratorCluster) -> String {
             s.version.clone().unwrap_or_else(|| "-".into()),
             yes_no(s.joined),
             s.restarts.to_string(),
+            s.zone.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     out.push('\n');
     out.push_str(&columns(&rows));
+    for s in status.servers.iter().filter(|s| s.disruption.is_some()) {
+        let why = s.disruption.as_deref().unwrap_or_default();
+        out.push_str(&format!("{}: {}\n", coloured(&format!("{} down", s.name), RED), why));
+    }
     if let Some(m) = &status.maintenance {
         out.push_str(&format!(
             "\nmaintenance: {} step {} {} {}\n",
