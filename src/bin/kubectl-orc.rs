@@ -446,9 +446,11 @@ fn status_table(cr: &OrchestratorCluster) -> String {
         status.current_version.as_deref().unwrap_or(&cr.spec.version)
     );
     let mut rows = vec![
-        ["SERVER", "POD", "READY", "DATABASE", "VERSION", "JOINED", "RESTARTS", "ZONE"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "SERVER", "POD", "READY", "DATABASE", "VERSION", "JOINED", "RESTARTS", "ZONE",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for s in &status.servers {
         let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();

@@ -174,6 +174,21 @@ fn scale_down(input: &CapacityInput, out: &mut CapacityDecision) {
         }
         return;
     }
+    // A server that stays, down by an involuntary disruption (a node drain): no new drain of
+    // the operator's own meanwhile; drains asked before go on (their servers leave anyway),
+    // and the StatefulSet keeps its count until every leaving server has drained.
+    if !progress.request.is_empty()
+        && let Some(down) = (0..input.wanted)
+            .filter_map(|o| server(input, o))
+            .find(|s| s.disruption.is_some())
+    {
+        out.waiting = Some(format!(
+            "not removing servers while {} is down ({})",
+            down.name,
+            down.disruption.as_deref().unwrap_or_default()
+        ));
+        return;
+    }
     out.drain = progress.request;
     if progress.still_draining.is_empty() {
         out.replicas = input.wanted;
@@ -206,6 +221,28 @@ mod tests {
             joined: ready && active,
             ..ServerStatus::default()
         }
+    }
+
+    #[test]
+    fn no_server_is_removed_while_one_that_stays_is_down_from_a_drain() {
+        let mut servers: Vec<ServerStatus> = (0..3)
+            .map(|o| status(&format!("prod-{o}"), true, Some("active"), 1))
+            .collect();
+        servers[0].ready = false;
+        servers[0].joined = false;
+        servers[0].disruption = Some("evicted from node n1, which is cordoned (a node drain)".into());
+        let decision = decide(&input(2, 3, &servers));
+        assert!(decision.drain.is_empty(), "{decision:?}");
+        assert_eq!(decision.replicas, 3);
+        assert!(
+            decision
+                .waiting
+                .unwrap()
+                .contains("prod-0 is down (evicted from node n1")
+        );
+        // Once it is back, the removal goes on.
+        servers[0].disruption = None;
+        assert_eq!(decide(&input(2, 3, &servers)).drain, ["prod-2"]);
     }
 
     fn input<'a>(wanted: i32, current: i32, servers: &'a [ServerStatus]) -> CapacityInput<'a> {
