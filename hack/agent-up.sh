@@ -16,14 +16,19 @@ mkdir -p "$state"
 cargo build --quiet --workspace --locked --bins
 target="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 
-# Every agent started before (any count, and the single agent of earlier layouts).
+# Every agent started before (any count, and the single agent of earlier layouts), waited for
+# (at most 10 s each: an agent stops its containers within 2 s) so that its port is free.
+old_pids=()
 for pidfile in "$state"/agent.pid "$state"/*/agent.pid; do
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    old_pids+=("$(cat "$pidfile")")
     kill "$(cat "$pidfile")" || true
   fi
   rm -f "$pidfile"
 done
-sleep 3
+for pid in "${old_pids[@]}"; do
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+done
 images="orc-test-server=$target/orc-test-server,orchestrator-operator=$target/orchestrator-operator"
 [ -x "$target/orchestrator-server" ] && images="$images,orchestrator-server=$target/orchestrator-server"
 wanted=()

@@ -196,8 +196,10 @@ cached! {
 pub struct Caches {
     scopes: RwLock<Vec<Scope>>,
     /// The Nodes (labels and `spec.unschedulable` only), cluster-wide: which zone each server
-    /// is in, and whether its Node is cordoned. Set once the controllers start.
-    nodes: RwLock<Option<Store<Node>>>,
+    /// is in, and whether its Node is cordoned. Set once, when the controllers first start.
+    nodes: std::sync::OnceLock<Store<Node>>,
+    /// The Node watch has failed (no RBAC, the API server away): reconciles do not wait for it.
+    nodes_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Caches {
@@ -219,16 +221,29 @@ impl Caches {
             .ok_or_else(|| Error::NotWatched(namespace.to_string()))
     }
 
-    /// Sets the store of the Nodes (controllers started again after a lost leader term replace
-    /// it).
-    pub fn set_nodes(&self, nodes: Store<Node>) {
-        *self.nodes.write().unwrap_or_else(|e| e.into_inner()) = Some(nodes);
+    /// Sets the store of the Nodes; false (and nothing changes) if it was set before.
+    pub fn set_nodes(&self, nodes: Store<Node>) -> bool {
+        self.nodes.set(nodes).is_ok()
+    }
+
+    /// Notes that the Node watch failed.
+    pub(crate) fn nodes_failed(&self) {
+        self.nodes_failed.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Waits, at most `deadline`, for the Nodes' first list, unless the Node watch failed (then
+    /// zones are unknown and nothing waits for them).
+    pub(crate) async fn nodes_ready(&self, deadline: Duration) {
+        let Some(nodes) = self.nodes.get() else { return };
+        if self.nodes_failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let _ = tokio::time::timeout(deadline, nodes.wait_until_ready()).await;
     }
 
     /// The cached Node `name`, if the Nodes are cached and it is there.
     pub(crate) fn node(&self, name: &str) -> Option<Arc<Node>> {
-        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
-        nodes.as_ref()?.get(&ObjectRef::new(name))
+        self.nodes.get()?.get(&ObjectRef::new(name))
     }
 
     /// Waits until every store of `namespace`'s scope has completed its first list.

@@ -245,41 +245,49 @@ async fn run_one(
         .await;
 }
 
-/// Keeps the Nodes' store in `ctx.caches` filled, stripped to what the operator reads (labels
-/// and `spec.unschedulable`). A watch that fails (no RBAC to list Nodes, the API server away)
-/// is retried with back-off; meanwhile servers have no known zone, which only orders a roll.
-async fn nodes(ctx: Arc<Context>) {
+/// Starts the watch that keeps the Nodes' store in `ctx.caches` filled, once per process: it
+/// outlives leader terms, so a new term knows the zones at once. Nodes are stripped to what
+/// the operator reads (labels and `spec.unschedulable`). A watch that fails (no RBAC to list
+/// Nodes, the API server away) is retried with back-off; meanwhile servers have no known zone,
+/// which only orders a roll.
+fn watch_nodes(ctx: &Arc<Context>) {
     let writer = reflector::store::Writer::<Node>::default();
-    ctx.caches.set_nodes(writer.as_reader());
-    let mut refused = false;
-    watcher::watcher(Api::<Node>::all(ctx.client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(|node| {
-            node.status = None;
-            node.metadata.annotations = None;
-            drop_managed_fields(node);
-            if let Some(spec) = node.spec.as_mut() {
-                *spec = NodeSpec {
-                    unschedulable: spec.unschedulable,
-                    ..NodeSpec::default()
-                };
-            }
-        })
-        .reflect(writer)
-        .for_each(|event| {
-            match event {
-                // Said once, not at every retry: a chart installed without the Node rule.
-                Err(error) if !refused => {
-                    refused = true;
-                    tracing::warn!(%error, "cannot watch Nodes: servers' zones are unknown until it can");
+    if !ctx.caches.set_nodes(writer.as_reader()) {
+        return;
+    }
+    let (client, ctx) = (ctx.watch_client.clone(), ctx.clone());
+    tokio::spawn(async move {
+        let mut refused = false;
+        watcher::watcher(Api::<Node>::all(client), watcher::Config::default())
+            .default_backoff()
+            .modify(|node| {
+                node.status = None;
+                node.metadata.annotations = None;
+                drop_managed_fields(node);
+                if let Some(spec) = node.spec.as_mut() {
+                    *spec = NodeSpec {
+                        unschedulable: spec.unschedulable,
+                        ..NodeSpec::default()
+                    };
                 }
-                Err(_) => {}
-                Ok(_) => refused = false,
-            }
-            futures::future::ready(())
-        })
-        .await;
-    std::future::pending::<()>().await
+            })
+            .reflect(writer)
+            .for_each(|event| {
+                match event {
+                    // Said once until the watch works again, not at every retry.
+                    Err(error) => {
+                        ctx.caches.nodes_failed();
+                        if !refused {
+                            refused = true;
+                            tracing::warn!(%error, "cannot watch Nodes: servers' zones are unknown until it can");
+                        }
+                    }
+                    Ok(_) => refused = false,
+                }
+                futures::future::ready(())
+            })
+            .await;
+    });
 }
 
 /// Why the controllers stopped.
@@ -307,16 +315,9 @@ pub async fn run(
         namespaces.into_iter().map(Some).collect()
     };
     let leadership = ctx.leadership.clone();
-    let nodes = nodes(ctx.clone());
+    watch_nodes(&ctx);
     let controllers =
         futures::future::join_all(scopes.into_iter().map(|ns| run_one(ctx.clone(), ns, shutdown.clone())));
-    // The Node watch lasts as long as the controllers: it ends when they stop.
-    let controllers = async move {
-        tokio::select! {
-            done = controllers => done,
-            () = nodes => unreachable!("the Node watch retries for ever"),
-        }
-    };
     match leadership.while_leading(controllers).await {
         Ok(_) => StopReason::Shutdown,
         Err(_) => StopReason::LostLeadership,

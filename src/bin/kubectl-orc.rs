@@ -462,6 +462,7 @@ fn status_table(cr: &OrchestratorCluster) -> String {
             s.version.clone().unwrap_or_else(|| "-".into()),
             yes_no(s.joined),
             s.restarts.to_string(),
+            s.node.clone().unwrap_or_else(|| "-".into()),
             s.zone.clone().unwrap_or_else(|| "-".into()),
         ]);
     }

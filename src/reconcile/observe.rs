@@ -138,6 +138,8 @@ pub(crate) async fn observe(
             .filter_map(|pod| pod_view(&cluster, pod))
             .collect(),
     };
+    // A first reconcile of the process may come before the Nodes' first list.
+    ctx.caches.nodes_ready(NODES_DEADLINE).await;
     let pods = on_nodes(ctx, pods);
     let started = std::time::Instant::now();
     let names: BTreeSet<String> = pods.iter().map(|p| p.name.clone()).collect();
@@ -370,6 +372,10 @@ async fn canary_evidence(
 
 /// How recent a `FailedCreate` Event must be to say why a pod is missing now.
 const FAILED_CREATE_RECENT: k8s_openapi::jiff::SignedDuration = k8s_openapi::jiff::SignedDuration::from_secs(300);
+
+/// How long a reconcile waits for the Nodes' first list (only the first reconciles of a
+/// process can wait at all).
+const NODES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `pods` with what their Nodes say: the zone, and whether the Node is cordoned. A Node the
 /// operator cannot read (not cached yet, no RBAC to list Nodes) leaves both unknown: zones

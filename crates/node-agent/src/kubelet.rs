@@ -38,10 +38,14 @@ pub struct ContainerLogs {
     pub dir: PathBuf,
     /// The container's name.
     pub container: String,
-    /// The current run (0 for the first; one more per restart).
+    /// The current run, or the last one while none runs (numbered from 0 in the pod's folder,
+    /// one more per start, across agent restarts).
     pub run: i32,
     /// Whether the current run's process is running.
     pub running: bool,
+    /// The last run that ended, if one did: what `--previous` shows (the kubelet's
+    /// `lastState.terminated`; while a crashed container waits to restart, that same run).
+    pub last_terminated: Option<i32>,
 }
 
 impl ContainerLogs {
@@ -84,10 +88,7 @@ pub async fn serve(addr: SocketAddr, index: LogIndex) -> anyhow::Result<()> {
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
-    let listener = TlsListener {
-        tcp: TcpListener::bind(addr).await?,
-        acceptor: TlsAcceptor::from(Arc::new(config)),
-    };
+    let listener = TlsListener::start(TcpListener::bind(addr).await?, TlsAcceptor::from(Arc::new(config)))?;
     tracing::info!(%addr, "kubelet log endpoint listening");
     let app = Router::new()
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
@@ -97,39 +98,61 @@ pub async fn serve(addr: SocketAddr, index: LogIndex) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// TCP with a TLS handshake, as axum's listener.
+/// TCP with a TLS handshake, as axum's listener: connections are accepted by a task of their
+/// own and each handshake runs in a task of its own, so a client that stalls its handshake
+/// holds up no other.
 struct TlsListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    local: SocketAddr,
+    handshaken: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
 }
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl TlsListener {
+    fn start(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let (ready, handshaken) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "kubelet endpoint: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, ready) = (acceptor.clone(), ready.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = ready.send((tls, peer)).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "kubelet endpoint: TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "kubelet endpoint: TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self { local, handshaken })
+    }
+}
 
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, peer) = match self.tcp.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "kubelet endpoint: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => return (tls, peer),
-                Ok(Err(error)) => tracing::debug!(%peer, %error, "kubelet endpoint: TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "kubelet endpoint: TLS handshake timed out"),
-            }
+        match self.handshaken.recv().await {
+            Some(connection) => connection,
+            // The accepting task ended (it never does): serve nothing more.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
+        Ok(self.local)
     }
 }
 
@@ -162,13 +185,13 @@ async fn container_logs(
         );
     }
     let run = if query.previous == Some(true) {
-        if logs.run == 0 {
+        let Some(previous) = logs.last_terminated else {
             return refuse(
                 StatusCode::BAD_REQUEST,
                 format!("previous terminated container \"{container}\" in pod \"{pod}\" not found"),
             );
-        }
-        logs.run - 1
+        };
+        previous
     } else {
         logs.run
     };
@@ -181,7 +204,7 @@ async fn container_logs(
     };
     let mut start = 0;
     if let Some(lines) = query.tail_lines.filter(|n| *n >= 0) {
-        match tail_offset(&path, lines as usize).await {
+        match tail_offset(&mut file, lines as usize).await {
             Ok(offset) => start = offset,
             Err(error) => {
                 return refuse(
@@ -205,6 +228,7 @@ async fn container_logs(
             follow,
             index,
             key,
+            dir: logs.dir.clone(),
             run,
             left: limit,
         },
@@ -216,28 +240,49 @@ async fn container_logs(
         .unwrap_or_else(|error| refuse(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))
 }
 
-/// The byte offset where the last `lines` lines of the file begin.
-async fn tail_offset(path: &std::path::Path, lines: usize) -> std::io::Result<u64> {
-    let bytes = tokio::fs::read(path).await?;
-    Ok(tail_start(&bytes, lines) as u64)
+/// How much of a log's end is read at a time to find where its last lines begin.
+const TAIL_CHUNK: u64 = 64 * 1024;
+
+/// The byte offset where the last `lines` lines of the file begin, read backwards a chunk at a
+/// time (a long log is not read whole for a few lines).
+async fn tail_offset(file: &mut tokio::fs::File, lines: usize) -> std::io::Result<u64> {
+    let size = file.metadata().await?.len();
+    if lines == 0 {
+        return Ok(size);
+    }
+    let mut end = size;
+    // Newlines still to pass: one more when the log ends with one (it ends the last line).
+    let mut wanted = lines;
+    let mut first = true;
+    while end > 0 {
+        let begin = end.saturating_sub(TAIL_CHUNK);
+        let mut chunk = vec![0; (end - begin) as usize];
+        file.seek(std::io::SeekFrom::Start(begin)).await?;
+        file.read_exact(&mut chunk).await?;
+        if first && chunk.last() == Some(&b'\n') {
+            wanted += 1;
+        }
+        first = false;
+        if let Some(at) = nth_newline_from_end(&chunk, &mut wanted) {
+            return Ok(begin + at as u64 + 1);
+        }
+        end = begin;
+    }
+    Ok(0)
 }
 
-/// Where the last `lines` lines of `bytes` begin (a last line without its newline counts).
-fn tail_start(bytes: &[u8], lines: usize) -> usize {
-    if lines == 0 {
-        return bytes.len();
-    }
-    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    let mut seen = 0;
-    for (at, byte) in body.iter().enumerate().rev() {
+/// The index of the `wanted`-th newline of `chunk` from its end; when there are fewer,
+/// `wanted` is counted down by those passed.
+fn nth_newline_from_end(chunk: &[u8], wanted: &mut usize) -> Option<usize> {
+    for (at, byte) in chunk.iter().enumerate().rev() {
         if *byte == b'\n' {
-            seen += 1;
-            if seen == lines {
-                return at + 1;
+            *wanted -= 1;
+            if *wanted == 0 {
+                return Some(at);
             }
         }
     }
-    0
+    None
 }
 
 /// A log file read to its end, then (when following) as it grows, until its run ends.
@@ -246,6 +291,8 @@ struct Reader {
     follow: bool,
     index: LogIndex,
     key: String,
+    /// The followed pod's folder: a new pod of the same name is not the followed one.
+    dir: PathBuf,
     run: i32,
     left: Option<u64>,
 }
@@ -257,7 +304,7 @@ impl Reader {
             .lock()
             .unwrap()
             .get(&self.key)
-            .is_some_and(|logs| logs.run == self.run && logs.running)
+            .is_some_and(|logs| logs.dir == self.dir && logs.run == self.run && logs.running)
     }
 
     async fn next(mut self) -> Option<(Vec<u8>, Self)> {
@@ -298,18 +345,32 @@ impl Reader {
 mod tests {
     use super::*;
 
-    #[test]
-    fn tail_starts_at_the_last_lines() {
+    async fn tail(content: &[u8], lines: usize) -> String {
+        let name = format!("orc-tail-{}-{lines}-{}.log", std::process::id(), content.len());
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, content).unwrap();
+        let mut file = tokio::fs::File::open(&path).await.unwrap();
+        let at = tail_offset(&mut file, lines).await.unwrap() as usize;
+        std::fs::remove_file(&path).unwrap();
+        String::from_utf8_lossy(&content[at..]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn tail_starts_at_the_last_lines() {
         let log = b"one\ntwo\nthree\n";
-        assert_eq!(&log[tail_start(log, 2)..], b"two\nthree\n");
-        assert_eq!(&log[tail_start(log, 1)..], b"three\n");
-        assert_eq!(tail_start(log, 5), 0);
-        assert_eq!(tail_start(log, 0), log.len());
-        let open = b"one\ntwo";
+        assert_eq!(tail(log, 2).await, "two\nthree\n");
+        assert_eq!(tail(log, 1).await, "three\n");
+        assert_eq!(tail(log, 5).await, "one\ntwo\nthree\n");
+        assert_eq!(tail(log, 0).await, "");
         assert_eq!(
-            &open[tail_start(open, 1)..],
-            b"two",
+            tail(b"one\ntwo", 1).await,
+            "two",
             "a last line still being written counts"
         );
+        assert_eq!(tail(b"", 3).await, "");
+        // Lines across chunk boundaries: the last 3 of 100 000 lines, and all of them.
+        let long: String = (0..100_000).map(|n| format!("line {n}\n")).collect();
+        assert_eq!(tail(long.as_bytes(), 3).await, "line 99997\nline 99998\nline 99999\n");
+        assert_eq!(tail(long.as_bytes(), 100_000).await, long);
     }
 }

@@ -94,7 +94,7 @@ impl IpPool {
             .filter(|ip| !self.by_pod.values().any(|used| used == ip))
             .unwrap_or_else(|| {
                 loop {
-                    self.next = self.next % 65_000 + 1;
+                    self.next = self.next % 60_000 + 1;
                     let candidate = format!(
                         "{}.{}.{}",
                         self.prefix,
@@ -134,6 +134,12 @@ struct Worker {
     ip: String,
     dir: PathBuf,
     restarts: i32,
+    /// The log file number of the current run (or of the last, while none runs).
+    run: i32,
+    /// The number of the next run's log file.
+    next_run: i32,
+    /// The last run that ended, if one did (`kubectl logs --previous`).
+    last_terminated: Option<i32>,
     ready: bool,
     ready_since: Time,
     started: Time,
@@ -164,6 +170,13 @@ pub async fn run(agent: Arc<Agent>, mut updates: watch::Receiver<Option<Pod>>) {
     if let Err(error) = std::fs::create_dir_all(&dir) {
         tracing::error!(pod = %pod.name_any(), %error, "cannot create the pod folder");
     }
+    // Runs a previous agent started for this pod keep their files: the next one follows them.
+    let container = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .map(|c| c.name.clone());
+    let first_run = container.map_or(0, |c| next_log_number(&dir, &c));
     let now = Time(Timestamp::now());
     let mut worker = Worker {
         agent: agent.clone(),
@@ -171,13 +184,23 @@ pub async fn run(agent: Arc<Agent>, mut updates: watch::Receiver<Option<Pod>>) {
         ip,
         dir,
         restarts: 0,
+        // Until a run starts, `kubectl logs` shows the last one an earlier agent ran (a
+        // finished pod's, which runs no more).
+        run: (first_run - 1).max(0),
+        next_run: first_run,
+        last_terminated: first_run.checked_sub(1),
         ready: false,
         ready_since: now.clone(),
         started: now,
         last_state: None,
         unpublished: None,
     };
-    worker.index_logs(false);
+    // The newest pod of this name on this node: its entry replaces an older pod's.
+    agent
+        .logs
+        .lock()
+        .unwrap()
+        .insert(key.clone(), worker.container_logs(false));
     worker.run(&mut updates).await;
     agent.ips.lock().unwrap().release(&uid);
     let mut logs = agent.logs.lock().unwrap();
@@ -195,16 +218,25 @@ impl Worker {
         format!("{}/{}", self.pod.namespace().unwrap_or_default(), self.pod.name_any())
     }
 
-    /// Tells the log endpoint where the current run's log is and whether it runs.
-    fn index_logs(&self, running: bool) {
-        let key = format!("{}/{}", self.pod.namespace().unwrap_or_default(), self.pod.name_any());
-        let logs = ContainerLogs {
+    fn container_logs(&self, running: bool) -> ContainerLogs {
+        ContainerLogs {
             dir: self.dir.clone(),
             container: self.container().name,
-            run: self.restarts,
+            run: self.run,
             running,
-        };
-        self.agent.logs.lock().unwrap().insert(key, logs);
+            last_terminated: self.last_terminated,
+        }
+    }
+
+    /// Tells the log endpoint where the current run's log is and whether it runs, unless a
+    /// newer pod of the same name took the entry (this one is being deleted).
+    fn index_logs(&self, running: bool) {
+        let key = format!("{}/{}", self.pod.namespace().unwrap_or_default(), self.pod.name_any());
+        if let Some(entry) = self.agent.logs.lock().unwrap().get_mut(&key)
+            && entry.dir == self.dir
+        {
+            *entry = self.container_logs(running);
+        }
     }
 
     fn deleting(&self) -> bool {
@@ -412,7 +444,7 @@ impl Worker {
     }
 
     fn log_path(&self) -> PathBuf {
-        log_file(&self.dir, &self.container().name, self.restarts)
+        log_file(&self.dir, &self.container().name, self.run)
     }
 
     /// The kubelet's `terminationMessagePolicy: FallbackToLogsOnError`: a failed container's
@@ -427,6 +459,8 @@ impl Worker {
     }
 
     async fn start(&mut self, mut command: Command) -> Result<Child, String> {
+        self.run = self.next_run;
+        self.next_run += 1;
         let log_path = self.log_path();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -524,6 +558,7 @@ impl Worker {
         };
         self.agent.running.lock().unwrap().remove(&pid);
         self.ready = false;
+        self.last_terminated = Some(self.run);
         self.index_logs(false);
         end
     }
@@ -579,6 +614,24 @@ impl Worker {
             ..PodCondition::default()
         };
         let created = self.pod.metadata.creation_timestamp.clone().unwrap_or_else(now);
+        let mut conditions = vec![
+            condition("PodScheduled", "True", &created),
+            condition("Initialized", "True", &created),
+            condition("PodReadyToStartContainers", "True", &created),
+            condition("ContainersReady", ready_text, &self.ready_since),
+            condition("Ready", ready_text, &self.ready_since),
+        ];
+        // Conditions others set (the API server's `DisruptionTarget` on an eviction) are
+        // kept, as the kubelet keeps them: a merge patch replaces the whole list.
+        let others = self.pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+        conditions.extend(
+            others
+                .into_iter()
+                .flatten()
+                .filter(|c| !conditions.iter().any(|own| own.type_ == c.type_))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
         json!({
             "phase": phase,
             "hostIP": self.agent.node_ip,
@@ -586,13 +639,7 @@ impl Worker {
             "podIP": self.ip,
             "podIPs": [PodIP { ip: self.ip.clone() }],
             "startTime": created,
-            "conditions": [
-                condition("PodScheduled", "True", &created),
-                condition("Initialized", "True", &created),
-                condition("PodReadyToStartContainers", "True", &created),
-                condition("ContainersReady", ready_text, &self.ready_since),
-                condition("Ready", ready_text, &self.ready_since),
-            ],
+            "conditions": conditions,
             "containerStatuses": [ContainerStatus {
                 name: container.name.clone(),
                 image: container.image.clone().unwrap_or_default(),
@@ -642,6 +689,22 @@ impl Worker {
             Err(error) => tracing::warn!(pod = %self.name(), %error, "final pod delete failed"),
         }
     }
+}
+
+/// The number of the next log file of `container` in the pod folder `dir`: one more than the
+/// highest there (files of runs an earlier agent started), 0 when there is none.
+fn next_log_number(dir: &std::path::Path, container: &str) -> i32 {
+    let prefix = format!("{container}.");
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            name.strip_prefix(&prefix)?.strip_suffix(".log")?.parse::<i32>().ok()
+        })
+        .max()
+        .map_or(0, |highest| highest + 1)
 }
 
 /// SIGTERM to the container's process group, SIGKILL after `grace`.
@@ -731,6 +794,24 @@ mod tests {
             a,
             "a freed IP from the pod status is reused"
         );
+    }
+
+    #[test]
+    fn log_files_continue_the_numbering_of_an_earlier_agent() {
+        let dir = std::env::temp_dir().join(format!("orc-logs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(next_log_number(&dir, "server"), 0);
+        for name in [
+            "server.0.log",
+            "server.2.log",
+            "other.7.log",
+            "server.x.log",
+            "kubeconfig",
+        ] {
+            std::fs::write(dir.join(name), "").unwrap();
+        }
+        assert_eq!(next_log_number(&dir, "server"), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

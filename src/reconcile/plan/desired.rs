@@ -108,6 +108,7 @@ pub(super) fn writes(
     let release = deployed_release(spec, decisions, inputs.running_release.as_ref());
     let mut statefulset = statefulset::build(spec, release, decisions.capacity.replicas, &config_hash);
     let live_statefulset = observed.statefulset.as_ref();
+    adopt_zone_spread_with_other_changes(&mut statefulset, spec, live_statefulset)?;
     let live_annotations = live_statefulset.map(|s| s.annotations().clone()).unwrap_or_default();
     let spec_hash = operator_change::spec_hash(spec, release);
     let pending;
@@ -202,6 +203,42 @@ pub(super) fn writes(
         }
     }
     Ok((writes, pending))
+}
+
+/// The default zone spread enters a live StatefulSet that has none only with another change
+/// of its pod template: an operator upgrade that brings the default replaces no server for it
+/// alone (the next roll, of a version or a setting, carries it). A spread the spec sets is
+/// applied as any change of the spec.
+fn adopt_zone_spread_with_other_changes(
+    statefulset: &mut StatefulSet,
+    spec: &ValidSpec,
+    live: Option<&StatefulSet>,
+) -> Result<()> {
+    let Some(live) = live.and_then(|s| s.spec.as_ref()) else {
+        return Ok(());
+    };
+    let live_has_none = live
+        .template
+        .spec
+        .as_ref()
+        .is_none_or(|p| p.topology_spread_constraints.is_none());
+    if spec.cr.spec.template.topology_spread_constraints.is_some() || !live_has_none {
+        return Ok(());
+    }
+    let Some(desired) = statefulset.spec.as_mut() else {
+        return Ok(());
+    };
+    let mut without = desired.template.clone();
+    if let Some(pod) = without.spec.as_mut() {
+        pod.topology_spread_constraints = None;
+    }
+    if is_contained(
+        &value_of("pod template", &without)?,
+        &value_of("live pod template", &live.template)?,
+    ) {
+        desired.template = without;
+    }
+    Ok(())
 }
 
 fn set_template(statefulset: &mut StatefulSet, template: &PodTemplateSpec) {

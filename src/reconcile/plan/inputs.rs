@@ -73,9 +73,18 @@ pub(super) fn gather(cr: &OrchestratorCluster, observed: &Observed, now: Timesta
     let members = observed.database.members().unwrap_or_default();
     let mut servers = merge(&name, &observed.pods, observed.database.members(), health);
     let previous_step = step_from_status(cr);
-    // The operator's own step evicts its server too: that is no involuntary disruption.
+    // The operator's own step evicts its server's pod too: that is no involuntary disruption
+    // (its replacement, a pod of another uid, can be).
     for server in &mut servers {
-        if previous_step.as_ref().is_some_and(|step| step.server == server.name) {
+        let uid = observed
+            .pods
+            .iter()
+            .find(|p| p.name == server.name)
+            .and_then(|p| p.uid.as_ref());
+        if previous_step
+            .as_ref()
+            .is_some_and(|step| step.server == server.name && step.pod_uid.as_ref().is_none_or(|own| Some(own) == uid))
+        {
             server.disruption = None;
         }
     }

@@ -50,6 +50,9 @@ pub(super) fn spec_hash(spec: &ValidSpec, deployed: &Release) -> String {
         "database": cr.database,
         "template": cr.template,
         "drainTimeout": cr.maintenance.drain_timeout,
+        // An explicit `[]` (no spread) is not the unset default (the zone spread), though
+        // pruning would make them one.
+        "noTopologySpread": cr.template.topology_spread_constraints.as_ref().is_some_and(Vec::is_empty).then_some(true),
     });
     prune(&mut value);
     hash(&format!("{value}\n{}\n{}", deployed.version, *deployed == spec.wanted))

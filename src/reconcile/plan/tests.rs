@@ -1476,3 +1476,79 @@ mod operator_changes {
         assert_eq!(plan.status.pending_operator_change, None);
     }
 }
+
+mod zone_spread {
+    use super::basics::{now, world};
+    use crate::reconcile::dry_run;
+    use crate::reconcile::plan::{Child, Plan};
+    use crate::testing::fixtures;
+    use crate::validate::BuildSettings;
+    use k8s_openapi::api::apps::v1::StatefulSet;
+
+    fn statefulset(plan: &Plan) -> Option<&StatefulSet> {
+        plan.writes.iter().find_map(|w| match &w.child {
+            Child::StatefulSet(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    fn spread_of(statefulset: &StatefulSet) -> Option<usize> {
+        let pod = statefulset.spec.as_ref()?.template.spec.as_ref()?;
+        pod.topology_spread_constraints.as_ref().map(Vec::len)
+    }
+
+    #[test]
+    fn a_new_cluster_spreads_across_zones_and_an_empty_list_spreads_nothing() {
+        let cr = fixtures::minimal();
+        let observed = world(&cr, 3, 3);
+        let sts = observed.statefulset.as_ref().unwrap();
+        let pod = sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let spread = &pod.topology_spread_constraints.as_ref().unwrap()[0];
+        assert_eq!(spread.topology_key, "topology.kubernetes.io/zone");
+        assert_eq!(
+            (spread.max_skew, spread.when_unsatisfiable.as_str()),
+            (1, "ScheduleAnyway")
+        );
+        // `[]`: no spread, a change of the spec (its own spec hash), written at once.
+        let mut none = cr.clone();
+        none.spec.template.topology_spread_constraints = Some(Vec::new());
+        let plan = dry_run(&none, &observed, &BuildSettings::default(), &now()).unwrap();
+        let written = statefulset(&plan).expect("the template changes");
+        assert_eq!(spread_of(written), None);
+        assert_eq!(
+            plan.status.pending_operator_change, None,
+            "a change of the spec, not the operator's"
+        );
+    }
+
+    #[test]
+    fn an_existing_statefulset_takes_the_default_spread_only_with_another_change() {
+        // A StatefulSet written by an operator before the default spread existed.
+        let cr = fixtures::minimal();
+        let mut observed = world(&cr, 3, 3);
+        let sts = observed.statefulset.as_mut().unwrap();
+        let template = &mut sts.spec.as_mut().unwrap().template;
+        template.spec.as_mut().unwrap().topology_spread_constraints = None;
+        let hash = crate::reconcile::plan::operator_change::template_hash(template);
+        sts.metadata.annotations.get_or_insert_default().insert(
+            crate::reconcile::plan::operator_change::TEMPLATE_HASH_ANNOTATION.into(),
+            hash,
+        );
+        let plan = dry_run(&cr, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert!(
+            statefulset(&plan).is_none(),
+            "no roll for the spread alone: {:?}",
+            plan.writes
+        );
+        assert_eq!(plan.status.pending_operator_change, None);
+        // Another change of the template carries it.
+        let mut changed = cr.clone();
+        changed.spec.template.env.push(k8s_openapi::api::core::v1::EnvVar {
+            name: "EXTRA".into(),
+            value: Some("1".into()),
+            ..Default::default()
+        });
+        let plan = dry_run(&changed, &observed, &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(statefulset(&plan).and_then(spread_of), Some(1));
+    }
+}
