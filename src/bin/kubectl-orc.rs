@@ -447,7 +447,7 @@ fn status_table(cr: &OrchestratorCluster) -> String {
     );
     let mut rows = vec![
         [
-            "SERVER", "POD", "READY", "DATABASE", "VERSION", "JOINED", "RESTARTS", "ZONE",
+            "SERVER", "POD", "READY", "DATABASE", "VERSION", "JOINED", "RESTARTS", "NODE", "ZONE",
         ]
         .map(String::from)
         .to_vec(),

@@ -121,6 +121,9 @@ pub(crate) async fn observe(
     let cr = spec.cr;
     let ns = cr.namespace().unwrap_or_default();
     ctx.caches.ready(&ns).await?;
+    // A first reconcile of the process may come before the Nodes' first list (before the
+    // pods are read: a quorum read is not made stale by this wait).
+    ctx.caches.nodes_ready(NODES_DEADLINE).await;
     let cluster = cr.name_any();
     // Read in place: a cached pod is not copied, only its view is made.
     let pods: Vec<PodView> = match freshness {
@@ -138,8 +141,6 @@ pub(crate) async fn observe(
             .filter_map(|pod| pod_view(&cluster, pod))
             .collect(),
     };
-    // A first reconcile of the process may come before the Nodes' first list.
-    ctx.caches.nodes_ready(NODES_DEADLINE).await;
     let pods = on_nodes(ctx, pods);
     let started = std::time::Instant::now();
     let names: BTreeSet<String> = pods.iter().map(|p| p.name.clone()).collect();

@@ -530,7 +530,8 @@ fn watch_drain_status(ns: &TestNamespace) -> (Arc<Mutex<DrainSeen>>, tokio::task
     (seen, task)
 }
 
-/// Removes what the tests that ran before left on the nodes: their namespaces (being deleted
+/// Removes what the tests that ran before left on the nodes (this runs in the serial phase,
+/// one test at a time after all the others: every other `e2e-` namespace is a finished test's): their namespaces (being deleted
 /// already) and, at once, their pods. A drain evicts every pod of a node, and a finished test's
 /// server whose PostgreSQL is gone cannot finish its friendly shutdown before its grace period
 /// ends: `kubectl drain` would time out on it.
@@ -570,22 +571,34 @@ async fn clear_finished_tests(ns: &TestNamespace) {
     let pods: kube::Api<Pod> = kube::Api::all(ns.client.clone());
     let deadline = Instant::now() + MINUTE;
     loop {
-        let left: Vec<String> = pods
+        let left: Vec<Pod> = pods
             .list(&Default::default())
             .await
             .unwrap()
             .items
-            .iter()
+            .into_iter()
             .filter(|p| others.contains(&p.namespace().unwrap_or_default()))
-            .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
             .collect();
         if left.is_empty() {
             return;
         }
+        let names: Vec<String> = left
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+            .collect();
         assert!(
             Instant::now() < deadline,
-            "pods of finished tests still there: {left:?}"
+            "pods of finished tests still there: {names:?}"
         );
+        // One made again before its namespace was seen terminating is deleted too.
+        for pod in &left {
+            let api: kube::Api<Pod> = kube::Api::namespaced(ns.client.clone(), &pod.namespace().unwrap_or_default());
+            let now = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            };
+            let _ = api.delete(&pod.name_any(), &now).await;
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -635,7 +648,7 @@ async fn a_drain_of_each_node_in_turn_loses_nothing_and_is_explained() {
         }
         evicted
     };
-    let (report, evicted) = tokio::join!(load(&pg, "drain", 10, 150, 2000), drains);
+    let (report, evicted) = tokio::join!(load(&pg, "drain", 10, 180, 2000), drains);
     status_task.abort();
     let seen = seen.lock().unwrap();
     println!(

@@ -87,7 +87,17 @@ async fn six_servers_spread_over_three_zones_and_a_roll_visits_them_in_turn() {
     assert!(!log.is_empty(), "kubectl logs of a server shows its log");
     let last = kubectl(&["-n", &ns.name, "logs", "prod-0", "--tail", "1"]).await;
     assert_eq!(last.lines().count(), 1, "--tail 1 is one line: {last:?}");
-    assert!(log.ends_with(&last), "the last line is the end of the log");
+    assert!(log.contains(last.trim_end()), "the last line is in the log");
+    // `kubectl orc status` names each server's node and zone.
+    let table = crate::plugin::orc_ok(&ns, &["status", "prod"]).await;
+    for server in &status.servers {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{} ", server.name)))
+            .unwrap_or_else(|| panic!("{} in\n{table}", server.name));
+        let node = server.node.as_deref().unwrap_or_default();
+        assert!(row.contains(node) && row.ends_with(&zones[&server.name]), "{row}");
+    }
 
     let watcher = Watcher::start(&ns, 6);
     let roll = async {

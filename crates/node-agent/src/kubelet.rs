@@ -6,8 +6,8 @@
 //! `GET /containerLogs/{namespace}/{pod}/{container}`. The agent serves a self-signed
 //! certificate made at start (the local API server is not given a kubelet CA, so it does not
 //! check one, as kwokctl sets it up) and only on the loopback address. Every container run
-//! writes its own file (`{container}.{run}.log` in the pod's folder), so `--previous` is the run
-//! before the current one, as a kubelet keeps it. Lines carry no timestamps here:
+//! writes its own file (`{container}.{run}.log` in the pod's folder), so `--previous` is the
+//! last run that ended before a restart, as the kubelet's `lastState.terminated`. Lines carry no timestamps here:
 //! `--timestamps`, `--since` and `--since-time` are refused with a clear error rather than
 //! answered with something else.
 
@@ -115,6 +115,9 @@ impl TlsListener {
         let (ready, handshaken) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             loop {
+                if ready.is_closed() {
+                    break;
+                }
                 let (stream, peer) = match tcp.accept().await {
                     Ok(accepted) => accepted,
                     Err(error) => {

@@ -177,6 +177,8 @@ pub async fn run(agent: Arc<Agent>, mut updates: watch::Receiver<Option<Pod>>) {
         .and_then(|s| s.containers.first())
         .map(|c| c.name.clone());
     let first_run = container.map_or(0, |c| next_log_number(&dir, &c));
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    let finished = matches!(phase, Some("Succeeded" | "Failed"));
     let now = Time(Timestamp::now());
     let mut worker = Worker {
         agent: agent.clone(),
@@ -188,7 +190,9 @@ pub async fn run(agent: Arc<Agent>, mut updates: watch::Receiver<Option<Pod>>) {
         // finished pod's, which runs no more).
         run: (first_run - 1).max(0),
         next_run: first_run,
-        last_terminated: first_run.checked_sub(1),
+        // Of an earlier agent's runs, the one before the last (for a finished pod, whose last
+        // run is its final one) or the last (for a pod that runs again).
+        last_terminated: first_run.checked_sub(if finished { 2 } else { 1 }),
         ready: false,
         ready_since: now.clone(),
         started: now,
@@ -375,6 +379,9 @@ impl Worker {
                 return self.finish(updates).await;
             }
             self.last_state = Some(state);
+            // The run that ended is `--previous` from now on, also while the next one waits.
+            self.last_terminated = Some(self.run);
+            self.index_logs(false);
             self.restarts += 1;
             let message = format!("back-off {}s restarting failed container", backoff.as_secs());
             self.publish("Running", waiting("CrashLoopBackOff", &message)).await;
@@ -558,7 +565,6 @@ impl Worker {
         };
         self.agent.running.lock().unwrap().remove(&pid);
         self.ready = false;
-        self.last_terminated = Some(self.run);
         self.index_logs(false);
         end
     }
@@ -589,7 +595,9 @@ impl Worker {
                 &PatchParams::default(),
                 // The uid makes the API server refuse a status meant for an earlier pod of
                 // the same name.
-                &Patch::Merge(json!({"metadata": {"uid": self.pod.uid()}, "status": status})),
+                // A strategic merge patch merges the conditions by type: those others set (the
+                // API server's `DisruptionTarget` on an eviction) stay, as with the kubelet's.
+                &Patch::Strategic(json!({"metadata": {"uid": self.pod.uid()}, "status": status})),
             )
             .await
         {
@@ -614,24 +622,13 @@ impl Worker {
             ..PodCondition::default()
         };
         let created = self.pod.metadata.creation_timestamp.clone().unwrap_or_else(now);
-        let mut conditions = vec![
+        let conditions = vec![
             condition("PodScheduled", "True", &created),
             condition("Initialized", "True", &created),
             condition("PodReadyToStartContainers", "True", &created),
             condition("ContainersReady", ready_text, &self.ready_since),
             condition("Ready", ready_text, &self.ready_since),
         ];
-        // Conditions others set (the API server's `DisruptionTarget` on an eviction) are
-        // kept, as the kubelet keeps them: a merge patch replaces the whole list.
-        let others = self.pod.status.as_ref().and_then(|s| s.conditions.as_ref());
-        conditions.extend(
-            others
-                .into_iter()
-                .flatten()
-                .filter(|c| !conditions.iter().any(|own| own.type_ == c.type_))
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
         json!({
             "phase": phase,
             "hostIP": self.agent.node_ip,

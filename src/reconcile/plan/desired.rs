@@ -108,9 +108,14 @@ pub(super) fn writes(
     let release = deployed_release(spec, decisions, inputs.running_release.as_ref());
     let mut statefulset = statefulset::build(spec, release, decisions.capacity.replicas, &config_hash);
     let live_statefulset = observed.statefulset.as_ref();
-    adopt_zone_spread_with_other_changes(&mut statefulset, spec, live_statefulset)?;
     let live_annotations = live_statefulset.map(|s| s.annotations().clone()).unwrap_or_default();
     let spec_hash = operator_change::spec_hash(spec, release);
+    if live_annotations
+        .get(SPEC_HASH_ANNOTATION)
+        .is_none_or(|written| *written == spec_hash)
+    {
+        adopt_zone_spread_with_other_changes(&mut statefulset, spec, live_statefulset)?;
+    }
     let pending;
     // Under `approval: Manual`, a generation not approved yet does not reach the pod template
     // while a step is in progress: the step's replacement would be made from it.
@@ -207,8 +212,10 @@ pub(super) fn writes(
 
 /// The default zone spread enters a live StatefulSet that has none only with another change
 /// of its pod template: an operator upgrade that brings the default replaces no server for it
-/// alone (the next roll, of a version or a setting, carries it). A spread the spec sets is
-/// applied as any change of the spec.
+/// alone (the next roll, of a version or a setting, carries it). Called only while the live
+/// StatefulSet was written for this same spec (or carries no spec hash): a spec that changed
+/// (a `topologySpreadConstraints: []` removed) gets the spread at once, as any change of the
+/// spec; so does a spread the spec sets.
 fn adopt_zone_spread_with_other_changes(
     statefulset: &mut StatefulSet,
     spec: &ValidSpec,

@@ -1510,7 +1510,9 @@ mod zone_spread {
             (1, "ScheduleAnyway")
         );
         // `[]`: no spread, a change of the spec (its own spec hash), written at once.
+        // Under Manual, an operator's change would be held: this one is not.
         let mut none = cr.clone();
+        none.spec.maintenance.operator_changes = Some(crate::crd::OperatorChanges::Manual);
         none.spec.template.topology_spread_constraints = Some(Vec::new());
         let plan = dry_run(&none, &observed, &BuildSettings::default(), &now()).unwrap();
         let written = statefulset(&plan).expect("the template changes");
@@ -1550,5 +1552,14 @@ mod zone_spread {
         });
         let plan = dry_run(&changed, &observed, &BuildSettings::default(), &now()).unwrap();
         assert_eq!(statefulset(&plan).and_then(spread_of), Some(1));
+        // A spec that goes from `[]` back to unset gets the spread at once, not as an operator
+        // change (which Manual would hold): `[]` has a spec hash of its own.
+        let mut manual = cr.clone();
+        manual.spec.maintenance.operator_changes = Some(crate::crd::OperatorChanges::Manual);
+        let mut none = manual.clone();
+        none.spec.template.topology_spread_constraints = Some(Vec::new());
+        let plan = dry_run(&manual, &world(&none, 3, 3), &BuildSettings::default(), &now()).unwrap();
+        assert_eq!(statefulset(&plan).and_then(spread_of), Some(1), "{:?}", plan.writes);
+        assert_eq!(plan.status.pending_operator_change, None);
     }
 }
