@@ -265,7 +265,8 @@ async fn deleting_the_cluster_garbage_collects_what_it_owned() {
     assert!(left.is_none(), "the cluster resource itself is gone");
 }
 
-fn test_pod(name: &str, grace: i64, args: &[&str]) -> Value {
+/// A pod of the test server `name`, serving on its pod IP, with grace period `grace`.
+pub(crate) fn test_pod(name: &str, grace: i64, args: &[&str]) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
         "spec": {

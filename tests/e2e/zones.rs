@@ -153,3 +153,69 @@ pub(crate) async fn wait_schedulable(ns: &TestNamespace, node: &str) {
     .await
     .unwrap();
 }
+
+/// A restart count of at least one on pod `name`.
+fn restarted(pod: Option<&Pod>) -> bool {
+    pod.and_then(|p| p.status.as_ref())
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.restart_count >= 1))
+}
+
+#[tokio::test]
+async fn kubectl_logs_follows_tails_and_shows_the_previous_run() {
+    use crate::support::helm::run;
+    use tokio::io::AsyncBufReadExt;
+    let ns = TestNamespace::new("logs").await;
+    let pods = ns.api::<Pod>();
+    // A container that exits at once and is restarted: `--previous` is the run that ended.
+    ns.create::<Pod>(
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "crasher"},
+        "spec": {"containers": [{"name": "c", "image": "orc-test-server:dev", "args": ["--exit-with", "3"]}]}}),
+    )
+    .await;
+    ns.create::<Pod>(crate::cluster::test_pod("talker", 30, &["--drain-seconds", "1"]))
+        .await;
+    wait_for(&pods, "talker", "Ready", MINUTE, |p: Option<&Pod>| {
+        p.is_some_and(crate::support::pods::pod_ready)
+    })
+    .await;
+    let before = run("kubectl", &["-n", &ns.name, "logs", "talker", "--previous"]).await;
+    assert!(!before.status.success(), "no previous run yet");
+    assert!(
+        String::from_utf8_lossy(&before.stderr)
+            .contains("previous terminated container \"c\" in pod \"talker\" not found"),
+        "{}",
+        String::from_utf8_lossy(&before.stderr)
+    );
+    wait_for(&pods, "crasher", "restarted", MINUTE, restarted).await;
+    let previous = kubectl(&["-n", &ns.name, "logs", "crasher", "--previous"]).await;
+    assert_eq!(previous, "exiting with 3\n");
+    let tail = kubectl(&["-n", &ns.name, "logs", "crasher", "--tail", "1"]).await;
+    assert_eq!(tail, "exiting with 3\n");
+    // `-f` follows the running container until it exits (here: deleted, SIGTERM, 1 s drain):
+    // its first line is read before the delete, the SIGTERM lines come while it follows.
+    let mut follow = tokio::process::Command::new(crate::support::helm::tools().await.join("kubectl"))
+        .args(["-n", &ns.name, "logs", "-f", "talker"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(MINUTE, lines.next_line()).await.unwrap().unwrap();
+    assert!(first.is_some_and(|l| l.starts_with("serving on")), "the log so far");
+    pods.delete("talker", &Default::default()).await.unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(MINUTE, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            rest.push(line);
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "kubectl logs -f ends when the container exits: {rest:?}");
+    assert_eq!(
+        rest,
+        ["received SIGTERM", "exiting after SIGTERM"],
+        "the lines written while followed"
+    );
+    assert!(follow.wait().await.unwrap().success());
+}

@@ -192,7 +192,7 @@ pub async fn run(agent: Arc<Agent>, mut updates: watch::Receiver<Option<Pod>>) {
         next_run: first_run,
         // Of an earlier agent's runs, the one before the last (for a finished pod, whose last
         // run is its final one) or the last (for a pod that runs again).
-        last_terminated: first_run.checked_sub(if finished { 2 } else { 1 }),
+        last_terminated: Some(first_run - if finished { 2 } else { 1 }).filter(|run| *run >= 0),
         ready: false,
         ready_since: now.clone(),
         started: now,
