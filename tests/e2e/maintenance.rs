@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
 use orchestrator_operator::crd::{OrchestratorCluster, OrchestratorClusterStatus, Phase, PlanAction, PlanStrategy};
@@ -369,7 +369,12 @@ async fn statefulset_rolling_update_anchor_of_the_roll_benchmark() {
     let started = Instant::now();
     let old_revision = sts.status.as_ref().and_then(|s| s.update_revision.clone());
     let roll = async {
-        api.replace("prod", &PostParams::default(), &sts).await.unwrap();
+        // A merge patch of the spec: the StatefulSet controller may write the status between
+        // the read above and this write (a replace would conflict on the resourceVersion).
+        let spec = json!({"spec": sts.spec});
+        api.patch("prod", &PatchParams::default(), &Patch::Merge(&spec))
+            .await
+            .unwrap();
         let rolled = wait_for(
             &api,
             "prod",

@@ -550,23 +550,6 @@ async fn clear_finished_tests(ns: &TestNamespace) {
         .collect();
     for other in &others {
         let _ = namespaces.delete(other, &DeleteParams::background()).await;
-        let pods: kube::Api<Pod> = kube::Api::namespaced(ns.client.clone(), other);
-        for pod in pods
-            .list(&Default::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default()
-        {
-            let _ = pods
-                .delete(
-                    &pod.name_any(),
-                    &DeleteParams {
-                        grace_period_seconds: Some(0),
-                        ..DeleteParams::default()
-                    },
-                )
-                .await;
-        }
     }
     let pods: kube::Api<Pod> = kube::Api::all(ns.client.clone());
     let deadline = Instant::now() + MINUTE;
@@ -590,7 +573,7 @@ async fn clear_finished_tests(ns: &TestNamespace) {
             Instant::now() < deadline,
             "pods of finished tests still there: {names:?}"
         );
-        // One made again before its namespace was seen terminating is deleted too.
+        // At once, each pass: one made again before its namespace was seen terminating too.
         for pod in &left {
             let api: kube::Api<Pod> = kube::Api::namespaced(ns.client.clone(), &pod.namespace().unwrap_or_default());
             let now = DeleteParams {
