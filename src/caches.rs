@@ -17,7 +17,8 @@
 //!   a cluster through `/scale` while `capacity.autoscale` is set is said in its status;
 //! - cluster-wide, the Nodes, stripped to their labels and `spec.unschedulable` (no status, so
 //!   little memory per Node): each server's zone and whether its Node is cordoned. They
-//!   trigger no reconcile, and are never waited for: a zone only orders a roll's steps.
+//!   trigger no reconcile; only a process's first reconciles wait for their first list, 5 s
+//!   at most, and nothing waits once their watch failed: a zone only orders a roll's steps.
 //!
 //! A store is read only once its first list has completed ([`Caches::ready`]): a store that is
 //! still filling would show objects as missing. Where a decision must not rest on a store that

@@ -468,9 +468,10 @@ fn status_table(cr: &OrchestratorCluster) -> String {
     }
     out.push('\n');
     out.push_str(&columns(&rows));
-    for s in status.servers.iter().filter(|s| s.disruption.is_some()) {
-        let why = s.disruption.as_deref().unwrap_or_default();
-        out.push_str(&format!("{}: {}\n", coloured(&format!("{} down", s.name), RED), why));
+    for s in &status.servers {
+        if let Some(why) = &s.disruption {
+            out.push_str(&format!("{}: {why}\n", coloured(&format!("{} down", s.name), RED)));
+        }
     }
     if let Some(m) = &status.maintenance {
         out.push_str(&format!(

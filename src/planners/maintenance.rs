@@ -395,11 +395,21 @@ pub(crate) fn decide(input: &MaintenanceInput) -> MaintenanceDecision {
 
 /// The servers other than `server` for which `matches` holds, if any, as a list for a message.
 fn others(input: &MaintenanceInput, server: &str, matches: impl Fn(&ServerView) -> bool) -> Option<String> {
-    let names: Vec<&str> = input
+    others_said(input, server, matches, |s| s.name.clone())
+}
+
+/// [`others`], each server said by `said`.
+fn others_said(
+    input: &MaintenanceInput,
+    server: &str,
+    matches: impl Fn(&ServerView) -> bool,
+    said: impl Fn(&ServerView) -> String,
+) -> Option<String> {
+    let names: Vec<String> = input
         .servers
         .iter()
         .filter(|s| s.name != server && matches(s))
-        .map(|s| s.name.as_str())
+        .map(said)
         .collect();
     (!names.is_empty()).then(|| names.join(", "))
 }
@@ -407,16 +417,15 @@ fn others(input: &MaintenanceInput, server: &str, matches: impl Fn(&ServerView) 
 /// The servers other than `server` that are not joined, if any, each with what took it down
 /// when that was an involuntary disruption.
 fn others_down(input: &MaintenanceInput, server: &str) -> Option<String> {
-    let names: Vec<String> = input
-        .servers
-        .iter()
-        .filter(|s| s.name != server && !s.joined)
-        .map(|s| match &s.disruption {
+    others_said(
+        input,
+        server,
+        |s| !s.joined,
+        |s| match &s.disruption {
             Some(why) => format!("{} ({why})", s.name),
             None => s.name.clone(),
-        })
-        .collect();
-    (!names.is_empty()).then(|| names.join(", "))
+        },
+    )
 }
 
 /// The servers other than `server` that fell, if any: a row (it served) and now an unready pod,

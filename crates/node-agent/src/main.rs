@@ -91,7 +91,6 @@ async fn main() -> anyhow::Result<()> {
         state_dir,
         http: reqwest::Client::builder().no_proxy().build()?,
         ips: Mutex::new(ips),
-        node_ip: node::NODE_IP.to_string(),
         logs,
         running: Mutex::new(BTreeSet::new()),
     });

@@ -29,6 +29,7 @@ use tokio::time::{Instant, interval_at};
 use crate::env::{ApiSources, container_env, expand};
 use crate::images::ImageMap;
 use crate::kubelet::{ContainerLogs, LogIndex, log_file};
+use crate::node::NODE_IP;
 use crate::probe::{ProbeSpec, ProbeState};
 use crate::token;
 
@@ -48,8 +49,6 @@ pub struct Agent {
     pub http: reqwest::Client,
     /// Pod IPs handed out, by pod uid.
     pub ips: Mutex<IpPool>,
-    /// The node's address (every pod's `hostIP`).
-    pub node_ip: String,
     /// The containers' logs, served by the kubelet endpoint.
     pub logs: LogIndex,
     /// Process groups of running containers, killed when the agent stops.
@@ -64,15 +63,6 @@ pub struct IpPool {
 }
 
 impl IpPool {
-    /// A pool of the /16 whose first two octets are `prefix` (`127.1`).
-    pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_string(),
-            next: 0,
-            by_pod: HashMap::new(),
-        }
-    }
-
     /// The pool of a pod CIDR `127.N.0.0/16`, or why it cannot be one.
     pub fn of_cidr(cidr: &str) -> Result<Self, String> {
         let refuse = || format!("pod CIDR {cidr:?} is not of the form 127.N.0.0/16 (N from 1 to 254)");
@@ -82,7 +72,11 @@ impl IpPool {
         if tail != "0.0/16" || n == 0 || n == 255 {
             return Err(refuse());
         }
-        Ok(Self::new(&format!("127.{n}")))
+        Ok(Self {
+            prefix: format!("127.{n}"),
+            next: 0,
+            by_pod: HashMap::new(),
+        })
     }
 
     /// The IP of pod `uid`, reusing `previous` (from the pod status) when it has one.
@@ -161,7 +155,6 @@ pub async fn run(agent: Arc<Agent>, mut updates: watch::Receiver<Option<Pod>>) {
     let ip = agent.ips.lock().unwrap().assign(&uid, previous_ip);
     // One folder per pod object, as the kubelet's `/var/log/pods/<ns>_<pod>_<uid>`: a
     // replacement under the same name starts with no logs and no `--previous`.
-    let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
     let dir = agent.state_dir.join("pods").join(format!(
         "{}_{}_{uid}",
         pod.namespace().unwrap_or_default(),
@@ -200,6 +193,7 @@ pub async fn run(agent: Arc<Agent>, mut updates: watch::Receiver<Option<Pod>>) {
         unpublished: None,
     };
     // The newest pod of this name on this node: its entry replaces an older pod's.
+    let key = worker.name();
     agent
         .logs
         .lock()
@@ -218,6 +212,7 @@ fn now() -> Time {
 }
 
 impl Worker {
+    /// `namespace/name` of the pod (also its key in the log index).
     fn name(&self) -> String {
         format!("{}/{}", self.pod.namespace().unwrap_or_default(), self.pod.name_any())
     }
@@ -235,8 +230,7 @@ impl Worker {
     /// Tells the log endpoint where the current run's log is and whether it runs, unless a
     /// newer pod of the same name took the entry (this one is being deleted).
     fn index_logs(&self, running: bool) {
-        let key = format!("{}/{}", self.pod.namespace().unwrap_or_default(), self.pod.name_any());
-        if let Some(entry) = self.agent.logs.lock().unwrap().get_mut(&key)
+        if let Some(entry) = self.agent.logs.lock().unwrap().get_mut(&self.name())
             && entry.dir == self.dir
         {
             *entry = self.container_logs(running);
@@ -402,7 +396,7 @@ impl Worker {
         let mut pod = self.pod.clone();
         let status = pod.status.get_or_insert_with(Default::default);
         status.pod_ip = Some(self.ip.clone());
-        status.host_ip = Some(self.agent.node_ip.clone());
+        status.host_ip = Some(NODE_IP.into());
         let sources = ApiSources {
             client: self.agent.client.clone(),
             namespace: pod.namespace().unwrap_or_default(),
@@ -622,21 +616,20 @@ impl Worker {
             ..PodCondition::default()
         };
         let created = self.pod.metadata.creation_timestamp.clone().unwrap_or_else(now);
-        let conditions = vec![
-            condition("PodScheduled", "True", &created),
-            condition("Initialized", "True", &created),
-            condition("PodReadyToStartContainers", "True", &created),
-            condition("ContainersReady", ready_text, &self.ready_since),
-            condition("Ready", ready_text, &self.ready_since),
-        ];
         json!({
             "phase": phase,
-            "hostIP": self.agent.node_ip,
-            "hostIPs": [{"ip": self.agent.node_ip}],
+            "hostIP": NODE_IP,
+            "hostIPs": [{"ip": NODE_IP}],
             "podIP": self.ip,
             "podIPs": [PodIP { ip: self.ip.clone() }],
             "startTime": created,
-            "conditions": conditions,
+            "conditions": [
+                condition("PodScheduled", "True", &created),
+                condition("Initialized", "True", &created),
+                condition("PodReadyToStartContainers", "True", &created),
+                condition("ContainersReady", ready_text, &self.ready_since),
+                condition("Ready", ready_text, &self.ready_since),
+            ],
             "containerStatuses": [ContainerStatus {
                 name: container.name.clone(),
                 image: container.image.clone().unwrap_or_default(),
